@@ -1,0 +1,3 @@
+from apss.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""Shared pieces of the controllers: the services container, authentication dependencies,
+the rate limit, Idempotency-Key handling, and list pagination."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.params import Parameter
+
+from apss.errors import AuthenticationFailed, InvalidRequest, RateLimited
+from apss.services.idempotency import IdempotencyRequest, Outcome, request_hash
+from apss.services.merchants import Merchant
+from apss.services.views import encode
+
+__all__ = [
+    "Cursor",
+    "Limit",
+    "Services",
+    "admin_guard",
+    "current_merchant",
+    "idempotency_request",
+    "list_response",
+    "outcome_response",
+]
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]
+Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page.", max_length=64)]
+
+
+class Services:
+    """Everything the controllers call, built by app.py (the composition root)."""
+
+    def __init__(self, **services: Any) -> None:
+        self.__dict__.update(services)
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated_s")
+
+    def __init__(self, tokens: float) -> None:
+        self.tokens = tokens
+        self.updated_s = time.monotonic()
+
+
+class RateLimiter:
+    """A token bucket per API key hash: `rate_per_s` sustained, `burst` at once; 0 disables."""
+
+    def __init__(self, *, rate_per_s: int, burst: int) -> None:
+        self._rate = rate_per_s
+        self._burst = burst
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, who: str) -> None:
+        if self._rate == 0:
+            return
+        bucket = self._buckets.get(who)
+        if bucket is None:
+            bucket = self._buckets[who] = _Bucket(self._burst)
+        now_s = time.monotonic()
+        bucket.tokens = min(self._burst, bucket.tokens + (now_s - bucket.updated_s) * self._rate)
+        bucket.updated_s = now_s
+        if bucket.tokens < 1:
+            raise RateLimited("Too many requests; slow down and retry.")
+        bucket.tokens -= 1
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Provide your key as 'Authorization: Bearer <key>'.")
+    return token.strip()
+
+
+async def current_merchant(request: Request, svc: Services) -> Merchant:
+    merchant = svc.merchants.authenticate(_bearer(request))
+    svc.rate_limiter.take(merchant.id)
+    return merchant
+
+
+async def admin_guard(request: Request, svc: Services) -> None:
+    svc.merchants.check_admin(_bearer(request))
+
+
+def idempotency_request(request: Request, body: Any) -> IdempotencyRequest | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(" " <= ch <= "~" for ch in key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters.",
+                             code="invalid_idempotency_key", param="Idempotency-Key")
+    builtins = msgspec.to_builtins(body) if body is not None else None
+    return IdempotencyRequest(key=key, request_hash=request_hash(method=request.method, path=request.url.path, body=builtins))
+
+
+def outcome_response(outcome: Outcome) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return Response(content=outcome.body, status_code=outcome.status, media_type="application/json", headers=headers)
+
+
+def list_response(items: list[Any], has_more: bool) -> Response:
+    body = {"data": items, "has_more": has_more, "next_cursor": items[-1].id if has_more and items else None}
+    return Response(content=encode(body), status_code=200, media_type="application/json")

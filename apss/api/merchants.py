@@ -1,0 +1,45 @@
+"""Admin: merchants and their keys. Admin endpoints ignore Idempotency-Key: their responses
+carry secrets, which are never stored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import Provide
+from msgspec import Meta
+
+from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
+from apss.services.views import MerchantCreatedView, MerchantList, MerchantView, SecretKeyView
+
+__all__ = ["MerchantController"]
+
+
+class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    mode: Literal["test", "live"] = "test"
+
+
+class MerchantController(Controller):
+    path = "/v1/merchants"
+    tags = ["admin"]
+    dependencies = {"admin": Provide(admin_guard)}
+    security = [{"bearer": []}]
+
+    @post("/", status_code=201, summary="Create a merchant (admin); its secret key is shown only here")
+    async def create(self, data: MerchantCreate, svc: Services, admin: None) -> MerchantCreatedView:
+        return await svc.merchants.create(name=data.name, mode=data.mode)
+
+    @get("/", summary="List merchants (admin)")
+    async def list_merchants(self, svc: Services, admin: None, limit: Limit = 20, cursor: Cursor = None) -> Response[MerchantList]:
+        items, has_more = await svc.merchants.list(after_id=cursor, limit=limit)
+        return list_response(items, has_more)
+
+    @get("/{merchant_id:str}", summary="Retrieve a merchant (admin)")
+    async def retrieve(self, merchant_id: str, svc: Services, admin: None) -> MerchantView:
+        return await svc.merchants.get(merchant_id)
+
+    @post("/{merchant_id:str}/keys", status_code=201, summary="Roll the merchant's secret key; older keys stop working at once")
+    async def roll_key(self, merchant_id: str, svc: Services, admin: None) -> SecretKeyView:
+        return await svc.merchants.rotate_key(merchant_id)

@@ -1,0 +1,153 @@
+"""The composition root: builds the Litestar app and wires store, services, channels, jobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from apss import __version__
+from apss.api.account import account
+from apss.api.common import RateLimiter, Services, current_merchant
+from apss.api.errors import exception_handlers, render_error
+from apss.api.health import healthz
+from apss.api.merchants import MerchantController
+from apss.api.orders import OrderController
+from apss.api.players import PlayerController
+from apss.api.products import ProductController
+from apss.api.sandbox import SandboxController
+from apss.api.webhooks import provider_callback
+from apss.channels.base import ChannelRegistry
+from apss.channels.sandbox import SandboxChannel
+from apss.clock import Clock, SystemClock
+from apss.config import Config
+from apss.crypto import Keyring
+from apss.jobs.scheduler import Scheduler
+from apss.services.catalog import Catalog
+from apss.services.channels import ChannelAccess
+from apss.services.checkout import Checkout
+from apss.services.idempotency import Idempotency
+from apss.services.merchants import Merchants
+from apss.services.payment_events import PaymentEvents
+from apss.services.players import Players
+from apss.services.sandbox import SandboxProvider
+from apss.services.seed import seed_demo
+from apss.store.db import Database
+from apss.store.migrate import apply_migrations
+from apss.store.idempotency import prune_keys
+from apss.web.pages import checkout_page, sandbox_pay_action, sandbox_pay_page
+
+__all__ = ["create_app", "load_keyring"]
+
+log = logging.getLogger("apss")
+
+
+def load_keyring(config: Config) -> Keyring:
+    """The data key from config, or from `<database>.keys` (created 0600 at first start)."""
+    kid = config.security.data_key_id
+    if config.security.data_key:
+        return Keyring({kid: base64.b64decode(config.security.data_key)}, primary=kid)
+    path = Path(f"{config.database.path}.keys")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"primary": kid, "keys": {kid: base64.b64encode(os.urandom(32)).decode()}}, handle)
+    stored = json.loads(path.read_text())
+    return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
+
+
+def _build_services(config: Config, clock: Clock) -> Services:
+    db = Database(config.database.path, synchronous=config.database.synchronous,
+                  write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
+                  read_connections_max=config.database.read_connections_max,
+                  busy_timeout_ms=config.database.busy_timeout_ms)
+    merchants = Merchants(db=db, clock=clock, keyring=load_keyring(config))
+    idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
+    registry = ChannelRegistry()
+    registry.register(SandboxChannel(public_url=config.public_url, tolerance_s=config.sandbox.webhook_tolerance_s))
+    channels = ChannelAccess(registry=registry)
+    sandbox = SandboxProvider(db=db, clock=clock, config=config, merchants=merchants, idempotency=idempotency)
+    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, merchants=merchants)
+    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
+    scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
+    scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
+
+    async def prune() -> int:
+        cutoff_ms = clock.now_ms() - config.orders.idempotency_ttl_s * 1000
+        return await db.write(lambda tx: prune_keys(tx, created_before_ms=cutoff_ms, limit=10_000))
+
+    scheduler.add("idempotency_prune", interval_s=config.scheduler.idempotency_prune_interval_s, fn=prune)
+    sandbox.wake = lambda: scheduler.poke("sandbox_callbacks")
+    return Services(
+        config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
+        catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
+        payment_events=PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants),
+        players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
+        rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
+    )
+
+
+def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print) -> Litestar:
+    """`announce` receives the once-only lines (generated admin token, demo merchant key)."""
+    svc = _build_services(config, clock or SystemClock())
+
+    async def start(app: Litestar) -> None:
+        apply_migrations(config.database.path)
+        if config.database.synchronous != "FULL":
+            log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
+                        config.database.synchronous)
+        await svc.db.start()
+        await svc.merchants.load()
+        token = await svc.merchants.ensure_admin_token(config.admin.token)
+        if token:
+            announce(f"Generated admin token (shown once, stored hashed): {token}")
+        if config.seed.demo:
+            demo = await seed_demo(db=svc.db, merchants=svc.merchants, catalog=svc.catalog)
+            if demo:
+                announce(f"Demo merchant {demo.id} ({demo.name}, test mode); secret key (shown once): {demo.secret_key}")
+        if config.sandbox.callback_transport == "asgi":
+            transport = httpx.ASGITransport(app=app)
+            svc.sandbox.client = httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s)
+        else:
+            svc.sandbox.client = httpx.AsyncClient(timeout=config.sandbox.callback_timeout_s)
+        resumed = await svc.checkout.resume_running()
+        if resumed:
+            log.info("finished %d order requests cut off by a restart", resumed)
+        svc.scheduler.start()
+
+    async def stop(app: Litestar) -> None:
+        await svc.scheduler.stop()
+        if svc.sandbox.client is not None:
+            await svc.sandbox.client.aclose()
+        await svc.db.close()
+
+    openapi = OpenAPIConfig(
+        title="APSS", version=__version__, description="Automated Payment & Settlement System for virtual goods",
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+    )
+    app = Litestar(
+        route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
+                        PlayerController, SandboxController, sandbox_pay_page, sandbox_pay_action, checkout_page],
+        dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
+                      "merchant": Provide(current_merchant)},
+        exception_handlers=exception_handlers,
+        on_startup=[start],
+        on_shutdown=[stop],
+        openapi_config=openapi,
+        request_max_body_size=config.server.request_body_bytes_max,
+        logging_config=None,
+    )
+    app.state.services = svc
+    return app

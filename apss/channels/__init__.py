@@ -1,0 +1,1 @@
+"""Payment channel adapters behind one Protocol (channels/base.py), one package per provider."""

@@ -1,0 +1,90 @@
+"""The sandbox channel: payment creation (no network: the sandbox lives in this process),
+callback signing and verification (`APSS-Sandbox-Signature`, API.md), and the HTTP sender the
+sandbox provider uses to deliver its callbacks, over HTTP or through the ASGI app in process."""
+
+from __future__ import annotations
+
+import httpx
+
+from apss.channels.base import (
+    CallbackEvent,
+    CallbackReply,
+    CallbackRequest,
+    Credentials,
+    NextAction,
+    PaymentCreated,
+    PaymentQuery,
+    PaymentReport,
+    PaymentRequest,
+    RefundRequest,
+    RefundResult,
+    StatementLine,
+    flow_not_supported,
+)
+from apss.channels.sandbox.mapping import decode_event, to_neutral
+from apss.crypto import random_token, sign_timestamped, verify_timestamped
+from apss.domain.payments import PaymentStatus
+from apss.errors import CallbackRejected
+
+__all__ = ["SIGNATURE_HEADER", "SandboxChannel", "send_callback", "sign_callback"]
+
+SIGNATURE_HEADER = "APSS-Sandbox-Signature"
+
+
+def sign_callback(*, secret: str, body: bytes, now_s: int) -> str:
+    return sign_timestamped(secret=secret, timestamp_s=now_s, body=body)
+
+
+class SandboxChannel:
+    name = "sandbox"
+    test_only = True
+
+    def __init__(self, *, public_url: str, tolerance_s: int = 300) -> None:
+        assert public_url.startswith(("http://", "https://"))
+        self._public_url = public_url.rstrip("/")
+        self._tolerance_s = tolerance_s
+
+    def __repr__(self) -> str:
+        return "SandboxChannel()"
+
+    async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
+        assert request.amount >= 0
+        # The provider's own id for the payment doubles as the payer page's unguessable link.
+        provider_ref = f"sbx_{random_token(18)}"
+        url = f"{self._public_url}/sandbox/pay/{provider_ref}"
+        return PaymentCreated(
+            provider_ref=provider_ref,
+            status=PaymentStatus.REQUIRES_ACTION,
+            next_action=NextAction(type="redirect", url=url),
+        )
+
+    async def verify_callback(self, request: CallbackRequest, credentials: Credentials) -> list[CallbackEvent]:
+        header = request.headers.get(SIGNATURE_HEADER.lower(), "")
+        secret = credentials.get("webhook_secret", "")
+        if not header or not secret:
+            raise CallbackRejected(f"missing {SIGNATURE_HEADER} header")
+        if not verify_timestamped(secrets_allowed=[secret], header=header, body=request.body,
+                                  now_s=request.now_s, tolerance_s=self._tolerance_s):
+            raise CallbackRejected("sandbox callback signature or timestamp is not valid")
+        return [to_neutral(decode_event(request.body))]
+
+    def callback_reply(self, *, accepted: bool) -> CallbackReply:
+        assert accepted, "rejected callbacks are answered by the error handler (400)"
+        return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
+
+    async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
+        raise flow_not_supported(self.name, "refunds")
+
+    async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        raise flow_not_supported(self.name, "payment queries")
+
+    def parse_statement(self, data: bytes) -> list[StatementLine]:
+        raise flow_not_supported(self.name, "statements")
+
+
+async def send_callback(*, client: httpx.AsyncClient, url: str, secret: str, body: bytes, now_s: int) -> int:
+    """POST one signed callback; returns the HTTP status (raises httpx errors on no answer)."""
+    headers = {SIGNATURE_HEADER: sign_callback(secret=secret, body=body, now_s=now_s),
+               "Content-Type": "application/json", "User-Agent": "APSS-Sandbox/1.0"}
+    response = await client.post(url, content=body, headers=headers)
+    return response.status_code

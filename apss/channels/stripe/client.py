@@ -1,0 +1,257 @@
+"""The Stripe channel: Checkout Sessions, signed webhooks, refunds, PaymentIntent queries.
+
+Credentials (API.md "Channel settings"): `secret_key` (sk_...), `webhook_secret` (whsec_...),
+`api_base` (default https://api.stripe.com). Requests are form-encoded with Stripe's nested
+bracket keys, authenticated with `Authorization: Bearer <secret_key>`, and every POST carries an
+`Idempotency-Key` (our payment or refund id) so that a retry after a timeout finds the first
+result instead of creating a second session or refund. No `Stripe-Version` is sent: the
+account's default version applies, and the mapping accepts both session shapes (with or without
+a PaymentIntent at creation).
+
+Errors: the provider not reached at all (connect error or timeout, pool timeout) ->
+ChannelUnavailable; sent but no complete answer (read/write timeout, dropped connection) ->
+ChannelTimeout, because the outcome is unknown; HTTP 5xx -> ChannelUnavailable; HTTP 4xx ->
+ChannelUnavailable naming Stripe's error type/code/decline_code/param (never its message).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from apss.channels.base import (
+    CallbackEvent,
+    CallbackReply,
+    CallbackRequest,
+    Credentials,
+    PaymentCreated,
+    PaymentQuery,
+    PaymentReport,
+    PaymentRequest,
+    RefundRequest,
+    RefundResult,
+    StatementLine,
+)
+from apss.channels.stripe import mapping
+from apss.crypto import parse_signature_header, verify_timestamped
+from apss.domain.payments import PaymentStatus
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+    InvalidRequest,
+)
+
+__all__ = ["DEFAULT_API_BASE", "SIGNATURE_TOLERANCE_S", "StripeChannel"]
+
+DEFAULT_API_BASE = "https://api.stripe.com"
+SIGNATURE_TOLERANCE_S = 300  # stripe.Webhook.DEFAULT_TOLERANCE
+_TIMEOUT_S = 10.0
+_BODY_BYTES_MAX = 1_000_000  # Stripe events are a few KB; refuse to parse anything huge
+
+_T = TypeVar("_T")
+
+
+class StripeChannel:
+    name = "stripe"
+    test_only = False
+
+    def __init__(self, *, public_url: str, http: httpx.AsyncClient | None = None) -> None:
+        assert public_url, "the public url is the fallback success/cancel url"
+        self._public_url = public_url
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT_S)
+
+    def __repr__(self) -> str:  # credentials are per call and never stored; say so anyway
+        return f"StripeChannel(public_url={self._public_url!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # --- payments
+
+    async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
+        _check_amount(request.amount, request.currency)
+        params = mapping.checkout_session_params(request, return_url=request.return_url or self._public_url)
+        body = await self._send(
+            "POST", "/v1/checkout/sessions", credentials, form=params, idempotency_key=request.payment_id
+        )
+        session = _decode(body, mapping.CheckoutSession)
+        try:
+            created = mapping.payment_created(session, amount=request.amount, currency=request.currency)
+        except ValueError as exc:
+            raise ChannelUnavailable(f"stripe checkout session {session.id}: {exc}") from None
+        assert created.provider_ref.startswith(("pi_", "cs_")), created.provider_ref
+        return created
+
+    async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        ref = query.provider_ref
+        if ref is None:
+            return await self._search_payment(query, credentials)
+        if ref.startswith("cs_"):
+            path = f"/v1/checkout/sessions/{_path_id(ref)}"
+            body = await self._send("GET", path, credentials, query=[("expand[0]", "payment_intent")])
+            report = _convert(mapping.session_report, _decode(body, mapping.CheckoutSession))
+        else:
+            body = await self._send("GET", f"/v1/payment_intents/{_path_id(ref)}", credentials)
+            report = _convert(mapping.payment_intent_report, _decode(body, mapping.PaymentIntent))
+        assert report.provider_ref is not None
+        return report
+
+    async def _search_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        """No provider_ref (the create call timed out): look the PaymentIntent up by our id.
+        Stripe Search lags writes by up to a minute, so "not found" stays `unknown`."""
+        params = [("query", mapping.search_query(query.payment_id)), ("limit", "1")]
+        body = await self._send("GET", "/v1/payment_intents/search", credentials, query=params)
+        found = _decode(body, mapping.PaymentIntentSearch).data
+        if not found:
+            return PaymentReport(status=PaymentStatus.UNKNOWN)
+        return _convert(mapping.payment_intent_report, found[0])
+
+    # --- refunds
+
+    async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
+        _check_amount(request.amount, request.currency)
+        intent = await self._payment_intent_of(request.provider_ref, credentials)
+        params = mapping.refund_params(request, payment_intent=intent)
+        body = await self._send("POST", "/v1/refunds", credentials, form=params, idempotency_key=request.refund_id)
+        refund = _decode(body, mapping.Refund)
+        echoed = _convert(lambda r: mapping.from_stripe_amount(r.amount, r.currency), refund)
+        if echoed != (request.amount, request.currency):
+            raise ChannelUnavailable(f"stripe refund {refund.id} differs in amount or currency from ours")
+        return mapping.refund_result(refund)
+
+    async def _payment_intent_of(self, provider_ref: str, credentials: Credentials) -> str:
+        if provider_ref.startswith("pi_"):
+            return provider_ref
+        assert provider_ref.startswith("cs_"), "stripe provider_refs are pi_ or cs_ ids"
+        body = await self._send("GET", f"/v1/checkout/sessions/{_path_id(provider_ref)}", credentials)
+        intent = _decode(body, mapping.CheckoutSession).payment_intent
+        if not isinstance(intent, str):
+            raise ChannelUnavailable(f"stripe checkout session {provider_ref} has no payment to refund")
+        return intent
+
+    # --- callbacks
+
+    async def verify_callback(self, request: CallbackRequest, credentials: Credentials) -> list[CallbackEvent]:
+        self._verify_signature(request, credentials)
+        if len(request.body) > _BODY_BYTES_MAX:
+            raise CallbackRejected("stripe event body is too large")
+        try:
+            event = msgspec.json.decode(request.body, type=mapping.Event)
+            if event.object != "event":
+                raise ValueError(f"object is {event.object!r}, not 'event'")
+            return mapping.events_from(event)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise CallbackRejected(f"stripe event has an unexpected shape: {exc}") from None
+
+    def _verify_signature(self, request: CallbackRequest, credentials: Credentials) -> None:
+        """Stripe-Signature `t=..,v1=..[,v1=..]`: HMAC-SHA256 over `t.rawbody` keyed with the
+        whole whsec_ secret; v0 and other schemes are ignored (no downgrade)."""
+        secret = credentials.get("webhook_secret", "")
+        if not secret:
+            raise CallbackRejected("the stripe webhook secret is not configured")
+        header = request.headers.get("stripe-signature", "")
+        parsed = parse_signature_header(header)
+        if parsed is None:
+            raise CallbackRejected("stripe-signature header has no t= and v1= parts")
+        ok = verify_timestamped(
+            secrets_allowed=[secret], header=header, body=request.body,
+            now_s=request.now_s, tolerance_s=SIGNATURE_TOLERANCE_S,
+        )
+        if not ok:
+            if abs(request.now_s - parsed.timestamp_s) > SIGNATURE_TOLERANCE_S:
+                raise CallbackRejected("stripe-signature timestamp is outside the 300 s tolerance")
+            raise CallbackRejected("stripe-signature does not match the body")
+
+    def callback_reply(self, *, accepted: bool) -> CallbackReply:
+        # Stripe wants any 2xx; anything else makes it retry with backoff for up to 3 days.
+        return CallbackReply(status_code=200 if accepted else 400)
+
+    def parse_statement(self, data: bytes) -> list[StatementLine]:
+        try:
+            return mapping.statement_lines(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"stripe statement: {exc}", param="statement") from None
+
+    # --- HTTP
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        credentials: Credentials,
+        *,
+        form: dict[str, Any] | None = None,
+        query: list[tuple[str, str]] | None = None,
+        idempotency_key: str | None = None,
+    ) -> bytes:
+        assert (form is not None) == (method == "POST"), "Stripe POSTs are form-encoded"
+        secret = credentials.get("secret_key", "")
+        if not secret:
+            raise ChannelUnavailable("the stripe secret_key is not configured")
+        headers = {"Authorization": f"Bearer {secret}"}
+        content = None
+        if form is not None:
+            assert idempotency_key, "every Stripe POST carries an idempotency key"
+            headers["Idempotency-Key"] = idempotency_key
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            content = mapping.form_encode(form).encode()
+        url = credentials.get("api_base", DEFAULT_API_BASE).rstrip("/") + path
+        response = await self._request(method, url, headers=headers, content=content, query=query)
+        if response.status_code >= 500:
+            raise ChannelUnavailable(f"stripe answered HTTP {response.status_code} to {method} {path}")
+        if response.status_code >= 400:
+            summary = mapping.error_summary(response.content)
+            raise ChannelUnavailable(f"stripe refused {method} {path} (HTTP {response.status_code}): {summary}")
+        return response.content
+
+    async def _request(
+        self, method: str, url: str, *, headers: dict[str, str], content: bytes | None,
+        query: list[tuple[str, str]] | None,
+    ) -> httpx.Response:
+        try:
+            return await self._http.request(method, url, headers=headers, content=content, params=query)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing reached Stripe: safe to report as unavailable.
+            raise ChannelUnavailable(f"stripe could not be reached ({type(exc).__name__})") from None
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # The request may have been applied: the outcome is unknown.
+            raise ChannelTimeout(f"stripe did not answer ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise ChannelUnavailable(f"stripe request failed ({type(exc).__name__})") from None
+
+
+def _check_amount(amount: int, currency: str) -> None:
+    """Refuse, before any call, what Stripe cannot take (see mapping's docstring)."""
+    if not mapping.stripe_takes_currency(currency):
+        raise CurrencyNotSupported(f"the stripe channel does not take {currency}", param="currency")
+    try:
+        mapping.to_stripe_amount(amount, currency)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="amount") from None
+
+
+def _decode(body: bytes, type_: type[_T]) -> _T:
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ChannelUnavailable(f"stripe answered with an unexpected shape: {exc}") from None
+
+
+def _convert(function: Any, value: Any) -> Any:
+    try:
+        return function(value)
+    except ValueError as exc:
+        raise ChannelUnavailable(f"stripe answer cannot be converted: {exc}") from None
+
+
+def _path_id(ref: str) -> str:
+    # Stripe ids are [A-Za-z0-9_]; anything else would change the path, not just the id.
+    if not ref.replace("_", "").isalnum() or not ref.isascii():
+        raise ChannelUnavailable(f"not a stripe id: {ref[:40]!r}")
+    return ref

@@ -1,0 +1,68 @@
+"""The `apss` command: `apss serve`, `apss migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from apss.config import Config, load_config
+from apss.errors import ConfigInvalid, SchemaTooNew
+
+__all__ = ["main"]
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigInvalid as exc:
+        print(f"apss: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _migrate(config: Config) -> None:
+    from pathlib import Path
+
+    from apss.store.migrate import apply_migrations
+
+    Path(config.database.path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        before, after = apply_migrations(config.database.path)
+    except SchemaTooNew as exc:
+        print(f"apss: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"database {config.database.path}: schema version {before} -> {after}")
+
+
+def _serve(config: Config) -> None:
+    import uvicorn
+
+    from apss.app import create_app
+
+    _migrate(config)
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config, announce=lambda line: print(line, flush=True))
+    print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",
+                log_level=config.server.log_level, access_log=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    if not __debug__:
+        print("apss: refusing to run with python -O: assertions guard the invariants", file=sys.stderr)
+        raise SystemExit(2)
+    parser = argparse.ArgumentParser(prog="apss", description="Automated Payment & Settlement System")
+    parser.add_argument("--config", default=None, help="config file (default: $APSS_CONFIG or ./config.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply migrations and start the server")
+    commands.add_parser("migrate", help="apply migrations and exit")
+    args = parser.parse_args(argv)
+    config = _load(args.config)
+    if args.command == "migrate":
+        _migrate(config)
+    else:
+        _serve(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Configuration: msgspec Structs with every limit named `*_max`, loaded from config.toml with
+`APSS_<SECTION>_<KEY>` environment overrides. A bad value raises ConfigInvalid with one line that
+names the key; run.py turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from apss.errors import ConfigInvalid
+
+__all__ = ["Config", "load_config"]
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    # Base of every absolute URL handed out; empty means http://<host>:<port>.
+    public_url: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    request_body_bytes_max: Positive = 1_048_576
+
+
+class DatabaseConfig(_Section):
+    path: str = "data/apss.sqlite"
+    # FULL: an acknowledged write survives power loss (on storage that honours fsync).
+    # NORMAL (WAL) still survives a killed process; the server warns loudly when it is lowered.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    read_connections_max: Annotated[int, Meta(ge=1, le=32)] = 4
+    write_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    write_queue_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    busy_timeout_ms: Positive = 5_000
+
+
+class AdminConfig(_Section):
+    # Empty: a token is generated at first start, stored hashed, printed once.
+    token: str = ""
+
+
+class SecurityConfig(_Section):
+    # Base64 of a 32-byte AES key sealing secrets and personal data. Empty: generated at first
+    # start into `<database path>.keys` (mode 0600), beside the database it protects.
+    data_key: str = ""
+    data_key_id: str = "k1"
+
+
+class OrdersConfig(_Section):
+    reservation_ttl_s: Annotated[int, Meta(ge=10, le=86_400 * 7)] = 900
+    items_max: Annotated[int, Meta(ge=1, le=1000)] = 50
+    quantity_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    metadata_keys_max: Annotated[int, Meta(ge=0, le=100)] = 20
+    idempotency_ttl_s: Annotated[int, Meta(ge=86_400)] = 86_400 * 2
+
+
+class SandboxConfig(_Section):
+    # "http": callbacks are POSTed to server.public_url, like a real provider does.
+    # "asgi": delivered through the app in process (tests, or when public_url is unreachable).
+    callback_transport: Literal["http", "asgi"] = "http"
+    callback_attempts_max: Annotated[int, Meta(ge=1, le=100)] = 12
+    callback_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    webhook_tolerance_s: Annotated[int, Meta(ge=1, le=3600)] = 300
+
+
+class SchedulerConfig(_Section):
+    tick_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
+    expiry_interval_s: Annotated[float, Meta(gt=0)] = 1.0
+    expiry_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    idempotency_prune_interval_s: Annotated[float, Meta(gt=0)] = 3600.0
+
+
+class ApiConfig(_Section):
+    # Per API key, token bucket; 0 disables the limit.
+    requests_per_s_max: Annotated[int, Meta(ge=0)] = 1000
+    burst_max: Annotated[int, Meta(ge=1)] = 2000
+    page_size_max: Annotated[int, Meta(ge=1, le=100)] = 100
+
+
+class SeedConfig(_Section):
+    # Seed a demo test merchant with products on a fresh database.
+    demo: bool = True
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    admin: AdminConfig = AdminConfig()
+    security: SecurityConfig = SecurityConfig()
+    orders: OrdersConfig = OrdersConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    api: ApiConfig = ApiConfig()
+    seed: SeedConfig = SeedConfig()
+
+    @property
+    def public_url(self) -> str:
+        base = self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+        return base.rstrip("/")
+
+
+_SECTIONS = {name for name in Config.__struct_fields__}
+_PATH_RE = re.compile(r"\$\.?(.*)")
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("APSS_") or name == "APSS_CONFIG":
+            continue
+        rest = name[len("APSS_"):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigInvalid(f"environment variable {name}: no such config section or key")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def load_config(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if it exists), apply env overrides, validate. Raises ConfigInvalid."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path or environ.get("APSS_CONFIG") or "config.toml")
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigInvalid(f"{path}: not valid TOML: {exc}") from None
+    for section, values in _env_overrides(environ).items():
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigInvalid(f"config key {section}: must be a table")
+        target.update(values)
+    try:
+        config = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `")
+        key = _PATH_RE.sub(r"\1", where.rstrip("`")) if where else ""
+        if "unknown field" in message:
+            field = message.split("`")[1]
+            key = f"{key}.{field}" if key else field
+        raise ConfigInvalid(f"config key {key or '<root>'}: {message}") from None
+    _check_relations(config)
+    return config
+
+
+def _check_relations(config: Config) -> None:
+    if config.database.write_batch_max > config.database.write_queue_max:
+        raise ConfigInvalid("config key database.write_batch_max: must not exceed write_queue_max")
+    if config.server.public_url and not config.server.public_url.startswith(("http://", "https://")):
+        raise ConfigInvalid("config key server.public_url: must start with http:// or https://")
+    if config.admin.token and len(config.admin.token) < 16:
+        raise ConfigInvalid("config key admin.token: must be at least 16 characters")

@@ -1,0 +1,127 @@
+"""HMAC signing and verification (constant time), key hashing, AES-GCM sealing of secrets.
+
+Sealed values carry the id of the key that sealed them (`<kid>:<base64 nonce|ciphertext>`), so
+keys can rotate: new values are sealed with the primary key, old ones still open with theirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "Keyring",
+    "SignatureHeader",
+    "hash_secret",
+    "hmac_sha256_hex",
+    "parse_signature_header",
+    "random_token",
+    "sign_timestamped",
+    "verify_timestamped",
+]
+
+_NONCE_BYTES = 12
+
+
+def random_token(nbytes: int = 24) -> str:
+    """URL-safe random text; 24 bytes = 192 bits."""
+    assert nbytes >= 16, "tokens carry at least 128 random bits"
+    return secrets.token_urlsafe(nbytes)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a long random secret (API keys, admin token): no slow hash is needed."""
+    assert len(secret) >= 16
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def hmac_sha256_hex(key: str, message: bytes) -> str:
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+class SignatureHeader:
+    """A parsed `t=<unix>,v1=<hex>[,v1=<hex>...]` header (Stripe's scheme; other schemes ignored)."""
+
+    __slots__ = ("timestamp_s", "signatures")
+
+    def __init__(self, timestamp_s: int, signatures: list[str]) -> None:
+        self.timestamp_s = timestamp_s
+        self.signatures = signatures
+
+
+def parse_signature_header(header: str) -> SignatureHeader | None:
+    timestamp_s: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t" and value.isdigit():
+            timestamp_s = int(value)
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp_s is None or not signatures:
+        return None
+    return SignatureHeader(timestamp_s, signatures)
+
+
+def sign_timestamped(*, secret: str, timestamp_s: int, body: bytes) -> str:
+    """The header value for `body`: `t=<unix>,v1=HMAC-SHA256(secret, "<t>.<body>")`."""
+    assert timestamp_s > 0
+    signature = hmac_sha256_hex(secret, str(timestamp_s).encode() + b"." + body)
+    return f"t={timestamp_s},v1={signature}"
+
+
+def verify_timestamped(
+    *, secrets_allowed: list[str], header: str, body: bytes, now_s: int, tolerance_s: int
+) -> bool:
+    """True when any `v1` matches any allowed secret and `|now - t| <= tolerance` (constant time)."""
+    assert tolerance_s > 0
+    parsed = parse_signature_header(header)
+    if parsed is None or abs(now_s - parsed.timestamp_s) > tolerance_s:
+        return False
+    signed = str(parsed.timestamp_s).encode() + b"." + body
+    matched = False
+    for secret in secrets_allowed:
+        expected = hmac_sha256_hex(secret, signed)
+        for candidate in parsed.signatures:
+            # Every comparison runs: no early exit reveals which one matched.
+            matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+class Keyring:
+    """AES-256-GCM keys by id; seals with the primary, opens with whichever sealed it."""
+
+    def __init__(self, keys: dict[str, bytes], *, primary: str) -> None:
+        assert primary in keys, "the primary key id must be in the keyring"
+        assert all(len(k) == 32 for k in keys.values()), "AES-256 keys are 32 bytes"
+        assert all(":" not in kid for kid in keys)
+        self._keys = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._primary = primary
+
+    def __repr__(self) -> str:  # secrets never reach a log
+        return f"Keyring(ids={sorted(self._keys)}, primary={self._primary!r})"
+
+    def seal(self, plaintext: str, *, context: str) -> str:
+        """Encrypt; `context` (e.g. the row id) is authenticated so sealed values cannot be swapped."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        sealed = self._keys[self._primary].encrypt(nonce, plaintext.encode(), context.encode())
+        return f"{self._primary}:{base64.b64encode(nonce + sealed).decode()}"
+
+    def open(self, sealed: str, *, context: str) -> str:
+        kid, sep, payload = sealed.partition(":")
+        assert sep, "a sealed value names its key id"
+        key = self._keys.get(kid)
+        if key is None:
+            raise KeyError(f"no key with id {kid!r} in the keyring")
+        raw = base64.b64decode(payload)
+        try:
+            return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context.encode()).decode()
+        except InvalidTag as exc:
+            raise ValueError("sealed value does not open under its key and context") from exc

@@ -1,0 +1,62 @@
+"""Money: integer minor units plus an ISO 4217 code. Never float."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+__all__ = ["CURRENCY_EXPONENTS", "Money", "VIRTUAL_CURRENCY_RE", "format_amount", "is_iso_currency", "minor_units_max"]
+
+# ISO 4217 minor-unit exponents for the currencies APSS accepts. Codes not listed default to 2
+# only if added here: an unknown code is refused, never guessed.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    **{c: 2 for c in (
+        "AED", "ARS", "AUD", "BGN", "BRL", "CAD", "CHF", "CNY", "COP", "CZK", "DKK", "EGP", "EUR",
+        "GBP", "HKD", "IDR", "ILS", "INR", "MXN", "MYR", "NOK", "NZD", "PEN", "PHP", "PLN", "RON",
+        "RUB", "SAR", "SEK", "SGD", "THB", "TRY", "TWD", "UAH", "USD", "ZAR",
+    )},
+    **{c: 0 for c in ("CLP", "ISK", "JPY", "KRW", "PYG", "UGX", "VND", "XAF", "XOF")},
+    **{c: 3 for c in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
+}
+
+# Merchant-chosen virtual currency codes (API.md: upper-case names such as "GEMS").
+VIRTUAL_CURRENCY_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
+
+# Largest amount in minor units we accept anywhere: fits SQLite's int64 with room for sums.
+_AMOUNT_MAX = 10**15
+
+
+def is_iso_currency(code: str) -> bool:
+    return code in CURRENCY_EXPONENTS
+
+
+def format_amount(amount_minor: int, currency: str) -> str:
+    """`1999, "USD"` -> `"19.99 USD"`, exactly, by integer arithmetic (never float)."""
+    exponent = CURRENCY_EXPONENTS[currency]
+    sign, value = ("-", -amount_minor) if amount_minor < 0 else ("", amount_minor)
+    if exponent == 0:
+        return f"{sign}{value} {currency}"
+    major, minor = divmod(value, 10**exponent)
+    return f"{sign}{major}.{minor:0{exponent}d} {currency}"
+
+
+def minor_units_max() -> int:
+    return _AMOUNT_MAX
+
+
+class Money(msgspec.Struct, frozen=True, kw_only=True):
+    amount_minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        assert isinstance(self.amount_minor, int) and not isinstance(self.amount_minor, bool)
+        assert is_iso_currency(self.currency), self.currency
+
+    def __add__(self, other: Money) -> Money:
+        assert self.currency == other.currency, "multi-currency arithmetic is a programmer error"
+        return Money(amount_minor=self.amount_minor + other.amount_minor, currency=self.currency)
+
+    def times(self, quantity: int) -> Money:
+        assert quantity >= 0
+        return Money(amount_minor=self.amount_minor * quantity, currency=self.currency)

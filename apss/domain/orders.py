@@ -1,0 +1,67 @@
+"""The order state machine, as data: statuses, events, and one pure `transition`."""
+
+from __future__ import annotations
+
+import enum
+
+from apss.errors import InvalidTransition
+
+__all__ = ["ACTIVE_FOR_LIMITS", "OrderEvent", "OrderStatus", "TRANSITIONS", "transition"]
+
+
+class OrderStatus(str, enum.Enum):
+    PENDING = "pending"
+    PAID = "paid"
+    DELIVERING = "delivering"
+    FULFILLED = "fulfilled"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+
+
+class OrderEvent(str, enum.Enum):
+    PAYMENT_SUCCEEDED = "payment_succeeded"
+    PAYMENT_FAILED = "payment_failed"
+    EXPIRE = "expire"
+    CANCEL = "cancel"
+    START_DELIVERY = "start_delivery"
+    DELIVER = "deliver"
+    REFUND_PARTIAL = "refund_partial"
+    REFUND_FULL = "refund_full"
+
+
+S, E = OrderStatus, OrderEvent
+_REFUNDABLE = (S.PAID, S.DELIVERING, S.FULFILLED, S.PARTIALLY_REFUNDED)
+
+TRANSITIONS: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
+    (S.PENDING, E.PAYMENT_SUCCEEDED): S.PAID,
+    (S.PENDING, E.PAYMENT_FAILED): S.FAILED,
+    (S.PENDING, E.EXPIRE): S.EXPIRED,
+    (S.PENDING, E.CANCEL): S.CANCELED,
+    # A payment that succeeds after its order ended unpaid revives it when the stock can still
+    # be taken (the caller checks stock before asking); otherwise it is an anomaly for refund.
+    (S.EXPIRED, E.PAYMENT_SUCCEEDED): S.PAID,
+    (S.CANCELED, E.PAYMENT_SUCCEEDED): S.PAID,
+    (S.FAILED, E.PAYMENT_SUCCEEDED): S.PAID,
+    (S.PAID, E.DELIVER): S.FULFILLED,
+    (S.PAID, E.START_DELIVERY): S.DELIVERING,
+    (S.DELIVERING, E.DELIVER): S.FULFILLED,
+    **{(status, E.REFUND_PARTIAL): S.PARTIALLY_REFUNDED for status in _REFUNDABLE},
+    **{(status, E.REFUND_FULL): S.REFUNDED for status in _REFUNDABLE},
+}
+
+# Orders whose quantities count against a product's per-player purchase limit.
+ACTIVE_FOR_LIMITS = (S.PENDING, S.PAID, S.DELIVERING, S.FULFILLED, S.PARTIALLY_REFUNDED)
+
+
+def transition(current: OrderStatus, event: OrderEvent) -> OrderStatus:
+    """The status after `event`, or InvalidTransition: an illegal move is an error, never a no-op."""
+    target = TRANSITIONS.get((current, event))
+    if target is None:
+        raise InvalidTransition(
+            f"an order in status '{current.value}' cannot take the event '{event.value}'"
+        )
+    assert target != current or event is E.REFUND_PARTIAL
+    return target

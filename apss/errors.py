@@ -1,0 +1,142 @@
+"""Typed operating errors, each named after the rule it enforces.
+
+No HTTP knowledge lives here: api/errors.py alone maps these classes to statuses and error
+types. Programmer errors are `assert`s, never these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApssError",
+    "AuthenticationFailed",
+    "CallbackRejected",
+    "ChannelNotAvailable",
+    "ChannelTimeout",
+    "ChannelUnavailable",
+    "ConfigInvalid",
+    "Conflict",
+    "CurrencyNotSupported",
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
+    "InsufficientBalance",
+    "InvalidRequest",
+    "InvalidTransition",
+    "MerchantOrderRefExists",
+    "NotFound",
+    "NotReady",
+    "OutOfStock",
+    "ProviderFlowNotSupported",
+    "PurchaseLimitExceeded",
+    "RateLimited",
+    "SchemaTooNew",
+    "SkuExists",
+]
+
+
+class ApssError(Exception):
+    """An operating error with a stable `code` (the broken rule) and an optional `param`."""
+
+    code: str = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+
+class InvalidRequest(ApssError):
+    code = "invalid_request"
+
+
+class CurrencyNotSupported(InvalidRequest):
+    code = "currency_not_supported"
+
+
+class ChannelNotAvailable(InvalidRequest):
+    code = "channel_not_available"
+
+
+class CallbackRejected(InvalidRequest):
+    """A provider callback whose signature, timestamp or shape cannot be trusted."""
+
+    code = "callback_signature_invalid"
+
+
+class AuthenticationFailed(ApssError):
+    code = "invalid_api_key"
+
+
+class NotFound(ApssError):
+    code = "not_found"
+
+
+class Conflict(ApssError):
+    code = "conflict"
+
+
+class OutOfStock(Conflict):
+    code = "out_of_stock"
+
+
+class PurchaseLimitExceeded(Conflict):
+    code = "purchase_limit_exceeded"
+
+
+class SkuExists(Conflict):
+    code = "sku_exists"
+
+
+class MerchantOrderRefExists(Conflict):
+    code = "merchant_order_ref_exists"
+
+
+class InsufficientBalance(Conflict):
+    code = "insufficient_balance"
+
+
+class InvalidTransition(Conflict):
+    """An illegal state move requested through the API (the state machine refuses it)."""
+
+    code = "invalid_state"
+
+
+class IdempotencyKeyInUse(ApssError):
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(ApssError):
+    code = "idempotency_key_reused"
+
+
+class RateLimited(ApssError):
+    code = "rate_limited"
+
+
+class NotReady(ApssError):
+    code = "not_ready"
+
+
+class ChannelUnavailable(ApssError):
+    """A provider could not be reached or answered with an error; the outcome may be unknown."""
+
+    code = "channel_unavailable"
+
+
+class ChannelTimeout(ChannelUnavailable):
+    """The provider did not answer in time: the payment may or may not exist there (`unknown`)."""
+
+    code = "channel_timeout"
+
+
+class ProviderFlowNotSupported(ApssError):
+    code = "provider_flow_not_supported"
+
+
+class ConfigInvalid(Exception):
+    """Bad configuration: one line naming the key. Not an ApssError: it never reaches HTTP."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer APSS than this one."""

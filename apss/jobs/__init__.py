@@ -1,0 +1,1 @@
+"""The in-process scheduler and its jobs (expiry, sandbox callbacks, idempotency pruning)."""

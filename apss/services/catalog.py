@@ -1,0 +1,128 @@
+"""The catalog: products, prices, grants, and stock set or adjusted atomically."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from apss.clock import Clock
+from apss.domain.catalog import SKU_PATTERN, Grant, ProductCategory, default_grants
+from apss.domain.money import is_iso_currency
+from apss.errors import CurrencyNotSupported, InvalidRequest, NotFound, OutOfStock, SkuExists
+from apss.ids import new_id
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.views import ProductView, product_view
+from apss.store import catalog as store
+from apss.store.db import Database, Tx
+
+__all__ = ["Catalog", "ProductCreate", "ProductUpdate"]
+
+CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+PriceAmount = Annotated[int, Meta(ge=1, le=10**12)]
+Prices = Annotated[dict[CurrencyCode, PriceAmount], Meta(min_length=1, max_length=50)]
+Grants = Annotated[list[Grant], Meta(max_length=20)]
+StockUnits = Annotated[int, Meta(ge=0, le=10**12)]
+
+
+class ProductCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    sku: Annotated[str, Meta(pattern=SKU_PATTERN)]
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    category: ProductCategory
+    prices: Prices
+    stock: StockUnits | None = None
+    purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None = None
+    grants: Grants | None = None
+    active: bool = True
+
+
+class ProductUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | UnsetType = UNSET
+    prices: Prices | UnsetType = UNSET
+    purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None | UnsetType = UNSET
+    grants: Grants | UnsetType = UNSET
+    active: bool | UnsetType = UNSET
+    stock: StockUnits | None | UnsetType = UNSET
+    stock_adjust: Annotated[int, Meta(ge=-(10**12), le=10**12)] | UnsetType = UNSET
+
+
+_encode = msgspec.json.encode
+
+
+def _check_currencies(prices: dict[str, int]) -> None:
+    for code in prices:
+        if not is_iso_currency(code):
+            raise CurrencyNotSupported(f"'{code}' is not a supported ISO 4217 currency", param=f"prices.{code}")
+
+
+class Catalog:
+    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency) -> None:
+        self._db = db
+        self._clock = clock
+        self._idempotency = idempotency
+
+    async def create(self, *, merchant_id: str, command: ProductCreate, idem: IdempotencyRequest | None) -> Outcome:
+        def transaction(tx: Tx) -> ProductView:
+            _check_currencies(command.prices)
+            grants = default_grants(command.category, command.sku, command.grants)
+            if store.sku_taken(tx, merchant_id=merchant_id, sku=command.sku):
+                raise SkuExists(f"A product with sku '{command.sku}' already exists.", param="sku")
+            product_id = new_id("prd")
+            store.insert_product(tx, {
+                "id": product_id, "merchant_id": merchant_id, "sku": command.sku, "name": command.name,
+                "category": command.category.value, "prices": _encode(command.prices).decode(),
+                "stock": command.stock, "purchase_limit": command.purchase_limit,
+                "grants": _encode(grants).decode(), "active": int(command.active),
+                "created_at_ms": self._clock.now_ms(),
+            })
+            return product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
+
+        return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=transaction, success_status=201)
+
+    async def update(self, *, merchant_id: str, product_id: str, command: ProductUpdate, idem: IdempotencyRequest | None) -> Outcome:
+        if command.stock is not UNSET and command.stock_adjust is not UNSET:
+            raise InvalidRequest("Give either stock or stock_adjust, not both.", code="stock_and_stock_adjust", param="stock_adjust")
+        if command.prices is not UNSET:
+            _check_currencies(command.prices)
+
+        def transaction(tx: Tx) -> ProductView:
+            row = store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id)
+            if row is None:
+                raise NotFound(f"No such product: '{product_id}'", param="id")
+            now_ms = self._clock.now_ms()
+            if command.stock_adjust is not UNSET:
+                if row["stock"] is None:
+                    raise InvalidRequest("This product has unlimited stock; set a number with {\"stock\": n} first.",
+                                         code="stock_unlimited", param="stock_adjust")
+                if row["stock"] + command.stock_adjust < 0:
+                    raise OutOfStock(f"Only {row['stock']} free units to remove.", param="stock_adjust")
+            if command.grants is not UNSET:
+                default_grants(ProductCategory(row["category"]), row["sku"], command.grants)
+            fields = {name: getattr(command, name) for name in ("name", "purchase_limit", "active")
+                      if getattr(command, name) is not UNSET}
+            if "active" in fields:
+                fields["active"] = int(fields["active"])
+            if command.prices is not UNSET:
+                fields["prices"] = _encode(command.prices).decode()
+            if command.grants is not UNSET:
+                grants = default_grants(ProductCategory(row["category"]), row["sku"], command.grants)
+                fields["grants"] = _encode(grants).decode()
+            store.update_product(tx, product_id=product_id, fields=fields, now_ms=now_ms)
+            if command.stock is not UNSET:
+                store.set_stock(tx, product_id=product_id, stock=command.stock, now_ms=now_ms)
+            if command.stock_adjust is not UNSET:
+                assert store.adjust_stock(tx, product_id=product_id, delta=command.stock_adjust, now_ms=now_ms)
+            return product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
+
+        return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=transaction, success_status=200)
+
+    async def get(self, *, merchant_id: str, product_id: str) -> ProductView:
+        row = await store.get_product(self._db, merchant_id=merchant_id, product_id=product_id)
+        if row is None:
+            raise NotFound(f"No such product: '{product_id}'", param="id")
+        return product_view(row)
+
+    async def list(self, *, merchant_id: str, after_id: str | None, limit: int, active: bool | None) -> tuple[list[ProductView], bool]:
+        rows = await store.list_products(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1, active=active)
+        return [product_view(r) for r in rows[:limit]], len(rows) > limit

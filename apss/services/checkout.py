@@ -1,0 +1,289 @@
+"""Checkout: price an order from the catalog, reserve its stock, create its payment.
+
+Creating an order takes two write transactions with the channel call between them, because
+nothing slow happens inside a write transaction:
+1. reserve: idempotency key, purchase limits, stock for every line or none, the order, its
+   items, its payment (status `unknown`) and its first event;
+2. the channel creates the payment (outside any transaction);
+3. record: the payment's provider reference and next action, and the stored response.
+A crash between 1 and 3 leaves a pending order; its idempotency key stays `running` and is
+finished at restart by `resume_running` (the channel is asked again with the same payment id,
+which is also the provider's idempotency key), and the order expires normally if never paid.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from apss.channels.base import Channel, PaymentCreated, PaymentRequest
+from apss.clock import Clock, format_rfc3339
+from apss.config import Config
+from apss.crypto import random_token
+from apss.domain.money import minor_units_max
+from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
+from apss.domain.payments import PaymentStatus
+from apss.errors import (
+    ApssError,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+    InvalidRequest,
+    MerchantOrderRefExists,
+    NotFound,
+    OutOfStock,
+    PurchaseLimitExceeded,
+)
+from apss.ids import new_id
+from apss.services import lifecycle
+from apss.services.channels import ChannelAccess
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.merchants import Merchant, Merchants
+from apss.services.views import OrderEventView, OrderView, encode, order_view
+from apss.store import catalog, idempotency as keys, orders
+from apss.store.db import Database, Tx
+
+__all__ = ["Checkout", "OrderCreate", "OrderLine"]
+
+log = logging.getLogger("apss.checkout")
+
+PlayerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
+
+
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    product_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+
+
+class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    player_id: PlayerId
+    items: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+    channel: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")] | None = None
+    merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
+    metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
+
+
+class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: str
+
+
+class Checkout:
+    def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
+                 channels: ChannelAccess, merchants: Merchants) -> None:
+        self._db = db
+        self._clock = clock
+        self._config = config
+        self._idempotency = idempotency
+        self._channels = channels
+        self._merchants = merchants
+        self.public_url = config.public_url
+
+    # -- create ------------------------------------------------------------------------------
+    async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None) -> Outcome:
+        self._check_shape(command)
+        channel = self._channels.resolve(merchant, command.channel)
+
+        def reserve(tx: Tx) -> Outcome | _Reserved:
+            if idem is not None:
+                replay = self._idempotency.lookup(tx, merchant_id=merchant.id, request=idem)
+                if replay is not None:
+                    return replay
+            changes_before = tx.changes
+            try:
+                order_id = self._reserve(tx, merchant=merchant, command=command, channel=channel.name)
+            except ApssError as error:
+                if idem is None or tx.changes != changes_before:
+                    raise
+                outcome = self._idempotency.render_error(error)
+                self._idempotency.store(tx, merchant_id=merchant.id, request=idem, outcome=outcome)
+                return outcome
+            if idem is not None:
+                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"order:{order_id}")
+            return _Reserved(order_id=order_id)
+
+        reserved = await self._db.write(reserve)
+        if isinstance(reserved, Outcome):
+            return reserved
+        return await self._create_payment(merchant=merchant, channel=channel, order_id=reserved.order_id,
+                                          idem_key=idem.key if idem else None)
+
+    def _check_shape(self, command: OrderCreate) -> None:
+        limits = self._config.orders
+        if len(command.items) > limits.items_max:
+            raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
+        if len(command.metadata) > limits.metadata_keys_max:
+            raise InvalidRequest(f"At most {limits.metadata_keys_max} metadata keys.", code="too_many_metadata_keys", param="metadata")
+        seen: set[str] = set()
+        for index, line in enumerate(command.items):
+            if line.quantity > limits.quantity_max:
+                raise InvalidRequest(f"Quantity is at most {limits.quantity_max}.", code="quantity_too_large", param=f"items[{index}].quantity")
+            if line.product_id in seen:
+                raise InvalidRequest("Each product appears on one line only.", code="duplicate_line", param=f"items[{index}].product_id")
+            seen.add(line.product_id)
+
+    def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str) -> str:
+        """Checks first (they may refuse), then writes (they may not fail)."""
+        if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
+            raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
+        lines = [self._price_line(tx, merchant=merchant, command=command, index=i) for i in range(len(command.items))]
+        total = sum(line["amount"] for line in lines)
+        if total > minor_units_max():
+            raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
+        now_ms = self._clock.now_ms()
+        order_id, payment_id = new_id("ord"), new_id("pay")
+        for line in lines:
+            assert catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"]), "checked first"
+        orders.insert_order(tx, {
+            "id": order_id, "merchant_id": merchant.id, "player_id": command.player_id, "status": "pending",
+            "amount": total, "currency": command.currency, "channel": channel,
+            "merchant_order_ref": command.merchant_order_ref, "metadata": encode(command.metadata).decode(),
+            "return_url": command.return_url, "checkout_token": random_token(24), "payment_id": payment_id,
+            "expires_at_ms": now_ms + self._config.orders.reservation_ttl_s * 1000, "created_at_ms": now_ms,
+        })
+        orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
+                                  line["amount"], line["grants"]) for i, line in enumerate(lines)])
+        orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
+                                   "status": PaymentStatus.UNKNOWN.value, "amount": total, "currency": command.currency,
+                                   "created_at_ms": now_ms})
+        orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
+                            to_status="pending", cause="api", now_ms=now_ms)
+        return order_id
+
+    def _price_line(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, index: int) -> dict:
+        line = command.items[index]
+        param = f"items[{index}]"
+        product = catalog.get_product_tx(tx, merchant_id=merchant.id, product_id=line.product_id)
+        if product is None:
+            raise NotFound(f"No such product: '{line.product_id}'", param=f"{param}.product_id")
+        if not product["active"]:
+            raise InvalidRequest(f"Product '{line.product_id}' is not active.", code="product_inactive", param=f"{param}.product_id")
+        unit_amount = msgspec.json.decode(product["prices"], type=dict[str, int]).get(command.currency)
+        if unit_amount is None:
+            raise CurrencyNotSupported(f"Product '{line.product_id}' has no price in {command.currency}.", param="currency")
+        if product["stock"] is not None and product["stock"] < line.quantity:
+            raise OutOfStock(f"Only {product['stock']} units of '{product['sku']}' are available.", param=param)
+        if product["purchase_limit"] is not None:
+            bought = orders.purchased_quantity(tx, merchant_id=merchant.id, player_id=command.player_id,
+                                               product_id=line.product_id, statuses=tuple(s.value for s in ACTIVE_FOR_LIMITS))
+            if bought + line.quantity > product["purchase_limit"]:
+                raise PurchaseLimitExceeded(
+                    f"Player may buy at most {product['purchase_limit']} of '{product['sku']}' ({bought} already).", param=param)
+        return {"product_id": line.product_id, "sku": product["sku"], "quantity": line.quantity,
+                "unit_amount": unit_amount, "amount": unit_amount * line.quantity, "grants": product["grants"]}
+
+    # -- payment -----------------------------------------------------------------------------
+    def _payment_request(self, order: sqlite3.Row, items: list[sqlite3.Row]) -> PaymentRequest:
+        summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
+        return PaymentRequest(
+            payment_id=order["payment_id"], order_id=order["id"], merchant_id=order["merchant_id"],
+            amount=order["amount"], currency=order["currency"], description=f"Order {order['id']}: {summary}"[:127],
+            callback_url=f"{self.public_url}/v1/channels/{order['channel']}/webhook/{order['merchant_id']}",
+            return_url=order["return_url"], player_id=order["player_id"],
+            metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]),
+        )
+
+    async def _create_payment(self, *, merchant: Merchant, channel: Channel, order_id: str, idem_key: str | None) -> Outcome:
+        order = await orders.fetch_order(self._db, order_id=order_id)
+        items = await orders.fetch_items(self._db, order_id=order_id)
+        created: PaymentCreated | None = None
+        failure: str | None = None
+        try:
+            created = await channel.create_payment(self._payment_request(order, items), self._channels.credentials(merchant, channel))
+        except ChannelTimeout:
+            failure = None  # outcome unknown: the payment stays `unknown` for the janitor
+        except ChannelUnavailable as error:
+            log.warning("channel %s refused payment %s: %s", channel.name, order["payment_id"], error.code)
+            failure = error.code
+
+        def record(tx: Tx) -> Outcome:
+            now_ms = self._clock.now_ms()
+            current = orders.get_order_tx(tx, order_id=order_id)
+            if created is not None:
+                orders.update_payment(tx, payment_id=current["payment_id"], now_ms=now_ms, fields={
+                    "status": created.status.value, "provider_ref": created.provider_ref,
+                    "next_action": encode(created.next_action).decode() if created.next_action else None})
+            elif failure is not None:
+                orders.update_payment(tx, payment_id=current["payment_id"], now_ms=now_ms,
+                                      fields={"status": "failed", "failure_code": failure})
+                if current["status"] == OrderStatus.PENDING.value:
+                    lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{channel.name}", now_ms=now_ms)
+            outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self.public_url)))
+            if idem_key is not None:
+                self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
+            return outcome
+
+        return await self._db.write(record)
+
+    async def resume_running(self) -> int:
+        """At start: finish order requests that a crash cut between their transactions."""
+        resumed = 0
+        for row in await keys.running_keys(self._db):
+            kind, _, order_id = (row["resume"] or "").partition(":")
+            merchant = self._merchants.by_id(row["merchant_id"])
+            assert kind == "order" and merchant is not None, f"cannot resume {row['resume']!r}"
+            order = await orders.fetch_order(self._db, order_id=order_id)
+            channel = self._channels.registry.get(order["channel"])
+            await self._create_payment(merchant=merchant, channel=channel, order_id=order_id, idem_key=row["key"])
+            resumed += 1
+        return resumed
+
+    # -- cancel and expire -------------------------------------------------------------------
+    async def cancel(self, *, merchant: Merchant, order_id: str, idem: IdempotencyRequest | None) -> Outcome:
+        def transaction(tx: Tx) -> OrderView:
+            order = orders.get_order_tx(tx, order_id=order_id, merchant_id=merchant.id)
+            if order is None:
+                raise NotFound(f"No such order: '{order_id}'", param="id")
+            lifecycle.end_unpaid(tx, order, OrderEvent.CANCEL, cause="api", now_ms=self._clock.now_ms())
+            return order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self.public_url)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=200)
+
+    async def expire_due(self) -> int:
+        """Expire pending orders whose reservation ran out (the scheduler's expiry job)."""
+        now_ms = self._clock.now_ms()
+        due = await orders.pending_due(self._db, now_ms=now_ms, limit=self._config.scheduler.expiry_batch_max)
+        if not due:
+            return 0
+
+        def transaction(tx: Tx) -> int:
+            expired = 0
+            for order_id in due:
+                order = orders.get_order_tx(tx, order_id=order_id)
+                # Re-checked inside the writer: a payment may have landed since the read.
+                if order["status"] == OrderStatus.PENDING.value and order["expires_at_ms"] <= now_ms:
+                    lifecycle.end_unpaid(tx, order, OrderEvent.EXPIRE, cause="expiry", now_ms=now_ms)
+                    expired += 1
+            return expired
+
+        return await self._db.write(transaction)
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get(self, *, merchant_id: str, order_id: str) -> OrderView:
+        row = await orders.get_order_view(self._db, merchant_id=merchant_id, order_id=order_id)
+        if row is None:
+            raise NotFound(f"No such order: '{order_id}'", param="id")
+        return order_view(row, public_url=self.public_url)
+
+    async def by_checkout_token(self, token: str) -> OrderView:
+        row = await orders.get_order_view_by_token(self._db, checkout_token=token)
+        if row is None:
+            raise NotFound("No such checkout.")
+        return order_view(row, public_url=self.public_url)
+
+    async def list(self, *, merchant_id: str, after_id: str | None, limit: int, status: str | None,
+                   player_id: str | None) -> tuple[list[OrderView], bool]:
+        rows = await orders.list_order_views(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
+                                             status=status, player_id=player_id)
+        return [order_view(r, public_url=self.public_url) for r in rows[:limit]], len(rows) > limit
+
+    async def events(self, *, merchant_id: str, order_id: str) -> list[OrderEventView]:
+        await self.get(merchant_id=merchant_id, order_id=order_id)  # 404 for another merchant's order
+        rows = await orders.list_order_events(self._db, order_id=order_id)
+        return [OrderEventView(id=r["id"], type=r["type"], from_status=r["from_status"], to_status=r["to_status"],
+                               cause=r["cause"], created_at=format_rfc3339(r["created_at_ms"])) for r in rows]

@@ -1,0 +1,105 @@
+"""Moves of an order through the state machine, with their stock and payment side effects.
+
+Every function here runs inside a write transaction (`tx`) and does its checks before its first
+write. Stock follows the order: reserved at creation, taken when paid, released when the order
+ends unpaid (expired, canceled, failed).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+
+from apss.domain.catalog import CurrencyGrant, EntitlementGrant, Grant, ItemGrant, MembershipGrant
+from apss.domain.orders import OrderEvent, OrderStatus, transition
+from apss.domain.payments import PaymentStatus, payment_transition
+from apss.errors import InvalidTransition
+from apss.ids import new_id
+from apss.store import alerts, catalog, orders, players
+from apss.store.db import Tx
+
+__all__ = ["deliver", "end_unpaid", "move", "pay", "raise_alert", "stock_available_again"]
+
+_grants_decoder = msgspec.json.Decoder(list[Grant])
+_DAY_MS = 86_400_000
+
+
+def move(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: int) -> OrderStatus:
+    """Apply `event` to the order (InvalidTransition if illegal) and record it with its cause."""
+    current = OrderStatus(order["status"])
+    target = transition(current, event)
+    orders.set_order_status(tx, order_id=order["id"], from_status=current.value, to_status=target.value, now_ms=now_ms)
+    orders.insert_event(tx, event_id=new_id("evt"), order_id=order["id"], type=f"order.{target.value}",
+                        from_status=current.value, to_status=target.value, cause=cause, now_ms=now_ms)
+    return target
+
+
+def end_unpaid(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: int) -> None:
+    """Expire, cancel or fail a pending order: release its reservation, cancel its payment."""
+    assert event in (OrderEvent.EXPIRE, OrderEvent.CANCEL, OrderEvent.PAYMENT_FAILED)
+    transition(OrderStatus(order["status"]), event)  # check before writing
+    items = orders.order_items_tx(tx, order["id"])
+    move(tx, order, event, cause=cause, now_ms=now_ms)
+    for item in items:
+        catalog.release_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
+    payment = orders.get_payment_tx(tx, payment_id=order["payment_id"]) if order["payment_id"] else None
+    if payment is not None and event is not OrderEvent.PAYMENT_FAILED:
+        try:
+            payment_transition(PaymentStatus(payment["status"]), PaymentStatus.CANCELED)
+        except InvalidTransition:
+            return
+        orders.update_payment(tx, payment_id=payment["id"], fields={"status": "canceled"}, now_ms=now_ms)
+
+
+def stock_available_again(tx: Tx, items: list[sqlite3.Row]) -> bool:
+    """Can a late payment take its units from free stock (its reservation was released)?"""
+    for item in items:
+        free = catalog.free_stock(tx, product_id=item["product_id"])
+        if free is not None and free < item["quantity"]:
+            return False
+    return True
+
+
+def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now_ms: int) -> None:
+    """Take the stock, mark the order paid, deliver the goods and mark it fulfilled: one
+    transaction, so a paid order is never left undelivered by a crash."""
+    was_pending = order["status"] == OrderStatus.PENDING.value
+    transition(OrderStatus(order["status"]), OrderEvent.PAYMENT_SUCCEEDED)
+    for item in items:
+        if was_pending:
+            catalog.take_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
+        else:
+            assert catalog.take_free(tx, product_id=item["product_id"], quantity=item["quantity"]), "checked first"
+    move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
+    deliver(tx, order, items, now_ms=now_ms)
+    paid = orders.get_order_tx(tx, order_id=order["id"])
+    move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
+
+
+def deliver(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, now_ms: int) -> None:
+    """Grant what each unit of each line delivers (grants frozen on the line at purchase)."""
+    merchant_id, player_id = order["merchant_id"], order["player_id"]
+    for item in items:
+        quantity = item["quantity"]
+        assert quantity >= 1
+        for grant in _grants_decoder.decode(item["grants"]):
+            if isinstance(grant, ItemGrant):
+                players.add_items(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
+                                  quantity=grant.quantity * quantity, now_ms=now_ms)
+            elif isinstance(grant, CurrencyGrant):
+                players.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
+                                            currency=grant.currency, amount=grant.amount * quantity,
+                                            reason="purchase", order_id=order["id"], now_ms=now_ms)
+            elif isinstance(grant, MembershipGrant):
+                players.extend_membership(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
+                                          duration_ms=grant.duration_days * quantity * _DAY_MS, now_ms=now_ms)
+            else:
+                assert isinstance(grant, EntitlementGrant)
+                players.add_entitlement(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
+                                        order_id=order["id"], now_ms=now_ms)
+
+
+def raise_alert(tx: Tx, *, merchant_id: str | None, kind: str, severity: str, object_id: str | None, message: str, now_ms: int) -> None:
+    alerts.insert_alert(tx, alert_id=new_id("alr"), merchant_id=merchant_id, kind=kind, severity=severity,
+                        object_id=object_id, message=message, now_ms=now_ms)

@@ -1,0 +1,123 @@
+"""Provider callbacks: verified first, then applied once per (channel, provider event id).
+
+The route handler is the same for every provider: `/v1/channels/{channel}/webhook/{merchant}`.
+The merchant in the path picks the secret that verifies the signature, before anything in the
+request is trusted. A verified event is recorded and applied in one write transaction:
+- a duplicate (same event id) is acknowledged and changes nothing;
+- a stale event (the payment already moved past it) is recorded as `stale` and moves nothing;
+- an amount or currency that differs from the payment is an anomaly: an alert, no fulfilment;
+- a success for an order that expired meanwhile takes the stock again if it is there, else it
+  is an anomaly for refund.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from apss.channels.base import CallbackEvent, CallbackReply, CallbackRequest
+from apss.clock import Clock
+from apss.domain.orders import OrderEvent, OrderStatus
+from apss.domain.payments import CallbackKind, PaymentStatus
+from apss.errors import NotFound
+from apss.services import lifecycle
+from apss.services.channels import ChannelAccess
+from apss.services.merchants import Merchants
+from apss.store import orders
+from apss.store.db import Database, Tx
+
+__all__ = ["PaymentEvents"]
+
+log = logging.getLogger("apss.callbacks")
+_UNPAID_ENDED = (OrderStatus.EXPIRED.value, OrderStatus.CANCELED.value, OrderStatus.FAILED.value)
+
+
+class PaymentEvents:
+    def __init__(self, *, db: Database, clock: Clock, channels: ChannelAccess, merchants: Merchants) -> None:
+        self._db = db
+        self._clock = clock
+        self._channels = channels
+        self._merchants = merchants
+
+    async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
+                              body: bytes, query: dict[str, str]) -> CallbackReply:
+        channel = self._channels.for_callback(channel_name)
+        merchant = self._merchants.by_id(merchant_id)
+        if merchant is None:
+            raise NotFound(f"No such merchant: '{merchant_id}'", param="merchant_id")
+        credentials = self._channels.credentials(merchant, channel)
+        request = CallbackRequest(headers=headers, body=body, now_s=self._clock.now_ms() // 1000, query=query)
+        events = await channel.verify_callback(request, credentials)  # CallbackRejected -> 400
+        if events:
+            results = await self._db.write(lambda tx: [self._apply(tx, channel.name, merchant.id, e) for e in events])
+            log.info("callback %s/%s: %s", channel.name, merchant.id, ", ".join(results))
+        return channel.callback_reply(accepted=True)
+
+    def _apply(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> str:
+        now_ms = self._clock.now_ms()
+        payment = self._find_payment(tx, channel, merchant_id, event)
+        if not orders.record_provider_event(tx, channel=channel, event_id=event.event_id, merchant_id=merchant_id,
+                                            kind=event.kind.value, payment_id=payment["id"] if payment else None, now_ms=now_ms):
+            return "duplicate"
+        if payment is None:
+            result = "unmatched"
+            lifecycle.raise_alert(tx, merchant_id=merchant_id, kind="callback_unmatched", severity="warning",
+                                  object_id=event.event_id, now_ms=now_ms,
+                                  message=f"{channel} event {event.event_id} names no payment of this merchant")
+        elif event.kind is CallbackKind.PAYMENT_SUCCEEDED:
+            result = self._succeeded(tx, payment, event, now_ms=now_ms)
+        elif event.kind is CallbackKind.PAYMENT_FAILED:
+            result = self._failed(tx, payment, event, now_ms=now_ms)
+        else:
+            result = "ignored"  # refunds and disputes are applied by the money issue's services
+        orders.set_provider_event_result(tx, channel=channel, event_id=event.event_id, result=result)
+        return result
+
+    @staticmethod
+    def _find_payment(tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> sqlite3.Row | None:
+        payment = None
+        if event.payment_id:
+            payment = orders.get_payment_tx(tx, payment_id=event.payment_id)
+        if payment is None and event.provider_ref:
+            payment = orders.payment_by_provider_ref(tx, channel=channel, provider_ref=event.provider_ref)
+        if payment is None or payment["merchant_id"] != merchant_id or payment["channel"] != channel:
+            return None
+        return payment
+
+    def _succeeded(self, tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:
+        if payment["status"] == PaymentStatus.SUCCEEDED.value:
+            return "stale"
+        if event.amount != payment["amount"] or event.currency != payment["currency"]:
+            lifecycle.raise_alert(
+                tx, merchant_id=payment["merchant_id"], kind="amount_mismatch", severity="critical", object_id=payment["id"],
+                now_ms=now_ms, message=f"provider reported {event.amount} {event.currency}, payment is "
+                                       f"{payment['amount']} {payment['currency']}: not fulfilled")
+            return "anomaly"
+        order = orders.get_order_tx(tx, order_id=payment["order_id"])
+        items = orders.order_items_tx(tx, order["id"])
+        late = order["status"] in _UNPAID_ENDED
+        can_pay = order["status"] == OrderStatus.PENDING.value or (late and lifecycle.stock_available_again(tx, items))
+        fields = {"status": PaymentStatus.SUCCEEDED.value, "failure_code": None}
+        if event.provider_ref and payment["provider_ref"] is None:
+            fields["provider_ref"] = event.provider_ref
+        orders.update_payment(tx, payment_id=payment["id"], fields=fields, now_ms=now_ms)
+        if not can_pay:
+            lifecycle.raise_alert(
+                tx, merchant_id=payment["merchant_id"], kind="late_payment_out_of_stock", severity="critical",
+                object_id=order["id"], now_ms=now_ms,
+                message=f"payment {payment['id']} succeeded after order {order['id']} became {order['status']} "
+                        "and its stock is gone: refund it")
+            return "anomaly"
+        lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms)
+        return "applied"
+
+    @staticmethod
+    def _failed(tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:
+        if payment["status"] in (PaymentStatus.SUCCEEDED.value, PaymentStatus.FAILED.value):
+            return "stale"
+        orders.update_payment(tx, payment_id=payment["id"], now_ms=now_ms,
+                              fields={"status": PaymentStatus.FAILED.value, "failure_code": event.failure_code or "failed"})
+        order = orders.get_order_tx(tx, order_id=payment["order_id"])
+        if order["status"] == OrderStatus.PENDING.value:
+            lifecycle.end_unpaid(tx, order, OrderEvent.PAYMENT_FAILED, cause=f"callback:{event.event_id}", now_ms=now_ms)
+        return "applied"

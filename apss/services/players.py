@@ -1,0 +1,60 @@
+"""What a player owns: inventory and wallet; game-side wallet debits (never below zero)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from apss.clock import Clock, format_rfc3339
+from apss.errors import InsufficientBalance
+from apss.ids import new_id
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.views import EntitlementView, InventoryView, ItemView, MembershipView, WalletDebitView, WalletView
+from apss.store import players as store
+from apss.store.db import Database, Tx
+
+__all__ = ["PLAYER_ID_PATTERN", "Players", "WalletDebit"]
+
+PLAYER_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+
+
+class WalletDebit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    currency: Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9_]{1,15}$")]
+    amount: Annotated[int, Meta(ge=1, le=10**15)]
+    reason: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class Players:
+    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency) -> None:
+        self._db = db
+        self._clock = clock
+        self._idempotency = idempotency
+
+    async def inventory(self, *, merchant_id: str, player_id: str) -> InventoryView:
+        owned = await store.inventory(self._db, merchant_id=merchant_id, player_id=player_id, now_ms=self._clock.now_ms())
+        return InventoryView(
+            player_id=player_id,
+            items=[ItemView(sku=r["sku"], quantity=r["quantity"]) for r in owned["items"]],
+            memberships=[MembershipView(sku=r["sku"], expires_at=format_rfc3339(r["expires_at_ms"])) for r in owned["memberships"]],
+            entitlements=[EntitlementView(sku=r["sku"], granted_at=format_rfc3339(r["granted_at_ms"])) for r in owned["entitlements"]],
+        )
+
+    async def wallet(self, *, merchant_id: str, player_id: str) -> WalletView:
+        rows = await store.wallet_balances(self._db, merchant_id=merchant_id, player_id=player_id)
+        return WalletView(player_id=player_id, balances={r["currency"]: r["balance"] for r in rows})
+
+    async def debit(self, *, merchant_id: str, player_id: str, command: WalletDebit, idem: IdempotencyRequest | None) -> Outcome:
+        def transaction(tx: Tx) -> WalletDebitView:
+            balance = store.get_balance_tx(tx, merchant_id=merchant_id, player_id=player_id, currency=command.currency)
+            if balance < command.amount:
+                raise InsufficientBalance(
+                    f"Balance is {balance} {command.currency}; cannot debit {command.amount}.", param="amount")
+            after = store.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
+                                              currency=command.currency, amount=-command.amount, reason=command.reason,
+                                              order_id=None, now_ms=self._clock.now_ms())
+            assert after >= 0
+            return WalletDebitView(player_id=player_id, currency=command.currency, amount=command.amount, balance=after)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=transaction, success_status=201)

@@ -1,0 +1,136 @@
+"""The sandbox provider: the payer's Pay / Fail (page or API) and its signed callbacks.
+
+It never changes an order itself. Completing a payment records the provider's outcome and
+queues a signed callback in its own outbox (sandbox_callbacks), in one transaction; a job sends
+the callbacks after commit to `/v1/channels/sandbox/webhook/{merchant}` — over HTTP to
+server.public_url, or through the ASGI app in process — and retries with backoff until a 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+
+import httpx
+import msgspec
+
+from apss.channels.sandbox import build_event, parse_magic, send_callback
+from apss.clock import Clock
+from apss.config import Config
+from apss.domain.payments import CallbackKind
+from apss.errors import ChannelNotAvailable, InvalidTransition, NotFound
+from apss.ids import new_id
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.merchants import Merchant, Merchants
+from apss.services.views import SandboxActionView
+from apss.store import orders, sandbox as store
+from apss.store.db import Database, Tx
+
+__all__ = ["SandboxProvider"]
+
+log = logging.getLogger("apss.sandbox")
+_SEND_CONCURRENCY_MAX = 16
+_BATCH_MAX = 200
+_BACKOFF_S_MAX = 600
+
+
+class SandboxProvider:
+    def __init__(self, *, db: Database, clock: Clock, config: Config, merchants: Merchants, idempotency: Idempotency) -> None:
+        self._db = db
+        self._clock = clock
+        self._config = config
+        self._merchants = merchants
+        self._idempotency = idempotency
+        self.client: httpx.AsyncClient | None = None  # set by app.py (HTTP or ASGI transport)
+        self.wake = lambda: None  # set by app.py: pokes the sender job after a commit
+
+    # -- the payer acts ----------------------------------------------------------------------
+    async def complete(self, *, merchant: Merchant, payment_id: str, pay: bool, idem: IdempotencyRequest | None) -> Outcome:
+        if merchant.mode != "test":
+            raise ChannelNotAvailable("The sandbox works for test merchants only.")
+
+        def transaction(tx: Tx) -> SandboxActionView:
+            payment = orders.get_payment_tx(tx, payment_id=payment_id)
+            if payment is None or payment["merchant_id"] != merchant.id:
+                raise NotFound(f"No such payment: '{payment_id}'", param="payment_id")
+            return self._complete(tx, payment, pay=pay)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=202)
+
+    async def complete_by_ref(self, *, provider_ref: str, pay: bool) -> SandboxActionView:
+        """The payer page's buttons: the unguessable provider reference is the capability."""
+
+        def transaction(tx: Tx) -> SandboxActionView:
+            payment = orders.payment_by_provider_ref(tx, channel="sandbox", provider_ref=provider_ref)
+            if payment is None:
+                raise NotFound("No such sandbox payment.")
+            return self._complete(tx, payment, pay=pay)
+
+        return await self._db.write(transaction)
+
+    async def payer_page_data(self, provider_ref: str) -> sqlite3.Row | None:
+        return await orders.payment_by_provider_ref_async(self._db, channel="sandbox", provider_ref=provider_ref)
+
+    def _complete(self, tx: Tx, payment: sqlite3.Row, *, pay: bool) -> SandboxActionView:
+        if payment["channel"] != "sandbox":
+            raise ChannelNotAvailable(f"Payment '{payment['id']}' is not a sandbox payment.", param="payment_id")
+        if payment["provider_ref"] is None:
+            raise InvalidTransition("The sandbox has not created this payment yet.")
+        if store.completion(tx, payment_id=payment["id"]) is not None:
+            raise InvalidTransition("The payer already completed this sandbox payment.")
+        order = orders.get_order_tx(tx, order_id=payment["order_id"])
+        outcome = parse_magic(msgspec.json.decode(order["metadata"], type=dict[str, str]), payer_pays=pay)
+        now_ms = self._clock.now_ms()
+        store.insert_completion(tx, payment_id=payment["id"], merchant_id=payment["merchant_id"],
+                                outcome="succeeded" if outcome.succeeded else "failed",
+                                failure_code=outcome.failure_code, now_ms=now_ms)
+        event_id = new_id("evt")
+        body = build_event(
+            event_id=event_id, kind=CallbackKind.PAYMENT_SUCCEEDED if outcome.succeeded else CallbackKind.PAYMENT_FAILED,
+            created_s=now_ms // 1000, payment_id=payment["id"], amount=payment["amount"], currency=payment["currency"],
+            provider_ref=payment["provider_ref"], failure_code=outcome.failure_code)
+        for _ in range(outcome.copies):  # `duplicate_callback` sends the same event twice
+            store.insert_callback(tx, event_id=event_id, merchant_id=payment["merchant_id"], body=body,
+                                  deliver_at_ms=now_ms + outcome.delay_s * 1000)
+        tx.after_commit(self.wake)
+        return SandboxActionView(payment_id=payment["id"], status="processing")
+
+    # -- the provider sends ------------------------------------------------------------------
+    async def deliver_due(self) -> int:
+        """Send every callback that is due; returns how many were delivered."""
+        assert self.client is not None, "sandbox HTTP client not wired"
+        due = await store.due_callbacks(self._db, now_ms=self._clock.now_ms(), limit=_BATCH_MAX)
+        if not due:
+            return 0
+        gate = asyncio.Semaphore(_SEND_CONCURRENCY_MAX)
+
+        async def send(row: sqlite3.Row) -> tuple[int, str | None]:
+            merchant = self._merchants.by_id(row["merchant_id"])
+            url = f"{self._config.public_url}/v1/channels/sandbox/webhook/{row['merchant_id']}"
+            async with gate:
+                try:
+                    status = await send_callback(client=self.client, url=url, secret=merchant.sandbox_webhook_secret,
+                                                 body=bytes(row["body"]), now_s=self._clock.now_ms() // 1000)
+                except httpx.HTTPError as exc:
+                    return row["seq"], f"{type(exc).__name__}"
+            return row["seq"], None if 200 <= status < 300 else f"HTTP {status}"
+
+        results = await asyncio.gather(*(send(row) for row in due))
+        attempts = {row["seq"]: row["attempts"] for row in due}
+
+        def record(tx: Tx) -> int:
+            now_ms = self._clock.now_ms()
+            for seq, error in results:
+                tried = attempts[seq] + 1
+                retry_at = None
+                if error is not None and tried < self._config.sandbox.callback_attempts_max:
+                    retry_at = now_ms + min(2 ** tried, _BACKOFF_S_MAX) * 1000
+                store.mark_attempt(tx, seq=seq, delivered=error is None, error=error, retry_at_ms=retry_at, now_ms=now_ms)
+            return sum(1 for _, error in results if error is None)
+
+        delivered = await self._db.write(record)
+        for seq, error in results:
+            if error is not None:
+                log.warning("sandbox callback %s not delivered: %s", seq, error)
+        return delivered

@@ -1,0 +1,235 @@
+"""The objects the API returns (API.md shapes), built from store rows. Encoded once, here, so
+that a stored idempotent response and a fresh one are the same bytes."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from apss.clock import format_rfc3339
+from apss.domain.catalog import Grant
+
+__all__ = [
+    "AccountView",
+    "EntitlementView",
+    "InventoryView",
+    "ItemView",
+    "MerchantList",
+    "OrderEventList",
+    "OrderList",
+    "ProductList",
+    "MembershipView",
+    "MerchantCreatedView",
+    "MerchantView",
+    "NextActionView",
+    "OrderEventView",
+    "OrderItemView",
+    "OrderView",
+    "PaymentView",
+    "ProductView",
+    "SandboxActionView",
+    "SecretKeyView",
+    "WalletDebitView",
+    "WalletView",
+    "encode",
+    "order_view",
+    "product_view",
+]
+
+_encoder = msgspec.json.Encoder()
+_grants_decoder = msgspec.json.Decoder(list[Grant])
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+class _View(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class ProductView(_View):
+    id: str
+    sku: str
+    name: str
+    category: str
+    prices: dict[str, int]
+    stock: int | None
+    reserved: int
+    sold: int
+    purchase_limit: int | None
+    grants: list[Grant]
+    active: bool
+    created_at: str
+
+
+def product_view(row: sqlite3.Row) -> ProductView:
+    assert row["reserved"] >= 0 and row["sold"] >= 0
+    return ProductView(
+        id=row["id"], sku=row["sku"], name=row["name"], category=row["category"],
+        prices=msgspec.json.decode(row["prices"], type=dict[str, int]), stock=row["stock"],
+        reserved=row["reserved"], sold=row["sold"], purchase_limit=row["purchase_limit"],
+        grants=_grants_decoder.decode(row["grants"]), active=bool(row["active"]),
+        created_at=format_rfc3339(row["created_at_ms"]),
+    )
+
+
+class NextActionView(_View, omit_defaults=True):
+    type: str
+    url: str | None = None
+    data: str | None = None
+    value: str | None = None
+
+
+class PaymentView(_View):
+    id: str
+    channel: str
+    status: str
+    next_action: NextActionView | None
+    failure_code: str | None = None
+
+
+class OrderItemView(_View):
+    product_id: str
+    sku: str
+    quantity: int
+    unit_amount: int
+    amount: int
+
+
+class OrderView(_View):
+    id: str
+    status: str
+    player_id: str
+    items: list[OrderItemView]
+    amount: int
+    currency: str
+    channel: str
+    merchant_order_ref: str | None
+    metadata: dict[str, str]
+    expires_at: str
+    created_at: str
+    checkout_url: str
+    payment: PaymentView | None
+
+
+def order_view(row: sqlite3.Row, *, public_url: str) -> OrderView:
+    items = [
+        OrderItemView(product_id=p, sku=s, quantity=q, unit_amount=u, amount=a)
+        for p, s, q, u, a in msgspec.json.decode(row["items_json"])
+    ]
+    assert sum(item.amount for item in items) == row["amount"], "order total differs from its lines"
+    payment = None
+    if row["payment_id"] is not None and row["p_status"] is not None:
+        action = row["p_next_action"]
+        payment = PaymentView(
+            id=row["payment_id"], channel=row["p_channel"], status=row["p_status"],
+            next_action=msgspec.json.decode(action, type=NextActionView) if action else None,
+            failure_code=row["p_failure_code"],
+        )
+    return OrderView(
+        id=row["id"], status=row["status"], player_id=row["player_id"], items=items,
+        amount=row["amount"], currency=row["currency"], channel=row["channel"],
+        merchant_order_ref=row["merchant_order_ref"],
+        metadata=msgspec.json.decode(row["metadata"], type=dict[str, str]),
+        expires_at=format_rfc3339(row["expires_at_ms"]), created_at=format_rfc3339(row["created_at_ms"]),
+        checkout_url=f"{public_url}/checkout/{row['checkout_token']}", payment=payment,
+    )
+
+
+class OrderEventView(_View):
+    id: str
+    type: str
+    from_status: str | None
+    to_status: str
+    cause: str
+    created_at: str
+
+
+class _Page(_View):
+    has_more: bool
+    next_cursor: str | None
+
+
+class ProductList(_Page):
+    data: list[ProductView]
+
+
+class OrderList(_Page):
+    data: list[OrderView]
+
+
+class OrderEventList(_Page):
+    data: list[OrderEventView]
+
+
+class MerchantList(_Page):
+    data: list[MerchantView]
+
+
+class MerchantView(_View):
+    id: str
+    name: str
+    mode: str
+    created_at: str
+
+
+class MerchantCreatedView(_View):
+    id: str
+    name: str
+    mode: str
+    secret_key: str
+    created_at: str
+
+
+class SecretKeyView(_View):
+    secret_key: str
+
+
+class AccountView(_View, omit_defaults=True):
+    id: str
+    name: str
+    mode: str
+    sandbox_webhook_secret: str | None = None
+
+
+class ItemView(_View):
+    sku: str
+    quantity: int
+
+
+class MembershipView(_View):
+    sku: str
+    expires_at: str
+
+
+class EntitlementView(_View):
+    sku: str
+    granted_at: str
+
+
+class InventoryView(_View):
+    player_id: str
+    items: list[ItemView]
+    memberships: list[MembershipView]
+    entitlements: list[EntitlementView]
+
+
+class WalletView(_View):
+    player_id: str
+    balances: dict[str, int]
+
+
+class WalletDebitView(_View):
+    player_id: str
+    currency: str
+    amount: int
+    balance: int
+
+
+class SandboxActionView(_View):
+    payment_id: str
+    status: str

@@ -1,0 +1,1 @@
+"""SQLite only: connections, the single writer, migrations, queries. All SQL lives here."""

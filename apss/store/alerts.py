@@ -1,0 +1,26 @@
+"""Alerts: anomalies that need a person (amount mismatch, late payment without stock...)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = ["insert_alert", "list_alerts"]
+
+
+def insert_alert(
+    tx: Tx, *, alert_id: str, merchant_id: str | None, kind: str, severity: str, object_id: str | None,
+    message: str, now_ms: int,
+) -> None:
+    tx.execute(
+        "INSERT INTO alerts (id, merchant_id, kind, severity, object_id, message, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (alert_id, merchant_id, kind, severity, object_id, message, now_ms),
+    )
+
+
+async def list_alerts(db: Database, *, merchant_id: str, after_id: str | None, limit: int) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT * FROM alerts WHERE merchant_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        (merchant_id, after_id, after_id, limit),
+    )

@@ -1,0 +1,81 @@
+"""Merchants, their API keys (SHA-256 hashes only), and server settings."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "active_keys",
+    "all_merchants",
+    "fetch_merchant",
+    "get_merchant",
+    "get_setting",
+    "insert_api_key",
+    "insert_merchant",
+    "list_merchants",
+    "revoke_keys",
+    "set_setting",
+]
+
+
+def insert_merchant(tx: Tx, *, merchant_id: str, name: str, mode: str, sandbox_secret_sealed: str | None, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO merchants (id, name, mode, sandbox_webhook_secret_sealed, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+        (merchant_id, name, mode, sandbox_secret_sealed, now_ms),
+    )
+
+
+def insert_api_key(tx: Tx, *, merchant_id: str, key_hash: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO api_keys (key_hash, merchant_id, created_at_ms) VALUES (?, ?, ?)",
+        (key_hash, merchant_id, now_ms),
+    )
+
+
+def revoke_keys(tx: Tx, *, merchant_id: str, now_ms: int) -> list[str]:
+    """Revoke every active key of the merchant; returns their hashes (for the auth cache)."""
+    rows = tx.all(
+        "UPDATE api_keys SET revoked_at_ms = ? WHERE merchant_id = ? AND revoked_at_ms IS NULL RETURNING key_hash",
+        (now_ms, merchant_id),
+    )
+    return [row["key_hash"] for row in rows]
+
+
+def get_merchant(tx: Tx, merchant_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM merchants WHERE id = ?", (merchant_id,))
+
+
+async def active_keys(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT k.key_hash, m.id AS merchant_id, m.name, m.mode, m.sandbox_webhook_secret_sealed"
+        " FROM api_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.revoked_at_ms IS NULL"
+    )
+
+
+async def list_merchants(db: Database, *, after_id: str | None, limit: int) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT * FROM merchants WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        (after_id, after_id, limit),
+    )
+
+
+async def fetch_merchant(db: Database, merchant_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM merchants WHERE id = ?", (merchant_id,))
+
+
+async def all_merchants(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM merchants")
+
+
+def get_setting(tx: Tx, name: str) -> str | None:
+    row = tx.one("SELECT value FROM settings WHERE name = ?", (name,))
+    return None if row is None else row["value"]
+
+
+def set_setting(tx: Tx, name: str, value: str) -> None:
+    tx.execute(
+        "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )

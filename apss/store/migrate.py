@@ -1,0 +1,72 @@
+"""Numbered, forward-only SQL migrations (migrations/NNNN_name.sql), applied in order inside one
+transaction, statement by statement (`executescript` would commit an open transaction)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from apss.errors import SchemaTooNew
+
+__all__ = ["MIGRATIONS_DIR", "apply_migrations", "known_migrations", "split_statements"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+_NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def known_migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _NAME_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    versions = [v for v, _ in found]
+    assert versions == list(range(1, len(versions) + 1)), f"migrations must be numbered 1..n: {versions}"
+    return found
+
+
+def split_statements(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    assert not current.strip() or current.strip().startswith("--"), "unterminated SQL statement"
+    return statements
+
+
+def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, int]:
+    """Bring the database at `path` to the newest schema. Returns (version before, after).
+    Raises SchemaTooNew when the database was written by a newer APSS."""
+    migrations = known_migrations(directory)
+    latest = migrations[-1][0] if migrations else 0
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        if current > latest:
+            conn.execute("ROLLBACK")
+            raise SchemaTooNew(
+                f"database {path} has schema version {current}, but this APSS knows only up to "
+                f"{latest}: upgrade APSS (or restore a backup) before starting it"
+            )
+        for version, file in migrations:
+            if version <= current:
+                continue
+            for statement in split_statements(file.read_text()):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        conn.execute("COMMIT")
+        return current, max(current, latest)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()

@@ -1,0 +1,191 @@
+"""Orders, their items, payments, order events and provider callback events."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "fetch_items",
+    "fetch_order",
+    "get_order_tx",
+    "get_order_view",
+    "get_order_view_by_token",
+    "get_order_view_tx",
+    "get_payment_tx",
+    "insert_event",
+    "insert_items",
+    "insert_order",
+    "insert_payment",
+    "list_order_events",
+    "list_order_views",
+    "merchant_ref_taken",
+    "order_items_tx",
+    "payment_by_provider_ref",
+    "payment_by_provider_ref_async",
+    "pending_due",
+    "purchased_quantity",
+    "record_provider_event",
+    "set_order_status",
+    "set_provider_event_result",
+    "update_payment",
+]
+
+# One query renders an order with its items and payment, for the writer and the readers alike.
+_ORDER_VIEW_SELECT = (
+    "SELECT o.*, p.channel AS p_channel, p.status AS p_status, p.next_action AS p_next_action,"
+    " p.failure_code AS p_failure_code,"
+    " (SELECT json_group_array(json_array(i.product_id, i.sku, i.quantity, i.unit_amount, i.amount))"
+    "  FROM (SELECT * FROM order_items WHERE order_id = o.id ORDER BY line) AS i) AS items_json"
+    " FROM orders o LEFT JOIN payments p ON p.id = o.payment_id"
+)
+
+
+def insert_order(tx: Tx, row: dict) -> None:
+    tx.execute(
+        "INSERT INTO orders (id, merchant_id, player_id, status, amount, currency, channel,"
+        " merchant_order_ref, metadata, return_url, checkout_token, payment_id, expires_at_ms,"
+        " created_at_ms, updated_at_ms) VALUES (:id, :merchant_id, :player_id, :status, :amount,"
+        " :currency, :channel, :merchant_order_ref, :metadata, :return_url, :checkout_token,"
+        " :payment_id, :expires_at_ms, :created_at_ms, :created_at_ms)",
+        row,
+    )
+
+
+def insert_items(tx: Tx, rows: list[tuple]) -> None:
+    """Rows of (order_id, line, product_id, sku, quantity, unit_amount, amount, grants)."""
+    tx.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_payment(tx: Tx, row: dict) -> None:
+    tx.execute(
+        "INSERT INTO payments (id, order_id, merchant_id, channel, status, amount, currency,"
+        " provider_ref, next_action, failure_code, created_at_ms, updated_at_ms) VALUES (:id,"
+        " :order_id, :merchant_id, :channel, :status, :amount, :currency, NULL, NULL, NULL,"
+        " :created_at_ms, :created_at_ms)",
+        row,
+    )
+
+
+def insert_event(tx: Tx, *, event_id: str, order_id: str, type: str, from_status: str | None, to_status: str, cause: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO order_events (id, order_id, type, from_status, to_status, cause, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (event_id, order_id, type, from_status, to_status, cause, now_ms),
+    )
+
+
+def merchant_ref_taken(tx: Tx, *, merchant_id: str, ref: str) -> bool:
+    return tx.one("SELECT 1 FROM orders WHERE merchant_id = ? AND merchant_order_ref = ?", (merchant_id, ref)) is not None
+
+
+def purchased_quantity(tx: Tx, *, merchant_id: str, player_id: str, product_id: str, statuses: tuple[str, ...]) -> int:
+    marks = ", ".join("?" * len(statuses))
+    row = tx.one(
+        "SELECT coalesce(sum(i.quantity), 0) AS n FROM orders o JOIN order_items i ON i.order_id = o.id"
+        f" WHERE o.merchant_id = ? AND o.player_id = ? AND i.product_id = ? AND o.status IN ({marks})",
+        (merchant_id, player_id, product_id, *statuses),
+    )
+    return row["n"]
+
+
+def get_order_tx(tx: Tx, *, order_id: str, merchant_id: str | None = None) -> sqlite3.Row | None:
+    if merchant_id is None:
+        return tx.one("SELECT * FROM orders WHERE id = ?", (order_id,))
+    return tx.one("SELECT * FROM orders WHERE id = ? AND merchant_id = ?", (order_id, merchant_id))
+
+
+def order_items_tx(tx: Tx, order_id: str) -> list[sqlite3.Row]:
+    return tx.all("SELECT * FROM order_items WHERE order_id = ? ORDER BY line", (order_id,))
+
+
+def set_order_status(tx: Tx, *, order_id: str, from_status: str, to_status: str, now_ms: int) -> None:
+    cursor = tx.execute(
+        "UPDATE orders SET status = ?, updated_at_ms = ? WHERE id = ? AND status = ?",
+        (to_status, now_ms, order_id, from_status),
+    )
+    assert cursor.rowcount == 1, f"order {order_id} was not in status {from_status}"
+
+
+def get_payment_tx(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM payments WHERE id = ?", (payment_id,))
+
+
+def payment_by_provider_ref(tx: Tx, *, channel: str, provider_ref: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM payments WHERE channel = ? AND provider_ref = ?", (channel, provider_ref))
+
+
+async def payment_by_provider_ref_async(db: Database, *, channel: str, provider_ref: str) -> sqlite3.Row | None:
+    return await db.fetch_one(
+        "SELECT p.*, o.status AS order_status, o.expires_at_ms, o.return_url, o.player_id, m.name AS merchant_name"
+        " FROM payments p JOIN orders o ON o.id = p.order_id JOIN merchants m ON m.id = p.merchant_id"
+        " WHERE p.channel = ? AND p.provider_ref = ?",
+        (channel, provider_ref),
+    )
+
+
+def update_payment(tx: Tx, *, payment_id: str, fields: dict, now_ms: int) -> None:
+    allowed = {"status", "provider_ref", "next_action", "failure_code"}
+    assert fields and set(fields) <= allowed, set(fields) - allowed
+    assignments = ", ".join(f"{name} = :{name}" for name in fields)
+    cursor = tx.execute(
+        f"UPDATE payments SET {assignments}, updated_at_ms = :now WHERE id = :id",
+        {**fields, "now": now_ms, "id": payment_id},
+    )
+    assert cursor.rowcount == 1
+
+
+def record_provider_event(tx: Tx, *, channel: str, event_id: str, merchant_id: str, kind: str, payment_id: str | None, now_ms: int) -> bool:
+    """Insert the event once; False when (channel, event_id) was seen before (a duplicate)."""
+    cursor = tx.execute(
+        "INSERT INTO provider_events (channel, event_id, merchant_id, kind, payment_id, result, received_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, 'received', ?) ON CONFLICT DO NOTHING",
+        (channel, event_id, merchant_id, kind, payment_id, now_ms),
+    )
+    return cursor.rowcount == 1
+
+
+def set_provider_event_result(tx: Tx, *, channel: str, event_id: str, result: str) -> None:
+    tx.execute("UPDATE provider_events SET result = ? WHERE channel = ? AND event_id = ?", (result, channel, event_id))
+
+
+def get_order_view_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:
+    return tx.one(f"{_ORDER_VIEW_SELECT} WHERE o.id = ?", (order_id,))
+
+
+async def get_order_view(db: Database, *, merchant_id: str, order_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one(f"{_ORDER_VIEW_SELECT} WHERE o.id = ? AND o.merchant_id = ?", (order_id, merchant_id))
+
+
+async def get_order_view_by_token(db: Database, *, checkout_token: str) -> sqlite3.Row | None:
+    return await db.fetch_one(f"{_ORDER_VIEW_SELECT} WHERE o.checkout_token = ?", (checkout_token,))
+
+
+async def list_order_views(
+    db: Database, *, merchant_id: str, after_id: str | None, limit: int, status: str | None, player_id: str | None
+) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        f"{_ORDER_VIEW_SELECT} WHERE o.merchant_id = ? AND (? IS NULL OR o.id < ?)"
+        " AND (? IS NULL OR o.status = ?) AND (? IS NULL OR o.player_id = ?) ORDER BY o.id DESC LIMIT ?",
+        (merchant_id, after_id, after_id, status, status, player_id, player_id, limit),
+    )
+
+
+async def fetch_order(db: Database, *, order_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM orders WHERE id = ?", (order_id,))
+
+
+async def fetch_items(db: Database, *, order_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM order_items WHERE order_id = ? ORDER BY line", (order_id,))
+
+
+async def list_order_events(db: Database, *, order_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM order_events WHERE order_id = ? ORDER BY id", (order_id,))
+
+
+async def pending_due(db: Database, *, now_ms: int, limit: int) -> list[str]:
+    rows = await db.fetch_all(
+        "SELECT id FROM orders WHERE status = 'pending' AND expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+        (now_ms, limit),
+    )
+    return [row["id"] for row in rows]

@@ -1,0 +1,98 @@
+"""What players own: inventory items, memberships, entitlements, wallet balances."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "add_entitlement",
+    "add_items",
+    "apply_wallet_change",
+    "extend_membership",
+    "get_balance_tx",
+    "inventory",
+    "wallet_balances",
+]
+
+
+def add_items(tx: Tx, *, merchant_id: str, player_id: str, sku: str, quantity: int, now_ms: int) -> None:
+    assert quantity > 0
+    tx.execute(
+        "INSERT INTO inventory_items (merchant_id, player_id, sku, quantity, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, player_id, sku, quantity, now_ms),
+    )
+
+
+def extend_membership(tx: Tx, *, merchant_id: str, player_id: str, sku: str, duration_ms: int, now_ms: int) -> None:
+    """A running membership is extended from its end; a lapsed or new one starts now."""
+    assert duration_ms > 0
+    tx.execute(
+        "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET expires_at_ms = max(expires_at_ms, excluded.updated_at_ms) + ?,"
+        " updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, player_id, sku, now_ms + duration_ms, now_ms, duration_ms),
+    )
+
+
+def add_entitlement(tx: Tx, *, merchant_id: str, player_id: str, sku: str, order_id: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO entitlements (merchant_id, player_id, sku, order_id, granted_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (merchant_id, player_id, sku, order_id, now_ms),
+    )
+
+
+def get_balance_tx(tx: Tx, *, merchant_id: str, player_id: str, currency: str) -> int:
+    row = tx.one(
+        "SELECT balance FROM wallet_balances WHERE merchant_id = ? AND player_id = ? AND currency = ?",
+        (merchant_id, player_id, currency),
+    )
+    return 0 if row is None else row["balance"]
+
+
+def apply_wallet_change(
+    tx: Tx, *, txn_id: str, merchant_id: str, player_id: str, currency: str, amount: int,
+    reason: str | None, order_id: str | None, now_ms: int,
+) -> int:
+    """Add `amount` (negative debits) and journal it; returns the new balance. Callers check a
+    debit against the balance first (the writer makes check-then-write atomic)."""
+    assert amount != 0
+    row = tx.one(
+        "INSERT INTO wallet_balances (merchant_id, player_id, currency, balance, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET balance = balance + excluded.balance, updated_at_ms = excluded.updated_at_ms"
+        " RETURNING balance",
+        (merchant_id, player_id, currency, amount, now_ms),
+    )
+    balance = row["balance"]
+    tx.execute(
+        "INSERT INTO wallet_transactions (id, merchant_id, player_id, currency, amount, balance_after, reason,"
+        " order_id, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (txn_id, merchant_id, player_id, currency, amount, balance, reason, order_id, now_ms),
+    )
+    return balance
+
+
+async def inventory(db: Database, *, merchant_id: str, player_id: str, now_ms: int) -> dict[str, list[sqlite3.Row]]:
+    items = await db.fetch_all(
+        "SELECT sku, quantity FROM inventory_items WHERE merchant_id = ? AND player_id = ? AND quantity > 0 ORDER BY sku",
+        (merchant_id, player_id),
+    )
+    memberships = await db.fetch_all(
+        "SELECT sku, expires_at_ms FROM memberships WHERE merchant_id = ? AND player_id = ? AND expires_at_ms > ? ORDER BY sku",
+        (merchant_id, player_id, now_ms),
+    )
+    entitlements = await db.fetch_all(
+        "SELECT sku, granted_at_ms FROM entitlements WHERE merchant_id = ? AND player_id = ? ORDER BY sku",
+        (merchant_id, player_id),
+    )
+    return {"items": items, "memberships": memberships, "entitlements": entitlements}
+
+
+async def wallet_balances(db: Database, *, merchant_id: str, player_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT currency, balance FROM wallet_balances WHERE merchant_id = ? AND player_id = ? ORDER BY currency",
+        (merchant_id, player_id),
+    )

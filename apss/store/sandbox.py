@@ -1,0 +1,44 @@
+"""The sandbox provider's own records: completed payments and its outbox of signed callbacks."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = ["completion", "due_callbacks", "insert_callback", "insert_completion", "mark_attempt"]
+
+
+def completion(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM sandbox_payments WHERE payment_id = ?", (payment_id,))
+
+
+def insert_completion(tx: Tx, *, payment_id: str, merchant_id: str, outcome: str, failure_code: str | None, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO sandbox_payments (payment_id, merchant_id, outcome, failure_code, completed_at_ms) VALUES (?, ?, ?, ?, ?)",
+        (payment_id, merchant_id, outcome, failure_code, now_ms),
+    )
+
+
+def insert_callback(tx: Tx, *, event_id: str, merchant_id: str, body: bytes, deliver_at_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO sandbox_callbacks (event_id, merchant_id, body, deliver_at_ms) VALUES (?, ?, ?, ?)",
+        (event_id, merchant_id, body, deliver_at_ms),
+    )
+
+
+async def due_callbacks(db: Database, *, now_ms: int, limit: int) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT seq, event_id, merchant_id, body, attempts FROM sandbox_callbacks"
+        " WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL AND deliver_at_ms <= ? ORDER BY deliver_at_ms LIMIT ?",
+        (now_ms, limit),
+    )
+
+
+def mark_attempt(tx: Tx, *, seq: int, delivered: bool, error: str | None, retry_at_ms: int | None, now_ms: int) -> None:
+    if delivered:
+        tx.execute("UPDATE sandbox_callbacks SET attempts = attempts + 1, delivered_at_ms = ?, last_error = NULL WHERE seq = ?", (now_ms, seq))
+    elif retry_at_ms is None:
+        tx.execute("UPDATE sandbox_callbacks SET attempts = attempts + 1, gave_up_at_ms = ?, last_error = ? WHERE seq = ?", (now_ms, error, seq))
+    else:
+        tx.execute("UPDATE sandbox_callbacks SET attempts = attempts + 1, deliver_at_ms = ?, last_error = ? WHERE seq = ?", (retry_at_ms, error, seq))

@@ -1,0 +1,1 @@
+"""Pages served by APSS itself: the sandbox payer page and the hosted checkout page."""
