@@ -61,8 +61,8 @@ def parse_signature_header(header: str) -> SignatureHeader | None:
         key, sep, value = part.strip().partition("=")
         if not sep:
             continue
-        if key == "t" and value.isdigit():
-            timestamp_s = int(value)
+        if key == "t" and timestamp_s is None and value.isascii() and value.isdigit():
+            timestamp_s = int(value)  # the first t= counts, as in Stripe's parser
         elif key == "v1":
             signatures.append(value)
     if timestamp_s is None or not signatures:

@@ -1,0 +1,130 @@
+"""Shared fixtures: a real APSS server (uvicorn, real SQLite file, real HTTP) on a free port,
+driven by a TestClock that tests move by hand. One server is shared by the tests that do not
+need their own; every test makes its own merchant, so they cannot see each other's data."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from apss.app import create_app
+from apss.clock import TestClock
+from apss.config import load_config
+
+ADMIN_TOKEN = "adm_test_token_0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.clock = clock
+        self.db_path = db_path
+        environ = {
+            "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(self.port), "APSS_ADMIN_TOKEN": ADMIN_TOKEN,
+            "APSS_SEED_DEMO": "false", "APSS_SCHEDULER_TICK_MS": "20", "APSS_SERVER_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        self.config = load_config("/nonexistent-config.toml", environ=environ)
+        self.announced: list[str] = []
+        self.app = create_app(self.config, clock=clock, announce=self.announced.append)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     loop="asyncio", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def services(self):
+        return self.app.state.services
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+
+    def new_merchant(self, name: str = "Test Studio", mode: str = "test") -> Merchant:
+        with self.admin() as client:
+            response = client.post("/v1/merchants", json={"name": name, "mode": mode})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Merchant(self, body["id"], body["secret_key"])
+
+
+class Merchant:
+    def __init__(self, server: RunningServer, merchant_id: str, key: str) -> None:
+        self.server = server
+        self.id = merchant_id
+        self.key = key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.base_url, headers=self.headers, timeout=30)
+
+    def async_client(self, **kwargs) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=kwargs.pop("max_connections", 100))
+        return httpx.AsyncClient(base_url=self.server.base_url, headers=self.headers, timeout=60, limits=limits, **kwargs)
+
+    def product(self, client: httpx.Client, **fields) -> dict:
+        body = {"sku": f"sku_{time.monotonic_ns()}", "name": "Thing", "category": "item", "prices": {"USD": 500}, **fields}
+        response = client.post("/v1/products", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def order(self, client: httpx.Client, product_id: str, *, player_id: str = "player-1", quantity: int = 1,
+              currency: str = "USD", **fields) -> httpx.Response:
+        return client.post("/v1/orders", json={"player_id": player_id, "currency": currency,
+                                               "items": [{"product_id": product_id, "quantity": quantity}], **fields})
+
+
+def wait_for(predicate, *, timeout_s: float = 10.0, interval_s: float = 0.02):
+    """Poll until `predicate()` returns something truthy (real time; never a timed assertion of speed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s; last value: {value!r}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[RunningServer]:
+    running = RunningServer(db_path=tmp_path_factory.mktemp("shared") / "apss.sqlite", clock=TestClock()).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def merchant(server: RunningServer) -> Merchant:
+    return server.new_merchant()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
