@@ -13,7 +13,7 @@ __all__ = ["healthz"]
 @get("/healthz", tags=["health"], summary="200 once the database is writable, else 503")
 async def healthz(svc: Services) -> Response[dict[str, str]]:
     try:
-        await svc.db.write(lambda tx: tx.execute("SELECT 1"))
+        await svc.db.ping()
     except NotReady:
         return Response(content={"status": "unavailable"}, status_code=503)
     return Response(content={"status": "ok"}, status_code=200)

@@ -26,6 +26,7 @@ class _Job:
         self.next_due_ms = 0
         self.poked = asyncio.Event()
         self.runs = 0
+        self.completed_as_of_ms = -1  # clock time at the start of the last completed run
 
 
 class Scheduler:
@@ -47,6 +48,10 @@ class Scheduler:
 
     def runs(self, name: str) -> int:
         return self._jobs[name].runs
+
+    def completed_as_of_ms(self, name: str) -> int:
+        """The clock time a completed run of the job started at: a run that saw `t` is done."""
+        return self._jobs[name].completed_as_of_ms
 
     async def run_now(self, name: str) -> object:
         """Run one job in the caller's task (tests, admin actions)."""
@@ -73,9 +78,12 @@ class Scheduler:
                 pass
 
     async def _run(self, job: _Job) -> object:
-        job.next_due_ms = self._clock.now_ms() + job.interval_ms
+        started_ms = self._clock.now_ms()
+        job.next_due_ms = started_ms + job.interval_ms
         try:
-            return await job.fn()
+            result = await job.fn()
+            job.completed_as_of_ms = max(job.completed_as_of_ms, started_ms)
+            return result
         except asyncio.CancelledError:
             raise
         except Exception:

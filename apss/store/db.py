@@ -159,6 +159,10 @@ class Database:
         return rows[0] if rows else None
 
     # -- writes ----------------------------------------------------------------------------
+    async def ping(self) -> None:
+        """Prove the database takes a write: BEGIN IMMEDIATE takes the write lock."""
+        await self.write(lambda tx: tx.execute("SELECT 1"))
+
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a write transaction on the writer thread; return once it is committed."""
         assert self._thread is not None, "database not started"

@@ -20,7 +20,7 @@ import base64
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -48,7 +48,13 @@ from apss.channels.base import (
 from apss.channels.paypal import mapping
 from apss.clock import parse_rfc3339
 from apss.domain.payments import PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, Conflict, CurrencyNotSupported
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    Conflict,
+    CurrencyNotSupported,
+)
 
 __all__ = ["CertFetcher", "PayPalCertFetcher", "PayPalChannel", "check_cert_url", "check_paypal_cert", "signed_message"]
 
@@ -60,6 +66,8 @@ _TOKEN_MARGIN_S = 120  # refresh this long before PayPal's expires_in runs out
 _TOKEN_CACHE_MAX = 256
 _CERT_CACHE_MAX = 16
 _CERT_BYTES_MAX = 64 * 1024
+# Capture refusals that mean "this instrument was declined", not "PayPal could not be asked".
+_CAPTURE_DECLINES = frozenset({"INSTRUMENT_DECLINED", "TRANSACTION_REFUSED", "PAYER_CANNOT_PAY"})
 _WEBHOOK_HEADERS = ("paypal-transmission-id", "paypal-transmission-time", "paypal-transmission-sig", "paypal-cert-url", "paypal-auth-algo")
 
 _order_decoder = msgspec.json.Decoder(mapping.Order)
@@ -117,7 +125,7 @@ class PayPalCertFetcher:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[url] = cert
         # Re-checked on every use: a cached certificate can expire.
-        check_paypal_cert(cert, now=datetime.now(timezone.utc))
+        check_paypal_cert(cert, now=datetime.now(UTC))
         return cert
 
     async def _download(self, url: str) -> x509.Certificate:
@@ -170,21 +178,27 @@ class PayPalChannel:
         assert created.provider_ref, "PayPal answered an order without an id"
         return created
 
-    async def capture_order(self, order_id: str, credentials: Credentials) -> PaymentReport:
+    async def capture_order(self, order_id: str, credentials: Credentials, *, request_id: str | None = None) -> PaymentReport:
         """Capture an APPROVED order (after CHECKOUT.ORDER.APPROVED or the payer's return).
-        Idempotent: the request id is derived from the order id, and an order that is already
-        captured is reported as it stands."""
+
+        Idempotent: the PayPal-Request-Id defaults to one derived from the order id (PayPal keeps
+        it for 6 hours), and an order that is already captured is reported as it stands. After a
+        decline the payer may approve again with another instrument; capture that attempt with a
+        new `request_id`, or PayPal may replay the first answer.
+        """
         assert order_id
         path = f"/v2/checkout/orders/{quote(order_id, safe='')}/capture"
         try:
             response = await self._call(
-                "POST", path, credentials, body={}, request_id=f"capture-{order_id}", operation="capture order",
-                prefer_representation=True,
+                "POST", path, credentials, body={}, request_id=request_id or f"capture-{order_id}",
+                operation="capture order", prefer_representation=True,
             )
         except _PayPalRefused as exc:
-            if exc.issue != "ORDER_ALREADY_CAPTURED":
-                raise
-            return await self._get_order_report(order_id, credentials)
+            if exc.issue == "ORDER_ALREADY_CAPTURED":
+                return await self._get_order_report(order_id, credentials)
+            if exc.issue in _CAPTURE_DECLINES:
+                return PaymentReport(status=PaymentStatus.FAILED, provider_ref=order_id, failure_code=exc.issue)
+            raise
         return mapping.report_from_order(self._decode(_order_decoder, response))
 
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
@@ -267,7 +281,8 @@ class PayPalChannel:
         if abs(request.now_s - sent_s) > TRANSMISSION_TOLERANCE_S:
             raise CallbackRejected("PayPal webhook transmission time is outside the tolerance")
         webhook_id = credentials.get("webhook_id", "")
-        assert webhook_id, "paypal credentials need a webhook_id"
+        if not webhook_id:
+            raise CallbackRejected("PayPal webhook_id is not configured: no webhook can be verified")
         message = signed_message(
             transmission_id=headers["paypal-transmission-id"], transmission_time=headers["paypal-transmission-time"],
             webhook_id=webhook_id, body=request.body,
@@ -313,7 +328,8 @@ class PayPalChannel:
 
     async def _token(self, credentials: Credentials) -> str:
         client_id, secret = credentials.get("client_id", ""), credentials.get("client_secret", "")
-        assert client_id and secret, "paypal credentials need client_id and client_secret"
+        if not client_id or not secret:
+            raise ChannelUnavailable("PayPal credentials lack client_id or client_secret")
         key = (_api_base(credentials), client_id)
         cached = self._tokens.get(key)
         if cached is not None and cached[1] > time.monotonic():

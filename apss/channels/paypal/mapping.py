@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from apss.channels.base import CallbackEvent, NextAction, PaymentCreated, PaymentReport, PaymentRequest, RefundRequest, StatementLine
+from apss.channels.base import (
+    CallbackEvent,
+    NextAction,
+    PaymentCreated,
+    PaymentReport,
+    PaymentRequest,
+    RefundRequest,
+    StatementLine,
+)
 from apss.domain.money import CURRENCY_EXPONENTS
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import CurrencyNotSupported, InvalidRequest
@@ -26,8 +34,14 @@ __all__ = [
     "PAYPAL_CURRENCIES",
     "REFUND_STATUSES",
     "STATEMENT_COLUMNS_REQUIRED",
+    "Capture",
+    "Link",
+    "Money",
     "Order",
+    "Payments",
+    "PurchaseUnit",
     "Refund",
+    "StatusDetails",
     "WebhookEnvelope",
     "capture_id_of",
     "created_from_order",
