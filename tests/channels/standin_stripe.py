@@ -1,0 +1,290 @@
+"""A local stand-in for the parts of Stripe's API that the stripe channel uses.
+
+A plain ASGI app (serve it with httpx.ASGITransport). It checks what Stripe checks: the Bearer
+secret key, form encoding with nested bracket keys and no unknown parameter, the Idempotency-Key
+(a replay with the same parameters returns the first answer with `Idempotent-Replayed: true`, with
+other parameters a 400 idempotency_error), lower-case currencies and Stripe's amount rules; and it
+answers with Stripe's JSON shapes, keeping sessions, PaymentIntents and refunds in memory.
+`signed_event` builds the webhook Stripe would send, signed by stripe-python's own
+`WebhookSignature.generate_signature_header`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import stripe
+
+from apss.channels.base import CallbackRequest
+
+__all__ = ["Recorded", "StripeStandIn", "signed_callback_request"]
+
+_ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+_THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
+_SESSION_KEYS = {
+    "mode", "success_url", "cancel_url", "client_reference_id",
+    "line_items[0][price_data][currency]", "line_items[0][price_data][unit_amount]",
+    "line_items[0][price_data][product_data][name]", "line_items[0][quantity]",
+}
+_METADATA_RE = re.compile(r"^(metadata|payment_intent_data\[metadata\])\[([A-Za-z0-9_]{1,40})\]$")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+class _StripeFailure(Exception):
+    def __init__(self, status: int, error: dict[str, Any]) -> None:
+        self.status = status
+        self.error = error
+
+
+def _invalid(message: str, *, code: str = "parameter_invalid", param: str | None = None) -> _StripeFailure:
+    return _StripeFailure(400, {"type": "invalid_request_error", "code": code, "param": param, "message": message})
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class StripeStandIn:
+    secret_key: str
+    webhook_secret: str
+    # Recent API versions (2025-03-31.basil+) make no PaymentIntent until the payer confirms.
+    pi_on_create: bool = False
+    refund_status: str = "succeeded"
+    fail_next: list[int] = field(default_factory=list)  # HTTP statuses to answer next, in order
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    _idempotency: dict[str, tuple[str, bytes, int, bytes]] = field(default_factory=dict)
+
+    # --- ASGI
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        record = Recorded(scope["method"], scope["path"], scope["query_string"].decode(), headers, body)
+        self.requests.append(record)
+        status, payload, extra = self._answer(record)
+        out = [(b"content-type", b"application/json"), (b"request-id", b"req_standin")] + extra
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _answer(self, record: Recorded) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if self.fail_next:
+            status = self.fail_next.pop(0)
+            return status, json.dumps({"error": {"type": "api_error", "message": "stand-in failure"}}).encode(), []
+        if record.headers.get("authorization") != f"Bearer {self.secret_key}":
+            masked = "sk_test_****" + self.secret_key[-4:]
+            error = {"type": "invalid_request_error", "message": f"Invalid API Key provided: {masked}"}
+            return 401, json.dumps({"error": error}).encode(), []
+        if record.method == "POST":
+            return self._idempotent(record)
+        return self._dispatch(record)
+
+    def _idempotent(self, record: Recorded) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        key = record.headers.get("idempotency-key")
+        assert key, "the channel must send an Idempotency-Key on every POST"
+        if record.headers.get("content-type") != "application/x-www-form-urlencoded":
+            return 400, b'{"error":{"type":"invalid_request_error","message":"form encoding expected"}}', []
+        seen = self._idempotency.get(key)
+        if seen is not None:
+            if (seen[0], seen[1]) != (record.path, record.body):
+                error = {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."}
+                return 400, json.dumps({"error": error}).encode(), []
+            return seen[2], seen[3], [(b"idempotent-replayed", b"true")]
+        status, payload, extra = self._dispatch(record)
+        self._idempotency[key] = (record.path, record.body, status, payload)
+        return status, payload, extra
+
+    def _dispatch(self, record: Recorded) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        try:
+            result = self._route(record)
+        except _StripeFailure as failure:
+            return failure.status, json.dumps({"error": failure.error}).encode(), []
+        return 200, json.dumps(result, ensure_ascii=False).encode(), []
+
+    def _route(self, record: Recorded) -> dict[str, Any]:
+        method, path = record.method, record.path
+        query = dict(parse_qsl(record.query, keep_blank_values=True))
+        if (method, path) == ("POST", "/v1/checkout/sessions"):
+            return self._create_session(_form(record.body))
+        if (method, path) == ("POST", "/v1/refunds"):
+            return self._create_refund(_form(record.body))
+        if (method, path) == ("GET", "/v1/payment_intents/search"):
+            return self._search(query.get("query", ""))
+        if method == "GET" and path.startswith("/v1/checkout/sessions/"):
+            session = self._get(self.sessions, path.rsplit("/", 1)[1])
+            if "payment_intent" in (query.get("expand[0]"), query.get("expand[]")) and session["payment_intent"]:
+                return {**session, "payment_intent": self.intents[session["payment_intent"]]}
+            return session
+        if method == "GET" and path.startswith("/v1/payment_intents/"):
+            return self._get(self.intents, path.rsplit("/", 1)[1])
+        raise _StripeFailure(404, {"type": "invalid_request_error", "message": f"Unrecognized request URL ({method}: {path})"})
+
+    @staticmethod
+    def _get(table: dict[str, dict[str, Any]], object_id: str) -> dict[str, Any]:
+        if object_id not in table:
+            raise _invalid(f"No such object: '{object_id}'", code="resource_missing", param="id")
+        return table[object_id]
+
+    # --- resources
+
+    def _create_session(self, form: dict[str, str]) -> dict[str, Any]:
+        for key in form:
+            if key not in _SESSION_KEYS and not _METADATA_RE.match(key):
+                raise _invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+        missing = {k for k in _SESSION_KEYS if k != "client_reference_id"} - form.keys()
+        if missing:
+            raise _invalid(f"Missing required param: {sorted(missing)[0]}", code="parameter_missing")
+        if form["mode"] != "payment" or form["line_items[0][quantity]"] != "1":
+            raise _invalid("unexpected mode or quantity")
+        currency = form["line_items[0][price_data][currency]"]
+        amount = _check_amount(form["line_items[0][price_data][unit_amount]"], currency)
+        session_id = _new_id("cs")
+        metadata = _metadata(form, "metadata")
+        session = {
+            "id": session_id, "object": "checkout.session", "mode": "payment",
+            "amount_subtotal": amount, "amount_total": amount, "currency": currency,
+            "client_reference_id": form.get("client_reference_id"), "metadata": metadata,
+            "payment_intent": None, "payment_status": "unpaid", "status": "open",
+            "success_url": form["success_url"], "cancel_url": form["cancel_url"],
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0",
+            "_pi_metadata": _metadata(form, "payment_intent_data[metadata]"),
+        }
+        self.sessions[session_id] = session
+        if self.pi_on_create:
+            session["payment_intent"] = self._new_intent(session)["id"]
+        return {k: v for k, v in session.items() if not k.startswith("_")}
+
+    def _new_intent(self, session: dict[str, Any]) -> dict[str, Any]:
+        intent = {
+            "id": _new_id("pi"), "object": "payment_intent", "amount": session["amount_total"],
+            "amount_received": 0, "currency": session["currency"], "status": "requires_payment_method",
+            "metadata": dict(session["_pi_metadata"]), "last_payment_error": None, "latest_charge": None,
+        }
+        self.intents[intent["id"]] = intent
+        return intent
+
+    def _create_refund(self, form: dict[str, str]) -> dict[str, Any]:
+        allowed = {"payment_intent", "amount", "reason"}
+        for key in form:
+            if key not in allowed and not (key.startswith("metadata[") and _METADATA_RE.match(key)):
+                raise _invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+        intent = self._get(self.intents, form.get("payment_intent", ""))
+        if intent["status"] != "succeeded":
+            raise _invalid("This PaymentIntent has no successful charge to refund.", code="charge_not_refundable")
+        refunded = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent["id"] and r["status"] != "failed")
+        amount = _check_amount(form.get("amount", str(intent["amount_received"] - refunded)), intent["currency"])
+        if amount > intent["amount_received"] - refunded:
+            raise _invalid("Refund amount is greater than unrefunded amount on charge", code="amount_too_large", param="amount")
+        if "reason" in form and form["reason"] not in ("duplicate", "fraudulent", "requested_by_customer"):
+            raise _invalid("Invalid reason", param="reason")
+        refund = {
+            "id": _new_id("re"), "object": "refund", "amount": amount, "currency": intent["currency"],
+            "charge": intent["latest_charge"], "payment_intent": intent["id"], "status": self.refund_status,
+            "reason": form.get("reason"), "metadata": _metadata(form, "metadata"), "failure_reason": None,
+            "created": 1_700_000_000,
+        }
+        self.refunds[refund["id"]] = refund
+        return refund
+
+    def _search(self, query: str) -> dict[str, Any]:
+        match = re.fullmatch(r"metadata\['([A-Za-z0-9_]+)'\]:'([^']*)'", query)
+        if match is None:
+            raise _invalid("Invalid search query", param="query")
+        found = [i for i in self.intents.values() if i["metadata"].get(match[1]) == match[2]]
+        return {"object": "search_result", "data": found[:1], "has_more": len(found) > 1, "url": "/v1/payment_intents/search"}
+
+    # --- test controls (what the payer and Stripe do off the API)
+
+    def pay(self, session_id: str, *, succeeded: bool = True, decline_code: str = "insufficient_funds") -> dict[str, Any]:
+        """The payer completes (or fails) the Checkout page; returns the PaymentIntent."""
+        session = self.sessions[session_id]
+        intent = self.intents[session["payment_intent"]] if session["payment_intent"] else self._new_intent(session)
+        session["payment_intent"] = intent["id"]
+        if succeeded:
+            intent.update(status="succeeded", amount_received=intent["amount"], last_payment_error=None,
+                          latest_charge=_new_id("ch"))
+            session.update(status="complete", payment_status="paid")
+        else:
+            error = {"type": "card_error", "code": "card_declined", "decline_code": decline_code}
+            intent.update(status="requires_payment_method", last_payment_error=error)
+        return intent
+
+    def public_session(self, session_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.sessions[session_id].items() if not k.startswith("_")}
+
+    def signed_event(self, event_type: str, obj: dict[str, Any], *, now_s: int, event_id: str | None = None,
+                     timestamp_s: int | None = None) -> CallbackRequest:
+        return signed_callback_request(
+            event_type, obj, secret=self.webhook_secret, now_s=now_s, event_id=event_id, timestamp_s=timestamp_s
+        )
+
+
+def signed_callback_request(event_type: str, obj: dict[str, Any], *, secret: str, now_s: int,
+                            event_id: str | None = None, timestamp_s: int | None = None) -> CallbackRequest:
+    """The POST Stripe makes to the webhook endpoint: compact JSON (non-ASCII kept as UTF-8),
+    `Stripe-Signature` from stripe-python's own generator."""
+    event = {
+        "id": event_id or _new_id("evt"), "object": "event", "api_version": "2025-03-31.basil",
+        "created": now_s, "data": {"object": obj}, "livemode": False, "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None}, "type": event_type,
+    }
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    header = stripe.WebhookSignature.generate_signature_header(text, secret, timestamp=timestamp_s or now_s)
+    headers = {"content-type": "application/json; charset=utf-8", "stripe-signature": header,
+               "user-agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"}
+    return CallbackRequest(headers=headers, body=text.encode(), now_s=now_s)
+
+
+def _form(body: bytes) -> dict[str, str]:
+    pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise _invalid("a parameter was sent twice")
+    return form
+
+
+def _metadata(form: dict[str, str], prefix: str) -> dict[str, str]:
+    metadata = {}
+    for key, value in form.items():
+        match = _METADATA_RE.match(key)
+        if match and match[1] == prefix:
+            metadata[match[2]] = value
+    return metadata
+
+
+def _check_amount(text: str, currency: str) -> int:
+    if not text.isdigit():
+        raise _invalid("Invalid integer", param="amount")
+    if currency != currency.lower() or not re.fullmatch(r"[a-z]{3}", currency):
+        raise _invalid(f"Invalid currency: {currency}", param="currency")
+    amount = int(text)
+    if currency in _THREE_DECIMAL and amount % 10:
+        raise _invalid("Three-decimal amounts must end in 0", code="invalid_amount", param="amount")
+    if currency == "isk" and amount % 100:
+        raise _invalid("Currency ISK has become effectively zero-decimal", code="invalid_charge_amount_no_decimal_compatible")
+    minimum = 50 if currency not in _ZERO_DECIMAL else 1
+    if amount < minimum and currency == "usd":
+        raise _invalid("Amount must be at least $0.50 usd", code="amount_too_small", param="amount")
+    return amount

@@ -1,0 +1,73 @@
+"""The contract every payment channel passes (the sandbox first): create a payment, verify a
+signed callback into exactly one neutral event, refuse tampered and stale ones, reply as the
+provider expects. Each channel's harness wires it to a local stand-in of its provider."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import pytest
+
+from apss.channels.base import Channel, PaymentCreated, PaymentRequest
+from apss.domain.payments import CallbackKind
+from apss.errors import CallbackRejected
+from apss.ids import new_id
+
+pytestmark = pytest.mark.anyio
+CHANNELS = ["sandbox", "stripe", "paypal", "alipay", "wechatpay"]
+
+
+@pytest.fixture(params=CHANNELS)
+async def harness(request):
+    module = importlib.import_module(f"tests.channels.harness_{request.param}")
+    made = module.make_harness()
+    yield made
+    await made.aclose()
+
+
+def _request(harness, amount: int) -> PaymentRequest:
+    payment_id = new_id("pay")
+    return PaymentRequest(payment_id=payment_id, order_id=new_id("ord"), merchant_id=new_id("mch"), amount=amount,
+                          currency=harness.currency, description="Order: sword x1",
+                          callback_url=f"https://apss.example.test/v1/channels/{harness.channel.name}/webhook/mch_1",
+                          return_url="https://game.example.test/done", player_id="player-1", metadata={})
+
+
+async def test_channel_is_a_channel(harness):
+    assert isinstance(harness.channel, Channel)
+    assert harness.channel.name in CHANNELS
+    for value in harness.credentials.values():
+        if len(value) >= 12:
+            assert value not in repr(harness.channel), "credentials never appear in a repr"
+
+
+async def test_create_payment_and_verify_callbacks(harness):
+    request = _request(harness, 1999 if harness.currency != "JPY" else 100)
+    created = await harness.channel.create_payment(request, harness.credentials)
+    assert isinstance(created, PaymentCreated) and created.provider_ref
+    assert created.next_action is not None and created.next_action.type in ("redirect", "qr_code", "client_secret")
+    now_s = int(time.time())
+    for succeeded in (True, False):
+        event_id = f"evt_contract_{succeeded}_{new_id('evt')}"
+        callback = await harness.signed_callback(succeeded=succeeded, payment_id=request.payment_id,
+                                                 provider_ref=created.provider_ref, amount=request.amount,
+                                                 currency=request.currency, event_id=event_id, now_s=now_s)
+        events = await harness.channel.verify_callback(callback, harness.credentials)
+        if not succeeded and not events:
+            continue  # a provider that sends no failure callbacks (documented in its harness)
+        assert len(events) == 1, events
+        event = events[0]
+        assert event.kind is (CallbackKind.PAYMENT_SUCCEEDED if succeeded else CallbackKind.PAYMENT_FAILED)
+        assert event.payment_id == request.payment_id
+        assert event.event_id
+        if succeeded:
+            assert (event.amount, event.currency) == (request.amount, request.currency)
+        with pytest.raises(CallbackRejected):
+            await harness.channel.verify_callback(harness.tamper(callback), harness.credentials)
+        stale = harness.stale(callback)
+        if stale is not None:
+            with pytest.raises(CallbackRejected):
+                await harness.channel.verify_callback(stale, harness.credentials)
+    reply = harness.channel.callback_reply(accepted=True)
+    assert 200 <= reply.status_code < 300
