@@ -1,0 +1,97 @@
+"""The sandbox provider: payer page, API completion, magic values, test merchants only."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import httpx
+
+from tests.conftest import wait_for
+
+
+def _order(merchant, client, *, player_id, metadata=None, stock=3):
+    product = merchant.product(client, stock=stock)
+    response = merchant.order(client, product["id"], player_id=player_id, metadata=metadata or {},
+                              return_url="https://game.example.test/back")
+    assert response.status_code == 201, response.text
+    return product, response.json()
+
+
+def _status(client, order_id):
+    return client.get(f"/v1/orders/{order_id}").json()
+
+
+def test_payer_page_pay_button_fulfils_the_order(merchant):
+    with merchant.client() as client:
+        _, order = _order(merchant, client, player_id="page-payer")
+        page = httpx.get(order["payment"]["next_action"]["url"])
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "5.00 USD" in page.text and "Test Studio" in page.text
+        action = re.search(r"action='([^']+/pay)'", page.text).group(1)
+        done = httpx.post(merchant.server.base_url + action)
+        assert done.status_code == 200 and "https://game.example.test/back" in done.text
+        wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
+        again = httpx.post(merchant.server.base_url + action)
+        assert again.status_code == 409, "the payer cannot complete a payment twice"
+    assert httpx.get(merchant.server.base_url + "/sandbox/pay/sbx_not_a_real_reference").status_code == 404
+
+
+def test_fail_releases_stock(merchant):
+    with merchant.client() as client:
+        product, order = _order(merchant, client, player_id="failer")
+        assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/fail").status_code == 202
+        failed = wait_for(lambda: (o := _status(client, order["id"]))["status"] == "failed" and o)
+        assert failed["payment"]["status"] == "failed" and failed["payment"]["failure_code"] == "payer_canceled"
+        assert client.get(f"/v1/products/{product['id']}").json()["stock"] == 3
+        again = client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+
+
+def test_magic_declined_and_insufficient_funds(merchant):
+    with merchant.client() as client:
+        for magic, code in (("declined", "card_declined"), ("insufficient_funds", "insufficient_funds")):
+            _, order = _order(merchant, client, player_id=f"magic-{magic}", metadata={"sandbox_outcome": magic})
+            assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
+            failed = wait_for(lambda: (o := _status(client, order["id"]))["status"] == "failed" and o)
+            assert failed["payment"]["failure_code"] == code
+
+
+def test_magic_duplicate_callback_is_delivered_twice_and_applied_once(merchant):
+    with merchant.client() as client:
+        _, order = _order(merchant, client, player_id="dup", metadata={"sandbox_outcome": "duplicate_callback"})
+        client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
+        wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
+        assert client.get("/v1/players/dup/inventory").json()["items"][0]["quantity"] == 1
+        events = client.get(f"/v1/orders/{order['id']}/events").json()["data"]
+        assert [e["to_status"] for e in events] == ["pending", "paid", "fulfilled"]
+    with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as db:
+        sent = db.execute("SELECT event_id, delivered_at_ms FROM sandbox_callbacks WHERE merchant_id = ?",
+                          (merchant.id,)).fetchall()
+    assert len(sent) == 2 and sent[0][0] == sent[1][0] and all(at is not None for _, at in sent)
+
+
+def test_magic_delay_holds_the_callback_until_the_clock_passes(merchant):
+    server = merchant.server
+    with merchant.client() as client:
+        _, order = _order(merchant, client, player_id="delayed", metadata={"sandbox_outcome": "delay_callback:30"})
+        client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
+        seen_ms = server.clock.now_ms()
+        wait_for(lambda: server.services.scheduler.completed_as_of_ms("sandbox_callbacks") >= seen_ms)
+        assert _status(client, order["id"])["status"] == "pending"
+        server.clock.advance(seconds=31)
+        wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
+
+
+def test_sandbox_is_for_test_merchants_only(server):
+    live = server.new_merchant("Live Studio", mode="live")
+    assert live.key.startswith("sk_live_")
+    with live.client() as client:
+        product = live.product(client)
+        for body in ({}, {"channel": "sandbox"}):
+            refused = live.order(client, product["id"], **body)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "channel_not_available"
+        account = client.get("/v1/account").json()
+        assert account == {"id": live.id, "name": "Live Studio", "mode": "live"}
+        assert client.post("/v1/sandbox/payments/pay_whatever/succeed").json()["error"]["code"] == "channel_not_available"
