@@ -77,10 +77,13 @@ _FIELD_RE = re.compile(r"`([^`]+)`")
 def _validation_error(request: Request, exc: ValidationException) -> Response:
     first = (exc.extra or [{}])[0] if isinstance(exc.extra, list) else {}
     message = str(first.get("message") or exc.detail)
-    param = first.get("key")
-    if param in (None, "data"):
-        found = _FIELD_RE.search(message)
-        param = found.group(1) if found and ("field" in message) else None
+    key = first.get("key")
+    if message == "'data'":  # Litestar's words for a request without a body
+        return _apss_error(request, e.InvalidRequest("A JSON request body is required.", code="body_missing"))
+    param = None if key in (None, "data") else key
+    found = _FIELD_RE.search(message)
+    if found and "field" in message:  # msgspec names the unknown or missing field in the message
+        param = f"{param}.{found.group(1)}" if param else found.group(1)
     code = "parameter_missing" if "missing required" in message else "parameter_invalid"
     return _apss_error(request, e.InvalidRequest(message, code=code, param=param))
 
@@ -89,14 +92,20 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     if status == 404:
         error = e.NotFound("Unrecognized request URL.")
-    elif status == 400:
-        code = "body_malformed" if "JSON" in str(exc.detail) or "malformed" in str(exc.detail) else "invalid_request"
-        error = e.InvalidRequest(str(exc.detail), code=code)
+    elif status == 400:  # Litestar's plain 400s are bodies it could not decode
+        error = e.InvalidRequest(f"The request body is not valid JSON: {exc.detail}", code="body_malformed")
     else:
         code = {405: "method_not_allowed", 413: "body_too_large", 415: "media_type_unsupported"}.get(status, "invalid_request")
         detail = ErrorDetail(type="invalid_request_error", code=code, message=str(exc.detail))
         return _response(status, _encoder.encode(ErrorBody(error=detail)), getattr(exc, "headers", None))
     return _apss_error(request, error)
+
+
+def _undecodable(request: Request, exc: Exception) -> Response:
+    """Bodies the JSON decoder chokes on before validation: bad UTF-8, absurd nesting."""
+    if isinstance(exc, RecursionError) and "deserializ" not in str(exc):
+        return _bug(request, exc)
+    return _apss_error(request, e.InvalidRequest("The request body is not valid JSON.", code="body_malformed"))
 
 
 def _bug(request: Request, exc: Exception) -> Response:
@@ -109,5 +118,7 @@ exception_handlers = {
     e.ApssError: _apss_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    UnicodeDecodeError: _undecodable,
+    RecursionError: _undecodable,
     Exception: _bug,
 }

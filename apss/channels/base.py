@@ -31,6 +31,7 @@ __all__ = [
     "PaymentRequest",
     "RefundRequest",
     "RefundResult",
+    "Setting",
     "StatementLine",
 ]
 
@@ -41,6 +42,13 @@ Credentials = Mapping[str, str]
 
 class _Neutral(msgspec.Struct, frozen=True, kw_only=True):
     pass
+
+
+class Setting(_Neutral):
+    """One field of a merchant's settings for a channel (API.md "Channel settings")."""
+
+    secret: bool  # sealed at rest, never returned or logged after it is saved
+    required: bool = True
 
 
 class NextAction(_Neutral):
@@ -154,6 +162,7 @@ class Channel(Protocol):
 
     name: str
     test_only: bool  # the sandbox: test merchants only
+    settings: dict[str, Setting]  # what a merchant stores for this channel; `api_base` is optional
 
     async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
         """Create the payment at the provider; raises ChannelUnavailable if it cannot tell."""
@@ -164,6 +173,10 @@ class Channel(Protocol):
         ...
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply: ...
+
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        """Capture a payment the payer approved (PayPal); others raise ProviderFlowNotSupported."""
+        ...
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult: ...
 

@@ -19,6 +19,7 @@ class PaymentStatus(str, enum.Enum):
 
 
 class CallbackKind(str, enum.Enum):
+    PAYMENT_APPROVED = "payment.approved"  # the payer approved; the merchant must capture (PayPal)
     PAYMENT_SUCCEEDED = "payment.succeeded"
     PAYMENT_FAILED = "payment.failed"
     REFUND_SUCCEEDED = "refund.succeeded"

@@ -369,10 +369,11 @@ async def test_full_flow_approve_capture_webhooks_query_refund(harness: Harness)
     approved = h.standin.webhook(
         "CHECKOUT.ORDER.APPROVED", h.standin._public(order_id), event_id="WH-APPROVED-1", now_s=NOW_S, resource_type="checkout-order"
     )
-    assert await h.channel.verify_callback(approved, creds) == []
-    assert await h.channel.approved_order_id(approved, creds) == order_id
+    [approval] = await h.channel.verify_callback(approved, creds)
+    assert (approval.event_id, approval.kind, approval.provider_ref) == ("WH-APPROVED-1", CallbackKind.PAYMENT_APPROVED, order_id)
+    assert approval.payment_id == PAYMENT_ID
 
-    report = await h.channel.capture_order(order_id, creds)
+    report = await h.channel.capture_payment(query, creds)
     assert (report.status, report.provider_ref, report.amount, report.currency) == (PaymentStatus.SUCCEEDED, order_id, 1999, "USD")
     capture_request = h.standin.requests[-1]
     assert capture_request["headers"]["paypal-request-id"] == f"capture-{order_id}"
@@ -384,7 +385,6 @@ async def test_full_flow_approve_capture_webhooks_query_refund(harness: Harness)
     [event] = await h.channel.verify_callback(completed, creds)
     assert (event.event_id, event.kind, event.payment_id, event.provider_ref, event.amount, event.currency) == (
         "WH-CAPTURE-1", CallbackKind.PAYMENT_SUCCEEDED, PAYMENT_ID, order_id, 1999, "USD")
-    assert await h.channel.approved_order_id(completed, creds) is None
 
     refund = RefundRequest(refund_id="ref_01m89ng6h9bsa6pt3b8qajdkr1", payment_id=PAYMENT_ID, provider_ref=order_id, amount=500, currency="USD")
     result = await h.channel.refund(refund, creds)

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from apss.channels.alipay import mapping
 from apss.channels.base import (
+    flow_not_supported,
+    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -155,6 +157,10 @@ class _Settings:
 class AlipayChannel:
     name = "alipay"
     test_only = False
+    settings = {
+        "app_id": Setting(secret=False), "app_private_key": Setting(secret=True),
+        "alipay_public_key": Setting(secret=False), "api_base": Setting(secret=False, required=False),
+    }
 
     def __init__(
         self, *, public_url: str, http: httpx.AsyncClient | None = None, clock: Clock | None = None
@@ -311,6 +317,9 @@ class AlipayChannel:
         return CallbackReply(
             status_code=200, body=b"success" if accepted else b"fail", media_type="text/plain"
         )
+
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.ALIPAY_CURRENCY:

@@ -2,9 +2,9 @@
 
 Flow: create_payment makes an order (intent CAPTURE) and sends the payer to its `payer-action`
 link; after approval PayPal sends CHECKOUT.ORDER.APPROVED and nothing has moved yet: somebody
-must call `capture_order`. verify_callback stays side-effect free, so it returns [] for that
-event; the caller learns the order id from `approved_order_id` (same verification) and captures.
-The capture then produces PAYMENT.CAPTURE.COMPLETED, which is the payment.succeeded event.
+must capture. verify_callback stays side-effect free: it returns a `payment.approved` event, and
+the services call `capture_payment` outside any transaction and apply its report. The capture
+also produces PAYMENT.CAPTURE.COMPLETED (payment.succeeded; stale by then, applied once).
 
 Webhooks are verified offline (PayPal's "self-verification"): the message
 `<transmission_id>|<transmission_time>|<webhook_id>|<crc32(raw body), unsigned decimal>` is
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from apss.channels.base import (
+    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -145,6 +146,10 @@ class PayPalCertFetcher:
 class PayPalChannel:
     name = "paypal"
     test_only = False
+    settings = {
+        "client_id": Setting(secret=False), "client_secret": Setting(secret=True),
+        "webhook_id": Setting(secret=False), "api_base": Setting(secret=False, required=False),
+    }
 
     def __init__(
         self,
@@ -244,15 +249,11 @@ class PayPalChannel:
         except (ValueError, msgspec.ValidationError, CurrencyNotSupported) as exc:
             raise CallbackRejected(f"PayPal webhook {envelope.event_type} has an unexpected shape: {exc}") from exc
 
-    async def approved_order_id(self, request: CallbackRequest, credentials: Credentials) -> str | None:
-        """The order to capture when this (verified) webhook is CHECKOUT.ORDER.APPROVED, else None."""
-        envelope = await self._verified_envelope(request, credentials)
-        if envelope.event_type != "CHECKOUT.ORDER.APPROVED":
-            return None
-        order_id = envelope.resource.get("id")
-        if not isinstance(order_id, str) or not order_id:
-            raise CallbackRejected("CHECKOUT.ORDER.APPROVED without an order id")
-        return order_id
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        """The Protocol's capture: the approved PayPal order is `provider_ref`."""
+        if not query.provider_ref:
+            return PaymentReport(status=PaymentStatus.UNKNOWN)
+        return await self.capture_order(query.provider_ref, credentials)
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply:
         # Any 2xx acknowledges; anything else makes PayPal retry (up to 25 times over 3 days).

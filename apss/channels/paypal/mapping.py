@@ -344,11 +344,13 @@ def refund_body(request: RefundRequest) -> dict[str, Any]:
 def events_from_webhook(envelope: WebhookEnvelope) -> list[CallbackEvent]:
     """The neutral events of one verified webhook. Raises ValueError/msgspec errors on bad shapes.
 
-    CHECKOUT.ORDER.APPROVED yields nothing here: capturing is a side effect the caller performs
-    (PayPalChannel.approved_order_id + capture_order). PAYMENT.CAPTURE.PENDING and .REVERSED,
-    and every other event type, are acknowledged with no event.
+    CHECKOUT.ORDER.APPROVED yields `payment.approved`: the payer approved and APSS must capture
+    (PayPalChannel.capture_payment, called by the services outside any transaction).
+    PAYMENT.CAPTURE.PENDING and .REVERSED, and every other event type, yield no event.
     """
     kind = envelope.event_type
+    if kind == "CHECKOUT.ORDER.APPROVED":
+        return [_approved_event(envelope)]
     if kind == "PAYMENT.CAPTURE.COMPLETED":
         return [_capture_event(envelope, CallbackKind.PAYMENT_SUCCEEDED)]
     if kind in ("PAYMENT.CAPTURE.DENIED", "PAYMENT.CAPTURE.DECLINED"):
@@ -358,6 +360,16 @@ def events_from_webhook(envelope: WebhookEnvelope) -> list[CallbackEvent]:
     if kind == "CUSTOMER.DISPUTE.CREATED":
         return [_dispute_event(envelope)]
     return []
+
+
+def _approved_event(envelope: WebhookEnvelope) -> CallbackEvent:
+    order = msgspec.convert(envelope.resource, Order)
+    if not order.id:
+        raise ValueError("CHECKOUT.ORDER.APPROVED without an order id")
+    unit = order.purchase_units[0] if order.purchase_units else None
+    payment_id = (unit.custom_id or unit.invoice_id) if unit is not None else None
+    return CallbackEvent(event_id=envelope.id, kind=CallbackKind.PAYMENT_APPROVED, payment_id=payment_id,
+                         provider_ref=order.id)
 
 
 def _capture_event(envelope: WebhookEnvelope, kind: CallbackKind) -> CallbackEvent:

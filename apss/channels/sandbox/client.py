@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 
 from apss.channels.base import (
+    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -38,6 +39,7 @@ def sign_callback(*, secret: str, body: bytes, now_s: int) -> str:
 class SandboxChannel:
     name = "sandbox"
     test_only = True
+    settings = {}  # the sandbox signs with the merchant's own sandbox_webhook_secret
 
     def __init__(self, *, public_url: str, tolerance_s: int = 300) -> None:
         assert public_url.startswith(("http://", "https://"))
@@ -71,6 +73,9 @@ class SandboxChannel:
     def callback_reply(self, *, accepted: bool) -> CallbackReply:
         assert accepted, "rejected callbacks are answered by the error handler (400)"
         return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
+
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         raise flow_not_supported(self.name, "refunds")

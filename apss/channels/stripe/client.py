@@ -22,6 +22,8 @@ import httpx
 import msgspec
 
 from apss.channels.base import (
+    flow_not_supported,
+    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -58,6 +60,10 @@ _T = TypeVar("_T")
 class StripeChannel:
     name = "stripe"
     test_only = False
+    settings = {
+        "secret_key": Setting(secret=True), "webhook_secret": Setting(secret=True),
+        "api_base": Setting(secret=False, required=False),
+    }
 
     def __init__(self, *, public_url: str, http: httpx.AsyncClient | None = None) -> None:
         assert public_url, "the public url is the fallback success/cancel url"
@@ -113,6 +119,9 @@ class StripeChannel:
         return _convert(mapping.payment_intent_report, found[0])
 
     # --- refunds
+
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         _check_amount(request.amount, request.currency)

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from apss.channels.base import (
+    flow_not_supported,
+    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -207,6 +209,12 @@ class WechatPayChannel:
 
     name = "wechatpay"
     test_only = False
+    settings = {
+        "mchid": Setting(secret=False), "appid": Setting(secret=False),
+        "merchant_private_key": Setting(secret=True), "merchant_serial_no": Setting(secret=False),
+        "apiv3_key": Setting(secret=True), "platform_public_key": Setting(secret=False),
+        "platform_public_key_id": Setting(secret=False), "api_base": Setting(secret=False, required=False),
+    }
 
     def __init__(self, *, public_url: str, http: httpx.AsyncClient | None = None,
                  clock: Clock | None = None) -> None:
@@ -259,6 +267,9 @@ class WechatPayChannel:
             return CallbackReply(status_code=204)
         body = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
         return CallbackReply(status_code=400, body=body, media_type="application/json")
+
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.CURRENCY:
