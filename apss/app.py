@@ -27,8 +27,14 @@ from apss.api.players import PlayerController
 from apss.api.products import ProductController
 from apss.api.sandbox import SandboxController
 from apss.api.webhooks import provider_callback
+from apss.api.channels import ChannelController
+from apss.api.fx import FxController
+from apss.channels.alipay import AlipayChannel
 from apss.channels.base import ChannelRegistry
+from apss.channels.paypal import PayPalChannel
 from apss.channels.sandbox import SandboxChannel
+from apss.channels.stripe import StripeChannel
+from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock
 from apss.config import Config
 from apss.crypto import Keyring
@@ -36,7 +42,9 @@ from apss.jobs.scheduler import Scheduler
 from apss.services.catalog import Catalog
 from apss.services.channels import ChannelAccess
 from apss.services.checkout import Checkout
+from apss.services.fx import FxRates
 from apss.services.idempotency import Idempotency
+from apss.services.janitor import PaymentJanitor
 from apss.services.merchants import Merchants
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
@@ -72,16 +80,28 @@ def _build_services(config: Config, clock: Clock) -> Services:
                   write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
                   read_connections_max=config.database.read_connections_max,
                   busy_timeout_ms=config.database.busy_timeout_ms)
-    merchants = Merchants(db=db, clock=clock, keyring=load_keyring(config))
+    keyring = load_keyring(config)
+    merchants = Merchants(db=db, clock=clock, keyring=keyring)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
-    registry = ChannelRegistry()
-    registry.register(SandboxChannel(public_url=config.public_url, tolerance_s=config.sandbox.webhook_tolerance_s))
-    channels = ChannelAccess(registry=registry)
     sandbox = SandboxProvider(db=db, clock=clock, config=config, merchants=merchants, idempotency=idempotency)
+    # One HTTP client for every provider call (closed at shutdown); base URLs are per merchant.
+    provider_http = httpx.AsyncClient(timeout=config.channels.provider_timeout_s)
+    registry = ChannelRegistry()
+    registry.register(SandboxChannel(public_url=config.public_url, tolerance_s=config.sandbox.webhook_tolerance_s,
+                                     state=sandbox.state_of))
+    for channel_class in (StripeChannel, PayPalChannel, AlipayChannel):
+        registry.register(channel_class(public_url=config.public_url, http=provider_http))
+    registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
+    channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
+                             config=config.channels)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, merchants=merchants)
+    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants)
+    janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, channels=channels, merchants=merchants,
+                             payment_events=payment_events)
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
+    scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
 
     async def prune() -> int:
         cutoff_ms = clock.now_ms() - config.orders.idempotency_ttl_s * 1000
@@ -91,8 +111,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
     sandbox.wake = lambda: scheduler.poke("sandbox_callbacks")
     return Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
-        catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
-        payment_events=PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants),
+        catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
+        payment_events=payment_events, janitor=janitor, provider_http=provider_http,
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -109,6 +129,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         config.database.synchronous)
         await svc.db.start()
         await svc.merchants.load()
+        await svc.channels.load()
         token = await svc.merchants.ensure_admin_token(config.admin.token)
         if token:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
@@ -128,6 +149,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
 
     async def stop(app: Litestar) -> None:
         await svc.scheduler.stop()
+        await svc.provider_http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
         await svc.db.close()
@@ -139,7 +161,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     )
     app = Litestar(
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
-                        PlayerController, SandboxController, sandbox_pay_page, sandbox_pay_action, checkout_page],
+                        PlayerController, SandboxController, ChannelController, FxController, sandbox_pay_page,
+                        sandbox_pay_action, checkout_page],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,

@@ -5,6 +5,7 @@ names the key; run.py turns that into exit code 2.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -64,6 +65,8 @@ class OrdersConfig(_Section):
     quantity_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     metadata_keys_max: Annotated[int, Meta(ge=0, le=100)] = 20
     idempotency_ttl_s: Annotated[int, Meta(ge=86_400)] = 86_400 * 2
+    # An FX rate older than this does not price an order (the currency is then not supported).
+    fx_rate_age_max_s: Annotated[int, Meta(ge=60)] = 86_400 * 7
 
 
 class SandboxConfig(_Section):
@@ -73,6 +76,19 @@ class SandboxConfig(_Section):
     callback_attempts_max: Annotated[int, Meta(ge=1, le=100)] = 12
     callback_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_tolerance_s: Annotated[int, Meta(ge=1, le=3600)] = 300
+
+
+class ChannelsConfig(_Section):
+    # Circuit breaker per merchant and channel: this many failures in a row open it...
+    breaker_failures_max: Annotated[int, Meta(ge=1, le=100)] = 3
+    # ...and payments skip the channel for this long (then one attempt may close it again).
+    breaker_cooldown_s: Annotated[int, Meta(ge=1, le=86_400)] = 60
+    # The janitor asks the provider about a payment whose outcome is not final at these ages.
+    janitor_schedule_s: Annotated[tuple[Annotated[int, Meta(ge=1)], ...], Meta(min_length=1, max_length=20)] = (300, 3600, 86_400)
+    janitor_interval_s: Annotated[float, Meta(gt=0)] = 30.0
+    janitor_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # A provider that has not answered in this long is a timeout: the payment stays `unknown`.
+    provider_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
 
 
 class SchedulerConfig(_Section):
@@ -101,6 +117,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     security: SecurityConfig = SecurityConfig()
     orders: OrdersConfig = OrdersConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    channels: ChannelsConfig = ChannelsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
     seed: SeedConfig = SeedConfig()
@@ -115,6 +132,15 @@ _SECTIONS = {name for name in Config.__struct_fields__}
 _PATH_RE = re.compile(r"\$\.?(.*)")
 
 
+def _list_or_text(name: str, value: str) -> object:
+    if not value.lstrip().startswith("["):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigInvalid(f"environment variable {name}: a list must be JSON, e.g. [300, 3600]") from None
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
@@ -124,7 +150,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
             raise ConfigInvalid(f"environment variable {name}: no such config section or key")
-        overrides.setdefault(section, {})[key] = value
+        # A list is written as JSON: APSS_CHANNELS_JANITOR_SCHEDULE_S='[300, 3600]'.
+        overrides.setdefault(section, {})[key] = _list_or_text(name, value)
     return overrides
 
 

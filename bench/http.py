@@ -192,7 +192,8 @@ def bench_orders(args: argparse.Namespace, directory: Path) -> tuple[dict, int, 
     admin = secrets.token_urlsafe(24)
     db_path = directory / "apss.sqlite"
     env = {**os.environ, "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(port), "APSS_ADMIN_TOKEN": admin,
-           "APSS_SEED_DEMO": "false", "APSS_SERVER_LOG_LEVEL": "warning", "APSS_API_REQUESTS_PER_S_MAX": "0"}
+           "APSS_SEED_DEMO": "false", "APSS_SERVER_LOG_LEVEL": "warning", "APSS_API_REQUESTS_PER_S_MAX": "0",
+           "APSS_DATABASE_SYNCHRONOUS": args.synchronous}
     log_path = directory / "apss.log"
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
@@ -208,13 +209,17 @@ def bench_orders(args: argparse.Namespace, directory: Path) -> tuple[dict, int, 
             "grants": [{"type": "currency", "currency": "GEMS", "amount": 500}]})
         if status not in (200, 201):
             raise SystemExit(f"bench: creating the product answered {status}: {product}")
-        script = write_script(directory, "orders.lua", path="/v1/orders", product=product["id"], auth=key)
-        if args.warmup:
-            run_wrk(args, f"{base}/v1/orders", script, args.warmup)
-        result = run_wrk(args, f"{base}/v1/orders", script, args.duration)
-        info = {"product": product["id"], "key": key, "base": base}
+        # A fresh script (fresh tag) for every wrk run: each run restarts its counters, and a
+        # repeated Idempotency-Key would be a cheap replay, not a new order.
+        def script() -> Path:
+            return write_script(directory, "orders.lua", path="/v1/orders", product=product["id"], auth=key)
+
+        warm = run_wrk(args, f"{base}/v1/orders", script(), args.warmup)["requests"] if args.warmup else 0
+        result = run_wrk(args, f"{base}/v1/orders", script(), args.duration)
+        info = {"product": product["id"], "key": key, "base": base, "answered": warm + result["requests"]}
         if args.profile:
-            info["profile"] = profile_server(args, server.pid, f"{base}/v1/orders", script, directory)
+            info["profile"] = profile_server(args, server.pid, f"{base}/v1/orders", script(), directory)
+            info["answered"] = None  # the profiled run adds orders of its own
     finally:
         stop(server)
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
@@ -223,10 +228,11 @@ def bench_orders(args: argparse.Namespace, directory: Path) -> tuple[dict, int, 
 
 
 def profile_server(args: argparse.Namespace, pid: int, url: str, script: Path, directory: Path) -> str:
-    """Optional: py-spy top-functions of the server while wrk runs (pip install py-spy)."""
+    """Optional: py-spy (pip install py-spy) samples the server's GIL holder during one more wrk run
+    (raw collapsed stacks: `frame;frame;... count` per line)."""
     out = directory / "profile.txt"
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(max(args.duration - 2, 3)),
-                            "--format", "raw", "--output", str(out), "--nonblocking"],
+                            "--format", "raw", "--output", str(out), "--gil"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_wrk(args, url, script, args.duration)
     spy.wait()
@@ -244,10 +250,12 @@ def bench_echo(args: argparse.Namespace, directory: Path, product: str) -> dict:
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(f"{base}/healthz", server, log_path)
-        script = write_script(directory, "echo.lua", path="/echo", product=product, auth="sk_test_" + "x" * 40)
+        def script() -> Path:
+            return write_script(directory, "echo.lua", path="/echo", product=product, auth="sk_test_" + "x" * 40)
+
         if args.warmup:
-            run_wrk(args, f"{base}/echo", script, args.warmup)
-        return run_wrk(args, f"{base}/echo", script, args.duration)
+            run_wrk(args, f"{base}/echo", script(), args.warmup)
+        return run_wrk(args, f"{base}/echo", script(), args.duration)
     finally:
         stop(server)
 
@@ -265,20 +273,21 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds per measured run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load first (0: none)")
     parser.add_argument("--profile", default="", help="also py-spy the APSS server under load into this file (raw)")
+    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"], help="the server's database.synchronous")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     directory = Path(tempfile.mkdtemp(prefix="apss-bench-http-"))
     print(f"http bench: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
-          f"(+{args.warmup}s warm-up each), {os.cpu_count()} CPUs, server and wrk on this machine", flush=True)
+          f"(+{args.warmup}s warm-up each), synchronous={args.synchronous}, {os.cpu_count()} CPUs, server and wrk on this machine", flush=True)
     try:
         orders, stored, info = bench_orders(args, directory)
         echo = bench_echo(args, directory, info["product"])
         print(line("orders", orders), flush=True)
         print(line("echo", echo), flush=True)
         print(f"orders/echo = {orders['rps'] / echo['rps']:.0%} of the echo baseline's req/s; "
-              f"orders stored in the database: {stored:,} (incl. warm-up)", flush=True)
+              f"orders in the database: {stored:,} (201s answered incl. warm-up: {info['answered'] or '-'})", flush=True)
         if args.profile:
             print(f"py-spy profile of the APSS server: {info['profile']}", flush=True)
     finally:

@@ -10,6 +10,8 @@ from litestar import Controller, Response, get, post
 from litestar.di import Provide
 from msgspec import Meta
 
+from apss.domain.money import is_iso_currency
+from apss.errors import CurrencyNotSupported
 from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
 from apss.services.views import MerchantCreatedView, MerchantList, MerchantView, SecretKeyView
 
@@ -19,6 +21,8 @@ __all__ = ["MerchantController"]
 class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
     mode: Literal["test", "live"] = "test"
+    # Settlement currency: the base that FX converts prices from (ISO 4217).
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
 
 
 class MerchantController(Controller):
@@ -29,7 +33,9 @@ class MerchantController(Controller):
 
     @post("/", status_code=201, summary="Create a merchant (admin); its secret key is shown only here")
     async def create(self, data: MerchantCreate, svc: Services, admin: None) -> MerchantCreatedView:
-        return await svc.merchants.create(name=data.name, mode=data.mode)
+        if not is_iso_currency(data.currency):
+            raise CurrencyNotSupported(f"'{data.currency}' is not a supported currency.", param="currency")
+        return await svc.merchants.create(name=data.name, mode=data.mode, currency=data.currency)
 
     @get("/", summary="List merchants (admin)")
     async def list_merchants(self, svc: Services, admin: None, limit: Limit = 20, cursor: Cursor = None) -> Response[MerchantList]:

@@ -1,42 +1,241 @@
-"""Which channel serves a merchant, and with which credentials.
+"""Which channels serve a merchant, in which order, with which credentials, and their health.
 
-The sandbox signs with the merchant's own `sandbox_webhook_secret`. Provider credentials and
-per-merchant routing arrive with the channels issue; until then a live merchant has no channel.
+- Settings: per merchant and channel, the fields each channel declares (`Channel.settings`);
+  secret fields are sealed with AES-GCM and never returned or logged after they are saved.
+  The sandbox needs none: it signs with the merchant's own `sandbox_webhook_secret`.
+- Routing: an ordered list of channels per currency and/or country, else the default list, else
+  the merchant's configured channels (test merchants: the sandbox).
+- Circuit breaker: `breaker_failures_max` failures in a row open a merchant's channel for
+  `breaker_cooldown_s`; payments skip it meanwhile, then one attempt may close it again.
 """
 
 from __future__ import annotations
 
-from apss.channels.base import Channel, ChannelRegistry, Credentials
-from apss.errors import ChannelNotAvailable, NotFound
-from apss.services.merchants import Merchant
+import re
+from typing import Annotated
 
-__all__ = ["ChannelAccess"]
+import msgspec
+from msgspec import Meta
+
+from apss.channels.base import Channel, ChannelRegistry, Credentials
+from apss.clock import Clock, format_rfc3339
+from apss.config import ChannelsConfig
+from apss.crypto import Keyring
+from apss.domain.money import is_iso_currency
+from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
+from apss.services.merchants import Merchant
+from apss.store import channels as store
+from apss.store.db import Database, Tx
+
+__all__ = ["ChannelAccess", "ChannelList", "ChannelView", "RoutingIn"]
+
+ChannelName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+ChannelOrder = Annotated[list[ChannelName], Meta(max_length=10)]
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_SETTING_VALUE_MAX = 16_384
+
+
+class RoutingIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    default: ChannelOrder = []
+    by_currency: Annotated[dict[str, ChannelOrder], Meta(max_length=200)] = {}
+    by_country: Annotated[dict[str, ChannelOrder], Meta(max_length=300)] = {}
+
+
+class ChannelView(msgspec.Struct, frozen=True, kw_only=True):
+    channel: str
+    configured: bool
+    settings: dict[str, str]  # the non-secret fields only
+    callback_url: str
+    state: str  # closed | open (circuit breaker)
+    failures: int
+    last_error: str | None
+    last_error_at: str | None
+    open_until: str | None
+
+
+class ChannelList(msgspec.Struct, frozen=True, kw_only=True):
+    data: list[ChannelView]
+    routing: RoutingIn
+
+
+class _Breaker:
+    __slots__ = ("failures", "open_until_ms", "last_error", "last_error_at_ms")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until_ms = 0
+        self.last_error: str | None = None
+        self.last_error_at_ms: int | None = None
 
 
 class ChannelAccess:
-    def __init__(self, *, registry: ChannelRegistry) -> None:
+    def __init__(self, *, registry: ChannelRegistry, db: Database, clock: Clock, keyring: Keyring,
+                 public_url: str, config: ChannelsConfig) -> None:
         self.registry = registry
+        self._db = db
+        self._clock = clock
+        self._keyring = keyring
+        self._public_url = public_url
+        self._config = config
+        self._settings: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}  # (public, secret)
+        self._routing: dict[str, RoutingIn] = {}
+        self._breakers: dict[tuple[str, str], _Breaker] = {}
 
-    def resolve(self, merchant: Merchant, requested: str | None) -> Channel:
-        name = requested or ("sandbox" if merchant.mode == "test" else None)
-        if name is None:
-            raise ChannelNotAvailable("This merchant has no payment channel configured.", param="channel")
-        channel = self.registry.get(name)
-        if channel is None:
-            raise ChannelNotAvailable(f"No such channel: '{name}'.", param="channel")
-        if channel.test_only and merchant.mode != "test":
-            raise ChannelNotAvailable(f"The {name} channel is for test merchants only.", param="channel")
-        self.credentials(merchant, channel)  # refuses channels the merchant has not configured
-        return channel
+    async def load(self) -> None:
+        for row in await store.all_settings(self._db):
+            secrets = msgspec.json.decode(self._keyring.open(row["secrets_sealed"], context=f"{row['merchant_id']}:{row['channel']}"),
+                                          type=dict[str, str])
+            public = msgspec.json.decode(row["public_settings"], type=dict[str, str])
+            self._settings[(row["merchant_id"], row["channel"])] = (public, secrets)
+        for row in await store.all_routing(self._db):
+            self._routing[row["merchant_id"]] = msgspec.json.decode(row["routing"], type=RoutingIn)
 
-    def credentials(self, merchant: Merchant, channel: Channel) -> Credentials:
-        if channel.name == "sandbox":
-            assert merchant.sandbox_webhook_secret, "test merchants always have a sandbox secret"
-            return {"webhook_secret": merchant.sandbox_webhook_secret}
-        raise ChannelNotAvailable(f"The {channel.name} channel is not configured for this merchant.", param="channel")
-
-    def for_callback(self, name: str) -> Channel:
+    # -- settings ----------------------------------------------------------------------------
+    def _channel(self, name: str) -> Channel:
         channel = self.registry.get(name)
         if channel is None:
             raise NotFound(f"No such channel: '{name}'", param="channel")
         return channel
+
+    async def put_settings(self, *, merchant: Merchant, channel_name: str, settings: dict[str, str]) -> ChannelView:
+        channel = self._channel(channel_name)
+        if channel.test_only:
+            raise InvalidRequest(f"The {channel.name} channel needs no settings.", code="channel_needs_no_settings", param="channel")
+        public, secrets = _split_settings(channel, settings)
+        sealed = self._keyring.seal(msgspec.json.encode(secrets).decode(), context=f"{merchant.id}:{channel.name}")
+
+        def transaction(tx: Tx) -> None:
+            store.upsert_settings(tx, merchant_id=merchant.id, channel=channel.name, secrets_sealed=sealed,
+                                  public_settings=msgspec.json.encode(public).decode(), now_ms=self._clock.now_ms())
+            tx.after_commit(lambda: self._settings.__setitem__((merchant.id, channel.name), (public, secrets)))
+
+        await self._db.write(transaction)
+        return self._view(merchant, channel.name)
+
+    async def put_routing(self, *, merchant: Merchant, routing: RoutingIn) -> ChannelList:
+        lists = [("default", routing.default)] + [(f"by_currency.{k}", v) for k, v in routing.by_currency.items()] \
+            + [(f"by_country.{k}", v) for k, v in routing.by_country.items()]
+        for code in routing.by_currency:
+            if not is_iso_currency(code):
+                raise InvalidRequest(f"'{code}' is not a supported currency.", code="currency_not_supported", param=f"by_currency.{code}")
+        for code in routing.by_country:
+            if not _COUNTRY_RE.match(code):
+                raise InvalidRequest("Countries are ISO 3166-1 alpha-2 codes.", code="country_invalid", param=f"by_country.{code}")
+        for param, names in lists:
+            for index, name in enumerate(names):
+                self._usable(merchant, name, param=f"{param}[{index}]")
+
+        def transaction(tx: Tx) -> None:
+            store.set_routing(tx, merchant_id=merchant.id, routing=msgspec.json.encode(routing).decode(), now_ms=self._clock.now_ms())
+            tx.after_commit(lambda: self._routing.__setitem__(merchant.id, routing))
+
+        await self._db.write(transaction)
+        return self.list(merchant)
+
+    def _usable(self, merchant: Merchant, name: str, *, param: str) -> Channel:
+        channel = self.registry.get(name)
+        if channel is None:
+            raise ChannelNotAvailable(f"No such channel: '{name}'.", param=param)
+        if channel.test_only and merchant.mode != "test":
+            raise ChannelNotAvailable(f"The {name} channel is for test merchants only.", param=param)
+        if not channel.test_only and (merchant.id, name) not in self._settings:
+            raise ChannelNotAvailable(f"The {name} channel is not configured for this merchant.", param=param)
+        return channel
+
+    def credentials(self, merchant: Merchant, channel: Channel) -> Credentials:
+        if channel.test_only:
+            assert merchant.sandbox_webhook_secret, "test merchants always have a sandbox secret"
+            return {"webhook_secret": merchant.sandbox_webhook_secret}
+        stored = self._settings.get((merchant.id, channel.name))
+        if stored is None:
+            raise ChannelNotAvailable(f"The {channel.name} channel is not configured for this merchant.", param="channel")
+        public, secrets = stored
+        return {**public, **secrets}
+
+    def for_callback(self, name: str) -> Channel:
+        return self._channel(name)
+
+    # -- routing -----------------------------------------------------------------------------
+    def candidates(self, merchant: Merchant, *, currency: str, country: str | None, requested: str | None) -> list[Channel]:
+        """The channels to try, in order: an explicit choice alone, else the routing."""
+        if requested is not None:
+            return [self._usable(merchant, requested, param="channel")]
+        routing = self._routing.get(merchant.id, RoutingIn())
+        names = (routing.by_country.get(country or "") or routing.by_currency.get(currency) or routing.default
+                 or self._configured_names(merchant))
+        usable = [self.registry.get(n) for n in names if self._is_usable(merchant, n)]
+        if not usable:
+            raise ChannelNotAvailable("This merchant has no payment channel for this order.", param="channel")
+        closed = [c for c in usable if not self.is_open(merchant.id, c.name)]
+        return closed or usable  # every channel open: try them anyway rather than refuse the sale
+
+    def _configured_names(self, merchant: Merchant) -> list[str]:
+        names = ["sandbox"] if merchant.mode == "test" else []
+        return names + [ch for (mid, ch) in self._settings if mid == merchant.id]
+
+    def _is_usable(self, merchant: Merchant, name: str) -> bool:
+        try:
+            self._usable(merchant, name, param="channel")
+        except ChannelNotAvailable:
+            return False
+        return True
+
+    # -- circuit breaker ---------------------------------------------------------------------
+    def _breaker(self, merchant_id: str, channel: str) -> _Breaker:
+        return self._breakers.setdefault((merchant_id, channel), _Breaker())
+
+    def is_open(self, merchant_id: str, channel: str) -> bool:
+        breaker = self._breakers.get((merchant_id, channel))
+        return breaker is not None and breaker.open_until_ms > self._clock.now_ms()
+
+    def record_success(self, merchant_id: str, channel: str) -> None:
+        breaker = self._breaker(merchant_id, channel)
+        breaker.failures, breaker.open_until_ms = 0, 0
+
+    def record_failure(self, merchant_id: str, channel: str, error_code: str) -> None:
+        breaker, now_ms = self._breaker(merchant_id, channel), self._clock.now_ms()
+        breaker.failures += 1
+        breaker.last_error, breaker.last_error_at_ms = error_code, now_ms
+        if breaker.failures >= self._config.breaker_failures_max:
+            breaker.open_until_ms = now_ms + self._config.breaker_cooldown_s * 1000
+
+    # -- views -------------------------------------------------------------------------------
+    def _view(self, merchant: Merchant, name: str) -> ChannelView:
+        stored = self._settings.get((merchant.id, name))
+        breaker = self._breakers.get((merchant.id, name), _Breaker())
+        open_now = breaker.open_until_ms > self._clock.now_ms()
+        return ChannelView(
+            channel=name, configured=stored is not None or self.registry.get(name).test_only,
+            settings=dict(stored[0]) if stored else {},
+            callback_url=f"{self._public_url}/v1/channels/{name}/webhook/{merchant.id}",
+            state="open" if open_now else "closed", failures=breaker.failures, last_error=breaker.last_error,
+            last_error_at=format_rfc3339(breaker.last_error_at_ms) if breaker.last_error_at_ms else None,
+            open_until=format_rfc3339(breaker.open_until_ms) if open_now else None,
+        )
+
+    def list(self, merchant: Merchant) -> ChannelList:
+        routing = self._routing.get(merchant.id, RoutingIn())
+        ordered: list[str] = []
+        for name in [*routing.default, *[n for v in routing.by_currency.values() for n in v],
+                     *[n for v in routing.by_country.values() for n in v], *self._configured_names(merchant)]:
+            if name not in ordered:
+                ordered.append(name)
+        return ChannelList(data=[self._view(merchant, name) for name in ordered], routing=routing)
+
+
+def _split_settings(channel: Channel, settings: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    public: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for key, value in settings.items():
+        spec = channel.settings.get(key)
+        if spec is None:
+            raise InvalidRequest(f"The {channel.name} channel has no setting '{key}'.", code="setting_unknown", param=key)
+        if not isinstance(value, str) or not value.strip() or len(value) > _SETTING_VALUE_MAX:
+            raise InvalidRequest(f"'{key}' must be a non-empty string.", code="setting_invalid", param=key)
+        if key == "api_base" and not value.startswith(("https://", "http://")):
+            raise InvalidRequest("api_base must be an http(s) URL.", code="setting_invalid", param=key)
+        (secrets if spec.secret else public)[key] = value
+    for key, spec in channel.settings.items():
+        if spec.required and key not in settings:
+            raise InvalidRequest(f"The {channel.name} channel needs '{key}'.", code="setting_missing", param=key)
+    return public, secrets

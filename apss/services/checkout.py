@@ -24,7 +24,7 @@ from apss.channels.base import Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock, format_rfc3339
 from apss.config import Config
 from apss.crypto import random_token
-from apss.domain.money import minor_units_max
+from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
 from apss.domain.payments import PaymentStatus
 from apss.errors import (
@@ -41,10 +41,13 @@ from apss.errors import (
 from apss.ids import new_id
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
+from apss.domain.fx import Quote, convert
+from apss.services.fx import quote_tx as fx_quote_tx
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
 from apss.services.views import OrderEventView, OrderView, encode, order_view
 from apss.store import catalog, idempotency as keys, orders
+from apss.store import channels as channel_store
 from apss.store.db import Database, Tx
 
 __all__ = ["Checkout", "OrderCreate", "OrderLine"]
@@ -64,6 +67,8 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     items: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
     channel: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")] | None = None
+    # The player's country (ISO 3166-1 alpha-2), for per-country channel routing.
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
@@ -87,7 +92,8 @@ class Checkout:
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None) -> Outcome:
         self._check_shape(command)
-        channel = self._channels.resolve(merchant, command.channel)
+        candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
+                                               requested=command.channel)
 
         def reserve(tx: Tx) -> Outcome | _Reserved:
             if idem is not None:
@@ -96,7 +102,7 @@ class Checkout:
                     return replay
             changes_before = tx.changes
             try:
-                order_id = self._reserve(tx, merchant=merchant, command=command, channel=channel.name)
+                order_id = self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)
             except ApssError as error:
                 if idem is None or tx.changes != changes_before:
                     raise
@@ -110,11 +116,13 @@ class Checkout:
         reserved = await self._db.write(reserve)
         if isinstance(reserved, Outcome):
             return reserved
-        return await self._create_payment(merchant=merchant, channel=channel, order_id=reserved.order_id,
+        return await self._create_payment(merchant=merchant, candidates=candidates, order_id=reserved.order_id,
                                           idem_key=idem.key if idem else None)
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
+        if not is_iso_currency(command.currency):
+            raise CurrencyNotSupported(f"'{command.currency}' is not a supported ISO 4217 currency.", param="currency")
         if len(command.items) > limits.items_max:
             raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
         if len(command.metadata) > limits.metadata_keys_max:
@@ -137,6 +145,7 @@ class Checkout:
             raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
         now_ms = self._clock.now_ms()
         order_id, payment_id = new_id("ord"), new_id("pay")
+        quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
         for line in lines:
             assert catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"]), "checked first"
         orders.insert_order(tx, {
@@ -145,6 +154,7 @@ class Checkout:
             "merchant_order_ref": command.merchant_order_ref, "metadata": encode(command.metadata).decode(),
             "return_url": command.return_url, "checkout_token": random_token(24), "payment_id": payment_id,
             "expires_at_ms": now_ms + self._config.orders.reservation_ttl_s * 1000, "created_at_ms": now_ms,
+            "fx": encode(quote.record()).decode() if quote is not None else None,
         })
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
@@ -163,9 +173,13 @@ class Checkout:
             raise NotFound(f"No such product: '{line.product_id}'", param=f"{param}.product_id")
         if not product["active"]:
             raise InvalidRequest(f"Product '{line.product_id}' is not active.", code="product_inactive", param=f"{param}.product_id")
-        unit_amount = msgspec.json.decode(product["prices"], type=dict[str, int]).get(command.currency)
+        prices = msgspec.json.decode(product["prices"], type=dict[str, int])
+        unit_amount, quote = prices.get(command.currency), None
         if unit_amount is None:
-            raise CurrencyNotSupported(f"Product '{line.product_id}' has no price in {command.currency}.", param="currency")
+            unit_amount, quote = self._converted_price(tx, merchant=merchant, prices=prices, currency=command.currency)
+        if unit_amount is None:
+            raise CurrencyNotSupported(f"Product '{line.product_id}' has no price in {command.currency}, and no FX rate "
+                                       f"converts its {merchant.currency} price.", param="currency")
         if product["stock"] is not None and product["stock"] < line.quantity:
             raise OutOfStock(f"Only {product['stock']} units of '{product['sku']}' are available.", param=param)
         if product["purchase_limit"] is not None:
@@ -174,51 +188,84 @@ class Checkout:
             if bought + line.quantity > product["purchase_limit"]:
                 raise PurchaseLimitExceeded(
                     f"Player may buy at most {product['purchase_limit']} of '{product['sku']}' ({bought} already).", param=param)
-        return {"product_id": line.product_id, "sku": product["sku"], "quantity": line.quantity,
-                "unit_amount": unit_amount, "amount": unit_amount * line.quantity, "grants": product["grants"]}
+        return {"product_id": line.product_id, "sku": product["sku"], "quantity": line.quantity, "unit_amount": unit_amount,
+                "amount": unit_amount * line.quantity, "grants": product["grants"], "fx": quote}
+
+    def _converted_price(self, tx: Tx, *, merchant: Merchant, prices: dict[str, int], currency: str) -> tuple[int | None, Quote | None]:
+        """The unit price converted from the merchant's currency at the rate in force: converted
+        per unit and rounded half-even (apss.domain.fx.convert), then multiplied by the quantity."""
+        base_amount = prices.get(merchant.currency)
+        if base_amount is None or merchant.currency == currency:
+            return None, None
+        quote = fx_quote_tx(tx, base=merchant.currency, quote=currency, now_ms=self._clock.now_ms(),
+                            age_max_ms=self._config.orders.fx_rate_age_max_s * 1000)
+        if quote is None:
+            return None, None
+        return convert(base_amount, from_currency=merchant.currency, to_currency=currency, rate=quote.rate), quote
 
     # -- payment -----------------------------------------------------------------------------
-    def _payment_request(self, order: sqlite3.Row, items: list[sqlite3.Row]) -> PaymentRequest:
+    def _payment_request(self, order: sqlite3.Row, items: list[sqlite3.Row], channel: str) -> PaymentRequest:
         summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
         return PaymentRequest(
             payment_id=order["payment_id"], order_id=order["id"], merchant_id=order["merchant_id"],
             amount=order["amount"], currency=order["currency"], description=f"Order {order['id']}: {summary}"[:127],
-            callback_url=f"{self.public_url}/v1/channels/{order['channel']}/webhook/{order['merchant_id']}",
+            callback_url=f"{self.public_url}/v1/channels/{channel}/webhook/{order['merchant_id']}",
             return_url=order["return_url"], player_id=order["player_id"],
             metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]),
         )
 
-    async def _create_payment(self, *, merchant: Merchant, channel: Channel, order_id: str, idem_key: str | None) -> Outcome:
+    async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order_id: str,
+                              idem_key: str | None) -> Outcome:
+        """Ask each candidate channel in turn until one creates the payment (fallback)."""
         order = await orders.fetch_order(self._db, order_id=order_id)
         items = await orders.fetch_items(self._db, order_id=order_id)
+        attempts: list[tuple[str, str, str | None]] = []  # (channel, outcome, error code)
         created: PaymentCreated | None = None
-        failure: str | None = None
-        try:
-            created = await channel.create_payment(self._payment_request(order, items), self._channels.credentials(merchant, channel))
-        except ChannelTimeout:
-            failure = None  # outcome unknown: the payment stays `unknown` for the janitor
-        except ChannelUnavailable as error:
-            log.warning("channel %s refused payment %s: %s", channel.name, order["payment_id"], error.code)
-            failure = error.code
+        for channel in candidates:
+            try:
+                created = await channel.create_payment(self._payment_request(order, items, channel.name),
+                                                        self._channels.credentials(merchant, channel))
+            except ChannelTimeout as error:
+                attempts.append((channel.name, "timeout", error.code))
+                self._channels.record_failure(merchant.id, channel.name, error.code)
+            except ChannelUnavailable as error:
+                attempts.append((channel.name, "failed", error.code))
+                self._channels.record_failure(merchant.id, channel.name, error.code)
+            except InvalidRequest as error:  # e.g. a currency this provider does not take: not its health
+                attempts.append((channel.name, "failed", error.code))
+            else:
+                attempts.append((channel.name, "created", None))
+                self._channels.record_success(merchant.id, channel.name)
+                break
+            log.warning("channel %s could not create payment %s: %s", channel.name, order["payment_id"], attempts[-1][2])
+        return await self._db.write(lambda tx: self._record_payment(tx, merchant=merchant, order_id=order_id, created=created,
+                                                                    attempts=attempts, idem_key=idem_key))
 
-        def record(tx: Tx) -> Outcome:
-            now_ms = self._clock.now_ms()
-            current = orders.get_order_tx(tx, order_id=order_id)
-            if created is not None:
-                orders.update_payment(tx, payment_id=current["payment_id"], now_ms=now_ms, fields={
-                    "status": created.status.value, "provider_ref": created.provider_ref,
-                    "next_action": encode(created.next_action).decode() if created.next_action else None})
-            elif failure is not None:
-                orders.update_payment(tx, payment_id=current["payment_id"], now_ms=now_ms,
-                                      fields={"status": "failed", "failure_code": failure})
-                if current["status"] == OrderStatus.PENDING.value:
-                    lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{channel.name}", now_ms=now_ms)
-            outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self.public_url)))
-            if idem_key is not None:
-                self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
-            return outcome
-
-        return await self._db.write(record)
+    def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, created: PaymentCreated | None,
+                        attempts: list[tuple[str, str, str | None]], idem_key: str | None) -> Outcome:
+        now_ms = self._clock.now_ms()
+        current = orders.get_order_tx(tx, order_id=order_id)
+        payment_id = current["payment_id"]
+        for channel, outcome, error in attempts:
+            channel_store.insert_attempt(tx, payment_id=payment_id, channel=channel, outcome=outcome, error_code=error, now_ms=now_ms)
+        used, outcome, _ = attempts[-1]
+        if used != current["channel"]:
+            orders.set_order_channel(tx, order_id=order_id, channel=used, now_ms=now_ms)
+        if created is not None:
+            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms, fields={
+                "channel": used, "status": created.status.value, "provider_ref": created.provider_ref,
+                "next_action": encode(created.next_action).decode() if created.next_action else None})
+        elif outcome == "timeout":  # the last provider may have made it: `unknown`, for the janitor
+            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms, fields={"channel": used})
+        else:
+            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms,
+                                  fields={"channel": used, "status": "failed", "failure_code": attempts[-1][2]})
+            if current["status"] == OrderStatus.PENDING.value:
+                lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{used}", now_ms=now_ms)
+        outcome_body = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self.public_url)))
+        if idem_key is not None:
+            self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome_body)
+        return outcome_body
 
     async def resume_running(self) -> int:
         """At start: finish order requests that a crash cut between their transactions."""
@@ -229,7 +276,7 @@ class Checkout:
             assert kind == "order" and merchant is not None, f"cannot resume {row['resume']!r}"
             order = await orders.fetch_order(self._db, order_id=order_id)
             channel = self._channels.registry.get(order["channel"])
-            await self._create_payment(merchant=merchant, channel=channel, order_id=order_id, idem_key=row["key"])
+            await self._create_payment(merchant=merchant, candidates=[channel], order_id=order_id, idem_key=row["key"])
             resumed += 1
         return resumed
 

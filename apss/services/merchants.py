@@ -28,6 +28,7 @@ class Merchant(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
     mode: str  # test | live
+    currency: str  # settlement currency; the base of FX-converted prices
     sandbox_webhook_secret: str | None  # opened from its sealed form; never logged
 
     def __repr__(self) -> str:
@@ -57,7 +58,8 @@ class Merchants:
     def _merchant(self, row) -> Merchant:
         sealed = row["sandbox_webhook_secret_sealed"]
         secret = self._keyring.open(sealed, context=row["id"]) if sealed else None
-        return Merchant(id=row["id"], name=row["name"], mode=row["mode"], sandbox_webhook_secret=secret)
+        return Merchant(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"],
+                        sandbox_webhook_secret=secret)
 
     def authenticate(self, secret_key: str) -> Merchant:
         merchant = self._by_key_hash.get(hash_secret(secret_key)) if len(secret_key) >= 16 else None
@@ -94,16 +96,17 @@ class Merchants:
             raise AuthenticationFailed("Invalid admin token provided.")
 
     # -- merchants ---------------------------------------------------------------------------
-    async def create(self, *, name: str, mode: str) -> MerchantCreatedView:
+    async def create(self, *, name: str, mode: str, currency: str = "USD") -> MerchantCreatedView:
         assert mode in ("test", "live")
         merchant_id, secret_key, now_ms = new_id("mch"), _new_secret_key(mode), self._clock.now_ms()
         sandbox_secret = f"whsec_{random_token(24)}" if mode == "test" else None
-        merchant = Merchant(id=merchant_id, name=name, mode=mode, sandbox_webhook_secret=sandbox_secret)
+        merchant = Merchant(id=merchant_id, name=name, mode=mode, currency=currency, sandbox_webhook_secret=sandbox_secret)
         key_hash = hash_secret(secret_key)
 
         def transaction(tx: Tx) -> None:
             sealed = self._keyring.seal(sandbox_secret, context=merchant_id) if sandbox_secret else None
-            store.insert_merchant(tx, merchant_id=merchant_id, name=name, mode=mode, sandbox_secret_sealed=sealed, now_ms=now_ms)
+            store.insert_merchant(tx, merchant_id=merchant_id, name=name, mode=mode, currency=currency,
+                                  sandbox_secret_sealed=sealed, now_ms=now_ms)
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
 
             def publish() -> None:
@@ -113,7 +116,7 @@ class Merchants:
             tx.after_commit(publish)
 
         await self._db.write(transaction)
-        return MerchantCreatedView(id=merchant_id, name=name, mode=mode, secret_key=secret_key,
+        return MerchantCreatedView(id=merchant_id, name=name, mode=mode, currency=currency, secret_key=secret_key,
                                    created_at=format_rfc3339(now_ms))
 
     async def rotate_key(self, merchant_id: str) -> SecretKeyView:
@@ -149,9 +152,9 @@ class Merchants:
 
     @staticmethod
     def account(merchant: Merchant) -> AccountView:
-        return AccountView(id=merchant.id, name=merchant.name, mode=merchant.mode,
+        return AccountView(id=merchant.id, name=merchant.name, mode=merchant.mode, currency=merchant.currency,
                            sandbox_webhook_secret=merchant.sandbox_webhook_secret)
 
 
 def _merchant_view(row) -> MerchantView:
-    return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], created_at=format_rfc3339(row["created_at_ms"]))
+    return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"], created_at=format_rfc3339(row["created_at_ms"]))

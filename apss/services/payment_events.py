@@ -7,7 +7,11 @@ request is trusted. A verified event is recorded and applied in one write transa
 - a stale event (the payment already moved past it) is recorded as `stale` and moves nothing;
 - an amount or currency that differs from the payment is an anomaly: an alert, no fulfilment;
 - a success for an order that expired meanwhile takes the stock again if it is there, else it
-  is an anomaly for refund.
+  is an anomaly for refund;
+- a `payment.approved` (PayPal) is captured through the channel before the transaction, and
+  the capture's report is applied as the payment's outcome; a capture that fails answers the
+  provider with an error, so it retries the webhook.
+The janitor applies the answers of provider status queries through the same `apply_event`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from apss.channels.base import CallbackEvent, CallbackReply, CallbackRequest
+from apss.channels.base import Channel, CallbackEvent, CallbackReply, CallbackRequest, Credentials, PaymentQuery, PaymentReport
 from apss.clock import Clock
 from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
@@ -26,7 +30,7 @@ from apss.services.merchants import Merchants
 from apss.store import orders
 from apss.store.db import Database, Tx
 
-__all__ = ["PaymentEvents"]
+__all__ = ["PaymentEvents", "event_from_report"]
 
 log = logging.getLogger("apss.callbacks")
 _UNPAID_ENDED = (OrderStatus.EXPIRED.value, OrderStatus.CANCELED.value, OrderStatus.FAILED.value)
@@ -48,12 +52,34 @@ class PaymentEvents:
         credentials = self._channels.credentials(merchant, channel)
         request = CallbackRequest(headers=headers, body=body, now_s=self._clock.now_ms() // 1000, query=query)
         events = await channel.verify_callback(request, credentials)  # CallbackRejected -> 400
+        events = await self._capture_approvals(channel, merchant_id, credentials, events)
         if events:
-            results = await self._db.write(lambda tx: [self._apply(tx, channel.name, merchant.id, e) for e in events])
+            results = await self._db.write(lambda tx: [self.apply_event(tx, channel.name, merchant.id, e) for e in events])
             log.info("callback %s/%s: %s", channel.name, merchant.id, ", ".join(results))
         return channel.callback_reply(accepted=True)
 
-    def _apply(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> str:
+    async def _capture_approvals(self, channel: Channel, merchant_id: str, credentials: Credentials,
+                                 events: list[CallbackEvent]) -> list[CallbackEvent]:
+        """Capture each approved payment (outside any transaction); the capture is idempotent at
+        the provider, so a redelivered approval captures nothing twice."""
+        result: list[CallbackEvent] = []
+        for event in events:
+            result.append(event)
+            if event.kind is not CallbackKind.PAYMENT_APPROVED or not event.payment_id:
+                continue
+            payment = await orders.fetch_payment(self._db, payment_id=event.payment_id)
+            if payment is None or payment["merchant_id"] != merchant_id or payment["status"] == PaymentStatus.SUCCEEDED.value:
+                continue
+            query = PaymentQuery(payment_id=payment["id"], provider_ref=event.provider_ref or payment["provider_ref"],
+                                 amount=payment["amount"], currency=payment["currency"])
+            report = await channel.capture_payment(query, credentials)  # ChannelUnavailable -> 502: retried
+            follow = event_from_report(report, event_id=f"{event.event_id}:capture", payment_id=payment["id"],
+                                       provider_ref=query.provider_ref)
+            if follow is not None:
+                result.append(follow)
+        return result
+
+    def apply_event(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> str:
         now_ms = self._clock.now_ms()
         payment = self._find_payment(tx, channel, merchant_id, event)
         if not orders.record_provider_event(tx, channel=channel, event_id=event.event_id, merchant_id=merchant_id,
@@ -68,6 +94,8 @@ class PaymentEvents:
             result = self._succeeded(tx, payment, event, now_ms=now_ms)
         elif event.kind is CallbackKind.PAYMENT_FAILED:
             result = self._failed(tx, payment, event, now_ms=now_ms)
+        elif event.kind is CallbackKind.PAYMENT_APPROVED:
+            result = "approved"  # the capture that follows it carries the outcome
         else:
             result = "ignored"  # refunds and disputes are applied by the money issue's services
         orders.set_provider_event_result(tx, channel=channel, event_id=event.event_id, result=result)
@@ -121,3 +149,16 @@ class PaymentEvents:
         if order["status"] == OrderStatus.PENDING.value:
             lifecycle.end_unpaid(tx, order, OrderEvent.PAYMENT_FAILED, cause=f"callback:{event.event_id}", now_ms=now_ms)
         return "applied"
+
+
+def event_from_report(report: PaymentReport, *, event_id: str, payment_id: str, provider_ref: str | None) -> CallbackEvent | None:
+    """A provider's answer to a status query or capture, as the event it stands for (or None
+    while the outcome is not final)."""
+    if report.status is PaymentStatus.SUCCEEDED:
+        kind = CallbackKind.PAYMENT_SUCCEEDED
+    elif report.status is PaymentStatus.FAILED:
+        kind = CallbackKind.PAYMENT_FAILED
+    else:
+        return None
+    return CallbackEvent(event_id=event_id, kind=kind, payment_id=payment_id, provider_ref=report.provider_ref or provider_ref,
+                         amount=report.amount, currency=report.currency, failure_code=report.failure_code)

@@ -69,6 +69,11 @@ class SandboxProvider:
 
         return await self._db.write(transaction)
 
+    async def state_of(self, payment_id: str) -> tuple[str, str | None] | None:
+        """What the sandbox provider knows of a payment (its answer to a status query)."""
+        row = await store.fetch_completion(self._db, payment_id=payment_id)
+        return None if row is None else (row["outcome"], row["failure_code"])
+
     async def payer_page_data(self, provider_ref: str) -> sqlite3.Row | None:
         return await orders.payment_by_provider_ref_async(self._db, channel="sandbox", provider_ref=provider_ref)
 

@@ -100,6 +100,15 @@ class OrderItemView(_View):
     amount: int
 
 
+class FxView(_View):
+    """How the order was priced from the merchant's currency (API: rates are strings)."""
+
+    base_currency: str
+    rate: str
+    rate_as_of: str
+    inverse: bool
+
+
 class OrderView(_View):
     id: str
     status: str
@@ -114,6 +123,7 @@ class OrderView(_View):
     created_at: str
     checkout_url: str
     payment: PaymentView | None
+    fx: FxView | None = None
 
 
 def order_view(row: sqlite3.Row, *, public_url: str) -> OrderView:
@@ -136,8 +146,15 @@ def order_view(row: sqlite3.Row, *, public_url: str) -> OrderView:
         merchant_order_ref=row["merchant_order_ref"],
         metadata=msgspec.json.decode(row["metadata"], type=dict[str, str]),
         expires_at=format_rfc3339(row["expires_at_ms"]), created_at=format_rfc3339(row["created_at_ms"]),
-        checkout_url=f"{public_url}/checkout/{row['checkout_token']}", payment=payment,
+        checkout_url=f"{public_url}/checkout/{row['checkout_token']}", payment=payment, fx=_fx_view(row["fx"]),
     )
+
+
+def _fx_view(stored: str | None) -> FxView | None:
+    if stored is None:
+        return None
+    fx = msgspec.json.decode(stored)
+    return FxView(base_currency=fx["base"], rate=fx["rate"], rate_as_of=format_rfc3339(fx["as_of_ms"]), inverse=fx["inverse"])
 
 
 class OrderEventView(_View):
@@ -174,6 +191,7 @@ class MerchantView(_View):
     id: str
     name: str
     mode: str
+    currency: str
     created_at: str
 
 
@@ -181,6 +199,7 @@ class MerchantCreatedView(_View):
     id: str
     name: str
     mode: str
+    currency: str
     secret_key: str
     created_at: str
 
@@ -193,6 +212,7 @@ class AccountView(_View, omit_defaults=True):
     id: str
     name: str
     mode: str
+    currency: str = "USD"
     sandbox_webhook_secret: str | None = None
 
 

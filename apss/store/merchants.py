@@ -20,10 +20,11 @@ __all__ = [
 ]
 
 
-def insert_merchant(tx: Tx, *, merchant_id: str, name: str, mode: str, sandbox_secret_sealed: str | None, now_ms: int) -> None:
+def insert_merchant(tx: Tx, *, merchant_id: str, name: str, mode: str, currency: str, sandbox_secret_sealed: str | None,
+                    now_ms: int) -> None:
     tx.execute(
-        "INSERT INTO merchants (id, name, mode, sandbox_webhook_secret_sealed, created_at_ms) VALUES (?, ?, ?, ?, ?)",
-        (merchant_id, name, mode, sandbox_secret_sealed, now_ms),
+        "INSERT INTO merchants (id, name, mode, currency, sandbox_webhook_secret_sealed, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        (merchant_id, name, mode, currency, sandbox_secret_sealed, now_ms),
     )
 
 

@@ -8,6 +8,7 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "fetch_items",
+    "fetch_payment",
     "fetch_order",
     "get_order_tx",
     "get_order_view",
@@ -27,6 +28,7 @@ __all__ = [
     "pending_due",
     "purchased_quantity",
     "record_provider_event",
+    "set_order_channel",
     "set_order_status",
     "set_provider_event_result",
     "update_payment",
@@ -46,9 +48,9 @@ def insert_order(tx: Tx, row: dict) -> None:
     tx.execute(
         "INSERT INTO orders (id, merchant_id, player_id, status, amount, currency, channel,"
         " merchant_order_ref, metadata, return_url, checkout_token, payment_id, expires_at_ms,"
-        " created_at_ms, updated_at_ms) VALUES (:id, :merchant_id, :player_id, :status, :amount,"
+        " created_at_ms, updated_at_ms, fx) VALUES (:id, :merchant_id, :player_id, :status, :amount,"
         " :currency, :channel, :merchant_order_ref, :metadata, :return_url, :checkout_token,"
-        " :payment_id, :expires_at_ms, :created_at_ms, :created_at_ms)",
+        " :payment_id, :expires_at_ms, :created_at_ms, :created_at_ms, :fx)",
         row,
     )
 
@@ -107,6 +109,15 @@ def set_order_status(tx: Tx, *, order_id: str, from_status: str, to_status: str,
     assert cursor.rowcount == 1, f"order {order_id} was not in status {from_status}"
 
 
+def set_order_channel(tx: Tx, *, order_id: str, channel: str, now_ms: int) -> None:
+    cursor = tx.execute("UPDATE orders SET channel = ?, updated_at_ms = ? WHERE id = ?", (channel, now_ms, order_id))
+    assert cursor.rowcount == 1
+
+
+async def fetch_payment(db: Database, *, payment_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM payments WHERE id = ?", (payment_id,))
+
+
 def get_payment_tx(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM payments WHERE id = ?", (payment_id,))
 
@@ -125,7 +136,7 @@ async def payment_by_provider_ref_async(db: Database, *, channel: str, provider_
 
 
 def update_payment(tx: Tx, *, payment_id: str, fields: dict, now_ms: int) -> None:
-    allowed = {"status", "provider_ref", "next_action", "failure_code"}
+    allowed = {"status", "provider_ref", "next_action", "failure_code", "channel"}
     assert fields and set(fields) <= allowed, set(fields) - allowed
     assignments = ", ".join(f"{name} = :{name}" for name in fields)
     cursor = tx.execute(

@@ -6,11 +6,15 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["completion", "due_callbacks", "insert_callback", "insert_completion", "mark_attempt"]
+__all__ = ["completion", "due_callbacks", "fetch_completion", "insert_callback", "insert_completion", "mark_attempt"]
 
 
 def completion(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM sandbox_payments WHERE payment_id = ?", (payment_id,))
+
+
+async def fetch_completion(db: Database, *, payment_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM sandbox_payments WHERE payment_id = ?", (payment_id,))
 
 
 def insert_completion(tx: Tx, *, payment_id: str, merchant_id: str, outcome: str, failure_code: str | None, now_ms: int) -> None:

@@ -4,6 +4,8 @@ sandbox provider uses to deliver its callbacks, over HTTP or through the ASGI ap
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import httpx
 
 from apss.channels.base import (
@@ -31,6 +33,10 @@ __all__ = ["SIGNATURE_HEADER", "SandboxChannel", "send_callback", "sign_callback
 
 SIGNATURE_HEADER = "APSS-Sandbox-Signature"
 
+# The sandbox provider's record of a payment: (outcome "succeeded" | "failed", failure code), or
+# None while the payer has not acted. Injected by app.py: the channel itself touches no database.
+SandboxState = Callable[[str], Awaitable[tuple[str, str | None] | None]]
+
 
 def sign_callback(*, secret: str, body: bytes, now_s: int) -> str:
     return sign_timestamped(secret=secret, timestamp_s=now_s, body=body)
@@ -41,10 +47,11 @@ class SandboxChannel:
     test_only = True
     settings = {}  # the sandbox signs with the merchant's own sandbox_webhook_secret
 
-    def __init__(self, *, public_url: str, tolerance_s: int = 300) -> None:
+    def __init__(self, *, public_url: str, tolerance_s: int = 300, state: SandboxState | None = None) -> None:
         assert public_url.startswith(("http://", "https://"))
         self._public_url = public_url.rstrip("/")
         self._tolerance_s = tolerance_s
+        self._state = state
 
     def __repr__(self) -> str:
         return "SandboxChannel()"
@@ -81,7 +88,15 @@ class SandboxChannel:
         raise flow_not_supported(self.name, "refunds")
 
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "payment queries")
+        if self._state is None:
+            raise flow_not_supported(self.name, "payment queries")
+        state = await self._state(query.payment_id)
+        if state is None:
+            return PaymentReport(status=PaymentStatus.REQUIRES_ACTION, provider_ref=query.provider_ref)
+        outcome, failure_code = state
+        status = PaymentStatus.SUCCEEDED if outcome == "succeeded" else PaymentStatus.FAILED
+        return PaymentReport(status=status, provider_ref=query.provider_ref, amount=query.amount,
+                             currency=query.currency, failure_code=failure_code)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         raise flow_not_supported(self.name, "statements")

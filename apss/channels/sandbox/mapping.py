@@ -5,6 +5,8 @@ Magic values (order `metadata["sandbox_outcome"]`, read when the payer pays):
 - `insufficient_funds`  the payment fails with failure_code `insufficient_funds`
 - `delay_callback:N`    the callback is sent N seconds (1-3600) after the payer acted
 - `duplicate_callback`  the same signed callback (same event id) is sent twice
+- `lost_callback`       the payment completes but its callback is never sent: only a status
+                        query (the janitor's) can tell
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def parse_magic(metadata: dict[str, str], *, payer_pays: bool) -> SandboxOutcome
         failure_code = "card_declined" if magic == "declined" else "insufficient_funds"
     elif magic == "duplicate_callback":
         copies = 2
+    elif magic == "lost_callback":
+        copies = 0
     elif (match := _DELAY_RE.match(magic)) is not None:
         delay_s = min(int(match.group(1)), 3600)
     return SandboxOutcome(succeeded=failure_code is None, failure_code=failure_code, delay_s=delay_s, copies=copies)

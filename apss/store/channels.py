@@ -1,0 +1,76 @@
+"""Merchant channel settings (secrets sealed), routing, payment attempts, janitor checks."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "all_routing",
+    "all_settings",
+    "insert_attempt",
+    "list_attempts",
+    "open_payments_due",
+    "record_check",
+    "set_routing",
+    "upsert_settings",
+]
+
+
+def upsert_settings(tx: Tx, *, merchant_id: str, channel: str, secrets_sealed: str, public_settings: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO channel_settings (merchant_id, channel, secrets_sealed, public_settings, updated_at_ms)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET secrets_sealed = excluded.secrets_sealed,"
+        " public_settings = excluded.public_settings, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, channel, secrets_sealed, public_settings, now_ms),
+    )
+
+
+async def all_settings(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM channel_settings ORDER BY merchant_id, updated_at_ms")
+
+
+def set_routing(tx: Tx, *, merchant_id: str, routing: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO channel_routing (merchant_id, routing, updated_at_ms) VALUES (?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET routing = excluded.routing, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, routing, now_ms),
+    )
+
+
+async def all_routing(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT merchant_id, routing FROM channel_routing")
+
+
+def insert_attempt(tx: Tx, *, payment_id: str, channel: str, outcome: str, error_code: str | None, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO payment_attempts (payment_id, channel, outcome, error_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+        (payment_id, channel, outcome, error_code, now_ms),
+    )
+
+
+async def list_attempts(db: Database, *, payment_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM payment_attempts WHERE payment_id = ? ORDER BY seq", (payment_id,))
+
+
+async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, oldest_ms: int, limit: int) -> list[sqlite3.Row]:
+    """Payments whose outcome is not final at our side and whose next status query is due."""
+    return await db.fetch_all(
+        "SELECT p.*, coalesce(c.checks_done, 0) AS checks_done FROM payments p"
+        " LEFT JOIN payment_checks c ON c.payment_id = p.id"
+        " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled') AND p.created_at_ms >= ?"
+        " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
+        " ORDER BY p.created_at_ms LIMIT ?",
+        (oldest_ms, first_check_ms, now_ms, limit),
+    )
+
+
+def record_check(tx: Tx, *, payment_id: str, checks_done: int, next_check_at_ms: int | None, last_status: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO payment_checks (payment_id, checks_done, next_check_at_ms, gave_up_at_ms, last_status)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET checks_done = excluded.checks_done,"
+        " next_check_at_ms = excluded.next_check_at_ms, gave_up_at_ms = excluded.gave_up_at_ms,"
+        " last_status = excluded.last_status",
+        (payment_id, checks_done, next_check_at_ms, now_ms if next_check_at_ms is None else None, last_status),
+    )
