@@ -18,6 +18,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from apss import __version__
 from apss.api.account import account
+from apss.api.alerts import AlertController
+from apss.api.payments import PaymentController
 from apss.api.common import RateLimiter, Services, current_merchant
 from apss.api.errors import exception_handlers, render_error
 from apss.api.health import healthz
@@ -39,6 +41,7 @@ from apss.clock import Clock, SystemClock
 from apss.config import Config
 from apss.crypto import Keyring
 from apss.jobs.scheduler import Scheduler
+from apss.services.alerts import Alerts
 from apss.services.catalog import Catalog
 from apss.services.channels import ChannelAccess
 from apss.services.checkout import Checkout
@@ -112,7 +115,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
     return Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
-        payment_events=payment_events, janitor=janitor, provider_http=provider_http,
+        payment_events=payment_events, janitor=janitor, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -161,7 +164,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     )
     app = Litestar(
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
-                        PlayerController, SandboxController, ChannelController, FxController, sandbox_pay_page,
+                        PlayerController, SandboxController, ChannelController, FxController, AlertController,
+                        PaymentController, sandbox_pay_page,
                         sandbox_pay_action, checkout_page],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},

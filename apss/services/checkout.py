@@ -45,7 +45,14 @@ from apss.domain.fx import Quote, convert
 from apss.services.fx import quote_tx as fx_quote_tx
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
-from apss.services.views import OrderEventView, OrderView, encode, order_view
+from apss.services.views import (
+    OrderEventView,
+    OrderView,
+    PaymentAttemptView,
+    PaymentDetailView,
+    encode,
+    order_view,
+)
 from apss.store import catalog, idempotency as keys, orders
 from apss.store import channels as channel_store
 from apss.store.db import Database, Tx
@@ -316,6 +323,18 @@ class Checkout:
         if row is None:
             raise NotFound(f"No such order: '{order_id}'", param="id")
         return order_view(row, public_url=self.public_url)
+
+    async def payment(self, *, merchant_id: str, payment_id: str) -> PaymentDetailView:
+        row = await orders.fetch_payment(self._db, payment_id=payment_id)
+        if row is None or row["merchant_id"] != merchant_id:
+            raise NotFound(f"No such payment: '{payment_id}'", param="id")
+        attempts = await channel_store.list_attempts(self._db, payment_id=payment_id)
+        return PaymentDetailView(
+            id=row["id"], order_id=row["order_id"], channel=row["channel"], status=row["status"], amount=row["amount"],
+            currency=row["currency"], provider_ref=row["provider_ref"], failure_code=row["failure_code"],
+            attempts=[PaymentAttemptView(channel=a["channel"], outcome=a["outcome"], error_code=a["error_code"],
+                                         created_at=format_rfc3339(a["created_at_ms"])) for a in attempts],
+            created_at=format_rfc3339(row["created_at_ms"]))
 
     async def by_checkout_token(self, token: str) -> OrderView:
         row = await orders.get_order_view_by_token(self._db, checkout_token=token)

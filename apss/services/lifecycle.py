@@ -44,7 +44,9 @@ def end_unpaid(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now
     for item in items:
         catalog.release_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
     payment = orders.get_payment_tx(tx, payment_id=order["payment_id"]) if order["payment_id"] else None
-    if payment is not None and event is not OrderEvent.PAYMENT_FAILED:
+    # An `unknown` payment stays unknown: the provider may have taken the money, and only its
+    # answer (callback or the janitor's query) may say otherwise.
+    if payment is not None and event is not OrderEvent.PAYMENT_FAILED and payment["status"] != PaymentStatus.UNKNOWN.value:
         try:
             payment_transition(PaymentStatus(payment["status"]), PaymentStatus.CANCELED)
         except InvalidTransition:

@@ -27,6 +27,8 @@ __all__ = [
     "OrderEventView",
     "OrderItemView",
     "OrderView",
+    "PaymentAttemptView",
+    "PaymentDetailView",
     "PaymentView",
     "ProductView",
     "SandboxActionView",
@@ -90,6 +92,28 @@ class PaymentView(_View):
     status: str
     next_action: NextActionView | None
     failure_code: str | None = None
+
+
+class PaymentAttemptView(_View):
+    channel: str
+    outcome: str  # created | failed | timeout
+    error_code: str | None
+    created_at: str
+
+
+class PaymentDetailView(_View):
+    """A payment on its own: which channel took it after which attempts (routing and fallback)."""
+
+    id: str
+    order_id: str
+    channel: str
+    status: str
+    amount: int
+    currency: str
+    provider_ref: str | None
+    failure_code: str | None
+    attempts: list[PaymentAttemptView]
+    created_at: str
 
 
 class OrderItemView(_View):

@@ -6,7 +6,7 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["insert_alert", "list_alerts"]
+__all__ = ["insert_alert", "list_alerts", "resolve_alert"]
 
 
 def insert_alert(
@@ -19,8 +19,17 @@ def insert_alert(
     )
 
 
-async def list_alerts(db: Database, *, merchant_id: str, after_id: str | None, limit: int) -> list[sqlite3.Row]:
+async def list_alerts(db: Database, *, merchant_id: str, after_id: str | None, limit: int,
+                      resolved: bool | None, kind: str | None) -> list[sqlite3.Row]:
     return await db.fetch_all(
-        "SELECT * FROM alerts WHERE merchant_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
-        (merchant_id, after_id, after_id, limit),
+        "SELECT * FROM alerts WHERE merchant_id = ? AND (? IS NULL OR id < ?)"
+        " AND (? IS NULL OR (resolved_at_ms IS NOT NULL) = ?) AND (? IS NULL OR kind = ?) ORDER BY id DESC LIMIT ?",
+        (merchant_id, after_id, after_id, resolved, resolved, kind, kind, limit),
     )
+
+
+def resolve_alert(tx: Tx, *, merchant_id: str, alert_id: str, now_ms: int) -> sqlite3.Row | None:
+    """Mark resolved (once; resolving again keeps the first time). None if no such alert."""
+    tx.execute("UPDATE alerts SET resolved_at_ms = coalesce(resolved_at_ms, ?) WHERE id = ? AND merchant_id = ?",
+               (now_ms, alert_id, merchant_id))
+    return tx.one("SELECT * FROM alerts WHERE id = ? AND merchant_id = ?", (alert_id, merchant_id))
