@@ -14,7 +14,7 @@ which is also the provider's idempotency key), and the order expires normally if
 from __future__ import annotations
 
 import logging
-import sqlite3
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
@@ -82,7 +82,10 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
-    order_id: str
+    """What the reserve transaction made: enough to ask a channel for the payment, no re-read."""
+
+    order: dict
+    lines: list[dict]
 
 
 class Checkout:
@@ -109,7 +112,7 @@ class Checkout:
                     return replay
             changes_before = tx.changes
             try:
-                order_id = self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)
+                reserved = self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)
             except ApssError as error:
                 if idem is None or tx.changes != changes_before:
                     raise
@@ -117,14 +120,14 @@ class Checkout:
                 self._idempotency.store(tx, merchant_id=merchant.id, request=idem, outcome=outcome)
                 return outcome
             if idem is not None:
-                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"order:{order_id}")
-            return _Reserved(order_id=order_id)
+                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"order:{reserved.order['id']}")
+            return reserved
 
         reserved = await self._db.write(reserve)
         if isinstance(reserved, Outcome):
             return reserved
-        return await self._create_payment(merchant=merchant, candidates=candidates, order_id=reserved.order_id,
-                                          idem_key=idem.key if idem else None)
+        return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
+                                          lines=reserved.lines, idem_key=idem.key if idem else None)
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
@@ -142,7 +145,7 @@ class Checkout:
                 raise InvalidRequest("Each product appears on one line only.", code="duplicate_line", param=f"items[{index}].product_id")
             seen.add(line.product_id)
 
-    def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str) -> str:
+    def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str) -> _Reserved:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
@@ -155,14 +158,15 @@ class Checkout:
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
         for line in lines:
             assert catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"]), "checked first"
-        orders.insert_order(tx, {
+        order = {
             "id": order_id, "merchant_id": merchant.id, "player_id": command.player_id, "status": "pending",
             "amount": total, "currency": command.currency, "channel": channel,
             "merchant_order_ref": command.merchant_order_ref, "metadata": encode(command.metadata).decode(),
             "return_url": command.return_url, "checkout_token": random_token(24), "payment_id": payment_id,
             "expires_at_ms": now_ms + self._config.orders.reservation_ttl_s * 1000, "created_at_ms": now_ms,
             "fx": encode(quote.record()).decode() if quote is not None else None,
-        })
+        }
+        orders.insert_order(tx, order)
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
         orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
@@ -170,7 +174,7 @@ class Checkout:
                                    "created_at_ms": now_ms})
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
-        return order_id
+        return _Reserved(order=order, lines=lines)
 
     def _price_line(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, index: int) -> dict:
         line = command.items[index]
@@ -211,7 +215,7 @@ class Checkout:
         return convert(base_amount, from_currency=merchant.currency, to_currency=currency, rate=quote.rate), quote
 
     # -- payment -----------------------------------------------------------------------------
-    def _payment_request(self, order: sqlite3.Row, items: list[sqlite3.Row], channel: str) -> PaymentRequest:
+    def _payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
         summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
         return PaymentRequest(
             payment_id=order["payment_id"], order_id=order["id"], merchant_id=order["merchant_id"],
@@ -221,16 +225,15 @@ class Checkout:
             metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]),
         )
 
-    async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order_id: str,
-                              idem_key: str | None) -> Outcome:
+    async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order: Mapping,
+                              lines: list[Mapping], idem_key: str | None) -> Outcome:
         """Ask each candidate channel in turn until one creates the payment (fallback)."""
-        order = await orders.fetch_order(self._db, order_id=order_id)
-        items = await orders.fetch_items(self._db, order_id=order_id)
+        order_id = order["id"]
         attempts: list[tuple[str, str, str | None]] = []  # (channel, outcome, error code)
         created: PaymentCreated | None = None
         for channel in candidates:
             try:
-                created = await channel.create_payment(self._payment_request(order, items, channel.name),
+                created = await channel.create_payment(self._payment_request(order, lines, channel.name),
                                                         self._channels.credentials(merchant, channel))
             except ChannelTimeout as error:
                 attempts.append((channel.name, "timeout", error.code))
@@ -282,8 +285,9 @@ class Checkout:
             merchant = self._merchants.by_id(row["merchant_id"])
             assert kind == "order" and merchant is not None, f"cannot resume {row['resume']!r}"
             order = await orders.fetch_order(self._db, order_id=order_id)
+            items = await orders.fetch_items(self._db, order_id=order_id)
             channel = self._channels.registry.get(order["channel"])
-            await self._create_payment(merchant=merchant, candidates=[channel], order_id=order_id, idem_key=row["key"])
+            await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=row["key"])
             resumed += 1
         return resumed
 
