@@ -19,7 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from apss import __version__
 from apss.api.account import account
 from apss.api.alerts import AlertController
+from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.payments import PaymentController
+from apss.api.refunds import RefundController
 from apss.api.common import RateLimiter, Services, current_merchant
 from apss.api.errors import exception_handlers, render_error
 from apss.api.health import healthz
@@ -46,12 +48,16 @@ from apss.services.catalog import Catalog
 from apss.services.channels import ChannelAccess
 from apss.services.checkout import Checkout
 from apss.services.fx import FxRates
+from apss.services.finance import FinanceService
 from apss.services.idempotency import Idempotency
+from apss.services.ledger import Ledger
+from apss.services.refunds import Refunds
 from apss.services.janitor import PaymentJanitor
 from apss.services.merchants import Merchants
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
 from apss.services.sandbox import SandboxProvider
+from apss.services.recovery import resume_running
 from apss.services.seed import seed_demo
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
@@ -98,7 +104,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, merchants=merchants)
-    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants)
+    ledger = Ledger(db=db, clock=clock, config=config.finance)
+    refunds = Refunds(db=db, clock=clock, idempotency=idempotency, channels=channels, ledger=ledger)
+    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants, ledger=ledger,
+                                   refunds=refunds)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, channels=channels, merchants=merchants,
                              payment_events=payment_events)
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
@@ -115,7 +124,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
     return Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
-        payment_events=payment_events, janitor=janitor, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
+        finance=FinanceService(db=db, clock=clock, ledger=ledger), provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -145,7 +155,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             svc.sandbox.client = httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s)
         else:
             svc.sandbox.client = httpx.AsyncClient(timeout=config.sandbox.callback_timeout_s)
-        resumed = await svc.checkout.resume_running()
+        resumed = await resume_running(db=svc.db, merchants=svc.merchants, checkout=svc.checkout, refunds=svc.refunds)
         if resumed:
             log.info("finished %d order requests cut off by a restart", resumed)
         svc.scheduler.start()
@@ -165,7 +175,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     app = Litestar(
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
-                        PaymentController, sandbox_pay_page,
+                        PaymentController, RefundController, MoneyController, AdminMoneyController, sandbox_pay_page,
                         sandbox_pay_action, checkout_page],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},

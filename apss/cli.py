@@ -47,6 +47,28 @@ def _serve(config: Config) -> None:
                 log_level=config.server.log_level, access_log=False)
 
 
+def _ledger_check(config: Config) -> None:
+    import asyncio
+
+    from apss.services.ledger import Ledger
+    from apss.store.db import Database
+
+    async def check() -> bool:
+        db = Database(config.database.path, read_connections_max=1)
+        await db.start()
+        try:
+            result = await Ledger(db=db, clock=None, config=config.finance).check()
+        finally:
+            await db.close()
+        print(f"ledger: {result.transactions} transactions, {result.entries} entries: "
+              f"{'every transaction balances and every balance equals its entries' if result.ok else result.problem}")
+        return result.ok
+
+    _migrate(config)
+    if not asyncio.run(check()):
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     if not __debug__:
         print("apss: refusing to run with python -O: assertions guard the invariants", file=sys.stderr)
@@ -56,10 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="apply migrations and start the server")
     commands.add_parser("migrate", help="apply migrations and exit")
+    ledger = commands.add_parser("ledger", help="ledger tools")
+    ledger.add_argument("action", choices=["check"], help="check: prove the ledger balances; exit 1 naming the first bad entry")
     args = parser.parse_args(argv)
     config = _load(args.config)
     if args.command == "migrate":
         _migrate(config)
+    elif args.command == "ledger":
+        _ledger_check(config)
     else:
         _serve(config)
 

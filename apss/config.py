@@ -91,6 +91,27 @@ class ChannelsConfig(_Section):
     provider_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
 
 
+class FeeScheduleConfig(_Section):
+    percent_bps: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    fixed: dict[str, Annotated[int, Meta(ge=0)]] = {}  # per currency, minor units
+
+
+def _default_fees() -> dict[str, FeeScheduleConfig]:
+    # The sandbox charges like a typical card processor so that fees show in its ledger.
+    card = FeeScheduleConfig(percent_bps=290, fixed={"USD": 30, "EUR": 25, "GBP": 20})
+    return {"sandbox": card, "stripe": card}
+
+
+class FinanceConfig(_Section):
+    # Platform commission of each merchant unless an admin set another (basis points).
+    commission_bps: Annotated[int, Meta(ge=0, le=10_000)] = 3000
+    # When a refund must take back virtual currency the player already spent: "refuse" the
+    # refund, or claw back into "debt" (a negative balance that later purchases pay off first).
+    clawback_policy: Literal["refuse", "debt"] = "refuse"
+    # Provider fee schedules per channel: percent (basis points) plus a fixed part per currency.
+    fees: dict[str, FeeScheduleConfig] = msgspec.field(default_factory=_default_fees)
+
+
 class SchedulerConfig(_Section):
     tick_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
     expiry_interval_s: Annotated[float, Meta(gt=0)] = 1.0
@@ -118,6 +139,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     orders: OrdersConfig = OrdersConfig()
     sandbox: SandboxConfig = SandboxConfig()
     channels: ChannelsConfig = ChannelsConfig()
+    finance: FinanceConfig = FinanceConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
     seed: SeedConfig = SeedConfig()

@@ -115,12 +115,13 @@ class CallbackReply(_Neutral):
 
 
 class RefundRequest(_Neutral):
-    refund_id: str
+    refund_id: str  # ours; also the idempotency key at the provider
     payment_id: str
     provider_ref: str
     amount: int
     currency: str
     reason: str | None = None
+    metadata: dict[str, str] = {}  # the order's metadata (the sandbox reads its magic values here)
 
 
 class RefundResult(_Neutral):

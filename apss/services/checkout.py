@@ -277,19 +277,13 @@ class Checkout:
             self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome_body)
         return outcome_body
 
-    async def resume_running(self) -> int:
-        """At start: finish order requests that a crash cut between their transactions."""
-        resumed = 0
-        for row in await keys.running_keys(self._db):
-            kind, _, order_id = (row["resume"] or "").partition(":")
-            merchant = self._merchants.by_id(row["merchant_id"])
-            assert kind == "order" and merchant is not None, f"cannot resume {row['resume']!r}"
-            order = await orders.fetch_order(self._db, order_id=order_id)
-            items = await orders.fetch_items(self._db, order_id=order_id)
-            channel = self._channels.registry.get(order["channel"])
-            await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=row["key"])
-            resumed += 1
-        return resumed
+    async def resume(self, *, merchant: Merchant, order_id: str, idem_key: str) -> None:
+        """Finish an order request that a crash cut between its transactions (same payment id,
+        which is the provider's idempotency key: a retry finds the first attempt)."""
+        order = await orders.fetch_order(self._db, order_id=order_id)
+        items = await orders.fetch_items(self._db, order_id=order_id)
+        channel = self._channels.registry.get(order["channel"])
+        await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=idem_key)
 
     # -- cancel and expire -------------------------------------------------------------------
     async def cancel(self, *, merchant: Merchant, order_id: str, idem: IdempotencyRequest | None) -> Outcome:

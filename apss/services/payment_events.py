@@ -26,7 +26,10 @@ from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import NotFound
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
+from apss.domain.ledger import capture_entries
+from apss.services.ledger import Ledger
 from apss.services.merchants import Merchants
+from apss.services.refunds import Refunds
 from apss.store import orders
 from apss.store.db import Database, Tx
 
@@ -37,11 +40,14 @@ _UNPAID_ENDED = (OrderStatus.EXPIRED.value, OrderStatus.CANCELED.value, OrderSta
 
 
 class PaymentEvents:
-    def __init__(self, *, db: Database, clock: Clock, channels: ChannelAccess, merchants: Merchants) -> None:
+    def __init__(self, *, db: Database, clock: Clock, channels: ChannelAccess, merchants: Merchants, ledger: Ledger,
+                 refunds: Refunds) -> None:
         self._db = db
         self._clock = clock
         self._channels = channels
         self._merchants = merchants
+        self._ledger = ledger
+        self._refunds = refunds
 
     async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
                               body: bytes, query: dict[str, str]) -> CallbackReply:
@@ -81,6 +87,8 @@ class PaymentEvents:
 
     def apply_event(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> str:
         now_ms = self._clock.now_ms()
+        if event.kind in (CallbackKind.REFUND_SUCCEEDED, CallbackKind.REFUND_FAILED):
+            return self._refund_event(tx, channel, merchant_id, event, now_ms=now_ms)
         payment = self._find_payment(tx, channel, merchant_id, event)
         if not orders.record_provider_event(tx, channel=channel, event_id=event.event_id, merchant_id=merchant_id,
                                             kind=event.kind.value, payment_id=payment["id"] if payment else None, now_ms=now_ms):
@@ -97,7 +105,25 @@ class PaymentEvents:
         elif event.kind is CallbackKind.PAYMENT_APPROVED:
             result = "approved"  # the capture that follows it carries the outcome
         else:
-            result = "ignored"  # refunds and disputes are applied by the money issue's services
+            assert event.kind is CallbackKind.DISPUTE_CREATED
+            result = self._refunds.apply_chargeback(tx, payment=payment, amount=event.amount, event_id=event.event_id)
+        orders.set_provider_event_result(tx, channel=channel, event_id=event.event_id, result=result)
+        return result
+
+    def _refund_event(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent, *, now_ms: int) -> str:
+        refund = self._refunds.find(tx, refund_id=event.refund_id, provider_ref=event.provider_refund_ref)
+        if refund is not None and refund["merchant_id"] != merchant_id:
+            refund = None
+        if not orders.record_provider_event(tx, channel=channel, event_id=event.event_id, merchant_id=merchant_id,
+                                            kind=event.kind.value, payment_id=refund["payment_id"] if refund else None,
+                                            now_ms=now_ms):
+            return "duplicate"
+        if refund is None:
+            result = "unmatched"
+        elif event.kind is CallbackKind.REFUND_SUCCEEDED:
+            result = self._refunds.apply_succeeded(tx, refund_id=refund["id"], cause=f"callback:{event.event_id}")
+        else:
+            result = self._refunds.apply_failed(tx, refund_id=refund["id"], failure_code=event.failure_code or "refund_failed")
         orders.set_provider_event_result(tx, channel=channel, event_id=event.event_id, result=result)
         return result
 
@@ -129,6 +155,7 @@ class PaymentEvents:
         if event.provider_ref and payment["provider_ref"] is None:
             fields["provider_ref"] = event.provider_ref
         orders.update_payment(tx, payment_id=payment["id"], fields=fields, now_ms=now_ms)
+        self._post_capture(tx, payment)
         if not can_pay:
             lifecycle.raise_alert(
                 tx, merchant_id=payment["merchant_id"], kind="late_payment_out_of_stock", severity="critical",
@@ -138,6 +165,17 @@ class PaymentEvents:
             return "anomaly"
         lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms)
         return "applied"
+
+    def _post_capture(self, tx: Tx, payment: sqlite3.Row) -> None:
+        """The money is at the provider, whatever becomes of the order: post it."""
+        finance = self._ledger.finance(tx, payment["merchant_id"])
+        fee = self._ledger.fee(channel=payment["channel"], amount=payment["amount"], currency=payment["currency"])
+        entries = capture_entries(merchant_id=payment["merchant_id"], channel=payment["channel"], gross=payment["amount"],
+                                  fee=fee, currency=payment["currency"], commission_bps=finance.commission_bps,
+                                  splits=finance.splits)
+        if entries:
+            self._ledger.post(tx, merchant_id=payment["merchant_id"], kind="payment_captured", reference=payment["id"],
+                              entries=entries)
 
     @staticmethod
     def _failed(tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:

@@ -13,6 +13,10 @@ __all__ = [
     "extend_membership",
     "get_balance_tx",
     "inventory",
+    "item_quantity_tx",
+    "remove_entitlement",
+    "remove_items",
+    "shorten_membership",
     "wallet_balances",
 ]
 
@@ -24,6 +28,38 @@ def add_items(tx: Tx, *, merchant_id: str, player_id: str, sku: str, quantity: i
         " ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, quantity, now_ms),
     )
+
+
+def item_quantity_tx(tx: Tx, *, merchant_id: str, player_id: str, sku: str) -> int:
+    row = tx.one("SELECT quantity FROM inventory_items WHERE merchant_id = ? AND player_id = ? AND sku = ?",
+                 (merchant_id, player_id, sku))
+    return 0 if row is None else row["quantity"]
+
+
+def remove_items(tx: Tx, *, merchant_id: str, player_id: str, sku: str, quantity: int, now_ms: int) -> None:
+    assert quantity > 0
+    cursor = tx.execute(
+        "UPDATE inventory_items SET quantity = quantity - ?, updated_at_ms = ? WHERE merchant_id = ? AND player_id = ?"
+        " AND sku = ? AND quantity >= ?",
+        (quantity, now_ms, merchant_id, player_id, sku, quantity),
+    )
+    assert cursor.rowcount == 1, "removed more items than the player has"
+
+
+def shorten_membership(tx: Tx, *, merchant_id: str, player_id: str, sku: str, duration_ms: int, now_ms: int) -> None:
+    """Take back `duration_ms` of a membership; it ends now at the earliest."""
+    assert duration_ms > 0
+    tx.execute(
+        "UPDATE memberships SET expires_at_ms = max(?, expires_at_ms - ?), updated_at_ms = ? WHERE merchant_id = ?"
+        " AND player_id = ? AND sku = ?",
+        (now_ms, duration_ms, now_ms, merchant_id, player_id, sku),
+    )
+
+
+def remove_entitlement(tx: Tx, *, merchant_id: str, player_id: str, sku: str, order_id: str) -> None:
+    """Remove the entitlement if this order granted it (another purchase of the sku keeps it)."""
+    tx.execute("DELETE FROM entitlements WHERE merchant_id = ? AND player_id = ? AND sku = ? AND order_id = ?",
+               (merchant_id, player_id, sku, order_id))
 
 
 def extend_membership(tx: Tx, *, merchant_id: str, player_id: str, sku: str, duration_ms: int, now_ms: int) -> None:

@@ -24,7 +24,7 @@ from apss.channels.base import (
     StatementLine,
     flow_not_supported,
 )
-from apss.channels.sandbox.mapping import decode_event, to_neutral
+from apss.channels.sandbox.mapping import MAGIC_KEY, decode_event, to_neutral
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
 from apss.domain.payments import PaymentStatus
 from apss.errors import CallbackRejected
@@ -85,7 +85,11 @@ class SandboxChannel:
         raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
-        raise flow_not_supported(self.name, "refunds")
+        """Refunds settle at once, unless the order's magic value says `refund_fails`."""
+        assert request.amount > 0
+        if request.metadata.get(MAGIC_KEY) == "refund_fails":
+            return RefundResult(provider_refund_ref=f"sbxre_{random_token(16)}", status="failed", failure_code="refund_declined")
+        return RefundResult(provider_refund_ref=f"sbxre_{random_token(16)}", status="succeeded")
 
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
         if self._state is None:

@@ -7,6 +7,7 @@ Magic values (order `metadata["sandbox_outcome"]`, read when the payer pays):
 - `duplicate_callback`  the same signed callback (same event id) is sent twice
 - `lost_callback`       the payment completes but its callback is never sent: only a status
                         query (the janitor's) can tell
+- `refund_fails`        refunds of the order fail (`refund_declined`)
 """
 
 from __future__ import annotations

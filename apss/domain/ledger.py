@@ -1,0 +1,154 @@
+"""Double-entry rules: accounts and their types, balanced postings, fees, commission and splits.
+
+Who holds what (the platform's books, which for a self-hosted studio are the studio's own):
+- `provider_clearing:<channel>:<merchant>` (asset): what a provider holds for us after its fee;
+- `fees_expense:<channel>:<merchant>` (expense): what the provider charged;
+- `merchant_payable:<merchant>` (liability): what the merchant (studio) will be paid;
+- `platform_revenue:<merchant>` (revenue): the platform commission;
+- `partner_payable:<recipient>:<merchant>` (liability): each revenue-split recipient's share;
+- `adjustments:<merchant>` (equity): the other side of manual adjustments.
+A captured payment G with provider fee F, commission P and partner shares S_r posts
+  Dr provider_clearing G-F, Dr fees_expense F, Cr platform_revenue P, Cr partner_payable S_r,
+  Cr merchant_payable G-P-sum(S_r):
+provider fees are the platform's cost, covered by its commission (as stores and Xsolla do); a
+studio that is its own platform (commission 0) sees them as its own expense.
+A refund or chargeback of R reverses commission and shares in proportion (R/G, half-even, the
+merchant's part taking the remainder); the provider keeps its fee.
+
+Rounding rule (documented, tested): commission and each split share are `amount * bps / 10000`
+rounded half-even; the merchant receives the remainder, so the parts always add up to the whole.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "AccountType",
+    "Entry",
+    "FeeSchedule",
+    "Split",
+    "account_type",
+    "adjustment_entries",
+    "capture_entries",
+    "check_balanced",
+    "fee_for",
+    "reversal_entries",
+    "share",
+]
+
+AccountType = Literal["asset", "liability", "revenue", "expense", "equity"]
+BPS = 10_000
+
+_TYPES: dict[str, AccountType] = {
+    "provider_clearing": "asset",
+    "fees_expense": "expense",
+    "merchant_payable": "liability",
+    "platform_revenue": "revenue",
+    "partner_payable": "liability",
+    "adjustments": "equity",
+    "payouts": "asset",
+}
+
+
+def account_type(name: str) -> AccountType:
+    return _TYPES[name.split(":", 1)[0]]
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    currency: str
+    debit: int = 0
+    credit: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.debit >= 0 and self.credit >= 0 and (self.debit == 0) != (self.credit == 0), self
+        assert self.account.split(":", 1)[0] in _TYPES, self.account
+
+
+class Split(msgspec.Struct, frozen=True, kw_only=True):
+    recipient: str
+    share_bps: int
+
+
+class FeeSchedule(msgspec.Struct, frozen=True, kw_only=True):
+    percent_bps: int = 0
+    fixed: dict[str, int] = {}  # per currency, minor units
+
+
+def share(amount: int, bps: int) -> int:
+    """`amount * bps / 10000`, rounded half-even."""
+    assert amount >= 0 and 0 <= bps <= BPS
+    return int((Decimal(amount) * bps / BPS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def fee_for(amount: int, currency: str, schedule: FeeSchedule) -> int:
+    """Percentage (half-even) plus the fixed part for the currency, never more than the amount."""
+    return min(amount, share(amount, schedule.percent_bps) + schedule.fixed.get(currency, 0))
+
+
+def check_balanced(entries: list[Entry]) -> None:
+    """Debits equal credits in every currency; raises AssertionError naming the currency."""
+    totals: dict[str, int] = {}
+    for entry in entries:
+        totals[entry.currency] = totals.get(entry.currency, 0) + entry.debit - entry.credit
+    unbalanced = {c: t for c, t in totals.items() if t != 0}
+    assert not unbalanced, f"unbalanced ledger transaction: {unbalanced}"
+
+
+def _entries(currency: str, movements: list[tuple[str, int]]) -> list[Entry]:
+    """(account, signed amount) -> entries: positive debits, negative credits, zeros dropped."""
+    entries = [Entry(account=account, currency=currency, **({"debit": amount} if amount > 0 else {"credit": -amount}))
+               for account, amount in movements if amount != 0]
+    check_balanced(entries)
+    return entries
+
+
+def capture_entries(*, merchant_id: str, channel: str, gross: int, fee: int, currency: str, commission_bps: int,
+                    splits: list[Split]) -> list[Entry]:
+    assert 0 <= fee <= gross and sum(s.share_bps for s in splits) + commission_bps <= BPS
+    commission = share(gross, commission_bps)
+    shares = [(s.recipient, share(gross, s.share_bps)) for s in splits]
+    merchant = gross - commission - sum(amount for _, amount in shares)
+    assert merchant >= 0
+    return _entries(currency, [
+        (f"provider_clearing:{channel}:{merchant_id}", gross - fee),
+        (f"fees_expense:{channel}:{merchant_id}", fee),
+        (f"platform_revenue:{merchant_id}", -commission),
+        *[(f"partner_payable:{recipient}:{merchant_id}", -amount) for recipient, amount in shares],
+        (f"merchant_payable:{merchant_id}", -merchant),
+    ])
+
+
+def reversal_entries(*, merchant_id: str, channel: str, gross: int, refunded_before: int, amount: int, currency: str,
+                     commission_bps: int, splits: list[Split]) -> list[Entry]:
+    """A refund or chargeback of `amount` out of a captured `gross` of which `refunded_before` was
+    already returned: the provider pays it back out of clearing; commission and shares are
+    reversed in proportion, computed cumulatively (the part of all refunds so far, half-even,
+    minus the part already reversed) so that a full refund in any number of steps reverses them
+    exactly; the merchant's part takes the remainder."""
+    assert 0 < amount and 0 <= refunded_before and refunded_before + amount <= gross
+
+    def part(value: int) -> int:
+        after = Decimal(value) * (refunded_before + amount) / gross
+        before = Decimal(value) * refunded_before / gross
+        return int(after.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)) - int(before.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+    commission_back = part(share(gross, commission_bps))
+    shares_back = [(s.recipient, part(share(gross, s.share_bps))) for s in splits]
+    merchant_back = amount - commission_back - sum(a for _, a in shares_back)
+    return _entries(currency, [
+        (f"provider_clearing:{channel}:{merchant_id}", -amount),
+        (f"platform_revenue:{merchant_id}", commission_back),
+        *[(f"partner_payable:{recipient}:{merchant_id}", back) for recipient, back in shares_back],
+        (f"merchant_payable:{merchant_id}", merchant_back),
+    ])
+
+
+def adjustment_entries(*, merchant_id: str, account: str, amount: int, currency: str) -> list[Entry]:
+    """A manual adjustment: `amount` (signed, debit positive) on `account`, against adjustments."""
+    assert amount != 0
+    return _entries(currency, [(account, amount), (f"adjustments:{merchant_id}", -amount)])

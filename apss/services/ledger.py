@@ -1,0 +1,139 @@
+"""The ledger: every movement of money posts one balanced double-entry transaction, in the same
+database transaction as the business change that caused it (apss/domain/ledger.py has the
+accounts and the rules). Balances are derived from the entries; `check` proves it."""
+
+from __future__ import annotations
+
+import msgspec
+
+from apss.clock import Clock
+from apss.config import FinanceConfig
+from apss.domain.ledger import Entry, FeeSchedule, Split, account_type, check_balanced, fee_for
+from apss.ids import new_id
+from apss.store import ledger as store
+from apss.store.db import Database, Tx
+
+__all__ = ["BalanceView", "Finance", "Ledger", "LedgerCheck", "SummaryView"]
+
+
+class Finance(msgspec.Struct, frozen=True, kw_only=True):
+    """A merchant's revenue share and refund policy."""
+
+    commission_bps: int
+    splits: list[Split]
+    clawback_policy: str  # refuse | debt
+
+
+class LedgerCheck(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    transactions: int
+    entries: int
+    problem: str | None = None
+
+
+class BalanceView(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    type: str
+    currency: str
+    balance: int  # debit-normal accounts: debits - credits; credit-normal: credits - debits
+
+
+class SummaryView(msgspec.Struct, frozen=True, kw_only=True):
+    """Money of a period, from the ledger, per currency (minor units)."""
+
+    currency: str
+    gross: int
+    refunds: int
+    chargebacks: int
+    fees: int
+    commission: int
+    partner_shares: int
+    net: int  # what the merchant earned: gross - refunds - chargebacks - commission - partner shares (net of reversals)
+    payments: int
+    refund_count: int
+
+
+class Ledger:
+    def __init__(self, *, db: Database, clock: Clock, config: FinanceConfig) -> None:
+        self._db = db
+        self._clock = clock
+        self._config = config
+
+    # -- posting (inside the caller's write transaction) --------------------------------------
+    def post(self, tx: Tx, *, merchant_id: str, kind: str, reference: str, entries: list[Entry], memo: str | None = None) -> bool:
+        """Post once per (kind, reference); False when it was posted before."""
+        check_balanced(entries)
+        assert entries, "a ledger transaction has entries"
+        now_ms = self._clock.now_ms()
+        transaction_id = new_id("ltx")
+        if not store.insert_transaction(tx, transaction_id=transaction_id, merchant_id=merchant_id, kind=kind,
+                                        reference=reference, memo=memo, now_ms=now_ms):
+            return False
+        for entry in entries:
+            store.ensure_account(tx, name=entry.account, currency=entry.currency, type=account_type(entry.account),
+                                 merchant_id=merchant_id, now_ms=now_ms)
+            store.bump_balance(tx, account=entry.account, currency=entry.currency, debit=entry.debit, credit=entry.credit)
+        store.insert_entries(tx, [(transaction_id, e.account, e.currency, e.debit, e.credit) for e in entries])
+        return True
+
+    def finance(self, tx: Tx, merchant_id: str) -> Finance:
+        row = store.get_finance(tx, merchant_id=merchant_id)
+        if row is None:
+            return Finance(commission_bps=self._config.commission_bps, splits=[], clawback_policy=self._config.clawback_policy)
+        return Finance(commission_bps=row["commission_bps"], splits=msgspec.json.decode(row["splits"], type=list[Split]),
+                       clawback_policy=row["clawback_policy"])
+
+    def fee(self, *, channel: str, amount: int, currency: str) -> int:
+        schedule = self._config.fees.get(channel)
+        if schedule is None:
+            return 0
+        return fee_for(amount, currency, FeeSchedule(percent_bps=schedule.percent_bps, fixed=dict(schedule.fixed)))
+
+    # -- reads -------------------------------------------------------------------------------
+    async def check(self) -> LedgerCheck:
+        counts = await store.ledger_counts(self._db)
+        problem = None
+        unbalanced = await store.unbalanced_transaction(self._db)
+        if unbalanced is not None:
+            problem = (f"transaction {unbalanced['transaction_id']} is unbalanced in {unbalanced['currency']}: "
+                       f"debits {unbalanced['debits']}, credits {unbalanced['credits']} (entry #{unbalanced['first_seq']})")
+        else:
+            mismatch = await store.balance_mismatch(self._db)
+            if mismatch is not None:
+                problem = (f"account {mismatch['account']} {mismatch['currency']}: entries say "
+                           f"{mismatch['entry_debits']}/{mismatch['entry_credits']}, balance says "
+                           f"{mismatch['balance_debits']}/{mismatch['balance_credits']} (debits/credits)")
+        return LedgerCheck(ok=problem is None, transactions=counts["transactions"], entries=counts["entries"], problem=problem)
+
+    async def balances(self, merchant_id: str) -> list[BalanceView]:
+        views = []
+        for row in await store.account_balances(self._db, merchant_id=merchant_id):
+            debit_normal = row["type"] in ("asset", "expense")
+            balance = row["debits"] - row["credits"] if debit_normal else row["credits"] - row["debits"]
+            views.append(BalanceView(account=row["name"], type=row["type"], currency=row["currency"], balance=balance))
+        return views
+
+    async def summary(self, *, merchant_id: str, from_ms: int, to_ms: int) -> list[SummaryView]:
+        """Gross, refunds, fees, commission, partner shares and net of [from, to), from the ledger."""
+        totals: dict[str, dict[str, int]] = {}
+        for row in await store.period_totals(self._db, merchant_id=merchant_id, from_ms=from_ms, to_ms=to_ms):
+            t = totals.setdefault(row["currency"], dict.fromkeys(
+                ("gross", "refunds", "chargebacks", "fees", "commission", "partner_shares", "net", "payments", "refund_count"), 0))
+            kind, family, net_credit = row["kind"], row["family"], row["credits"] - row["debits"]
+            if family == "provider_clearing" and kind == "payment_captured":
+                t["payments"] += row["transactions"]
+            if family == "provider_clearing" and kind in ("refund", "chargeback"):
+                t["refunds" if kind == "refund" else "chargebacks"] += row["credits"]
+                t["refund_count"] += row["transactions"] if kind == "refund" else 0
+            if family == "fees_expense":
+                t["fees"] += row["debits"] - row["credits"]
+            if family == "platform_revenue":
+                t["commission"] += net_credit
+            if family == "partner_payable" and kind != "settlement_payout":
+                t["partner_shares"] += net_credit
+            if family == "merchant_payable" and kind not in ("settlement_payout",):
+                t["net"] += net_credit
+            if kind == "payment_captured" and family in ("provider_clearing", "fees_expense"):
+                t["gross"] += row["debits"]
+        return [SummaryView(currency=c, **t) for c, t in sorted(totals.items())]
+

@@ -1,0 +1,28 @@
+"""At start: finish the requests that a crash cut between their two transactions.
+
+Their idempotency keys are still `running`; each names the step that finishes it."""
+
+from __future__ import annotations
+
+from apss.services.checkout import Checkout
+from apss.services.merchants import Merchants
+from apss.services.refunds import Refunds
+from apss.store import idempotency as keys
+from apss.store.db import Database
+
+__all__ = ["resume_running"]
+
+
+async def resume_running(*, db: Database, merchants: Merchants, checkout: Checkout, refunds: Refunds) -> int:
+    resumed = 0
+    for row in await keys.running_keys(db):
+        kind, _, reference = (row["resume"] or "").partition(":")
+        merchant = merchants.by_id(row["merchant_id"])
+        assert merchant is not None, row["merchant_id"]
+        if kind == "order":
+            await checkout.resume(merchant=merchant, order_id=reference, idem_key=row["key"])
+        else:
+            assert kind == "refund", f"cannot resume {row['resume']!r}"
+            await refunds.resume(merchant=merchant, refund_id=reference, idem_key=row["key"])
+        resumed += 1
+    return resumed

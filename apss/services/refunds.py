@@ -1,0 +1,292 @@
+"""Refunds: full or partial, several partials up to the captured amount, through the channel.
+
+Like an order, a refund takes two write transactions with the provider call between them:
+1. check the order and amount, plan the clawback (and refuse it under the `refuse` policy when
+   the player already spent the currency), record the refund `pending`;
+2. the channel refunds (outside any transaction);
+3. record the outcome. A `succeeded` refund, now or later by callback, posts the ledger
+   reversal, takes back what was delivered, and moves the order to `partially_refunded` or
+   `refunded`, in one transaction.
+
+What is taken back: virtual currency in proportion to the money refunded so far (floor, computed
+cumulatively so that a full refund takes back exactly what was granted); items, memberships and
+entitlements when the order is refunded in full. Currency the player already spent follows the
+merchant's policy: `refuse` the refund, or claw back into `debt` (a negative balance that later
+purchases pay off first). A clawback is the only way a wallet goes below zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from apss.channels.base import RefundRequest
+from apss.clock import Clock, format_rfc3339
+from apss.domain.catalog import CurrencyGrant, EntitlementGrant, Grant, ItemGrant, MembershipGrant
+from apss.domain.ledger import reversal_entries
+from apss.domain.orders import OrderEvent, OrderStatus
+from apss.errors import ApssError, ChannelTimeout, ChannelUnavailable, Conflict, InvalidRequest, InvalidTransition, NotFound
+from apss.ids import new_id
+from apss.services import lifecycle
+from apss.services.channels import ChannelAccess
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.ledger import Ledger
+from apss.services.merchants import Merchant
+from apss.services.views import encode
+from apss.store import orders, players, refunds as store
+from apss.store.db import Database, Tx
+
+__all__ = ["RefundCreate", "RefundView", "Refunds"]
+
+log = logging.getLogger("apss.refunds")
+_grants = msgspec.json.Decoder(list[Grant])
+_DAY_MS = 86_400_000
+_REFUNDABLE = (OrderStatus.PAID.value, OrderStatus.DELIVERING.value, OrderStatus.FULFILLED.value,
+               OrderStatus.PARTIALLY_REFUNDED.value)
+
+
+class RefundCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Annotated[int, Meta(ge=1, le=10**15)] | None = None  # default: all that is left
+    reason: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class Clawback(msgspec.Struct, frozen=True, kw_only=True):
+    policy: str
+    currency: list[dict] = []  # {"currency", "amount", "taken", "debt"}
+    items: list[dict] = []  # {"sku", "quantity", "taken"}
+    memberships: list[dict] = []  # {"sku", "days"}
+    entitlements: list[str] = []
+
+
+class RefundView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    order_id: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: str
+    reason: str | None
+    failure_code: str | None
+    clawback: Clawback | None
+    created_at: str
+
+
+def refund_view(row: sqlite3.Row) -> RefundView:
+    clawback = msgspec.json.decode(row["clawback"], type=Clawback) if row["clawback"] else None
+    return RefundView(id=row["id"], order_id=row["order_id"], payment_id=row["payment_id"], amount=row["amount"],
+                      currency=row["currency"], status=row["status"], reason=row["reason"], failure_code=row["failure_code"],
+                      clawback=clawback, created_at=format_rfc3339(row["created_at_ms"]))
+
+
+class Refunds:
+    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, channels: ChannelAccess, ledger: Ledger) -> None:
+        self._db = db
+        self._clock = clock
+        self._idempotency = idempotency
+        self._channels = channels
+        self._ledger = ledger
+
+    # -- create ------------------------------------------------------------------------------
+    async def create(self, *, merchant: Merchant, order_id: str, command: RefundCreate, idem: IdempotencyRequest | None) -> Outcome:
+        def begin(tx: Tx) -> Outcome | str:
+            if idem is not None:
+                replay = self._idempotency.lookup(tx, merchant_id=merchant.id, request=idem)
+                if replay is not None:
+                    return replay
+            changes_before = tx.changes
+            try:
+                refund_id = self._begin(tx, merchant=merchant, order_id=order_id, command=command)
+            except ApssError as error:
+                if idem is None or tx.changes != changes_before:
+                    raise
+                outcome = self._idempotency.render_error(error)
+                self._idempotency.store(tx, merchant_id=merchant.id, request=idem, outcome=outcome)
+                return outcome
+            if idem is not None:
+                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"refund:{refund_id}")
+            return refund_id
+
+        begun = await self._db.write(begin)
+        if isinstance(begun, Outcome):
+            return begun
+        return await self._call_channel(merchant=merchant, refund_id=begun, idem_key=idem.key if idem else None)
+
+    def _begin(self, tx: Tx, *, merchant: Merchant, order_id: str, command: RefundCreate) -> str:
+        order = orders.get_order_tx(tx, order_id=order_id, merchant_id=merchant.id)
+        if order is None:
+            raise NotFound(f"No such order: '{order_id}'", param="id")
+        payment = orders.get_payment_tx(tx, payment_id=order["payment_id"])
+        if order["status"] not in _REFUNDABLE or payment["status"] != "succeeded":
+            raise InvalidTransition(f"An order in status '{order['status']}' cannot be refunded.")
+        left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
+        amount = command.amount if command.amount is not None else left
+        if amount < 1 or amount > left:
+            raise InvalidRequest(f"At most {left} {payment['currency']} can still be refunded.", code="refund_amount_too_large",
+                                 param="amount")
+        finance = self._ledger.finance(tx, merchant.id)
+        succeeded = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
+        plan = self._plan(tx, order, gross=payment["amount"], before=succeeded, amount=amount, policy=finance.clawback_policy)
+        if finance.clawback_policy == "refuse":
+            short = [c for c in plan.currency if c["debt"] > 0]
+            if short:
+                raise Conflict(f"The player already spent {short[0]['debt']} {short[0]['currency']} of this order; "
+                               "the merchant's policy refuses the refund.", code="refund_refused_currency_spent", param="amount")
+        refund_id, now_ms = new_id("rfd"), self._clock.now_ms()
+        store.insert_refund(tx, {"id": refund_id, "merchant_id": merchant.id, "order_id": order_id, "payment_id": payment["id"],
+                                 "amount": amount, "currency": payment["currency"], "status": "pending",
+                                 "reason": command.reason, "created_at_ms": now_ms})
+        return refund_id
+
+    async def _call_channel(self, *, merchant: Merchant, refund_id: str, idem_key: str | None) -> Outcome:
+        refund = await store.fetch_refund(self._db, refund_id=refund_id)
+        payment = await orders.fetch_payment(self._db, payment_id=refund["payment_id"])
+        order = await orders.fetch_order(self._db, order_id=refund["order_id"])
+        channel = self._channels.registry.get(payment["channel"])
+        request = RefundRequest(refund_id=refund_id, payment_id=payment["id"], provider_ref=payment["provider_ref"] or "",
+                                amount=refund["amount"], currency=refund["currency"], reason=refund["reason"],
+                                metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]))
+        status, provider_ref, failure = "pending", None, None
+        try:
+            result = await channel.refund(request, self._channels.credentials(merchant, channel))
+            status, provider_ref, failure = result.status, result.provider_refund_ref, result.failure_code
+        except ChannelTimeout:
+            log.warning("refund %s: %s timed out; it stays pending until the provider says", refund_id, channel.name)
+        except (ChannelUnavailable, InvalidRequest, Conflict) as error:
+            status, failure = "failed", error.code
+
+        def record(tx: Tx) -> Outcome:
+            if provider_ref:
+                store.set_provider_ref(tx, refund_id=refund_id, provider_ref=provider_ref)
+            if status == "succeeded":
+                self.apply_succeeded(tx, refund_id=refund_id, cause=f"refund:{refund_id}")
+            elif status == "failed":
+                self.apply_failed(tx, refund_id=refund_id, failure_code=failure or "refund_failed")
+            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund(tx, refund_id=refund_id))))
+            if idem_key is not None:
+                self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
+            return outcome
+
+        return await self._db.write(record)
+
+    async def resume(self, *, merchant: Merchant, refund_id: str, idem_key: str) -> None:
+        """Finish a refund request that a crash cut between its transactions (the refund id is
+        the provider's idempotency key)."""
+        await self._call_channel(merchant=merchant, refund_id=refund_id, idem_key=idem_key)
+
+    # -- outcomes (now, or later by callback) -------------------------------------------------
+    def apply_chargeback(self, tx: Tx, *, payment: sqlite3.Row, amount: int | None, event_id: str) -> str:
+        """A dispute the provider opened takes the money back at once: a forced refund (ledger kind
+        `chargeback`), goods taken back as for a refund with the `debt` policy, and an alert."""
+        succeeded = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded", "pending"))
+        amount = min(amount or payment["amount"], payment["amount"] - succeeded)
+        if payment["status"] != "succeeded" or amount <= 0:
+            return "stale"
+        refund_id = new_id("rfd")
+        store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
+                                 "payment_id": payment["id"], "amount": amount, "currency": payment["currency"],
+                                 "status": "pending", "reason": "chargeback", "created_at_ms": self._clock.now_ms()})
+        lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="dispute_created", severity="critical",
+                              object_id=payment["id"], now_ms=self._clock.now_ms(),
+                              message=f"chargeback of {amount} {payment['currency']} on payment {payment['id']}")
+        return self.apply_succeeded(tx, refund_id=refund_id, cause=f"callback:{event_id}", kind="chargeback", policy="debt")
+
+    def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None) -> str:
+        refund = store.get_refund(tx, refund_id=refund_id)
+        if refund["status"] != "pending":
+            return "stale"
+        order = orders.get_order_tx(tx, order_id=refund["order_id"])
+        payment = orders.get_payment_tx(tx, payment_id=refund["payment_id"])
+        finance = self._ledger.finance(tx, order["merchant_id"])
+        before = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
+        plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=refund["amount"],
+                          policy=policy or finance.clawback_policy)
+        now_ms = self._clock.now_ms()
+        self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=refund_id, entries=reversal_entries(
+            merchant_id=order["merchant_id"], channel=payment["channel"], gross=payment["amount"], refunded_before=before,
+            amount=refund["amount"], currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits))
+        self._take_back(tx, order, plan, refund_id=refund_id, now_ms=now_ms)
+        store.finish_refund(tx, refund_id=refund_id, status="succeeded", failure_code=None,
+                            clawback=encode(plan).decode(), now_ms=now_ms)
+        full = before + refund["amount"] == payment["amount"]
+        if order["status"] in _REFUNDABLE:
+            lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
+        return "applied"
+
+    def apply_failed(self, tx: Tx, *, refund_id: str, failure_code: str) -> str:
+        refund = store.get_refund(tx, refund_id=refund_id)
+        if refund["status"] != "pending":
+            return "stale"
+        store.finish_refund(tx, refund_id=refund_id, status="failed", failure_code=failure_code, clawback=None,
+                            now_ms=self._clock.now_ms())
+        lifecycle.raise_alert(tx, merchant_id=refund["merchant_id"], kind="refund_failed", severity="warning",
+                              object_id=refund_id, now_ms=self._clock.now_ms(),
+                              message=f"refund {refund_id} of order {refund['order_id']} failed: {failure_code}")
+        return "applied"
+
+    def find(self, tx: Tx, *, refund_id: str | None, provider_ref: str | None) -> sqlite3.Row | None:
+        row = store.get_refund(tx, refund_id=refund_id) if refund_id else None
+        if row is None and provider_ref:
+            row = store.refund_by_provider_ref(tx, provider_ref=provider_ref)
+        return row
+
+    # -- clawback ----------------------------------------------------------------------------
+    def _plan(self, tx: Tx, order: sqlite3.Row, *, gross: int, before: int, amount: int, policy: str) -> Clawback:
+        full = before + amount == gross
+        currency: dict[str, int] = {}
+        items, memberships, entitlements = [], [], []
+        for line in orders.order_items_tx(tx, order["id"]):
+            for grant in _grants.decode(line["grants"]):
+                if isinstance(grant, CurrencyGrant):
+                    granted = grant.amount * line["quantity"]
+                    # cumulative floor: a full refund takes back exactly what was granted
+                    take = granted * (before + amount) // gross - granted * before // gross
+                    currency[grant.currency] = currency.get(grant.currency, 0) + take
+                elif full and isinstance(grant, ItemGrant):
+                    items.append({"sku": grant.sku, "quantity": grant.quantity * line["quantity"]})
+                elif full and isinstance(grant, MembershipGrant):
+                    memberships.append({"sku": grant.sku, "days": grant.duration_days * line["quantity"]})
+                elif full and isinstance(grant, EntitlementGrant):
+                    entitlements.append(grant.sku)
+        planned = []
+        for code, take in sorted(currency.items()):
+            if take <= 0:
+                continue
+            balance = players.get_balance_tx(tx, merchant_id=order["merchant_id"], player_id=order["player_id"], currency=code)
+            planned.append({"currency": code, "amount": take, "taken": min(take, max(balance, 0)),
+                            "debt": take - min(take, max(balance, 0))})
+        for item in items:
+            have = players.item_quantity_tx(tx, merchant_id=order["merchant_id"], player_id=order["player_id"], sku=item["sku"])
+            item["taken"] = min(have, item["quantity"])
+        return Clawback(policy=policy, currency=planned, items=items, memberships=memberships, entitlements=entitlements)
+
+    def _take_back(self, tx: Tx, order: sqlite3.Row, plan: Clawback, *, refund_id: str, now_ms: int) -> None:
+        merchant_id, player_id = order["merchant_id"], order["player_id"]
+        for line in plan.currency:
+            # Under `refuse`, spending after the refund began can still leave a shortfall: the
+            # money is already back with the payer, so the debt is recorded either way.
+            players.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
+                                        currency=line["currency"], amount=-line["amount"], reason=f"refund {refund_id}",
+                                        order_id=order["id"], now_ms=now_ms)
+        for item in plan.items:
+            if item["taken"]:
+                players.remove_items(tx, merchant_id=merchant_id, player_id=player_id, sku=item["sku"], quantity=item["taken"],
+                                     now_ms=now_ms)
+        for membership in plan.memberships:
+            players.shorten_membership(tx, merchant_id=merchant_id, player_id=player_id, sku=membership["sku"],
+                                       duration_ms=membership["days"] * _DAY_MS, now_ms=now_ms)
+        for sku in plan.entitlements:
+            players.remove_entitlement(tx, merchant_id=merchant_id, player_id=player_id, sku=sku, order_id=order["id"])
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get(self, *, merchant_id: str, refund_id: str) -> RefundView:
+        row = await store.fetch_refund(self._db, refund_id=refund_id)
+        if row is None or row["merchant_id"] != merchant_id:
+            raise NotFound(f"No such refund: '{refund_id}'", param="id")
+        return refund_view(row)
+
+    async def for_order(self, *, merchant_id: str, order_id: str) -> list[RefundView]:
+        return [refund_view(r) for r in await store.list_for_order(self._db, merchant_id=merchant_id, order_id=order_id)]

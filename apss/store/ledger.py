@@ -1,0 +1,114 @@
+"""The ledger's SQL: accounts, append-only transactions and entries, derived balances, checks."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "account_balances",
+    "balance_mismatch",
+    "bump_balance",
+    "ensure_account",
+    "get_finance",
+    "insert_entries",
+    "insert_transaction",
+    "ledger_counts",
+    "period_totals",
+    "set_finance",
+    "unbalanced_transaction",
+]
+
+
+def get_finance(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM merchant_finance WHERE merchant_id = ?", (merchant_id,))
+
+
+def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, clawback_policy: str, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO merchant_finance (merchant_id, commission_bps, splits, clawback_policy, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET commission_bps = excluded.commission_bps, splits = excluded.splits,"
+        " clawback_policy = excluded.clawback_policy, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, commission_bps, splits, clawback_policy, now_ms),
+    )
+
+
+def ensure_account(tx: Tx, *, name: str, currency: str, type: str, merchant_id: str | None, now_ms: int) -> None:
+    tx.execute(
+        "INSERT INTO ledger_accounts (name, currency, type, merchant_id, created_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (name, currency, type, merchant_id, now_ms),
+    )
+
+
+def insert_transaction(tx: Tx, *, transaction_id: str, merchant_id: str | None, kind: str, reference: str,
+                       memo: str | None, now_ms: int) -> bool:
+    """False when (kind, reference) was posted before: a business event posts once."""
+    cursor = tx.execute(
+        "INSERT INTO ledger_transactions (id, merchant_id, kind, reference, memo, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (kind, reference) DO NOTHING",
+        (transaction_id, merchant_id, kind, reference, memo, now_ms),
+    )
+    return cursor.rowcount == 1
+
+
+def insert_entries(tx: Tx, rows: list[tuple[str, str, str, int, int]]) -> None:
+    """Rows of (transaction_id, account, currency, debit, credit)."""
+    tx.executemany("INSERT INTO ledger_entries (transaction_id, account, currency, debit, credit) VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def bump_balance(tx: Tx, *, account: str, currency: str, debit: int, credit: int) -> None:
+    tx.execute(
+        "INSERT INTO ledger_balances (account, currency, debits, credits) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET debits = debits + excluded.debits, credits = credits + excluded.credits",
+        (account, currency, debit, credit),
+    )
+
+
+async def unbalanced_transaction(db: Database) -> sqlite3.Row | None:
+    """The first transaction whose debits and credits differ in some currency."""
+    return await db.fetch_one(
+        "SELECT transaction_id, currency, sum(debit) AS debits, sum(credit) AS credits, min(seq) AS first_seq"
+        " FROM ledger_entries GROUP BY transaction_id, currency HAVING sum(debit) <> sum(credit)"
+        " ORDER BY first_seq LIMIT 1"
+    )
+
+
+async def balance_mismatch(db: Database) -> sqlite3.Row | None:
+    """The first account whose derived balance differs from the sum of its entries."""
+    return await db.fetch_one(
+        "WITH sums AS (SELECT account, currency, sum(debit) AS debits, sum(credit) AS credits FROM ledger_entries"
+        " GROUP BY account, currency)"
+        " SELECT coalesce(s.account, b.account) AS account, coalesce(s.currency, b.currency) AS currency,"
+        " s.debits AS entry_debits, s.credits AS entry_credits, b.debits AS balance_debits, b.credits AS balance_credits"
+        " FROM sums s FULL OUTER JOIN ledger_balances b ON b.account = s.account AND b.currency = s.currency"
+        " WHERE s.debits IS NOT b.debits OR s.credits IS NOT b.credits ORDER BY 1, 2 LIMIT 1"
+    )
+
+
+async def ledger_counts(db: Database) -> sqlite3.Row:
+    return await db.fetch_one(
+        "SELECT (SELECT count(*) FROM ledger_transactions) AS transactions, (SELECT count(*) FROM ledger_entries) AS entries"
+    )
+
+
+async def account_balances(db: Database, *, merchant_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT a.name, a.currency, a.type, b.debits, b.credits FROM ledger_accounts a"
+        " JOIN ledger_balances b ON b.account = a.name AND b.currency = a.currency"
+        " WHERE a.merchant_id = ? ORDER BY a.name, a.currency",
+        (merchant_id,),
+    )
+
+
+async def period_totals(db: Database, *, merchant_id: str, from_ms: int, to_ms: int) -> list[sqlite3.Row]:
+    """Debits and credits per transaction kind, account family and currency within [from, to)."""
+    return await db.fetch_all(
+        "SELECT t.kind, substr(e.account, 1, instr(e.account, ':') - 1) AS family, e.currency,"
+        " sum(e.debit) AS debits, sum(e.credit) AS credits, count(DISTINCT t.id) AS transactions"
+        " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+        " WHERE t.merchant_id = ? AND t.created_at_ms >= ? AND t.created_at_ms < ?"
+        " GROUP BY t.kind, family, e.currency ORDER BY t.kind, family, e.currency",
+        (merchant_id, from_ms, to_ms),
+    )
