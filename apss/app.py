@@ -22,6 +22,7 @@ from apss.api.alerts import AlertController
 from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.payments import PaymentController
 from apss.api.refunds import RefundController
+from apss.api.webhook_endpoints import DeliveryController, WebhookDeliveryController, WebhookEndpointController
 from apss.api.common import RateLimiter, Services, current_merchant
 from apss.api.errors import exception_handlers, render_error
 from apss.api.health import healthz
@@ -48,6 +49,8 @@ from apss.services.catalog import Catalog
 from apss.services.channels import ChannelAccess
 from apss.services.checkout import Checkout
 from apss.services.fx import FxRates
+from apss.services import lifecycle
+from apss.services.deliveries import Deliveries
 from apss.services.finance import FinanceService
 from apss.services.idempotency import Idempotency
 from apss.services.ledger import Ledger
@@ -57,6 +60,8 @@ from apss.services.merchants import Merchants
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
 from apss.services.sandbox import SandboxProvider
+from apss.services.webhooks import Webhooks
+from apss.services.outbox import Outbox
 from apss.services.recovery import resume_running
 from apss.services.seed import seed_demo
 from apss.store.db import Database
@@ -110,10 +115,18 @@ def _build_services(config: Config, clock: Clock) -> Services:
                                    refunds=refunds)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, channels=channels, merchants=merchants,
                              payment_events=payment_events)
+    webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http)
+    deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
+                            on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
+    db.event_sink = Outbox(webhooks=webhooks, public_url=config.public_url).sink
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
     scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
+    scheduler.add("webhooks", interval_s=1.0, fn=webhooks.deliver_due)
+    scheduler.add("webhook_prune", interval_s=3600.0, fn=webhooks.prune)
+    scheduler.add("game_deliveries", interval_s=30.0, fn=deliveries.push_due)
+    webhooks.wake = lambda: scheduler.poke("webhooks")
 
     async def prune() -> int:
         cutoff_ms = clock.now_ms() - config.orders.idempotency_ttl_s * 1000
@@ -125,7 +138,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
-        finance=FinanceService(db=db, clock=clock, ledger=ledger), provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -175,7 +188,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     app = Litestar(
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
-                        PaymentController, RefundController, MoneyController, AdminMoneyController, sandbox_pay_page,
+                        PaymentController, RefundController, MoneyController, AdminMoneyController,
+                        WebhookEndpointController, WebhookDeliveryController, DeliveryController, sandbox_pay_page,
                         sandbox_pay_action, checkout_page],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},

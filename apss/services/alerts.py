@@ -12,7 +12,7 @@ from apss.errors import NotFound
 from apss.store import alerts as store
 from apss.store.db import Database, Tx
 
-__all__ = ["AlertList", "AlertView", "Alerts"]
+__all__ = ["AlertList", "AlertView", "Alerts", "alert_view"]
 
 
 class AlertView(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,7 +32,7 @@ class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
-def _view(row: sqlite3.Row) -> AlertView:
+def alert_view(row: sqlite3.Row) -> AlertView:
     return AlertView(id=row["id"], kind=row["kind"], severity=row["severity"], object_id=row["object_id"],
                      message=row["message"], resolved=row["resolved_at_ms"] is not None,
                      created_at=format_rfc3339(row["created_at_ms"]),
@@ -48,13 +48,13 @@ class Alerts:
                    kind: str | None) -> tuple[list[AlertView], bool]:
         rows = await store.list_alerts(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
                                        resolved=resolved, kind=kind)
-        return [_view(r) for r in rows[:limit]], len(rows) > limit
+        return [alert_view(r) for r in rows[:limit]], len(rows) > limit
 
     async def resolve(self, *, merchant_id: str, alert_id: str) -> AlertView:
         def transaction(tx: Tx) -> AlertView:
             row = store.resolve_alert(tx, merchant_id=merchant_id, alert_id=alert_id, now_ms=self._clock.now_ms())
             if row is None:
                 raise NotFound(f"No such alert: '{alert_id}'", param="id")
-            return _view(row)
+            return alert_view(row)
 
         return await self._db.write(transaction)

@@ -19,7 +19,7 @@ from apss.ids import new_id
 from apss.store import alerts, catalog, orders, players
 from apss.store.db import Tx
 
-__all__ = ["deliver", "end_unpaid", "move", "pay", "raise_alert", "stock_available_again"]
+__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "pay", "raise_alert", "stock_available_again"]
 
 _grants_decoder = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
@@ -32,6 +32,7 @@ def move(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: i
     orders.set_order_status(tx, order_id=order["id"], from_status=current.value, to_status=target.value, now_ms=now_ms)
     orders.insert_event(tx, event_id=new_id("evt"), order_id=order["id"], type=f"order.{target.value}",
                         from_status=current.value, to_status=target.value, cause=cause, now_ms=now_ms)
+    tx.emit(merchant_id=order["merchant_id"], type=f"order.{target.value}", kind="order", object_id=order["id"])
     return target
 
 
@@ -79,6 +80,13 @@ def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now
     move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
 
 
+def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
+    """The game acknowledged delivering an order's goods: `delivering` -> `fulfilled`."""
+    order = orders.get_order_tx(tx, order_id=order_id)
+    if order is not None and order["status"] == OrderStatus.DELIVERING.value:
+        move(tx, order, OrderEvent.DELIVER, cause="delivery_ack", now_ms=now_ms)
+
+
 def deliver(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, now_ms: int) -> None:
     """Grant what each unit of each line delivers (grants frozen on the line at purchase)."""
     merchant_id, player_id = order["merchant_id"], order["player_id"]
@@ -103,5 +111,8 @@ def deliver(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, now_ms: int
 
 
 def raise_alert(tx: Tx, *, merchant_id: str | None, kind: str, severity: str, object_id: str | None, message: str, now_ms: int) -> None:
-    alerts.insert_alert(tx, alert_id=new_id("alr"), merchant_id=merchant_id, kind=kind, severity=severity,
+    alert_id = new_id("alr")
+    alerts.insert_alert(tx, alert_id=alert_id, merchant_id=merchant_id, kind=kind, severity=severity,
                         object_id=object_id, message=message, now_ms=now_ms)
+    if merchant_id is not None:
+        tx.emit(merchant_id=merchant_id, type="alert.created", kind="alert", object_id=alert_id)

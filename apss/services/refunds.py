@@ -189,6 +189,7 @@ class Refunds:
         store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
                                  "payment_id": payment["id"], "amount": amount, "currency": payment["currency"],
                                  "status": "pending", "reason": "chargeback", "created_at_ms": self._clock.now_ms()})
+        tx.emit(merchant_id=payment["merchant_id"], type="dispute.created", kind="refund", object_id=refund_id)
         lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="dispute_created", severity="critical",
                               object_id=payment["id"], now_ms=self._clock.now_ms(),
                               message=f"chargeback of {amount} {payment['currency']} on payment {payment['id']}")
@@ -211,6 +212,7 @@ class Refunds:
         self._take_back(tx, order, plan, refund_id=refund_id, now_ms=now_ms)
         store.finish_refund(tx, refund_id=refund_id, status="succeeded", failure_code=None,
                             clawback=encode(plan).decode(), now_ms=now_ms)
+        tx.emit(merchant_id=order["merchant_id"], type="refund.succeeded", kind="refund", object_id=refund_id)
         full = before + refund["amount"] == payment["amount"]
         if order["status"] in _REFUNDABLE:
             lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
@@ -222,6 +224,7 @@ class Refunds:
             return "stale"
         store.finish_refund(tx, refund_id=refund_id, status="failed", failure_code=failure_code, clawback=None,
                             now_ms=self._clock.now_ms())
+        tx.emit(merchant_id=refund["merchant_id"], type="refund.failed", kind="refund", object_id=refund_id)
         lifecycle.raise_alert(tx, merchant_id=refund["merchant_id"], kind="refund_failed", severity="warning",
                               object_id=refund_id, now_ms=self._clock.now_ms(),
                               message=f"refund {refund_id} of order {refund['order_id']} failed: {failure_code}")

@@ -6,7 +6,7 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["insert_alert", "list_alerts", "resolve_alert"]
+__all__ = ["get_alert_tx", "insert_alert", "list_alerts", "resolve_alert"]
 
 
 def insert_alert(
@@ -26,6 +26,10 @@ async def list_alerts(db: Database, *, merchant_id: str, after_id: str | None, l
         " AND (? IS NULL OR (resolved_at_ms IS NOT NULL) = ?) AND (? IS NULL OR kind = ?) ORDER BY id DESC LIMIT ?",
         (merchant_id, after_id, after_id, resolved, resolved, kind, kind, limit),
     )
+
+
+def get_alert_tx(tx: Tx, *, alert_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
 
 
 def resolve_alert(tx: Tx, *, merchant_id: str, alert_id: str, now_ms: int) -> sqlite3.Row | None:

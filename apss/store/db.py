@@ -27,7 +27,7 @@ import aiosqlite
 
 from apss.errors import NotReady
 
-__all__ = ["Database", "StoreUnavailable", "Tx"]
+__all__ = ["Database", "EventSink", "StoreUnavailable", "Tx"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
@@ -37,14 +37,20 @@ class StoreUnavailable(NotReady):
     code = "store_unavailable"
 
 
+# Records an event about an object inside the transaction that changed it (the merchant webhook
+# outbox): (tx, merchant_id, event type, object kind, object id). Set by app.py.
+EventSink = Callable[["Tx", str, str, str, str], None]
+
+
 class Tx:
     """One transaction function's handle on the writer connection."""
 
-    __slots__ = ("_conn", "_after_commit")
+    __slots__ = ("_conn", "_after_commit", "_sink")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, sink: EventSink | None = None) -> None:
         self._conn = conn
         self._after_commit: list[Callable[[], None]] = []
+        self._sink = sink
 
     def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, params)
@@ -62,6 +68,12 @@ class Tx:
     def changes(self) -> int:
         """Rows changed so far on this connection: tells whether a failed function wrote."""
         return self._conn.total_changes
+
+    def emit(self, *, merchant_id: str, type: str, kind: str, object_id: str) -> None:
+        """Record an event (e.g. `order.paid` about order `ord_...`) in this transaction: it is
+        written to the outbox with the change, and delivered only after COMMIT."""
+        if self._sink is not None:
+            self._sink(self, merchant_id, type, kind, object_id)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the event loop once this transaction is durable (cache updates,
@@ -117,6 +129,7 @@ class Database:
         self._reader_list: list[aiosqlite.Connection] = []
         self._thread: threading.Thread | None = None
         self.batches_committed = 0  # observability: group-commit efficiency in benchmarks
+        self.event_sink: EventSink | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -222,7 +235,7 @@ class Database:
         for index, job in enumerate(batch):
             if index in failed or job.future.cancelled():
                 continue
-            tx = Tx(conn)
+            tx = Tx(conn, self.event_sink)
             changes_before = conn.total_changes
             try:
                 results[index] = job.fn(tx)
