@@ -24,10 +24,10 @@ from apss.channels.base import (
     StatementLine,
     flow_not_supported,
 )
-from apss.channels.sandbox.mapping import MAGIC_KEY, decode_event, to_neutral
+from apss.channels.sandbox.mapping import MAGIC_KEY, decode_event, statement_lines, to_neutral
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
 from apss.domain.payments import PaymentStatus
-from apss.errors import CallbackRejected
+from apss.errors import CallbackRejected, InvalidRequest
 
 __all__ = ["SIGNATURE_HEADER", "SandboxChannel", "send_callback", "sign_callback"]
 
@@ -103,7 +103,11 @@ class SandboxChannel:
                              currency=query.currency, failure_code=failure_code)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
-        raise flow_not_supported(self.name, "statements")
+        """The sandbox's statement CSV (format in apss/channels/sandbox/mapping.py)."""
+        try:
+            return statement_lines(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"sandbox statement: {exc}", code="statement_malformed", param="statement") from None
 
 
 async def send_callback(*, client: httpx.AsyncClient, url: str, secret: str, body: bytes, now_s: int) -> int:

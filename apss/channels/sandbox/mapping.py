@@ -8,20 +8,50 @@ Magic values (order `metadata["sandbox_outcome"]`, read when the payer pays):
 - `lost_callback`       the payment completes but its callback is never sent: only a status
                         query (the janitor's) can tell
 - `refund_fails`        refunds of the order fail (`refund_declined`)
+
+Statements (`parse_statement`, for reconciliation): a UTF-8 CSV whose first row is exactly the
+header `type,provider_ref,payment_id,amount,fee,currency,occurred_at`, then one row per balance
+movement:
+- `type`          `payment` or `refund`;
+- `provider_ref`  the sandbox's id of the movement: `sbx_...` for a payment (PaymentCreated's
+                  provider_ref), `sbxre_...` for a refund (RefundResult's provider_refund_ref);
+- `payment_id`    our payment id (`pay_...`), or empty when the sandbox does not know it;
+- `amount`        integer minor units, signed as the balance moves: a payment is positive, a
+                  refund negative (`-500`);
+- `fee`           integer minor units (>= 0) the sandbox kept on that movement;
+- `currency`      ISO 4217, upper-case (`USD`);
+- `occurred_at`   RFC 3339 (`2026-11-25T15:04:05Z`); without an offset it is UTC.
+Blank rows are skipped; at most `STATEMENT_ROWS_MAX` rows; a bad row raises ValueError naming its
+line (the header is line 1).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from datetime import datetime, timezone
 from typing import Literal
 
 import msgspec
 
-from apss.channels.base import CallbackEvent
+from apss.channels.base import CallbackEvent, StatementLine
+from apss.domain.money import is_iso_currency
 from apss.domain.payments import CallbackKind
 from apss.errors import CallbackRejected
 
-__all__ = ["MAGIC_KEY", "SandboxEvent", "SandboxOutcome", "build_event", "decode_event", "parse_magic", "to_neutral"]
+__all__ = [
+    "MAGIC_KEY",
+    "STATEMENT_HEADER",
+    "STATEMENT_ROWS_MAX",
+    "SandboxEvent",
+    "SandboxOutcome",
+    "build_event",
+    "decode_event",
+    "parse_magic",
+    "statement_lines",
+    "to_neutral",
+]
 
 MAGIC_KEY = "sandbox_outcome"
 _DELAY_RE = re.compile(r"^delay_callback:(\d{1,4})$")
@@ -95,3 +125,64 @@ def to_neutral(event: SandboxEvent) -> CallbackEvent:
         failure_code=event.data.failure_code,
         refund_id=event.data.refund_id,
     )
+
+
+# --- statements
+
+STATEMENT_HEADER = ("type", "provider_ref", "payment_id", "amount", "fee", "currency", "occurred_at")
+STATEMENT_ROWS_MAX = 500_000
+_INTEGER_RE = re.compile(r"^-?[0-9]{1,18}$")
+_REF_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def statement_lines(data: bytes) -> list[StatementLine]:
+    """Parse a sandbox statement (see the module docstring); ValueError names the bad line."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+    header = next(reader, None)
+    if header is None or tuple(cell.strip().lower() for cell in header) != STATEMENT_HEADER:
+        raise ValueError(f"line 1: the header must be {','.join(STATEMENT_HEADER)}")
+    lines: list[StatementLine] = []
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(lines) >= STATEMENT_ROWS_MAX:
+            raise ValueError(f"more than {STATEMENT_ROWS_MAX} statement rows")
+        try:
+            lines.append(_statement_line(row))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+    assert len(lines) <= STATEMENT_ROWS_MAX
+    return lines
+
+
+def _statement_line(row: list[str]) -> StatementLine:
+    if len(row) != len(STATEMENT_HEADER):
+        raise ValueError(f"{len(row)} columns, expected {len(STATEMENT_HEADER)}")
+    kind, provider_ref, payment_id, amount_text, fee_text, currency, occurred_at = (cell.strip() for cell in row)
+    if kind not in ("payment", "refund"):
+        raise ValueError(f"type must be payment or refund, not {kind!r}")
+    if not _REF_RE.match(provider_ref):
+        raise ValueError("provider_ref must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    if payment_id and not _REF_RE.match(payment_id):
+        raise ValueError("payment_id is not an id")
+    if not _INTEGER_RE.match(amount_text) or not _INTEGER_RE.match(fee_text):
+        raise ValueError("amount and fee are integers in minor units")
+    amount, fee = int(amount_text), int(fee_text)
+    if (kind == "payment" and amount <= 0) or (kind == "refund" and amount >= 0):
+        raise ValueError("a payment amount is positive, a refund amount negative")
+    if fee < 0:
+        raise ValueError("fee must not be negative")
+    if not is_iso_currency(currency):
+        raise ValueError(f"currency {currency!r} is not an upper-case ISO 4217 code")
+    return StatementLine(provider_ref=provider_ref, kind=kind, amount=amount, fee=fee, currency=currency,
+                         occurred_at_s=_timestamp_s(occurred_at), payment_id=payment_id or None)
+
+
+def _timestamp_s(text: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"occurred_at {text!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp())
