@@ -19,21 +19,25 @@ from litestar.openapi.spec import Components, SecurityScheme
 from apss import __version__
 from apss.api.account import account
 from apss.api.alerts import AlertController
-from apss.api.money import AdminMoneyController, MoneyController
-from apss.api.payments import PaymentController
-from apss.api.refunds import RefundController
-from apss.api.webhook_endpoints import DeliveryController, WebhookDeliveryController, WebhookEndpointController
+from apss.api.channels import ChannelController
 from apss.api.common import RateLimiter, Services, current_merchant
 from apss.api.errors import exception_handlers, render_error
+from apss.api.fx import FxController
 from apss.api.health import healthz
 from apss.api.merchants import MerchantController
+from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.orders import OrderController
+from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.products import ProductController
+from apss.api.refunds import RefundController
 from apss.api.sandbox import SandboxController
+from apss.api.webhook_endpoints import (
+    DeliveryController,
+    WebhookDeliveryController,
+    WebhookEndpointController,
+)
 from apss.api.webhooks import provider_callback
-from apss.api.channels import ChannelController
-from apss.api.fx import FxController
 from apss.channels.alipay import AlipayChannel
 from apss.channels.base import ChannelRegistry
 from apss.channels.paypal import PayPalChannel
@@ -44,29 +48,29 @@ from apss.clock import Clock, SystemClock
 from apss.config import Config
 from apss.crypto import Keyring
 from apss.jobs.scheduler import Scheduler
+from apss.services import lifecycle
 from apss.services.alerts import Alerts
 from apss.services.catalog import Catalog
 from apss.services.channels import ChannelAccess
 from apss.services.checkout import Checkout
-from apss.services.fx import FxRates
-from apss.services import lifecycle
 from apss.services.deliveries import Deliveries
 from apss.services.finance import FinanceService
+from apss.services.fx import FxRates
 from apss.services.idempotency import Idempotency
-from apss.services.ledger import Ledger
-from apss.services.refunds import Refunds
 from apss.services.janitor import PaymentJanitor
+from apss.services.ledger import Ledger
 from apss.services.merchants import Merchants
+from apss.services.outbox import Outbox
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
-from apss.services.sandbox import SandboxProvider
-from apss.services.webhooks import Webhooks
-from apss.services.outbox import Outbox
 from apss.services.recovery import resume_running
+from apss.services.refunds import Refunds
+from apss.services.sandbox import SandboxProvider
 from apss.services.seed import seed_demo
+from apss.services.webhooks import Webhooks
 from apss.store.db import Database
-from apss.store.migrate import apply_migrations
 from apss.store.idempotency import prune_keys
+from apss.store.migrate import apply_migrations
 from apss.web.pages import checkout_page, sandbox_pay_action, sandbox_pay_page
 
 __all__ = ["create_app", "load_keyring"]
@@ -119,6 +123,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
     db.event_sink = Outbox(webhooks=webhooks, public_url=config.public_url).sink
+    payment_events.game_delivery = deliveries.create_delivery
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)

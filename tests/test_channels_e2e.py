@@ -12,8 +12,8 @@ import pytest
 import uvicorn
 
 from apss.channels.stripe.mapping import to_stripe_amount
-from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from apss.clock import TestClock
+from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import RunningServer, free_port, wait_for
 
 

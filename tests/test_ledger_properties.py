@@ -7,7 +7,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apss.domain.ledger import BPS, Split, capture_entries, check_balanced, reversal_entries, share
+from apss.domain.ledger import (
+    BPS,
+    Split,
+    capture_entries,
+    check_balanced,
+    reversal_entries,
+    share,
+)
 
 splits_strategy = st.lists(st.integers(min_value=1, max_value=2000), max_size=4).map(
     lambda shares: [Split(recipient=f"r{i}", share_bps=s) for i, s in enumerate(shares)])

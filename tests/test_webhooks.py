@@ -26,7 +26,11 @@ from litestar.di import Provide
 
 from apss.api.common import Services
 from apss.api.errors import exception_handlers, render_error
-from apss.api.webhook_endpoints import DeliveryController, WebhookDeliveryController, WebhookEndpointController
+from apss.api.webhook_endpoints import (
+    DeliveryController,
+    WebhookDeliveryController,
+    WebhookEndpointController,
+)
 from apss.clock import TestClock, format_rfc3339
 from apss.crypto import Keyring, parse_signature_header, verify_timestamped
 from apss.ids import new_id

@@ -44,3 +44,24 @@ def test_receiver_down_at_first_gets_every_event_signed(merchant):
     finally:
         served.should_exit = True
         thread.join(timeout=10)
+
+
+def test_goods_delivered_by_the_game_wait_for_its_acknowledgement(merchant):
+    with merchant.client() as client:
+        product = merchant.product(client, sku="castle", grants=[{"type": "game", "sku": "castle", "data": {"tier": "gold"}},
+                                                                 {"type": "currency", "currency": "GEMS", "amount": 5}])
+        order = merchant.order(client, product["id"], player_id="builder").json()
+        client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
+        wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "delivering")
+        assert client.get("/v1/players/builder/wallet").json()["balances"] == {"GEMS": 5}, "APSS grants are delivered at once"
+        pending = client.get("/v1/deliveries", params={"status": "pending"}).json()["data"]
+        assert [d["order_id"] for d in pending] == [order["id"]]
+        delivery = pending[0]
+        assert delivery["player_id"] == "builder"
+        first = client.post(f"/v1/deliveries/{delivery['id']}/ack")
+        second = client.post(f"/v1/deliveries/{delivery['id']}/ack")
+        assert first.status_code == second.status_code == 200 and second.json()["status"] == "acknowledged"
+        assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
+        statuses = [e["to_status"] for e in client.get(f"/v1/orders/{order['id']}/events").json()["data"]]
+        assert statuses == ["pending", "paid", "delivering", "fulfilled"]
+        assert client.get("/v1/deliveries", params={"status": "pending"}).json()["data"] == []

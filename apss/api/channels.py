@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, put, get
+from litestar import Controller, get, put
 from msgspec import Meta
 
 from apss.api.common import Services

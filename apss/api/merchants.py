@@ -10,10 +10,15 @@ from litestar import Controller, Response, get, post
 from litestar.di import Provide
 from msgspec import Meta
 
+from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
 from apss.domain.money import is_iso_currency
 from apss.errors import CurrencyNotSupported
-from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
-from apss.services.views import MerchantCreatedView, MerchantList, MerchantView, SecretKeyView
+from apss.services.views import (
+    MerchantCreatedView,
+    MerchantList,
+    MerchantView,
+    SecretKeyView,
+)
 
 __all__ = ["MerchantController"]
 

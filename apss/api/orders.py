@@ -7,7 +7,14 @@ from typing import Annotated
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.domain.orders import OrderStatus
 from apss.services.checkout import OrderCreate
 from apss.services.merchants import Merchant

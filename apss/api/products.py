@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from litestar import Controller, Request, Response, get, patch, post
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.services.catalog import ProductCreate, ProductUpdate
 from apss.services.merchants import Merchant
 from apss.services.views import ProductList, ProductView

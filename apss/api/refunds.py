@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from litestar import Controller, Request, Response, get, post
 
-from apss.api.common import Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.services.merchants import Merchant
 from apss.services.refunds import RefundCreate, RefundView
 

@@ -10,7 +10,14 @@ from typing import Annotated, Literal
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.services.deliveries import DeliveryList, DeliveryView
 from apss.services.merchants import Merchant
 from apss.services.webhooks import (

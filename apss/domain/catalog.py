@@ -13,6 +13,7 @@ from apss.errors import InvalidRequest
 __all__ = [
     "CurrencyGrant",
     "EntitlementGrant",
+    "GameGrant",
     "Grant",
     "ItemGrant",
     "MembershipGrant",
@@ -57,7 +58,16 @@ class EntitlementGrant(_Grant, tag="entitlement"):
     sku: Sku
 
 
-Grant = ItemGrant | CurrencyGrant | MembershipGrant | EntitlementGrant
+class GameGrant(_Grant, tag="game"):
+    """Delivered by the game itself: the order goes `paid -> delivering`, a delivery is pushed
+    to the game (webhook `delivery.pending`, or polled) and `fulfilled` when the game acks."""
+
+    sku: Sku
+    quantity: Annotated[int, Meta(ge=1, le=GRANT_QUANTITY_MAX)] = 1
+    data: Annotated[dict[Annotated[str, Meta(max_length=40)], Annotated[str, Meta(max_length=500)]], Meta(max_length=20)] = {}
+
+
+Grant = ItemGrant | CurrencyGrant | MembershipGrant | EntitlementGrant | GameGrant
 
 
 def default_grants(category: ProductCategory, sku: str, grants: list[Grant] | None) -> list[Grant]:

@@ -10,7 +10,13 @@ from msgspec import UNSET, Meta, UnsetType
 from apss.clock import Clock
 from apss.domain.catalog import SKU_PATTERN, Grant, ProductCategory, default_grants
 from apss.domain.money import is_iso_currency
-from apss.errors import CurrencyNotSupported, InvalidRequest, NotFound, OutOfStock, SkuExists
+from apss.errors import (
+    CurrencyNotSupported,
+    InvalidRequest,
+    NotFound,
+    OutOfStock,
+    SkuExists,
+)
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.views import ProductView, product_view

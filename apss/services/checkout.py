@@ -24,6 +24,7 @@ from apss.channels.base import Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock, format_rfc3339
 from apss.config import Config
 from apss.crypto import random_token
+from apss.domain.fx import Quote, convert
 from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
 from apss.domain.payments import PaymentStatus
@@ -41,7 +42,6 @@ from apss.errors import (
 from apss.ids import new_id
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
-from apss.domain.fx import Quote, convert
 from apss.services.fx import quote_tx as fx_quote_tx
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
@@ -53,7 +53,7 @@ from apss.services.views import (
     encode,
     order_view,
 )
-from apss.store import catalog, idempotency as keys, orders
+from apss.store import catalog, orders
 from apss.store import channels as channel_store
 from apss.store.db import Database, Tx
 

@@ -9,7 +9,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from apss.clock import Clock
-from apss.domain.ledger import BPS, Split, adjustment_entries, account_type
+from apss.domain.ledger import BPS, Split, account_type, adjustment_entries
 from apss.domain.money import is_iso_currency
 from apss.errors import CurrencyNotSupported, InvalidRequest
 from apss.ids import new_id

@@ -8,7 +8,14 @@ import msgspec
 
 from apss.clock import Clock
 from apss.config import FinanceConfig
-from apss.domain.ledger import Entry, FeeSchedule, Split, account_type, check_balanced, fee_for
+from apss.domain.ledger import (
+    Entry,
+    FeeSchedule,
+    Split,
+    account_type,
+    check_balanced,
+    fee_for,
+)
 from apss.ids import new_id
 from apss.store import ledger as store
 from apss.store.db import Database, Tx

@@ -8,10 +8,18 @@ ends unpaid (expired, canceled, failed).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
-from apss.domain.catalog import CurrencyGrant, EntitlementGrant, Grant, ItemGrant, MembershipGrant
+from apss.domain.catalog import (
+    CurrencyGrant,
+    EntitlementGrant,
+    GameGrant,
+    Grant,
+    ItemGrant,
+    MembershipGrant,
+)
 from apss.domain.orders import OrderEvent, OrderStatus, transition
 from apss.domain.payments import PaymentStatus, payment_transition
 from apss.errors import InvalidTransition
@@ -64,9 +72,14 @@ def stock_available_again(tx: Tx, items: list[sqlite3.Row]) -> bool:
     return True
 
 
-def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now_ms: int) -> None:
+GameDelivery = Callable[..., str]  # Deliveries.create_delivery(tx, order_row=, items_rows=, now_ms=)
+
+
+def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now_ms: int,
+        game_delivery: GameDelivery | None = None) -> None:
     """Take the stock, mark the order paid, deliver the goods and mark it fulfilled: one
-    transaction, so a paid order is never left undelivered by a crash."""
+    transaction, so a paid order is never left undelivered by a crash. Goods the game delivers
+    itself (`game` grants) make the order `delivering` until the game acknowledges them."""
     was_pending = order["status"] == OrderStatus.PENDING.value
     transition(OrderStatus(order["status"]), OrderEvent.PAYMENT_SUCCEEDED)
     for item in items:
@@ -77,6 +90,11 @@ def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now
     move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
     deliver(tx, order, items, now_ms=now_ms)
     paid = orders.get_order_tx(tx, order_id=order["id"])
+    if any(isinstance(g, GameGrant) for item in items for g in _grants_decoder.decode(item["grants"])):
+        assert game_delivery is not None, "game deliveries are wired by app.py"
+        move(tx, paid, OrderEvent.START_DELIVERY, cause="delivery", now_ms=now_ms)
+        game_delivery(tx, order_row=paid, items_rows=items, now_ms=now_ms)
+        return
     move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
 
 
@@ -104,10 +122,11 @@ def deliver(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, now_ms: int
             elif isinstance(grant, MembershipGrant):
                 players.extend_membership(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
                                           duration_ms=grant.duration_days * quantity * _DAY_MS, now_ms=now_ms)
-            else:
-                assert isinstance(grant, EntitlementGrant)
+            elif isinstance(grant, EntitlementGrant):
                 players.add_entitlement(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
                                         order_id=order["id"], now_ms=now_ms)
+            else:
+                assert isinstance(grant, GameGrant)  # the game delivers it: see pay()
 
 
 def raise_alert(tx: Tx, *, merchant_id: str | None, kind: str, severity: str, object_id: str | None, message: str, now_ms: int) -> None:

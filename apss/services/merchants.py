@@ -15,7 +15,12 @@ from apss.clock import Clock, format_rfc3339
 from apss.crypto import Keyring, hash_secret, random_token
 from apss.errors import AuthenticationFailed, NotFound
 from apss.ids import new_id
-from apss.services.views import AccountView, MerchantCreatedView, MerchantView, SecretKeyView
+from apss.services.views import (
+    AccountView,
+    MerchantCreatedView,
+    MerchantView,
+    SecretKeyView,
+)
 from apss.store import merchants as store
 from apss.store.db import Database, Tx
 

@@ -11,7 +11,8 @@ from apss.services.alerts import alert_view
 from apss.services.refunds import refund_view
 from apss.services.views import order_view
 from apss.services.webhooks import Webhooks
-from apss.store import alerts, orders, refunds, webhooks as webhook_store
+from apss.store import alerts, orders, refunds
+from apss.store import webhooks as webhook_store
 from apss.store.db import Tx
 
 __all__ = ["Outbox"]

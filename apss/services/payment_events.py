@@ -19,14 +19,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from apss.channels.base import Channel, CallbackEvent, CallbackReply, CallbackRequest, Credentials, PaymentQuery, PaymentReport
+from apss.channels.base import (
+    CallbackEvent,
+    CallbackReply,
+    CallbackRequest,
+    Channel,
+    Credentials,
+    PaymentQuery,
+    PaymentReport,
+)
 from apss.clock import Clock
+from apss.domain.ledger import capture_entries
 from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import NotFound
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
-from apss.domain.ledger import capture_entries
 from apss.services.ledger import Ledger
 from apss.services.merchants import Merchants
 from apss.services.refunds import Refunds
@@ -48,6 +56,7 @@ class PaymentEvents:
         self._merchants = merchants
         self._ledger = ledger
         self._refunds = refunds
+        self.game_delivery: lifecycle.GameDelivery | None = None  # set by app.py: Deliveries.create_delivery
 
     async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
                               body: bytes, query: dict[str, str]) -> CallbackReply:
@@ -163,7 +172,7 @@ class PaymentEvents:
                 message=f"payment {payment['id']} succeeded after order {order['id']} became {order['status']} "
                         "and its stock is gone: refund it")
             return "anomaly"
-        lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms)
+        lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self.game_delivery)
         return "applied"
 
     def _post_capture(self, tx: Tx, payment: sqlite3.Row) -> None:

@@ -11,7 +11,14 @@ from apss.clock import Clock, format_rfc3339
 from apss.errors import InsufficientBalance
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.views import EntitlementView, InventoryView, ItemView, MembershipView, WalletDebitView, WalletView
+from apss.services.views import (
+    EntitlementView,
+    InventoryView,
+    ItemView,
+    MembershipView,
+    WalletDebitView,
+    WalletView,
+)
 from apss.store import players as store
 from apss.store.db import Database, Tx
 

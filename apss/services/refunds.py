@@ -26,10 +26,24 @@ from msgspec import Meta
 
 from apss.channels.base import RefundRequest
 from apss.clock import Clock, format_rfc3339
-from apss.domain.catalog import CurrencyGrant, EntitlementGrant, Grant, ItemGrant, MembershipGrant
+from apss.domain.catalog import (
+    CurrencyGrant,
+    EntitlementGrant,
+    Grant,
+    ItemGrant,
+    MembershipGrant,
+)
 from apss.domain.ledger import reversal_entries
 from apss.domain.orders import OrderEvent, OrderStatus
-from apss.errors import ApssError, ChannelTimeout, ChannelUnavailable, Conflict, InvalidRequest, InvalidTransition, NotFound
+from apss.errors import (
+    ApssError,
+    ChannelTimeout,
+    ChannelUnavailable,
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+)
 from apss.ids import new_id
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
@@ -37,7 +51,8 @@ from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.ledger import Ledger
 from apss.services.merchants import Merchant
 from apss.services.views import encode
-from apss.store import orders, players, refunds as store
+from apss.store import orders, players
+from apss.store import refunds as store
 from apss.store.db import Database, Tx
 
 __all__ = ["RefundCreate", "RefundView", "Refunds"]

@@ -24,7 +24,8 @@ from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
 from apss.services.views import SandboxActionView
-from apss.store import orders, sandbox as store
+from apss.store import orders
+from apss.store import sandbox as store
 from apss.store.db import Database, Tx
 
 __all__ = ["SandboxProvider"]

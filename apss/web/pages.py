@@ -1,92 +1,241 @@
-"""HTML pages reached through unguessable links: the sandbox payer page and the checkout page.
-
-Plain server-rendered HTML with inline CSS: no request leaves for any other host."""
+"""Pages a payer reaches through unguessable links: the hosted checkout page (`checkout_url`), its
+status endpoint, and the sandbox payer page. English and Chinese, phone-sized, server-rendered;
+nothing is fetched from any other host (see _layout's CSP)."""
 
 from __future__ import annotations
 
-import html
+import re
 
+import segno
 from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
 from apss.api.common import Services
+from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
 from apss.errors import ApssError, NotFound
+from apss.services.merchants import Merchant
+from apss.services.views import OrderView
+from apss.web._i18n import choose_language, money, text
+from apss.web._layout import Document, esc, html_response
 
-__all__ = ["checkout_page", "sandbox_pay_page", "sandbox_pay_action"]
+__all__ = ["checkout_page", "checkout_status", "sandbox_pay_action", "sandbox_pay_page"]
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;background:#f4f5f7;margin:0;color:#1d2330}
-main{max-width:420px;margin:8vh auto;background:#fff;border-radius:12px;padding:28px;box-shadow:0 2px 12px #0001}
-h1{font-size:1.2rem;margin:0 0 4px}.muted{color:#6b7280;font-size:.9rem}.amount{font-size:2rem;margin:18px 0}
-table{width:100%;border-collapse:collapse;margin:12px 0}td{padding:6px 0;border-bottom:1px solid #eee}
-td:last-child{text-align:right}.row{display:flex;gap:12px;margin-top:20px}
-button,.button{flex:1;padding:12px;border:0;border-radius:8px;font-size:1rem;cursor:pointer;text-align:center;text-decoration:none}
-.pay{background:#2563eb;color:#fff}.fail{background:#e5e7eb;color:#111}.badge{display:inline-block;padding:2px 8px;border-radius:99px;background:#eef;font-size:.8rem}
+_LINES_SHOWN_MAX = 50
+_MERCHANTS_SCANNED_MAX = 100
+_POLL_INTERVAL_MS = 1500
+_BACK_RE = re.compile(r"^/checkout/[A-Za-z0-9_\-]{8,64}$")
+_PAID = ("paid", "delivering", "fulfilled")
+_CHANNEL_LABELS = {"sandbox": "Sandbox", "stripe": "Card · Stripe", "paypal": "PayPal", "alipay": "Alipay 支付宝",
+                   "wechatpay": "WeChat Pay 微信支付"}
+
+_CSS = """
+main{max-width:440px;margin:6vh auto;background:#fff;border-radius:14px;padding:24px;box-shadow:0 2px 12px #0001}
+@media (max-width:480px){main{margin:0;border-radius:0;min-height:100vh;padding:18px}}
+h1{font-size:1.25rem;margin:6px 0 2px}.top{display:flex;justify-content:space-between;align-items:center;gap:8px}
+.total{display:flex;justify-content:space-between;align-items:baseline;margin:8px 0 16px}.amount{font-size:1.9rem;font-weight:600}
+td:last-child{text-align:right;white-space:nowrap}.actions{display:flex;flex-direction:column;gap:10px;margin-top:16px}
+.actions form{display:flex}.actions form button,.actions .button{flex:1;width:100%}
+.channels{display:flex;flex-wrap:wrap;gap:6px;padding:0;margin:6px 0 0;list-style:none}
+.channels li{border:1px solid #d1d5db;border-radius:8px;padding:6px 10px;font-size:.9rem}.channels li.current{border-color:#2563eb;color:#2563eb}
+.qr{display:flex;justify-content:center;margin:12px 0}.qr svg{width:220px;height:220px}
+.countdown{font-variant-numeric:tabular-nums;font-weight:600}.state{font-size:1.2rem;margin:14px 0 4px}
+.hidden{display:none}
 """
 
 
-def _page(title: str, body: str, status: int = 200) -> Response:
-    document = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-                f"content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
-                f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>")
-    return Response(content=document, status_code=status, media_type="text/html")
+def _lang(request: Request) -> str:
+    return choose_language(query=request.query_params.get("lang"), accept_language=request.headers.get("accept-language"))
 
 
-def _not_found() -> Response:
-    return _page("Not found", "<h1>This link is not valid</h1><p class=muted>It may have expired.</p>", 404)
+def _page(lang: str, title: str, body: str, *, status: int = 200, script: str = "") -> Response:
+    return html_response(Document(title=title, body=f"<main>{body}</main>", lang=lang, css=_CSS, script=script, status=status))
+
+
+def _not_found(lang: str) -> Response:
+    return _page(lang, text(lang, "not_found"), f"<h1>{text(lang, 'not_found')}</h1>"
+                                                f"<p class=muted>{text(lang, 'not_found_note')}</p>", status=404)
+
+
+def _language_switch(lang: str) -> str:
+    other = "en" if lang == "zh" else "zh"
+    return f"<a class=muted href='?lang={other}' hreflang={other}>{text(lang, 'language')}</a>"
+
+
+class _Context:
+    """What the checkout page needs beyond the order view: whose order it is, where to go back."""
+
+    def __init__(self, merchant: Merchant | None, return_url: str | None, sandbox_ref: str | None) -> None:
+        self.merchant, self.return_url, self.sandbox_ref = merchant, return_url, sandbox_ref
+
+
+async def _context(svc: Services, order: OrderView) -> _Context:
+    """OrderView carries neither merchant_id nor return_url yet: use them when a later view does,
+    else the sandbox payment row (which has both), else find the merchant among the first few."""
+    merchant_id, return_url, sandbox_ref = getattr(order, "merchant_id", None), getattr(order, "return_url", None), None
+    action = order.payment.next_action if order.payment else None
+    if action is not None and action.url and action.url.startswith(f"{svc.config.public_url}/sandbox/pay/"):
+        sandbox_ref = action.url.rsplit("/", 1)[1]
+        row = await svc.sandbox.payer_page_data(sandbox_ref)
+        if row is not None:
+            merchant_id, return_url = row["merchant_id"], row["return_url"]
+    if merchant_id is None:
+        merchant_id = await _find_merchant(svc, order.id)
+    return _Context(svc.merchants.by_id(merchant_id) if merchant_id else None, return_url, sandbox_ref)
+
+
+async def _find_merchant(svc: Services, order_id: str) -> str | None:
+    merchants, _ = await svc.merchants.list(after_id=None, limit=_MERCHANTS_SCANNED_MAX)
+    for merchant in merchants:
+        try:
+            await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
+        except NotFound:
+            continue
+        return merchant.id
+    return None
+
+
+async def _item_rows(svc: Services, order: OrderView, merchant: Merchant | None, lang: str) -> str:
+    rows = []
+    for item in order.items[:_LINES_SHOWN_MAX]:
+        name = item.sku
+        if merchant is not None:
+            try:
+                name = (await svc.catalog.get(merchant_id=merchant.id, product_id=item.product_id)).name
+            except NotFound:
+                pass
+        rows.append(f"<tr><td>{esc(name)} <span class=muted>{text(lang, 'qty')} {item.quantity}</span></td>"
+                    f"<td>{esc(money(item.amount, order.currency, lang))}</td></tr>")
+    return "".join(rows)
+
+
+def _channels(svc: Services, order: OrderView, merchant: Merchant | None) -> list[str]:
+    if merchant is None:
+        return [order.channel]
+    try:
+        names = [c.name for c in svc.channels.candidates(merchant, currency=order.currency, country=None, requested=None)]
+    except ApssError:
+        names = []
+    return names if order.channel in names else [order.channel, *names]
+
+
+def _next_step(order: OrderView, ctx: _Context, token: str, lang: str) -> str:
+    action = order.payment.next_action if order.payment else None
+    if action is None:
+        return f"<p class=muted id=waiting>{text(lang, 'waiting')}</p>"
+    if action.type == "redirect" and action.url:
+        label = text(lang, "continue") if ctx.sandbox_ref else text(lang, "pay_with", channel=_CHANNEL_LABELS.get(order.channel, order.channel))
+        url = f"{action.url}?back=/checkout/{token}&lang={lang}" if ctx.sandbox_ref else action.url
+        return f"<div class=actions><a id=pay class='button primary' href='{esc(url)}'>{esc(label)}</a></div>"
+    if action.type == "qr_code" and action.data:
+        svg = segno.make(action.data, error="m").svg_inline(scale=4, dark="#111", light="#fff", title=text(lang, "scan"))
+        return f"<p class=muted>{text(lang, 'scan')}</p><div class=qr data-qr='{esc(action.data)}'>{svg}</div>"
+    return f"<p class=muted>{text(lang, 'in_app')}</p>"
+
+
+def _state_section(order: OrderView, ctx: _Context, token: str, lang: str, remaining_s: int) -> str:
+    back = (f"<div class=actions><a id=back class='button primary' href='{esc(ctx.return_url)}'>{text(lang, 'back')}</a></div>"
+            if ctx.return_url else "")
+    if order.status in _PAID:
+        note = text(lang, "fulfilled_note" if order.status == "fulfilled" else "paid_note")
+        return f"<p class=state id=success><span class='badge ok'>✓</span> {text(lang, 'paid')}</p><p class=muted>{note}</p>{back}"
+    if order.status == "pending":
+        minutes, seconds = divmod(max(remaining_s, 0), 60)
+        return (f"<p class=muted>{text(lang, 'expires_in')} <span class=countdown id=countdown data-remaining-s={remaining_s}>"
+                f"{minutes:02d}:{seconds:02d}</span></p>{_next_step(order, ctx, token, lang)}")
+    key = {"failed": "failed", "expired": "expired", "canceled": "canceled"}.get(order.status, "refunded")
+    note = f"<p class=muted>{text(lang, 'failed_note' if key == 'failed' else 'expired_note')}</p>" if key != "refunded" else ""
+    return f"<p class=state id=ended><span class='badge bad'>{esc(order.status)}</span> {text(lang, key)}</p>{note}{back}"
+
+
+_CHECKOUT_SCRIPT = """
+(function(){var c=document.getElementById('countdown'),left=c?parseInt(c.dataset.remainingS,10):0;
+function tick(){if(!c)return;left=Math.max(left-1,0);var m=Math.floor(left/60),s=left%60;
+c.textContent=(m<10?'0':'')+m+':'+(s<10?'0':'')+s;}
+if(c)setInterval(tick,1000);
+var initial=document.body.dataset.status;if(initial!=='pending')return;
+function poll(){fetch(location.pathname+'/status',{cache:'no-store'}).then(function(r){return r.ok?r.json():null})
+.then(function(s){if(s&&s.status!==initial){location.reload();}else{setTimeout(poll,POLL_MS);}})
+.catch(function(){setTimeout(poll,2*POLL_MS);});}
+setTimeout(poll,POLL_MS);})();
+""".replace("POLL_MS", str(_POLL_INTERVAL_MS))
+
+
+@get("/checkout/{token:str}", include_in_schema=False)
+async def checkout_page(token: str, request: Request, svc: Services) -> Response:
+    lang = _lang(request)
+    try:
+        order = await svc.checkout.by_checkout_token(token)
+    except NotFound:
+        return _not_found(lang)
+    ctx = await _context(svc, order)
+    remaining_s = (parse_rfc3339(order.expires_at) - svc.clock.now_ms()) // 1000
+    channels = "".join(f"<li class='{'current' if name == order.channel else ''}' data-channel='{esc(name)}'>"
+                       f"{esc(_CHANNEL_LABELS.get(name, name))}</li>" for name in _channels(svc, order, ctx.merchant))
+    merchant_name = esc(ctx.merchant.name) if ctx.merchant else ""
+    body = (f"<div data-status='{esc(order.status)}' id=checkout><div class=top><span class=muted>{merchant_name}</span>"
+            f"{_language_switch(lang)}</div><h1>{text(lang, 'checkout')}</h1>"
+            f"<p class=muted>{text(lang, 'order')} <code>{esc(order.id)}</code></p>"
+            f"<table>{await _item_rows(svc, order, ctx.merchant, lang)}</table>"
+            f"<div class=total><span>{text(lang, 'total')}</span><span class=amount id=total data-amount-minor={order.amount} "
+            f"data-currency={esc(order.currency)}>{esc(money(order.amount, order.currency, lang))}</span></div>"
+            f"<p class=muted>{text(lang, 'channels')}</p><ul class=channels>{channels}</ul>"
+            f"{_state_section(order, ctx, token, lang, remaining_s)}</div>")
+    script = "document.body.dataset.status=document.getElementById('checkout').dataset.status;" + _CHECKOUT_SCRIPT
+    return _page(lang, f"{text(lang, 'checkout')} · {order.id}", body, script=script)
+
+
+@get("/checkout/{token:str}/status", include_in_schema=False)
+async def checkout_status(token: str, svc: Services) -> Response:
+    """What the checkout page polls: the order's and its payment's status, nothing more."""
+    try:
+        order = await svc.checkout.by_checkout_token(token)
+    except NotFound:
+        return Response(content={"error": {"type": "invalid_request_error", "code": "not_found", "message": "No such checkout."}},
+                        status_code=404, headers={"Cache-Control": "no-store"})
+    return Response(content={"status": order.status, "payment_status": order.payment.status if order.payment else None,
+                             "expires_at": order.expires_at}, headers={"Cache-Control": "no-store"})
 
 
 @get("/sandbox/pay/{provider_ref:str}", include_in_schema=False)
-async def sandbox_pay_page(provider_ref: str, svc: Services) -> Response:
+async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -> Response:
+    lang = _lang(request)
     payment = await svc.sandbox.payer_page_data(provider_ref)
     if payment is None:
-        return _not_found()
-    ref = html.escape(provider_ref)
-    body = (f"<span class=badge>APSS Sandbox · test mode</span><h1>{html.escape(payment['merchant_name'])}</h1>"
-            f"<p class=muted>Order {html.escape(payment['order_id'])}</p>"
-            f"<div class=amount>{html.escape(format_amount(payment['amount'], payment['currency']))}</div>"
-            f"<p class=muted>No real money moves. Pay sends the sandbox's signed payment.succeeded callback; "
-            f"Fail sends payment.failed.</p>"
-            f"<div class=row><form method=post action='/sandbox/pay/{ref}/pay' style='flex:1;display:flex'>"
-            f"<button class=pay type=submit>Pay</button></form>"
-            f"<form method=post action='/sandbox/pay/{ref}/fail' style='flex:1;display:flex'>"
-            f"<button class=fail type=submit>Fail</button></form></div>")
-    return _page("Sandbox payment", body)
+        return _not_found(lang)
+    back = request.query_params.get("back", "")
+    hidden = (f"<input type=hidden name=lang value={lang}>"
+              + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else ""))
+    ref = esc(provider_ref)
+    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang)}</div>"
+            f"<h1>{esc(payment['merchant_name'])}</h1><p class=muted>{text(lang, 'order')} <code>{esc(payment['order_id'])}</code></p>"
+            f"<div class=total><span>{text(lang, 'total')}</span><span class=amount>{esc(money(payment['amount'], payment['currency'], lang))}"
+            f"</span></div><p class=muted>{esc(format_amount(payment['amount'], payment['currency']))}</p>"
+            f"<p class=muted>{text(lang, 'sandbox_note')}</p><div class=actions>"
+            f"<form method=post action='/sandbox/pay/{ref}/pay'>{hidden}<button id=sandbox-pay class=primary type=submit>"
+            f"{text(lang, 'pay')}</button></form>"
+            f"<form method=post action='/sandbox/pay/{ref}/fail'>{hidden}<button id=sandbox-fail type=submit>"
+            f"{text(lang, 'fail')}</button></form></div>")
+    return _page(lang, text(lang, "sandbox"), body)
 
 
 @post("/sandbox/pay/{provider_ref:str}/{action:str}", include_in_schema=False, status_code=200)
 async def sandbox_pay_action(provider_ref: str, action: str, request: Request, svc: Services) -> Response:
+    form = await request.form()
+    lang = choose_language(query=form.get("lang"), accept_language=request.headers.get("accept-language"))
     if action not in ("pay", "fail"):
-        return _not_found()
+        return _not_found(lang)
     payment = await svc.sandbox.payer_page_data(provider_ref)
     if payment is None:
-        return _not_found()
+        return _not_found(lang)
     try:
         await svc.sandbox.complete_by_ref(provider_ref=provider_ref, pay=action == "pay")
     except ApssError as error:
-        return _page("Sandbox payment", f"<h1>Nothing to do</h1><p class=muted>{html.escape(error.message)}</p>", 409)
-    back = payment["return_url"]
-    link = f"<div class=row><a class='button pay' href='{html.escape(back)}'>Back to the store</a></div>" if back else ""
-    verb = "paid" if action == "pay" else "declined"
-    return _page("Sandbox payment", f"<h1>Payment {verb}</h1><p class=muted>The merchant is notified by callback "
-                                    f"within a second.</p>{link}")
-
-
-@get("/checkout/{token:str}", include_in_schema=False)
-async def checkout_page(token: str, svc: Services) -> Response:
-    try:
-        order = await svc.checkout.by_checkout_token(token)
-    except NotFound:
-        return _not_found()
-    rows = "".join(f"<tr><td>{html.escape(i.sku)} × {i.quantity}</td><td>{html.escape(format_amount(i.amount, order.currency))}</td></tr>"
-                   for i in order.items)
-    action = ""
-    if order.status == "pending" and order.payment and order.payment.next_action and order.payment.next_action.url:
-        action = (f"<div class=row><a class='button pay' href='{html.escape(order.payment.next_action.url)}'>"
-                  f"Pay with {html.escape(order.channel)}</a></div>"
-                  f"<p class=muted>Reserved until {html.escape(order.expires_at)}</p>")
-    body = (f"<h1>Order {html.escape(order.id)}</h1><span class=badge>{html.escape(order.status)}</span>"
-            f"<table>{rows}</table><div class=amount>{html.escape(format_amount(order.amount, order.currency))}</div>{action}")
-    return _page("Checkout", body)
-
+        return _page(lang, text(lang, "sandbox"), f"<h1>{text(lang, 'nothing')}</h1><p class=muted>{esc(error.message)}</p>", status=409)
+    back = form.get("back") or ""
+    if _BACK_RE.match(back):  # only our own checkout page: never an open redirect
+        return Redirect(f"{back}?lang={lang}", status_code=303)
+    link = (f"<div class=actions><a class='button primary' href='{esc(payment['return_url'])}'>{text(lang, 'back')}</a></div>"
+            if payment["return_url"] else "")
+    title = text(lang, "sandbox_paid" if action == "pay" else "sandbox_declined")
+    return _page(lang, title, f"<h1>{title}</h1><p class=muted>{text(lang, 'sandbox_done_note')}</p>{link}")

@@ -27,8 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from apss.channels.alipay import mapping
 from apss.channels.base import (
-    flow_not_supported,
-    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -40,11 +38,18 @@ from apss.channels.base import (
     PaymentRequest,
     RefundRequest,
     RefundResult,
+    Setting,
     StatementLine,
+    flow_not_supported,
 )
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, CurrencyNotSupported
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+)
 
 __all__ = [
     "AlipayChannel",

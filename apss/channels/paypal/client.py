@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from apss.channels.base import (
-    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -44,6 +43,7 @@ from apss.channels.base import (
     PaymentRequest,
     RefundRequest,
     RefundResult,
+    Setting,
     StatementLine,
 )
 from apss.channels.paypal import mapping

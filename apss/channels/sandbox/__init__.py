@@ -1,7 +1,17 @@
 """The built-in sandbox provider: behaves like a real one (payer page, signed callbacks)."""
 
-from apss.channels.sandbox.client import SIGNATURE_HEADER, SandboxChannel, send_callback, sign_callback
-from apss.channels.sandbox.mapping import MAGIC_KEY, SandboxOutcome, build_event, parse_magic
+from apss.channels.sandbox.client import (
+    SIGNATURE_HEADER,
+    SandboxChannel,
+    send_callback,
+    sign_callback,
+)
+from apss.channels.sandbox.mapping import (
+    MAGIC_KEY,
+    SandboxOutcome,
+    build_event,
+    parse_magic,
+)
 
 __all__ = [
     "MAGIC_KEY",

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from apss.channels.base import (
-    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -24,7 +23,12 @@ from apss.channels.base import (
     StatementLine,
     flow_not_supported,
 )
-from apss.channels.sandbox.mapping import MAGIC_KEY, decode_event, statement_lines, to_neutral
+from apss.channels.sandbox.mapping import (
+    MAGIC_KEY,
+    decode_event,
+    statement_lines,
+    to_neutral,
+)
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
 from apss.domain.payments import PaymentStatus
 from apss.errors import CallbackRejected, InvalidRequest

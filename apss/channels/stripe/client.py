@@ -22,8 +22,6 @@ import httpx
 import msgspec
 
 from apss.channels.base import (
-    flow_not_supported,
-    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -34,7 +32,9 @@ from apss.channels.base import (
     PaymentRequest,
     RefundRequest,
     RefundResult,
+    Setting,
     StatementLine,
+    flow_not_supported,
 )
 from apss.channels.stripe import mapping
 from apss.crypto import parse_signature_header, verify_timestamped

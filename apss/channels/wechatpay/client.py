@@ -28,11 +28,12 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_pem_public_key,
+)
 
 from apss.channels.base import (
-    flow_not_supported,
-    Setting,
     CallbackEvent,
     CallbackReply,
     CallbackRequest,
@@ -44,12 +45,19 @@ from apss.channels.base import (
     PaymentRequest,
     RefundRequest,
     RefundResult,
+    Setting,
     StatementLine,
+    flow_not_supported,
 )
 from apss.channels.wechatpay import mapping
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, CurrencyNotSupported
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+)
 
 __all__ = [
     "AUTH_SCHEMA",
