@@ -74,7 +74,7 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_order(tmp_path):
     process = _start(db_path, port)
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-            for n, answered in acknowledged.items():
+            for answered in acknowledged.values():
                 now = client.get(f"/v1/orders/{answered['id']}")
                 assert now.status_code == 200, f"acknowledged order {answered['id']} is lost"
                 assert now.json()["items"] == answered["items"] and now.json()["amount"] == answered["amount"]
@@ -98,8 +98,6 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_order(tmp_path):
                 if n in acknowledged:
                     assert retry.headers.get("idempotent-replayed") == "true"
                     assert retry.json()["id"] == acknowledged[n]["id"]
-            players = client.get("/v1/orders", params={"limit": 100}).json()
-            assert players["data"], "orders are listed after the retries"
             for n in range(600):
                 mine = client.get("/v1/orders", params={"player_id": f"p{n}"}).json()["data"]
                 assert len(mine) <= 1, f"player p{n} has {len(mine)} orders"

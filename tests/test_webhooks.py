@@ -12,7 +12,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

@@ -42,7 +42,6 @@ __all__ = [
 
 _encoder = msgspec.json.Encoder()
 _grants_decoder = msgspec.json.Decoder(list[Grant])
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def encode(value: Any) -> bytes:

@@ -3,7 +3,6 @@ and exercised end to end against the local stand-in (tests/channels/standin_alip
 
 from __future__ import annotations
 
-import base64
 import json
 from urllib.parse import parse_qsl, urlencode
 
