@@ -29,7 +29,6 @@ from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
 from apss.domain.payments import PaymentStatus
 from apss.errors import (
-    ApssError,
     ChannelTimeout,
     ChannelUnavailable,
     CurrencyNotSupported,
@@ -105,25 +104,9 @@ class Checkout:
         candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
                                                requested=command.channel)
 
-        def reserve(tx: Tx) -> Outcome | _Reserved:
-            if idem is not None:
-                replay = self._idempotency.lookup(tx, merchant_id=merchant.id, request=idem)
-                if replay is not None:
-                    return replay
-            changes_before = tx.changes
-            try:
-                reserved = self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)
-            except ApssError as error:
-                if idem is None or tx.changes != changes_before:
-                    raise
-                outcome = self._idempotency.render_error(error)
-                self._idempotency.store(tx, merchant_id=merchant.id, request=idem, outcome=outcome)
-                return outcome
-            if idem is not None:
-                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"order:{reserved.order['id']}")
-            return reserved
-
-        reserved = await self._db.write(reserve)
+        reserved = await self._db.write(lambda tx: self._idempotency.begin(
+            tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
+            fn=lambda tx: self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)))
         if isinstance(reserved, Outcome):
             return reserved
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,

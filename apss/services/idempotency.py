@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -23,6 +23,7 @@ from apss.store.db import Database, Tx
 __all__ = ["Idempotency", "IdempotencyRequest", "Outcome", "RenderError", "request_hash"]
 
 RenderError = Callable[[ApssError], tuple[int, bytes]]
+T = TypeVar("T")
 
 
 class IdempotencyRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +77,28 @@ class Idempotency:
 
     def finish(self, tx: Tx, *, merchant_id: str, key: str, outcome: Outcome) -> None:
         keys.finish_key(tx, merchant_id=merchant_id, key=key, status=outcome.status, body=outcome.body)
+
+    def begin(self, tx: Tx, *, merchant_id: str, request: IdempotencyRequest | None, fn: Callable[[Tx], T],
+              resume: Callable[[T], str]) -> Outcome | T:
+        """The first transaction of a two-step request (an order, a refund): a replay, or `fn(tx)`
+        with the key held `running` (finished by `finish`, or at restart by its `resume` step),
+        or `fn`'s business refusal stored as the key's answer."""
+        if request is not None:
+            replay = self.lookup(tx, merchant_id=merchant_id, request=request)
+            if replay is not None:
+                return replay
+        changes_before = tx.changes
+        try:
+            made = fn(tx)
+        except ApssError as error:
+            if request is None or tx.changes != changes_before:
+                raise
+            outcome = self.render_error(error)
+            self.store(tx, merchant_id=merchant_id, request=request, outcome=outcome)
+            return outcome
+        if request is not None:
+            self.hold(tx, merchant_id=merchant_id, request=request, resume=resume(made))
+        return made
 
     async def run(
         self, db: Database, *, merchant_id: str, request: IdempotencyRequest | None,

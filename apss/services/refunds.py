@@ -36,7 +36,6 @@ from apss.domain.catalog import (
 from apss.domain.ledger import reversal_entries
 from apss.domain.orders import OrderEvent, OrderStatus
 from apss.errors import (
-    ApssError,
     ChannelTimeout,
     ChannelUnavailable,
     Conflict,
@@ -107,25 +106,9 @@ class Refunds:
 
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, order_id: str, command: RefundCreate, idem: IdempotencyRequest | None) -> Outcome:
-        def begin(tx: Tx) -> Outcome | str:
-            if idem is not None:
-                replay = self._idempotency.lookup(tx, merchant_id=merchant.id, request=idem)
-                if replay is not None:
-                    return replay
-            changes_before = tx.changes
-            try:
-                refund_id = self._begin(tx, merchant=merchant, order_id=order_id, command=command)
-            except ApssError as error:
-                if idem is None or tx.changes != changes_before:
-                    raise
-                outcome = self._idempotency.render_error(error)
-                self._idempotency.store(tx, merchant_id=merchant.id, request=idem, outcome=outcome)
-                return outcome
-            if idem is not None:
-                self._idempotency.hold(tx, merchant_id=merchant.id, request=idem, resume=f"refund:{refund_id}")
-            return refund_id
-
-        begun = await self._db.write(begin)
+        begun = await self._db.write(lambda tx: self._idempotency.begin(
+            tx, merchant_id=merchant.id, request=idem, resume=lambda refund_id: f"refund:{refund_id}",
+            fn=lambda tx: self._begin(tx, merchant=merchant, order_id=order_id, command=command)))
         if isinstance(begun, Outcome):
             return begun
         return await self._call_channel(merchant=merchant, refund_id=begun, idem_key=idem.key if idem else None)

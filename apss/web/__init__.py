@@ -1,1 +1,9 @@
-"""Pages served by APSS itself: the sandbox payer page and the hosted checkout page."""
+"""Pages served by APSS itself: the hosted checkout page, the sandbox payer page and the admin
+dashboard. `WEB_HANDLERS` is every route handler of this package, for app.py to register."""
+
+from apss.web.admin import ADMIN_HANDLERS
+from apss.web.pages import checkout_page, checkout_status, sandbox_pay_action, sandbox_pay_page
+
+__all__ = ["WEB_HANDLERS"]
+
+WEB_HANDLERS = [checkout_page, checkout_status, sandbox_pay_page, sandbox_pay_action, *ADMIN_HANDLERS]
