@@ -71,7 +71,7 @@ from apss.services.webhooks import Webhooks
 from apss.store.db import Database
 from apss.store.idempotency import prune_keys
 from apss.store.migrate import apply_migrations
-from apss.web.pages import checkout_page, sandbox_pay_action, sandbox_pay_page
+from apss.web import WEB_HANDLERS
 
 __all__ = ["create_app", "load_keyring"]
 
@@ -194,8 +194,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
-                        WebhookEndpointController, WebhookDeliveryController, DeliveryController, sandbox_pay_page,
-                        sandbox_pay_action, checkout_page],
+                        WebhookEndpointController, WebhookDeliveryController, DeliveryController, *WEB_HANDLERS],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,

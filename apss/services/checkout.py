@@ -56,7 +56,7 @@ from apss.store import catalog, orders
 from apss.store import channels as channel_store
 from apss.store.db import Database, Tx
 
-__all__ = ["Checkout", "OrderCreate", "OrderLine"]
+__all__ = ["Checkout", "CheckoutContext", "OrderCreate", "OrderLine"]
 
 log = logging.getLogger("apss.checkout")
 
@@ -78,6 +78,12 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
+
+
+class CheckoutContext(msgspec.Struct, frozen=True, kw_only=True):
+    order: OrderView
+    merchant_id: str
+    return_url: str | None
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
@@ -317,11 +323,13 @@ class Checkout:
                                          created_at=format_rfc3339(a["created_at_ms"])) for a in attempts],
             created_at=format_rfc3339(row["created_at_ms"]))
 
-    async def by_checkout_token(self, token: str) -> OrderView:
+    async def by_checkout_token(self, token: str) -> CheckoutContext:
+        """The order behind a checkout link, with whose it is and where the payer goes back."""
         row = await orders.get_order_view_by_token(self._db, checkout_token=token)
         if row is None:
             raise NotFound("No such checkout.")
-        return order_view(row, public_url=self.public_url)
+        return CheckoutContext(order=order_view(row, public_url=self.public_url), merchant_id=row["merchant_id"],
+                               return_url=row["return_url"])
 
     async def list(self, *, merchant_id: str, after_id: str | None, limit: int, status: str | None,
                    player_id: str | None) -> tuple[list[OrderView], bool]:

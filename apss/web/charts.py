@@ -25,11 +25,11 @@ def _frame(*, chart_id: str, title: str, values: Sequence[int], format_value: Ca
     scale = (_HEIGHT - _TOP - _BOTTOM) / top
     parts = [f"<svg id='{escape(chart_id)}' class=chart viewBox='0 0 {_WIDTH} {_HEIGHT}' role=img "
              f"aria-label='{escape(title)}' data-max='{top}' xmlns='http://www.w3.org/2000/svg'><title>{escape(title)}</title>"]
-    for fraction in (0.0, 0.5, 1.0):
-        y = _HEIGHT - _BOTTOM - fraction * top * scale
+    for level in sorted({0, top // 2, top}):  # integer gridlines: no duplicate or fractional labels
+        y = _HEIGHT - _BOTTOM - level * scale
         parts.append(f"<line x1={_LEFT} x2={_WIDTH - _RIGHT} y1={y:.1f} y2={y:.1f} stroke='#e5e7eb'/>"
                      f"<text x={_LEFT - 6} y={y + 4:.1f} text-anchor=end font-size=11 fill='#6b7280'>"
-                     f"{escape(format_value(round(fraction * top)))}</text>")
+                     f"{escape(format_value(level))}</text>")
     step = max(1, -(-len(labels) // _X_LABELS_MAX))
     slot = (_WIDTH - _LEFT - _RIGHT) / max(len(labels), 1)
     for index in range(0, len(labels), step):

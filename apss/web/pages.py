@@ -15,6 +15,7 @@ from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
 from apss.errors import ApssError, NotFound
 from apss.services.merchants import Merchant
+from apss.services.checkout import CheckoutContext
 from apss.services.views import OrderView
 from apss.web._i18n import choose_language, money, text
 from apss.web._layout import Document, esc, html_response
@@ -22,7 +23,6 @@ from apss.web._layout import Document, esc, html_response
 __all__ = ["checkout_page", "checkout_status", "sandbox_pay_action", "sandbox_pay_page"]
 
 _LINES_SHOWN_MAX = 50
-_MERCHANTS_SCANNED_MAX = 100
 _POLL_INTERVAL_MS = 1500
 _BACK_RE = re.compile(r"^/checkout/[A-Za-z0-9_\-]{8,64}$")
 _PAID = ("paid", "delivering", "fulfilled")
@@ -69,30 +69,12 @@ class _Context:
         self.merchant, self.return_url, self.sandbox_ref = merchant, return_url, sandbox_ref
 
 
-async def _context(svc: Services, order: OrderView) -> _Context:
-    """OrderView carries neither merchant_id nor return_url yet: use them when a later view does,
-    else the sandbox payment row (which has both), else find the merchant among the first few."""
-    merchant_id, return_url, sandbox_ref = getattr(order, "merchant_id", None), getattr(order, "return_url", None), None
-    action = order.payment.next_action if order.payment else None
+def _context(svc: Services, checkout: CheckoutContext) -> _Context:
+    action = checkout.order.payment.next_action if checkout.order.payment else None
+    sandbox_ref = None
     if action is not None and action.url and action.url.startswith(f"{svc.config.public_url}/sandbox/pay/"):
         sandbox_ref = action.url.rsplit("/", 1)[1]
-        row = await svc.sandbox.payer_page_data(sandbox_ref)
-        if row is not None:
-            merchant_id, return_url = row["merchant_id"], row["return_url"]
-    if merchant_id is None:
-        merchant_id = await _find_merchant(svc, order.id)
-    return _Context(svc.merchants.by_id(merchant_id) if merchant_id else None, return_url, sandbox_ref)
-
-
-async def _find_merchant(svc: Services, order_id: str) -> str | None:
-    merchants, _ = await svc.merchants.list(after_id=None, limit=_MERCHANTS_SCANNED_MAX)
-    for merchant in merchants:
-        try:
-            await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
-        except NotFound:
-            continue
-        return merchant.id
-    return None
+    return _Context(svc.merchants.by_id(checkout.merchant_id), checkout.return_url, sandbox_ref)
 
 
 async def _item_rows(svc: Services, order: OrderView, merchant: Merchant | None, lang: str) -> str:
@@ -165,10 +147,10 @@ setTimeout(poll,POLL_MS);})();
 async def checkout_page(token: str, request: Request, svc: Services) -> Response:
     lang = _lang(request)
     try:
-        order = await svc.checkout.by_checkout_token(token)
+        checkout = await svc.checkout.by_checkout_token(token)
     except NotFound:
         return _not_found(lang)
-    ctx = await _context(svc, order)
+    order, ctx = checkout.order, _context(svc, checkout)
     remaining_s = (parse_rfc3339(order.expires_at) - svc.clock.now_ms()) // 1000
     channels = "".join(f"<li class='{'current' if name == order.channel else ''}' data-channel='{esc(name)}'>"
                        f"{esc(_CHANNEL_LABELS.get(name, name))}</li>" for name in _channels(svc, order, ctx.merchant))
@@ -189,7 +171,7 @@ async def checkout_page(token: str, request: Request, svc: Services) -> Response
 async def checkout_status(token: str, svc: Services) -> Response:
     """What the checkout page polls: the order's and its payment's status, nothing more."""
     try:
-        order = await svc.checkout.by_checkout_token(token)
+        order = (await svc.checkout.by_checkout_token(token)).order
     except NotFound:
         return Response(content={"error": {"type": "invalid_request_error", "code": "not_found", "message": "No such checkout."}},
                         status_code=404, headers={"Cache-Control": "no-store"})
