@@ -30,7 +30,9 @@ from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.products import ProductController
+from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
+from apss.api.reports import ReportController
 from apss.api.sandbox import SandboxController
 from apss.api.webhook_endpoints import (
     DeliveryController,
@@ -63,7 +65,9 @@ from apss.services.merchants import Merchants
 from apss.services.outbox import Outbox
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
+from apss.services.reconciliation import Reconciliation
 from apss.services.recovery import resume_running
+from apss.services.reports import Reports
 from apss.services.refunds import Refunds
 from apss.services.sandbox import SandboxProvider
 from apss.services.seed import seed_demo
@@ -128,6 +132,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
     scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
+    reconciliation = Reconciliation(db=db, clock=clock, channels=channels)
+    reports = Reports(db=db, clock=clock, ledger=ledger)
+    scheduler.add("reconciliation_checks", interval_s=60.0, fn=reconciliation.checks)
+    scheduler.add("reports", interval_s=300.0, fn=reports.run)
     scheduler.add("webhooks", interval_s=1.0, fn=webhooks.deliver_due)
     scheduler.add("webhook_prune", interval_s=3600.0, fn=webhooks.prune)
     scheduler.add("game_deliveries", interval_s=30.0, fn=deliveries.push_due)
@@ -143,7 +151,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
-        finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
+        reconciliation=reconciliation, reports=reports, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -194,7 +203,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
-                        WebhookEndpointController, WebhookDeliveryController, DeliveryController, *WEB_HANDLERS],
+                        WebhookEndpointController, WebhookDeliveryController, DeliveryController,
+                        ReconciliationController, ReportController, *WEB_HANDLERS],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,

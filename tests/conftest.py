@@ -61,6 +61,12 @@ class RunningServer:
         self._server.should_exit = True
         self._thread.join(timeout=15)
 
+    def wait_job(self, name: str) -> None:
+        """Wait (real time) for a run of job `name` that started at or after the clock's now (move
+        the clock past the job's interval first: jobs are due by the clock)."""
+        now_ms = self.clock.now_ms()
+        wait_for(lambda: self.services.scheduler.completed_as_of_ms(name) >= now_ms)
+
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
 

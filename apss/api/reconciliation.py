@@ -12,7 +12,7 @@ from apss.services.merchants import Merchant
 from apss.services.reconciliation import ReconciliationRunDetail, ReconciliationRunView
 from apss.services.views import encode
 
-__all__ = ["ReconciliationController", "STATEMENT_BYTES_MAX"]
+__all__ = ["STATEMENT_BYTES_MAX", "ReconciliationController"]
 
 STATEMENT_BYTES_MAX = 32 * 1024 * 1024  # a month of a busy merchant's Stripe export fits
 

@@ -47,12 +47,12 @@ from apss.store import refunds as refund_store
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "STATUSES",
     "ItemStatus",
     "Reconciliation",
     "ReconciliationItemView",
     "ReconciliationRunDetail",
     "ReconciliationRunView",
-    "STATUSES",
     "reconcile",
 ]
 

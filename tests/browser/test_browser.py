@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 import playwright.sync_api as playwright_api
+import pytest
 
 from apss.clock import TestClock
 from tests.conftest import ADMIN_TOKEN, RunningServer, wait_for

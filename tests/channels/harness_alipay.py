@@ -14,7 +14,6 @@ import httpx
 from apss.channels.alipay import AlipayChannel
 from apss.channels.base import CallbackRequest
 from apss.domain.money import CURRENCY_EXPONENTS
-
 from tests.channels.standin_alipay import AlipayStandin, generate_keys, sign_notify
 
 __all__ = ["Harness", "make_harness"]

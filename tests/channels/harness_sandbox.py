@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from apss.channels.base import CallbackRequest
-from apss.channels.sandbox import SIGNATURE_HEADER, SandboxChannel, build_event, sign_callback
+from apss.channels.sandbox import (
+    SIGNATURE_HEADER,
+    SandboxChannel,
+    build_event,
+    sign_callback,
+)
 from apss.domain.payments import CallbackKind
 
 __all__ = ["Harness", "make_harness"]

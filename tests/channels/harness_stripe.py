@@ -17,7 +17,6 @@ from apss.channels.base import CallbackRequest
 from apss.channels.stripe import StripeChannel
 from apss.channels.stripe.client import SIGNATURE_TOLERANCE_S
 from apss.channels.stripe.mapping import to_stripe_amount
-
 from tests.channels.standin_stripe import StripeStandIn
 
 __all__ = ["Harness", "make_harness"]

@@ -16,7 +16,6 @@ import httpx
 
 from apss.channels.base import CallbackRequest
 from apss.channels.wechatpay import WechatPayChannel
-
 from tests.channels import standin_wechatpay as standin
 
 __all__ = ["Harness", "make_harness"]

@@ -10,14 +10,27 @@ import httpx
 import pytest
 from alipay import AliPay  # python-alipay-sdk: the oracle for signing and verifying
 
-from apss.channels.alipay import AlipayChannel
-from apss.channels.alipay import mapping
-from apss.channels.alipay.client import load_private_key, load_public_key, rsa2_sign, rsa2_verify
-from apss.channels.base import CallbackRequest, PaymentQuery, PaymentRequest, RefundRequest
+from apss.channels.alipay import AlipayChannel, mapping
+from apss.channels.alipay.client import (
+    load_private_key,
+    load_public_key,
+    rsa2_sign,
+    rsa2_verify,
+)
+from apss.channels.base import (
+    CallbackRequest,
+    PaymentQuery,
+    PaymentRequest,
+    RefundRequest,
+)
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, CurrencyNotSupported
-
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+)
 from tests.channels.harness_alipay import API_BASE, APP_ID, make_harness
 from tests.channels.standin_alipay import AlipayStandin, generate_keys, sign_notify
 

@@ -25,12 +25,16 @@ from apss.channels.base import (
     RefundRequest,
     StatementLine,
 )
-from apss.channels.stripe import StripeChannel
-from apss.channels.stripe import mapping
+from apss.channels.stripe import StripeChannel, mapping
 from apss.crypto import sign_timestamped
 from apss.domain.payments import CallbackKind, PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, CurrencyNotSupported, InvalidRequest
-
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+    InvalidRequest,
+)
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 
 NOW_S = 1_767_225_600  # 2026-01-01T00:00:00Z

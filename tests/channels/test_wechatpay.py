@@ -20,15 +20,25 @@ import wechatpayv3.utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from wechatpayv3 import WeChatPay, WeChatPayType
 
-from tests.channels import harness_wechatpay as hw
-from tests.channels import standin_wechatpay as standin
-from apss.channels.base import CallbackRequest, Channel, PaymentQuery, PaymentRequest, RefundRequest
-from apss.channels.wechatpay import WechatPayChannel
+from apss.channels.base import (
+    CallbackRequest,
+    Channel,
+    PaymentQuery,
+    PaymentRequest,
+    RefundRequest,
+)
+from apss.channels.wechatpay import WechatPayChannel, mapping
 from apss.channels.wechatpay import client as wx_client
-from apss.channels.wechatpay import mapping
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
-from apss.errors import CallbackRejected, ChannelTimeout, ChannelUnavailable, CurrencyNotSupported
+from apss.errors import (
+    CallbackRejected,
+    ChannelTimeout,
+    ChannelUnavailable,
+    CurrencyNotSupported,
+)
+from tests.channels import harness_wechatpay as hw
+from tests.channels import standin_wechatpay as standin
 
 NOW_S = 1_764_083_045  # 2025-11-25T15:04:05Z
 NONCE = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS"
