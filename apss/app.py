@@ -33,6 +33,7 @@ from apss.api.products import ProductController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
+from apss.api.settlements import AdminSettlementController, SettlementController
 from apss.api.sandbox import SandboxController
 from apss.api.webhook_endpoints import (
     DeliveryController,
@@ -71,6 +72,7 @@ from apss.services.reports import Reports
 from apss.services.refunds import Refunds
 from apss.services.sandbox import SandboxProvider
 from apss.services.seed import seed_demo
+from apss.services.settlement import Settlements
 from apss.services.webhooks import Webhooks
 from apss.store.db import Database
 from apss.store.idempotency import prune_keys
@@ -126,7 +128,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
-    db.event_sink = Outbox(webhooks=webhooks, public_url=config.public_url).sink
+    outbox = Outbox(webhooks=webhooks, public_url=config.public_url)
+    db.event_sink = outbox.sink
+    settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox)
     payment_events.game_delivery = deliveries.create_delivery
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
@@ -134,6 +138,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
     scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels)
     reports = Reports(db=db, clock=clock, ledger=ledger)
+    scheduler.add("settlement", interval_s=60.0, fn=settlements.run_due)
     scheduler.add("reconciliation_checks", interval_s=60.0, fn=reconciliation.checks)
     scheduler.add("reports", interval_s=300.0, fn=reports.run)
     scheduler.add("webhooks", interval_s=1.0, fn=webhooks.deliver_due)
@@ -152,7 +157,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
-        reconciliation=reconciliation, reports=reports, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -204,7 +209,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
-                        ReconciliationController, ReportController, *WEB_HANDLERS],
+                        ReconciliationController, ReportController, SettlementController, AdminSettlementController,
+                        *WEB_HANDLERS],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,

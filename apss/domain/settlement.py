@@ -23,8 +23,9 @@ released in the first batch whose cut-off is at or after the same wall-clock tim
 
 from __future__ import annotations
 
+import itertools
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,12 +36,12 @@ from apss.domain.ledger import Entry, check_balanced, share
 
 __all__ = [
     "CATCH_UP_DAYS_MAX",
+    "LINE_KINDS",
+    "UNASSIGNED_CHANNEL",
     "Batch",
     "Cycle",
-    "LINE_KINDS",
     "Line",
     "Schedule",
-    "UNASSIGNED_CHANNEL",
     "activity_end_ms",
     "activity_line",
     "allocate",
@@ -131,7 +132,7 @@ def _ms(moment: datetime) -> int:
 
 def local_date(schedule: Schedule, at_ms: int) -> date:
     """The merchant's calendar day at an instant."""
-    return datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).astimezone(_zone(schedule)).date()
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).astimezone(_zone(schedule)).date()
 
 
 def cutoff_on(schedule: Schedule, day: date) -> int:
@@ -157,7 +158,7 @@ def cutoffs_between(schedule: Schedule, *, after_ms: int, until_ms: int, count_m
             if after_ms < cutoff <= until_ms:
                 found.append(cutoff)
         day += timedelta(days=1)
-    assert all(a < b for a, b in zip(found, found[1:])), found
+    assert all(a < b for a, b in itertools.pairwise(found)), found
     return found
 
 
@@ -173,7 +174,7 @@ def activity_end_ms(schedule: Schedule, cutoff_ms: int) -> int:
 def reserve_release_at_ms(schedule: Schedule, held_at_ms: int) -> int:
     """A reserve held at `held_at_ms` is due back at the same wall-clock time, hold days later."""
     zone = _zone(schedule)
-    local = datetime.fromtimestamp(held_at_ms / 1000, tz=timezone.utc).astimezone(zone).replace(tzinfo=None)
+    local = datetime.fromtimestamp(held_at_ms / 1000, tz=UTC).astimezone(zone).replace(tzinfo=None)
     release = _ms((local + timedelta(days=schedule.reserve_hold_days)).replace(tzinfo=zone))
     assert release >= held_at_ms or schedule.reserve_hold_days == 0
     return release

@@ -1,0 +1,460 @@
+"""Settlement: each merchant's cycle, the batches made at its cut-offs from the ledger, payouts.
+
+The scheduler's `run_due` settles, for every merchant with a daily, weekly or T+N schedule, every
+cut-off after the last one settled up to now, in order, one write transaction per (merchant,
+cut-off): after a downtime it catches up on each missed cycle, each with its own period. The
+transaction reads the period's ledger transactions, writes one batch per currency with its lines
+(apss/domain/settlement.py has the rules) and advances the schedule's markers, so running it
+twice creates nothing twice (the markers, and UNIQUE (merchant, currency, period end)).
+
+Markers: `last_cutoff_at_ms` is the last cut-off settled; `settled_through_ms` the end of the
+activity settled so far. A batch covers [settled_through, period end): periods follow each other
+without gap or overlap even when the merchant changes its cycle. A change of cycle, weekday,
+cut-off time, time zone or T+N days starts the new timing from now: cut-offs of the old timing
+not settled yet (the job runs every minute) are not made, their activity goes into the next batch.
+
+Activity at the cut-off belongs to the next period. A ledger transaction posted while a cut-off
+is being settled cannot slip behind it: both run on the one writer thread, and a transaction that
+runs after the settlement reads a clock already past the cut-off.
+
+A merchant without a schedule is on the manual cycle. `settle_now` (manual cycle only) settles
+everything up to now. `mark_paid` (admin) moves a pending batch to paid and posts the payout:
+Dr merchant_payable, Cr provider_clearing per channel in proportion to the lines' nets.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sqlite3
+from functools import partial
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from apss.clock import Clock, format_rfc3339
+from apss.domain.money import is_iso_currency
+from apss.domain.settlement import (
+    Line,
+    Schedule,
+    activity_end_ms,
+    activity_line,
+    build_batch,
+    cutoffs_between,
+    is_time_zone,
+    payout_entries,
+    reserve_release_at_ms,
+)
+from apss.errors import (
+    ApssError,
+    Conflict,
+    CurrencyNotSupported,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+)
+from apss.ids import new_id
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.ledger import Ledger
+from apss.services.outbox import Outbox
+from apss.store import settlement as store
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "LineView",
+    "PayoutIn",
+    "ScheduleIn",
+    "ScheduleView",
+    "SettlementDetailView",
+    "SettlementList",
+    "SettlementView",
+    "Settlements",
+]
+
+log = logging.getLogger("apss.settlement")
+
+# Cut-offs settled per merchant in one run (a year of daily cycles and then some); the next run
+# goes on where this one stopped.
+CATCH_UP_CUTOFFS_MAX = 400
+SCHEDULES_MAX = 100_000
+_TIMING_FIELDS = ("cycle", "weekday", "t_plus_days", "cutoff_time", "timezone")
+_CSV_HEADER = ("settlement_id", "line", "kind", "reference", "order_id", "channel", "currency", "amount", "fee",
+               "commission", "partner_shares", "net", "occurred_at")
+_minimum_decoder = msgspec.json.Decoder(dict[str, int])
+
+Amount = Annotated[int, Meta(ge=0, le=10**15)]
+
+
+class ScheduleIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole schedule (PUT replaces it)."""
+
+    cycle: Literal["daily", "weekly", "t_plus", "manual"]
+    weekday: Annotated[int, Meta(ge=0, le=6, description="weekly only: 0 = Monday")] | None = None
+    t_plus_days: Annotated[int, Meta(ge=0, le=365, description="t_plus only: days between activity and its batch")] = 0
+    cutoff_time: Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, local")] = "00:00"
+    timezone: Annotated[str, Meta(min_length=1, max_length=64, description="IANA name, e.g. Asia/Shanghai")] = "UTC"
+    minimum_payout: Annotated[dict[str, Amount], Meta(max_length=64)] = {}
+    reserve_bps: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    reserve_hold_days: Annotated[int, Meta(ge=0, le=3650)] = 0
+
+
+class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
+    cycle: str
+    weekday: int | None
+    t_plus_days: int
+    cutoff_time: str
+    timezone: str
+    minimum_payout: dict[str, int]
+    reserve_bps: int
+    reserve_hold_days: int
+    last_cutoff_at: str | None
+    next_cutoff_at: str | None
+    updated_at: str | None
+
+
+class PayoutIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    payout_reference: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class LineView(msgspec.Struct, frozen=True, kw_only=True):
+    line: int
+    kind: str
+    reference: str
+    order_id: str | None
+    channel: str | None
+    amount: int
+    fee: int
+    commission: int
+    partner_shares: int
+    net: int
+    occurred_at: str
+
+
+class SettlementView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    currency: str
+    status: str
+    period_start: str
+    period_end: str
+    cutoff_at: str
+    gross: int
+    refunds: int
+    chargebacks: int
+    fees: int
+    commission: int
+    partner_shares: int
+    reserve_held: int
+    reserve_release_at: str | None
+    reserve_released: int
+    carried_in: int
+    net_payable: int
+    carried_into: str | None
+    payout_reference: str | None
+    paid_at: str | None
+    created_at: str
+
+
+class SettlementDetailView(SettlementView, frozen=True, kw_only=True):
+    lines: list[LineView]
+
+
+class SettlementList(msgspec.Struct, frozen=True, kw_only=True):
+    data: list[SettlementView]
+    has_more: bool
+    next_cursor: str | None
+
+
+def _optional_time(ms: int | None) -> str | None:
+    return format_rfc3339(ms) if ms is not None else None
+
+
+def _schedule(row: sqlite3.Row) -> Schedule:
+    return Schedule(cycle=row["cycle"], cutoff_time=row["cutoff_time"], timezone=row["timezone"], weekday=row["weekday"],
+                    t_plus_days=row["t_plus_days"], minimum_payout=_minimum_decoder.decode(row["minimum_payout"]),
+                    reserve_bps=row["reserve_bps"], reserve_hold_days=row["reserve_hold_days"])
+
+
+def _settlement_fields(row: sqlite3.Row) -> dict:
+    return {
+        "id": row["id"], "currency": row["currency"], "status": row["status"], "period_start": format_rfc3339(row["period_start_ms"]),
+        "period_end": format_rfc3339(row["period_end_ms"]), "cutoff_at": format_rfc3339(row["cutoff_at_ms"]),
+        "gross": row["gross"], "refunds": row["refunds"], "chargebacks": row["chargebacks"], "fees": row["fees"],
+        "commission": row["commission"], "partner_shares": row["partner_shares"], "reserve_held": row["reserve_held"],
+        "reserve_release_at": _optional_time(row["reserve_release_at_ms"]), "reserve_released": row["reserve_released"],
+        "carried_in": row["carried_in"], "net_payable": row["net_payable"], "carried_into": row["carried_into"],
+        "payout_reference": row["payout_reference"], "paid_at": _optional_time(row["paid_at_ms"]),
+        "created_at": format_rfc3339(row["created_at_ms"]),
+    }
+
+
+def _line_view(row: sqlite3.Row) -> LineView:
+    return LineView(line=row["line"], kind=row["kind"], reference=row["reference"], order_id=row["order_id"],
+                    channel=row["channel"], amount=row["amount"], fee=row["fee"], commission=row["commission"],
+                    partner_shares=row["partner_shares"], net=row["net"], occurred_at=format_rfc3339(row["occurred_at_ms"]))
+
+
+def _detail(row: sqlite3.Row, lines: list[sqlite3.Row]) -> SettlementDetailView:
+    assert sum(line["net"] for line in lines) == row["net_payable"], f"settlement {row['id']}: lines differ from its total"
+    return SettlementDetailView(**_settlement_fields(row), lines=[_line_view(line) for line in lines])
+
+
+def _validated(command: ScheduleIn) -> Schedule:
+    if command.cycle == "weekly" and command.weekday is None:
+        raise InvalidRequest("A weekly cycle names its weekday (0 = Monday).", code="weekday_required", param="weekday")
+    if command.cycle != "weekly" and command.weekday is not None:
+        raise InvalidRequest("Only a weekly cycle has a weekday.", code="weekday_only_for_weekly", param="weekday")
+    if command.cycle == "t_plus" and command.t_plus_days < 1:
+        raise InvalidRequest("A T+N cycle needs t_plus_days of 1 or more.", code="t_plus_days_required", param="t_plus_days")
+    if command.cycle != "t_plus" and command.t_plus_days != 0:
+        raise InvalidRequest("Only a t_plus cycle has t_plus_days.", code="t_plus_days_only_for_t_plus", param="t_plus_days")
+    if not is_time_zone(command.timezone):
+        raise InvalidRequest(f"'{command.timezone}' is not an IANA time zone.", code="timezone_unknown", param="timezone")
+    for code in command.minimum_payout:
+        if not is_iso_currency(code):
+            raise CurrencyNotSupported(f"'{code}' is not a supported currency.", param=f"minimum_payout.{code}")
+    if command.reserve_bps > 0 and command.reserve_hold_days < 1:
+        raise InvalidRequest("A rolling reserve is held for 1 day or more.", code="reserve_hold_days_required",
+                             param="reserve_hold_days")
+    return Schedule(cycle=command.cycle, cutoff_time=command.cutoff_time, timezone=command.timezone,
+                    weekday=command.weekday, t_plus_days=command.t_plus_days, minimum_payout=dict(command.minimum_payout),
+                    reserve_bps=command.reserve_bps, reserve_hold_days=command.reserve_hold_days)
+
+
+class Settlements:
+    def __init__(self, *, db: Database, clock: Clock, ledger: Ledger, idempotency: Idempotency,
+                 outbox: Outbox | None = None) -> None:
+        self._db = db
+        self._clock = clock
+        self._ledger = ledger
+        self._idempotency = idempotency
+        # With the outbox, each batch made emits `settlement.created` (rendered as SettlementView).
+        self._emits = outbox is not None
+        if outbox is not None:
+            outbox.register("settlement", self._render)
+
+    @staticmethod
+    def _render(tx: Tx, settlement_id: str) -> SettlementView:
+        return SettlementView(**_settlement_fields(store.get_settlement(tx, settlement_id=settlement_id)))
+
+    # -- schedule ------------------------------------------------------------------------------
+    def _view(self, schedule: Schedule, row: sqlite3.Row | None) -> ScheduleView:
+        last_ms = row["last_cutoff_at_ms"] if row else None
+        upcoming = cutoffs_between(schedule, after_ms=max(last_ms or 0, self._clock.now_ms()),
+                                   until_ms=self._clock.now_ms() + 400 * 86_400_000, count_max=1)
+        return ScheduleView(cycle=schedule.cycle, weekday=schedule.weekday, t_plus_days=schedule.t_plus_days,
+                            cutoff_time=schedule.cutoff_time, timezone=schedule.timezone,
+                            minimum_payout=dict(schedule.minimum_payout), reserve_bps=schedule.reserve_bps,
+                            reserve_hold_days=schedule.reserve_hold_days, last_cutoff_at=_optional_time(last_ms),
+                            next_cutoff_at=_optional_time(upcoming[0] if upcoming else None),
+                            updated_at=_optional_time(row["updated_at_ms"] if row else None))
+
+    async def get_schedule(self, merchant_id: str) -> ScheduleView:
+        row = await store.fetch_schedule(self._db, merchant_id=merchant_id)
+        return self._view(_schedule(row) if row else Schedule(cycle="manual"), row)
+
+    async def set_schedule(self, merchant_id: str, command: ScheduleIn) -> ScheduleView:
+        schedule = _validated(command)
+
+        def transaction(tx: Tx) -> ScheduleView:
+            now_ms = self._clock.now_ms()
+            current = store.get_schedule(tx, merchant_id=merchant_id)
+            if current is None:
+                # Nothing settled yet: the first batch takes everything since the merchant began.
+                created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
+                assert created_at_ms is not None, merchant_id
+                last_ms, through_ms = now_ms, min(created_at_ms, now_ms)
+            else:
+                retimed = any(current[name] != getattr(schedule, name) for name in _TIMING_FIELDS)
+                last_ms = max(current["last_cutoff_at_ms"], now_ms) if retimed else current["last_cutoff_at_ms"]
+                through_ms = current["settled_through_ms"]
+            store.upsert_schedule(tx, merchant_id=merchant_id, fields={
+                "cycle": schedule.cycle, "weekday": schedule.weekday, "t_plus_days": schedule.t_plus_days,
+                "cutoff_time": schedule.cutoff_time, "timezone": schedule.timezone,
+                "minimum_payout": msgspec.json.encode(schedule.minimum_payout).decode(), "reserve_bps": schedule.reserve_bps,
+                "reserve_hold_days": schedule.reserve_hold_days, "last_cutoff_at_ms": last_ms,
+                "settled_through_ms": through_ms, "updated_at_ms": now_ms})
+            return self._view(schedule, store.get_schedule(tx, merchant_id=merchant_id))
+
+        return await self._db.write(transaction)
+
+    # -- settling --------------------------------------------------------------------------------
+    async def run_due(self) -> int:
+        """The scheduler job: settle every due cut-off of every scheduled merchant, in order.
+        Returns the number of batches made."""
+        now_ms = self._clock.now_ms()
+        made = 0
+        for row in await store.scheduled_merchants(self._db, limit=SCHEDULES_MAX):
+            cutoffs = cutoffs_between(_schedule(row), after_ms=row["last_cutoff_at_ms"], until_ms=now_ms,
+                                      count_max=CATCH_UP_CUTOFFS_MAX)
+            try:
+                for cutoff_ms in cutoffs:
+                    made += len(await self._db.write(partial(self._settle_due, merchant_id=row["merchant_id"],
+                                                             cutoff_ms=cutoff_ms)))
+            except ApssError:
+                # e.g. the store is unavailable: the other merchants still settle; this one goes
+                # on from its marker at the next run.
+                log.exception("settlement of %s stopped before its cut-off; it goes on at the next run", row["merchant_id"])
+        return made
+
+    def _settle_due(self, tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str]:
+        row = store.get_schedule(tx, merchant_id=merchant_id)
+        if row is None or row["cycle"] == "manual":
+            return []
+        schedule = _schedule(row)
+        # Settled already (a run that overlapped this one), or the schedule changed meanwhile.
+        if cutoffs_between(schedule, after_ms=row["last_cutoff_at_ms"], until_ms=cutoff_ms, count_max=1) != [cutoff_ms]:
+            return []
+        return self._settle(tx, row=row, schedule=schedule, cutoff_ms=cutoff_ms)
+
+    async def settle_now(self, *, merchant_id: str, idem: IdempotencyRequest | None) -> Outcome:
+        """Manual cycle: settle everything up to now (one batch per currency with activity)."""
+
+        def fn(tx: Tx) -> SettlementList:
+            row = store.get_schedule(tx, merchant_id=merchant_id)
+            if row is not None and row["cycle"] != "manual":
+                raise Conflict(f"The merchant settles on its {row['cycle']} cycle; settling on demand is for the manual"
+                               " cycle.", code="settlement_cycle_not_manual")
+            now_ms = self._clock.now_ms()
+            if row is None:
+                created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
+                assert created_at_ms is not None, merchant_id
+                store.upsert_schedule(tx, merchant_id=merchant_id, fields={
+                    "cycle": "manual", "weekday": None, "t_plus_days": 0, "cutoff_time": "00:00", "timezone": "UTC",
+                    "minimum_payout": "{}", "reserve_bps": 0, "reserve_hold_days": 0, "last_cutoff_at_ms": created_at_ms,
+                    "settled_through_ms": min(created_at_ms, now_ms), "updated_at_ms": now_ms})
+                row = store.get_schedule(tx, merchant_id=merchant_id)
+            made = [] if now_ms <= row["last_cutoff_at_ms"] else self._settle(tx, row=row, schedule=_schedule(row),
+                                                                             cutoff_ms=now_ms)
+            views = [self._render(tx, settlement_id) for settlement_id in made]
+            return SettlementList(data=views, has_more=False, next_cursor=None)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=fn, success_status=200)
+
+    def _settle(self, tx: Tx, *, row: sqlite3.Row, schedule: Schedule, cutoff_ms: int) -> list[str]:
+        """One cut-off of one merchant: its batches, then the markers. Returns the batch ids."""
+        merchant_id = row["merchant_id"]
+        assert cutoff_ms > row["last_cutoff_at_ms"]
+        start_ms, end_ms = row["settled_through_ms"], activity_end_ms(schedule, cutoff_ms)
+        made: list[str] = []
+        if end_ms > start_ms:  # empty after a change to a longer T+N: the next cut-off goes on
+            made = self._batches(tx, merchant_id=merchant_id, schedule=schedule, start_ms=start_ms, end_ms=end_ms,
+                                 cutoff_ms=cutoff_ms)
+        store.advance_markers(tx, merchant_id=merchant_id, last_cutoff_at_ms=cutoff_ms,
+                              settled_through_ms=max(start_ms, end_ms))
+        return made
+
+    def _batches(self, tx: Tx, *, merchant_id: str, schedule: Schedule, start_ms: int, end_ms: int,
+                 cutoff_ms: int) -> list[str]:
+        activity = self._activity(tx, merchant_id=merchant_id, start_ms=start_ms, end_ms=end_ms)
+        released: dict[str, list[Line]] = {}
+        for hold in store.reserves_due(tx, merchant_id=merchant_id, at_ms=cutoff_ms):
+            released.setdefault(hold["currency"], []).append(Line(
+                kind="reserve_release", reference=hold["settlement_id"], order_id=None, channel=hold["channel"], amount=0,
+                fee=0, commission=0, partner_shares=0, net=-hold["net"], occurred_at_ms=hold["reserve_release_at_ms"]))
+        carried: dict[str, list[Line]] = {}
+        for batch in store.carried_open(tx, merchant_id=merchant_id):
+            carried.setdefault(batch["currency"], []).append(Line(
+                kind="carried", reference=batch["settlement_id"], order_id=None, channel=batch["channel"], amount=0, fee=0,
+                commission=0, partner_shares=0, net=batch["net"], occurred_at_ms=batch["period_end_ms"]))
+        made = []
+        # A currency gets a batch when something happened in it; carried nets wait for one.
+        for currency in sorted(set(activity) | set(released)):
+            settlement_id = new_id("stl")
+            batch = build_batch(settlement_id=settlement_id, activity=activity.get(currency, []),
+                                released=released.get(currency, []), carried=carried.get(currency, []),
+                                reserve_bps=schedule.reserve_bps, minimum_payout=schedule.minimum_payout.get(currency, 0),
+                                at_ms=cutoff_ms)
+            store.insert_settlement(tx, {
+                "id": settlement_id, "merchant_id": merchant_id, "currency": currency, "period_start_ms": start_ms,
+                "period_end_ms": end_ms, "cutoff_at_ms": cutoff_ms, "status": batch.status, "gross": batch.gross,
+                "refunds": batch.refunds, "chargebacks": batch.chargebacks, "fees": batch.fees,
+                "commission": batch.commission, "partner_shares": batch.partner_shares,
+                "reserve_held": batch.reserve_held, "reserve_released": batch.reserve_released,
+                "carried_in": batch.carried_in, "net_payable": batch.net_payable,
+                "reserve_release_at_ms": reserve_release_at_ms(schedule, cutoff_ms) if batch.reserve_held else None,
+                "created_at_ms": self._clock.now_ms()})
+            store.insert_lines(tx, [(settlement_id, number, line.kind, line.reference, line.order_id, line.channel,
+                                     line.amount, line.fee, line.commission, line.partner_shares, line.net,
+                                     line.occurred_at_ms) for number, line in enumerate(batch.lines, start=1)])
+            store.mark_reserve_released(tx, settlement_ids=sorted({line.reference for line in released.get(currency, [])}),
+                                        released_by=settlement_id)
+            store.mark_carried_into(tx, settlement_ids=sorted({line.reference for line in carried.get(currency, [])}),
+                                    carried_into=settlement_id)
+            if self._emits:
+                tx.emit(merchant_id=merchant_id, type="settlement.created", kind="settlement", object_id=settlement_id)
+            made.append(settlement_id)
+        return made
+
+    @staticmethod
+    def _activity(tx: Tx, *, merchant_id: str, start_ms: int, end_ms: int) -> dict[str, list[Line]]:
+        """One line per ledger transaction (and currency) of the period, by currency, in posting order."""
+        grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
+        for entry in store.period_activity(tx, merchant_id=merchant_id, from_ms=start_ms, to_ms=end_ms):
+            grouped.setdefault((entry["transaction_id"], entry["currency"]), []).append(entry)
+        lines: dict[str, list[Line]] = {}
+        for (_, currency), entries in grouped.items():
+            first = entries[0]
+            assert start_ms <= first["created_at_ms"] < end_ms
+            lines.setdefault(currency, []).append(activity_line(
+                ledger_kind=first["kind"], reference=first["reference"], order_id=first["order_id"],
+                occurred_at_ms=first["created_at_ms"], entries=[(e["account"], e["debit"], e["credit"]) for e in entries]))
+        return lines
+
+    # -- payout ------------------------------------------------------------------------------------
+    async def mark_paid(self, *, settlement_id: str, payout_reference: str) -> SettlementDetailView:
+        """pending -> paid (admin), posting the payout to the ledger in the same transaction."""
+
+        def transaction(tx: Tx) -> SettlementDetailView:
+            row = store.get_settlement(tx, settlement_id=settlement_id)
+            if row is None:
+                raise NotFound(f"No such settlement: '{settlement_id}'", param="id")
+            if row["status"] != "pending":
+                raise InvalidTransition(f"A settlement in status '{row['status']}' cannot be paid.")
+            lines = store.settlement_lines_tx(tx, settlement_id=settlement_id)
+            channel_nets: dict[str | None, int] = {}
+            for line in lines:
+                channel_nets[line["channel"]] = channel_nets.get(line["channel"], 0) + line["net"]
+            entries = payout_entries(merchant_id=row["merchant_id"], currency=row["currency"], net_payable=row["net_payable"],
+                                     channel_nets=channel_nets)
+            posted = self._ledger.post(tx, merchant_id=row["merchant_id"], kind="settlement_payout", reference=settlement_id,
+                                       entries=entries, memo=f"payout {payout_reference}")
+            assert posted, f"settlement {settlement_id} was pending but its payout was posted before"
+            assert store.mark_paid(tx, settlement_id=settlement_id, payout_reference=payout_reference,
+                                   now_ms=self._clock.now_ms())
+            return _detail(store.get_settlement(tx, settlement_id=settlement_id), lines)
+
+        return await self._db.write(transaction)
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def list(self, *, merchant_id: str, after_id: str | None, limit: int, status: str | None = None,
+                   currency: str | None = None) -> tuple[list[SettlementView], bool]:
+        assert 1 <= limit <= 100
+        rows = await store.list_settlements(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
+                                            status=status, currency=currency)
+        return [SettlementView(**_settlement_fields(r)) for r in rows[:limit]], len(rows) > limit
+
+    async def _row(self, merchant_id: str, settlement_id: str) -> sqlite3.Row:
+        row = await store.fetch_settlement(self._db, settlement_id=settlement_id)
+        if row is None or row["merchant_id"] != merchant_id:
+            raise NotFound(f"No such settlement: '{settlement_id}'", param="id")
+        return row
+
+    async def get(self, *, merchant_id: str, settlement_id: str) -> SettlementDetailView:
+        row = await self._row(merchant_id, settlement_id)
+        return _detail(row, await store.fetch_lines(self._db, settlement_id=settlement_id))
+
+    async def csv(self, *, merchant_id: str, settlement_id: str) -> bytes:
+        """The batch's lines as CSV: a header row, then one row per line (times RFC 3339)."""
+        row = await self._row(merchant_id, settlement_id)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(_CSV_HEADER)
+        lines = await store.fetch_lines(self._db, settlement_id=settlement_id)
+        for line in lines:
+            writer.writerow((settlement_id, line["line"], line["kind"], line["reference"], line["order_id"] or "",
+                             line["channel"] or "", row["currency"], line["amount"], line["fee"], line["commission"],
+                             line["partner_shares"], line["net"], format_rfc3339(line["occurred_at_ms"])))
+        assert buffer.getvalue().count("\r\n") >= len(lines) + 1
+        return buffer.getvalue().encode()
