@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sqlite3
 import threading
 import uuid
@@ -39,7 +38,7 @@ from apss.services.idempotency import Idempotency
 from apss.services.merchants import Merchant
 from apss.services.webhooks import Webhooks
 from apss.store.db import Database
-from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
+from apss.store.migrate import apply_migrations
 from tests.conftest import free_port, wait_for
 
 _HOUR_S = 3600
@@ -106,24 +105,12 @@ def _serve(app, port: int, *, lifespan: str) -> tuple[uvicorn.Server, threading.
 
 
 # -- the APSS side -------------------------------------------------------------------------------------
-def _migrations_copy(target: Path) -> Path:
-    """This module's migration is 0005; until 0004 lands, a placeholder keeps the numbering whole."""
-    target.mkdir()
-    numbers = set()
-    for file in MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"):
-        shutil.copy(file, target / file.name)
-        numbers.add(int(file.name[:4]))
-    for missing in set(range(1, max(numbers) + 1)) - numbers:
-        (target / f"{missing:04d}_placeholder.sql").write_text("-- not yet written\n")
-    return target
-
-
 class Harness:
     def __init__(self, tmp: Path, receiver: Receiver) -> None:
         self.receiver = receiver
         self.clock = TestClock()
         self.db_path = str(tmp / "apss.sqlite")
-        apply_migrations(self.db_path, _migrations_copy(tmp / "migrations"))
+        apply_migrations(self.db_path)
         self.db = Database(self.db_path)
         idempotency = Idempotency(render_error=render_error, clock_now_ms=self.clock.now_ms)
         # Jitter at its ceiling: backoff times are exact (the default draws from [0, ceiling]).

@@ -50,7 +50,6 @@ _TYPES: dict[str, AccountType] = {
     "platform_revenue": "revenue",
     "partner_payable": "liability",
     "adjustments": "equity",
-    "payouts": "asset",
 }
 
 

@@ -68,10 +68,6 @@ ITEMS_PER_VIEW_MAX = 100_000
 CHECKS_BATCH_MAX = 500
 
 
-def _rcn_id() -> str:
-    # apss.ids knows no `rcn` prefix yet: same layout (time-sortable, 80 random bits), own prefix.
-    return "rcn_" + new_id("evt")[4:]
-
 
 class ReconciliationItemView(msgspec.Struct, frozen=True, kw_only=True):
     line: int | None  # 1-based index of the statement line; None for missing_at_provider
@@ -262,7 +258,7 @@ class Reconciliation:
         span = _span_ms(lines)
         ours = await self._ours(merchant_id=merchant.id, channel=channel, lines=lines, span=span)
         items, skipped = reconcile(lines, ours)
-        row = {"id": _rcn_id(), "merchant_id": merchant.id, "channel": channel, "source_name": source_name,
+        row = {"id": new_id("rcn"), "merchant_id": merchant.id, "channel": channel, "source_name": source_name,
                "source_sha256": sha256, "span_start_ms": span[0] if span else None,
                "span_end_ms": span[1] if span else None, "counts": msgspec.json.encode(_counts(lines, items, skipped)).decode()}
         return await self._db.write(lambda tx: self._store_run(tx, row, items))

@@ -49,10 +49,6 @@ CATCH_UP_DAYS = 14
 REPORTS_PER_RUN_MAX = 1_000  # a scheduler run after a long gap spreads its work over runs
 
 
-def _rpt_id() -> str:
-    # apss.ids knows no `rpt` prefix yet: same layout (time-sortable, 80 random bits), own prefix.
-    return "rpt_" + new_id("evt")[4:]
-
 
 def period_bounds(period: Period, at_ms: int) -> tuple[int, int]:
     """The period containing `at_ms`: [start, end). Weeks start on Monday (1970-01-01 was a Thursday)."""
@@ -165,7 +161,7 @@ class Reports:
         assert start == start_ms, "a period starts on its boundary"
         assert end <= self._clock.now_ms(), "only completed periods are reported"
         body = await self._body(merchant_id=merchant_id, from_ms=start, to_ms=end)
-        row = {"id": _rpt_id(), "merchant_id": merchant_id, "period": period, "period_start_ms": start,
+        row = {"id": new_id("rpt"), "merchant_id": merchant_id, "period": period, "period_start_ms": start,
                "period_end_ms": end, "body": msgspec.json.encode(body).decode()}
 
         def transaction(tx: Tx) -> tuple[ReportView, bool]:

@@ -223,10 +223,6 @@ def _new_secret() -> str:
     return f"whsec_{secrets.token_urlsafe(32)}"
 
 
-def _suffixed_id(prefix: str) -> str:
-    """Time-sortable, unguessable ids for prefixes apss/ids.py does not know yet (`we_`, `wd_`)."""
-    return f"{prefix}_{new_id('evt')[4:]}"
-
 
 def _full_jitter(ceiling_s: float) -> float:
     return random.uniform(0, ceiling_s)
@@ -292,7 +288,7 @@ class Webhooks:
         queued = 0
         for endpoint in store.enabled_endpoints_tx(tx, merchant_id=merchant_id):
             if _subscribed(endpoint["events"], type):
-                store.insert_delivery(tx, delivery_id=_suffixed_id("wd"), merchant_id=merchant_id, event_id=event_id,
+                store.insert_delivery(tx, delivery_id=new_id("wd"), merchant_id=merchant_id, event_id=event_id,
                                       endpoint_id=endpoint["id"], now_ms=now_ms)
                 queued += 1
         if queued:
@@ -309,7 +305,7 @@ class Webhooks:
             if store.count_endpoints(tx, merchant_id=merchant_id) >= self._endpoints_max:
                 raise InvalidRequest(f"At most {self._endpoints_max} enabled webhook endpoints per merchant.",
                                      code="webhook_endpoints_max_reached")
-            endpoint_id, secret = _suffixed_id("we"), _new_secret()
+            endpoint_id, secret = new_id("we"), _new_secret()
             store.insert_endpoint(tx, {
                 "id": endpoint_id, "merchant_id": merchant_id, "url": command.url,
                 "events": _encoder.encode(command.events).decode(),
@@ -420,7 +416,7 @@ class Webhooks:
             if row["status"] == "pending":
                 store.make_due(tx, delivery_id=delivery_id, now_ms=now_ms)
             else:
-                target = _suffixed_id("wd")
+                target = new_id("wd")
                 store.insert_delivery(tx, delivery_id=target, merchant_id=merchant_id, event_id=row["event_id"],
                                       endpoint_id=row["endpoint_id"], now_ms=now_ms)
             tx.after_commit(lambda: self.wake())
@@ -448,7 +444,7 @@ class Webhooks:
             now_ms, created = self._clock.now_ms(), 0
             for event in events:
                 if _subscribed(endpoint["events"], event["type"]):
-                    store.insert_delivery(tx, delivery_id=_suffixed_id("wd"), merchant_id=merchant_id,
+                    store.insert_delivery(tx, delivery_id=new_id("wd"), merchant_id=merchant_id,
                                           event_id=event["id"], endpoint_id=endpoint_id, now_ms=now_ms)
                     created += 1
             if created:
