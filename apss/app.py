@@ -158,7 +158,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
-        players=Players(db=db, clock=clock, idempotency=idempotency), sandbox=sandbox, scheduler=scheduler,
+        players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
 

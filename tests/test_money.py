@@ -224,3 +224,21 @@ def test_seeded_random_money_operations_keep_the_ledger_balanced(server):
         total_refunded = sum(r["amount"] for o in paid for r in client.get(f"/v1/orders/{o['id']}/refunds").json()["data"]
                              if r["status"] == "succeeded")
         assert usd["refunds"] + usd["chargebacks"] == total_refunded
+
+
+def test_virtual_currency_is_deferred_revenue_until_spent(merchant):
+    def vc(client) -> dict[str, int]:
+        return {k.split(":")[0]: v for k, v in _balances(client).items() if k.startswith("vc_")}
+
+    with merchant.client() as client:
+        pack = _gems(merchant, client, amount=100, price=1000)  # merchant share: 1000 - 30% commission = 700
+        order = _paid_order(merchant, client, product=pack, player_id="deferred")
+        assert vc(client) == {"vc_sales": -700, "vc_deferred": 700}, "sold, not yet earned"
+        client.post("/v1/players/deferred/wallet/debit", json={"currency": "GEMS", "amount": 25})
+        assert vc(client) == {"vc_sales": -700, "vc_deferred": 525, "vc_recognised": 175}, "25 of 100 spent: 25% earned"
+        client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 500})  # takes back 50 GEMS at average cost
+        assert vc(client) == {"vc_sales": -350, "vc_deferred": 175, "vc_recognised": 175}
+        client.post("/v1/players/deferred/wallet/debit", json={"currency": "GEMS", "amount": 25})
+        assert vc(client) == {"vc_sales": -350, "vc_deferred": 0, "vc_recognised": 350}, "all spent: all earned"
+    with merchant.server.admin() as admin:
+        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True

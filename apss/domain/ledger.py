@@ -33,6 +33,10 @@ __all__ = [
     "Split",
     "account_type",
     "adjustment_entries",
+    "allocate",
+    "deferral_entries",
+    "recognition_entries",
+    "undeferral_entries",
     "capture_entries",
     "check_balanced",
     "fee_for",
@@ -50,6 +54,10 @@ _TYPES: dict[str, AccountType] = {
     "platform_revenue": "revenue",
     "partner_payable": "liability",
     "adjustments": "equity",
+    # Virtual currency: sold (contra-revenue debit), deferred (liability), recognised when spent.
+    "vc_sales": "revenue",
+    "vc_deferred": "liability",
+    "vc_recognised": "revenue",
 }
 
 
@@ -145,6 +153,34 @@ def reversal_entries(*, merchant_id: str, channel: str, gross: int, refunded_bef
         *[(f"partner_payable:{recipient}:{merchant_id}", back) for recipient, back in shares_back],
         (f"merchant_payable:{merchant_id}", merchant_back),
     ])
+
+
+def allocate(total: int, weights: list[int]) -> list[int]:
+    """Split `total` in proportion to `weights`, exactly: floors, then the remainder one unit at a
+    time to the largest fractional parts (ties: the earlier weight)."""
+    assert total >= 0 and weights and all(w >= 0 for w in weights) and sum(weights) > 0
+    whole = sum(weights)
+    parts = [total * w // whole for w in weights]
+    order = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+    for i in order[: total - sum(parts)]:
+        parts[i] += 1
+    assert sum(parts) == total
+    return parts
+
+
+def deferral_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
+    """Currency sold for `value`: not revenue yet (Dr vc_sales, Cr vc_deferred)."""
+    return _entries(currency, [(f"vc_sales:{vc}:{merchant_id}", value), (f"vc_deferred:{vc}:{merchant_id}", -value)])
+
+
+def recognition_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
+    """Currency spent in the game: revenue now (Dr vc_deferred, Cr vc_recognised)."""
+    return _entries(currency, [(f"vc_deferred:{vc}:{merchant_id}", value), (f"vc_recognised:{vc}:{merchant_id}", -value)])
+
+
+def undeferral_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
+    """Currency taken back by a refund before it was spent: the deferral is reversed."""
+    return _entries(currency, [(f"vc_deferred:{vc}:{merchant_id}", value), (f"vc_sales:{vc}:{merchant_id}", -value)])
 
 
 def adjustment_entries(*, merchant_id: str, account: str, amount: int, currency: str) -> list[Entry]:

@@ -4,23 +4,32 @@ accounts and the rules). Balances are derived from the entries; `check` proves i
 
 from __future__ import annotations
 
+import sqlite3
+
 import msgspec
 
 from apss.clock import Clock
 from apss.config import FinanceConfig
+from apss.domain.catalog import CurrencyGrant, Grant
 from apss.domain.ledger import (
     Entry,
     FeeSchedule,
     Split,
     account_type,
+    allocate,
     check_balanced,
+    deferral_entries,
     fee_for,
+    recognition_entries,
+    undeferral_entries,
 )
 from apss.ids import new_id
 from apss.store import ledger as store
 from apss.store.db import Database, Tx
 
 __all__ = ["BalanceView", "Finance", "Ledger", "LedgerCheck", "SummaryView"]
+
+_grants = msgspec.json.Decoder(list[Grant])
 
 
 class Finance(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +91,51 @@ class Ledger:
             store.bump_balance(tx, account=entry.account, currency=entry.currency, debit=entry.debit, credit=entry.credit)
         store.insert_entries(tx, [(transaction_id, e.account, e.currency, e.debit, e.credit) for e in entries])
         return True
+
+    # -- virtual currency: deferred revenue ----------------------------------------------------
+    def defer_currency_sale(self, tx: Tx, *, order: sqlite3.Row, items: list[sqlite3.Row], merchant_share: int,
+                            reference: str) -> None:
+        """The merchant's share of the lines that grant only virtual currency is deferred revenue:
+        it joins the average-cost pool of (merchant, currency code, money currency). The share is
+        split over the lines by their amounts, and over a line's currencies by units (exactly)."""
+        if merchant_share <= 0 or not any(item["amount"] for item in items):
+            return
+        per_line = allocate(merchant_share, [item["amount"] for item in items])
+        entries: list[Entry] = []
+        for item, value in zip(items, per_line, strict=True):
+            grants = _grants.decode(item["grants"])
+            if value <= 0 or not grants or not all(isinstance(g, CurrencyGrant) for g in grants):
+                continue  # mixed or other goods: revenue at once
+            units = [g.amount * item["quantity"] for g in grants]
+            for grant, grant_units, grant_value in zip(grants, units, allocate(value, units), strict=True):
+                store.move_vc_pool(tx, merchant_id=order["merchant_id"], vc=grant.currency, currency=order["currency"],
+                                   units=grant_units, deferred=grant_value)
+                if grant_value:
+                    entries += deferral_entries(merchant_id=order["merchant_id"], vc=grant.currency,
+                                                currency=order["currency"], value=grant_value)
+        if entries:
+            self.post(tx, merchant_id=order["merchant_id"], kind="currency_deferred", reference=reference, entries=entries)
+
+    def take_currency(self, tx: Tx, *, merchant_id: str, vc: str, units: int, reference: str, spent: bool) -> None:
+        """`units` leave the pools at their average cost, in proportion to each money currency's
+        units: spent in the game (recognised revenue) or taken back by a refund (deferral
+        reversed). Units beyond the pools (currency not sold for money) carry no value."""
+        pools = [p for p in store.vc_pools(tx, merchant_id=merchant_id, vc=vc) if p["units"] > 0]
+        if not pools or units <= 0:
+            return
+        take = min(units, sum(p["units"] for p in pools))
+        entries: list[Entry] = []
+        make = recognition_entries if spent else undeferral_entries
+        for pool, k in zip(pools, allocate(take, [p["units"] for p in pools]), strict=True):
+            if k == 0:
+                continue
+            value = pool["deferred"] if k == pool["units"] else pool["deferred"] * k // pool["units"]
+            store.move_vc_pool(tx, merchant_id=merchant_id, vc=vc, currency=pool["currency"], units=-k, deferred=-value)
+            if value:
+                entries += make(merchant_id=merchant_id, vc=vc, currency=pool["currency"], value=value)
+        if entries:
+            self.post(tx, merchant_id=merchant_id, kind="currency_recognised" if spent else "currency_refunded",
+                      reference=reference, entries=entries)
 
     def finance(self, tx: Tx, merchant_id: str) -> Finance:
         row = store.get_finance(tx, merchant_id=merchant_id)

@@ -164,7 +164,7 @@ class PaymentEvents:
         if event.provider_ref and payment["provider_ref"] is None:
             fields["provider_ref"] = event.provider_ref
         orders.update_payment(tx, payment_id=payment["id"], fields=fields, now_ms=now_ms)
-        self._post_capture(tx, payment)
+        merchant_share = self._post_capture(tx, payment)
         if not can_pay:
             lifecycle.raise_alert(
                 tx, merchant_id=payment["merchant_id"], kind="late_payment_out_of_stock", severity="critical",
@@ -173,10 +173,12 @@ class PaymentEvents:
                         "and its stock is gone: refund it")
             return "anomaly"
         lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self.game_delivery)
+        self._ledger.defer_currency_sale(tx, order=order, items=items, merchant_share=merchant_share, reference=payment["id"])
         return "applied"
 
-    def _post_capture(self, tx: Tx, payment: sqlite3.Row) -> None:
-        """The money is at the provider, whatever becomes of the order: post it."""
+    def _post_capture(self, tx: Tx, payment: sqlite3.Row) -> int:
+        """The money is at the provider, whatever becomes of the order: post it. Returns the
+        merchant's share."""
         finance = self._ledger.finance(tx, payment["merchant_id"])
         fee = self._ledger.fee(channel=payment["channel"], amount=payment["amount"], currency=payment["currency"])
         entries = capture_entries(merchant_id=payment["merchant_id"], channel=payment["channel"], gross=payment["amount"],
@@ -185,6 +187,7 @@ class PaymentEvents:
         if entries:
             self._ledger.post(tx, merchant_id=payment["merchant_id"], kind="payment_captured", reference=payment["id"],
                               entries=entries)
+        return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
 
     @staticmethod
     def _failed(tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:

@@ -11,6 +11,7 @@ from apss.clock import Clock, format_rfc3339
 from apss.errors import InsufficientBalance
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.ledger import Ledger
 from apss.services.views import (
     EntitlementView,
     InventoryView,
@@ -34,10 +35,11 @@ class WalletDebit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class Players:
-    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency) -> None:
+    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, ledger: Ledger) -> None:
         self._db = db
         self._clock = clock
         self._idempotency = idempotency
+        self._ledger = ledger
 
     async def inventory(self, *, merchant_id: str, player_id: str) -> InventoryView:
         owned = await store.inventory(self._db, merchant_id=merchant_id, player_id=player_id, now_ms=self._clock.now_ms())
@@ -58,10 +60,14 @@ class Players:
             if balance < command.amount:
                 raise InsufficientBalance(
                     f"Balance is {balance} {command.currency}; cannot debit {command.amount}.", param="amount")
-            after = store.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
+            txn_id = new_id("wtx")
+            after = store.apply_wallet_change(tx, txn_id=txn_id, merchant_id=merchant_id, player_id=player_id,
                                               currency=command.currency, amount=-command.amount, reason=command.reason,
                                               order_id=None, now_ms=self._clock.now_ms())
             assert after >= 0
+            # Spending recognises the deferred revenue the currency carried.
+            self._ledger.take_currency(tx, merchant_id=merchant_id, vc=command.currency, units=command.amount,
+                                       reference=txn_id, spent=True)
             return WalletDebitView(player_id=player_id, currency=command.currency, amount=command.amount, balance=after)
 
         return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=transaction, success_status=201)

@@ -272,6 +272,8 @@ class Refunds:
             players.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
                                         currency=line["currency"], amount=-line["amount"], reason=f"refund {refund_id}",
                                         order_id=order["id"], now_ms=now_ms)
+            self._ledger.take_currency(tx, merchant_id=merchant_id, vc=line["currency"], units=line["amount"],
+                                       reference=f"{refund_id}:{line['currency']}", spent=False)
         for item in plan.items:
             if item["taken"]:
                 players.remove_items(tx, merchant_id=merchant_id, player_id=player_id, sku=item["sku"], quantity=item["taken"],

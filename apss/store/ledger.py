@@ -14,6 +14,8 @@ __all__ = [
     "get_finance",
     "insert_entries",
     "insert_transaction",
+    "move_vc_pool",
+    "vc_pools",
     "ledger_counts",
     "period_totals",
     "set_finance",
@@ -32,6 +34,26 @@ def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, c
         " clawback_policy = excluded.clawback_policy, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, commission_bps, splits, clawback_policy, now_ms),
     )
+
+
+def vc_pools(tx: Tx, *, merchant_id: str, vc: str) -> list[sqlite3.Row]:
+    return tx.all("SELECT * FROM vc_pools WHERE merchant_id = ? AND vc = ? ORDER BY currency", (merchant_id, vc))
+
+
+def move_vc_pool(tx: Tx, *, merchant_id: str, vc: str, currency: str, units: int, deferred: int) -> None:
+    """Add (positive) or take (negative) units and deferred value; neither goes below zero."""
+    if units >= 0 and deferred >= 0:
+        tx.execute(
+            "INSERT INTO vc_pools (merchant_id, vc, currency, units, deferred) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET units = units + excluded.units, deferred = deferred + excluded.deferred",
+            (merchant_id, vc, currency, units, deferred),
+        )
+        return
+    cursor = tx.execute(
+        "UPDATE vc_pools SET units = units + ?, deferred = deferred + ? WHERE merchant_id = ? AND vc = ? AND currency = ?",
+        (units, deferred, merchant_id, vc, currency),
+    )
+    assert cursor.rowcount == 1, "took from a pool that does not exist"
 
 
 def ensure_account(tx: Tx, *, name: str, currency: str, type: str, merchant_id: str | None, now_ms: int) -> None:
