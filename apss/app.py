@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import swagger_ui_bundle
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 from litestar.openapi.spec import Components, SecurityScheme
 
 from apss import __version__
@@ -21,7 +23,7 @@ from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.common import RateLimiter, Services, current_merchant
-from apss.api.errors import exception_handlers, render_error
+from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
 from apss.api.merchants import MerchantController
@@ -199,9 +201,14 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             await svc.sandbox.client.aclose()
         await svc.db.close()
 
+    # The schema UI's assets come from the swagger-ui-bundle package, served by APSS itself.
+    assets = "/schema/assets"
+    swagger = SwaggerRenderPlugin(js_url=f"{assets}/swagger-ui-bundle.js", css_url=f"{assets}/swagger-ui.css",
+                                  standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js", path="/swagger",
+                                  favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>")
     openapi = OpenAPIConfig(
         title="APSS", version=__version__, description="Automated Payment & Settlement System for virtual goods",
-        render_plugins=[JsonRenderPlugin()],
+        render_plugins=[JsonRenderPlugin(), swagger],
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
@@ -210,7 +217,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
-                        *WEB_HANDLERS],
+                        *WEB_HANDLERS,
+                        create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
+                                                   include_in_schema=False)],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
@@ -221,4 +230,15 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         logging_config=None,
     )
     app.state.services = svc
+    _document_errors(app)
     return app
+
+
+def _document_errors(app: Litestar) -> None:
+    """Every JSON route answers errors in the one shape of api/errors.py: say so in the schema
+    (Litestar would otherwise document its own validation error body)."""
+    error = ResponseSpec(data_container=ErrorBody, description="Error: {error: {type, code, message, param?}}")
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if handler.include_in_schema:
+                handler.responses = {400: error, 401: error, 404: error, 409: error, **(handler.responses or {})}

@@ -52,3 +52,15 @@ def test_openapi_document_lists_the_contract(server):
                          ("/v1/orders/{order_id}/refunds", "post"), ("/v1/settlements", "get"), ("/v1/reports/summary", "get")]:
         assert method in paths[path], (path, method)
     assert "OrderView" in str(document["components"]["schemas"])
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert paths["/v1/orders"]["post"]["responses"]["409"]["content"]["application/json"]["schema"] == error
+    assert "202" in paths["/v1/sandbox/payments/{payment_id}/succeed"]["post"]["responses"]
+
+
+def test_schema_ui_loads_only_local_assets(server):
+    page = httpx.get(f"{server.base_url}/schema/swagger")
+    assert page.status_code == 200
+    urls = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", page.text)
+    assert urls and all(url.startswith("/schema/assets/") for url in urls), urls
+    for url in urls:
+        assert httpx.get(f"{server.base_url}{url}").status_code == 200, url

@@ -47,7 +47,7 @@ class OrderController(Controller):
     async def retrieve(self, order_id: str, merchant: Merchant, svc: Services) -> OrderView:
         return await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
 
-    @post("/{order_id:str}/cancel", summary="Cancel a pending order; releases its stock")
+    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel a pending order; releases its stock")
     async def cancel(self, order_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[OrderView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.checkout.cancel(merchant=merchant, order_id=order_id, idem=idem))
