@@ -190,8 +190,9 @@ def test_manual_adjustment_needs_a_reason_and_balances(server):
 
 
 def test_seeded_random_money_operations_keep_the_ledger_balanced(server):
-    """Blnk-style invariant run: random payments, partial refunds and chargebacks over the API;
-    after each step the ledger check passes and clearing equals captures minus fees and refunds."""
+    """Blnk-style invariant run: random payments, partial refunds, chargebacks and settlements
+    (settled and paid out) over the API; after each step the ledger check passes, and in the end
+    clearing equals captures minus fees, refunds and payouts."""
     import random
 
     rng = random.Random(20261125)
@@ -201,8 +202,14 @@ def test_seeded_random_money_operations_keep_the_ledger_balanced(server):
         product = merchant.product(client, prices={"USD": 777})
         paid: list[dict] = []
         for step in range(25):
-            action = rng.choice(["pay", "pay", "refund", "chargeback"]) if paid else "pay"
-            if action == "pay":
+            action = rng.choice(["pay", "pay", "refund", "chargeback", "settle"]) if paid else "pay"
+            if action == "settle":  # no schedule: the manual cycle settles up to now, then the admin pays out
+                server.clock.advance(seconds=1)
+                for batch in client.post("/v1/settlements/run").json()["data"]:
+                    if batch["status"] == "pending":
+                        paid_out = admin.post(f"/v1/admin/settlements/{batch['id']}/paid", json={"payout_reference": f"po-{step}"})
+                        assert paid_out.status_code == 200, paid_out.text
+            elif action == "pay":
                 paid.append(_paid_order(merchant, client, product=product, player_id=f"inv-{step}"))
             elif action == "refund":
                 order = rng.choice(paid)
@@ -220,7 +227,11 @@ def test_seeded_random_money_operations_keep_the_ledger_balanced(server):
             assert check["ok"] is True, (step, action, check)
         [usd] = client.get("/v1/reports/summary", params={"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}).json()["data"]
         balances = _balances(client)
-        assert balances["provider_clearing:sandbox"] == usd["gross"] - usd["fees"] - usd["refunds"] - usd["chargebacks"]
+        payouts = sum(s["net_payable"] for s in client.get("/v1/settlements", params={"limit": 100}).json()["data"]
+                      if s["status"] == "paid")
+        assert payouts > 0, "the run settled and paid out"
+        assert balances["provider_clearing:sandbox"] == (usd["gross"] - usd["fees"] - usd["refunds"] - usd["chargebacks"]
+                                                         - payouts)
         total_refunded = sum(r["amount"] for o in paid for r in client.get(f"/v1/orders/{o['id']}/refunds").json()["data"]
                              if r["status"] == "succeeded")
         assert usd["refunds"] + usd["chargebacks"] == total_refunded
