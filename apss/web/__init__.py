@@ -2,7 +2,12 @@
 dashboard. `WEB_HANDLERS` is every route handler of this package, for app.py to register."""
 
 from apss.web.admin import ADMIN_HANDLERS
-from apss.web.pages import checkout_page, checkout_status, sandbox_pay_action, sandbox_pay_page
+from apss.web.pages import (
+    checkout_page,
+    checkout_status,
+    sandbox_pay_action,
+    sandbox_pay_page,
+)
 
 __all__ = ["WEB_HANDLERS"]
 

@@ -129,6 +129,18 @@ async def _merchant_choice(request: Request, svc: Services) -> tuple[Merchant | 
     return chosen, merchants
 
 
+async def _admin_page(request: Request, svc: Services, active: str) -> Response | tuple[Any, Merchant, list]:
+    """Every dashboard page starts here: the login page without a session, a notice without a
+    merchant, else (session, chosen merchant, all merchants)."""
+    session = _session(request, svc)
+    if session is None:
+        return _to_login()
+    merchant, merchants = await _merchant_choice(request, svc)
+    if merchant is None:
+        return _no_merchant(merchants, session.csrf, active)
+    return session, merchant, merchants
+
+
 def _no_merchant(merchants: list, csrf: str, active: str) -> Response:
     return _layout(title="No merchant", active=active, merchant=None, merchants=merchants, csrf=csrf,
                    body="<div class=card>No merchant exists yet: create one with POST /v1/merchants.</div>")
@@ -256,12 +268,10 @@ setInterval(refresh,REFRESH_MS);})();
 
 @get("/admin", include_in_schema=False)
 async def admin_overview(request: Request, svc: Services) -> Response:
-    session = _session(request, svc)
-    if session is None:
-        return _to_login()
-    merchant, merchants = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _no_merchant(merchants, session.csrf, "overview")
+    page = await _admin_page(request, svc, "overview")
+    if isinstance(page, Response):
+        return page
+    session, merchant, merchants = page
     live = await _live(svc, merchant)
     names = [("orders_today", "Orders today"), ("paid_today", "Paid today"), ("revenue_today", "Revenue today"),
              ("pending", "Pending"), ("open_alerts", "Open alerts")]
@@ -294,12 +304,10 @@ def _order_row(order, merchant: Merchant) -> str:
 
 @get("/admin/orders", include_in_schema=False)
 async def admin_orders(request: Request, svc: Services) -> Response:
-    session = _session(request, svc)
-    if session is None:
-        return _to_login()
-    merchant, merchants = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _no_merchant(merchants, session.csrf, "orders")
+    page = await _admin_page(request, svc, "orders")
+    if isinstance(page, Response):
+        return page
+    session, merchant, merchants = page
     query = request.query_params
     search = (query.get("q") or "").strip()
     if _ID_RE.match(search):
@@ -334,12 +342,10 @@ def _notice(request: Request) -> str:
 
 @get("/admin/orders/{order_id:str}", include_in_schema=False)
 async def admin_order(order_id: str, request: Request, svc: Services) -> Response:
-    session = _session(request, svc)
-    if session is None:
-        return _to_login()
-    merchant, merchants = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _no_merchant(merchants, session.csrf, "orders")
+    page = await _admin_page(request, svc, "orders")
+    if isinstance(page, Response):
+        return page
+    session, merchant, merchants = page
     try:
         order = await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
         events = await svc.checkout.events(merchant_id=merchant.id, order_id=order_id)
@@ -387,12 +393,10 @@ async def admin_refund(order_id: str, request: Request, svc: Services) -> Respon
 # -- products and alerts -----------------------------------------------------------------------
 @get("/admin/products", include_in_schema=False)
 async def admin_products(request: Request, svc: Services) -> Response:
-    session = _session(request, svc)
-    if session is None:
-        return _to_login()
-    merchant, merchants = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _no_merchant(merchants, session.csrf, "products")
+    page = await _admin_page(request, svc, "products")
+    if isinstance(page, Response):
+        return page
+    session, merchant, merchants = page
     after = request.query_params.get("after") if _ID_RE.match(request.query_params.get("after") or "") else None
     products, more = await svc.catalog.list(merchant_id=merchant.id, after_id=after, limit=_PAGE, active=None)
     rows = "".join(
@@ -408,12 +412,10 @@ async def admin_products(request: Request, svc: Services) -> Response:
 
 @get("/admin/alerts", include_in_schema=False)
 async def admin_alerts(request: Request, svc: Services) -> Response:
-    session = _session(request, svc)
-    if session is None:
-        return _to_login()
-    merchant, merchants = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _no_merchant(merchants, session.csrf, "alerts")
+    page = await _admin_page(request, svc, "alerts")
+    if isinstance(page, Response):
+        return page
+    session, merchant, merchants = page
     show_all = request.query_params.get("show") == "all"
     alerts, _ = await svc.alerts.list(merchant_id=merchant.id, after_id=None, limit=100, resolved=None if show_all else False, kind=None)
     rows = []
