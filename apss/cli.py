@@ -41,6 +41,7 @@ def _serve(config: Config) -> None:
 
     _migrate(config)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider or callback request is noise
     app = create_app(config, announce=lambda line: print(line, flush=True))
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",

@@ -235,7 +235,7 @@ class AccountView(_View, omit_defaults=True):
     id: str
     name: str
     mode: str
-    currency: str = "USD"
+    currency: str
     sandbox_webhook_secret: str | None = None
 
 
