@@ -370,3 +370,20 @@ def test_admin_token_header_variants(server):
         assert ok.status_code == 200, ok.text
         assert_error(client.get("/v1/merchants", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"}), 401,
                      "authentication_error", "invalid_api_key")
+
+
+def test_a_key_over_its_rate_limit_gets_429(tmp_path):
+    from apss.clock import TestClock
+    from tests.conftest import RunningServer
+
+    limited = RunningServer(db_path=tmp_path / "rate.sqlite", clock=TestClock(),
+                            env={"APSS_API_REQUESTS_PER_S_MAX": "1", "APSS_API_BURST_MAX": "3"}).start()
+    try:
+        merchant = limited.new_merchant()
+        with merchant.client() as client:
+            statuses = [client.get("/v1/account").status_code for _ in range(6)]
+            assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:], statuses
+            refused = next(r for r in (client.get("/v1/account") for _ in range(3)) if r.status_code == 429)
+            assert refused.json()["error"]["type"] == "rate_limit_error" and refused.headers["retry-after"] == "1"
+    finally:
+        limited.stop()
