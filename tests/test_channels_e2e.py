@@ -221,3 +221,20 @@ def test_fx_prices_an_order_in_the_players_currency(server):
         assert direct["fx"] is None and direct["amount"] == 1999
         none = merchant.order(client, product["id"], currency="GBP")
         assert none.status_code == 400 and none.json()["error"]["code"] == "currency_not_supported"
+
+
+def test_a_forged_provider_callback_gets_the_providers_failure_reply(merchant, stripe_standin):
+    standin, url = stripe_standin
+    with merchant.client() as client:
+        client.put("/v1/channels/stripe", json=_stripe_settings(url, standin))
+        product = merchant.product(client)
+        order = merchant.order(client, product["id"], player_id="forged", channel="stripe").json()
+    intent = {"id": "pi_forged", "object": "payment_intent", "amount": 500, "currency": "usd", "status": "succeeded",
+              "metadata": {"apss_payment_id": order["payment"]["id"]}}
+    forged = signed_callback_request("payment_intent.succeeded", intent, secret="whsec_not_the_merchants",
+                                     now_s=merchant.server.clock.now_ms() // 1000)
+    answer = httpx.post(f"{merchant.server.base_url}/v1/channels/stripe/webhook/{merchant.id}", content=forged.body,
+                        headers=forged.headers)
+    assert answer.status_code == 400 and answer.content == b""
+    with merchant.client() as client:
+        assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "pending"

@@ -32,7 +32,7 @@ from apss.clock import Clock
 from apss.domain.ledger import capture_entries
 from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
-from apss.errors import NotFound
+from apss.errors import CallbackRejected, NotFound
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
 from apss.services.ledger import Ledger
@@ -66,7 +66,13 @@ class PaymentEvents:
             raise NotFound(f"No such merchant: '{merchant_id}'", param="merchant_id")
         credentials = self._channels.credentials(merchant, channel)
         request = CallbackRequest(headers=headers, body=body, now_s=self._clock.now_ms() // 1000, query=query)
-        events = await channel.verify_callback(request, credentials)  # CallbackRejected -> 400
+        try:
+            events = await channel.verify_callback(request, credentials)
+        except CallbackRejected as rejected:
+            log.warning("callback %s/%s rejected: %s", channel.name, merchant.id, rejected.code)
+            if channel.test_only:
+                raise  # the sandbox's bad callbacks answer 400 in APSS's error shape (API.md)
+            return channel.callback_reply(accepted=False)  # what the provider expects on failure
         events = await self._capture_approvals(channel, merchant_id, credentials, events)
         if events:
             results = await self._db.write(lambda tx: [self.apply_event(tx, channel.name, merchant.id, e) for e in events])
