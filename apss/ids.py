@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import threading
 import time
 
-__all__ = ["PREFIXES", "new_id"]
+__all__ = ["PREFIXES", "new_id", "new_token"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 # RFC 4648 base32 (A-Z2-7, in value order) -> Crockford's alphabet, lower case: sorts by value.
@@ -40,3 +41,10 @@ def new_id(prefix: str) -> str:
     # 128 bits, left-aligned in 26 base32 characters (the last 2 bits are zero): encoded in C.
     text = base64.b32encode((now_ms << 80 | random_part).to_bytes(16, "big")).translate(_TO_CROCKFORD)
     return f"{prefix}_{text[:26].decode()}"
+
+
+def new_token() -> str:
+    """An unguessable link token that still sorts by creation time: a time-sortable id body, then
+    128 more random bits. Indexed tokens then insert at the end of their B-tree, not at random
+    places (which costs the writer several times more per insert)."""
+    return new_id("ord")[4:] + secrets.token_urlsafe(16)

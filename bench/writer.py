@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 
-from apss.crypto import random_token  # noqa: E402
+from apss.ids import new_token  # noqa: E402
 from apss.ids import new_id  # noqa: E402
 from apss.store import catalog, idempotency as keys, merchants, orders  # noqa: E402
 from apss.store.db import Database, Tx, open_connection  # noqa: E402
@@ -74,7 +74,7 @@ def order_transaction(tx: Tx, n: int) -> str:
     orders.insert_order(tx, {
         "id": order_id, "merchant_id": MERCHANT_ID, "player_id": f"player-{n}", "status": "pending",
         "amount": unit_amount, "currency": "USD", "channel": "sandbox", "merchant_order_ref": None,
-        "metadata": "{}", "return_url": None, "checkout_token": random_token(24), "payment_id": payment_id,
+        "metadata": "{}", "return_url": None, "checkout_token": new_token(), "payment_id": payment_id,
         "expires_at_ms": now_ms + 900_000, "created_at_ms": now_ms,
         "fx": None,  # priced in its own currency: no FX quote (ignored by a schema without orders.fx)
     })

@@ -23,7 +23,6 @@ from msgspec import Meta
 from apss.channels.base import Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock, format_rfc3339
 from apss.config import Config
-from apss.crypto import random_token
 from apss.domain.fx import Quote, convert
 from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
@@ -38,7 +37,7 @@ from apss.errors import (
     OutOfStock,
     PurchaseLimitExceeded,
 )
-from apss.ids import new_id
+from apss.ids import new_id, new_token
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
 from apss.services.fx import quote_tx as fx_quote_tx
@@ -151,7 +150,7 @@ class Checkout:
             "id": order_id, "merchant_id": merchant.id, "player_id": command.player_id, "status": "pending",
             "amount": total, "currency": command.currency, "channel": channel,
             "merchant_order_ref": command.merchant_order_ref, "metadata": encode(command.metadata).decode(),
-            "return_url": command.return_url, "checkout_token": random_token(24), "payment_id": payment_id,
+            "return_url": command.return_url, "checkout_token": new_token(), "payment_id": payment_id,
             "expires_at_ms": now_ms + self._config.orders.reservation_ttl_s * 1000, "created_at_ms": now_ms,
             "fx": encode(quote.record()).decode() if quote is not None else None,
         }

@@ -30,6 +30,7 @@ from apss.channels.sandbox.mapping import (
     to_neutral,
 )
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
+from apss.ids import new_token
 from apss.domain.payments import PaymentStatus
 from apss.errors import CallbackRejected, InvalidRequest
 
@@ -63,7 +64,7 @@ class SandboxChannel:
     async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
         assert request.amount >= 0
         # The provider's own id for the payment doubles as the payer page's unguessable link.
-        provider_ref = f"sbx_{random_token(18)}"
+        provider_ref = f"sbx_{new_token()}"
         url = f"{self._public_url}/sandbox/pay/{provider_ref}"
         return PaymentCreated(
             provider_ref=provider_ref,
