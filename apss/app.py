@@ -127,8 +127,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
                                    refunds=refunds)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, channels=channels, merchants=merchants,
                              payment_events=payment_events)
-    webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http)
+    webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http,
+                        attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
+                            alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
     outbox = Outbox(webhooks=webhooks, public_url=config.public_url)
     db.event_sink = outbox.sink
@@ -138,7 +140,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
     scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
-    reconciliation = Reconciliation(db=db, clock=clock, channels=channels)
+    reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
+                                    paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
+                                    refund_pending_age_s=config.reconciliation.refund_pending_s)
     reports = Reports(db=db, clock=clock, ledger=ledger)
     scheduler.add("settlement", interval_s=60.0, fn=settlements.run_due)
     scheduler.add("reconciliation_checks", interval_s=60.0, fn=reconciliation.checks)

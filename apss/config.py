@@ -112,6 +112,22 @@ class FinanceConfig(_Section):
     fees: dict[str, FeeScheduleConfig] = msgspec.field(default_factory=_default_fees)
 
 
+class WebhooksConfig(_Section):
+    # Merchant webhooks: how long a failing delivery is retried before its endpoint is disabled.
+    retry_window_s: Annotated[int, Meta(ge=60, le=86_400 * 30)] = 3 * 86_400
+    attempt_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # Goods delivered by the game: a delivery not acknowledged this long after payment is a
+    # paid-but-not-delivered alert (it is re-sent meanwhile).
+    unacknowledged_alert_s: Annotated[int, Meta(ge=60)] = 3600
+
+
+class ReconciliationConfig(_Section):
+    # Statement-free checks: an order paid (or delivering) this long without delivery, and a refund
+    # pending this long, raise alerts.
+    paid_not_delivered_s: Annotated[int, Meta(ge=10)] = 300
+    refund_pending_s: Annotated[int, Meta(ge=60)] = 3600
+
+
 class SchedulerConfig(_Section):
     tick_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
     expiry_interval_s: Annotated[float, Meta(gt=0)] = 1.0
@@ -140,6 +156,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sandbox: SandboxConfig = SandboxConfig()
     channels: ChannelsConfig = ChannelsConfig()
     finance: FinanceConfig = FinanceConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    reconciliation: ReconciliationConfig = ReconciliationConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
     seed: SeedConfig = SeedConfig()

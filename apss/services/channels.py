@@ -56,6 +56,8 @@ class ChannelView(msgspec.Struct, frozen=True, kw_only=True):
 class ChannelList(msgspec.Struct, frozen=True, kw_only=True):
     data: list[ChannelView]
     routing: RoutingIn
+    has_more: bool = False  # a merchant has a handful of channels: one page, in the list shape
+    next_cursor: str | None = None
 
 
 class _Breaker:
