@@ -15,8 +15,8 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.static_files import create_static_files_router
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 
 from apss import __version__
 from apss.api.account import account
@@ -35,8 +35,8 @@ from apss.api.products import ProductController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
-from apss.api.settlements import AdminSettlementController, SettlementController
 from apss.api.sandbox import SandboxController
+from apss.api.settlements import AdminSettlementController, SettlementController
 from apss.api.webhook_endpoints import (
     DeliveryController,
     WebhookDeliveryController,
@@ -70,8 +70,8 @@ from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
 from apss.services.reconciliation import Reconciliation
 from apss.services.recovery import resume_running
-from apss.services.reports import Reports
 from apss.services.refunds import Refunds
+from apss.services.reports import Reports
 from apss.services.sandbox import SandboxProvider
 from apss.services.seed import seed_demo
 from apss.services.settlement import Settlements

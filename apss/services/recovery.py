@@ -4,6 +4,8 @@ Their idempotency keys are still `running`; each names the step that finishes it
 
 from __future__ import annotations
 
+import logging
+
 from apss.services.checkout import Checkout
 from apss.services.merchants import Merchants
 from apss.services.refunds import Refunds
@@ -12,6 +14,8 @@ from apss.store.db import Database
 
 __all__ = ["resume_running"]
 
+log = logging.getLogger("apss.recovery")
+
 
 async def resume_running(*, db: Database, merchants: Merchants, checkout: Checkout, refunds: Refunds) -> int:
     resumed = 0
@@ -19,10 +23,15 @@ async def resume_running(*, db: Database, merchants: Merchants, checkout: Checko
         kind, _, reference = (row["resume"] or "").partition(":")
         merchant = merchants.by_id(row["merchant_id"])
         assert merchant is not None, row["merchant_id"]
-        if kind == "order":
-            await checkout.resume(merchant=merchant, order_id=reference, idem_key=row["key"])
-        else:
-            assert kind == "refund", f"cannot resume {row['resume']!r}"
-            await refunds.resume(merchant=merchant, refund_id=reference, idem_key=row["key"])
+        assert kind in ("order", "refund"), f"cannot resume {row['resume']!r}"
+        try:
+            if kind == "order":
+                await checkout.resume(merchant=merchant, order_id=reference, idem_key=row["key"])
+            else:
+                await refunds.resume(merchant=merchant, refund_id=reference, idem_key=row["key"])
+        except Exception:  # the server still starts; the key stays `running` until the next start
+            log.exception("could not finish %s (idempotency key of %s); retried at the next start", row["resume"],
+                          row["merchant_id"])
+            continue
         resumed += 1
     return resumed

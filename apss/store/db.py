@@ -172,9 +172,12 @@ class Database:
         return rows[0] if rows else None
 
     # -- writes ----------------------------------------------------------------------------
-    async def ping(self) -> None:
-        """Prove the database takes a write: BEGIN IMMEDIATE takes the write lock."""
-        await self.write(lambda tx: tx.execute("SELECT 1"))
+    async def ping(self, *, timeout_s: float = 5.0) -> None:
+        """Prove the database takes a write (BEGIN IMMEDIATE takes the write lock) in time."""
+        try:
+            await asyncio.wait_for(self.write(lambda tx: tx.execute("SELECT 1")), timeout=timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(f"the writer did not answer within {timeout_s} s") from None
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a write transaction on the writer thread; return once it is committed."""
@@ -203,7 +206,14 @@ class Database:
                         self._queue.put(_STOP)  # finish this batch, then stop
                         break
                     batch.append(item)
-                self._run_batch(conn, batch)
+                try:
+                    self._run_batch(conn, batch)
+                except Exception as exc:  # never let the writer die with callers waiting on it
+                    log.exception("write batch of %d failed unexpectedly", len(batch))
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    error = StoreUnavailable(f"the writer failed: {type(exc).__name__}")
+                    self._deliver(batch, {i: error for i in range(len(batch))}, {})
         finally:
             conn.close()
 

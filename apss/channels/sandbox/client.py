@@ -30,9 +30,9 @@ from apss.channels.sandbox.mapping import (
     to_neutral,
 )
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
-from apss.ids import new_token
 from apss.domain.payments import PaymentStatus
 from apss.errors import CallbackRejected, InvalidRequest
+from apss.ids import new_token
 
 __all__ = ["SIGNATURE_HEADER", "SandboxChannel", "send_callback", "sign_callback"]
 
