@@ -4,6 +4,7 @@ need their own; every test makes its own merchant, so they cannot see each other
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -105,6 +106,41 @@ class Merchant:
               currency: str = "USD", **fields) -> httpx.Response:
         return client.post("/v1/orders", json={"player_id": player_id, "currency": currency,
                                                "items": [{"product_id": product_id, "quantity": quantity}], **fields})
+
+
+# -- the one error shape (API.md), checked the same way everywhere ------------------------------------
+STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+                422: "idempotency_error", 429: "rate_limit_error"}
+
+
+def assert_shape(response: httpx.Response) -> dict:
+    """The one error shape: exactly `error`, holding exactly type/code/message and maybe param."""
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert set(error) in ({"type", "code", "message"}, {"type", "code", "message", "param"}), error
+    assert all(isinstance(error[k], str) and error[k] for k in error), error
+    assert error["type"] == STATUS_TYPES.get(response.status_code, error["type"]), (response.status_code, error)
+    return error
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str, code: str, param: object = ...) -> dict:
+    assert response.status_code == status, response.text
+    error = assert_shape(response)
+    assert (error["type"], error["code"]) == (error_type, code), error
+    if param is not ...:
+        assert error.get("param") == param, error
+    return error
+
+
+_sku_counter = itertools.count()
+
+
+def unique_sku(stem: str = "sku") -> str:
+    return f"{stem}_{next(_sku_counter)}"
 
 
 def wait_for(predicate, *, timeout_s: float = 10.0, interval_s: float = 0.02):

@@ -5,33 +5,15 @@ stock adjustments, and per-player purchase limits."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 import httpx
 import pytest
 
 from apss.clock import format_rfc3339
+from tests.conftest import assert_error, unique_sku
 
 PRODUCT_FIELDS = {"id", "sku", "name", "category", "prices", "stock", "reserved", "sold", "purchase_limit", "grants",
                   "active", "created_at"}
-_counter = itertools.count()
-
-
-def unique_sku(stem: str = "sku") -> str:
-    return f"{stem}_{next(_counter)}"
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str, code: str, param: object = ...) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) - {"param"} == {"type", "code", "message"}, error
-    assert error["type"] == error_type and error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not ...:
-        assert error.get("param") == param, error
-    return error
 
 
 def create(client: httpx.Client, **fields) -> httpx.Response:

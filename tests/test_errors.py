@@ -8,36 +8,9 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, assert_error, assert_shape
 
 JSON = {"content-type": "application/json"}
-STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-                405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
-                422: "idempotency_error", 429: "rate_limit_error"}
-
-
-def assert_shape(response: httpx.Response) -> dict:
-    """The one error shape: exactly `error`, holding exactly type/code/message and maybe param."""
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    error = body["error"]
-    assert isinstance(error, dict)
-    assert set(error) in ({"type", "code", "message"}, {"type", "code", "message", "param"}), error
-    assert all(isinstance(error[k], str) and error[k] for k in error), error
-    assert error["type"] == STATUS_TYPES.get(response.status_code, error["type"]), (response.status_code, error)
-    return error
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str, code: str, param: object = ...) -> dict:
-    assert response.status_code == status, response.text
-    error = assert_shape(response)
-    assert (error["type"], error["code"]) == (error_type, code), error
-    if param is not ...:
-        assert error.get("param") == param, error
-    return error
-
-
 def order_body(product_id: str, **fields) -> dict:
     return {"player_id": "p1", "currency": "USD", "items": [{"product_id": product_id, "quantity": 1}], **fields}
 

@@ -4,33 +4,15 @@ membership extension and entitlements granted once."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 import httpx
 import pytest
 
 from apss.clock import format_rfc3339
-from tests.conftest import wait_for
+from tests.conftest import assert_error, unique_sku, wait_for
 
 DAY_MS = 86_400_000
-_counter = itertools.count()
 
-
-def unique_sku(stem: str) -> str:
-    return f"{stem}_{next(_counter)}"
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str, code: str, param: object = ...) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) - {"param"} == {"type", "code", "message"}, error
-    assert error["type"] == error_type and error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not ...:
-        assert error.get("param") == param, error
-    return error
 
 
 def buy_and_pay(merchant, client: httpx.Client, product_id: str, *, player_id: str, quantity: int = 1) -> dict:
