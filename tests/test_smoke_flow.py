@@ -23,3 +23,12 @@ def test_item_is_delivered_after_sandbox_payment(merchant):
         events = client.get(f"/v1/orders/{order['id']}/events").json()["data"]
         assert [(e["from_status"], e["to_status"]) for e in events] == [(None, "pending"), ("pending", "paid"), ("paid", "fulfilled")]
         assert events[1]["cause"].startswith("callback:evt_") and events[2]["cause"] == "delivery"
+
+
+def test_the_creation_answer_is_the_order_as_read_back(merchant):
+    with merchant.client() as client:
+        product = merchant.product(client, stock=5, prices={"USD": 250, "JPY": 40})
+        for fields in ({}, {"currency": "JPY", "quantity": 3, "metadata": {"k": "v"}, "merchant_order_ref": "ref-1"}):
+            created = merchant.order(client, product["id"], player_id="echo", **{"quantity": 1, **fields})
+            assert created.status_code == 201
+            assert client.get(f"/v1/orders/{created.json()['id']}").json() == created.json()

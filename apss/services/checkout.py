@@ -45,11 +45,14 @@ from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
 from apss.services.views import (
     OrderEventView,
+    OrderItemView,
     OrderView,
     PaymentAttemptView,
     PaymentDetailView,
     encode,
     order_view,
+    order_view_of,
+    payment_view,
 )
 from apss.store import catalog, orders
 from apss.store import channels as channel_store
@@ -237,10 +240,10 @@ class Checkout:
                 break
             log.warning("channel %s could not create payment %s: %s", channel.name, order["payment_id"], attempts[-1][2])
         return await self._db.write(lambda tx: self._record_payment(tx, merchant=merchant, order_id=order_id, created=created,
-                                                                    attempts=attempts, idem_key=idem_key))
+                                                                    lines=lines, attempts=attempts, idem_key=idem_key))
 
     def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, created: PaymentCreated | None,
-                        attempts: list[tuple[str, str, str | None]], idem_key: str | None) -> Outcome:
+                        lines: list[Mapping], attempts: list[tuple[str, str, str | None]], idem_key: str | None) -> Outcome:
         now_ms = self._clock.now_ms()
         current = orders.get_order_tx(tx, order_id=order_id)
         payment_id = current["payment_id"]
@@ -260,10 +263,23 @@ class Checkout:
                                   fields={"channel": used, "status": "failed", "failure_code": attempts[-1][2]})
             if current["status"] == OrderStatus.PENDING.value:
                 lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{used}", now_ms=now_ms)
-        outcome_body = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self.public_url)))
+        outcome_body = Outcome(status=201, body=encode(self._created_view(tx, current, created, lines, used)))
         if idem_key is not None:
             self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome_body)
         return outcome_body
+
+    def _created_view(self, tx: Tx, order: Mapping, created: PaymentCreated | None, lines: list[Mapping],
+                      channel: str) -> OrderView:
+        """The answer to order creation. On the common path (the payment was created, the order
+        is still pending) it is rendered from what is in hand; otherwise the order is re-read."""
+        if created is None or order["status"] != OrderStatus.PENDING.value:
+            return order_view(orders.get_order_view_tx(tx, order_id=order["id"]), public_url=self.public_url)
+        items = [OrderItemView(product_id=line["product_id"], sku=line["sku"], quantity=line["quantity"],
+                               unit_amount=line["unit_amount"], amount=line["amount"]) for line in lines]
+        payment = payment_view(payment_id=order["payment_id"], channel=channel, status=created.status.value,
+                               next_action=encode(created.next_action).decode() if created.next_action else None,
+                               failure_code=None)
+        return order_view_of({**order, "channel": channel}, items=items, payment=payment, public_url=self.public_url)
 
     async def resume(self, *, merchant: Merchant, order_id: str, idem_key: str) -> None:
         """Finish an order request that a crash cut between its transactions (same payment id,

@@ -4,6 +4,7 @@ that a stored idempotent response and a fresh one are the same bytes."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -37,6 +38,8 @@ __all__ = [
     "WalletView",
     "encode",
     "order_view",
+    "order_view_of",
+    "payment_view",
     "product_view",
 ]
 
@@ -150,19 +153,28 @@ class OrderView(_View):
 
 
 def order_view(row: sqlite3.Row, *, public_url: str) -> OrderView:
+    """From the one order query of store/orders.py (order, items as JSON, payment columns)."""
     items = [
         OrderItemView(product_id=p, sku=s, quantity=q, unit_amount=u, amount=a)
         for p, s, q, u, a in msgspec.json.decode(row["items_json"])
     ]
-    assert sum(item.amount for item in items) == row["amount"], "order total differs from its lines"
     payment = None
     if row["payment_id"] is not None and row["p_status"] is not None:
-        action = row["p_next_action"]
-        payment = PaymentView(
-            id=row["payment_id"], channel=row["p_channel"], status=row["p_status"],
-            next_action=msgspec.json.decode(action, type=NextActionView) if action else None,
-            failure_code=row["p_failure_code"],
-        )
+        payment = payment_view(payment_id=row["payment_id"], channel=row["p_channel"], status=row["p_status"],
+                               next_action=row["p_next_action"], failure_code=row["p_failure_code"])
+    return order_view_of(row, items=items, payment=payment, public_url=public_url)
+
+
+def payment_view(*, payment_id: str, channel: str, status: str, next_action: str | None,
+                 failure_code: str | None) -> PaymentView:
+    return PaymentView(id=payment_id, channel=channel, status=status, failure_code=failure_code,
+                       next_action=msgspec.json.decode(next_action, type=NextActionView) if next_action else None)
+
+
+def order_view_of(row: Mapping[str, Any], *, items: list[OrderItemView], payment: PaymentView | None,
+                  public_url: str) -> OrderView:
+    """From an order row and what is already in hand (order creation renders without re-reading)."""
+    assert sum(item.amount for item in items) == row["amount"], "order total differs from its lines"
     return OrderView(
         id=row["id"], status=row["status"], player_id=row["player_id"], items=items,
         amount=row["amount"], currency=row["currency"], channel=row["channel"],
