@@ -42,8 +42,10 @@ class RunningServer:
         self.config = load_config("/nonexistent-config.toml", environ=environ)
         self.announced: list[str] = []
         self.app = create_app(self.config, clock=clock, announce=self.announced.append)
+        # Keep-alive longer than any pause in a test: with uvicorn's 5 s, a pooled connection the
+        # server has just closed makes httpx fail a POST with "Server disconnected" (a client race).
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     loop="asyncio", access_log=False))
+                                                     loop="asyncio", access_log=False, timeout_keep_alive=120))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
