@@ -360,3 +360,29 @@ def test_a_key_over_its_rate_limit_gets_429(tmp_path):
             assert refused.json()["error"]["type"] == "rate_limit_error" and refused.headers["retry-after"] == "1"
     finally:
         limited.stop()
+
+
+def test_a_database_that_cannot_take_writes_answers_503_not_ready(tmp_path):
+    import sqlite3
+
+    from apss.clock import TestClock
+    from tests.conftest import RunningServer
+
+    server = RunningServer(db_path=tmp_path / "locked.sqlite", clock=TestClock(),
+                           env={"APSS_DATABASE_BUSY_TIMEOUT_MS": "100"}).start()
+    try:
+        merchant = server.new_merchant()
+        blocker = sqlite3.connect(tmp_path / "locked.sqlite", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with merchant.client() as client:
+                refused = client.post("/v1/products", json={"sku": "s1", "name": "n", "category": "item", "prices": {"USD": 1}})
+                assert_error(refused, 503, "api_error", "not_ready")
+                assert client.get("/v1/account").status_code == 200, "reads and authentication go on"
+            assert httpx.get(f"{server.base_url}/healthz").status_code == 503
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert httpx.get(f"{server.base_url}/healthz").json() == {"status": "ok"}
+    finally:
+        server.stop()

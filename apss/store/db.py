@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 
 class StoreUnavailable(NotReady):
-    code = "store_unavailable"
+    """The database cannot take the write now: 503 `not_ready` (API.md), retry shortly."""
 
 
 # Records an event about an object inside the transaction that changed it (the merchant webhook
