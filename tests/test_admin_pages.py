@@ -64,3 +64,23 @@ def test_schema_ui_loads_only_local_assets(server):
     assert urls and all(url.startswith("/schema/assets/") for url in urls), urls
     for url in urls:
         assert httpx.get(f"{server.base_url}{url}").status_code == 200, url
+
+
+def test_the_admin_adjusts_stock_from_the_products_page(server):
+    merchant = server.new_merchant("Stock Studio")
+    with merchant.client() as api:
+        product = merchant.product(api, stock=10)
+    admin = _login(server)
+    try:
+        page = admin.get("/admin/products", params={"merchant": merchant.id})
+        csrf = re.search(r"name=csrf value='([^']+)'", page.text).group(1)
+        action = f"/admin/products/{product['id']}/stock?merchant={merchant.id}"
+        assert admin.post(action, data={"delta": "-3"}).status_code == 403, "no CSRF token, no change"
+        done = admin.post(action, data={"csrf": csrf, "delta": "-3"})
+        assert done.status_code == 200 and "stock adjusted" in done.text
+        refused = admin.post(action, data={"csrf": csrf, "delta": "-100"})
+        assert "out_of_stock" in refused.text
+    finally:
+        admin.close()
+    with merchant.client() as api:
+        assert api.get(f"/v1/products/{product['id']}").json()["stock"] == 7

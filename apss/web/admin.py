@@ -21,6 +21,7 @@ from apss.api.common import Services
 from apss.clock import format_rfc3339, parse_rfc3339
 from apss.domain.orders import OrderStatus
 from apss.errors import ApssError, NotFound
+from apss.services.catalog import ProductUpdate
 from apss.services.merchants import Merchant
 from apss.services.refunds import RefundCreate
 from apss.web._i18n import money
@@ -399,15 +400,46 @@ async def admin_products(request: Request, svc: Services) -> Response:
     session, merchant, merchants = page
     after = request.query_params.get("after") if _ID_RE.match(request.query_params.get("after") or "") else None
     products, more = await svc.catalog.list(merchant_id=merchant.id, after_id=after, limit=_PAGE, active=None)
+    notice = _notice(request)
+
+    def adjust(p) -> str:  # limited stock only: "+100" restocks, "-5" removes free units, atomically
+        if p.stock is None:
+            return ""
+        return (f"<form method=post action='/admin/products/{esc(p.id)}/stock?merchant={esc(merchant.id)}' class=inline>"
+                f"<input type=hidden name=csrf value='{esc(session.csrf)}'><input name=delta type=number step=1 required "
+                f"aria-label='Adjust stock of {esc(p.sku)}' size=5><button type=submit>Adjust</button></form>")
+
     rows = "".join(
         f"<tr data-product='{esc(p.id)}'><td>{esc(p.sku)}</td><td>{esc(p.name)}</td><td>{esc(p.category)}</td>"
         f"<td>{esc(', '.join(money(a, c, 'en') for c, a in sorted(p.prices.items())))}</td>"
         f"<td data-stock>{'∞' if p.stock is None else p.stock}</td><td>{p.reserved}</td><td>{p.sold}</td>"
-        f"<td>{'yes' if p.active else 'no'}</td></tr>" for p in products) or "<tr><td colspan=8 class=muted>No products.</td></tr>"
+        f"<td>{'yes' if p.active else 'no'}</td><td>{adjust(p)}</td></tr>"
+        for p in products) or "<tr><td colspan=9 class=muted>No products.</td></tr>"
     more_link = (f"<a href='/admin/products?merchant={esc(merchant.id)}&after={esc(products[-1].id)}'>More →</a>" if more else "")
-    body = (f"<div class='card scroll'><h1>Products and stock</h1><table id=products><tr><th>SKU</th><th>Name</th><th>Category"
-            f"</th><th>Prices</th><th>Free stock</th><th>Reserved</th><th>Sold</th><th>Active</th></tr>{rows}</table>{more_link}</div>")
+    body = (f"{notice}<div class='card scroll'><h1>Products and stock</h1><table id=products><tr><th>SKU</th><th>Name</th>"
+            f"<th>Category</th><th>Prices</th><th>Free stock</th><th>Reserved</th><th>Sold</th><th>Active</th><th>Stock</th>"
+            f"</tr>{rows}</table>{more_link}</div>")
     return _layout(title="Products", body=body, active="products", merchant=merchant, merchants=merchants, csrf=session.csrf)
+
+
+@post("/admin/products/{product_id:str}/stock", include_in_schema=False, status_code=200)
+async def admin_adjust_stock(product_id: str, request: Request, svc: Services) -> Response:
+    session, form = await _checked_form(request, svc)
+    if session is None:
+        return _forbidden()
+    merchant, _ = await _merchant_choice(request, svc)
+    if merchant is None or not _ID_RE.match(product_id):
+        return _forbidden()
+    try:
+        delta = int(form.get("delta", ""))
+        outcome = await svc.catalog.update(merchant_id=merchant.id, product_id=product_id,
+                                           command=ProductUpdate(stock_adjust=delta), idem=None)
+        query = "done=stock_adjusted" if outcome.status < 400 else "error=stock_not_adjusted"
+    except ValueError:
+        query = "error=delta_not_a_whole_number"
+    except ApssError as error:
+        query = f"error={error.code}"
+    return Redirect(f"/admin/products?merchant={merchant.id}&{query}", status_code=303)
 
 
 @get("/admin/alerts", include_in_schema=False)
@@ -500,4 +532,4 @@ async def admin_section(request: Request, svc: Services) -> Response:
 
 
 ADMIN_HANDLERS = [admin_login_page, admin_login, admin_logout, admin_overview, admin_live, admin_orders, admin_order,
-                  admin_refund, admin_products, admin_alerts, admin_resolve_alert, admin_section]
+                  admin_refund, admin_products, admin_adjust_stock, admin_alerts, admin_resolve_alert, admin_section]
