@@ -31,15 +31,16 @@ __all__ = [
 _CHUNK_MAX = 500  # host parameters per IN (...) list, well under SQLite's limit
 
 
-def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+async def _fetch_in(db: Database, values: Iterable[str], sql: str, *, before: tuple = (),
+                   after: tuple = ()) -> list[sqlite3.Row]:
+    """Run `sql`, whose `{marks}` is an IN (...) list, over `values` in chunks of _CHUNK_MAX
+    (host parameters: `before`, the chunk, `after`); the rows of every chunk."""
     unique = sorted(set(values))
+    rows: list[sqlite3.Row] = []
     for start in range(0, len(unique), _CHUNK_MAX):
-        yield unique[start:start + _CHUNK_MAX]
-
-
-def _marks(values: list[str]) -> str:
-    assert 0 < len(values) <= _CHUNK_MAX
-    return ", ".join("?" * len(values))
+        chunk = unique[start:start + _CHUNK_MAX]
+        rows += await db.fetch_all(sql.format(marks=", ".join("?" * len(chunk))), (*before, *chunk, *after))
+    return rows
 
 
 # -- our side ----------------------------------------------------------------------------------
@@ -47,21 +48,13 @@ _PAYMENT_COLUMNS = "p.id, p.order_id, p.channel, p.status, p.amount, p.currency,
 
 
 async def payments_by_refs(db: Database, *, merchant_id: str, channel: str, refs: Iterable[str]) -> list[sqlite3.Row]:
-    rows: list[sqlite3.Row] = []
-    for chunk in _chunks(refs):
-        rows += await db.fetch_all(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments p WHERE p.channel = ? AND p.provider_ref IN ({_marks(chunk)})"
-            " AND p.merchant_id = ?", (channel, *chunk, merchant_id))
-    return rows
+    return await _fetch_in(db, refs, f"SELECT {_PAYMENT_COLUMNS} FROM payments p WHERE p.channel = ?"
+                           " AND p.provider_ref IN ({marks}) AND p.merchant_id = ?", before=(channel,), after=(merchant_id,))
 
 
 async def payments_by_ids(db: Database, *, merchant_id: str, channel: str, ids: Iterable[str]) -> list[sqlite3.Row]:
-    rows: list[sqlite3.Row] = []
-    for chunk in _chunks(ids):
-        rows += await db.fetch_all(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments p WHERE p.id IN ({_marks(chunk)}) AND p.merchant_id = ?"
-            " AND p.channel = ?", (*chunk, merchant_id, channel))
-    return rows
+    return await _fetch_in(db, ids, f"SELECT {_PAYMENT_COLUMNS} FROM payments p WHERE p.id IN ({{marks}})"
+                           " AND p.merchant_id = ? AND p.channel = ?", after=(merchant_id, channel))
 
 
 async def payments_in_span(db: Database, *, merchant_id: str, channel: str, from_ms: int, to_ms: int,
@@ -78,22 +71,15 @@ _REFUND_COLUMNS = "r.id, r.payment_id, r.status, r.amount, r.currency, r.provide
 
 
 async def refunds_by_refs(db: Database, *, merchant_id: str, channel: str, refs: Iterable[str]) -> list[sqlite3.Row]:
-    rows: list[sqlite3.Row] = []
-    for chunk in _chunks(refs):
-        rows += await db.fetch_all(
-            f"SELECT {_REFUND_COLUMNS} FROM refunds r JOIN payments p ON p.id = r.payment_id"
-            f" WHERE r.provider_refund_ref IN ({_marks(chunk)}) AND r.merchant_id = ? AND p.channel = ?",
-            (*chunk, merchant_id, channel))
-    return rows
+    return await _fetch_in(db, refs, f"SELECT {_REFUND_COLUMNS} FROM refunds r JOIN payments p ON p.id = r.payment_id"
+                           " WHERE r.provider_refund_ref IN ({marks}) AND r.merchant_id = ? AND p.channel = ?",
+                           after=(merchant_id, channel))
 
 
 async def refunds_of_payments(db: Database, *, merchant_id: str, payment_ids: Iterable[str]) -> list[sqlite3.Row]:
-    rows: list[sqlite3.Row] = []
-    for chunk in _chunks(payment_ids):
-        rows += await db.fetch_all(
-            f"SELECT {_REFUND_COLUMNS} FROM refunds r WHERE r.payment_id IN ({_marks(chunk)}) AND r.merchant_id = ?"
-            " ORDER BY r.id", (*chunk, merchant_id))
-    return rows
+    rows = await _fetch_in(db, payment_ids, f"SELECT {_REFUND_COLUMNS} FROM refunds r WHERE r.payment_id IN ({{marks}})"
+                           " AND r.merchant_id = ?", after=(merchant_id,))
+    return sorted(rows, key=lambda row: row["id"])
 
 
 async def refunds_in_span(db: Database, *, merchant_id: str, channel: str, from_ms: int, to_ms: int,
@@ -110,15 +96,11 @@ async def refunds_in_span(db: Database, *, merchant_id: str, channel: str, from_
 async def captured_fees(db: Database, *, payment_ids: Iterable[str]) -> dict[str, int]:
     """The provider fee the ledger recorded for each payment: the fees_expense debit of its
     `payment_captured` transaction (0 when the transaction has no fee entry)."""
-    fees: dict[str, int] = {}
-    for chunk in _chunks(payment_ids):
-        rows = await db.fetch_all(
-            "SELECT t.reference AS payment_id,"
-            " coalesce(sum(CASE WHEN e.account LIKE 'fees\\_expense:%' ESCAPE '\\' THEN e.debit - e.credit END), 0) AS fee"
-            " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
-            f" WHERE t.kind = 'payment_captured' AND t.reference IN ({_marks(chunk)}) GROUP BY t.reference", tuple(chunk))
-        fees.update({row["payment_id"]: row["fee"] for row in rows})
-    return fees
+    rows = await _fetch_in(db, payment_ids, "SELECT t.reference AS payment_id, coalesce(sum(CASE WHEN e.account"
+                           " LIKE 'fees\\_expense:%' ESCAPE '\\' THEN e.debit - e.credit END), 0) AS fee"
+                           " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+                           " WHERE t.kind = 'payment_captured' AND t.reference IN ({marks}) GROUP BY t.reference")
+    return {row["payment_id"]: row["fee"] for row in rows}
 
 
 # -- runs and items ----------------------------------------------------------------------------
