@@ -96,6 +96,18 @@ async def _checked_form(request: Request, svc: Services):
     return session, form
 
 
+async def _admin_action(request: Request, svc: Services, object_id: str | None = None) -> Response | tuple[Merchant, Any]:
+    """Every dashboard POST starts here: 403 without a session and its CSRF token, a chosen
+    merchant or, when given, a well-formed object id; else (merchant, form)."""
+    session, form = await _checked_form(request, svc)
+    if session is None:
+        return _forbidden()
+    merchant, _ = await _merchant_choice(request, svc)
+    if merchant is None or (object_id is not None and not _ID_RE.match(object_id)):
+        return _forbidden()
+    return merchant, form
+
+
 def _forbidden() -> Response:
     return html_response(Document(title="Forbidden", css=_CSS, status=403, body=(
         "<main class=login><div class=card><h1>Form expired</h1><p>The form's CSRF token is missing or wrong. "
@@ -374,12 +386,10 @@ async def admin_order(order_id: str, request: Request, svc: Services) -> Respons
 
 @post("/admin/orders/{order_id:str}/refund", include_in_schema=False, status_code=200)
 async def admin_refund(order_id: str, request: Request, svc: Services) -> Response:
-    session, _ = await _checked_form(request, svc)
-    if session is None:
-        return _forbidden()
-    merchant, _ = await _merchant_choice(request, svc)
-    if merchant is None or not _ID_RE.match(order_id):
-        return _forbidden()
+    action = await _admin_action(request, svc, order_id)
+    if isinstance(action, Response):
+        return action
+    merchant, _ = action
     try:
         outcome = await svc.refunds.create(merchant=merchant, order_id=order_id,
                                            command=RefundCreate(reason="refunded from the admin dashboard"), idem=None)
@@ -424,12 +434,10 @@ async def admin_products(request: Request, svc: Services) -> Response:
 
 @post("/admin/products/{product_id:str}/stock", include_in_schema=False, status_code=200)
 async def admin_adjust_stock(product_id: str, request: Request, svc: Services) -> Response:
-    session, form = await _checked_form(request, svc)
-    if session is None:
-        return _forbidden()
-    merchant, _ = await _merchant_choice(request, svc)
-    if merchant is None or not _ID_RE.match(product_id):
-        return _forbidden()
+    action = await _admin_action(request, svc, product_id)
+    if isinstance(action, Response):
+        return action
+    merchant, form = action
     try:
         delta = int(form.get("delta", ""))
         outcome = await svc.catalog.update(merchant_id=merchant.id, product_id=product_id,
@@ -468,12 +476,10 @@ async def admin_alerts(request: Request, svc: Services) -> Response:
 
 @post("/admin/alerts/{alert_id:str}/resolve", include_in_schema=False, status_code=200)
 async def admin_resolve_alert(alert_id: str, request: Request, svc: Services) -> Response:
-    session, _ = await _checked_form(request, svc)
-    if session is None:
-        return _forbidden()
-    merchant, _ = await _merchant_choice(request, svc)
-    if merchant is None:
-        return _forbidden()
+    action = await _admin_action(request, svc)
+    if isinstance(action, Response):
+        return action
+    merchant, _ = action
     try:
         await svc.alerts.resolve(merchant_id=merchant.id, alert_id=alert_id)
         query = "done=alert_resolved"
