@@ -47,7 +47,7 @@ class FinanceService:
         self._ledger = ledger
 
     async def get(self, merchant_id: str) -> Finance:
-        return await self._db.write(lambda tx: self._ledger.finance(tx, merchant_id))
+        return await self._ledger.fetch_finance(merchant_id)
 
     async def update(self, *, merchant_id: str, command: FinanceIn, admin: bool) -> Finance:
         if command.commission_bps is not UNSET and not admin:

@@ -138,7 +138,13 @@ class Ledger:
                       reference=reference, entries=entries)
 
     def finance(self, tx: Tx, merchant_id: str) -> Finance:
-        row = store.get_finance(tx, merchant_id=merchant_id)
+        return self._finance(store.get_finance(tx, merchant_id=merchant_id))
+
+    async def fetch_finance(self, merchant_id: str) -> Finance:
+        """The same, read on a reader connection (no write transaction for a read)."""
+        return self._finance(await store.fetch_finance(self._db, merchant_id=merchant_id))
+
+    def _finance(self, row: sqlite3.Row | None) -> Finance:
         if row is None:
             return Finance(commission_bps=self._config.commission_bps, splits=[], clawback_policy=self._config.clawback_policy)
         return Finance(commission_bps=row["commission_bps"], splits=msgspec.json.decode(row["splits"], type=list[Split]),

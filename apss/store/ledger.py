@@ -11,6 +11,7 @@ __all__ = [
     "balance_mismatch",
     "bump_balance",
     "ensure_account",
+    "fetch_finance",
     "get_finance",
     "insert_entries",
     "insert_transaction",
@@ -25,6 +26,10 @@ __all__ = [
 
 def get_finance(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM merchant_finance WHERE merchant_id = ?", (merchant_id,))
+
+
+async def fetch_finance(db: Database, *, merchant_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM merchant_finance WHERE merchant_id = ?", (merchant_id,))
 
 
 def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, clawback_policy: str, now_ms: int) -> None:
