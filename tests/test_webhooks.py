@@ -39,6 +39,7 @@ from apss.services.merchants import Merchant
 from apss.services.webhooks import Webhooks
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
+from tests.asgi import read_body
 from tests.conftest import free_port, wait_for
 
 _HOUR_S = 3600
@@ -79,12 +80,7 @@ class Receiver:
             return [r for r in self.requests if r.path == path]
 
     async def __call__(self, scope, receive, send) -> None:
-        assert scope["type"] == "http"
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(scope, receive)
         path = scope["path"]
         with self._lock:
             script = self._scripts.get(path, [])

@@ -25,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.asgi import read_body
+
 __all__ = ["AlipayStandin", "Keys", "generate_keys", "sign_notify", "standin_sign"]
 
 _CST = timezone(timedelta(hours=8))
@@ -131,13 +133,7 @@ class AlipayStandin:
     # --- ASGI ---
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI signature
-        assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive)
         if scope["path"] != "/gateway.do":
             return await _respond(send, 404, b"not found", "text/plain")
         raw = scope.get("query_string", b"") if scope["method"] == "GET" else body

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from apss.channels.base import CallbackRequest
+from tests.asgi import read_body
 
 __all__ = ["CERT_URL", "PayPalStandin", "SigningCert", "capture_resource", "make_signing_cert", "rfc3339", "sign_headers"]
 
@@ -123,13 +124,7 @@ class PayPalStandin:
     # --- ASGI ---
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status, payload, media = self._dispatch(scope["method"], scope["path"], headers, body)
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 import stripe
 
 from apss.channels.base import CallbackRequest
+from tests.asgi import read_body
 
 __all__ = ["Recorded", "StripeStandIn", "signed_callback_request"]
 
@@ -74,13 +75,7 @@ class StripeStandIn:
     # --- ASGI
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         record = Recorded(scope["method"], scope["path"], scope["query_string"].decode(), headers, body)
         self.requests.append(record)

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 
+from tests.asgi import read_body
+
 __all__ = [
     "AUTH_SCHEMA",
     "StandIn",
@@ -203,13 +205,7 @@ class StandIn:
     # ASGI
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive)
         query = scope["query_string"].decode()
         path = scope["raw_path"].decode().split("?")[0] + (f"?{query}" if query else "")
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
