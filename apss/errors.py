@@ -25,6 +25,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "OutOfStock",
+    "ProviderDeclined",
     "ProviderFlowNotSupported",
     "PurchaseLimitExceeded",
     "RateLimited",
@@ -128,6 +129,17 @@ class ChannelTimeout(ChannelUnavailable):
     """The provider did not answer in time: the payment may or may not exist there (`unknown`)."""
 
     code = "channel_timeout"
+
+
+class ProviderDeclined(ApssError):
+    """The provider definitely refused the request (a 4xx with its own error code, a declined
+    card): nothing was done there. `provider_code` is the provider's code, never its message."""
+
+    code = "provider_declined"
+
+    def __init__(self, message: str, *, provider_code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.provider_code = provider_code or "declined"
 
 
 class ProviderFlowNotSupported(ApssError):

@@ -30,6 +30,7 @@ _STATUS: list[tuple[type[e.ApssError], int, str]] = [
     (e.Conflict, 409, "conflict_error"),
     (e.RateLimited, 429, "rate_limit_error"),
     (e.ChannelUnavailable, 502, "api_error"),
+    (e.ProviderDeclined, 502, "api_error"),
     (e.NotReady, 503, "api_error"),
 ]
 

@@ -8,8 +8,10 @@ type leaks past a channel package. Channels never touch the database.
 
 from __future__ import annotations
 
+import enum
+import importlib.metadata
 from collections.abc import Mapping
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -17,22 +19,38 @@ from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import ProviderFlowNotSupported
 
 __all__ = [
+    "CAPABILITY_PROTOCOLS",
     "CallbackEvent",
     "CallbackReply",
     "CallbackRequest",
+    "CancelsPayments",
+    "Capability",
+    "Captures",
     "Channel",
+    "ChannelContext",
     "ChannelRegistry",
+    "ChargesSavedMethods",
+    "CreatesPayments",
     "Credentials",
-    "flow_not_supported",
+    "ENTRY_POINT_GROUP",
     "NextAction",
+    "ParsesStatements",
     "PaymentCreated",
     "PaymentQuery",
     "PaymentReport",
     "PaymentRequest",
+    "QueriesStatus",
+    "REQUIRED_CAPABILITIES",
+    "RefundQuery",
     "RefundRequest",
     "RefundResult",
+    "Refunds",
     "Setting",
     "StatementLine",
+    "VerifiesCallbacks",
+    "capabilities_of",
+    "flow_not_supported",
+    "load_entry_points",
 ]
 
 # A merchant's decrypted settings for one channel (API.md "Channel settings"); for the sandbox,
@@ -42,6 +60,14 @@ Credentials = Mapping[str, str]
 
 class _Neutral(msgspec.Struct, frozen=True, kw_only=True):
     pass
+
+
+class ChannelContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a channel factory gets (app.py and the `apss.channels` entry points)."""
+
+    public_url: str
+    http: Any  # the shared httpx.AsyncClient for provider calls
+    clock: Any  # apss.clock.Clock
 
 
 class Setting(_Neutral):
@@ -75,12 +101,16 @@ class PaymentRequest(_Neutral):
     return_url: str | None = None
     player_id: str = ""
     metadata: dict[str, str] = {}
+    # When the reservation ends (unix seconds): the provider must refuse the payer after it
+    # (Stripe Checkout `expires_at`, Alipay `time_expire`, WeChat `time_expire`...).
+    expires_at_s: int | None = None
 
 
 class PaymentCreated(_Neutral):
     provider_ref: str
     status: PaymentStatus
     next_action: NextAction | None = None
+    provider_refs: list[str] = []  # any further ids the provider gave the payment (intent, charge...)
 
 
 class CallbackRequest(_Neutral):
@@ -104,6 +134,10 @@ class CallbackEvent(_Neutral):
     failure_code: str | None = None
     refund_id: str | None = None
     provider_refund_ref: str | None = None
+    # Every further provider id the event names (Stripe: session cs_, intent pi_, charge ch_;
+    # PayPal: order and capture ids; Alipay trade_no; WeChat transaction_id): the payment is
+    # matched on any of them, and acquires those it did not have.
+    provider_refs: list[str] = []
 
 
 class CallbackReply(_Neutral):
@@ -143,6 +177,7 @@ class PaymentReport(_Neutral):
     amount: int | None = None
     currency: str | None = None
     failure_code: str | None = None
+    provider_refs: list[str] = []  # as CallbackEvent.provider_refs
 
 
 class StatementLine(_Neutral):
@@ -157,33 +192,122 @@ class StatementLine(_Neutral):
     payment_id: str | None = None
 
 
+class RefundQuery(_Neutral):
+    refund_id: str  # ours; the provider's idempotency key for the refund
+    payment_id: str
+    provider_ref: str  # the payment's reference at the provider
+    provider_refund_ref: str | None
+    amount: int
+    currency: str
+
+
+# -- capabilities ---------------------------------------------------------------------------
+# A channel is a small object with a name, its settings, and whichever of the capability
+# protocols below it implements. Services never call a channel directly: every provider call goes
+# through the payments gateway (apss/services/gateway.py), which asks the registry whether the
+# channel has the capability, records the attempt and classifies the outcome.
+#
+# What an adapter raises, and how the gateway reads it:
+# - ProviderDeclined (or InvalidRequest, CurrencyNotSupported): a definite refusal, nothing was
+#   done at the provider: `failed`, with the provider's code.
+# - ChannelTimeout, ChannelUnavailable, or anything else: the provider may have done it (timeout,
+#   5xx, unreadable answer): `unknown`; never guessed, the janitor asks later.
+
+
 @runtime_checkable
 class Channel(Protocol):
-    """A payment channel. Slow calls are async; they are made between write transactions."""
+    """What every channel has: a name, whether it is for test merchants only, its settings."""
 
     name: str
     test_only: bool  # the sandbox: test merchants only
     settings: dict[str, Setting]  # what a merchant stores for this channel; `api_base` is optional
 
+
+@runtime_checkable
+class CreatesPayments(Channel, Protocol):
     async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
-        """Create the payment at the provider; raises ChannelUnavailable if it cannot tell."""
+        """Create the payment at the provider, to expire at `request.expires_at_s`."""
         ...
 
+
+@runtime_checkable
+class VerifiesCallbacks(Channel, Protocol):
     async def verify_callback(self, request: CallbackRequest, credentials: Credentials) -> list[CallbackEvent]:
         """Check signature and timestamp before anything else; raises CallbackRejected."""
         ...
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply: ...
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        """Capture a payment the payer approved (PayPal); others raise ProviderFlowNotSupported."""
-        ...
 
+@runtime_checkable
+class Refunds(Channel, Protocol):
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult: ...
 
+
+@runtime_checkable
+class Captures(Channel, Protocol):
+    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
+        """Capture a payment the payer approved (PayPal's orders)."""
+        ...
+
+
+@runtime_checkable
+class QueriesStatus(Channel, Protocol):
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport: ...
 
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult: ...
+
+
+@runtime_checkable
+class ParsesStatements(Channel, Protocol):
     def parse_statement(self, data: bytes) -> list[StatementLine]: ...
+
+
+@runtime_checkable
+class ChargesSavedMethods(Channel, Protocol):
+    async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
+                                  credentials: Credentials) -> PaymentReport:
+        """Charge a payment method saved at the provider, off-session (renewals)."""
+        ...
+
+
+@runtime_checkable
+class CancelsPayments(Channel, Protocol):
+    async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
+        """Void or close an unpaid payment so the payer can no longer complete it (Stripe's
+        session expire, Alipay trade.close, WeChat close order). Closing one that is already
+        closed or expired is a success."""
+        ...
+
+
+class Capability(str, enum.Enum):
+    CREATE_PAYMENT = "create_payment"
+    VERIFY_CALLBACK = "verify_callback"
+    REFUND = "refund"
+    CAPTURE = "capture"
+    QUERY_STATUS = "query_status"
+    PARSE_STATEMENT = "parse_statement"
+    CHARGE_SAVED_METHOD = "charge_saved_method"
+    CANCEL_PAYMENT = "cancel_payment"
+
+
+CAPABILITY_PROTOCOLS: dict[Capability, type] = {
+    Capability.CREATE_PAYMENT: CreatesPayments,
+    Capability.VERIFY_CALLBACK: VerifiesCallbacks,
+    Capability.REFUND: Refunds,
+    Capability.CAPTURE: Captures,
+    Capability.QUERY_STATUS: QueriesStatus,
+    Capability.PARSE_STATEMENT: ParsesStatements,
+    Capability.CHARGE_SAVED_METHOD: ChargesSavedMethods,
+    Capability.CANCEL_PAYMENT: CancelsPayments,
+}
+# Every channel must take payments and their callbacks; the rest is optional.
+REQUIRED_CAPABILITIES = frozenset({Capability.CREATE_PAYMENT, Capability.VERIFY_CALLBACK})
+
+
+def capabilities_of(channel: Channel) -> frozenset[Capability]:
+    """What `channel` implements: each capability whose protocol's methods it has."""
+    return frozenset(cap for cap, protocol in CAPABILITY_PROTOCOLS.items() if isinstance(channel, protocol))
 
 
 def flow_not_supported(channel: str, flow: str) -> ProviderFlowNotSupported:
@@ -191,19 +315,56 @@ def flow_not_supported(channel: str, flow: str) -> ProviderFlowNotSupported:
 
 
 class ChannelRegistry:
-    """Channels by name; registering a name twice is a programmer error (Litestar's registries)."""
+    """Channels by name, with what each can do; registering a name twice is a programmer error
+    (Litestar's registries)."""
 
     def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
+        self._capabilities: dict[str, frozenset[Capability]] = {}
 
     def register(self, channel: Channel) -> None:
         assert isinstance(channel, Channel), channel
         if channel.name in self._channels:
             raise ValueError(f"a channel named {channel.name!r} is already registered")
+        capabilities = capabilities_of(channel)
+        missing = REQUIRED_CAPABILITIES - capabilities
+        if missing:
+            raise ValueError(f"channel {channel.name!r} lacks {sorted(c.value for c in missing)}")
         self._channels[channel.name] = channel
+        self._capabilities[channel.name] = capabilities
 
     def get(self, name: str) -> Channel | None:
         return self._channels.get(name)
 
     def names(self) -> list[str]:
         return list(self._channels)
+
+    def supports(self, name: str, capability: Capability) -> bool:
+        return capability in self._capabilities.get(name, frozenset())
+
+    def capabilities(self, name: str) -> frozenset[Capability]:
+        return self._capabilities.get(name, frozenset())
+
+    def capable(self, name: str, capability: Capability) -> Any:
+        """The channel, typed by the caller as `capability`'s protocol; ProviderFlowNotSupported
+        when it lacks it (Hyperswitch's `FlowNotSupported`)."""
+        channel = self._channels.get(name)
+        assert channel is not None, f"unknown channel {name!r}"
+        if capability not in self._capabilities[name]:
+            raise flow_not_supported(name, capability.value.replace("_", " "))
+        return channel
+
+
+ENTRY_POINT_GROUP = "apss.channels"
+
+
+def load_entry_points(registry: ChannelRegistry, context: ChannelContext, *, group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Register the channels that installed packages declare under the `apss.channels` entry
+    point group. Each entry point names a factory `f(context: ChannelContext) -> Channel`.
+    Returns the names registered."""
+    names = []
+    for entry in importlib.metadata.entry_points(group=group):
+        channel = entry.load()(context)
+        registry.register(channel)
+        names.append(channel.name)
+    return names
