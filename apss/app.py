@@ -69,7 +69,8 @@ from apss.services.outbox import Outbox
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
 from apss.services.reconciliation import Reconciliation
-from apss.services.recovery import resume_running
+from apss.services.gateway import PaymentGateway
+from apss.services.recovery import Completer, resume_running
 from apss.services.refunds import Refunds
 from apss.services.reports import Reports
 from apss.services.sandbox import SandboxProvider
@@ -120,26 +121,32 @@ def _build_services(config: Config, clock: Clock) -> Services:
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
-    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, merchants=merchants)
+    gateway = PaymentGateway(channels=channels, clock=clock)
+    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
+    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
+                        merchants=merchants)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
-    refunds = Refunds(db=db, clock=clock, idempotency=idempotency, channels=channels, ledger=ledger)
-    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, merchants=merchants, ledger=ledger,
-                                   refunds=refunds)
-    janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, channels=channels, merchants=merchants,
-                             payment_events=payment_events)
+    refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
+                      batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http,
                         attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
+    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, gateway=gateway, merchants=merchants,
+                                   ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery)
+    janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
+                             payment_events=payment_events, refunds=refunds)
+    completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
+                          running_max_s=config.orders.idempotency_running_max_s)
     outbox = Outbox(webhooks=webhooks, public_url=config.public_url)
     db.event_sink = outbox.sink
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox)
-    payment_events.game_delivery = deliveries.create_delivery
-    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
     scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
     scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
+    scheduler.add("refund_sender", interval_s=5.0, fn=refunds.send_queued)
+    scheduler.add("completer", interval_s=max(1.0, config.orders.idempotency_running_max_s / 6), fn=completer.complete_stale)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
@@ -162,6 +169,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
+        gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
@@ -171,6 +179,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
 
 def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print) -> Litestar:
     """`announce` receives the once-only lines (generated admin token, demo merchant key)."""
+    if not __debug__:  # `python -O` strips assertions, and invariants live in them
+        raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
     svc = _build_services(config, clock or SystemClock())
 
     async def start(app: Litestar) -> None:

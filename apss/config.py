@@ -67,6 +67,9 @@ class OrdersConfig(_Section):
     idempotency_ttl_s: Annotated[int, Meta(ge=86_400)] = 86_400 * 2
     # An FX rate older than this does not price an order (the currency is then not supported).
     fx_rate_age_max_s: Annotated[int, Meta(ge=60)] = 86_400 * 7
+    # A request whose Idempotency-Key is still `running` after this long (something failed
+    # between its two transactions without a crash) is finished by the completer job.
+    idempotency_running_max_s: Annotated[int, Meta(ge=5, le=86_400)] = 60
 
 
 class SandboxConfig(_Section):
@@ -108,6 +111,9 @@ class FinanceConfig(_Section):
     # When a refund must take back virtual currency the player already spent: "refuse" the
     # refund, or claw back into "debt" (a negative balance that later purchases pay off first).
     clawback_policy: Literal["refuse", "debt"] = "refuse"
+    # A payment that succeeds for an order that cannot take it any more (expired and its stock
+    # gone): refunded through its channel at once (`refund`), or only an alert (`alert`).
+    late_payment: Literal["refund", "alert"] = "refund"
     # Provider fee schedules per channel: percent (basis points) plus a fixed part per currency.
     fees: dict[str, FeeScheduleConfig] = msgspec.field(default_factory=_default_fees)
 
@@ -230,3 +236,5 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key server.public_url: must start with http:// or https://")
     if config.admin.token and len(config.admin.token) < 16:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
+    if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
+        raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")

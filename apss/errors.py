@@ -12,6 +12,7 @@ __all__ = [
     "CallbackRejected",
     "ChannelNotAvailable",
     "ChannelTimeout",
+    "ChannelUnreachable",
     "ChannelUnavailable",
     "ConfigInvalid",
     "Conflict",
@@ -123,6 +124,13 @@ class ChannelUnavailable(ApssError):
     """A provider could not be reached or answered with an error; the outcome may be unknown."""
 
     code = "channel_unavailable"
+
+
+class ChannelUnreachable(ChannelUnavailable):
+    """The request never reached the provider (connection refused, DNS, connect timeout): nothing
+    was done there, so the gateway reads it as a definite failure."""
+
+    code = "channel_unreachable"
 
 
 class ChannelTimeout(ChannelUnavailable):

@@ -39,6 +39,7 @@ __all__ = [
     "PaymentQuery",
     "PaymentReport",
     "PaymentRequest",
+    "QueriesRefunds",
     "QueriesStatus",
     "REQUIRED_CAPABILITIES",
     "RefundQuery",
@@ -255,6 +256,9 @@ class Captures(Channel, Protocol):
 class QueriesStatus(Channel, Protocol):
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport: ...
 
+
+@runtime_checkable
+class QueriesRefunds(Channel, Protocol):
     async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult: ...
 
 
@@ -286,6 +290,7 @@ class Capability(str, enum.Enum):
     REFUND = "refund"
     CAPTURE = "capture"
     QUERY_STATUS = "query_status"
+    QUERY_REFUND = "query_refund"
     PARSE_STATEMENT = "parse_statement"
     CHARGE_SAVED_METHOD = "charge_saved_method"
     CANCEL_PAYMENT = "cancel_payment"
@@ -297,6 +302,7 @@ CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.REFUND: Refunds,
     Capability.CAPTURE: Captures,
     Capability.QUERY_STATUS: QueriesStatus,
+    Capability.QUERY_REFUND: QueriesRefunds,
     Capability.PARSE_STATEMENT: ParsesStatements,
     Capability.CHARGE_SAVED_METHOD: ChargesSavedMethods,
     Capability.CANCEL_PAYMENT: CancelsPayments,

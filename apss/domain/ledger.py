@@ -34,6 +34,7 @@ __all__ = [
     "account_type",
     "adjustment_entries",
     "allocate",
+    "over_refund_entries",
     "deferral_entries",
     "recognition_entries",
     "undeferral_entries",
@@ -153,6 +154,15 @@ def reversal_entries(*, merchant_id: str, channel: str, gross: int, refunded_bef
         *[(f"partner_payable:{recipient}:{merchant_id}", back) for recipient, back in shares_back],
         (f"merchant_payable:{merchant_id}", merchant_back),
     ])
+
+
+def over_refund_entries(*, merchant_id: str, channel: str, amount: int, currency: str) -> list[Entry]:
+    """Money the provider returned beyond what was captured (a chargeback on top of refunds):
+    it still leaves clearing, and the merchant bears it (its payable goes down, below zero if
+    need be: the merchant then owes it)."""
+    assert amount > 0
+    return _entries(currency, [(f"provider_clearing:{channel}:{merchant_id}", -amount),
+                               (f"merchant_payable:{merchant_id}", amount)])
 
 
 def allocate(total: int, weights: list[int]) -> list[int]:

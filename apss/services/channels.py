@@ -146,6 +146,8 @@ class ChannelAccess:
 
     def credentials(self, merchant: Merchant, channel: Channel) -> Credentials:
         if channel.test_only:
+            if merchant.mode != "test":  # e.g. a sandbox callback posted to a live merchant's route
+                raise ChannelNotAvailable(f"The {channel.name} channel is for test merchants only.", param="channel")
             assert merchant.sandbox_webhook_secret, "test merchants always have a sandbox secret"
             return {"webhook_secret": merchant.sandbox_webhook_secret}
         stored = self._settings.get((merchant.id, channel.name))

@@ -28,8 +28,6 @@ from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
 from apss.domain.payments import PaymentStatus
 from apss.errors import (
-    ChannelTimeout,
-    ChannelUnavailable,
     CurrencyNotSupported,
     InvalidRequest,
     MerchantOrderRefExists,
@@ -41,6 +39,7 @@ from apss.ids import new_id, new_token
 from apss.services import lifecycle
 from apss.services.channels import ChannelAccess
 from apss.services.fx import quote_tx as fx_quote_tx
+from apss.services.gateway import Attempt, PaymentGateway
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants import Merchant, Merchants
 from apss.services.views import (
@@ -97,8 +96,9 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
-                 channels: ChannelAccess, merchants: Merchants) -> None:
+                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants) -> None:
         self._db = db
+        self._gateway = gateway
         self._clock = clock
         self._config = config
         self._idempotency = idempotency
@@ -148,7 +148,8 @@ class Checkout:
         order_id, payment_id = new_id("ord"), new_id("pay")
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
         for line in lines:
-            assert catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"]), "checked first"
+            reserved = catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"])
+            assert reserved, "checked first"
         order = {
             "id": order_id, "merchant_id": merchant.id, "player_id": command.player_id, "status": "pending",
             "amount": total, "currency": command.currency, "channel": channel,
@@ -214,59 +215,76 @@ class Checkout:
             callback_url=f"{self.public_url}/v1/channels/{channel}/webhook/{order['merchant_id']}",
             return_url=order["return_url"], player_id=order["player_id"],
             metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]),
+            expires_at_s=order["expires_at_ms"] // 1000,
         )
 
     async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order: Mapping,
                               lines: list[Mapping], idem_key: str | None) -> Outcome:
-        """Ask each candidate channel in turn until one creates the payment (fallback)."""
-        order_id = order["id"]
-        attempts: list[tuple[str, str, str | None]] = []  # (channel, outcome, error code)
-        created: PaymentCreated | None = None
+        """Ask each candidate channel in turn, through the gateway, until one creates the
+        payment (fallback). Whatever a channel does, the request ends in the record transaction."""
+        attempts: list[Attempt] = []
         for channel in candidates:
-            try:
-                created = await channel.create_payment(self._payment_request(order, lines, channel.name),
-                                                        self._channels.credentials(merchant, channel))
-            except ChannelTimeout as error:
-                attempts.append((channel.name, "timeout", error.code))
-                self._channels.record_failure(merchant.id, channel.name, error.code)
-            except ChannelUnavailable as error:
-                attempts.append((channel.name, "failed", error.code))
-                self._channels.record_failure(merchant.id, channel.name, error.code)
-            except InvalidRequest as error:  # e.g. a currency this provider does not take: not its health
-                attempts.append((channel.name, "failed", error.code))
-            else:
-                attempts.append((channel.name, "created", None))
-                self._channels.record_success(merchant.id, channel.name)
+            attempt = await self._gateway.create_payment(merchant, channel.name,
+                                                         self._payment_request(order, lines, channel.name))
+            attempts.append(attempt)
+            if attempt.succeeded:
                 break
-            log.warning("channel %s could not create payment %s: %s", channel.name, order["payment_id"], attempts[-1][2])
-        return await self._db.write(lambda tx: self._record_payment(tx, merchant=merchant, order_id=order_id, created=created,
-                                                                    lines=lines, attempts=attempts, idem_key=idem_key))
+        return await self._db.write(lambda tx: self._record_payment(tx, merchant=merchant, order_id=order["id"],
+                                                                    attempts=attempts, lines=lines, idem_key=idem_key))
 
-    def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, created: PaymentCreated | None,
-                        lines: list[Mapping], attempts: list[tuple[str, str, str | None]], idem_key: str | None) -> Outcome:
+    def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, attempts: list[Attempt],
+                        lines: list[Mapping], idem_key: str | None) -> Outcome:
         now_ms = self._clock.now_ms()
         current = orders.get_order_tx(tx, order_id=order_id)
-        payment_id = current["payment_id"]
-        for channel, outcome, error in attempts:
-            channel_store.insert_attempt(tx, payment_id=payment_id, channel=channel, outcome=outcome, error_code=error, now_ms=now_ms)
-        used, outcome, _ = attempts[-1]
-        if used != current["channel"]:
-            orders.set_order_channel(tx, order_id=order_id, channel=used, now_ms=now_ms)
+        payment = orders.get_payment_tx(tx, payment_id=current["payment_id"])
+        last = self._usable_attempt(tx, payment, attempts[-1])
+        for attempt in [*attempts[:-1], last]:
+            self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant.id)
+        stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key) if idem_key else None
+        if stored is not None:  # the completer gave up on this request meanwhile: its answer stands
+            if last.succeeded:
+                orders.set_payment_details(tx, payment_id=payment["id"], now_ms=now_ms,
+                                           fields={"provider_ref": payment["provider_ref"] or last.value.provider_ref})
+                orders.request_close(tx, payment_id=payment["id"], now_ms=now_ms)
+            return stored
+        if last.channel != current["channel"]:
+            orders.set_order_channel(tx, order_id=order_id, channel=last.channel, now_ms=now_ms)
+            orders.set_payment_details(tx, payment_id=payment["id"], fields={"channel": last.channel}, now_ms=now_ms)
+        created: PaymentCreated | None = last.value if last.succeeded else None
         if created is not None:
-            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms, fields={
-                "channel": used, "status": created.status.value, "provider_ref": created.provider_ref,
-                "next_action": encode(created.next_action).decode() if created.next_action else None})
-        elif outcome == "timeout":  # the last provider may have made it: `unknown`, for the janitor
-            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms, fields={"channel": used})
-        else:
-            orders.update_payment(tx, payment_id=payment_id, now_ms=now_ms,
-                                  fields={"channel": used, "status": "failed", "failure_code": attempts[-1][2]})
-            if current["status"] == OrderStatus.PENDING.value:
-                lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{used}", now_ms=now_ms)
-        outcome_body = Outcome(status=201, body=encode(self._created_view(tx, current, created, lines, used)))
+            details = {"next_action": encode(created.next_action).decode() if created.next_action else None}
+            if payment["provider_ref"] is None:
+                details["provider_ref"] = created.provider_ref
+            orders.set_payment_details(tx, payment_id=payment["id"], fields=details, now_ms=now_ms)
+            # Guarded: a callback or the janitor may have moved the payment while the provider
+            # answered us; then its status stands (never backwards).
+            orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
+                                to_status=created.status.value, now_ms=now_ms)
+        elif last.outcome == "failed":  # definitely not created anywhere: the order fails now
+            moved = orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
+                                        to_status=PaymentStatus.FAILED.value, now_ms=now_ms,
+                                        fields={"failure_code": last.provider_code or last.error_code})
+            if moved and current["status"] == OrderStatus.PENDING.value:
+                lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"channel:{last.channel}", now_ms=now_ms)
+        # unknown: the provider may have made it; the payment stays `unknown` for the janitor
+        outcome_body = Outcome(status=201, body=encode(self._created_view(tx, current, created, lines, last.channel)))
         if idem_key is not None:
             self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome_body)
         return outcome_body
+
+    def _usable_attempt(self, tx: Tx, payment: Mapping, attempt: Attempt) -> Attempt:
+        """A created payment whose provider id another payment holds is an odd answer (a
+        provider bug, a replayed session): not this payment's, a failed attempt (with an alert)."""
+        if not attempt.succeeded:
+            return attempt
+        owner = orders.payment_by_refs(tx, channel=attempt.channel, refs=[attempt.value.provider_ref])
+        if owner is None or owner["id"] == payment["id"]:
+            return attempt
+        lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="provider_ref_conflict", severity="critical",
+                              object_id=payment["id"], now_ms=self._clock.now_ms(),
+                              message=f"{attempt.channel} answered payment {payment['id']} with the id of payment {owner['id']}")
+        return Attempt(channel=attempt.channel, operation=attempt.operation, outcome="failed",
+                       error_code="provider_ref_in_use")
 
     def _created_view(self, tx: Tx, order: Mapping, created: PaymentCreated | None, lines: list[Mapping],
                       channel: str) -> OrderView:
@@ -288,6 +306,29 @@ class Checkout:
         items = await orders.fetch_items(self._db, order_id=order_id)
         channel = self._channels.registry.get(order["channel"])
         await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=idem_key)
+
+    async def abandon(self, *, merchant: Merchant, order_id: str, idem_key: str) -> Outcome:
+        """Finish an order request whose key stayed `running` too long without a crash (an
+        exception, a 503 or a cancellation between its transactions): the order fails and its
+        stock is released, and the key answers that 201 from now on, so a retry can never make
+        a second order. A payment the provider may have made stays `unknown` for the janitor
+        (and is closed there); if it is paid anyway, the late-payment policy applies."""
+
+        def transaction(tx: Tx) -> Outcome:
+            stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key)
+            if stored is not None:
+                return stored
+            order = orders.get_order_tx(tx, order_id=order_id)
+            now_ms = self._clock.now_ms()
+            if order["status"] == OrderStatus.PENDING.value:
+                lifecycle.end_unpaid(tx, order, OrderEvent.PAYMENT_FAILED, cause="completer", now_ms=now_ms)
+                orders.request_close(tx, payment_id=order["payment_id"], now_ms=now_ms)
+            outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=order_id),
+                                                                 public_url=self.public_url)))
+            self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
+            return outcome
+
+        return await self._db.write(transaction)
 
     # -- cancel and expire -------------------------------------------------------------------
     async def cancel(self, *, merchant: Merchant, order_id: str, idem: IdempotencyRequest | None) -> Outcome:
@@ -331,10 +372,12 @@ class Checkout:
         if row is None or row["merchant_id"] != merchant_id:
             raise NotFound(f"No such payment: '{payment_id}'", param="id")
         attempts = await channel_store.list_attempts(self._db, payment_id=payment_id)
+        refs = await channel_store.list_refs(self._db, payment_id=payment_id)
         return PaymentDetailView(
             id=row["id"], order_id=row["order_id"], channel=row["channel"], status=row["status"], amount=row["amount"],
-            currency=row["currency"], provider_ref=row["provider_ref"], failure_code=row["failure_code"],
-            attempts=[PaymentAttemptView(channel=a["channel"], outcome=a["outcome"], error_code=a["error_code"],
+            currency=row["currency"], provider_ref=row["provider_ref"], provider_refs=refs, failure_code=row["failure_code"],
+            attempts=[PaymentAttemptView(channel=a["channel"], operation=a["operation"], outcome=a["outcome"],
+                                         error_code=a["error_code"], provider_code=a["provider_code"],
                                          created_at=format_rfc3339(a["created_at_ms"])) for a in attempts],
             created_at=format_rfc3339(row["created_at_ms"]))
 

@@ -31,6 +31,7 @@ class FinanceIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     commission_bps: Bps | UnsetType = UNSET  # admin only
     splits: Annotated[list[SplitIn], Meta(max_length=20)] | UnsetType = UNSET
     clawback_policy: Literal["refuse", "debt"] | UnsetType = UNSET
+    late_payment: Literal["refund", "alert"] | UnsetType = UNSET
 
 
 class AdjustmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,8 +66,10 @@ class FinanceService:
                 raise InvalidRequest("Commission and splits add up to more than 100%.", code="shares_exceed_whole",
                                      param="splits")
             policy = current.clawback_policy if command.clawback_policy is UNSET else command.clawback_policy
+            late = current.late_payment if command.late_payment is UNSET else command.late_payment
             store.set_finance(tx, merchant_id=merchant_id, commission_bps=commission,
-                              splits=msgspec.json.encode(splits).decode(), clawback_policy=policy, now_ms=self._clock.now_ms())
+                              splits=msgspec.json.encode(splits).decode(), clawback_policy=policy, late_payment=late,
+                              now_ms=self._clock.now_ms())
             return self._ledger.finance(tx, merchant_id)
 
         return await self._db.write(transaction)

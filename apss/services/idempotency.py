@@ -78,6 +78,15 @@ class Idempotency:
     def finish(self, tx: Tx, *, merchant_id: str, key: str, outcome: Outcome) -> None:
         keys.finish_key(tx, merchant_id=merchant_id, key=key, status=outcome.status, body=outcome.body)
 
+    def finished(self, tx: Tx, *, merchant_id: str, key: str) -> Outcome | None:
+        """The stored answer of a key that is no longer `running` (the completer finished it
+        while its request was still out at a provider), else None."""
+        row = keys.get_key(tx, merchant_id=merchant_id, key=key)
+        assert row is not None, "a two-step request holds its key"
+        if row["state"] == "running":
+            return None
+        return Outcome(status=row["response_status"], body=bytes(row["response_body"]), replayed=True)
+
     def begin(self, tx: Tx, *, merchant_id: str, request: IdempotencyRequest | None, fn: Callable[[Tx], T],
               resume: Callable[[T], str]) -> Outcome | T:
         """The first transaction of a two-step request (an order, a refund): a replay, or `fn(tx)`

@@ -38,6 +38,7 @@ class Finance(msgspec.Struct, frozen=True, kw_only=True):
     commission_bps: int
     splits: list[Split]
     clawback_policy: str  # refuse | debt
+    late_payment: str = "refund"  # refund | alert
 
 
 class LedgerCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,9 +147,10 @@ class Ledger:
 
     def _finance(self, row: sqlite3.Row | None) -> Finance:
         if row is None:
-            return Finance(commission_bps=self._config.commission_bps, splits=[], clawback_policy=self._config.clawback_policy)
+            return Finance(commission_bps=self._config.commission_bps, splits=[], clawback_policy=self._config.clawback_policy,
+                           late_payment=self._config.late_payment)
         return Finance(commission_bps=row["commission_bps"], splits=msgspec.json.decode(row["splits"], type=list[Split]),
-                       clawback_policy=row["clawback_policy"])
+                       clawback_policy=row["clawback_policy"], late_payment=row["late_payment"])
 
     def fee(self, *, channel: str, amount: int, currency: str) -> int:
         schedule = self._config.fees.get(channel)

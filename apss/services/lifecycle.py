@@ -27,7 +27,7 @@ from apss.ids import new_id
 from apss.store import alerts, catalog, orders, players
 from apss.store.db import Tx
 
-__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "pay", "raise_alert", "stock_available_again"]
+__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "pay", "raise_alert", "stock_available_again"]
 
 _grants_decoder = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
@@ -53,14 +53,28 @@ def end_unpaid(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now
     for item in items:
         catalog.release_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
     payment = orders.get_payment_tx(tx, payment_id=order["payment_id"]) if order["payment_id"] else None
+    if payment is None or event is OrderEvent.PAYMENT_FAILED:
+        return
+    # Whatever its status, a payment the provider knows of is closed there, so that the payer
+    # cannot pay an order that ended (the closer job asks the channel after this commits).
+    if payment["provider_ref"] is not None:
+        orders.request_close(tx, payment_id=payment["id"], now_ms=now_ms)
     # An `unknown` payment stays unknown: the provider may have taken the money, and only its
     # answer (callback or the janitor's query) may say otherwise.
-    if payment is not None and event is not OrderEvent.PAYMENT_FAILED and payment["status"] != PaymentStatus.UNKNOWN.value:
-        try:
-            payment_transition(PaymentStatus(payment["status"]), PaymentStatus.CANCELED)
-        except InvalidTransition:
-            return
-        orders.update_payment(tx, payment_id=payment["id"], fields={"status": "canceled"}, now_ms=now_ms)
+    if payment["status"] != PaymentStatus.UNKNOWN.value:
+        move_payment(tx, payment, PaymentStatus.CANCELED, now_ms=now_ms)
+
+
+def move_payment(tx: Tx, payment: sqlite3.Row, target: PaymentStatus, *, now_ms: int, fields: dict | None = None) -> bool:
+    """Move a payment through its state machine with a guarded write. False when the move is
+    not allowed from its status (a stale event), or the payment moved since it was read."""
+    current = PaymentStatus(payment["status"])
+    try:
+        payment_transition(current, target)
+    except InvalidTransition:
+        return False
+    return orders.move_payment(tx, payment_id=payment["id"], from_status=current.value, to_status=target.value,
+                               now_ms=now_ms, fields=fields)
 
 
 def stock_available_again(tx: Tx, items: list[sqlite3.Row]) -> bool:
@@ -86,7 +100,8 @@ def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now
         if was_pending:
             catalog.take_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
         else:
-            assert catalog.take_free(tx, product_id=item["product_id"], quantity=item["quantity"]), "checked first"
+            taken = catalog.take_free(tx, product_id=item["product_id"], quantity=item["quantity"])
+            assert taken, "checked first"
     move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
     deliver(tx, order, items, now_ms=now_ms)
     paid = orders.get_order_tx(tx, order_id=order["id"])

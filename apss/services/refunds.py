@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import RefundRequest
+from apss.channels.base import RefundRequest, RefundResult
 from apss.clock import Clock, format_rfc3339
 from apss.domain.catalog import (
     CurrencyGrant,
@@ -33,11 +34,11 @@ from apss.domain.catalog import (
     ItemGrant,
     MembershipGrant,
 )
-from apss.domain.ledger import reversal_entries
+from apss.domain.ledger import over_refund_entries, reversal_entries
 from apss.domain.orders import OrderEvent, OrderStatus
+from apss.domain.payments import PaymentStatus
+from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus
 from apss.errors import (
-    ChannelTimeout,
-    ChannelUnavailable,
     Conflict,
     InvalidRequest,
     InvalidTransition,
@@ -45,10 +46,10 @@ from apss.errors import (
 )
 from apss.ids import new_id
 from apss.services import lifecycle
-from apss.services.channels import ChannelAccess
+from apss.services.gateway import Attempt, PaymentGateway
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.ledger import Ledger
-from apss.services.merchants import Merchant
+from apss.services.merchants import Merchant, Merchants
 from apss.services.views import encode
 from apss.store import orders, players
 from apss.store import refunds as store
@@ -97,12 +98,16 @@ def refund_view(row: sqlite3.Row) -> RefundView:
 
 
 class Refunds:
-    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, channels: ChannelAccess, ledger: Ledger) -> None:
+    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, gateway: PaymentGateway, ledger: Ledger,
+                 merchants: Merchants, batch_max: int, wake_sender: Callable[[], None]) -> None:
         self._db = db
         self._clock = clock
         self._idempotency = idempotency
-        self._channels = channels
+        self._gateway = gateway
         self._ledger = ledger
+        self._merchants = merchants
+        self._batch_max = batch_max
+        self.wake_sender = wake_sender
 
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, order_id: str, command: RefundCreate, idem: IdempotencyRequest | None) -> Outcome:
@@ -143,26 +148,18 @@ class Refunds:
         refund = await store.fetch_refund(self._db, refund_id=refund_id)
         payment = await orders.fetch_payment(self._db, payment_id=refund["payment_id"])
         order = await orders.fetch_order(self._db, order_id=refund["order_id"])
-        channel = self._channels.registry.get(payment["channel"])
         request = RefundRequest(refund_id=refund_id, payment_id=payment["id"], provider_ref=payment["provider_ref"] or "",
                                 amount=refund["amount"], currency=refund["currency"], reason=refund["reason"],
                                 metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]))
-        status, provider_ref, failure = "pending", None, None
-        try:
-            result = await channel.refund(request, self._channels.credentials(merchant, channel))
-            status, provider_ref, failure = result.status, result.provider_refund_ref, result.failure_code
-        except ChannelTimeout:
-            log.warning("refund %s: %s timed out; it stays pending until the provider says", refund_id, channel.name)
-        except (ChannelUnavailable, InvalidRequest, Conflict) as error:
-            status, failure = "failed", error.code
+        attempt = await self._gateway.refund(merchant, payment["channel"], request)
 
         def record(tx: Tx) -> Outcome:
-            if provider_ref:
-                store.set_provider_ref(tx, refund_id=refund_id, provider_ref=provider_ref)
-            if status == "succeeded":
-                self.apply_succeeded(tx, refund_id=refund_id, cause=f"refund:{refund_id}")
-            elif status == "failed":
-                self.apply_failed(tx, refund_id=refund_id, failure_code=failure or "refund_failed")
+            if idem_key is not None:
+                stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key)
+                if stored is not None:  # the completer answered meanwhile; the outcome still lands
+                    self.record_outcome(tx, refund_id=refund_id, payment_id=payment["id"], attempt=attempt)
+                    return stored
+            self.record_outcome(tx, refund_id=refund_id, payment_id=payment["id"], attempt=attempt)
             outcome = Outcome(status=201, body=encode(refund_view(store.get_refund(tx, refund_id=refund_id))))
             if idem_key is not None:
                 self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
@@ -170,58 +167,143 @@ class Refunds:
 
         return await self._db.write(record)
 
+    def record_outcome(self, tx: Tx, *, refund_id: str, payment_id: str, attempt: Attempt) -> str:
+        """What the provider said of a refund: succeeded (now, or `pending` at the provider),
+        a definite refusal (`failed`), or unknown: then it stays `pending` and the janitor asks;
+        it is never booked failed on a guess (the money may have gone back)."""
+        refund = store.get_refund(tx, refund_id=refund_id)
+        merchant_id = refund["merchant_id"]
+        self._gateway.record(tx, attempt, payment_id=payment_id, merchant_id=merchant_id)
+        store.dequeue(tx, refund_id=refund_id)
+        if attempt.outcome == "unknown":
+            log.warning("refund %s: %s (%s); it stays pending until the provider says", refund_id, attempt.outcome,
+                        attempt.error_code)
+            return "pending"
+        if attempt.outcome == "failed":
+            return self.apply_failed(tx, refund_id=refund_id, failure_code=attempt.provider_code or attempt.error_code or "refund_failed")
+        result: RefundResult = attempt.value
+        if result.provider_refund_ref and refund["provider_refund_ref"] is None:
+            store.set_provider_ref(tx, refund_id=refund_id, provider_ref=result.provider_refund_ref)
+        if result.status == "succeeded":
+            return self.apply_succeeded(tx, refund_id=refund_id, cause=f"refund:{refund_id}")
+        if result.status == "failed":
+            return self.apply_failed(tx, refund_id=refund_id, failure_code=result.failure_code or "refund_failed")
+        return "pending"
+
     async def resume(self, *, merchant: Merchant, refund_id: str, idem_key: str) -> None:
         """Finish a refund request that a crash cut between its transactions (the refund id is
         the provider's idempotency key)."""
         await self._call_channel(merchant=merchant, refund_id=refund_id, idem_key=idem_key)
 
+    async def abandon(self, *, merchant: Merchant, refund_id: str, idem_key: str) -> Outcome:
+        """Finish a refund request whose key stayed `running` too long without a crash: the key
+        answers the refund as it stands (`pending`: the janitor asks the provider what it did)."""
+
+        def transaction(tx: Tx) -> Outcome:
+            stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key)
+            if stored is not None:
+                return stored
+            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund(tx, refund_id=refund_id))))
+            self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
+            return outcome
+
+        return await self._db.write(transaction)
+
+    def queue_refund(self, tx: Tx, *, payment: sqlite3.Row, reason: str) -> str:
+        """A refund APSS decides by itself (a late payment it cannot accept): the rest of the
+        payment, `pending`, sent by the refund sender job after this transaction commits."""
+        left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
+        assert left > 0, payment["id"]
+        refund_id = new_id("rfd")
+        store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
+                                 "payment_id": payment["id"], "amount": left, "currency": payment["currency"],
+                                 "status": "pending", "reason": reason, "created_at_ms": self._clock.now_ms(), "queued": 1})
+        tx.after_commit(self.wake_sender)
+        return refund_id
+
+    async def send_queued(self) -> int:
+        """The refund sender job: send each queued refund through the gateway."""
+        sent = 0
+        for row in await store.queued(self._db, limit=self._batch_max):
+            merchant = self._merchants.by_id(row["merchant_id"])
+            await self._call_channel(merchant=merchant, refund_id=row["id"], idem_key=None)
+            sent += 1
+        return sent
+
     # -- outcomes (now, or later by callback) -------------------------------------------------
     def apply_chargeback(self, tx: Tx, *, payment: sqlite3.Row, amount: int | None, event_id: str) -> str:
         """A dispute the provider opened takes the money back at once: a forced refund (ledger kind
-        `chargeback`), goods taken back as for a refund with the `debt` policy, and an alert."""
-        succeeded = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded", "pending"))
-        amount = min(amount or payment["amount"], payment["amount"] - succeeded)
-        if payment["status"] != "succeeded" or amount <= 0:
+        `chargeback`) of exactly what the provider reports, goods taken back as for a refund with
+        the `debt` policy, and an alert. Refunds still pending do not shrink it: if they and the
+        chargeback exceed the capture, that is an over-refund, alerted and booked as it happened."""
+        if payment["status"] != PaymentStatus.SUCCEEDED.value:
             return "stale"
+        amount = amount if amount is not None and amount > 0 else payment["amount"]
+        now_ms = self._clock.now_ms()
         refund_id = new_id("rfd")
         store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
                                  "payment_id": payment["id"], "amount": amount, "currency": payment["currency"],
-                                 "status": "pending", "reason": "chargeback", "created_at_ms": self._clock.now_ms()})
+                                 "status": "pending", "reason": "chargeback", "created_at_ms": now_ms})
         tx.emit(merchant_id=payment["merchant_id"], type="dispute.created", kind="refund", object_id=refund_id)
         lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="dispute_created", severity="critical",
-                              object_id=payment["id"], now_ms=self._clock.now_ms(),
+                              object_id=payment["id"], now_ms=now_ms,
                               message=f"chargeback of {amount} {payment['currency']} on payment {payment['id']}")
+        pending = store.refunded_total(tx, payment_id=payment["id"], statuses=("pending",)) - amount
+        succeeded = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
+        if succeeded + amount <= payment["amount"] < succeeded + pending + amount:  # the rest is alerted below
+            self._alert_over_refund(tx, payment, total=succeeded + pending + amount)
         return self.apply_succeeded(tx, refund_id=refund_id, cause=f"callback:{event_id}", kind="chargeback", policy="debt")
 
     def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None) -> str:
         refund = store.get_refund(tx, refund_id=refund_id)
-        if refund["status"] != "pending":
+        current = RefundStatus(refund["status"])
+        if RefundStatus.SUCCEEDED not in REFUND_TRANSITIONS[current]:
             return "stale"
         order = orders.get_order_tx(tx, order_id=refund["order_id"])
         payment = orders.get_payment_tx(tx, payment_id=refund["payment_id"])
         finance = self._ledger.finance(tx, order["merchant_id"])
         before = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
-        plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=refund["amount"],
-                          policy=policy or finance.clawback_policy)
+        within = max(0, min(refund["amount"], payment["amount"] - before))  # what the capture still covers
+        delivered = order["status"] in _REFUNDABLE
+        plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=within,
+                          policy=policy or finance.clawback_policy) if delivered and within else Clawback(policy="none")
         now_ms = self._clock.now_ms()
-        self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=refund_id, entries=reversal_entries(
-            merchant_id=order["merchant_id"], channel=payment["channel"], gross=payment["amount"], refunded_before=before,
-            amount=refund["amount"], currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits))
+        if within:
+            self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=refund_id, entries=reversal_entries(
+                merchant_id=order["merchant_id"], channel=payment["channel"], gross=payment["amount"], refunded_before=before,
+                amount=within, currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits))
+        if within < refund["amount"]:  # the provider returned more than was captured: book it as it happened
+            self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=f"{refund_id}:over",
+                              entries=over_refund_entries(merchant_id=order["merchant_id"], channel=payment["channel"],
+                                                          amount=refund["amount"] - within, currency=payment["currency"]))
+            self._alert_over_refund(tx, payment, total=before + refund["amount"])
         self._take_back(tx, order, plan, refund_id=refund_id, now_ms=now_ms)
-        store.finish_refund(tx, refund_id=refund_id, status="succeeded", failure_code=None,
-                            clawback=encode(plan).decode(), now_ms=now_ms)
+        moved = store.finish_refund(tx, refund_id=refund_id, from_status=current.value, status="succeeded",
+                                    failure_code=None, clawback=encode(plan).decode(), now_ms=now_ms)
+        assert moved, "read in this transaction"
         tx.emit(merchant_id=order["merchant_id"], type="refund.succeeded", kind="refund", object_id=refund_id)
-        full = before + refund["amount"] == payment["amount"]
-        if order["status"] in _REFUNDABLE:
+        if current is RefundStatus.FAILED:
+            lifecycle.raise_alert(tx, merchant_id=order["merchant_id"], kind="refund_succeeded_after_failure",
+                                  severity="warning", object_id=refund_id, now_ms=now_ms,
+                                  message=f"refund {refund_id} was booked failed, then its provider reported it done: applied")
+        full = before + refund["amount"] >= payment["amount"]
+        if delivered:
             lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
         return "applied"
 
+    def _alert_over_refund(self, tx: Tx, payment: sqlite3.Row, *, total: int) -> None:
+        lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="over_refund", severity="critical",
+                              object_id=payment["id"], now_ms=self._clock.now_ms(),
+                              message=f"refunds and chargebacks of payment {payment['id']} come to {total} "
+                                      f"{payment['currency']}, more than the {payment['amount']} captured")
+
     def apply_failed(self, tx: Tx, *, refund_id: str, failure_code: str) -> str:
         refund = store.get_refund(tx, refund_id=refund_id)
-        if refund["status"] != "pending":
+        if RefundStatus.FAILED not in REFUND_TRANSITIONS[RefundStatus(refund["status"])]:
             return "stale"
-        store.finish_refund(tx, refund_id=refund_id, status="failed", failure_code=failure_code, clawback=None,
-                            now_ms=self._clock.now_ms())
+        moved = store.finish_refund(tx, refund_id=refund_id, from_status=refund["status"], status="failed",
+                                    failure_code=failure_code, clawback=None, now_ms=self._clock.now_ms())
+        assert moved, "read in this transaction"
         tx.emit(merchant_id=refund["merchant_id"], type="refund.failed", kind="refund", object_id=refund_id)
         lifecycle.raise_alert(tx, merchant_id=refund["merchant_id"], kind="refund_failed", severity="warning",
                               object_id=refund_id, now_ms=self._clock.now_ms(),

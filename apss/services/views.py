@@ -97,9 +97,13 @@ class PaymentView(_View):
 
 
 class PaymentAttemptView(_View):
+    """One provider call the gateway made for the payment (creation, capture, refund, query, close)."""
+
     channel: str
-    outcome: str  # created | failed | timeout
+    operation: str  # create_payment | capture | refund | query_payment | query_refund | cancel_payment
+    outcome: str  # succeeded | failed (a definite refusal) | unknown (the provider may have done it)
     error_code: str | None
+    provider_code: str | None
     created_at: str
 
 
@@ -113,6 +117,7 @@ class PaymentDetailView(_View):
     amount: int
     currency: str
     provider_ref: str | None
+    provider_refs: list[str]  # every id the payment acquired at its provider
     failure_code: str | None
     attempts: list[PaymentAttemptView]
     created_at: str

@@ -11,6 +11,7 @@ __all__ = [
     "all_settings",
     "insert_attempt",
     "list_attempts",
+    "list_refs",
     "open_payments_due",
     "record_check",
     "set_routing",
@@ -43,15 +44,23 @@ async def all_routing(db: Database) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT merchant_id, routing FROM channel_routing")
 
 
-def insert_attempt(tx: Tx, *, payment_id: str, channel: str, outcome: str, error_code: str | None, now_ms: int) -> None:
+def insert_attempt(tx: Tx, *, payment_id: str, channel: str, operation: str, outcome: str, error_code: str | None,
+                   provider_code: str | None, now_ms: int) -> None:
     tx.execute(
-        "INSERT INTO payment_attempts (payment_id, channel, outcome, error_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
-        (payment_id, channel, outcome, error_code, now_ms),
+        "INSERT INTO payment_attempts (payment_id, channel, operation, outcome, error_code, provider_code, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (payment_id, channel, operation, outcome, error_code, provider_code, now_ms),
     )
 
 
 async def list_attempts(db: Database, *, payment_id: str) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT * FROM payment_attempts WHERE payment_id = ? ORDER BY seq", (payment_id,))
+
+
+async def list_refs(db: Database, *, payment_id: str) -> list[str]:
+    rows = await db.fetch_all("SELECT provider_ref FROM payment_refs WHERE payment_id = ?"
+                              " ORDER BY created_at_ms, provider_ref", (payment_id,))
+    return [row["provider_ref"] for row in rows]
 
 
 async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, oldest_ms: int, limit: int) -> list[sqlite3.Row]:

@@ -34,8 +34,12 @@ def finish_key(tx: Tx, *, merchant_id: str, key: str, status: int, body: bytes) 
     assert cursor.rowcount == 1, "finished an idempotency key that was not running"
 
 
-async def running_keys(db: Database) -> list[sqlite3.Row]:
-    return await db.fetch_all("SELECT merchant_id, key, resume FROM idempotency_keys WHERE state = 'running'")
+async def running_keys(db: Database, *, created_before_ms: int | None = None) -> list[sqlite3.Row]:
+    """Keys still `running` (all of them, or those created before a time: the completer's)."""
+    if created_before_ms is None:
+        return await db.fetch_all("SELECT merchant_id, key, resume FROM idempotency_keys WHERE state = 'running'")
+    return await db.fetch_all("SELECT merchant_id, key, resume FROM idempotency_keys WHERE state = 'running'"
+                              " AND created_at_ms < ?", (created_before_ms,))
 
 
 def prune_keys(tx: Tx, *, created_before_ms: int, limit: int) -> int:

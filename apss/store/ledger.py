@@ -32,12 +32,15 @@ async def fetch_finance(db: Database, *, merchant_id: str) -> sqlite3.Row | None
     return await db.fetch_one("SELECT * FROM merchant_finance WHERE merchant_id = ?", (merchant_id,))
 
 
-def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, clawback_policy: str, now_ms: int) -> None:
+def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, clawback_policy: str, late_payment: str,
+                now_ms: int) -> None:
     tx.execute(
-        "INSERT INTO merchant_finance (merchant_id, commission_bps, splits, clawback_policy, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        "INSERT INTO merchant_finance (merchant_id, commission_bps, splits, clawback_policy, late_payment, updated_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT DO UPDATE SET commission_bps = excluded.commission_bps, splits = excluded.splits,"
-        " clawback_policy = excluded.clawback_policy, updated_at_ms = excluded.updated_at_ms",
-        (merchant_id, commission_bps, splits, clawback_policy, now_ms),
+        " clawback_policy = excluded.clawback_policy, late_payment = excluded.late_payment,"
+        " updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, commission_bps, splits, clawback_policy, late_payment, now_ms),
     )
 
 

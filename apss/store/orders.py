@@ -31,7 +31,14 @@ __all__ = [
     "set_order_channel",
     "set_order_status",
     "set_provider_event_result",
-    "update_payment",
+    "move_payment",
+    "set_payment_details",
+    "payment_by_refs",
+    "acquire_refs",
+    "payment_refs_of",
+    "request_close",
+    "payments_to_close",
+    "set_close_state",
 ]
 
 # One query renders an order with its items and payment, for the writer and the readers alike.
@@ -135,9 +142,24 @@ async def payment_by_provider_ref_async(db: Database, *, channel: str, provider_
     )
 
 
-def update_payment(tx: Tx, *, payment_id: str, fields: dict, now_ms: int) -> None:
-    allowed = {"status", "provider_ref", "next_action", "failure_code", "channel"}
-    assert fields and set(fields) <= allowed, set(fields) - allowed
+def move_payment(tx: Tx, *, payment_id: str, from_status: str, to_status: str, now_ms: int,
+                 fields: dict | None = None) -> bool:
+    """The guarded status write: `... WHERE status = :from`. False (nothing written) when the
+    payment is no longer in `from_status`: the caller's event is stale."""
+    extra = fields or {}
+    assert set(extra) <= {"failure_code", "provider_ref", "next_action"}, set(extra)
+    assignments = "".join(f", {name} = :{name}" for name in extra)
+    cursor = tx.execute(
+        f"UPDATE payments SET status = :to{assignments}, updated_at_ms = :now WHERE id = :id AND status = :from",
+        {**extra, "to": to_status, "now": now_ms, "id": payment_id, "from": from_status},
+    )
+    assert cursor.rowcount <= 1
+    return cursor.rowcount == 1
+
+
+def set_payment_details(tx: Tx, *, payment_id: str, fields: dict, now_ms: int) -> None:
+    """Fields that are not the status (which only `move_payment` writes)."""
+    assert fields and set(fields) <= {"provider_ref", "next_action", "channel"}, set(fields)
     assignments = ", ".join(f"{name} = :{name}" for name in fields)
     cursor = tx.execute(
         f"UPDATE payments SET {assignments}, updated_at_ms = :now WHERE id = :id",
@@ -146,18 +168,67 @@ def update_payment(tx: Tx, *, payment_id: str, fields: dict, now_ms: int) -> Non
     assert cursor.rowcount == 1
 
 
-def record_provider_event(tx: Tx, *, channel: str, event_id: str, merchant_id: str, kind: str, payment_id: str | None, now_ms: int) -> bool:
-    """Insert the event once; False when (channel, event_id) was seen before (a duplicate)."""
+def payment_by_refs(tx: Tx, *, channel: str, refs: list[str]) -> sqlite3.Row | None:
+    """The payment that acquired any of `refs` at `channel` (payment_refs)."""
+    for ref in refs:
+        row = tx.one("SELECT p.* FROM payment_refs r JOIN payments p ON p.id = r.payment_id"
+                     " WHERE r.channel = ? AND r.provider_ref = ?", (channel, ref))
+        if row is not None:
+            return row
+    return None
+
+
+def acquire_refs(tx: Tx, *, channel: str, payment_id: str, refs: list[str], now_ms: int) -> list[str]:
+    """Record every id the provider gave this payment; returns the ids another payment holds
+    already (an anomaly the caller reports)."""
+    clashes = []
+    for ref in dict.fromkeys(r for r in refs if r):
+        tx.execute("INSERT INTO payment_refs (channel, provider_ref, payment_id, created_at_ms) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT DO NOTHING", (channel, ref, payment_id, now_ms))
+        owner = tx.one("SELECT payment_id FROM payment_refs WHERE channel = ? AND provider_ref = ?", (channel, ref))
+        if owner["payment_id"] != payment_id:
+            clashes.append(ref)
+    return clashes
+
+
+def payment_refs_of(tx: Tx, *, payment_id: str) -> list[str]:
+    rows = tx.all("SELECT provider_ref FROM payment_refs WHERE payment_id = ? ORDER BY created_at_ms, provider_ref",
+                  (payment_id,))
+    return [r["provider_ref"] for r in rows]
+
+
+def request_close(tx: Tx, *, payment_id: str, now_ms: int) -> None:
+    """Ask the closer job to close this payment at its provider (its order ended unpaid)."""
+    tx.execute("UPDATE payments SET close_state = 'pending', updated_at_ms = ? WHERE id = ? AND close_state IS NULL",
+               (now_ms, payment_id))
+
+
+async def payments_to_close(db: Database, *, limit: int) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM payments WHERE close_state = 'pending' ORDER BY updated_at_ms LIMIT ?",
+                              (limit,))
+
+
+def set_close_state(tx: Tx, *, payment_id: str, state: str, now_ms: int) -> None:
+    assert state in ("pending", "done", "failed")
+    tx.execute("UPDATE payments SET close_state = ?, close_attempts = close_attempts + 1, updated_at_ms = ?"
+               " WHERE id = ?", (state, now_ms, payment_id))
+
+
+def record_provider_event(tx: Tx, *, merchant_id: str, channel: str, event_id: str, kind: str, payment_id: str | None,
+                          now_ms: int) -> bool:
+    """Insert the event once per merchant; False when this merchant saw (channel, event_id) before."""
     cursor = tx.execute(
-        "INSERT INTO provider_events (channel, event_id, merchant_id, kind, payment_id, result, received_at_ms)"
+        "INSERT INTO provider_events (merchant_id, channel, event_id, kind, payment_id, result, received_at_ms)"
         " VALUES (?, ?, ?, ?, ?, 'received', ?) ON CONFLICT DO NOTHING",
-        (channel, event_id, merchant_id, kind, payment_id, now_ms),
+        (merchant_id, channel, event_id, kind, payment_id, now_ms),
     )
     return cursor.rowcount == 1
 
 
-def set_provider_event_result(tx: Tx, *, channel: str, event_id: str, result: str) -> None:
-    tx.execute("UPDATE provider_events SET result = ? WHERE channel = ? AND event_id = ?", (result, channel, event_id))
+def set_provider_event_result(tx: Tx, *, merchant_id: str, channel: str, event_id: str, result: str) -> None:
+    cursor = tx.execute("UPDATE provider_events SET result = ? WHERE merchant_id = ? AND channel = ? AND event_id = ?",
+                        (result, merchant_id, channel, event_id))
+    assert cursor.rowcount == 1
 
 
 def get_order_view_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:

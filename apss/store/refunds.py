@@ -15,15 +15,19 @@ __all__ = [
     "refund_by_provider_ref",
     "refunded_total",
     "set_provider_ref",
+    "pending_due",
+    "record_check",
+    "queued",
+    "dequeue",
 ]
 
 
 def insert_refund(tx: Tx, row: dict) -> None:
     tx.execute(
         "INSERT INTO refunds (id, merchant_id, order_id, payment_id, amount, currency, status, reason, created_at_ms,"
-        " updated_at_ms) VALUES (:id, :merchant_id, :order_id, :payment_id, :amount, :currency, :status, :reason,"
-        " :created_at_ms, :created_at_ms)",
-        row,
+        " updated_at_ms, queued) VALUES (:id, :merchant_id, :order_id, :payment_id, :amount, :currency, :status, :reason,"
+        " :created_at_ms, :created_at_ms, :queued)",
+        {"queued": 0, **row},
     )
 
 
@@ -54,9 +58,39 @@ def set_provider_ref(tx: Tx, *, refund_id: str, provider_ref: str) -> None:
     tx.execute("UPDATE refunds SET provider_refund_ref = ? WHERE id = ?", (provider_ref, refund_id))
 
 
-def finish_refund(tx: Tx, *, refund_id: str, status: str, failure_code: str | None, clawback: str | None, now_ms: int) -> None:
+def finish_refund(tx: Tx, *, refund_id: str, from_status: str, status: str, failure_code: str | None,
+                  clawback: str | None, now_ms: int) -> bool:
+    """The guarded status write (`... AND status = :from`); False when the refund moved meanwhile."""
     cursor = tx.execute(
-        "UPDATE refunds SET status = ?, failure_code = ?, clawback = ?, updated_at_ms = ? WHERE id = ? AND status = 'pending'",
-        (status, failure_code, clawback, now_ms, refund_id),
+        "UPDATE refunds SET status = ?, failure_code = ?, clawback = coalesce(?, clawback), updated_at_ms = ?,"
+        " next_check_at_ms = NULL WHERE id = ? AND status = ?",
+        (status, failure_code, clawback, now_ms, refund_id, from_status),
     )
-    assert cursor.rowcount == 1, "a refund leaves pending once"
+    assert cursor.rowcount <= 1
+    return cursor.rowcount == 1
+
+
+async def pending_due(db: Database, *, now_ms: int, first_check_ms: int, limit: int) -> list[sqlite3.Row]:
+    """Pending refunds sent to their provider whose next status query is due (the janitor)."""
+    return await db.fetch_all(
+        "SELECT r.*, p.channel, p.provider_ref FROM refunds r JOIN payments p ON p.id = r.payment_id"
+        " WHERE r.status = 'pending' AND r.queued = 0 AND coalesce(r.next_check_at_ms, r.created_at_ms + ?) <= ?"
+        " AND r.checks_done >= 0 ORDER BY r.created_at_ms LIMIT ?",
+        (first_check_ms, now_ms, limit),
+    )
+
+
+def record_check(tx: Tx, *, refund_id: str, checks_done: int, next_check_at_ms: int | None) -> None:
+    """`checks_done = -1` marks a refund the janitor gave up on (an alert was raised)."""
+    tx.execute("UPDATE refunds SET checks_done = ?, next_check_at_ms = ? WHERE id = ?",
+               (checks_done, next_check_at_ms, refund_id))
+
+
+async def queued(db: Database, *, limit: int) -> list[sqlite3.Row]:
+    """Refunds APSS decided by itself (a late payment it cannot accept), not yet sent."""
+    return await db.fetch_all("SELECT id, merchant_id FROM refunds WHERE queued = 1 ORDER BY created_at_ms LIMIT ?",
+                              (limit,))
+
+
+def dequeue(tx: Tx, *, refund_id: str) -> bool:
+    return tx.execute("UPDATE refunds SET queued = 0 WHERE id = ? AND queued = 1", (refund_id,)).rowcount == 1

@@ -32,6 +32,7 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
     InvalidRequest,
 )
@@ -511,8 +512,8 @@ async def test_changed_parameters_under_one_idempotency_key_are_refused(channel:
 @pytest.mark.parametrize(("raised", "expected"), [
     (httpx.ReadTimeout("read timed out"), ChannelTimeout),
     (httpx.RemoteProtocolError("peer closed"), ChannelTimeout),
-    (httpx.ConnectError("refused"), ChannelUnavailable),
-    (httpx.ConnectTimeout("connect timed out"), ChannelUnavailable),
+    (httpx.ConnectError("refused"), ChannelUnreachable),
+    (httpx.ConnectTimeout("connect timed out"), ChannelUnreachable),
 ])
 async def test_transport_failures(raised: Exception, expected: type[Exception]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:

@@ -43,6 +43,7 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
     InvalidRequest,
 )
@@ -227,7 +228,7 @@ class StripeChannel:
             return await self._http.request(method, url, headers=headers, content=content, params=query)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing reached Stripe: safe to report as unavailable.
-            raise ChannelUnavailable(f"stripe could not be reached ({type(exc).__name__})") from None
+            raise ChannelUnreachable(f"stripe could not be reached ({type(exc).__name__})") from None
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             # The request may have been applied: the outcome is unknown.
             raise ChannelTimeout(f"stripe did not answer ({type(exc).__name__})") from None
