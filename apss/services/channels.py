@@ -17,7 +17,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import Channel, ChannelRegistry, Credentials
+from apss.channels.base import Capability, Channel, ChannelRegistry, Credentials, VerifiesCallbacks
 from apss.clock import Clock, format_rfc3339
 from apss.config import ChannelsConfig
 from apss.crypto import Keyring
@@ -156,8 +156,10 @@ class ChannelAccess:
         public, secrets = stored
         return {**public, **secrets}
 
-    def for_callback(self, name: str) -> Channel:
-        return self._channel(name)
+    def for_callback(self, name: str) -> VerifiesCallbacks:
+        """The channel that verifies callbacks posted to `/v1/channels/{name}/webhook/...`."""
+        self._channel(name)  # 404 for an unknown name
+        return self.registry.capable(name, Capability.VERIFY_CALLBACK)
 
     # -- routing -----------------------------------------------------------------------------
     def candidates(self, merchant: Merchant, *, currency: str, country: str | None, requested: str | None) -> list[Channel]:

@@ -34,7 +34,7 @@ from typing import Literal
 
 import msgspec
 
-from apss.channels.base import StatementLine
+from apss.channels.base import Capability, StatementLine
 from apss.clock import Clock, format_rfc3339
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
 from apss.ids import new_id
@@ -254,7 +254,8 @@ class Reconciliation:
         existing = await store.run_by_hash(self._db, merchant_id=merchant.id, channel=channel, sha256=sha256)
         if existing is not None:
             return _run_view(existing), False
-        lines = adapter.parse_statement(data)  # ProviderFlowNotSupported: this channel has no statement format
+        # ProviderFlowNotSupported: this channel has no statement format
+        lines = self._channels.registry.capable(channel, Capability.PARSE_STATEMENT).parse_statement(data)
         span = _span_ms(lines)
         ours = await self._ours(merchant_id=merchant.id, channel=channel, lines=lines, span=span)
         items, skipped = reconcile(lines, ours)
