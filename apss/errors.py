@@ -31,6 +31,7 @@ __all__ = [
     "RateLimited",
     "SchemaTooNew",
     "SkuExists",
+    "StockOutOfRange",
 ]
 
 
@@ -53,6 +54,12 @@ class InvalidRequest(ApssError):
 
 class CurrencyNotSupported(InvalidRequest):
     code = "currency_not_supported"
+
+
+class StockOutOfRange(InvalidRequest):
+    """A product's free units would leave 0..STOCK_MAX (a removal below zero is OutOfStock)."""
+
+    code = "stock_out_of_range"
 
 
 class ChannelNotAvailable(InvalidRequest):
