@@ -116,6 +116,9 @@ class WebhooksConfig(_Section):
     # Merchant webhooks: how long a failing delivery is retried before its endpoint is disabled.
     retry_window_s: Annotated[int, Meta(ge=60, le=86_400 * 30)] = 3 * 86_400
     attempt_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # SSRF rules: live merchants' webhook URLs go to public addresses only; true lets a self-hosted
+    # setup send them to loopback and private networks too (still https; never link-local).
+    allow_private_targets: bool = False
     # Goods delivered by the game: a delivery not acknowledged this long after payment is a
     # paid-but-not-delivered alert (it is re-sent meanwhile).
     unacknowledged_alert_s: Annotated[int, Meta(ge=60)] = 3600

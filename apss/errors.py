@@ -32,6 +32,7 @@ __all__ = [
     "SchemaTooNew",
     "SkuExists",
     "StockOutOfRange",
+    "TargetNotAllowed",
 ]
 
 
@@ -60,6 +61,13 @@ class StockOutOfRange(InvalidRequest):
     """A product's free units would leave 0..STOCK_MAX (a removal below zero is OutOfStock)."""
 
     code = "stock_out_of_range"
+
+
+class TargetNotAllowed(InvalidRequest):
+    """An outbound request to a URL a merchant gave would reach a target the SSRF rules refuse
+    (when saved: `url_not_allowed`, `api_base_not_allowed`; when connecting: `target_not_allowed`)."""
+
+    code = "url_not_allowed"
 
 
 class ChannelNotAvailable(InvalidRequest):
