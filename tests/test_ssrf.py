@@ -1,11 +1,13 @@
 """The SSRF rules for URLs a merchant gives, through the real server over HTTP (DESIGN.md,
 Security): live merchants' webhook URLs are https to public addresses only, checked when saved and
-again after DNS when connecting; test merchants may use localhost and private networks."""
+again after DNS when connecting; test merchants may use localhost and private networks; a
+channel's `api_base` override is for test merchants or allow-listed hosts (https when live)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -100,8 +102,10 @@ def strict(tmp_path_factory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def relaxed(tmp_path_factory) -> Iterator[Served]:
-    """A self-hosted setup: private webhook targets allowed for live merchants."""
-    served = _start(tmp_path_factory, {"APSS_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true"})
+    """A self-hosted setup: private webhook targets allowed for live merchants, one provider
+    stand-in host allowed as an api_base."""
+    served = _start(tmp_path_factory, {"APSS_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
+                                       "APSS_CHANNELS_API_BASE_HOSTS_ALLOWED": '["stripe-standin.internal"]'})
     yield served
     served.server.stop()
 
@@ -226,6 +230,52 @@ def test_allow_private_targets_lets_live_merchants_reach_private_hosts_over_http
         attempt = _first_attempt(client, endpoint["id"])
         assert attempt["last_error"] != "target_not_allowed", attempt
     assert listener.accepted >= 1, "the private target was connected to (the TLS handshake then fails)"
+
+
+# -- channel api_base overrides -------------------------------------------------------------------------------
+SECRET_KEY = "sk_live_never_echo_0123456789"
+WEBHOOK_SECRET = "whsec_never_echo_0123456789"
+
+
+def _stripe(client, api_base: str | None):
+    settings = {"secret_key": SECRET_KEY, "webhook_secret": WEBHOOK_SECRET}
+    if api_base is not None:
+        settings["api_base"] = api_base
+    return client.put("/v1/channels/stripe", json=settings)
+
+
+def test_a_live_api_base_must_be_an_allowed_host_over_https(strict, relaxed, caplog):
+    caplog.set_level(logging.DEBUG)
+    for served in (strict, relaxed):
+        live = served.server.new_merchant("Live Channels", mode="live")
+        with live.client() as client:
+            for api_base in ("http://127.0.0.1:9", "https://169.254.169.254", "https://api.attacker.example",
+                             "http://stripe-standin.internal"):
+                refused = _stripe(client, api_base)
+                assert_error(refused, 400, "invalid_request_error", "api_base_not_allowed", "api_base")
+                assert SECRET_KEY not in refused.text and WEBHOOK_SECRET not in refused.text
+            paypal = client.put("/v1/channels/paypal", json={"client_id": "c", "client_secret": SECRET_KEY,
+                                                             "webhook_id": "w", "api_base": "https://10.0.0.1"})
+            assert_error(paypal, 400, "invalid_request_error", "api_base_not_allowed", "api_base")
+            assert client.get("/v1/channels").json()["data"] == [], "nothing was saved"
+            assert _stripe(client, None).status_code == 200, "the provider's own base needs no allow-list"
+    live = relaxed.server.new_merchant("Live Stand-in", mode="live")
+    with live.client() as client:
+        for api_base in ("https://stripe-standin.internal", "https://STRIPE-STANDIN.internal./v1"):
+            saved = _stripe(client, api_base)
+            assert saved.status_code == 200, saved.text
+            assert saved.json()["settings"] == {"api_base": api_base}
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert SECRET_KEY not in logged and WEBHOOK_SECRET not in logged
+
+
+def test_a_test_merchant_may_point_api_base_anywhere(strict):
+    dev = strict.server.new_merchant("Dev Channels", mode="test")
+    with dev.client() as client:
+        for api_base in ("http://127.0.0.1:9", "http://stripe-mock:12111", "https://api.stripe.com"):
+            saved = _stripe(client, api_base)
+            assert saved.status_code == 200, saved.text
+        assert_error(_stripe(client, "ftp://127.0.0.1"), 400, "invalid_request_error", "setting_invalid", "api_base")
 
 
 # -- the rules themselves, and the connect-time check with a resolver of the test's own ------------------------

@@ -12,6 +12,8 @@ Whoever can save a URL here can make this server send requests from inside its n
   every address is checked, and only a checked address is connected to (TLS still verifies the
   name), so a DNS answer that points at the inside, or changes after the check, gets nowhere.
   A refused connection is the code `target_not_allowed`: it never reveals whether a port is open.
+- A channel's `api_base` override (it receives the merchant's provider secret): test merchants
+  only, or a host listed in `channels.api_base_hosts_allowed`; for live merchants https only.
 
 Messages never repeat the URL: it may carry credentials (`https://user:password@host`).
 """
@@ -33,6 +35,7 @@ __all__ = [
     "Resolver",
     "TargetClients",
     "address_refused",
+    "check_api_base",
     "check_webhook_url",
     "normalize_host",
 ]
@@ -117,6 +120,17 @@ def check_webhook_url(url: str, *, https_required: bool, private_allowed: bool) 
         raise TargetNotAllowed("Webhook URLs must point to a public address (test merchants may also use localhost "
                                "and private networks; link-local, multicast and reserved addresses never).",
                                code="url_not_allowed", param="url")
+
+
+def check_api_base(url: str, *, live: bool, hosts_allowed: Iterable[str]) -> None:
+    """When a channel's `api_base` is saved: the provider's secret goes there."""
+    scheme, host = _url_parts(url, param="api_base")
+    if not live:
+        return  # test credentials, pointed at a stand-in or a mock on the developer's machine
+    if scheme != "https" or host not in {normalize_host(h) for h in hosts_allowed}:
+        raise TargetNotAllowed(
+            "A live merchant's api_base must be https to a host listed in channels.api_base_hosts_allowed; "
+            "leave it out to use the provider's own.", code="api_base_not_allowed", param="api_base")
 
 
 async def _system_resolver(host: str, port: int) -> list[str]:
