@@ -65,6 +65,7 @@ from apss.services.idempotency import Idempotency
 from apss.services.janitor import PaymentJanitor
 from apss.services.ledger import Ledger
 from apss.services.merchants import Merchants
+from apss.services.outbound import TargetClients
 from apss.services.outbox import Outbox
 from apss.services.payment_events import PaymentEvents
 from apss.services.players import Players
@@ -128,7 +129,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
     ledger = Ledger(db=db, clock=clock, config=config.finance)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
-    webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=provider_http,
+    # Webhooks get their own clients, whose every connection obeys the SSRF rules after DNS.
+    webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=TargetClients(),
+                        allow_private_targets=config.webhooks.allow_private_targets,
                         attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
@@ -211,6 +214,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     async def stop(app: Litestar) -> None:
         await svc.scheduler.stop()
         await svc.provider_http.aclose()
+        await svc.webhooks.http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
         await svc.db.close()

@@ -5,6 +5,7 @@ names the key; run.py turns that into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,7 @@ __all__ = ["Config", "load_config"]
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(gt=0)]
+Host = Annotated[str, Meta(pattern=r"^[A-Za-z0-9.\-:\[\]]{1,253}$", description="a host name or address: no scheme, port or path")]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,6 +94,9 @@ class ChannelsConfig(_Section):
     janitor_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 100
     # A provider that has not answered in this long is a timeout: the payment stays `unknown`.
     provider_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
+    # Hosts a live merchant's `api_base` override may name (it receives the provider secret), e.g.
+    # a provider stand-in of a self-hosted staging setup. Empty: only test merchants may override.
+    api_base_hosts_allowed: Annotated[tuple[Host, ...], Meta(max_length=100)] = ()
 
 
 class FeeScheduleConfig(_Section):
@@ -122,6 +127,9 @@ class WebhooksConfig(_Section):
     # Merchant webhooks: how long a failing delivery is retried before its endpoint is disabled.
     retry_window_s: Annotated[int, Meta(ge=60, le=86_400 * 30)] = 3 * 86_400
     attempt_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # SSRF rules: live merchants' webhook URLs go to public addresses only; true lets a self-hosted
+    # setup send them to loopback and private networks too (still https; never link-local).
+    allow_private_targets: bool = False
     # Goods delivered by the game: a delivery not acknowledged this long after payment is a
     # paid-but-not-delivered alert (it is re-sent meanwhile).
     unacknowledged_alert_s: Annotated[int, Meta(ge=60)] = 3600
@@ -238,3 +246,14 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
     if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
         raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")
+    for index, host in enumerate(config.channels.api_base_hosts_allowed):
+        if ":" in host and not _is_ipv6(host.strip("[]")):  # a port would never match: hosts compare alone
+            raise ConfigInvalid(f"config key channels.api_base_hosts_allowed[{index}]: a host without a port")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

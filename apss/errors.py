@@ -32,6 +32,8 @@ __all__ = [
     "RateLimited",
     "SchemaTooNew",
     "SkuExists",
+    "StockOutOfRange",
+    "TargetNotAllowed",
 ]
 
 
@@ -54,6 +56,19 @@ class InvalidRequest(ApssError):
 
 class CurrencyNotSupported(InvalidRequest):
     code = "currency_not_supported"
+
+
+class StockOutOfRange(InvalidRequest):
+    """A product's free units would leave 0..STOCK_MAX (a removal below zero is OutOfStock)."""
+
+    code = "stock_out_of_range"
+
+
+class TargetNotAllowed(InvalidRequest):
+    """An outbound request to a URL a merchant gave would reach a target the SSRF rules refuse
+    (when saved: `url_not_allowed`, `api_base_not_allowed`; when connecting: `target_not_allowed`)."""
+
+    code = "url_not_allowed"
 
 
 class ChannelNotAvailable(InvalidRequest):

@@ -84,3 +84,23 @@ def test_the_admin_adjusts_stock_from_the_products_page(server):
         admin.close()
     with merchant.client() as api:
         assert api.get(f"/v1/products/{product['id']}").json()["stock"] == 7
+
+
+def test_a_huge_stock_delta_from_the_dashboard_is_a_clear_refusal_not_a_500(server):
+    merchant = server.new_merchant("Huge Delta Studio")
+    with merchant.client() as api:
+        product = merchant.product(api, stock=10)
+    admin = _login(server)
+    try:
+        page = admin.get("/admin/products", params={"merchant": merchant.id})
+        csrf = re.search(r"name=csrf value='([^']+)'", page.text).group(1)
+        action = f"/admin/products/{product['id']}/stock?merchant={merchant.id}"
+        # Past what SQLite can hold, past the cap that setting `stock` has, and a removal that big.
+        for delta in ("1" + "0" * 30, str(10**12), "-" + "9" * 30):
+            refused = admin.post(action, data={"csrf": csrf, "delta": delta})
+            assert refused.status_code == 200, (delta, refused.status_code, refused.text[:300])
+            assert "Refused: stock_out_of_range" in refused.text, delta
+    finally:
+        admin.close()
+    with merchant.client() as api:
+        assert api.get(f"/v1/products/{product['id']}").json()["stock"] == 10, "nothing changed"

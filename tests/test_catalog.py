@@ -202,7 +202,31 @@ def test_patch_stock_set_unlimited_and_adjust(merchant):
         assert client.get(url).json()["stock"] == 3
         response = client.patch(url, json={"stock": None})
         assert response.status_code == 200 and response.json() == {**product, "stock": None}
-        assert_error(client.patch(url, json={"stock": -1}), 400, "invalid_request_error", "parameter_invalid", "stock")
+        assert_error(client.patch(url, json={"stock": -1}), 400, "invalid_request_error", "stock_out_of_range", "stock")
+
+
+def test_stock_and_the_result_of_stock_adjust_share_one_cap(merchant):
+    cap = 10**12  # the bound that setting `stock` has always had
+    with merchant.client() as client:
+        full = merchant.product(client, sku=unique_sku("cap"), stock=cap)
+        url = f"/v1/products/{full['id']}"
+        assert_error(client.patch(url, json={"stock_adjust": 1}), 400, "invalid_request_error", "stock_out_of_range",
+                     "stock_adjust")
+        assert client.get(url).json()["stock"] == cap, "a refused adjustment changes nothing"
+        some = merchant.product(client, sku=unique_sku("cap"), stock=10)
+        url = f"/v1/products/{some['id']}"
+        assert_error(client.patch(url, json={"stock_adjust": cap}), 400, "invalid_request_error", "stock_out_of_range",
+                     "stock_adjust")
+        assert_error(client.patch(url, json={"stock_adjust": 10**30}), 400, "invalid_request_error",
+                     "stock_out_of_range", "stock_adjust")
+        assert_error(client.patch(url, json={"stock_adjust": -(10**30)}), 400, "invalid_request_error",
+                     "stock_out_of_range", "stock_adjust")
+        assert_error(client.patch(url, json={"stock": cap + 1}), 400, "invalid_request_error", "stock_out_of_range",
+                     "stock")
+        assert client.get(url).json()["stock"] == 10
+        response = client.patch(url, json={"stock_adjust": cap - 10})
+        assert response.status_code == 200 and response.json()["stock"] == cap, "up to the cap exactly"
+        assert_error(create(client, stock=cap + 1), 400, "invalid_request_error", "stock_out_of_range", "stock")
 
 
 def test_patch_with_idempotency_key_replays(merchant):

@@ -123,6 +123,15 @@ def test_invalid_toml_names_the_file(tmp_path):
     assert str(tmp_path / "config.toml") in message and "not valid TOML" in message
 
 
+def test_api_base_hosts_allowed_are_bare_hosts(tmp_path):
+    config = load(tmp_path, '[channels]\napi_base_hosts_allowed = ["stripe-standin.internal", "[::1]", "10.0.0.5"]\n')
+    assert config.channels.api_base_hosts_allowed == ("stripe-standin.internal", "[::1]", "10.0.0.5")
+    assert config.webhooks.allow_private_targets is False, "private webhook targets are opt-in"
+    for entry in ("stripe-standin.internal:8443", "https://stripe-standin.internal", ""):
+        message = config_error(tmp_path, f'[channels]\napi_base_hosts_allowed = ["{entry}"]\n')
+        assert "channels.api_base_hosts_allowed[0]" in message, (entry, message)
+
+
 # -- the real command line --------------------------------------------------------------------------
 
 def clean_env(**extra: str) -> dict[str, str]:

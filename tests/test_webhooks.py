@@ -36,6 +36,7 @@ from apss.jobs.scheduler import Scheduler
 from apss.services.deliveries import Deliveries
 from apss.services.idempotency import Idempotency
 from apss.services.merchants import Merchant
+from apss.services.outbound import TargetClients
 from apss.services.webhooks import Webhooks
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
@@ -130,7 +131,7 @@ class Harness:
         async def start(app: Litestar) -> None:
             self.loop = asyncio.get_running_loop()
             await self.db.start()
-            self.webhooks.http = httpx.AsyncClient()
+            self.webhooks.http = TargetClients()
             self.scheduler.start()
 
         async def stop(app: Litestar) -> None:

@@ -46,7 +46,7 @@ class WebhookEndpointController(Controller):
     @post("/", summary="Register an endpoint; the answer shows its signing secret (whsec_...) once",
           description="Idempotency-Key is ignored here: the answer carries a secret, which is never stored in clear.")
     async def create(self, data: WebhookEndpointCreate, merchant: Merchant, svc: Services) -> WebhookEndpointSecretView:
-        return await svc.webhooks.create_endpoint(merchant_id=merchant.id, command=data)
+        return await svc.webhooks.create_endpoint(merchant_id=merchant.id, merchant_mode=merchant.mode, command=data)
 
     @get("/", summary="List endpoints, newest first")
     async def list_endpoints(self, merchant: Merchant, svc: Services, limit: Limit = 20,
@@ -61,7 +61,8 @@ class WebhookEndpointController(Controller):
     @patch("/{endpoint_id:str}", summary="Change the URL or events, or enable / disable the endpoint")
     async def update(self, endpoint_id: str, data: WebhookEndpointUpdate, merchant: Merchant,
                      svc: Services) -> WebhookEndpointView:
-        return await svc.webhooks.update_endpoint(merchant_id=merchant.id, endpoint_id=endpoint_id, command=data)
+        return await svc.webhooks.update_endpoint(merchant_id=merchant.id, endpoint_id=endpoint_id, command=data,
+                                                  merchant_mode=merchant.mode)
 
     @delete("/{endpoint_id:str}", status_code=200, summary="Disable the endpoint (its delivery log stays)")
     async def remove(self, endpoint_id: str, merchant: Merchant, svc: Services) -> WebhookEndpointView:

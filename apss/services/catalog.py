@@ -16,6 +16,7 @@ from apss.errors import (
     NotFound,
     OutOfStock,
     SkuExists,
+    StockOutOfRange,
 )
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
@@ -23,13 +24,20 @@ from apss.services.views import ProductView, product_view
 from apss.store import catalog as store
 from apss.store.db import Database, Tx
 
-__all__ = ["Catalog", "ProductCreate", "ProductUpdate"]
+__all__ = ["STOCK_MAX", "Catalog", "ProductCreate", "ProductUpdate"]
 
 CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
 PriceAmount = Annotated[int, Meta(ge=1, le=10**12)]
 Prices = Annotated[dict[CurrencyCode, PriceAmount], Meta(min_length=1, max_length=50)]
 Grants = Annotated[list[Grant], Meta(max_length=20)]
-StockUnits = Annotated[int, Meta(ge=0, le=10**12)]
+# One bound on a product's free units, whoever sets them (the API or the dashboard) and however
+# (`stock`, or the result of `stock_adjust`): it keeps every count far inside SQLite's 64-bit
+# INTEGER, where an overflow would fail the write or silently turn the sum into a REAL.
+# Checked by _check_stock in the service, not by msgspec, so that callers who build the command
+# themselves (the dashboard) get the same rule and the same code.
+STOCK_MAX = 10**12
+StockUnits = Annotated[int, Meta(description=f"free units, 0 to {STOCK_MAX}")]
+StockDelta = Annotated[int, Meta(description=f"units to add (negative removes); the result stays within 0 to {STOCK_MAX}")]
 
 
 class ProductCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,10 +58,38 @@ class ProductUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     grants: Grants | UnsetType = UNSET
     active: bool | UnsetType = UNSET
     stock: StockUnits | None | UnsetType = UNSET
-    stock_adjust: Annotated[int, Meta(ge=-(10**12), le=10**12)] | UnsetType = UNSET
+    stock_adjust: StockDelta | UnsetType = UNSET
 
 
 _encode = msgspec.json.encode
+
+
+def _check_stock(stock: int, *, param: str) -> None:
+    assert isinstance(stock, int) and not isinstance(stock, bool), "stock is decoded or parsed as an int"
+    if not 0 <= stock <= STOCK_MAX:
+        raise StockOutOfRange(f"Stock must be between 0 and {STOCK_MAX} units.", param=param)
+
+
+def _check_stock_adjust(delta: int) -> None:
+    """Before any read: a delta larger than the whole range can never be applied."""
+    assert isinstance(delta, int) and not isinstance(delta, bool), "stock_adjust is decoded or parsed as an int"
+    if not -STOCK_MAX <= delta <= STOCK_MAX:
+        raise StockOutOfRange(f"stock_adjust must be between {-STOCK_MAX} and {STOCK_MAX} units.", param="stock_adjust")
+
+
+def _adjusted_stock(current: int | None, delta: int) -> int:
+    """The free units after `delta`: never below zero (409, API.md), never past STOCK_MAX (400)."""
+    if current is None:
+        raise InvalidRequest("This product has unlimited stock; set a number with {\"stock\": n} first.",
+                             code="stock_unlimited", param="stock_adjust")
+    # Not `<= STOCK_MAX`: released reservations return to stock after a set, and rows written
+    # before this bound existed may be above it; a removal from them is still allowed.
+    assert current >= 0, "the store never lets stock go below zero"
+    result = current + delta
+    if result < 0:
+        raise OutOfStock(f"Only {current} free units to remove.", param="stock_adjust")
+    _check_stock(result, param="stock_adjust")
+    return result
 
 
 def _check_currencies(prices: dict[str, int]) -> None:
@@ -69,6 +105,9 @@ class Catalog:
         self._idempotency = idempotency
 
     async def create(self, *, merchant_id: str, command: ProductCreate, idem: IdempotencyRequest | None) -> Outcome:
+        if command.stock is not None:
+            _check_stock(command.stock, param="stock")
+
         def transaction(tx: Tx) -> ProductView:
             _check_currencies(command.prices)
             grants = default_grants(command.category, command.sku, command.grants)
@@ -91,18 +130,18 @@ class Catalog:
             raise InvalidRequest("Give either stock or stock_adjust, not both.", code="stock_and_stock_adjust", param="stock_adjust")
         if command.prices is not UNSET:
             _check_currencies(command.prices)
+        if command.stock is not UNSET and command.stock is not None:
+            _check_stock(command.stock, param="stock")
+        if command.stock_adjust is not UNSET:
+            _check_stock_adjust(command.stock_adjust)
 
         def transaction(tx: Tx) -> ProductView:
             row = store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id)
             if row is None:
                 raise NotFound(f"No such product: '{product_id}'", param="id")
             now_ms = self._clock.now_ms()
-            if command.stock_adjust is not UNSET:
-                if row["stock"] is None:
-                    raise InvalidRequest("This product has unlimited stock; set a number with {\"stock\": n} first.",
-                                         code="stock_unlimited", param="stock_adjust")
-                if row["stock"] + command.stock_adjust < 0:
-                    raise OutOfStock(f"Only {row['stock']} free units to remove.", param="stock_adjust")
+            # Checked before the first write: a refusal leaves the other fields of the PATCH alone.
+            adjusted = None if command.stock_adjust is UNSET else _adjusted_stock(row["stock"], command.stock_adjust)
             if command.grants is not UNSET:
                 default_grants(ProductCategory(row["category"]), row["sku"], command.grants)
             fields = {name: getattr(command, name) for name in ("name", "purchase_limit", "active")
@@ -119,7 +158,9 @@ class Catalog:
                 store.set_stock(tx, product_id=product_id, stock=command.stock, now_ms=now_ms)
             if command.stock_adjust is not UNSET:
                 assert store.adjust_stock(tx, product_id=product_id, delta=command.stock_adjust, now_ms=now_ms)
-            return product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
+            view = product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
+            assert adjusted is None or view.stock == adjusted, "the writer is alone: the stock read is the stock adjusted"
+            return view
 
         return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=transaction, success_status=200)
 

@@ -24,6 +24,7 @@ from apss.crypto import Keyring
 from apss.domain.money import is_iso_currency
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
 from apss.services.merchants import Merchant
+from apss.services.outbound import check_api_base
 from apss.store import channels as store
 from apss.store.db import Database, Tx
 
@@ -103,7 +104,8 @@ class ChannelAccess:
         channel = self._channel(channel_name)
         if channel.test_only:
             raise InvalidRequest(f"The {channel.name} channel needs no settings.", code="channel_needs_no_settings", param="channel")
-        public, secrets = _split_settings(channel, settings)
+        public, secrets = _split_settings(channel, settings, live=merchant.mode == "live",
+                                          api_base_hosts_allowed=self._config.api_base_hosts_allowed)
         sealed = self._keyring.seal(msgspec.json.encode(secrets).decode(), context=f"{merchant.id}:{channel.name}")
 
         def transaction(tx: Tx) -> None:
@@ -229,7 +231,8 @@ class ChannelAccess:
         return ChannelList(data=[self._view(merchant, name) for name in ordered], routing=routing)
 
 
-def _split_settings(channel: Channel, settings: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+def _split_settings(channel: Channel, settings: dict[str, str], *, live: bool,
+                    api_base_hosts_allowed: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
     public: dict[str, str] = {}
     secrets: dict[str, str] = {}
     for key, value in settings.items():
@@ -238,8 +241,11 @@ def _split_settings(channel: Channel, settings: dict[str, str]) -> tuple[dict[st
             raise InvalidRequest(f"The {channel.name} channel has no setting '{key}'.", code="setting_unknown", param=key)
         if not isinstance(value, str) or not value.strip() or len(value) > _SETTING_VALUE_MAX:
             raise InvalidRequest(f"'{key}' must be a non-empty string.", code="setting_invalid", param=key)
-        if key == "api_base" and not value.startswith(("https://", "http://")):
-            raise InvalidRequest("api_base must be an http(s) URL.", code="setting_invalid", param=key)
+        if key == "api_base":
+            if not value.startswith(("https://", "http://")):
+                raise InvalidRequest("api_base must be an http(s) URL.", code="setting_invalid", param=key)
+            # Every request to it carries the merchant's provider secret (SSRF rules, outbound.py).
+            check_api_base(value, live=live, hosts_allowed=api_base_hosts_allowed)
         (secrets if spec.secret else public)[key] = value
     for key, spec in channel.settings.items():
         if spec.required and key not in settings:

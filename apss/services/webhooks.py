@@ -9,6 +9,10 @@ permanent (the delivery stops and an alert is raised); anything else (5xx, 408, 
 connection error) is retried with exponential backoff and full jitter for up to 3 days, after
 which an endpoint that has not succeeded since is disabled and an alert raised.
 
+Targets obey the SSRF rules of services/outbound.py: live merchants' URLs are https to public
+addresses, checked when saved and again after DNS when connecting; a refused target fails the
+delivery for good as `target_not_allowed`, before any connection.
+
 Each request carries `APSS-Signature: t=<unix>,v1=<hex>` where the hex is HMAC-SHA256 with the
 endpoint's secret (`whsec_...`) over `"<t>.<raw body>"`; during a secret rotation a second `v1`
 made with the previous secret is added for 24 h. Also `APSS-Event-Id`, `APSS-Event-Type` and
@@ -53,10 +57,11 @@ from msgspec import UNSET, Meta, UnsetType
 
 from apss.clock import Clock, format_rfc3339, parse_rfc3339
 from apss.crypto import Keyring, hmac_sha256_hex, sign_timestamped
-from apss.errors import InvalidRequest, InvalidTransition, NotFound
+from apss.errors import InvalidRequest, InvalidTransition, NotFound, TargetNotAllowed
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.lifecycle import raise_alert
+from apss.services.outbound import TargetClients, check_webhook_url
 from apss.store import webhooks as store
 from apss.store.db import Database, Tx
 
@@ -84,6 +89,7 @@ EVENT_TYPES = frozenset({
     "alert.created", "dispute.created", "delivery.pending",
 })
 _ALL = "*"
+_TARGET_NOT_ALLOWED = "target_not_allowed"
 _HOUR_S = 3600
 _DAY_S = 86_400
 
@@ -205,15 +211,6 @@ def _check_event_types(events: list[str]) -> None:
                                  code="event_type_unknown", param=f"events[{index}]")
 
 
-def _check_url(url: str) -> None:
-    try:
-        host = httpx.URL(url).host
-    except httpx.InvalidURL:
-        host = ""
-    if not host:
-        raise InvalidRequest("The URL must be an absolute http(s) URL with a host.", code="url_invalid", param="url")
-
-
 def _subscribed(events_json: str, event_type: str) -> bool:
     events = _events_decoder.decode(events_json)
     return _ALL in events or event_type in events
@@ -236,7 +233,8 @@ def _is_permanent(status_code: int) -> bool:
 class Webhooks:
     def __init__(
         self, *, db: Database, clock: Clock, keyring: Keyring, idempotency: Idempotency,
-        http: httpx.AsyncClient | None = None,
+        http: TargetClients | None = None,
+        allow_private_targets: bool = False,
         attempt_timeout_s: float = 10.0,
         retry_base_s: float = 30.0,
         retry_factor: float = 2.0,
@@ -257,7 +255,8 @@ class Webhooks:
         self._clock = clock
         self._keyring = keyring
         self._idempotency = idempotency
-        self.http = http  # set by app.py at startup (closed at shutdown)
+        self.http = http  # set by app.py (closed at shutdown): every connection is checked after DNS
+        self._allow_private_targets = allow_private_targets
         self._attempt_timeout_s = attempt_timeout_s
         self._retry_base_ms = int(retry_base_s * 1000)
         self._retry_factor = retry_factor
@@ -296,9 +295,10 @@ class Webhooks:
         return event_id
 
     # -- endpoints -------------------------------------------------------------------------------
-    async def create_endpoint(self, *, merchant_id: str, command: WebhookEndpointCreate) -> WebhookEndpointSecretView:
+    async def create_endpoint(self, *, merchant_id: str, merchant_mode: str,
+                              command: WebhookEndpointCreate) -> WebhookEndpointSecretView:
         """Not idempotent by key: the answer carries the secret, which is never stored in clear."""
-        _check_url(command.url)
+        self._check_url(command.url, merchant_mode=merchant_mode)
         _check_event_types(command.events)
 
         def transaction(tx: Tx) -> WebhookEndpointSecretView:
@@ -325,9 +325,11 @@ class Webhooks:
         rows = await store.list_endpoints(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1)
         return [_endpoint_view(r) for r in rows[:limit]], len(rows) > limit
 
-    async def update_endpoint(self, *, merchant_id: str, endpoint_id: str, command: WebhookEndpointUpdate) -> WebhookEndpointView:
+    async def update_endpoint(self, *, merchant_id: str, endpoint_id: str, command: WebhookEndpointUpdate,
+                              merchant_mode: str | None = None) -> WebhookEndpointView:
         if command.url is not UNSET:
-            _check_url(command.url)
+            assert merchant_mode is not None, "a new URL is checked against its merchant's rules"
+            self._check_url(command.url, merchant_mode=merchant_mode)
         if command.events is not UNSET:
             _check_event_types(command.events)
 
@@ -371,6 +373,16 @@ class Webhooks:
             return _with_secret(store.get_endpoint_tx(tx, merchant_id=merchant_id, endpoint_id=endpoint_id), secret)
 
         return await self._db.write(transaction)
+
+    def _private_allowed(self, merchant_mode: str) -> bool:
+        """Test merchants develop against localhost and private networks; live ones only reach
+        them when the self-hosted setup says so (webhooks.allow_private_targets)."""
+        assert merchant_mode in ("test", "live")
+        return merchant_mode == "test" or self._allow_private_targets
+
+    def _check_url(self, url: str, *, merchant_mode: str) -> None:
+        check_webhook_url(url, https_required=merchant_mode == "live",
+                          private_allowed=self._private_allowed(merchant_mode))
 
     def _endpoint_tx(self, tx: Tx, *, merchant_id: str, endpoint_id: str) -> sqlite3.Row:
         row = store.get_endpoint_tx(tx, merchant_id=merchant_id, endpoint_id=endpoint_id)
@@ -501,11 +513,18 @@ class Webhooks:
                 "APSS-Signature": self.signature_header(signing_secrets=signing_secrets, body=body),
                 "APSS-Event-Id": row["event_id"], "APSS-Event-Type": row["type"], "APSS-Delivery-Id": row["id"],
             }
+            client = self.http.client(private_allowed=self._private_allowed(row["merchant_mode"]))
             try:
-                # Streamed and never read: a receiver's answer body cannot fill our memory.
-                async with self.http.stream("POST", row["url"], content=body, headers=headers,
-                                            timeout=self._attempt_timeout_s) as response:
+                # Streamed and never read: a receiver's answer body cannot fill our memory. Never
+                # redirected: a 3xx is the receiver's answer, not a new target to connect to.
+                async with client.stream("POST", row["url"], content=body, headers=headers,
+                                         timeout=self._attempt_timeout_s, follow_redirects=False) as response:
                     return _Sent(status_code=response.status_code, error=None)
+            except TargetNotAllowed as refused:
+                # Refused before any connection: the same answer whatever listens there.
+                log.warning("webhook endpoint %s: its host resolves to an address that is not allowed", row["endpoint_id"])
+                assert refused.code == _TARGET_NOT_ALLOWED
+                return _Sent(status_code=None, error=_TARGET_NOT_ALLOWED)
             except httpx.TimeoutException:
                 return _Sent(status_code=None, error="timeout")
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -521,6 +540,14 @@ class Webhooks:
                                                   status_code=code, now_ms=now_ms)
             elif result.error == "endpoint_disabled":
                 store.record_failure(tx, delivery_id=row["id"], status_code=None, error=result.error, counts_attempt=False)
+            elif result.error == _TARGET_NOT_ALLOWED:
+                # Permanent, like a 4xx: the same host would be refused again; fix it, then retry.
+                if store.record_failure(tx, delivery_id=row["id"], status_code=None, error=result.error,
+                                        counts_attempt=True):
+                    self._alert_once(tx, row, kind="webhook_target_not_allowed", now_ms=now_ms,
+                                     message=f"Webhook endpoint {row['endpoint_id']} resolves to an address that "
+                                             "webhooks may not reach (loopback, private, link-local or reserved); "
+                                             f"event {row['event_id']} ({row['type']}) was not sent.")
             elif code is not None and _is_permanent(code):
                 if store.record_failure(tx, delivery_id=row["id"], status_code=code, error=f"HTTP {code}",
                                         counts_attempt=True):

@@ -117,8 +117,10 @@ def make_due(tx: Tx, *, delivery_id: str, now_ms: int) -> None:
 
 _DUE_SQL = (
     "SELECT d.id, d.event_id, d.endpoint_id, d.merchant_id, d.attempts, d.created_at_ms, e.type, e.payload,"
-    " w.url, w.status AS endpoint_status, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expires_at_ms"
+    " w.url, w.status AS endpoint_status, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expires_at_ms,"
+    " m.mode AS merchant_mode"  # the SSRF rules of the merchant as it is now, not when the URL was saved
     " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id JOIN webhook_endpoints w ON w.id = d.endpoint_id"
+    " JOIN merchants m ON m.id = d.merchant_id"
     " WHERE d.status = 'pending' AND d.next_attempt_at_ms <= ? ORDER BY d.next_attempt_at_ms LIMIT ?"
 )
 
