@@ -51,7 +51,7 @@ def _serve(config: Config) -> None:
 def _ledger_check(config: Config) -> None:
     import asyncio
 
-    from apss.services.ledger import Ledger
+    from apss.services.money.ledger import Ledger
     from apss.store.db import Database
 
     async def check() -> bool:

@@ -29,7 +29,7 @@ class EchoLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class EchoBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The shape of an order request (apss.services.checkout.OrderCreate), decoded the same way."""
+    """The shape of an order request (apss.services.orders.checkout.OrderCreate), decoded the same way."""
 
     player_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
     items: Annotated[list[EchoLine], Meta(min_length=1, max_length=1000)]

@@ -4,7 +4,7 @@ against a bare sqlite3 loop doing exactly the same statements on the same disk.
     python bench/writer.py [TRANSACTIONS] [--tasks 64] [--per-commit 100] [--sync FULL,NORMAL] [--repeat 3] [--dir DIR]
 
 Prints figures only; asserts nothing about speed. The transaction is the realistic 8-statement
-order creation of apss.services.checkout (reserve step), built from the real store functions:
+order creation of apss.services.orders.checkout (reserve step), built from the real store functions:
   reads:  idempotency key lookup, product row
   writes: conditional stock UPDATE (reserve), order, order_items, payment, order_events,
           idempotency key (state 'running')

@@ -22,7 +22,7 @@ from apss.clock import TestClock, format_rfc3339, parse_rfc3339
 from apss.domain.fx import Quote, convert, format_rate, invert_rate, parse_rate
 from apss.domain.money import CURRENCY_EXPONENTS
 from apss.errors import AuthenticationFailed, InvalidRequest
-from apss.services.fx import CSV_ROWS_MAX, FxRates, quote_tx
+from apss.services.money.fx import CSV_ROWS_MAX, FxRates, quote_tx
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 

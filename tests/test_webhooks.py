@@ -33,11 +33,11 @@ from apss.clock import TestClock, format_rfc3339
 from apss.crypto import Keyring, parse_signature_header, verify_timestamped
 from apss.ids import new_id
 from apss.jobs.scheduler import Scheduler
-from apss.services.deliveries import Deliveries
+from apss.services.players.game_deliveries import Deliveries
 from apss.services.idempotency import Idempotency
-from apss.services.merchants import Merchant
+from apss.services.merchants.keys import Merchant
 from apss.services.outbound import TargetClients
-from apss.services.webhooks import Webhooks
+from apss.services.notify.merchant_webhooks import Webhooks
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from tests.asgi import read_body

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import get
 
 from apss.api.common import Services
-from apss.services.merchants import Merchant
+from apss.services.merchants.keys import Merchant
 from apss.services.views import AccountView
 
 __all__ = ["account"]

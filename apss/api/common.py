@@ -12,7 +12,7 @@ from litestar.params import Parameter
 
 from apss.errors import AuthenticationFailed, InvalidRequest, RateLimited
 from apss.services.idempotency import IdempotencyRequest, Outcome, request_hash
-from apss.services.merchants import Merchant
+from apss.services.merchants.keys import Merchant
 from apss.services.views import encode
 
 __all__ = [

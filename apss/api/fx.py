@@ -12,7 +12,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Sche
 from litestar.params import Parameter
 
 from apss.api.common import Cursor, Limit, Services, admin_guard
-from apss.services.fx import FxImportView, FxRateList, FxRatesIn
+from apss.services.money.fx import FxImportView, FxRateList, FxRatesIn
 
 __all__ = ["FxController"]
 

@@ -8,8 +8,8 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from apss.api.common import Services, idempotency_request, outcome_response
-from apss.services.merchants import Merchant
-from apss.services.players import PLAYER_ID_PATTERN, WalletDebit
+from apss.services.merchants.keys import Merchant
+from apss.services.players.wallets import PLAYER_ID_PATTERN, WalletDebit
 from apss.services.views import InventoryView, WalletDebitView, WalletView
 
 __all__ = ["PlayerController"]

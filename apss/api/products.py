@@ -12,8 +12,8 @@ from apss.api.common import (
     list_response,
     outcome_response,
 )
-from apss.services.catalog import ProductCreate, ProductUpdate
-from apss.services.merchants import Merchant
+from apss.services.catalog.products import ProductCreate, ProductUpdate
+from apss.services.merchants.keys import Merchant
 from apss.services.views import ProductList, ProductView
 
 __all__ = ["ProductController"]

@@ -10,8 +10,8 @@ from apss.api.common import (
     list_response,
     outcome_response,
 )
-from apss.services.merchants import Merchant
-from apss.services.refunds import RefundCreate, RefundView
+from apss.services.merchants.keys import Merchant
+from apss.services.refunds.refunds import RefundCreate, RefundView
 
 __all__ = ["RefundController"]
 

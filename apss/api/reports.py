@@ -7,8 +7,8 @@ from typing import Literal
 from litestar import Controller, Response, get, post
 
 from apss.api.common import Cursor, Limit, Services, list_response
-from apss.services.merchants import Merchant
-from apss.services.reports import ReportCreate, ReportView, report_csv
+from apss.services.merchants.keys import Merchant
+from apss.services.money.reports import ReportCreate, ReportView, report_csv
 from apss.services.views import encode
 
 __all__ = ["ReportController"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Controller, Request, Response, post
 
 from apss.api.common import Services, idempotency_request, outcome_response
-from apss.services.merchants import Merchant
+from apss.services.merchants.keys import Merchant
 from apss.services.views import SandboxActionView
 
 __all__ = ["SandboxController"]

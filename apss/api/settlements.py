@@ -18,8 +18,8 @@ from apss.api.common import (
     list_response,
     outcome_response,
 )
-from apss.services.merchants import Merchant
-from apss.services.settlement import (
+from apss.services.merchants.keys import Merchant
+from apss.services.money.settlement import (
     PayoutIn,
     ScheduleIn,
     ScheduleView,

@@ -18,9 +18,9 @@ from apss.api.common import (
     list_response,
     outcome_response,
 )
-from apss.services.deliveries import DeliveryList, DeliveryView
-from apss.services.merchants import Merchant
-from apss.services.webhooks import (
+from apss.services.players.game_deliveries import DeliveryList, DeliveryView
+from apss.services.merchants.keys import Merchant
+from apss.services.notify.merchant_webhooks import (
     ReplayView,
     WebhookDeliveryList,
     WebhookDeliveryView,

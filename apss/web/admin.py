@@ -21,9 +21,9 @@ from apss.api.common import Services
 from apss.clock import format_rfc3339, parse_rfc3339
 from apss.domain.orders import OrderStatus
 from apss.errors import ApssError, NotFound
-from apss.services.catalog import ProductUpdate
-from apss.services.merchants import Merchant
-from apss.services.refunds import RefundCreate
+from apss.services.catalog.products import ProductUpdate
+from apss.services.merchants.keys import Merchant
+from apss.services.refunds.refunds import RefundCreate
 from apss.web._i18n import money
 from apss.web._layout import Document, esc, html_response
 from apss.web._sessions import AdminSessions, tokens_match

@@ -14,8 +14,8 @@ from apss.api.common import Services
 from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
 from apss.errors import ApssError, NotFound
-from apss.services.checkout import CheckoutContext
-from apss.services.merchants import Merchant
+from apss.services.orders.checkout import CheckoutContext
+from apss.services.merchants.keys import Merchant
 from apss.services.views import OrderView
 from apss.web._i18n import choose_language, money, text
 from apss.web._layout import Document, esc, html_response

@@ -44,9 +44,9 @@ from apss.errors import (
     ProviderDeclined,
     ProviderFlowNotSupported,
 )
-from apss.services import lifecycle
-from apss.services.channels import ChannelAccess
-from apss.services.merchants import Merchant
+from apss.services.orders import lifecycle
+from apss.services.payments.channels import ChannelAccess
+from apss.services.merchants.keys import Merchant
 from apss.store import channels as channel_store
 from apss.store import orders
 from apss.store.db import Tx

@@ -23,7 +23,7 @@ from apss.config import ChannelsConfig
 from apss.crypto import Keyring
 from apss.domain.money import is_iso_currency
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
-from apss.services.merchants import Merchant
+from apss.services.merchants.keys import Merchant
 from apss.services.outbound import check_api_base
 from apss.store import channels as store
 from apss.store.db import Database, Tx

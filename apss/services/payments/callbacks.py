@@ -38,12 +38,12 @@ from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import CallbackRejected, ChannelUnavailable, NotFound
 from apss.ids import new_token
-from apss.services import lifecycle
-from apss.services.channels import ChannelAccess
-from apss.services.gateway import Attempt, PaymentGateway
-from apss.services.ledger import Ledger
-from apss.services.merchants import Merchant, Merchants
-from apss.services.refunds import Refunds
+from apss.services.orders import lifecycle
+from apss.services.payments.channels import ChannelAccess
+from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.money.ledger import Ledger
+from apss.services.merchants.keys import Merchant, Merchants
+from apss.services.refunds.refunds import Refunds
 from apss.store import orders
 from apss.store.db import Database, Tx
 

@@ -60,7 +60,7 @@ from apss.crypto import Keyring, hmac_sha256_hex, sign_timestamped
 from apss.errors import InvalidRequest, InvalidTransition, NotFound, TargetNotAllowed
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.lifecycle import raise_alert
+from apss.services.orders.lifecycle import raise_alert
 from apss.services.outbound import TargetClients, check_webhook_url
 from apss.store import webhooks as store
 from apss.store.db import Database, Tx

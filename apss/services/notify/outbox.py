@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from apss.services.alerts import alert_view
-from apss.services.refunds import refund_view
+from apss.services.notify.alerts import alert_view
+from apss.services.refunds.refunds import refund_view
 from apss.services.views import order_view
-from apss.services.webhooks import Webhooks
+from apss.services.notify.merchant_webhooks import Webhooks
 from apss.store import alerts, orders, refunds
 from apss.store import webhooks as webhook_store
 from apss.store.db import Tx

@@ -11,7 +11,7 @@ from apss.clock import Clock, format_rfc3339
 from apss.errors import InsufficientBalance
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.ledger import Ledger
+from apss.services.money.ledger import Ledger
 from apss.services.views import (
     EntitlementView,
     InventoryView,

@@ -13,7 +13,7 @@ from apss.domain.ledger import BPS, Split, account_type, adjustment_entries
 from apss.domain.money import is_iso_currency
 from apss.errors import CurrencyNotSupported, InvalidRequest
 from apss.ids import new_id
-from apss.services.ledger import Finance, Ledger
+from apss.services.money.ledger import Finance, Ledger
 from apss.store import ledger as store
 from apss.store.db import Database, Tx
 

@@ -36,12 +36,12 @@ from apss.errors import (
     PurchaseLimitExceeded,
 )
 from apss.ids import new_id, new_token
-from apss.services import lifecycle
-from apss.services.channels import ChannelAccess
-from apss.services.fx import quote_tx as fx_quote_tx
-from apss.services.gateway import Attempt, PaymentGateway
+from apss.services.orders import lifecycle
+from apss.services.payments.channels import ChannelAccess
+from apss.services.money.fx import quote_tx as fx_quote_tx
+from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.merchants import Merchant, Merchants
+from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.views import (
     OrderEventView,
     OrderItemView,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from apss.domain.catalog import CurrencyGrant, ProductCategory
-from apss.services.catalog import Catalog, ProductCreate
-from apss.services.merchants import Merchants
+from apss.services.catalog.products import Catalog, ProductCreate
+from apss.services.merchants.keys import Merchants
 from apss.services.views import MerchantCreatedView
 from apss.store import merchants as store
 from apss.store.db import Database, Tx

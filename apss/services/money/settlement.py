@@ -57,8 +57,8 @@ from apss.errors import (
 )
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.ledger import Ledger
-from apss.services.outbox import Outbox
+from apss.services.money.ledger import Ledger
+from apss.services.notify.outbox import Outbox
 from apss.store import settlement as store
 from apss.store.db import Database, Tx
 

@@ -22,7 +22,7 @@ from apss.domain.payments import CallbackKind
 from apss.errors import ChannelNotAvailable, InvalidTransition, NotFound
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.merchants import Merchant, Merchants
+from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.views import SandboxActionView
 from apss.store import orders
 from apss.store import sandbox as store

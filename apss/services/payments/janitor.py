@@ -24,11 +24,11 @@ import sqlite3
 from apss.channels.base import PaymentQuery, RefundQuery
 from apss.clock import Clock
 from apss.config import ChannelsConfig
-from apss.services import lifecycle
-from apss.services.gateway import Attempt, PaymentGateway
-from apss.services.merchants import Merchants
-from apss.services.payment_events import PaymentEvents, event_from_report, synthetic_event_id
-from apss.services.refunds import Refunds
+from apss.services.orders import lifecycle
+from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.merchants.keys import Merchants
+from apss.services.payments.callbacks import PaymentEvents, event_from_report, synthetic_event_id
+from apss.services.refunds.refunds import Refunds
 from apss.store import channels as store
 from apss.store import orders
 from apss.store import refunds as refund_store

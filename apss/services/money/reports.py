@@ -25,7 +25,7 @@ import msgspec
 from apss.clock import Clock, format_rfc3339, parse_rfc3339
 from apss.errors import InvalidRequest, NotFound
 from apss.ids import new_id
-from apss.services.ledger import Ledger, SummaryView
+from apss.services.money.ledger import Ledger, SummaryView
 from apss.store import reports as store
 from apss.store.db import Database, Tx
 

@@ -21,8 +21,8 @@ from apss.domain.catalog import Grant
 from apss.errors import NotFound
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.lifecycle import raise_alert
-from apss.services.webhooks import Webhooks
+from apss.services.orders.lifecycle import raise_alert
+from apss.services.notify.merchant_webhooks import Webhooks
 from apss.store import webhooks as store
 from apss.store.db import Database, Tx
 

@@ -38,9 +38,9 @@ from apss.channels.base import Capability, StatementLine
 from apss.clock import Clock, format_rfc3339
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
 from apss.ids import new_id
-from apss.services.channels import ChannelAccess
-from apss.services.lifecycle import raise_alert
-from apss.services.merchants import Merchant
+from apss.services.payments.channels import ChannelAccess
+from apss.services.orders.lifecycle import raise_alert
+from apss.services.merchants.keys import Merchant
 from apss.store import orders as order_store
 from apss.store import reconciliation as store
 from apss.store import refunds as refund_store

@@ -1,0 +1,1 @@
+"""Merchants: accounts, secret keys, the admin token, and the demo store."""

@@ -1,0 +1,1 @@
+"""Money: the ledger, fees and commission, settlement, reconciliation, FX, reports."""

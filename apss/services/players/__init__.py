@@ -1,0 +1,1 @@
+"""What players hold: wallets and inventory, and deliveries the game performs itself."""
