@@ -22,7 +22,9 @@ from apss import __version__
 from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
-from apss.api.common import RateLimiter, Services, current_merchant
+from apss.api.common import current_merchant
+from apss.services.container import Services
+from apss.services.merchants.rate_limit import RateLimiter
 from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
@@ -52,6 +54,7 @@ from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock
 from apss.config import Config
 from apss.crypto import Keyring
+from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
 from apss.services.orders import lifecycle
 from apss.services.notify.alerts import Alerts
@@ -77,9 +80,8 @@ from apss.services.money.reports import Reports
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.merchants.demo import seed_demo
 from apss.services.money.settlement import Settlements
-from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.store.db import Database
-from apss.store.idempotency import prune_keys
 from apss.store.migrate import apply_migrations
 from apss.web import WEB_HANDLERS
 
@@ -104,14 +106,19 @@ def load_keyring(config: Config) -> Keyring:
 
 
 def _build_services(config: Config, clock: Clock) -> Services:
+    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
+    # The writer's event sink writes merchant webhook events in the transaction of each change.
+    events = WebhookEvents(clock=clock, wake=lambda: scheduler.poke("webhooks"))
+    outbox = Outbox(events=events, public_url=config.public_url)
     db = Database(config.database.path, synchronous=config.database.synchronous,
                   write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
                   read_connections_max=config.database.read_connections_max,
-                  busy_timeout_ms=config.database.busy_timeout_ms)
+                  busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
     keyring = load_keyring(config)
     merchants = Merchants(db=db, clock=clock, keyring=keyring)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
-    sandbox = SandboxProvider(db=db, clock=clock, config=config, merchants=merchants, idempotency=idempotency)
+    sandbox = SandboxProvider(db=db, clock=clock, config=config, merchants=merchants, idempotency=idempotency,
+                              wake=lambda: scheduler.poke("sandbox_callbacks"))
     # One HTTP client for every provider call (closed at shutdown); base URLs are per merchant.
     provider_http = httpx.AsyncClient(timeout=config.channels.provider_timeout_s)
     registry = ChannelRegistry()
@@ -123,7 +130,6 @@ def _build_services(config: Config, clock: Clock) -> Services:
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
-    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
@@ -131,6 +137,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
     # Webhooks get their own clients, whose every connection obeys the SSRF rules after DNS.
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=TargetClients(),
+                        wake=lambda: scheduler.poke("webhooks"), events=events,
                         allow_private_targets=config.webhooks.allow_private_targets,
                         attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
@@ -142,33 +149,13 @@ def _build_services(config: Config, clock: Clock) -> Services:
                              payment_events=payment_events, refunds=refunds)
     completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
                           running_max_s=config.orders.idempotency_running_max_s)
-    outbox = Outbox(webhooks=webhooks, public_url=config.public_url)
-    db.event_sink = outbox.sink
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox)
-    scheduler.add("expiry", interval_s=config.scheduler.expiry_interval_s, fn=checkout.expire_due)
-    scheduler.add("sandbox_callbacks", interval_s=1.0, fn=sandbox.deliver_due)
-    scheduler.add("payment_janitor", interval_s=config.channels.janitor_interval_s, fn=janitor.run)
-    scheduler.add("refund_sender", interval_s=5.0, fn=refunds.send_queued)
-    scheduler.add("completer", interval_s=max(1.0, config.orders.idempotency_running_max_s / 6), fn=completer.complete_stale)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
     reports = Reports(db=db, clock=clock, ledger=ledger)
-    scheduler.add("settlement", interval_s=60.0, fn=settlements.run_due)
-    scheduler.add("reconciliation_checks", interval_s=60.0, fn=reconciliation.checks)
-    scheduler.add("reports", interval_s=300.0, fn=reports.run)
-    scheduler.add("webhooks", interval_s=1.0, fn=webhooks.deliver_due)
-    scheduler.add("webhook_prune", interval_s=3600.0, fn=webhooks.prune)
-    scheduler.add("game_deliveries", interval_s=30.0, fn=deliveries.push_due)
-    webhooks.wake = lambda: scheduler.poke("webhooks")
 
-    async def prune() -> int:
-        cutoff_ms = clock.now_ms() - config.orders.idempotency_ttl_s * 1000
-        return await db.write(lambda tx: prune_keys(tx, created_before_ms=cutoff_ms, limit=10_000))
-
-    scheduler.add("idempotency_prune", interval_s=config.scheduler.idempotency_prune_interval_s, fn=prune)
-    sandbox.wake = lambda: scheduler.poke("sandbox_callbacks")
-    return Services(
+    services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
@@ -178,6 +165,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
         players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
+    schedule_jobs(scheduler, services)
+    return services
 
 
 def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print) -> Litestar:
@@ -203,9 +192,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                 announce(f"Demo merchant {demo.id} ({demo.name}, test mode); secret key (shown once): {demo.secret_key}")
         if config.sandbox.callback_transport == "asgi":
             transport = httpx.ASGITransport(app=app)
-            svc.sandbox.client = httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s)
+            svc.sandbox.start(httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s))
         else:
-            svc.sandbox.client = httpx.AsyncClient(timeout=config.sandbox.callback_timeout_s)
+            svc.sandbox.start(httpx.AsyncClient(timeout=config.sandbox.callback_timeout_s))
         resumed = await resume_running(db=svc.db, merchants=svc.merchants, checkout=svc.checkout, refunds=svc.refunds)
         if resumed:
             log.info("finished %d order requests cut off by a restart", resumed)

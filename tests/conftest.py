@@ -172,3 +172,14 @@ def merchant(server: RunningServer) -> Merchant:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def some_services(**given: Any) -> "Services":
+    """A Services holding only what a test's controllers call (the rest is absent: reading it
+    raises AttributeError): controllers are mounted on their own, without the whole app."""
+    from apss.services.container import Services
+
+    services = object.__new__(Services)
+    for name, service in given.items():
+        object.__setattr__(services, name, service)
+    return services

@@ -15,7 +15,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
-from apss.api.common import Services
+from tests.conftest import some_services as Services
 from apss.api.errors import exception_handlers
 from apss.api.fx import FxController
 from apss.clock import TestClock, format_rfc3339, parse_rfc3339

@@ -22,7 +22,7 @@ import uvicorn
 from litestar import Litestar, Request
 from litestar.di import Provide
 
-from apss.api.common import Services
+from tests.conftest import some_services as Services
 from apss.api.errors import exception_handlers, render_error
 from apss.api.webhook_endpoints import (
     DeliveryController,
@@ -111,15 +111,15 @@ class Harness:
         self.db = Database(self.db_path)
         idempotency = Idempotency(render_error=render_error, clock_now_ms=self.clock.now_ms)
         # Jitter at its ceiling: backoff times are exact (the default draws from [0, ceiling]).
+        self.scheduler = Scheduler(clock=self.clock, tick_ms=20)
         self.webhooks = Webhooks(db=self.db, clock=self.clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"),
-                                 idempotency=idempotency, attempt_timeout_s=5, jitter=lambda ceiling_s: ceiling_s)
+                                 idempotency=idempotency, attempt_timeout_s=5, jitter=lambda ceiling_s: ceiling_s,
+                                 wake=lambda: self.scheduler.poke("webhooks"))
         self.acked: list[str] = []
         self.deliveries = Deliveries(db=self.db, clock=self.clock, webhooks=self.webhooks, idempotency=idempotency,
                                      on_ack=lambda tx, order_id: self.acked.append(order_id))
-        self.scheduler = Scheduler(clock=self.clock, tick_ms=20)
         self.scheduler.add("webhooks", interval_s=1.0, fn=self.webhooks.deliver_due)
         self.scheduler.add("game_deliveries", interval_s=1.0, fn=self.deliveries.push_due)
-        self.webhooks.wake = lambda: self.scheduler.poke("webhooks")
         self.loop: asyncio.AbstractEventLoop | None = None
         svc = Services(db=self.db, clock=self.clock, webhooks=self.webhooks, deliveries=self.deliveries,
                        scheduler=self.scheduler)

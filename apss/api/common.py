@@ -1,16 +1,16 @@
-"""Shared pieces of the controllers: the services container, authentication dependencies,
+"""Shared pieces of the controllers: authentication dependencies,
 the rate limit, Idempotency-Key handling, and list pagination."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.params import Parameter
 
-from apss.errors import AuthenticationFailed, InvalidRequest, RateLimited
+from apss.errors import AuthenticationFailed, InvalidRequest
+from apss.services.container import Services
 from apss.services.idempotency import IdempotencyRequest, Outcome, request_hash
 from apss.services.merchants.keys import Merchant
 from apss.services.views import encode
@@ -28,43 +28,6 @@ __all__ = [
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page.", max_length=64)]
-
-
-class Services:
-    """Everything the controllers call, built by app.py (the composition root)."""
-
-    def __init__(self, **services: Any) -> None:
-        self.__dict__.update(services)
-
-
-class _Bucket:
-    __slots__ = ("tokens", "updated_s")
-
-    def __init__(self, tokens: float) -> None:
-        self.tokens = tokens
-        self.updated_s = time.monotonic()
-
-
-class RateLimiter:
-    """A token bucket per API key hash: `rate_per_s` sustained, `burst` at once; 0 disables."""
-
-    def __init__(self, *, rate_per_s: int, burst: int) -> None:
-        self._rate = rate_per_s
-        self._burst = burst
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, who: str) -> None:
-        if self._rate == 0:
-            return
-        bucket = self._buckets.get(who)
-        if bucket is None:
-            bucket = self._buckets[who] = _Bucket(self._burst)
-        now_s = time.monotonic()
-        bucket.tokens = min(self._burst, bucket.tokens + (now_s - bucket.updated_s) * self._rate)
-        bucket.updated_s = now_s
-        if bucket.tokens < 1:
-            raise RateLimited("Too many requests; slow down and retry.")
-        bucket.tokens -= 1
 
 
 def _bearer(request: Request) -> str:

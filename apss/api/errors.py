@@ -91,6 +91,8 @@ def _validation_error(request: Request, exc: ValidationException) -> Response:
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
+    if status >= 500:  # Litestar's own 500s (a dependency that failed) are bugs like any other
+        return _bug(request, exc)
     if status == 404:
         error = e.NotFound("Unrecognized request URL.")
     elif status == 400:  # Litestar's plain 400s are bodies it could not decode

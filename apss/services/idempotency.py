@@ -78,6 +78,11 @@ class Idempotency:
     def finish(self, tx: Tx, *, merchant_id: str, key: str, outcome: Outcome) -> None:
         keys.finish_key(tx, merchant_id=merchant_id, key=key, status=outcome.status, body=outcome.body)
 
+    async def prune(self, db: Database, *, ttl_s: int, limit: int) -> int:
+        """Forget finished keys older than `ttl_s` (at most `limit` a run)."""
+        cutoff_ms = self._now_ms() - ttl_s * 1000
+        return await db.write(lambda tx: keys.prune_keys(tx, created_before_ms=cutoff_ms, limit=limit))
+
     def finished(self, tx: Tx, *, merchant_id: str, key: str) -> Outcome | None:
         """The stored answer of a key that is no longer `running` (the completer finished it
         while its request was still out at a provider), else None."""

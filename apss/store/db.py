@@ -38,7 +38,7 @@ class StoreUnavailable(NotReady):
 
 
 # Records an event about an object inside the transaction that changed it (the merchant webhook
-# outbox): (tx, merchant_id, event type, object kind, object id). Set by app.py.
+# outbox): (tx, merchant_id, event type, object kind, object id). Given by app.py.
 EventSink = Callable[["Tx", str, str, str, str], None]
 
 
@@ -116,6 +116,7 @@ class Database:
         write_queue_max: int = 10_000,
         read_connections_max: int = 4,
         busy_timeout_ms: int = 5000,
+        event_sink: EventSink | None = None,
     ) -> None:
         assert synchronous in ("FULL", "NORMAL")
         assert 1 <= write_batch_max <= write_queue_max
@@ -129,7 +130,7 @@ class Database:
         self._reader_list: list[aiosqlite.Connection] = []
         self._thread: threading.Thread | None = None
         self.batches_committed = 0  # observability: group-commit efficiency in benchmarks
-        self.event_sink: EventSink | None = None
+        self.event_sink = event_sink  # the merchant webhook outbox (app.py); tests may run without
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

@@ -17,7 +17,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect
 
-from apss.api.common import Services
+from apss.services.container import Services
 from apss.clock import format_rfc3339, parse_rfc3339
 from apss.domain.orders import OrderStatus
 from apss.errors import ApssError, NotFound

@@ -10,7 +10,7 @@ import segno
 from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
-from apss.api.common import Services
+from apss.services.container import Services
 from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
 from apss.errors import ApssError, NotFound

@@ -157,7 +157,9 @@ class Catalog:
             if command.stock is not UNSET:
                 store.set_stock(tx, product_id=product_id, stock=command.stock, now_ms=now_ms)
             if command.stock_adjust is not UNSET:
-                assert store.adjust_stock(tx, product_id=product_id, delta=command.stock_adjust, now_ms=now_ms)
+                adjusted_ok = store.adjust_stock(tx, product_id=product_id, delta=command.stock_adjust, now_ms=now_ms)
+                if not adjusted_ok:  # validated above under the writer: a broken store
+                    raise RuntimeError(f"product {product_id}: the stock adjustment validated above did not apply")
             view = product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
             assert adjusted is None or view.stock == adjusted, "the writer is alone: the stock read is the stock adjusted"
             return view

@@ -421,8 +421,10 @@ class Settlements:
             posted = self._ledger.post(tx, merchant_id=row["merchant_id"], kind="settlement_payout", reference=settlement_id,
                                        entries=entries, memo=f"payout {payout_reference}")
             assert posted, f"settlement {settlement_id} was pending but its payout was posted before"
-            assert store.mark_paid(tx, settlement_id=settlement_id, payout_reference=payout_reference,
-                                   now_ms=self._clock.now_ms())
+            marked = store.mark_paid(tx, settlement_id=settlement_id, payout_reference=payout_reference,
+                                     now_ms=self._clock.now_ms())
+            if not marked:  # the writer is alone and the status was read as pending: a broken store
+                raise RuntimeError(f"settlement {settlement_id} was pending but could not be marked paid")
             return _detail(store.get_settlement(tx, settlement_id=settlement_id), lines)
 
         return await self._db.write(transaction)

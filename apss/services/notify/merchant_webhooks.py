@@ -66,6 +66,7 @@ from apss.store import webhooks as store
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "WebhookEvents",
     "API_VERSION",
     "EVENT_TYPES",
     "ReplayView",
@@ -230,9 +231,41 @@ def _is_permanent(status_code: int) -> bool:
     return 400 <= status_code < 500 and status_code not in (408, 429)
 
 
+class WebhookEvents:
+    """Writes merchant webhook events and their deliveries inside the caller's transaction (the
+    outbox); it needs no database handle, so the writer's event sink can be built before it."""
+
+    def __init__(self, *, clock: Clock, wake: Callable[[], None]) -> None:
+        self._clock = clock
+        self.wake = wake  # pokes the delivery job after a commit
+
+    def emit(self, tx: Tx, *, merchant_id: str, type: str, data: Any) -> str:
+        """Record an event and its deliveries inside the caller's write transaction (plain sync
+        code: no I/O). `data` is the object (a dict or a view Struct), sent as `data.object`.
+        Delivered only after COMMIT; returns the event id."""
+        assert type in EVENT_TYPES, f"unknown webhook event type {type!r}"
+        assert merchant_id
+        now_ms = self._clock.now_ms()
+        event_id = new_id("evt")
+        payload = _encoder.encode(_Envelope(id=event_id, type=type, created=now_ms // 1000, data={"object": data},
+                                            api_version=API_VERSION))
+        store.insert_event(tx, event_id=event_id, merchant_id=merchant_id, type=type, payload=payload, now_ms=now_ms)
+        queued = 0
+        for endpoint in store.enabled_endpoints_tx(tx, merchant_id=merchant_id):
+            if _subscribed(endpoint["events"], type):
+                store.insert_delivery(tx, delivery_id=new_id("wd"), merchant_id=merchant_id, event_id=event_id,
+                                      endpoint_id=endpoint["id"], now_ms=now_ms)
+                queued += 1
+        if queued:
+            tx.after_commit(lambda: self.wake())
+        return event_id
+
+
 class Webhooks:
     def __init__(
         self, *, db: Database, clock: Clock, keyring: Keyring, idempotency: Idempotency,
+        wake: Callable[[], None] = lambda: None,  # pokes the delivery job after a commit
+        events: WebhookEvents | None = None,
         http: TargetClients | None = None,
         allow_private_targets: bool = False,
         attempt_timeout_s: float = 10.0,
@@ -270,29 +303,12 @@ class Webhooks:
         self._replay_events_max = replay_events_max
         self._jitter = jitter
         self._pass_lock = asyncio.Lock()  # one delivery pass at a time (the job and run_now)
-        self.wake: Callable[[], None] = lambda: None  # set by app.py: pokes the delivery job
+        self.wake = wake
+        self._events = events or WebhookEvents(clock=clock, wake=wake)
 
     # -- the outbox ------------------------------------------------------------------------------
     def emit(self, tx: Tx, *, merchant_id: str, type: str, data: Any) -> str:
-        """Record an event and its deliveries inside the caller's write transaction (plain sync
-        code: no I/O). `data` is the object (a dict or a view Struct), sent as `data.object`.
-        Delivered only after COMMIT; returns the event id."""
-        assert type in EVENT_TYPES, f"unknown webhook event type {type!r}"
-        assert merchant_id
-        now_ms = self._clock.now_ms()
-        event_id = new_id("evt")
-        payload = _encoder.encode(_Envelope(id=event_id, type=type, created=now_ms // 1000, data={"object": data},
-                                            api_version=API_VERSION))
-        store.insert_event(tx, event_id=event_id, merchant_id=merchant_id, type=type, payload=payload, now_ms=now_ms)
-        queued = 0
-        for endpoint in store.enabled_endpoints_tx(tx, merchant_id=merchant_id):
-            if _subscribed(endpoint["events"], type):
-                store.insert_delivery(tx, delivery_id=new_id("wd"), merchant_id=merchant_id, event_id=event_id,
-                                      endpoint_id=endpoint["id"], now_ms=now_ms)
-                queued += 1
-        if queued:
-            tx.after_commit(lambda: self.wake())
-        return event_id
+        return self._events.emit(tx, merchant_id=merchant_id, type=type, data=data)
 
     # -- endpoints -------------------------------------------------------------------------------
     async def create_endpoint(self, *, merchant_id: str, merchant_mode: str,

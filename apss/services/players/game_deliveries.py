@@ -121,7 +121,8 @@ class Deliveries:
         if row is None:
             raise NotFound(f"No such delivery: '{delivery_id}'", param="id")
         if row["status"] == "pending":
-            assert store.ack_delivery(tx, delivery_id=delivery_id, now_ms=self._clock.now_ms())
+            if not store.ack_delivery(tx, delivery_id=delivery_id, now_ms=self._clock.now_ms()):
+                raise RuntimeError(f"delivery {delivery_id} was pending but could not be acknowledged")
             self.on_ack(tx, row["order_id"])
             row = store.get_game_delivery_tx(tx, merchant_id=merchant_id, delivery_id=delivery_id)
         assert row["status"] == "acknowledged"

@@ -8,6 +8,8 @@ server.public_url, or through the ASGI app in process — and retries with backo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncio
 import logging
 import sqlite3
@@ -37,14 +39,20 @@ _BACKOFF_S_MAX = 600
 
 
 class SandboxProvider:
-    def __init__(self, *, db: Database, clock: Clock, config: Config, merchants: Merchants, idempotency: Idempotency) -> None:
+    def __init__(self, *, db: Database, clock: Clock, config: Config, merchants: Merchants, idempotency: Idempotency,
+                 wake: Callable[[], None]) -> None:
         self._db = db
         self._clock = clock
         self._config = config
         self._merchants = merchants
         self._idempotency = idempotency
-        self.client: httpx.AsyncClient | None = None  # set by app.py (HTTP or ASGI transport)
-        self.wake = lambda: None  # set by app.py: pokes the sender job after a commit
+        self.wake = wake  # pokes the sender job after a commit
+        self.client: httpx.AsyncClient | None = None  # given at start (HTTP, or ASGI to the app itself)
+
+    def start(self, client: httpx.AsyncClient) -> None:
+        """The sender's HTTP client: given at start, since the ASGI transport needs the app."""
+        assert self.client is None, "started twice"
+        self.client = client
 
     # -- the payer acts ----------------------------------------------------------------------
     async def complete(self, *, merchant: Merchant, payment_id: str, pay: bool, idem: IdempotencyRequest | None) -> Outcome:

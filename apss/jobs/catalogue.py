@@ -1,0 +1,36 @@
+"""The job catalogue: which job runs which service method, how often. The scheduler runs each at
+its interval on the (possibly moved) clock; `poke` runs one at once (after a commit that gave it
+work)."""
+
+from __future__ import annotations
+
+from apss.jobs.scheduler import Scheduler
+from apss.services.container import Services
+
+__all__ = ["schedule_jobs"]
+
+_IDEMPOTENCY_PRUNE_MAX = 10_000
+
+
+def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
+    config = svc.config
+    jobs = [
+        ("expiry", config.scheduler.expiry_interval_s, svc.checkout.expire_due),
+        ("sandbox_callbacks", 1.0, svc.sandbox.deliver_due),
+        ("payment_janitor", config.channels.janitor_interval_s, svc.janitor.run),
+        ("refund_sender", 5.0, svc.refunds.send_queued),
+        ("completer", max(1.0, config.orders.idempotency_running_max_s / 6), svc.completer.complete_stale),
+        ("settlement", 60.0, svc.settlements.run_due),
+        ("reconciliation_checks", 60.0, svc.reconciliation.checks),
+        ("reports", 300.0, svc.reports.run),
+        ("webhooks", 1.0, svc.webhooks.deliver_due),
+        ("webhook_prune", 3600.0, svc.webhooks.prune),
+        ("game_deliveries", 30.0, svc.deliveries.push_due),
+    ]
+    for name, interval_s, fn in jobs:
+        scheduler.add(name, interval_s=interval_s, fn=fn)
+
+    async def prune_idempotency_keys() -> int:
+        return await svc.idempotency.prune(svc.db, ttl_s=config.orders.idempotency_ttl_s, limit=_IDEMPOTENCY_PRUNE_MAX)
+
+    scheduler.add("idempotency_prune", interval_s=config.scheduler.idempotency_prune_interval_s, fn=prune_idempotency_keys)
