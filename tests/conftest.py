@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ import uvicorn
 from apss.app import create_app
 from apss.clock import TestClock
 from apss.config import load_config
+from apss.services.container import Services
 
 ADMIN_TOKEN = "adm_test_token_0123456789abcdef"
 
@@ -174,11 +176,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def some_services(**given: Any) -> "Services":
+def some_services(**given: Any) -> Services:
     """A Services holding only what a test's controllers call (the rest is absent: reading it
     raises AttributeError): controllers are mounted on their own, without the whole app."""
-    from apss.services.container import Services
-
     services = object.__new__(Services)
     for name, service in given.items():
         object.__setattr__(services, name, service)

@@ -6,7 +6,7 @@ import enum
 
 from apss.errors import InvalidTransition
 
-__all__ = ["ACTIVE_FOR_LIMITS", "OrderEvent", "OrderStatus", "TRANSITIONS", "transition"]
+__all__ = ["ACTIVE_FOR_LIMITS", "PAID_OR_LATER", "REFUNDABLE", "OrderEvent", "OrderStatus", "TRANSITIONS", "transition"]
 
 
 class OrderStatus(str, enum.Enum):
@@ -33,7 +33,10 @@ class OrderEvent(str, enum.Enum):
 
 
 S, E = OrderStatus, OrderEvent
-_REFUNDABLE = (S.PAID, S.DELIVERING, S.FULFILLED, S.PARTIALLY_REFUNDED)
+# Orders that were paid and still hold money a refund can return (the one definition).
+REFUNDABLE = frozenset({S.PAID, S.DELIVERING, S.FULFILLED, S.PARTIALLY_REFUNDED})
+# Orders that were paid at some point (sales counts).
+PAID_OR_LATER = REFUNDABLE | {S.REFUNDED}
 
 TRANSITIONS: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (S.PENDING, E.PAYMENT_SUCCEEDED): S.PAID,
@@ -48,8 +51,8 @@ TRANSITIONS: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (S.PAID, E.DELIVER): S.FULFILLED,
     (S.PAID, E.START_DELIVERY): S.DELIVERING,
     (S.DELIVERING, E.DELIVER): S.FULFILLED,
-    **{(status, E.REFUND_PARTIAL): S.PARTIALLY_REFUNDED for status in _REFUNDABLE},
-    **{(status, E.REFUND_FULL): S.REFUNDED for status in _REFUNDABLE},
+    **{(status, E.REFUND_PARTIAL): S.PARTIALLY_REFUNDED for status in sorted(REFUNDABLE)},
+    **{(status, E.REFUND_FULL): S.REFUNDED for status in sorted(REFUNDABLE)},
 }
 
 # Orders whose quantities count against a product's per-player purchase limit.

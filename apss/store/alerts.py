@@ -6,7 +6,7 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["get_alert_tx", "insert_alert", "list_alerts", "resolve_alert"]
+__all__ = ["alerted", "get_alert_tx", "insert_alert", "list_alerts", "resolve_alert"]
 
 
 def insert_alert(
@@ -37,3 +37,8 @@ def resolve_alert(tx: Tx, *, merchant_id: str, alert_id: str, now_ms: int) -> sq
     tx.execute("UPDATE alerts SET resolved_at_ms = coalesce(resolved_at_ms, ?) WHERE id = ? AND merchant_id = ?",
                (now_ms, alert_id, merchant_id))
     return tx.one("SELECT * FROM alerts WHERE id = ? AND merchant_id = ?", (alert_id, merchant_id))
+
+
+def alerted(tx: Tx, *, object_id: str, kind: str) -> bool:
+    """Has an alert of this kind been raised for this object (re-checked inside the write)?"""
+    return tx.one("SELECT 1 FROM alerts WHERE object_id = ? AND kind = ? LIMIT 1", (object_id, kind)) is not None

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from apss.store.db import Database, Tx
 
 __all__ = [
-    "alerted",
     "captured_fees",
     "fetch_items",
     "fetch_run",
@@ -165,8 +164,3 @@ async def refunds_stuck(db: Database, *, kind: str, created_before_ms: int, limi
         " WHERE r.status = 'pending' AND r.created_at_ms < ?"
         " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.object_id = r.id AND a.kind = ?) ORDER BY r.created_at_ms LIMIT ?",
         (created_before_ms, kind, limit))
-
-
-def alerted(tx: Tx, *, object_id: str, kind: str) -> bool:
-    """Has an alert of this kind been raised for this object (re-checked inside the write)?"""
-    return tx.one("SELECT 1 FROM alerts WHERE object_id = ? AND kind = ? LIMIT 1", (object_id, kind)) is not None

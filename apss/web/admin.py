@@ -17,11 +17,11 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect
 
-from apss.services.container import Services
 from apss.clock import format_rfc3339, parse_rfc3339
-from apss.domain.orders import OrderStatus
+from apss.domain.orders import PAID_OR_LATER, REFUNDABLE, OrderStatus
 from apss.errors import ApssError, NotFound
 from apss.services.catalog.products import ProductUpdate
+from apss.services.container import Services
 from apss.services.merchants.keys import Merchant
 from apss.services.refunds.refunds import RefundCreate
 from apss.web._i18n import money
@@ -42,8 +42,6 @@ _LIVE_REFRESH_MS = 5000
 _ID_RE = re.compile(r"^[a-z]{2,4}_[A-Za-z0-9]{4,60}$")
 _PLAYER_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _CODE_RE = re.compile(r"^[a-z_]{1,64}$")
-_PAID_OR_LATER = {"paid", "delivering", "fulfilled", "partially_refunded", "refunded"}
-_REFUNDABLE = {"paid", "delivering", "fulfilled", "partially_refunded"}
 # Pages of services that other issues add: (title, attribute on svc, list methods to try).
 _SECTIONS = {
     "settlements": ("Settlements", "settlements", ("list", "list_settlements")),
@@ -244,7 +242,7 @@ async def _live(svc: Services, merchant: Merchant) -> dict[str, str]:
     revenue = ", ".join(money(s.gross, s.currency, "en") for s in summary if s.gross) or money(0, merchant.currency, "en")
     pending = await _count(lambda **kw: svc.checkout.list(merchant_id=merchant.id, status="pending", player_id=None, **kw))
     alerts = await _count(lambda **kw: svc.alerts.list(merchant_id=merchant.id, resolved=False, kind=None, **kw))
-    return {"orders_today": str(len(today)), "paid_today": str(sum(o.status in _PAID_OR_LATER for o in today)),
+    return {"orders_today": str(len(today)), "paid_today": str(sum(o.status in PAID_OR_LATER for o in today)),
             "revenue_today": revenue, "pending": pending, "open_alerts": alerts, "as_of": format_rfc3339(now_ms)}
 
 
@@ -370,7 +368,7 @@ async def admin_order(order_id: str, request: Request, svc: Services) -> Respons
     timeline = "".join(f"<li data-to='{esc(e.to_status)}'><b>{esc(e.to_status)}</b> <span class=muted>{esc(e.type)} · "
                        f"{esc(e.cause)} · {esc(e.created_at)}</span></li>" for e in events)
     refund = ""
-    if order.status in _REFUNDABLE:
+    if order.status in REFUNDABLE:
         refund = (f"<form method=post action='/admin/orders/{esc(order.id)}/refund?merchant={esc(merchant.id)}'>"
                   f"<input type=hidden name=csrf value='{esc(session.csrf)}'><button class=danger type=submit id=refund>"
                   f"Refund the rest ({esc(money(order.amount, order.currency, 'en'))} order)</button></form>")

@@ -20,6 +20,7 @@ from apss.errors import (
 )
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.paging import page_of
 from apss.services.views import ProductView, product_view
 from apss.store import catalog as store
 from apss.store.db import Database, Tx
@@ -174,4 +175,4 @@ class Catalog:
 
     async def list(self, *, merchant_id: str, after_id: str | None, limit: int, active: bool | None) -> tuple[list[ProductView], bool]:
         rows = await store.list_products(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1, active=active)
-        return [product_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, product_view)

@@ -15,6 +15,7 @@ from apss.clock import Clock, format_rfc3339
 from apss.crypto import Keyring, hash_secret, random_token
 from apss.errors import AuthenticationFailed, NotFound
 from apss.ids import new_id
+from apss.services.paging import page_of
 from apss.services.views import (
     AccountView,
     MerchantCreatedView,
@@ -153,7 +154,7 @@ class Merchants:
 
     async def list(self, *, after_id: str | None, limit: int) -> tuple[list[MerchantView], bool]:
         rows = await store.list_merchants(self._db, after_id=after_id, limit=limit + 1)
-        return [_merchant_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _merchant_view)
 
     @staticmethod
     def account(merchant: Merchant) -> AccountView:

@@ -38,9 +38,11 @@ from apss.channels.base import Capability, StatementLine
 from apss.clock import Clock, format_rfc3339
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
 from apss.ids import new_id
-from apss.services.payments.channels import ChannelAccess
-from apss.services.orders.lifecycle import raise_alert
 from apss.services.merchants.keys import Merchant
+from apss.services.orders.lifecycle import paid_not_delivered, raise_alert
+from apss.services.paging import page_of
+from apss.services.payments.channels import ChannelAccess
+from apss.store import alerts as alert_store
 from apss.store import orders as order_store
 from apss.store import reconciliation as store
 from apss.store import refunds as refund_store
@@ -316,7 +318,7 @@ class Reconciliation:
     async def list_runs(self, *, merchant_id: str, after_id: str | None, limit: int,
                         channel: str | None) -> tuple[list[ReconciliationRunView], bool]:
         rows = await store.list_runs(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1, channel=channel)
-        return [_run_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _run_view)
 
     async def get_run(self, *, merchant_id: str, run_id: str, status: str | None = None) -> ReconciliationRunDetail:
         row = await store.fetch_run(self._db, merchant_id=merchant_id, run_id=run_id)
@@ -345,16 +347,12 @@ class Reconciliation:
             # Re-checked in the write: delivery may have finished since the read.
             if order["status"] not in ("paid", "delivering") or order["updated_at_ms"] >= now_ms - self._paid_age_ms:
                 continue
-            if store.alerted(tx, object_id=order["id"], kind="paid_not_delivered"):
-                continue
             minutes = (now_ms - order["updated_at_ms"]) // 60_000
-            raise_alert(tx, merchant_id=order["merchant_id"], kind="paid_not_delivered", severity="critical",
-                        object_id=order["id"], now_ms=now_ms,
-                        message=f"order {order['id']} has been {order['status']} for {minutes} min without being fulfilled")
-            raised += 1
+            raised += paid_not_delivered(tx, merchant_id=order["merchant_id"], order_id=order["id"], now_ms=now_ms,
+                                         detail=f"{order['status']} for {minutes} min without being fulfilled")
         for candidate in stuck:
             refund = refund_store.get_refund(tx, refund_id=candidate["id"])
-            if refund["status"] != "pending" or store.alerted(tx, object_id=refund["id"], kind="refund_stuck"):
+            if refund["status"] != "pending" or alert_store.alerted(tx, object_id=refund["id"], kind="refund_stuck"):
                 continue
             minutes = (now_ms - refund["created_at_ms"]) // 60_000
             raise_alert(tx, merchant_id=refund["merchant_id"], kind="refund_stuck", severity="warning",

@@ -26,6 +26,7 @@ from apss.clock import Clock, format_rfc3339, parse_rfc3339
 from apss.errors import InvalidRequest, NotFound
 from apss.ids import new_id
 from apss.services.money.ledger import Ledger, SummaryView
+from apss.services.paging import page_of
 from apss.store import reports as store
 from apss.store.db import Database, Tx
 
@@ -223,4 +224,4 @@ class Reports:
     async def list(self, *, merchant_id: str, period: Period | None, after_id: str | None,
                    limit: int) -> tuple[list[ReportView], bool]:
         rows = await store.list_reports(self._db, merchant_id=merchant_id, period=period, after_id=after_id, limit=limit + 1)
-        return [_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _view)

@@ -59,6 +59,7 @@ from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.money.ledger import Ledger
 from apss.services.notify.outbox import Outbox
+from apss.services.paging import page_of
 from apss.store import settlement as store
 from apss.store.db import Database, Tx
 
@@ -435,7 +436,7 @@ class Settlements:
         assert 1 <= limit <= 100
         rows = await store.list_settlements(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
                                             status=status, currency=currency)
-        return [SettlementView(**_settlement_fields(r)) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, lambda r: SettlementView(**_settlement_fields(r)))
 
     async def _row(self, merchant_id: str, settlement_id: str) -> sqlite3.Row:
         row = await store.fetch_settlement(self._db, settlement_id=settlement_id)

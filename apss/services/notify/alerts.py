@@ -9,6 +9,7 @@ import msgspec
 
 from apss.clock import Clock, format_rfc3339
 from apss.errors import NotFound
+from apss.services.paging import page_of
 from apss.store import alerts as store
 from apss.store.db import Database, Tx
 
@@ -48,7 +49,7 @@ class Alerts:
                    kind: str | None) -> tuple[list[AlertView], bool]:
         rows = await store.list_alerts(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
                                        resolved=resolved, kind=kind)
-        return [alert_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, alert_view)
 
     async def resolve(self, *, merchant_id: str, alert_id: str) -> AlertView:
         def transaction(tx: Tx) -> AlertView:

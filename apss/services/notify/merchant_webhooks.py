@@ -62,6 +62,7 @@ from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.orders.lifecycle import raise_alert
 from apss.services.outbound import TargetClients, check_webhook_url
+from apss.services.paging import page_of
 from apss.store import webhooks as store
 from apss.store.db import Database, Tx
 
@@ -339,7 +340,7 @@ class Webhooks:
 
     async def list_endpoints(self, *, merchant_id: str, after_id: str | None, limit: int) -> tuple[list[WebhookEndpointView], bool]:
         rows = await store.list_endpoints(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1)
-        return [_endpoint_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _endpoint_view)
 
     async def update_endpoint(self, *, merchant_id: str, endpoint_id: str, command: WebhookEndpointUpdate,
                               merchant_mode: str | None = None) -> WebhookEndpointView:
@@ -426,7 +427,7 @@ class Webhooks:
             await self.get_endpoint(merchant_id=merchant_id, endpoint_id=endpoint_id)  # 404 for another's
         rows = await store.list_deliveries(self._db, merchant_id=merchant_id, endpoint_id=endpoint_id, event_id=event_id,
                                            status=status, after_id=after_id, limit=limit + 1)
-        return [_delivery_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _delivery_view)
 
     async def retry_delivery(self, *, merchant_id: str, delivery_id: str, idem: IdempotencyRequest | None) -> Outcome:
         """Send again now: a pending delivery skips its backoff; a final one gets a new delivery

@@ -36,12 +36,13 @@ from apss.errors import (
     PurchaseLimitExceeded,
 )
 from apss.ids import new_id, new_token
-from apss.services.orders import lifecycle
-from apss.services.payments.channels import ChannelAccess
-from apss.services.money.fx import quote_tx as fx_quote_tx
-from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
+from apss.services.money.fx import quote_tx as fx_quote_tx
+from apss.services.orders import lifecycle
+from apss.services.paging import page_of
+from apss.services.payments.channels import ChannelAccess
+from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.views import (
     OrderEventView,
     OrderItemView,
@@ -393,7 +394,7 @@ class Checkout:
                    player_id: str | None) -> tuple[list[OrderView], bool]:
         rows = await orders.list_order_views(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
                                              status=status, player_id=player_id)
-        return [order_view(r, public_url=self.public_url) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, lambda r: order_view(r, public_url=self.public_url))
 
     async def events(self, *, merchant_id: str, order_id: str) -> list[OrderEventView]:
         await self.get(merchant_id=merchant_id, order_id=order_id)  # 404 for another merchant's order

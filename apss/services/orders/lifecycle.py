@@ -27,7 +27,7 @@ from apss.ids import new_id
 from apss.store import alerts, catalog, orders, players
 from apss.store.db import Tx
 
-__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "pay", "raise_alert", "stock_available_again"]
+__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "paid_not_delivered", "pay", "raise_alert", "stock_available_again"]
 
 _grants_decoder = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
@@ -150,3 +150,13 @@ def raise_alert(tx: Tx, *, merchant_id: str | None, kind: str, severity: str, ob
                         object_id=object_id, message=message, now_ms=now_ms)
     if merchant_id is not None:
         tx.emit(merchant_id=merchant_id, type="alert.created", kind="alert", object_id=alert_id)
+
+
+def paid_not_delivered(tx: Tx, *, merchant_id: str, order_id: str, detail: str, now_ms: int) -> bool:
+    """The one alert for a player who paid and has no goods yet (reconciliation's age check and
+    the game's missing acknowledgement both raise it): critical, once per order. True if raised."""
+    if alerts.alerted(tx, object_id=order_id, kind="paid_not_delivered"):
+        return False
+    raise_alert(tx, merchant_id=merchant_id, kind="paid_not_delivered", severity="critical", object_id=order_id,
+                now_ms=now_ms, message=f"Order {order_id} is paid but not delivered: {detail}.")
+    return True

@@ -21,8 +21,9 @@ from apss.domain.catalog import Grant
 from apss.errors import NotFound
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.orders.lifecycle import raise_alert
 from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.orders.lifecycle import paid_not_delivered
+from apss.services.paging import page_of
 from apss.store import webhooks as store
 from apss.store.db import Database, Tx
 
@@ -150,7 +151,7 @@ class Deliveries:
         assert status in (None, "pending", "acknowledged") and limit >= 1
         rows = await store.list_game_deliveries(self._db, merchant_id=merchant_id, status=status, after_id=cursor,
                                                 limit=limit + 1)
-        return [_view(r) for r in rows[:limit]], len(rows) > limit
+        return page_of(rows, limit, _view)
 
     # -- re-sends and the paid-but-not-delivered alert (a scheduler job) -----------------------------
     def _push_due_at_ms(self, *, created_at_ms: int, pushes: int) -> int:
@@ -181,10 +182,9 @@ class Deliveries:
             return 0  # acknowledged (or visited) since it was read
         alerted = row["alerted_at_ms"] is not None
         if not alerted and now_ms >= row["created_at_ms"] + self._alert_after_ms:
-            raise_alert(tx, merchant_id=row["merchant_id"], kind="paid_not_delivered", severity="warning",
-                        object_id=row["order_id"], now_ms=now_ms,
-                        message=f"Order {row['order_id']} is paid but its delivery {row['id']} has not been "
-                                f"acknowledged by the game after {self._alert_after_ms // 60_000} min.")
+            paid_not_delivered(tx, merchant_id=row["merchant_id"], order_id=row["order_id"], now_ms=now_ms,
+                               detail=f"the game has not acknowledged delivery {row['id']} after "
+                                      f"{self._alert_after_ms // 60_000} min")
             store.mark_game_delivery_alerted(tx, delivery_id=row["id"], now_ms=now_ms)
             alerted = True
         pushes, pushed = row["attempts"], 0

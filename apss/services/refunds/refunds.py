@@ -35,7 +35,7 @@ from apss.domain.catalog import (
     MembershipGrant,
 )
 from apss.domain.ledger import over_refund_entries, reversal_entries
-from apss.domain.orders import OrderEvent, OrderStatus
+from apss.domain.orders import REFUNDABLE, OrderEvent
 from apss.domain.payments import PaymentStatus
 from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus
 from apss.errors import (
@@ -45,11 +45,11 @@ from apss.errors import (
     NotFound,
 )
 from apss.ids import new_id
+from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
+from apss.services.merchants.keys import Merchant, Merchants
+from apss.services.money.ledger import Ledger
 from apss.services.orders import lifecycle
 from apss.services.payments.gateway import Attempt, PaymentGateway
-from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
-from apss.services.money.ledger import Ledger
-from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.views import encode
 from apss.store import orders, players
 from apss.store import refunds as store
@@ -60,8 +60,6 @@ __all__ = ["RefundCreate", "RefundView", "Refunds"]
 log = logging.getLogger("apss.refunds")
 _grants = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
-_REFUNDABLE = (OrderStatus.PAID.value, OrderStatus.DELIVERING.value, OrderStatus.FULFILLED.value,
-               OrderStatus.PARTIALLY_REFUNDED.value)
 
 
 class RefundCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,7 +121,7 @@ class Refunds:
         if order is None:
             raise NotFound(f"No such order: '{order_id}'", param="id")
         payment = orders.get_payment_tx(tx, payment_id=order["payment_id"])
-        if order["status"] not in _REFUNDABLE or payment["status"] != "succeeded":
+        if order["status"] not in REFUNDABLE or payment["status"] != "succeeded":
             raise InvalidTransition(f"An order in status '{order['status']}' cannot be refunded.")
         left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
         amount = command.amount if command.amount is not None else left
@@ -264,7 +262,7 @@ class Refunds:
         finance = self._ledger.finance(tx, order["merchant_id"])
         before = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
         within = max(0, min(refund["amount"], payment["amount"] - before))  # what the capture still covers
-        delivered = order["status"] in _REFUNDABLE
+        delivered = order["status"] in REFUNDABLE
         plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=within,
                           policy=policy or finance.clawback_policy) if delivered and within else Clawback(policy="none")
         now_ms = self._clock.now_ms()
