@@ -61,6 +61,7 @@ from apss.services.notify.alerts import Alerts
 from apss.services.catalog.products import Catalog
 from apss.services.payments.channels import ChannelAccess
 from apss.services.orders.checkout import Checkout
+from apss.services.orders.queries import OrderQueries
 from apss.services.players.game_deliveries import Deliveries
 from apss.services.money.finance import FinanceService
 from apss.services.money.fx import FxRates
@@ -157,7 +158,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
 
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
-        catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout, fx=FxRates(db=db, clock=clock),
+        catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
+        orders=OrderQueries(db=db, public_url=config.public_url), fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,

@@ -39,13 +39,13 @@ class OrderController(Controller):
         status: OrderStatus | None = None,
         player_id: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")] = None,
     ) -> Response[OrderList]:
-        items, has_more = await svc.checkout.list(merchant_id=merchant.id, after_id=cursor, limit=limit,
+        items, has_more = await svc.orders.list(merchant_id=merchant.id, after_id=cursor, limit=limit,
                                                   status=status.value if status else None, player_id=player_id)
         return list_response(items, has_more)
 
     @get("/{order_id:str}", summary="Retrieve an order")
     async def retrieve(self, order_id: str, merchant: Merchant, svc: Services) -> OrderView:
-        return await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
+        return await svc.orders.get(merchant_id=merchant.id, order_id=order_id)
 
     @post("/{order_id:str}/cancel", status_code=200, summary="Cancel a pending order; releases its stock")
     async def cancel(self, order_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[OrderView]:
@@ -54,5 +54,5 @@ class OrderController(Controller):
 
     @get("/{order_id:str}/events", summary="The order's state changes with their causes")
     async def events(self, order_id: str, merchant: Merchant, svc: Services) -> Response[OrderEventList]:
-        items = await svc.checkout.events(merchant_id=merchant.id, order_id=order_id)
+        items = await svc.orders.events(merchant_id=merchant.id, order_id=order_id)
         return list_response(items, False)

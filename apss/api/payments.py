@@ -18,4 +18,4 @@ class PaymentController(Controller):
 
     @get("/{payment_id:str}", summary="Retrieve a payment with its channel attempts")
     async def retrieve(self, payment_id: str, merchant: Merchant, svc: Services) -> PaymentDetailView:
-        return await svc.checkout.payment(merchant_id=merchant.id, payment_id=payment_id)
+        return await svc.orders.payment(merchant_id=merchant.id, payment_id=payment_id)

@@ -28,7 +28,7 @@ class RefundController(Controller):
 
     @get("/v1/orders/{order_id:str}/refunds", summary="The order's refunds")
     async def for_order(self, order_id: str, merchant: Merchant, svc: Services) -> Response[list[RefundView]]:
-        await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)  # 404 for another merchant's order
+        await svc.orders.get(merchant_id=merchant.id, order_id=order_id)  # 404 for another merchant's order
         return list_response(await svc.refunds.for_order(merchant_id=merchant.id, order_id=order_id), False)
 
     @get("/v1/refunds/{refund_id:str}", summary="Retrieve a refund")

@@ -25,6 +25,7 @@ from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import Webhooks
 from apss.services.orders.checkout import Checkout
+from apss.services.orders.queries import OrderQueries
 from apss.services.orders.recovery import Completer
 from apss.services.payments.callbacks import PaymentEvents
 from apss.services.payments.channels import ChannelAccess
@@ -57,6 +58,7 @@ class Services:
     gateway: PaymentGateway
     catalog: Catalog
     checkout: Checkout
+    orders: OrderQueries
     fx: FxRates
     payment_events: PaymentEvents
     janitor: PaymentJanitor

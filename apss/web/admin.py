@@ -211,7 +211,7 @@ async def admin_logout(request: Request, svc: Services) -> Response:
 async def _orders_since(svc: Services, merchant_id: str, since_ms: int) -> list:
     found, after = [], None
     for _ in range(_ORDER_PAGES_MAX):
-        page, more = await svc.checkout.list(merchant_id=merchant_id, after_id=after, limit=100, status=None, player_id=None)
+        page, more = await svc.orders.list(merchant_id=merchant_id, after_id=after, limit=100, status=None, player_id=None)
         for order in page:  # newest first
             if parse_rfc3339(order.created_at) < since_ms:
                 return found
@@ -240,7 +240,7 @@ async def _live(svc: Services, merchant: Merchant) -> dict[str, str]:
     today = await _orders_since(svc, merchant.id, today_ms)
     summary = await svc.ledger.summary(merchant_id=merchant.id, from_ms=today_ms, to_ms=now_ms + 1)
     revenue = ", ".join(money(s.gross, s.currency, "en") for s in summary if s.gross) or money(0, merchant.currency, "en")
-    pending = await _count(lambda **kw: svc.checkout.list(merchant_id=merchant.id, status="pending", player_id=None, **kw))
+    pending = await _count(lambda **kw: svc.orders.list(merchant_id=merchant.id, status="pending", player_id=None, **kw))
     alerts = await _count(lambda **kw: svc.alerts.list(merchant_id=merchant.id, resolved=False, kind=None, **kw))
     return {"orders_today": str(len(today)), "paid_today": str(sum(o.status in PAID_OR_LATER for o in today)),
             "revenue_today": revenue, "pending": pending, "open_alerts": alerts, "as_of": format_rfc3339(now_ms)}
@@ -326,7 +326,7 @@ async def admin_orders(request: Request, svc: Services) -> Response:
     status = query.get("status") if query.get("status") in {s.value for s in OrderStatus} else None
     player = query.get("player") if _PLAYER_RE.match(query.get("player") or "") else None
     after = query.get("after") if _ID_RE.match(query.get("after") or "") else None
-    orders, more = await svc.checkout.list(merchant_id=merchant.id, after_id=after, limit=_PAGE, status=status, player_id=player)
+    orders, more = await svc.orders.list(merchant_id=merchant.id, after_id=after, limit=_PAGE, status=status, player_id=player)
     options = "".join(f"<option{' selected' if s.value == status else ''}>{s.value}</option>" for s in OrderStatus)
     filters = (f"<form class=filters method=get action='/admin/orders'><input type=hidden name=merchant value='{esc(merchant.id)}'>"
                f"<label>Status<br><select name=status><option value=''>any</option>{options}</select></label>"
@@ -358,8 +358,8 @@ async def admin_order(order_id: str, request: Request, svc: Services) -> Respons
         return page
     session, merchant, merchants = page
     try:
-        order = await svc.checkout.get(merchant_id=merchant.id, order_id=order_id)
-        events = await svc.checkout.events(merchant_id=merchant.id, order_id=order_id)
+        order = await svc.orders.get(merchant_id=merchant.id, order_id=order_id)
+        events = await svc.orders.events(merchant_id=merchant.id, order_id=order_id)
     except NotFound:
         return _layout(title="Not found", active="orders", merchant=merchant, merchants=merchants, csrf=session.csrf,
                        status=404, body=f"<div class=card>No order {esc(order_id)} for this merchant.</div>")

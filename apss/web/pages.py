@@ -14,7 +14,7 @@ from apss.services.container import Services
 from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
 from apss.errors import ApssError, NotFound
-from apss.services.orders.checkout import CheckoutContext
+from apss.services.orders.queries import CheckoutContext
 from apss.services.merchants.keys import Merchant
 from apss.services.views import OrderView
 from apss.web._i18n import choose_language, money, text
@@ -147,7 +147,7 @@ setTimeout(poll,POLL_MS);})();
 async def checkout_page(token: str, request: Request, svc: Services) -> Response:
     lang = _lang(request)
     try:
-        checkout = await svc.checkout.by_checkout_token(token)
+        checkout = await svc.orders.by_checkout_token(token)
     except NotFound:
         return _not_found(lang)
     order, ctx = checkout.order, _context(svc, checkout)
@@ -171,7 +171,7 @@ async def checkout_page(token: str, request: Request, svc: Services) -> Response
 async def checkout_status(token: str, svc: Services) -> Response:
     """What the checkout page polls: the order's and its payment's status, nothing more."""
     try:
-        order = (await svc.checkout.by_checkout_token(token)).order
+        order = (await svc.orders.by_checkout_token(token)).order
     except NotFound:
         return Response(content={"error": {"type": "invalid_request_error", "code": "not_found", "message": "No such checkout."}},
                         status_code=404, headers={"Cache-Control": "no-store"})

@@ -21,7 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from apss.channels.base import Channel, PaymentCreated, PaymentRequest
-from apss.clock import Clock, format_rfc3339
+from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
 from apss.domain.money import is_iso_currency, minor_units_max
@@ -40,25 +40,20 @@ from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.orders import lifecycle
-from apss.services.paging import page_of
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.views import (
-    OrderEventView,
     OrderItemView,
     OrderView,
-    PaymentAttemptView,
-    PaymentDetailView,
     encode,
     order_view,
     order_view_of,
     payment_view,
 )
 from apss.store import catalog, orders
-from apss.store import channels as channel_store
 from apss.store.db import Database, Tx
 
-__all__ = ["Checkout", "CheckoutContext", "OrderCreate", "OrderLine"]
+__all__ = ["Checkout", "OrderCreate", "OrderLine"]
 
 log = logging.getLogger("apss.checkout")
 
@@ -80,12 +75,6 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
-
-
-class CheckoutContext(msgspec.Struct, frozen=True, kw_only=True):
-    order: OrderView
-    merchant_id: str
-    return_url: str | None
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
@@ -360,44 +349,3 @@ class Checkout:
             return expired
 
         return await self._db.write(transaction)
-
-    # -- reads -------------------------------------------------------------------------------
-    async def get(self, *, merchant_id: str, order_id: str) -> OrderView:
-        row = await orders.get_order_view(self._db, merchant_id=merchant_id, order_id=order_id)
-        if row is None:
-            raise NotFound(f"No such order: '{order_id}'", param="id")
-        return order_view(row, public_url=self.public_url)
-
-    async def payment(self, *, merchant_id: str, payment_id: str) -> PaymentDetailView:
-        row = await orders.fetch_payment(self._db, payment_id=payment_id)
-        if row is None or row["merchant_id"] != merchant_id:
-            raise NotFound(f"No such payment: '{payment_id}'", param="id")
-        attempts = await channel_store.list_attempts(self._db, payment_id=payment_id)
-        refs = await channel_store.list_refs(self._db, payment_id=payment_id)
-        return PaymentDetailView(
-            id=row["id"], order_id=row["order_id"], channel=row["channel"], status=row["status"], amount=row["amount"],
-            currency=row["currency"], provider_ref=row["provider_ref"], provider_refs=refs, failure_code=row["failure_code"],
-            attempts=[PaymentAttemptView(channel=a["channel"], operation=a["operation"], outcome=a["outcome"],
-                                         error_code=a["error_code"], provider_code=a["provider_code"],
-                                         created_at=format_rfc3339(a["created_at_ms"])) for a in attempts],
-            created_at=format_rfc3339(row["created_at_ms"]))
-
-    async def by_checkout_token(self, token: str) -> CheckoutContext:
-        """The order behind a checkout link, with whose it is and where the payer goes back."""
-        row = await orders.get_order_view_by_token(self._db, checkout_token=token)
-        if row is None:
-            raise NotFound("No such checkout.")
-        return CheckoutContext(order=order_view(row, public_url=self.public_url), merchant_id=row["merchant_id"],
-                               return_url=row["return_url"])
-
-    async def list(self, *, merchant_id: str, after_id: str | None, limit: int, status: str | None,
-                   player_id: str | None) -> tuple[list[OrderView], bool]:
-        rows = await orders.list_order_views(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
-                                             status=status, player_id=player_id)
-        return page_of(rows, limit, lambda r: order_view(r, public_url=self.public_url))
-
-    async def events(self, *, merchant_id: str, order_id: str) -> list[OrderEventView]:
-        await self.get(merchant_id=merchant_id, order_id=order_id)  # 404 for another merchant's order
-        rows = await orders.list_order_events(self._db, order_id=order_id)
-        return [OrderEventView(id=r["id"], type=r["type"], from_status=r["from_status"], to_status=r["to_status"],
-                               cause=r["cause"], created_at=format_rfc3339(r["created_at_ms"])) for r in rows]

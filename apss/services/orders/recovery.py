@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 
 from apss.clock import Clock
-from apss.services.orders.checkout import Checkout
 from apss.services.merchants.keys import Merchants
+from apss.services.orders.checkout import Checkout
 from apss.services.refunds.refunds import Refunds
 from apss.store import idempotency as keys
 from apss.store.db import Database

@@ -1,0 +1,74 @@
+"""Order and payment queries: what the API, the checkout page and the dashboard read. Reader
+connections only; nothing here writes (creation and state moves are checkout.py and lifecycle.py)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from apss.clock import format_rfc3339
+from apss.errors import NotFound
+from apss.services.paging import page_of
+from apss.services.views import (
+    OrderEventView,
+    OrderView,
+    PaymentAttemptView,
+    PaymentDetailView,
+    order_view,
+)
+from apss.store import channels as channel_store
+from apss.store import orders
+from apss.store.db import Database
+
+__all__ = ["CheckoutContext", "OrderQueries"]
+
+
+class CheckoutContext(msgspec.Struct, frozen=True, kw_only=True):
+    order: OrderView
+    merchant_id: str
+    return_url: str | None
+
+
+class OrderQueries:
+    def __init__(self, *, db: Database, public_url: str) -> None:
+        self._db = db
+        self.public_url = public_url
+
+    async def get(self, *, merchant_id: str, order_id: str) -> OrderView:
+        row = await orders.get_order_view(self._db, merchant_id=merchant_id, order_id=order_id)
+        if row is None:
+            raise NotFound(f"No such order: '{order_id}'", param="id")
+        return order_view(row, public_url=self.public_url)
+
+    async def payment(self, *, merchant_id: str, payment_id: str) -> PaymentDetailView:
+        row = await orders.fetch_payment(self._db, payment_id=payment_id)
+        if row is None or row["merchant_id"] != merchant_id:
+            raise NotFound(f"No such payment: '{payment_id}'", param="id")
+        attempts = await channel_store.list_attempts(self._db, payment_id=payment_id)
+        refs = await channel_store.list_refs(self._db, payment_id=payment_id)
+        return PaymentDetailView(
+            id=row["id"], order_id=row["order_id"], channel=row["channel"], status=row["status"], amount=row["amount"],
+            currency=row["currency"], provider_ref=row["provider_ref"], provider_refs=refs, failure_code=row["failure_code"],
+            attempts=[PaymentAttemptView(channel=a["channel"], operation=a["operation"], outcome=a["outcome"],
+                                         error_code=a["error_code"], provider_code=a["provider_code"],
+                                         created_at=format_rfc3339(a["created_at_ms"])) for a in attempts],
+            created_at=format_rfc3339(row["created_at_ms"]))
+
+    async def by_checkout_token(self, token: str) -> CheckoutContext:
+        """The order behind a checkout link, with whose it is and where the payer goes back."""
+        row = await orders.get_order_view_by_token(self._db, checkout_token=token)
+        if row is None:
+            raise NotFound("No such checkout.")
+        return CheckoutContext(order=order_view(row, public_url=self.public_url), merchant_id=row["merchant_id"],
+                               return_url=row["return_url"])
+
+    async def list(self, *, merchant_id: str, after_id: str | None, limit: int, status: str | None,
+                   player_id: str | None) -> tuple[list[OrderView], bool]:
+        rows = await orders.list_order_views(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
+                                             status=status, player_id=player_id)
+        return page_of(rows, limit, lambda r: order_view(r, public_url=self.public_url))
+
+    async def events(self, *, merchant_id: str, order_id: str) -> list[OrderEventView]:
+        await self.get(merchant_id=merchant_id, order_id=order_id)  # 404 for another merchant's order
+        rows = await orders.list_order_events(self._db, order_id=order_id)
+        return [OrderEventView(id=r["id"], type=r["type"], from_status=r["from_status"], to_status=r["to_status"],
+                               cause=r["cause"], created_at=format_rfc3339(r["created_at_ms"])) for r in rows]
