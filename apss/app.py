@@ -23,8 +23,6 @@ from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.common import current_merchant
-from apss.services.container import Services
-from apss.services.merchants.rate_limit import RateLimiter
 from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
@@ -34,6 +32,7 @@ from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.products import ProductController
+from apss.api.provider_callbacks import provider_callback
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
@@ -44,7 +43,6 @@ from apss.api.webhook_endpoints import (
     WebhookDeliveryController,
     WebhookEndpointController,
 )
-from apss.api.webhooks import provider_callback
 from apss.channels.alipay import AlipayChannel
 from apss.channels.base import ChannelRegistry
 from apss.channels.paypal import PayPalChannel
@@ -56,32 +54,34 @@ from apss.config import Config
 from apss.crypto import Keyring
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
-from apss.services.orders import lifecycle
-from apss.services.notify.alerts import Alerts
 from apss.services.catalog.products import Catalog
-from apss.services.payments.channels import ChannelAccess
-from apss.services.orders.checkout import Checkout
-from apss.services.orders.queries import OrderQueries
-from apss.services.players.game_deliveries import Deliveries
+from apss.services.container import Services
+from apss.services.idempotency import Idempotency
+from apss.services.merchants.demo import seed_demo
+from apss.services.merchants.keys import Merchants
+from apss.services.merchants.rate_limit import RateLimiter
 from apss.services.money.finance import FinanceService
 from apss.services.money.fx import FxRates
-from apss.services.idempotency import Idempotency
-from apss.services.payments.janitor import PaymentJanitor
 from apss.services.money.ledger import Ledger
-from apss.services.merchants.keys import Merchants
-from apss.services.outbound import TargetClients
-from apss.services.notify.outbox import Outbox
-from apss.services.payments.callbacks import PaymentEvents
-from apss.services.players.wallets import Players
 from apss.services.money.reconciliation import Reconciliation
-from apss.services.payments.gateway import PaymentGateway
-from apss.services.orders.recovery import Completer, resume_running
-from apss.services.refunds.refunds import Refunds
 from apss.services.money.reports import Reports
-from apss.services.sandbox.provider import SandboxProvider
-from apss.services.merchants.demo import seed_demo
 from apss.services.money.settlement import Settlements
+from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
+from apss.services.notify.outbox import Outbox
+from apss.services.orders import lifecycle
+from apss.services.orders.checkout import Checkout
+from apss.services.orders.queries import OrderQueries
+from apss.services.orders.recovery import Completer, resume_running
+from apss.services.outbound import TargetClients
+from apss.services.payments.callbacks import PaymentEvents
+from apss.services.payments.channels import ChannelAccess
+from apss.services.payments.gateway import PaymentGateway
+from apss.services.payments.janitor import PaymentJanitor
+from apss.services.players.game_deliveries import Deliveries
+from apss.services.players.wallets import Players
+from apss.services.refunds.refunds import Refunds
+from apss.services.sandbox.provider import SandboxProvider
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from apss.web import WEB_HANDLERS

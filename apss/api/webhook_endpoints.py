@@ -1,6 +1,6 @@
 """Merchant webhook endpoints, their delivery log and replays; deliveries to the game.
 
-(apss/api/webhooks.py is the provider callback route; this module is the merchant's side.)
+(apss/api/provider_callbacks.py is the inbound route from providers; this module is the merchant's outbound side.)
 """
 
 from __future__ import annotations
