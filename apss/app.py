@@ -122,8 +122,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
     # One HTTP client for every provider call (closed at shutdown); base URLs are per merchant.
     provider_http = httpx.AsyncClient(timeout=config.channels.provider_timeout_s)
     registry = ChannelRegistry()
-    registry.register(SandboxChannel(public_url=config.public_url, tolerance_s=config.sandbox.webhook_tolerance_s,
-                                     state=sandbox.state_of))
+    registry.register(SandboxChannel(public_url=config.public_url, state=sandbox.state_of,
+                                     tolerance_s=config.sandbox.webhook_tolerance_s))
     for channel_class in (StripeChannel, PayPalChannel, AlipayChannel):
         registry.register(channel_class(public_url=config.public_url, http=provider_http))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))

@@ -133,13 +133,17 @@ class _BoomChannel:
         return CallbackReply(status_code=200)
 
 
+async def _nothing_recorded(payment_id: str) -> None:
+    return None
+
+
 class _PendingRefundChannel:
     """The sandbox under another name, whose refunds stay pending at the provider for a while."""
 
     name, test_only, settings = "slowrefund", True, {}
 
     def __init__(self, public_url: str) -> None:
-        self._sandbox = SandboxChannel(public_url=public_url)
+        self._sandbox = SandboxChannel(public_url=public_url, state=_nothing_recorded)
 
     async def create_payment(self, request, credentials):
         return await self._sandbox.create_payment(request, credentials)

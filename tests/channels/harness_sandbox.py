@@ -18,8 +18,11 @@ class Harness:
     currency = "USD"
 
     def __init__(self) -> None:
-        self.channel = SandboxChannel(public_url="http://127.0.0.1:8000")
+        self.channel = SandboxChannel(public_url="http://127.0.0.1:8000", state=self._state_of)
         self.credentials = {"webhook_secret": "whsec_contract_test_secret_0001"}
+
+    async def _state_of(self, payment_id: str) -> tuple[str, str | None] | None:
+        return None  # the payer never acts in the contract test
 
     def _request(self, body: bytes, now_s: int) -> CallbackRequest:
         header = sign_callback(secret=self.credentials["webhook_secret"], body=body, now_s=now_s)

@@ -40,7 +40,6 @@ from apss.channels.base import (
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import PaymentStatus
@@ -323,8 +322,6 @@ class AlipayChannel:
             status_code=200, body=b"success" if accepted else b"fail", media_type="text/plain"
         )
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.ALIPAY_CURRENCY:

@@ -21,7 +21,6 @@ from apss.channels.base import (
     RefundRequest,
     RefundResult,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
@@ -52,7 +51,7 @@ class SandboxChannel:
     test_only = True
     settings = {}  # the sandbox signs with the merchant's own sandbox_webhook_secret
 
-    def __init__(self, *, public_url: str, tolerance_s: int = 300, state: SandboxState | None = None) -> None:
+    def __init__(self, *, public_url: str, state: SandboxState, tolerance_s: int = 300) -> None:
         assert public_url.startswith(("http://", "https://"))
         self._public_url = public_url.rstrip("/")
         self._tolerance_s = tolerance_s
@@ -86,8 +85,6 @@ class SandboxChannel:
         assert accepted, "rejected callbacks are answered by the error handler (400)"
         return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         """Refunds settle at once, unless the order's magic value says `refund_fails`."""
@@ -97,8 +94,6 @@ class SandboxChannel:
         return RefundResult(provider_refund_ref=f"sbxre_{random_token(16)}", status="succeeded")
 
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        if self._state is None:
-            raise flow_not_supported(self.name, "payment queries")
         state = await self._state(query.payment_id)
         if state is None:
             return PaymentReport(status=PaymentStatus.REQUIRES_ACTION, provider_ref=query.provider_ref)

@@ -34,7 +34,6 @@ from apss.channels.base import (
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.stripe import mapping
 from apss.crypto import parse_signature_header, verify_timestamped
@@ -121,8 +120,6 @@ class StripeChannel:
 
     # --- refunds
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         _check_amount(request.amount, request.currency)

@@ -47,7 +47,6 @@ from apss.channels.base import (
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.wechatpay import mapping
 from apss.clock import Clock, SystemClock
@@ -276,8 +275,6 @@ class WechatPayChannel:
         body = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
         return CallbackReply(status_code=400, body=body, media_type="application/json")
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.CURRENCY:
