@@ -58,8 +58,10 @@ class _Altered:
 
 
 @pytest.fixture
-def stripe():
-    standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET)
+def stripe(server):
+    # Stripe's clock is the server's: the TestClock other tests moved is the time it sends expiries in.
+    standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET,
+                            now_s=lambda: server.clock.now_ms() // 1000)
     altered_sessions = _Altered(standin, method="POST", path="/v1/checkout/sessions")
     altered = _Altered(altered_sessions, method="POST", path="/v1/refunds")
     served = _Served(altered)

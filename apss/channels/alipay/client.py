@@ -322,7 +322,6 @@ class AlipayChannel:
             status_code=200, body=b"success" if accepted else b"fail", media_type="text/plain"
         )
 
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.ALIPAY_CURRENCY:
             raise CurrencyNotSupported(f"alipay takes CNY only, not {request.currency}", param="currency")

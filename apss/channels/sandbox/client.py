@@ -85,7 +85,6 @@ class SandboxChannel:
         assert accepted, "rejected callbacks are answered by the error handler (400)"
         return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
 
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         """Refunds settle at once, unless the order's magic value says `refund_fails`."""
         assert request.amount > 0

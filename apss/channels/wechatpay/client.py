@@ -275,7 +275,6 @@ class WechatPayChannel:
         body = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
         return CallbackReply(status_code=400, body=body, media_type="application/json")
 
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.CURRENCY:
             raise CurrencyNotSupported(f"wechatpay refunds {mapping.CURRENCY} only", param="currency")
