@@ -17,6 +17,7 @@ from apss.channels.sandbox import SIGNATURE_HEADER, SandboxChannel, build_event,
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id
+from tests.channels.harness_sandbox import MemoryBook
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import RunningServer, assert_error, wait_for
 from tests.test_channels_e2e import _Served
@@ -135,17 +136,13 @@ class _BoomChannel:
         return CallbackReply(status_code=200)
 
 
-async def _nothing_recorded(payment_id: str) -> None:
-    return None
-
-
 class _PendingRefundChannel:
     """The sandbox under another name, whose refunds stay pending at the provider for a while."""
 
     name, test_only, settings = "slowrefund", True, {}
 
     def __init__(self, public_url: str) -> None:
-        self._sandbox = SandboxChannel(public_url=public_url, state=_nothing_recorded)
+        self._sandbox = SandboxChannel(public_url=public_url, book=MemoryBook())
 
     async def create_payment(self, request, credentials):
         return await self._sandbox.create_payment(request, credentials)

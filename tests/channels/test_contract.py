@@ -79,7 +79,8 @@ async def test_create_payment_and_verify_callbacks(harness):
 # -- capabilities: what each adapter says it can do is what it does ----------------------------
 
 EXPECTED_CAPABILITIES = {
-    "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "parse_statement"},
+    "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+                "cancel_payment"},
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                "cancel_payment"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "parse_statement"},
