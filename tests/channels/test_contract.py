@@ -84,7 +84,8 @@ EXPECTED_CAPABILITIES = {
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                "cancel_payment"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "parse_statement"},
-    "alipay": {"create_payment", "verify_callback", "refund", "query_status", "parse_statement"},
+    "alipay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+               "cancel_payment"},
     "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "parse_statement"},
 }
 
