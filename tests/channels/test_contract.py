@@ -86,7 +86,8 @@ EXPECTED_CAPABILITIES = {
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "parse_statement"},
     "alipay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                "cancel_payment"},
-    "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "parse_statement"},
+    "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+                  "cancel_payment"},
 }
 
 
