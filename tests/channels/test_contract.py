@@ -118,3 +118,24 @@ async def test_no_adapter_defines_a_capability_method_it_does_not_support(harnes
 async def test_capabilities_of_says_the_truth(harness):
     declared = {c.value for c in capabilities_of(harness.channel)}
     assert declared == EXPECTED_CAPABILITIES[harness.channel.name]
+
+
+async def test_each_declared_query_and_close_answers_in_neutral_terms(harness):
+    """Against each stand-in: a fresh payment queried (QueriesStatus) and closed (CancelsPayments)."""
+    from apss.channels.base import Capability, PaymentQuery, PaymentReport
+    from apss.domain.payments import PaymentStatus
+
+    channel = harness.channel
+    declared = capabilities_of(channel)
+    request = _request(harness, 1999 if harness.currency != "JPY" else 100)
+    created = await channel.create_payment(request, harness.credentials)
+    query = PaymentQuery(payment_id=request.payment_id, provider_ref=created.provider_ref, amount=request.amount,
+                         currency=request.currency)
+    if Capability.QUERY_STATUS in declared:
+        report = await channel.query_payment(query, harness.credentials)
+        assert isinstance(report, PaymentReport) and report.status in (PaymentStatus.REQUIRES_ACTION, PaymentStatus.UNKNOWN)
+    if Capability.CANCEL_PAYMENT in declared:
+        assert await channel.cancel_payment(query, harness.credentials) is None
+        assert await channel.cancel_payment(query, harness.credentials) is None, "closing a closed payment is a success"
+    else:
+        assert not hasattr(channel, "cancel_payment")
