@@ -123,10 +123,12 @@ def _build_services(config: Config, clock: Clock) -> Services:
     # One HTTP client for every provider call (closed at shutdown); base URLs are per merchant.
     provider_http = httpx.AsyncClient(timeout=config.channels.provider_timeout_s)
     registry = ChannelRegistry()
-    registry.register(SandboxChannel(public_url=config.public_url, tolerance_s=config.sandbox.webhook_tolerance_s,
-                                     state=sandbox.state_of))
-    for channel_class in (StripeChannel, PayPalChannel, AlipayChannel):
-        registry.register(channel_class(public_url=config.public_url, http=provider_http))
+    registry.register(SandboxChannel(public_url=config.public_url, book=sandbox,
+                                     tolerance_s=config.sandbox.webhook_tolerance_s))
+    # The expiries Stripe, Alipay and WeChat Pay are sent are times on our clock.
+    registry.register(StripeChannel(public_url=config.public_url, http=provider_http, clock=clock))
+    registry.register(PayPalChannel(public_url=config.public_url, http=provider_http))
+    registry.register(AlipayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)

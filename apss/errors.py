@@ -26,6 +26,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "OutOfStock",
+    "PaymentClosed",
     "ProviderDeclined",
     "ProviderFlowNotSupported",
     "PurchaseLimitExceeded",
@@ -95,6 +96,12 @@ class Conflict(ApssError):
 
 class OutOfStock(Conflict):
     code = "out_of_stock"
+
+
+class PaymentClosed(Conflict):
+    """The payer acts on a payment its provider closed (its order ended unpaid)."""
+
+    code = "payment_closed"
 
 
 class PurchaseLimitExceeded(Conflict):

@@ -59,12 +59,22 @@ class _Silent:
 
 
 @pytest.fixture(scope="module")
-def stripe_standin():
+def _stripe_served():
     standin = StripeStandIn(secret_key="sk_test_standin_0123456789", webhook_secret="whsec_standin_0123456789",
                             pi_on_create=True)
     served = _Served(standin)
     yield standin, served.url
     served.stop()
+
+
+@pytest.fixture
+def stripe_standin(_stripe_served, request):
+    """The served stand-in, its clock following the server of the test (whose TestClock tests
+    move): Stripe checks a session's `expires_at` against its own time."""
+    standin, url = _stripe_served
+    running = request.getfixturevalue("fast_server" if "fast_server" in request.fixturenames else "server")
+    standin.now_s = lambda: running.clock.now_ms() // 1000
+    return standin, url
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ def money_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stripe_standin():
+def stripe_standin(money_server):
     standin = StripeStandIn(secret_key="sk_test_standin_recon_0123", webhook_secret="whsec_standin_recon_0123",
-                            pi_on_create=True)
+                            pi_on_create=True, now_s=lambda: money_server.clock.now_ms() // 1000)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(standin, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

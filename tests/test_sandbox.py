@@ -95,3 +95,18 @@ def test_sandbox_is_for_test_merchants_only(server):
         account = client.get("/v1/account").json()
         assert account == {"id": live.id, "name": "Live Studio", "mode": "live", "currency": "USD"}
         assert client.post("/v1/sandbox/payments/pay_whatever/succeed").json()["error"]["code"] == "channel_not_available"
+
+
+def test_the_sandbox_keeps_the_refunds_it_executed(merchant):
+    """Its refund queries are answered from this record (contract test: query_refund)."""
+    with merchant.client() as client:
+        _, order = _order(merchant, client, player_id="refunded-payer")
+        assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
+        wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
+        refund = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 200})
+        assert refund.status_code == 201 and refund.json()["status"] == "succeeded", refund.text
+    with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT refund_id, payment_id, amount, currency, status, provider_refund_ref"
+                            " FROM sandbox_refunds WHERE payment_id = ?", (order["payment"]["id"],)).fetchall()
+    assert [row[:5] for row in rows] == [(refund.json()["id"], order["payment"]["id"], 200, "USD", "succeeded")]
+    assert rows[0][5].startswith("sbxre_")

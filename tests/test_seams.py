@@ -17,6 +17,7 @@ from apss.channels.sandbox import SIGNATURE_HEADER, SandboxChannel, build_event,
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id
+from tests.channels.harness_sandbox import MemoryBook
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import RunningServer, assert_error, wait_for
 from tests.test_channels_e2e import _Served
@@ -58,8 +59,10 @@ class _Altered:
 
 
 @pytest.fixture
-def stripe():
-    standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET)
+def stripe(server):
+    # Stripe's clock is the server's: the TestClock other tests moved is the time it sends expiries in.
+    standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET,
+                            now_s=lambda: server.clock.now_ms() // 1000)
     altered_sessions = _Altered(standin, method="POST", path="/v1/checkout/sessions")
     altered = _Altered(altered_sessions, method="POST", path="/v1/refunds")
     served = _Served(altered)
@@ -139,7 +142,7 @@ class _PendingRefundChannel:
     name, test_only, settings = "slowrefund", True, {}
 
     def __init__(self, public_url: str) -> None:
-        self._sandbox = SandboxChannel(public_url=public_url)
+        self._sandbox = SandboxChannel(public_url=public_url, book=MemoryBook())
 
     async def create_payment(self, request, credentials):
         return await self._sandbox.create_payment(request, credentials)

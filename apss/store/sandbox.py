@@ -1,4 +1,5 @@
-"""The sandbox provider's own records: completed payments and its outbox of signed callbacks."""
+"""The sandbox provider's own records: completed and closed payments, the refunds it executed, and
+its outbox of signed callbacks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["completion", "due_callbacks", "fetch_completion", "insert_callback", "insert_completion", "mark_attempt"]
+__all__ = [
+    "closed",
+    "completion",
+    "due_callbacks",
+    "fetch_closed",
+    "fetch_completion",
+    "fetch_refund",
+    "insert_callback",
+    "insert_closed",
+    "insert_completion",
+    "insert_refund",
+    "mark_attempt",
+    "refund",
+]
 
 
 def completion(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
@@ -46,3 +60,34 @@ def mark_attempt(tx: Tx, *, seq: int, delivered: bool, error: str | None, retry_
         tx.execute("UPDATE sandbox_callbacks SET attempts = attempts + 1, gave_up_at_ms = ?, last_error = ? WHERE seq = ?", (now_ms, error, seq))
     else:
         tx.execute("UPDATE sandbox_callbacks SET attempts = attempts + 1, deliver_at_ms = ?, last_error = ? WHERE seq = ?", (retry_at_ms, error, seq))
+
+
+def closed(tx: Tx, *, payment_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM sandbox_closed WHERE payment_id = ?", (payment_id,))
+
+
+async def fetch_closed(db: Database, *, payment_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM sandbox_closed WHERE payment_id = ?", (payment_id,))
+
+
+def insert_closed(tx: Tx, *, payment_id: str, merchant_id: str, now_ms: int) -> None:
+    tx.execute("INSERT INTO sandbox_closed (payment_id, merchant_id, closed_at_ms) VALUES (?, ?, ?)",
+               (payment_id, merchant_id, now_ms))
+
+
+def refund(tx: Tx, *, refund_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM sandbox_refunds WHERE refund_id = ?", (refund_id,))
+
+
+async def fetch_refund(db: Database, *, refund_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM sandbox_refunds WHERE refund_id = ?", (refund_id,))
+
+
+def insert_refund(tx: Tx, *, refund_id: str, payment_id: str, provider_refund_ref: str, amount: int, currency: str,
+                  status: str, failure_code: str | None, now_ms: int) -> None:
+    assert amount > 0 and status in ("succeeded", "failed")
+    tx.execute(
+        "INSERT INTO sandbox_refunds (refund_id, payment_id, provider_refund_ref, amount, currency, status, failure_code,"
+        " created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (refund_id, payment_id, provider_refund_ref, amount, currency, status, failure_code, now_ms),
+    )

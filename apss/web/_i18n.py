@@ -33,6 +33,8 @@ _TEXT: dict[str, dict[str, str]] = {
         "payment.succeeded callback; Fail sends payment.failed.", "pay": "Pay", "fail": "Fail",
         "sandbox_paid": "Payment paid", "sandbox_declined": "Payment declined",
         "sandbox_done_note": "The merchant is notified by callback within a second.", "nothing": "Nothing to do",
+        "sandbox_closed": "Payment closed", "sandbox_closed_note": "This order ended before it was paid, so the payment "
+        "was closed: nothing can be paid here and no money moves. Please start a new purchase in the game.",
         "qty": "×", "language": "中文",
     },
     "zh": {
@@ -49,6 +51,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "回调；“失败”发送 payment.failed。", "pay": "支付", "fail": "失败",
         "sandbox_paid": "已支付", "sandbox_declined": "已拒绝",
         "sandbox_done_note": "商户将在一秒内收到回调通知。", "nothing": "无需操作",
+        "sandbox_closed": "支付已关闭", "sandbox_closed_note": "该订单在支付前已结束，支付已关闭：此处无法再支付，也不会扣款。请回到游戏重新购买。",
         "qty": "×", "language": "English",
     },
 }

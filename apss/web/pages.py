@@ -10,12 +10,12 @@ import segno
 from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
-from apss.services.container import Services
 from apss.clock import parse_rfc3339
 from apss.domain.money import format_amount
-from apss.errors import ApssError, NotFound
-from apss.services.orders.queries import CheckoutContext
+from apss.errors import ApssError, NotFound, PaymentClosed
+from apss.services.container import Services
 from apss.services.merchants.keys import Merchant
+from apss.services.orders.queries import CheckoutContext
 from apss.services.views import OrderView
 from apss.web._i18n import choose_language, money, text
 from apss.web._layout import Document, esc, html_response
@@ -55,6 +55,12 @@ def _page(lang: str, title: str, body: str, *, status: int = 200, script: str = 
 def _not_found(lang: str) -> Response:
     return _page(lang, text(lang, "not_found"), f"<h1>{text(lang, 'not_found')}</h1>"
                                                 f"<p class=muted>{text(lang, 'not_found_note')}</p>", status=404)
+
+
+def _closed(lang: str) -> Response:
+    """A sandbox payment its provider closed (the order ended unpaid): 410, nothing to pay."""
+    return _page(lang, text(lang, "sandbox_closed"), f"<h1>{text(lang, 'sandbox_closed')}</h1>"
+                                                     f"<p class=muted>{text(lang, 'sandbox_closed_note')}</p>", status=410)
 
 
 def _language_switch(lang: str) -> str:
@@ -185,6 +191,8 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
     payment = await svc.sandbox.payer_page_data(provider_ref)
     if payment is None:
         return _not_found(lang)
+    if await svc.sandbox.is_closed(payment["id"]):
+        return _closed(lang)
     back = request.query_params.get("back", "")
     hidden = (f"<input type=hidden name=lang value={lang}>"
               + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else ""))
@@ -212,6 +220,8 @@ async def sandbox_pay_action(provider_ref: str, action: str, request: Request, s
         return _not_found(lang)
     try:
         await svc.sandbox.complete_by_ref(provider_ref=provider_ref, pay=action == "pay")
+    except PaymentClosed:
+        return _closed(lang)
     except ApssError as error:
         return _page(lang, text(lang, "sandbox"), f"<h1>{text(lang, 'nothing')}</h1><p class=muted>{esc(error.message)}</p>", status=409)
     back = form.get("back") or ""

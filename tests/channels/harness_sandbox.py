@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apss.channels.base import CallbackRequest
+from apss.channels.base import CallbackRequest, RefundRequest, RefundResult
 from apss.channels.sandbox import (
     SIGNATURE_HEADER,
     SandboxChannel,
@@ -14,11 +14,38 @@ from apss.domain.payments import CallbackKind
 __all__ = ["Harness", "make_harness"]
 
 
+class MemoryBook:
+    """The sandbox provider's book, in memory (the app keeps it in the database)."""
+
+    def __init__(self) -> None:
+        self.closed: set[str] = set()
+        self.paid: set[str] = set()
+        self.refunds: dict[str, RefundResult] = {}
+
+    async def state_of(self, payment_id: str) -> tuple[str, str | None] | None:
+        if payment_id in self.paid:
+            return "succeeded", None
+        return ("closed", None) if payment_id in self.closed else None
+
+    async def close(self, payment_id: str) -> bool:
+        if payment_id in self.paid:
+            return False
+        self.closed.add(payment_id)
+        return True
+
+    async def record_refund(self, request: RefundRequest, result: RefundResult) -> RefundResult:
+        return self.refunds.setdefault(request.refund_id, result)
+
+    async def refund_of(self, refund_id: str) -> RefundResult | None:
+        return self.refunds.get(refund_id)
+
+
 class Harness:
     currency = "USD"
 
     def __init__(self) -> None:
-        self.channel = SandboxChannel(public_url="http://127.0.0.1:8000")
+        self.book = MemoryBook()
+        self.channel = SandboxChannel(public_url="http://127.0.0.1:8000", book=self.book)
         self.credentials = {"webhook_secret": "whsec_contract_test_secret_0001"}
 
     def _request(self, body: bytes, now_s: int) -> CallbackRequest:

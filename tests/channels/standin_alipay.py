@@ -97,6 +97,12 @@ def _minor(text: str) -> int:
     return int(Decimal(text) * 100)
 
 
+def _timeout_minutes(text: str) -> int:
+    if text == "1c":
+        return 24 * 60
+    return int(text[:-1]) * {"m": 1, "h": 60, "d": 24 * 60}[text[-1]]
+
+
 def _yuan(minor: int) -> str:
     return f"{minor // 100}.{minor % 100:02d}"
 
@@ -112,6 +118,8 @@ class Trade:
     status: str = "WAIT_BUYER_PAY"
     visible: bool = False  # Alipay shows a precreated trade to query only once the buyer scans
     refunds: dict[str, str] = field(default_factory=dict)  # out_request_no -> refund_amount
+    timeout_express: str = ""  # as received (precreate)
+    time_expire: str = ""  # as received (page.pay)
 
 
 class AlipayStandin:
@@ -150,6 +158,8 @@ class AlipayStandin:
             "alipay.trade.precreate": self._precreate,
             "alipay.trade.query": self._query,
             "alipay.trade.refund": self._refund,
+            "alipay.trade.close": self._close,
+            "alipay.trade.fastpay.refund.query": self._refund_query,
         }
         if method not in handlers:
             error = {"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-method"}
@@ -218,6 +228,12 @@ class AlipayStandin:
         amount = str(biz.get("total_amount", ""))
         if not _AMOUNT_RE.match(amount) or _minor(amount) <= 0 or not biz.get("subject"):
             return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.INVALID_PARAMETER"}
+        timeout = str(biz.get("timeout_express", ""))
+        if timeout and not (re.fullmatch(r"[1-9][0-9]*[mhd]|1c", timeout) and _timeout_minutes(timeout) <= 15 * 24 * 60):
+            return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.INVALID_PARAMETER"}
+        expire = str(biz.get("time_expire", ""))
+        if expire and not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", expire):
+            return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.INVALID_PARAMETER"}
         existing = self.trades.get(biz["out_trade_no"])
         if existing is not None:
             if existing.total_amount != amount:
@@ -231,6 +247,8 @@ class AlipayStandin:
             notify_url=notify_url,
             trade_no=f"2026112522001{self._serial:015d}",
             qr_code=f"https://qr.alipay.com/bax0{self._serial:05d}standin",
+            timeout_express=timeout,
+            time_expire=expire,
         )
         self.trades[trade.out_trade_no] = trade
         return trade
@@ -292,6 +310,30 @@ class AlipayStandin:
         if refunded == _minor(trade.total_amount):
             trade.status = "TRADE_CLOSED"
         return {**answer, "fund_change": "Y", "refund_fee": _yuan(refunded)}
+
+    def _close(self, biz: dict[str, str]) -> dict[str, str]:
+        trade = self.trades.get(biz.get("out_trade_no", ""))
+        if trade is None or not trade.visible:  # never scanned: Alipay has no trade to close
+            return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST", "sub_msg": "交易不存在"}
+        if trade.status != "WAIT_BUYER_PAY":
+            return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_STATUS_ERROR", "sub_msg": "交易状态不合法"}
+        trade.status = "TRADE_CLOSED"
+        return {"code": "10000", "msg": "Success", "trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no}
+
+    def _refund_query(self, biz: dict[str, str]) -> dict[str, str]:
+        trade = self.trades.get(biz.get("out_trade_no", ""))
+        if trade is None or not trade.visible:
+            return {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST"}
+        request_no = biz.get("out_request_no", "")
+        if request_no not in trade.refunds:  # Alipay: no data means no refund was made
+            return {"code": "10000", "msg": "Success"}
+        return {"code": "10000", "msg": "Success", "trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no,
+                "out_request_no": request_no, "refund_amount": trade.refunds[request_no],
+                "total_amount": trade.total_amount, "refund_status": "REFUND_SUCCESS"}
+
+    def closes(self) -> list[str]:
+        """The out_trade_nos the channel asked to close."""
+        return [json.loads(p["biz_content"])["out_trade_no"] for p in self.requests if p.get("method") == "alipay.trade.close"]
 
     # --- the buyer and the notifies ---
 

@@ -181,6 +181,10 @@ class PayPalStandin:
             return (200, order) if order else _error(404, "RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID")
         if (match := re.fullmatch(r"/v2/payments/captures/([A-Z0-9]+)/refund", path)) and method == "POST":
             return self._refund(match.group(1), data)
+        if (match := re.fullmatch(r"/v2/payments/refunds/([A-Z0-9]+)", path)) and method == "GET":
+            found = [r for o in self.orders.values() for u in o["purchase_units"] for r in u.get("payments", {}).get("refunds", [])
+                     if r["id"] == match.group(1)]
+            return (200, found[0]) if found else _error(404, "RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID")
         return _error(404, "NOT_FOUND", message=f"no route {method} {path}")
 
     # --- orders ---

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,6 +34,8 @@ _SESSION_KEYS = {
     "line_items[0][price_data][currency]", "line_items[0][price_data][unit_amount]",
     "line_items[0][price_data][product_data][name]", "line_items[0][quantity]",
 }
+_OPTIONAL_SESSION_KEYS = {"expires_at"}
+_SESSION_EXPIRY_S = (30 * 60, 24 * 3600)  # Stripe's window for expires_at, from the request's time
 _METADATA_RE = re.compile(r"^(metadata|payment_intent_data\[metadata\])\[([A-Za-z0-9_]{1,40})\]$")
 
 
@@ -70,6 +74,7 @@ class StripeStandIn:
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
+    now_s: Callable[[], int] = field(default=lambda: int(time.time()))  # Stripe's clock
     _idempotency: dict[str, tuple[str, bytes, int, bytes]] = field(default_factory=dict)
 
     # --- ASGI
@@ -127,6 +132,17 @@ class StripeStandIn:
             return self._create_refund(_form(record.body))
         if (method, path) == ("GET", "/v1/payment_intents/search"):
             return self._search(query.get("query", ""))
+        if (method, path) == ("GET", "/v1/checkout/sessions"):
+            found = [self.public_session(s) for s, v in self.sessions.items()
+                     if "payment_intent" not in query or v["payment_intent"] == query["payment_intent"]]
+            return {"object": "list", "data": found[:int(query.get("limit", "10"))], "has_more": False, "url": path}
+        if method == "POST" and re.fullmatch(r"/v1/checkout/sessions/[A-Za-z0-9_]+/expire", path):
+            return self._expire(path.split("/")[4], _form(record.body))
+        if (method, path) == ("GET", "/v1/refunds"):
+            found = [r for r in self.refunds.values() if r["payment_intent"] == query.get("payment_intent", r["payment_intent"])]
+            return {"object": "list", "data": found[:int(query.get("limit", "10"))], "has_more": False, "url": path}
+        if method == "GET" and path.startswith("/v1/refunds/"):
+            return self._get(self.refunds, path.rsplit("/", 1)[1])
         if method == "GET" and path.startswith("/v1/checkout/sessions/"):
             session = self._get(self.sessions, path.rsplit("/", 1)[1])
             if "payment_intent" in (query.get("expand[0]"), query.get("expand[]")) and session["payment_intent"]:
@@ -146,7 +162,7 @@ class StripeStandIn:
 
     def _create_session(self, form: dict[str, str]) -> dict[str, Any]:
         for key in form:
-            if key not in _SESSION_KEYS and not _METADATA_RE.match(key):
+            if key not in _SESSION_KEYS | _OPTIONAL_SESSION_KEYS and not _METADATA_RE.match(key):
                 raise _invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
         missing = {k for k in _SESSION_KEYS if k != "client_reference_id"} - form.keys()
         if missing:
@@ -155,6 +171,11 @@ class StripeStandIn:
             raise _invalid("unexpected mode or quantity")
         currency = form["line_items[0][price_data][currency]"]
         amount = _check_amount(form["line_items[0][price_data][unit_amount]"], currency)
+        now_s = self.now_s()
+        expires_at = form.get("expires_at", str(now_s + _SESSION_EXPIRY_S[1]))
+        if not expires_at.isdigit() or not now_s + _SESSION_EXPIRY_S[0] <= int(expires_at) <= now_s + _SESSION_EXPIRY_S[1]:
+            raise _invalid("The `expires_at` timestamp must be between 30 minutes and 24 hours from Checkout Session creation.",
+                           code="parameter_invalid_integer", param="expires_at")
         session_id = _new_id("cs")
         metadata = _metadata(form, "metadata")
         session = {
@@ -162,7 +183,7 @@ class StripeStandIn:
             "amount_subtotal": amount, "amount_total": amount, "currency": currency,
             "client_reference_id": form.get("client_reference_id"), "metadata": metadata,
             "payment_intent": None, "payment_status": "unpaid", "status": "open",
-            "success_url": form["success_url"], "cancel_url": form["cancel_url"],
+            "success_url": form["success_url"], "cancel_url": form["cancel_url"], "expires_at": int(expires_at),
             "url": f"https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0",
             "_pi_metadata": _metadata(form, "payment_intent_data[metadata]"),
         }
@@ -170,6 +191,16 @@ class StripeStandIn:
         if self.pi_on_create:
             session["payment_intent"] = self._new_intent(session)["id"]
         return {k: v for k, v in session.items() if not k.startswith("_")}
+
+    def _expire(self, session_id: str, form: dict[str, str]) -> dict[str, Any]:
+        if form:
+            raise _invalid(f"Received unknown parameter: {next(iter(form))}", code="parameter_unknown")
+        session = self._get(self.sessions, session_id)
+        if session["status"] != "open":
+            # Stripe's words; the channel must not depend on an error code here.
+            raise _invalid('Only Checkout Sessions with a status in ["open"] can be expired.')
+        session.update(status="expired")
+        return self.public_session(session_id)
 
     def _new_intent(self, session: dict[str, Any]) -> dict[str, Any]:
         intent = {
@@ -215,6 +246,7 @@ class StripeStandIn:
     def pay(self, session_id: str, *, succeeded: bool = True, decline_code: str = "insufficient_funds") -> dict[str, Any]:
         """The payer completes (or fails) the Checkout page; returns the PaymentIntent."""
         session = self.sessions[session_id]
+        assert session["status"] == "open", f"the payer cannot pay a {session['status']} checkout session"
         intent = self.intents[session["payment_intent"]] if session["payment_intent"] else self._new_intent(session)
         session["payment_intent"] = intent["id"]
         if succeeded:
@@ -225,6 +257,14 @@ class StripeStandIn:
             error = {"type": "card_error", "code": "card_declined", "decline_code": decline_code}
             intent.update(status="requires_payment_method", last_payment_error=error)
         return intent
+
+    def expire_by_time(self, session_id: str) -> None:
+        """Stripe expiring the session itself at its `expires_at`."""
+        self.sessions[session_id]["status"] = "expired"
+
+    def expire_calls(self) -> list[str]:
+        """The session ids the channel asked to expire."""
+        return [r.path.split("/")[4] for r in self.requests if r.method == "POST" and r.path.endswith("/expire")]
 
     def public_session(self, session_id: str) -> dict[str, Any]:
         return {k: v for k, v in self.sessions[session_id].items() if not k.startswith("_")}

@@ -172,6 +172,7 @@ class StandIn:
 
     def pay(self, out_trade_no: str) -> None:
         payment = self.payments[out_trade_no]
+        assert payment["trade_state"] == "NOTPAY", f"the payer cannot pay a {payment['trade_state']} order"
         payment["trade_state"] = "SUCCESS"
         payment["transaction_id"] = "42000" + secrets.token_hex(12)[:23]
 
@@ -240,8 +241,15 @@ class StandIn:
             return self._native(payload)
         if method == "GET" and route.startswith("/v3/pay/transactions/out-trade-no/"):
             return self._query(route.rsplit("/", 1)[1], params)
+        if method == "POST" and route.startswith("/v3/pay/transactions/out-trade-no/") and route.endswith("/close"):
+            return self._close(route.split("/")[5], payload)
         if method == "POST" and route == "/v3/refund/domestic/refunds":
             return self._refund(payload)
+        if method == "GET" and route.startswith("/v3/refund/domestic/refunds/"):
+            out_refund_no = route.rsplit("/", 1)[1]
+            if out_refund_no not in self.refunds:
+                return _error(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
+            return _ok(self._refund_answer(out_refund_no))
         if method == "GET" and route == "/v3/bill/tradebill":
             return self._bill_ticket(params)
         if method == "GET" and route == "/v3/billdownload/file":
@@ -283,6 +291,9 @@ class StandIn:
         description, notify_url = payload.get("description", ""), payload.get("notify_url", "")
         if not 1 <= len(description) <= 127 or not notify_url.startswith(("https://", "http://")):
             return _error(400, "PARAM_ERROR", "description or notify_url")
+        time_expire = payload.get("time_expire")
+        if time_expire is not None and not _TIME_EXPIRE_RE.fullmatch(time_expire):
+            return _error(400, "PARAM_ERROR", "time_expire")
         existing = self.payments.get(otn)
         if existing is not None:
             if existing["trade_state"] != "NOTPAY":
@@ -293,7 +304,7 @@ class StandIn:
             return _ok({"code_url": existing["code_url"]})
         code_url = "weixin://wxpay/bizpayurl?pr=" + secrets.token_urlsafe(6)
         self.payments[otn] = {"total": total, "description": description, "notify_url": notify_url,
-                              "trade_state": "NOTPAY", "code_url": code_url}
+                              "trade_state": "NOTPAY", "code_url": code_url, "time_expire": time_expire}
         return _ok({"code_url": code_url})
 
     def _query(self, otn: str, params: dict[str, str]) -> tuple[int, bytes, str]:
@@ -305,6 +316,21 @@ class StandIn:
         return _ok(transaction_plaintext(mchid=self.mchid, appid=self.appid, out_trade_no=otn,
                                          trade_state=payment["trade_state"], total=payment["total"],
                                          transaction_id=payment.get("transaction_id")))
+
+    def _close(self, otn: str, payload: dict[str, Any]) -> tuple[int, bytes, str]:
+        if payload != {"mchid": self.mchid}:
+            return _error(400, "PARAM_ERROR", "mchid")
+        payment = self.payments.get(otn)
+        if payment is None:
+            return _error(404, "ORDER_NOT_EXIST", "订单不存在")
+        if payment["trade_state"] not in ("NOTPAY", "CLOSED"):
+            return _error(400, "ORDERPAID", "订单已支付")
+        payment["trade_state"] = "CLOSED"
+        return 204, b"", "application/json"
+
+    def closes(self) -> list[str]:
+        """The out_trade_nos the channel asked to close."""
+        return [r.path.split("/")[5] for r in self.requests if r.method == "POST" and r.path.endswith("/close")]
 
     def _refund(self, payload: dict[str, Any]) -> tuple[int, bytes, str]:
         payment = self.payments.get(payload.get("out_trade_no", ""))
@@ -378,6 +404,9 @@ def _bill_row(transaction_id: str, otn: str, state: str, settled: str, refund_id
               out_refund_no, refund, "0.00", refund_type, refund_status, description, "", fee, "0.60%",
               order_amount, applied, ""]
     return ",".join("`" + v for v in values)
+
+
+_TIME_EXPIRE_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d")
 
 
 def _ok(payload: dict[str, Any]) -> tuple[int, bytes, str]:

@@ -21,7 +21,9 @@ from apss.channels.base import (
     CallbackRequest,
     PaymentQuery,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
+    RefundResult,
 )
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
@@ -29,7 +31,9 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
+    ProviderDeclined,
 )
 from tests.channels.harness_alipay import API_BASE, APP_ID, make_harness
 from tests.channels.standin_alipay import AlipayStandin, generate_keys, sign_notify
@@ -567,14 +571,20 @@ async def test_provider_errors(keys):
         "sub_code": "ACQ.TRADE_HAS_CLOSE",
         "sub_msg": "交易已关闭",
     }
-    with pytest.raises(ChannelUnavailable, match="40004.*ACQ.TRADE_HAS_CLOSE") as caught:
+    with pytest.raises(ProviderDeclined, match="40004.*ACQ.TRADE_HAS_CLOSE") as caught:  # signed: definite
         await channel.create_payment(_payment(), _credentials(keys))
-    assert type(caught.value) is ChannelUnavailable
-    with pytest.raises(ChannelUnavailable, match="isv.invalid-signature"):  # the gateway refuses our sign
+    assert caught.value.provider_code == "ACQ.TRADE_HAS_CLOSE"
+    for unknown in ({"code": "20000", "msg": "Service Currently Unavailable", "sub_code": "isp.unknow-error"},
+                    {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.SYSTEM_ERROR"}):
+        standin.force = unknown
+        with pytest.raises(ChannelUnavailable) as caught:
+            await channel.create_payment(_payment(), _credentials(keys))
+        assert type(caught.value) is ChannelUnavailable, "Alipay could not tell: the outcome is unknown"
+    with pytest.raises(ProviderDeclined, match="isv.invalid-signature"):  # the gateway refuses our sign
         await channel.create_payment(
             _payment(), _credentials(keys, app_private_key=keys.alipay_private_pkcs8)
         )
-    with pytest.raises(ChannelUnavailable, match="isv.invalid-app-id"):
+    with pytest.raises(ProviderDeclined, match="isv.invalid-app-id"):
         await channel.create_payment(_payment(), _credentials(keys, app_id="2021000000000999"))
     standin.corrupt_sign = True
     with pytest.raises(ChannelUnavailable, match="not signed"):
@@ -608,9 +618,8 @@ async def test_a_slow_gateway_is_a_timeout_with_unknown_outcome(keys):
         raise httpx.ConnectError("refused", request=request)
 
     down = AlipayChannel(public_url="x", http=httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
-    with pytest.raises(ChannelUnavailable) as caught:
+    with pytest.raises(ChannelUnreachable):  # never reached Alipay: nothing was done there
         await down.create_payment(_payment(), _credentials(keys))
-    assert type(caught.value) is ChannelUnavailable
 
 
 def test_repr_shows_no_secrets(keys):
@@ -751,3 +760,67 @@ async def test_the_harness_callbacks(keys):
             assert harness.stale(request) is None
     finally:
         await harness.aclose()
+
+
+# --- expiry, closing, refund queries ----------------------------------------------------------
+
+def test_expiry_fields_for_precreate_and_page_pay():
+    assert mapping.timeout_express(NOW_S + 15 * 60, now_s=NOW_S) == "15m"
+    assert mapping.timeout_express(NOW_S + 15 * 60 + 59, now_s=NOW_S) == "15m"  # never past the reservation
+    assert mapping.timeout_express(NOW_S + 10, now_s=NOW_S) == "1m"  # Alipay's minimum
+    assert mapping.timeout_express(NOW_S + 40 * 86400, now_s=NOW_S) == f"{15 * 24 * 60}m"  # and maximum
+    # 2026-11-25T15:04:05Z is 23:04:05 in Beijing
+    assert mapping.time_expire(1795619045) == "2026-11-25 23:04:05"
+
+
+@pytest.mark.anyio
+async def test_both_flows_send_the_reservation_end(keys):
+    standin = _standin(keys)
+    channel = _channel(standin)
+    await channel.create_payment(_payment(expires_at_s=NOW_S + 900), _credentials(keys))
+    assert standin.trades[PAYMENT_ID].timeout_express == "15m"
+    page = await channel.create_payment(_payment(payment_id="pay_01m89ng6h9bsa6pt3b8qajdkpg", expires_at_s=NOW_S + 900,
+                                                 metadata={"alipay_flow": "page"}), _credentials(keys))
+    biz = json.loads(dict(parse_qsl(page.next_action.url.split("?", 1)[1]))["biz_content"])
+    assert biz["time_expire"] == mapping.time_expire(NOW_S + 900) and "timeout_express" not in biz
+    assert (await channel._http.get(page.next_action.url)).status_code == 200, "the gateway takes the signed field"
+
+
+@pytest.mark.anyio
+async def test_close_a_trade_scanned_or_not_and_refuse_a_paid_one(keys):
+    standin = _standin(keys)
+    channel = _channel(standin)
+    credentials = _credentials(keys)
+    query = PaymentQuery(payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, amount=1999, currency="CNY")
+    await channel.create_payment(_payment(), credentials)
+    assert await channel.cancel_payment(query, credentials) is None  # never scanned: TRADE_NOT_EXIST is closed
+    standin.scan(PAYMENT_ID)
+    await channel.cancel_payment(query, credentials)
+    assert standin.trades[PAYMENT_ID].status == "TRADE_CLOSED"
+    await channel.cancel_payment(query, credentials)  # already closed: done
+    assert standin.closes() == [PAYMENT_ID] * 3
+    paid_id = "pay_01m89ng6h9bsa6pt3b8qajdkpd"
+    await channel.create_payment(_payment(payment_id=paid_id), credentials)
+    standin.pay(paid_id)
+    with pytest.raises(ProviderDeclined) as paid:
+        await channel.cancel_payment(PaymentQuery(payment_id=paid_id, provider_ref=paid_id, amount=1999, currency="CNY"),
+                                     credentials)
+    assert paid.value.provider_code == "trade_paid"
+
+
+@pytest.mark.anyio
+async def test_query_refund_finds_a_refund_made_and_none_for_one_never_made(keys):
+    standin = _standin(keys)
+    channel = _channel(standin)
+    credentials = _credentials(keys)
+    await channel.create_payment(_payment(), credentials)
+    standin.pay(PAYMENT_ID)
+    await channel.refund(RefundRequest(refund_id=REFUND_ID, payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, amount=500,
+                                       currency="CNY"), credentials)
+    query = RefundQuery(refund_id=REFUND_ID, payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, provider_refund_ref=None,
+                        amount=500, currency="CNY")
+    assert await channel.query_refund(query, credentials) == RefundResult(provider_refund_ref=REFUND_ID, status="succeeded")
+    never = RefundQuery(refund_id="rfd_never", payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, provider_refund_ref=None,
+                        amount=500, currency="CNY")
+    assert await channel.query_refund(never, credentials) == RefundResult(
+        provider_refund_ref="rfd_never", status="failed", failure_code="refund_not_found")

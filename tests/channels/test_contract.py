@@ -4,12 +4,15 @@ provider expects. Each channel's harness wires it to a local stand-in of its pro
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
+import textwrap
 import time
 
 import pytest
 
-from apss.channels.base import Channel, PaymentCreated, PaymentRequest
+from apss.channels.base import CAPABILITY_PROTOCOLS, Channel, PaymentCreated, PaymentRequest, capabilities_of
 from apss.domain.payments import CallbackKind
 from apss.errors import CallbackRejected
 from apss.ids import new_id
@@ -71,3 +74,68 @@ async def test_create_payment_and_verify_callbacks(harness):
                 await harness.channel.verify_callback(stale, harness.credentials)
     reply = harness.channel.callback_reply(accepted=True)
     assert 200 <= reply.status_code < 300
+
+
+# -- capabilities: what each adapter says it can do is what it does ----------------------------
+
+EXPECTED_CAPABILITIES = {
+    "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+                "cancel_payment"},
+    "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+               "cancel_payment"},
+    "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "query_refund",
+               "parse_statement"},
+    "alipay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+               "cancel_payment"},
+    "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
+                  "cancel_payment"},
+}
+
+
+def _capability_methods() -> set[str]:
+    names = set()
+    for protocol in CAPABILITY_PROTOCOLS.values():
+        names |= {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    return names
+
+
+def _is_stub(function) -> bool:
+    """A method whose body (after its docstring) is a lone `raise`: a capability it does not have."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    body = tree.body[0].body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return len(body) == 1 and isinstance(body[0], ast.Raise)
+
+
+async def test_no_adapter_defines_a_capability_method_it_does_not_support(harness):
+    channel_class = type(harness.channel)
+    stubs = [name for name in sorted(_capability_methods())
+             if name in vars(channel_class) and _is_stub(vars(channel_class)[name])]
+    assert stubs == [], f"{channel_class.__name__} declares {stubs} only to refuse them: leave the method out"
+
+
+async def test_capabilities_of_says_the_truth(harness):
+    declared = {c.value for c in capabilities_of(harness.channel)}
+    assert declared == EXPECTED_CAPABILITIES[harness.channel.name]
+
+
+async def test_each_declared_query_and_close_answers_in_neutral_terms(harness):
+    """Against each stand-in: a fresh payment queried (QueriesStatus) and closed (CancelsPayments)."""
+    from apss.channels.base import Capability, PaymentQuery, PaymentReport
+    from apss.domain.payments import PaymentStatus
+
+    channel = harness.channel
+    declared = capabilities_of(channel)
+    request = _request(harness, 1999 if harness.currency != "JPY" else 100)
+    created = await channel.create_payment(request, harness.credentials)
+    query = PaymentQuery(payment_id=request.payment_id, provider_ref=created.provider_ref, amount=request.amount,
+                         currency=request.currency)
+    if Capability.QUERY_STATUS in declared:
+        report = await channel.query_payment(query, harness.credentials)
+        assert isinstance(report, PaymentReport) and report.status in (PaymentStatus.REQUIRES_ACTION, PaymentStatus.UNKNOWN)
+    if Capability.CANCEL_PAYMENT in declared:
+        assert await channel.cancel_payment(query, harness.credentials) is None
+        assert await channel.cancel_payment(query, harness.credentials) is None, "closing a closed payment is a success"
+    else:
+        assert not hasattr(channel, "cancel_payment")

@@ -47,6 +47,7 @@ from apss.errors import (
     Conflict,
     CurrencyNotSupported,
     InvalidRequest,
+    ProviderDeclined,
 )
 from tests.channels.harness_paypal import (
     Harness,
@@ -404,7 +405,7 @@ async def test_full_flow_approve_capture_webhooks_query_refund(harness: Harness)
     assert (after.status, after.amount) == (PaymentStatus.SUCCEEDED, 1999)
 
     too_much = RefundRequest(refund_id="ref_01m89ng6h9bsa6pt3b8qajdkr2", payment_id=PAYMENT_ID, provider_ref=order_id, amount=1500, currency="USD")
-    with pytest.raises(ChannelUnavailable, match="UNPROCESSABLE_ENTITY/REFUND_AMOUNT_EXCEEDED"):
+    with pytest.raises(ProviderDeclined, match="UNPROCESSABLE_ENTITY/REFUND_AMOUNT_EXCEEDED"):
         await h.channel.refund(too_much, creds)
 
 
@@ -444,9 +445,9 @@ async def test_refund_before_capture_and_query_edge_cases(harness: Harness) -> N
     assert refused.value.code == "payment_not_captured"
     unknown = await harness.channel.query_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref=None, amount=1, currency="USD"), harness.credentials)
     assert unknown.status is PaymentStatus.UNKNOWN
-    with pytest.raises(ChannelUnavailable, match="HTTP 404: RESOURCE_NOT_FOUND/INVALID_RESOURCE_ID"):
+    with pytest.raises(ProviderDeclined, match="HTTP 404: RESOURCE_NOT_FOUND/INVALID_RESOURCE_ID"):
         await harness.channel.query_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref="NOPE0000000000000", amount=1, currency="USD"), harness.credentials)
-    with pytest.raises(ChannelUnavailable, match="ORDER_NOT_APPROVED"):
+    with pytest.raises(ProviderDeclined, match="ORDER_NOT_APPROVED"):
         await harness.channel.capture_order(created.provider_ref, harness.credentials)
     harness.standin.approve(created.provider_ref)
     harness.standin.fail_next.append((422, {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "INSTRUMENT_DECLINED"}]}))
@@ -484,17 +485,17 @@ async def test_provider_errors_are_typed_and_carry_no_secrets(harness: Harness) 
     assert "HTTP 500" in server_error.value.message
 
     h.standin.fail_next.append((422, {"name": "UNPROCESSABLE_ENTITY", "debug_id": "f00ba4", "details": [{"issue": "PAYEE_ACCOUNT_RESTRICTED"}]}))
-    with pytest.raises(ChannelUnavailable, match=r"HTTP 422: UNPROCESSABLE_ENTITY/PAYEE_ACCOUNT_RESTRICTED \(debug_id f00ba4\)"):
+    with pytest.raises(ProviderDeclined, match=r"HTTP 422: UNPROCESSABLE_ENTITY/PAYEE_ACCOUNT_RESTRICTED \(debug_id f00ba4\)"):
         await h.channel.create_payment(_payment(), h.credentials)
 
     bad = {**h.credentials, "client_id": "another-client", "client_secret": "wrong-secret-value"}
-    with pytest.raises(ChannelUnavailable) as auth_error:
+    with pytest.raises(ProviderDeclined) as auth_error:
         await h.channel.create_payment(_payment(), bad)
     assert "invalid_client" in auth_error.value.message and "wrong-secret-value" not in str(auth_error.value)
 
     # A token PayPal no longer honours is dropped, and the next call fetches a fresh one.
     h.standin.tokens.clear()
-    with pytest.raises(ChannelUnavailable, match="AUTHENTICATION_FAILURE"):
+    with pytest.raises(ProviderDeclined, match="AUTHENTICATION_FAILURE"):
         await h.channel.create_payment(_payment(), h.credentials)
     created = await h.channel.create_payment(_payment(), h.credentials)
     assert created.status is PaymentStatus.REQUIRES_ACTION
@@ -730,3 +731,33 @@ def test_plain_csv_with_header_row_and_malformed_statements() -> None:
         with pytest.raises(InvalidRequest) as caught:
             mapping.parse_statement(broken.encode())
         assert caught.value.code == "statement_malformed"
+
+
+@pytest.mark.anyio
+async def test_query_refund_by_id_or_by_our_refund_id(harness: Harness) -> None:
+    from apss.channels.base import RefundQuery, RefundResult
+
+    h = harness
+    order_id = await _captured(h)
+    refund = RefundRequest(refund_id="ref_q", payment_id=PAYMENT_ID, provider_ref=order_id, amount=500, currency="USD")
+    result = await h.channel.refund(refund, h.credentials)
+    query = RefundQuery(refund_id="ref_q", payment_id=PAYMENT_ID, provider_ref=order_id,
+                        provider_refund_ref=result.provider_refund_ref, amount=500, currency="USD")
+    assert await h.channel.query_refund(query, h.credentials) == RefundResult(
+        provider_refund_ref=result.provider_refund_ref, status="succeeded")
+    assert h.standin.requests[-1]["path"] == f"/v2/payments/refunds/{result.provider_refund_ref}"
+    without_id = RefundQuery(refund_id="ref_q", payment_id=PAYMENT_ID, provider_ref=order_id, provider_refund_ref=None,
+                             amount=500, currency="USD")
+    assert (await h.channel.query_refund(without_id, h.credentials)).provider_refund_ref == result.provider_refund_ref
+    never = RefundQuery(refund_id="ref_never", payment_id=PAYMENT_ID, provider_ref=order_id, provider_refund_ref=None,
+                        amount=500, currency="USD")
+    assert (await h.channel.query_refund(never, h.credentials)).status == "pending"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [409, 429])
+async def test_busy_answers_are_unknown_not_refusals(harness: Harness, status: int) -> None:
+    harness.standin.fail_next.append((status, {"name": "RATE_LIMIT_REACHED"}))
+    with pytest.raises(ChannelUnavailable) as caught:
+        await harness.channel.create_payment(_payment(), harness.credentials)
+    assert not isinstance(caught.value, ProviderDeclined)

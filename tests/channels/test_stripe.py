@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
+import msgspec
 import pytest
 import stripe
 from stripe._encode import _api_encode
@@ -22,7 +23,9 @@ from apss.channels.base import (
     CallbackRequest,
     PaymentQuery,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
+    RefundResult,
     StatementLine,
 )
 from apss.channels.stripe import StripeChannel, mapping
@@ -35,6 +38,7 @@ from apss.errors import (
     ChannelUnreachable,
     CurrencyNotSupported,
     InvalidRequest,
+    ProviderDeclined,
 )
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 
@@ -212,7 +216,7 @@ def _sdk(answer: dict[str, Any]) -> tuple[stripe.StripeClient, _CaptureHTTPClien
 
 
 def test_form_encoding_matches_stripe_encoder() -> None:
-    params = mapping.checkout_session_params(payment_request(), return_url="https://g.example/done?a=1&b=[2]")
+    params = mapping.checkout_session_params(payment_request(), return_url="https://g.example/done?a=1&b=[2]", now_s=NOW_S)
     ours = mapping.form_encode(params)
     theirs = urlencode(list(_api_encode(params))).replace("%5B", "[").replace("%5D", "]")
     assert ours == theirs
@@ -230,7 +234,7 @@ async def test_create_payment_request_is_what_the_sdk_sends(channel: StripeChann
     created = await channel.create_payment(payment_request(), CREDENTIALS)
     ours = standin.requests[-1]
     sdk, capture = _sdk(standin.public_session(created.provider_ref))
-    params = mapping.checkout_session_params(payment_request(), return_url=payment_request().return_url or "")
+    params = mapping.checkout_session_params(payment_request(), return_url=payment_request().return_url or "", now_s=NOW_S)
     session = sdk.v1.checkout.sessions.create(params, {"idempotency_key": PAYMENT_ID})
     method, url, headers, post_data = capture.calls[0]
     assert (method.upper(), urlsplit(url).path) == (ours.method, ours.path) == ("POST", "/v1/checkout/sessions")
@@ -396,8 +400,9 @@ async def test_checkout_flow_without_payment_intent_at_creation(channel: StripeC
     assert (event.kind, event.refund_id, event.provider_refund_ref, event.payment_id, event.provider_ref, event.amount) == (
         CallbackKind.REFUND_SUCCEEDED, "rfd_01", stored["id"], PAYMENT_ID, intent["id"], 999)
     too_much = RefundRequest(refund_id="rfd_02", payment_id=PAYMENT_ID, provider_ref=intent["id"], amount=1001, currency="USD")
-    with pytest.raises(ChannelUnavailable, match="amount_too_large"):
+    with pytest.raises(ProviderDeclined, match="amount_too_large") as refused:  # a definite refusal: `failed`
         await channel.refund(too_much, CREDENTIALS)
+    assert refused.value.provider_code == "amount_too_large"
 
 
 @pytest.mark.anyio
@@ -412,7 +417,7 @@ async def test_declined_payment_query_and_event(channel: StripeChannel, standin:
     [event] = await channel.verify_callback(standin.signed_event("payment_intent.payment_failed", intent, now_s=NOW_S), CREDENTIALS)
     assert (event.kind, event.payment_id, event.failure_code, event.amount) == (CallbackKind.PAYMENT_FAILED, PAYMENT_ID, "insufficient_funds", 100)
     not_paid = RefundRequest(refund_id="rfd_x", payment_id=PAYMENT_ID, provider_ref=created.provider_ref, amount=100, currency="EUR")
-    with pytest.raises(ChannelUnavailable, match="charge_not_refundable"):
+    with pytest.raises(ProviderDeclined, match="charge_not_refundable"):
         await channel.refund(not_paid, CREDENTIALS)
 
 
@@ -488,9 +493,8 @@ def test_callback_reply() -> None:
 
 @pytest.mark.anyio
 async def test_provider_errors_name_the_code_and_never_the_secret(channel: StripeChannel, standin: StripeStandIn) -> None:
-    with pytest.raises(ChannelUnavailable) as caught:
+    with pytest.raises(ProviderDeclined) as caught:
         await channel.create_payment(payment_request(), {**CREDENTIALS, "secret_key": "sk_test_wrongwrongwrong1234"})
-    assert not isinstance(caught.value, ChannelTimeout)
     assert "HTTP 401" in str(caught.value) and "invalid_request_error" in str(caught.value)
     assert "sk_" not in str(caught.value) and "1234" not in str(caught.value)
     standin.fail_next.append(503)
@@ -504,7 +508,7 @@ async def test_provider_errors_name_the_code_and_never_the_secret(channel: Strip
 @pytest.mark.anyio
 async def test_changed_parameters_under_one_idempotency_key_are_refused(channel: StripeChannel) -> None:
     await channel.create_payment(payment_request(), CREDENTIALS)
-    with pytest.raises(ChannelUnavailable, match="idempotency_error"):
+    with pytest.raises(ProviderDeclined, match="idempotency_error"):
         await channel.create_payment(payment_request(amount=2999), CREDENTIALS)
 
 
@@ -598,3 +602,113 @@ def test_statement_errors_name_the_line() -> None:
     with pytest.raises(InvalidRequest, match="integer"):
         channel.parse_statement(b"id,type,source,amount,fee,currency,created\ntxn_1,charge,ch_1,19.99,0,usd,1\n")
     assert channel.parse_statement(b"") == []
+
+
+# --- expiry, closing, refund queries, provider refs
+
+
+def test_session_expires_at_follows_the_reservation_inside_stripes_window() -> None:
+    minute = 60
+    assert mapping.session_expires_at_s(NOW_S + 2 * 3600, now_s=NOW_S) == NOW_S + 2 * 3600
+    # a 15-minute reservation: Stripe takes no less than 30 minutes, plus our one-minute margin
+    assert mapping.session_expires_at_s(NOW_S + 15 * minute, now_s=NOW_S) == NOW_S + 31 * minute
+    assert mapping.session_expires_at_s(NOW_S - 5, now_s=NOW_S) == NOW_S + 31 * minute
+    assert mapping.session_expires_at_s(NOW_S + 3 * 86400, now_s=NOW_S) == NOW_S + 86400 - minute
+    params = mapping.checkout_session_params(payment_request(expires_at_s=NOW_S + 900), return_url="https://g.example/",
+                                             now_s=NOW_S)
+    assert params["expires_at"] == NOW_S + 31 * minute
+    assert "expires_at" not in mapping.checkout_session_params(payment_request(), return_url="https://g.example/", now_s=NOW_S)
+
+
+@pytest.fixture
+async def clocked():
+    """A channel and a stand-in that share one fixed clock."""
+    from apss.clock import TestClock
+
+    standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET, now_s=lambda: NOW_S)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=standin), timeout=5.0) as http:
+        yield StripeChannel(public_url="https://apss.example.test", http=http, clock=TestClock(NOW_S * 1000)), standin
+
+
+@pytest.mark.anyio
+async def test_the_session_is_created_to_expire_with_the_reservation(clocked) -> None:
+    channel, standin = clocked
+    created = await channel.create_payment(payment_request(expires_at_s=NOW_S + 3600), CREDENTIALS)
+    assert standin.sessions[created.provider_ref]["expires_at"] == NOW_S + 3600
+    assert dict(parse_qsl(standin.requests[-1].body.decode()))["expires_at"] == str(NOW_S + 3600)
+
+
+@pytest.mark.anyio
+async def test_cancel_expires_an_open_session_and_is_done_when_already_expired(channel, standin) -> None:
+    created = await channel.create_payment(payment_request(), CREDENTIALS)
+    query = PaymentQuery(payment_id=PAYMENT_ID, provider_ref=created.provider_ref, amount=1999, currency="USD")
+    assert await channel.cancel_payment(query, CREDENTIALS) is None
+    assert standin.sessions[created.provider_ref]["status"] == "expired"
+    assert standin.expire_calls() == [created.provider_ref]
+    other = await channel.create_payment(payment_request(payment_id="pay_other"), CREDENTIALS)
+    standin.expire_by_time(other.provider_ref)  # Stripe expired it first, at its expires_at
+    await channel.cancel_payment(PaymentQuery(payment_id="pay_other", provider_ref=other.provider_ref, amount=1999,
+                                              currency="USD"), CREDENTIALS)
+    assert standin.sessions[other.provider_ref]["status"] == "expired"
+
+
+@pytest.mark.anyio
+async def test_cancel_of_a_paid_session_says_it_was_paid(channel, standin) -> None:
+    standin.pi_on_create = True
+    created = await channel.create_payment(payment_request(), CREDENTIALS)
+    assert created.provider_ref.startswith("pi_") and created.provider_refs[0].startswith("cs_")
+    standin.pay(created.provider_refs[0])
+    query = PaymentQuery(payment_id=PAYMENT_ID, provider_ref=created.provider_ref, amount=1999, currency="USD")
+    with pytest.raises(ProviderDeclined) as paid:  # found through the session that made the pi_
+        await channel.cancel_payment(query, CREDENTIALS)
+    assert paid.value.provider_code == "checkout_session_complete"
+    with pytest.raises(ChannelUnavailable, match="no known session"):
+        await channel.cancel_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref=None, amount=1999, currency="USD"),
+                                     CREDENTIALS)
+
+
+@pytest.mark.anyio
+async def test_query_refund_by_id_and_by_our_refund_id(channel, standin) -> None:
+    created = await channel.create_payment(payment_request(), CREDENTIALS)
+    standin.pay(created.provider_ref)
+    standin.refund_status = "pending"
+    result = await channel.refund(RefundRequest(refund_id="rfd_q", payment_id=PAYMENT_ID, provider_ref=created.provider_ref,
+                                                amount=500, currency="USD"), CREDENTIALS)
+    query = RefundQuery(refund_id="rfd_q", payment_id=PAYMENT_ID, provider_ref=created.provider_ref,
+                        provider_refund_ref=result.provider_refund_ref, amount=500, currency="USD")
+    assert (await channel.query_refund(query, CREDENTIALS)).status == "pending"
+    standin.refunds[result.provider_refund_ref].update(status="succeeded")
+    assert await channel.query_refund(query, CREDENTIALS) == RefundResult(provider_refund_ref=result.provider_refund_ref,
+                                                                          status="succeeded")
+    standin.refunds[result.provider_refund_ref].update(status="failed", failure_reason="expired_or_canceled_card")
+    unknown_ref = msgspec.structs.replace(query, provider_refund_ref=None)  # the create call timed out
+    assert await channel.query_refund(unknown_ref, CREDENTIALS) == RefundResult(
+        provider_refund_ref=result.provider_refund_ref, status="failed", failure_code="expired_or_canceled_card")
+    never = msgspec.structs.replace(unknown_ref, refund_id="rfd_never")
+    assert (await channel.query_refund(never, CREDENTIALS)).status == "pending"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [409, 429, 500, 503])
+async def test_busy_and_server_errors_are_unknown_not_refusals(channel, standin, status: int) -> None:
+    standin.fail_next.append(status)
+    with pytest.raises(ChannelUnavailable) as caught:
+        await channel.create_payment(payment_request(), CREDENTIALS)
+    assert not isinstance(caught.value, ProviderDeclined)
+
+
+@pytest.mark.anyio
+async def test_a_paid_session_names_its_payment_intent_and_charge(channel, standin) -> None:
+    created = await channel.create_payment(payment_request(), CREDENTIALS)
+    assert created.provider_ref.startswith("cs_") and created.provider_refs == []
+    intent = standin.pay(created.provider_ref)
+    report = await channel.query_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref=created.provider_ref,
+                                                      amount=1999, currency="USD"), CREDENTIALS)
+    assert report.provider_ref == intent["id"] and intent["id"].startswith("pi_")
+    assert report.provider_refs == [created.provider_ref, intent["latest_charge"]]
+    completed = standin.signed_event("checkout.session.completed", standin.public_session(created.provider_ref), now_s=NOW_S)
+    [event] = await channel.verify_callback(completed, CREDENTIALS)
+    assert (event.provider_ref, event.provider_refs) == (intent["id"], [created.provider_ref])
+    succeeded = standin.signed_event("payment_intent.succeeded", intent, now_s=NOW_S)
+    [event] = await channel.verify_callback(succeeded, CREDENTIALS)
+    assert (event.provider_ref, event.provider_refs) == (intent["id"], [intent["latest_charge"]])

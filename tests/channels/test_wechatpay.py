@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import types
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import wechatpayv3.core
 import wechatpayv3.utils
@@ -25,7 +27,9 @@ from apss.channels.base import (
     Channel,
     PaymentQuery,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
+    RefundResult,
 )
 from apss.channels.wechatpay import WechatPayChannel, mapping
 from apss.channels.wechatpay import client as wx_client
@@ -35,7 +39,9 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
+    ProviderDeclined,
 )
 from tests.channels import harness_wechatpay as hw
 from tests.channels import standin_wechatpay as standin
@@ -487,9 +493,9 @@ async def test_create_query_pay_callback_flow(harness: hw.Harness) -> None:
     assert [(e.event_id, e.kind, e.payment_id, e.amount, e.currency) for e in events] == [
         ("EV-FLOW-1", CallbackKind.PAYMENT_SUCCEEDED, PAYMENT_ID, 1999, "CNY")]
 
-    with pytest.raises(ChannelUnavailable, match="ORDERPAID") as paid:
+    with pytest.raises(ProviderDeclined, match="ORDERPAID") as paid:
         await harness.channel.create_payment(_payment(), harness.credentials)
-    assert paid.value.provider_code == "ORDERPAID"  # type: ignore[attr-defined]
+    assert paid.value.provider_code == "ORDERPAID"
 
 
 @pytest.mark.anyio
@@ -498,13 +504,13 @@ async def test_create_payment_refusals(harness: hw.Harness) -> None:
         await harness.channel.create_payment(_payment(currency="USD"), harness.credentials)
     assert harness.standin.requests == []
     await harness.channel.create_payment(_payment(), harness.credentials)
-    with pytest.raises(ChannelUnavailable, match="INVALID_REQUEST") as reused:
+    with pytest.raises(ProviderDeclined, match="INVALID_REQUEST") as reused:
         await harness.channel.create_payment(_payment(amount=2000), harness.credentials)
-    assert reused.value.provider_code == "INVALID_REQUEST"  # type: ignore[attr-defined]
+    assert reused.value.provider_code == "INVALID_REQUEST"
     missing = PaymentQuery(payment_id="pay_nothere000000000000000000000", provider_ref=None, amount=1, currency="CNY")
-    with pytest.raises(ChannelUnavailable) as not_found:
+    with pytest.raises(ProviderDeclined) as not_found:
         await harness.channel.query_payment(missing, harness.credentials)
-    assert not_found.value.provider_code == "ORDER_NOT_EXIST"  # type: ignore[attr-defined]
+    assert not_found.value.provider_code == "ORDER_NOT_EXIST"
 
 
 @pytest.mark.anyio
@@ -544,7 +550,7 @@ async def test_refund_beyond_the_total_is_refused(harness: hw.Harness) -> None:
     assert (await harness.channel.refund(refund, harness.credentials)).status == "pending"
     again = await harness.channel.refund(refund, harness.credentials)  # same out_refund_no: same refund
     assert again.provider_refund_ref == harness.standin.refunds["rfd_a"]["refund_id"]
-    with pytest.raises(ChannelUnavailable, match="INVALID_REQUEST"):
+    with pytest.raises(ProviderDeclined, match="INVALID_REQUEST"):
         await harness.channel.refund(RefundRequest(refund_id="rfd_b", payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID,
                                                    amount=1, currency="CNY"), harness.credentials)
 
@@ -559,7 +565,7 @@ async def test_server_error_and_bad_answer_signature_are_unavailable(harness: hw
         await harness.channel.create_payment(_payment(), harness.credentials)
     assert not isinstance(failed.value, ChannelTimeout)
     error: Any = failed.value
-    assert (error.provider_code, error.status_code) == ("SYSTEM_ERROR", 500)
+    assert not isinstance(error, ProviderDeclined) and error.provider_code == "SYSTEM_ERROR"
     harness.standin.break_signature = True
     with pytest.raises(ChannelUnavailable) as unsigned:
         await harness.channel.create_payment(_payment(), harness.credentials)
@@ -569,9 +575,9 @@ async def test_server_error_and_bad_answer_signature_are_unavailable(harness: hw
 @pytest.mark.anyio
 async def test_wrong_merchant_key_is_refused_by_the_standin(harness: hw.Harness) -> None:
     credentials = {**harness.credentials, "merchant_private_key": standin.private_pem(hw._key("platform"))}
-    with pytest.raises(ChannelUnavailable, match="SIGN_ERROR") as refused:
+    with pytest.raises(ProviderDeclined, match="401 SIGN_ERROR") as refused:
         await harness.channel.create_payment(_payment(), credentials)
-    assert refused.value.status_code == 401  # type: ignore[attr-defined]
+    assert refused.value.provider_code == "SIGN_ERROR"
     assert harness.standin.payments == {}
 
 
@@ -653,3 +659,73 @@ async def test_fetch_trade_bill_from_standin_and_parse(harness: hw.Harness) -> N
     refund_ref = harness.standin.refunds["rfd_x1"]["refund_id"]
     assert [(x.kind, x.provider_ref, x.payment_id, x.amount, x.fee, x.currency) for x in lines] == [
         ("payment", PAYMENT_ID, PAYMENT_ID, 1999, 12, "CNY"), ("refund", refund_ref, PAYMENT_ID, 500, -3, "CNY")]
+
+
+# ---- expiry, closing, refund queries ----
+
+
+def test_time_expire_is_rfc3339_in_beijing_time() -> None:
+    assert mapping.time_expire(NOW_S) == "2025-11-25T23:04:05+08:00"
+    body = mapping.native_pay_body(msgspec.structs.replace(_payment(), expires_at_s=NOW_S + 900), appid="wx1", mchid="1")
+    assert body["time_expire"] == "2025-11-25T23:19:05+08:00"
+    assert "time_expire" not in mapping.native_pay_body(_payment(), appid="wx1", mchid="1")
+
+
+@pytest.mark.anyio
+async def test_the_order_is_created_to_expire_and_closed_on_request(harness: hw.Harness) -> None:
+    request = msgspec.structs.replace(_payment(), expires_at_s=int(time.time()) + 900)
+    await harness.channel.create_payment(request, harness.credentials)
+    assert harness.standin.payments[PAYMENT_ID]["time_expire"] == mapping.time_expire(request.expires_at_s)
+    query = PaymentQuery(payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, amount=1999, currency="CNY")
+    assert await harness.channel.cancel_payment(query, harness.credentials) is None
+    assert harness.standin.payments[PAYMENT_ID]["trade_state"] == "CLOSED"
+    await harness.channel.cancel_payment(query, harness.credentials)  # closed already: done
+    never = PaymentQuery(payment_id="pay_nothere000000000000000000000", provider_ref=None, amount=1, currency="CNY")
+    await harness.channel.cancel_payment(never, harness.credentials)  # WeChat never had it: nothing to pay
+    assert harness.standin.closes() == [PAYMENT_ID, PAYMENT_ID, never.payment_id]
+    assert (await harness.channel.query_payment(query, harness.credentials)).status is PaymentStatus.CANCELED
+
+
+@pytest.mark.anyio
+async def test_closing_a_paid_order_says_it_was_paid(harness: hw.Harness) -> None:
+    await harness.channel.create_payment(_payment(), harness.credentials)
+    harness.standin.pay(PAYMENT_ID)
+    with pytest.raises(ProviderDeclined) as paid:
+        await harness.channel.cancel_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, amount=1999,
+                                                          currency="CNY"), harness.credentials)
+    assert paid.value.provider_code == "ORDERPAID"
+
+
+@pytest.mark.anyio
+async def test_query_refund_by_out_refund_no(harness: hw.Harness) -> None:
+    await harness.channel.create_payment(_payment(), harness.credentials)
+    harness.standin.pay(PAYMENT_ID)
+    refund = RefundRequest(refund_id="rfd_q", payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID, amount=500, currency="CNY")
+    made = await harness.channel.refund(refund, harness.credentials)
+    query = RefundQuery(refund_id="rfd_q", payment_id=PAYMENT_ID, provider_ref=PAYMENT_ID,
+                        provider_refund_ref=made.provider_refund_ref, amount=500, currency="CNY")
+    assert (await harness.channel.query_refund(query, harness.credentials)).status == "pending"
+    harness.standin.refunds["rfd_q"]["status"] = "SUCCESS"
+    assert await harness.channel.query_refund(query, harness.credentials) == RefundResult(
+        provider_refund_ref=made.provider_refund_ref, status="succeeded")
+    never = msgspec.structs.replace(query, refund_id="rfd_never", provider_refund_ref=None)
+    assert await harness.channel.query_refund(never, harness.credentials) == RefundResult(
+        provider_refund_ref="rfd_never", status="failed", failure_code="refund_not_found")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("raised", "expected"), [
+    (httpx.ConnectError("refused"), ChannelUnreachable),
+    (httpx.ConnectTimeout("connect timed out"), ChannelUnreachable),
+    (httpx.ReadTimeout("read timed out"), ChannelTimeout),
+])
+async def test_transport_failures_are_unreachable_or_unknown(harness: hw.Harness, raised: Exception,
+                                                             expected: type[Exception]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        channel = WechatPayChannel(public_url="https://apss.test", http=http)
+        with pytest.raises(ChannelUnavailable) as caught:
+            await channel.create_payment(_payment(), harness.credentials)
+    assert type(caught.value) is expected

@@ -1,9 +1,16 @@
 """The Alipay Open Platform channel: RSA2-signed gateway calls and RSA2-verified notifies.
 
-Flows: `alipay.trade.precreate` (QR code, the default) or `alipay.trade.page.pay` (redirect to
-the cashier; metadata `alipay_flow=page`), `alipay.trade.refund`, `alipay.trade.query`. Every
-request is signed with the app private key; every response's `<method>_response` object is
-verified, byte for byte as received, with the Alipay public key.
+Flows: `alipay.trade.precreate` (QR code, the default; it expires after `timeout_express`
+minutes) or `alipay.trade.page.pay` (redirect to the cashier, metadata `alipay_flow=page`; it
+expires at `time_expire`, Beijing time), `alipay.trade.refund`, `alipay.trade.query`,
+`alipay.trade.close` and `alipay.trade.fastpay.refund.query`. Every request is signed with the
+app private key; every response's `<method>_response` object is verified, byte for byte as
+received, with the Alipay public key.
+
+Errors: not reached (connect error or connect timeout) -> ChannelUnreachable; no answer in time ->
+ChannelTimeout; HTTP other than 200, an unreadable or unsigned answer, `20000` (service
+unavailable) or `ACQ.SYSTEM_ERROR` -> ChannelUnavailable (unknown); any other signed business
+failure (`40004` with its sub_code, `40002`...) -> ProviderDeclined with the sub_code.
 
 provider_ref: create returns our payment id (= out_trade_no) because Alipay assigns its
 `trade_no` only when the buyer scans or logs in; notifies and queries report the real trade_no
@@ -36,11 +43,11 @@ from apss.channels.base import (
     PaymentQuery,
     PaymentReport,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import PaymentStatus
@@ -48,7 +55,9 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
+    ProviderDeclined,
 )
 
 __all__ = [
@@ -68,6 +77,10 @@ _RESPONSE_BYTES_MAX = 1024 * 1024
 _SUBJECT_CHARS_MAX = 256  # Alipay's limit for biz_content.subject
 _CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "gbk": "gb18030", "gb2312": "gb18030", "gb18030": "gb18030"}
 _TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
+_TRADE_STATUS_ERROR = "ACQ.TRADE_STATUS_ERROR"
+# Answers that mean "Alipay could not say" rather than "Alipay refused": the outcome is unknown.
+_UNKNOWN_CODES = frozenset({"20000"})
+_UNKNOWN_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR"})
 
 
 # --- keys and RSA2 ---------------------------------------------------------------------------
@@ -216,6 +229,8 @@ class AlipayChannel:
                 content=urlencode(params).encode("ascii"),
                 headers={"content-type": "application/x-www-form-urlencoded;charset=utf-8"},
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ChannelUnreachable(f"alipay {method} could not connect ({type(exc).__name__})") from exc
         except httpx.TimeoutException as exc:
             raise ChannelTimeout(f"alipay {method} timed out; the outcome is unknown") from exc
         except httpx.HTTPError as exc:
@@ -273,6 +288,12 @@ class AlipayChannel:
             "subject": (request.description or request.order_id)[:_SUBJECT_CHARS_MAX],
             "product_code": "FAST_INSTANT_TRADE_PAY" if page else "FACE_TO_FACE_PAYMENT",
         }
+        if request.expires_at_s is not None:  # each API documents its own expiry field
+            if page:
+                biz_content["time_expire"] = mapping.time_expire(request.expires_at_s)
+            else:
+                biz_content["timeout_express"] = mapping.timeout_express(request.expires_at_s,
+                                                                         now_s=self._clock.now_ms() // 1000)
         extra = {"notify_url": request.callback_url}
         if page:
             extra["return_url"] = request.return_url or ""
@@ -323,9 +344,6 @@ class AlipayChannel:
             status_code=200, body=b"success" if accepted else b"fail", media_type="text/plain"
         )
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.ALIPAY_CURRENCY:
             raise CurrencyNotSupported(f"alipay takes CNY only, not {request.currency}", param="currency")
@@ -369,6 +387,35 @@ class AlipayChannel:
         except ValueError as exc:
             raise ChannelUnavailable(f"alipay.trade.query answer has a bad amount: {exc}") from exc
 
+    async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
+        """alipay.trade.close. A trade Alipay does not know (the QR was never scanned) can never be
+        paid: closed. ACQ.TRADE_STATUS_ERROR means closed already or paid: the trade is read back,
+        and a paid one is ProviderDeclined `trade_paid` (the late-payment policy's)."""
+        settings = _Settings(credentials)
+        params = self.signed_params(settings, method="alipay.trade.close", biz_content={"out_trade_no": query.payment_id})
+        answer = self._decode("alipay.trade.close", await self._call(settings, params), mapping.CloseResponse)
+        if answer.code == mapping.SUCCESS_CODE or answer.sub_code == _TRADE_NOT_EXIST:
+            return
+        if answer.sub_code != _TRADE_STATUS_ERROR:
+            _raise_unless_success("alipay.trade.close", answer)
+        report = await self.query_payment(query, credentials)
+        if report.status is PaymentStatus.CANCELED:
+            return
+        if report.status is PaymentStatus.SUCCEEDED:
+            raise ProviderDeclined(f"alipay trade {query.payment_id} was paid", provider_code="trade_paid")
+        raise ChannelUnavailable(f"alipay.trade.close refused a trade that is {report.status.value}")
+
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult:
+        """alipay.trade.fastpay.refund.query by out_trade_no and our refund id (out_request_no)."""
+        settings = _Settings(credentials)
+        biz_content = {"out_trade_no": query.payment_id, "out_request_no": query.refund_id}
+        params = self.signed_params(settings, method="alipay.trade.fastpay.refund.query", biz_content=biz_content)
+        answer = self._decode("alipay.trade.fastpay.refund.query", await self._call(settings, params),
+                              mapping.RefundQueryResponse)
+        assert isinstance(answer, mapping.RefundQueryResponse)
+        _raise_unless_success("alipay.trade.fastpay.refund.query", answer)
+        return mapping.refund_query_result(answer, refund_id=query.refund_id)
+
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         return mapping.parse_statement(data)
 
@@ -384,8 +431,13 @@ def _describe_error(error: object) -> str:
 
 
 def _raise_unless_success(method: str, answer: mapping.ResponseCommon) -> None:
-    if answer.code != mapping.SUCCESS_CODE:
-        raise ChannelUnavailable(f"alipay {method} failed: {_describe_error(msgspec.structs.asdict(answer))}")
+    """A signed failure is Alipay's definite refusal, unless it says it could not tell."""
+    if answer.code == mapping.SUCCESS_CODE:
+        return
+    message = f"alipay {method} failed: {_describe_error(msgspec.structs.asdict(answer))}"
+    if answer.code in _UNKNOWN_CODES or answer.sub_code in _UNKNOWN_SUB_CODES:
+        raise ChannelUnavailable(message)
+    raise ProviderDeclined(message, provider_code=answer.sub_code or answer.code)
 
 
 def _parse_notify(body: bytes) -> dict[str, str]:

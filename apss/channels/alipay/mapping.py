@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 
 import msgspec
 
-from apss.channels.base import CallbackEvent, PaymentReport, StatementLine
+from apss.channels.base import CallbackEvent, PaymentReport, RefundResult, StatementLine
 from apss.domain.money import CURRENCY_EXPONENTS
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import InvalidRequest
@@ -28,8 +28,10 @@ from apss.errors import InvalidRequest
 __all__ = [
     "ALIPAY_CURRENCY",
     "SHANGHAI",
+    "CloseResponse",
     "PrecreateResponse",
     "QueryResponse",
+    "RefundQueryResponse",
     "RefundResponse",
     "ShapeError",
     "ResponseCommon",
@@ -42,7 +44,10 @@ __all__ = [
     "query_report",
     "raw_member",
     "notify_sign_content",
+    "refund_query_result",
     "request_sign_content",
+    "time_expire",
+    "timeout_express",
     "trade_status_to_payment_status",
 ]
 
@@ -103,6 +108,23 @@ def alipay_timestamp(now_ms: int) -> str:
     """The `timestamp` common parameter: `yyyy-MM-dd HH:mm:ss` in Beijing time."""
     assert now_ms > 0
     return datetime.fromtimestamp(now_ms // 1000, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_TIMEOUT_MINUTES_MAX = 15 * 24 * 60  # timeout_express takes 1m..15d
+
+
+def timeout_express(expires_at_s: int, *, now_s: int) -> str:
+    """alipay.trade.precreate's `timeout_express`: whole minutes from now (Alipay counts from when
+    the request reaches it), rounded down so the trade never outlives the reservation, 1m..15d."""
+    minutes = min(max((expires_at_s - now_s) // 60, 1), _TIMEOUT_MINUTES_MAX)
+    assert 1 <= minutes <= _TIMEOUT_MINUTES_MAX
+    return f"{minutes}m"
+
+
+def time_expire(expires_at_s: int) -> str:
+    """alipay.trade.page.pay's absolute `time_expire`: `yyyy-MM-dd HH:mm:ss` in Beijing time."""
+    assert expires_at_s > 0
+    return datetime.fromtimestamp(expires_at_s, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _parse_shanghai_time(text: str) -> int | None:
@@ -198,6 +220,18 @@ class QueryResponse(ResponseCommon, frozen=True, kw_only=True):
     out_trade_no: str = ""
     trade_status: str = ""
     total_amount: str = ""
+
+
+class CloseResponse(ResponseCommon, frozen=True, kw_only=True):
+    trade_no: str = ""
+    out_trade_no: str = ""
+
+
+class RefundQueryResponse(ResponseCommon, frozen=True, kw_only=True):
+    out_trade_no: str = ""
+    out_request_no: str = ""
+    refund_amount: str = ""
+    refund_status: str = ""  # REFUND_SUCCESS, or empty (also success) when data is returned
 
 
 class RefundResponse(ResponseCommon, frozen=True, kw_only=True):
@@ -411,3 +445,16 @@ def _statement_line(row: dict[str, str]) -> StatementLine:
         occurred_at_s=occurred,
         payment_id=our_payment_id(row[COL_OUT_TRADE_NO]),
     )
+
+
+def refund_query_result(response: RefundQueryResponse, *, refund_id: str) -> RefundResult:
+    """alipay.trade.fastpay.refund.query: data returned with refund_status REFUND_SUCCESS (or
+    empty, in older answers) is a refund made; no data means Alipay made none for this
+    out_request_no (its docs: retry the refund with the same one) - nothing moved: failed."""
+    if response.out_request_no != refund_id or not response.refund_amount:
+        return RefundResult(provider_refund_ref=refund_id, status="failed", failure_code="refund_not_found")
+    match response.refund_status:
+        case "REFUND_SUCCESS" | "":
+            return RefundResult(provider_refund_ref=refund_id, status="succeeded")
+        case _:
+            return RefundResult(provider_refund_ref=refund_id, status="pending")

@@ -6,6 +6,17 @@ must capture. verify_callback stays side-effect free: it returns a `payment.appr
 the services call `capture_payment` outside any transaction and apply its report. The capture
 also produces PAYMENT.CAPTURE.COMPLETED (payment.succeeded; stale by then, applied once).
 
+Orders v2 has no expiry field and no void for an order the payer has not approved: an order
+lapses on PayPal's own schedule (about 3 hours unapproved), so this channel has no
+`cancel_payment`; the closer records `provider_flow_not_supported`, and a payment approved after
+its order ended meets the late-payment policy. Refunds are queried with
+`GET /v2/payments/refunds/{id}` (or, without the id, among the order's refunds by invoice_id).
+
+Errors: not reached (connect error or connect timeout) -> ChannelUnreachable; no answer in time
+-> ChannelTimeout; a 4xx -> ProviderDeclined (provider_code = the first issue, else the error
+name), except 429 (rate limit) and 409 (a request with this PayPal-Request-Id still running);
+5xx -> ChannelUnavailable.
+
 Webhooks are verified offline (PayPal's "self-verification"): the message
 `<transmission_id>|<transmission_time>|<webhook_id>|<crc32(raw body), unsigned decimal>` is
 checked with RSASSA-PKCS1-v1_5/SHA-256 against the certificate at PAYPAL-CERT-URL, fetched by
@@ -41,6 +52,7 @@ from apss.channels.base import (
     PaymentQuery,
     PaymentReport,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
     RefundResult,
     Setting,
@@ -53,8 +65,10 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     Conflict,
     CurrencyNotSupported,
+    ProviderDeclined,
 )
 
 __all__ = ["CertFetcher", "PayPalCertFetcher", "PayPalChannel", "check_cert_url", "check_paypal_cert", "signed_message"]
@@ -237,6 +251,20 @@ class PayPalChannel:
         status, failure = mapping.refund_outcome(refund)
         return RefundResult(provider_refund_ref=refund.id, status=status, failure_code=failure)
 
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult:
+        if query.provider_refund_ref:
+            path = f"/v2/payments/refunds/{quote(query.provider_refund_ref, safe='')}"
+            refund = self._decode(_refund_decoder, await self._call("GET", path, credentials, operation="get refund"))
+        else:  # the refund call timed out: look for ours (invoice_id) among the order's refunds
+            order = await self._get_order(query.provider_ref, credentials)
+            found = [r for unit in order.purchase_units if unit.payments for r in unit.payments.refunds
+                     if r.invoice_id == query.refund_id]
+            if not found:
+                return RefundResult(provider_refund_ref=query.refund_id, status="pending")
+            refund = found[0]
+        status, failure = mapping.refund_outcome(refund)
+        return RefundResult(provider_refund_ref=refund.id, status=status, failure_code=failure)
+
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         return mapping.parse_statement(data)
 
@@ -353,6 +381,8 @@ class PayPalChannel:
     async def _send(self, method: str, url: str, *, operation: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._http.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ChannelUnreachable(f"PayPal could not be reached for {operation}: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
             # The request may have reached PayPal: the outcome is unknown, not failed.
             raise ChannelTimeout(f"PayPal did not answer {operation} in time") from exc
@@ -367,11 +397,12 @@ class PayPalChannel:
             raise ChannelUnavailable(f"PayPal answered with an unexpected body: {exc}") from exc
 
 
-class _PayPalRefused(ChannelUnavailable):
-    """A 4xx from PayPal; `issue` (details[0].issue) lets callers recognise benign refusals."""
+class _PayPalRefused(ProviderDeclined):
+    """A 4xx from PayPal, a definite refusal; `issue` (details[0].issue) lets callers recognise
+    benign refusals."""
 
-    def __init__(self, message: str, *, issue: str | None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, issue: str | None, name: str | None) -> None:
+        super().__init__(message, provider_code=issue or name)
         self.issue = issue
 
 
@@ -396,10 +427,11 @@ def _api_base(credentials: Credentials) -> str:
 
 
 def _raise_for_status(response: httpx.Response, operation: str) -> None:
-    """2xx passes; anything else is ChannelUnavailable naming PayPal's error name and issue."""
+    """2xx passes; a 4xx is a refusal naming PayPal's error name and issue; 5xx, 409 and 429 are
+    ChannelUnavailable (the outcome is unknown)."""
     if response.is_success:
         return
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in (409, 429):
         raise ChannelUnavailable(f"PayPal {operation} failed with HTTP {response.status_code}")
     try:
         error = msgspec.json.decode(response.content, type=_ErrorBody)
@@ -408,4 +440,5 @@ def _raise_for_status(response: httpx.Response, operation: str) -> None:
     issue = error.details[0].issue if error.details and error.details[0].issue else None
     described = "/".join(part for part in (error.name or error.error, issue) if part) or "no error name"
     debug = f" (debug_id {error.debug_id})" if error.debug_id else ""
-    raise _PayPalRefused(f"PayPal {operation} refused with HTTP {response.status_code}: {described}{debug}", issue=issue)
+    raise _PayPalRefused(f"PayPal {operation} refused with HTTP {response.status_code}: {described}{debug}", issue=issue,
+                         name=error.name or error.error)

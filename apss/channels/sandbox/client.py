@@ -1,10 +1,11 @@
 """The sandbox channel: payment creation (no network: the sandbox lives in this process),
-callback signing and verification (`APSS-Sandbox-Signature`, API.md), and the HTTP sender the
-sandbox provider uses to deliver its callbacks, over HTTP or through the ASGI app in process."""
+callback signing and verification (`APSS-Sandbox-Signature`, API.md), closing, refunds and their
+queries, and the HTTP sender the sandbox provider uses to deliver its callbacks, over HTTP or
+through the ASGI app in process."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import httpx
 
@@ -18,10 +19,10 @@ from apss.channels.base import (
     PaymentQuery,
     PaymentReport,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
     RefundResult,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
@@ -31,16 +32,32 @@ from apss.channels.sandbox.mapping import (
 )
 from apss.crypto import random_token, sign_timestamped, verify_timestamped
 from apss.domain.payments import PaymentStatus
-from apss.errors import CallbackRejected, InvalidRequest
+from apss.errors import CallbackRejected, InvalidRequest, ProviderDeclined
 from apss.ids import new_token
 
-__all__ = ["SIGNATURE_HEADER", "SandboxChannel", "send_callback", "sign_callback"]
+__all__ = ["SIGNATURE_HEADER", "SandboxBook", "SandboxChannel", "send_callback", "sign_callback"]
 
 SIGNATURE_HEADER = "APSS-Sandbox-Signature"
 
-# The sandbox provider's record of a payment: (outcome "succeeded" | "failed", failure code), or
-# None while the payer has not acted. Injected by app.py: the channel itself touches no database.
-SandboxState = Callable[[str], Awaitable[tuple[str, str | None] | None]]
+
+class SandboxBook(Protocol):
+    """The sandbox provider's own records (services/sandbox/provider.py keeps them in the
+    database). Given by app.py at construction: the channel itself touches no database."""
+
+    async def state_of(self, payment_id: str) -> tuple[str, str | None] | None:
+        """("succeeded" | "failed", failure code) once the payer acted, ("closed", None) once
+        closed unpaid, None while the payer may still act."""
+        ...
+
+    async def close(self, payment_id: str) -> bool:
+        """Close the payment so the payer can no longer act; False when the payer already paid."""
+        ...
+
+    async def record_refund(self, request: RefundRequest, result: RefundResult) -> RefundResult:
+        """Keep the refund executed for `request`; the one first kept for its refund id wins."""
+        ...
+
+    async def refund_of(self, refund_id: str) -> RefundResult | None: ...
 
 
 def sign_callback(*, secret: str, body: bytes, now_s: int) -> str:
@@ -52,11 +69,11 @@ class SandboxChannel:
     test_only = True
     settings = {}  # the sandbox signs with the merchant's own sandbox_webhook_secret
 
-    def __init__(self, *, public_url: str, tolerance_s: int = 300, state: SandboxState | None = None) -> None:
+    def __init__(self, *, public_url: str, book: SandboxBook, tolerance_s: int = 300) -> None:
         assert public_url.startswith(("http://", "https://"))
         self._public_url = public_url.rstrip("/")
         self._tolerance_s = tolerance_s
-        self._state = state
+        self._book = book
 
     def __repr__(self) -> str:
         return "SandboxChannel()"
@@ -86,26 +103,40 @@ class SandboxChannel:
         assert accepted, "rejected callbacks are answered by the error handler (400)"
         return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
-        """Refunds settle at once, unless the order's magic value says `refund_fails`."""
+        """Refunds settle at once, unless the order's magic value says `refund_fails`; a retry
+        under the same refund id answers what the first one did (the provider's idempotency)."""
         assert request.amount > 0
+        ref = f"sbxre_{random_token(16)}"
         if request.metadata.get(MAGIC_KEY) == "refund_fails":
-            return RefundResult(provider_refund_ref=f"sbxre_{random_token(16)}", status="failed", failure_code="refund_declined")
-        return RefundResult(provider_refund_ref=f"sbxre_{random_token(16)}", status="succeeded")
+            result = RefundResult(provider_refund_ref=ref, status="failed", failure_code="refund_declined")
+        else:
+            result = RefundResult(provider_refund_ref=ref, status="succeeded")
+        return await self._book.record_refund(request, result)
+
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult:
+        found = await self._book.refund_of(query.refund_id)
+        if found is None:  # the sandbox is in this process: a refund it never kept never happened
+            return RefundResult(provider_refund_ref=query.provider_refund_ref or query.refund_id, status="failed",
+                                failure_code="refund_not_found")
+        return found
 
     async def query_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        if self._state is None:
-            raise flow_not_supported(self.name, "payment queries")
-        state = await self._state(query.payment_id)
+        state = await self._book.state_of(query.payment_id)
         if state is None:
             return PaymentReport(status=PaymentStatus.REQUIRES_ACTION, provider_ref=query.provider_ref)
         outcome, failure_code = state
+        if outcome == "closed":
+            return PaymentReport(status=PaymentStatus.CANCELED, provider_ref=query.provider_ref)
         status = PaymentStatus.SUCCEEDED if outcome == "succeeded" else PaymentStatus.FAILED
         return PaymentReport(status=status, provider_ref=query.provider_ref, amount=query.amount,
                              currency=query.currency, failure_code=failure_code)
+
+    async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
+        """Close it: the payer page and the pay endpoints refuse it from now on (410 on the page)."""
+        if not await self._book.close(query.payment_id):
+            raise ProviderDeclined(f"the payer already paid sandbox payment {query.payment_id}",
+                                   provider_code="payment_completed")
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         """The sandbox's statement CSV (format in apss/channels/sandbox/mapping.py)."""

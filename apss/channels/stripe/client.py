@@ -1,4 +1,5 @@
-"""The Stripe channel: Checkout Sessions, signed webhooks, refunds, PaymentIntent queries.
+"""The Stripe channel: Checkout Sessions, signed webhooks, refunds, PaymentIntent queries,
+refund queries, and the closing of an unpaid session (`POST /v1/checkout/sessions/{id}/expire`).
 
 Credentials (API.md "Channel settings"): `secret_key` (sk_...), `webhook_secret` (whsec_...),
 `api_base` (default https://api.stripe.com). Requests are form-encoded with Stripe's nested
@@ -8,10 +9,15 @@ result instead of creating a second session or refund. No `Stripe-Version` is se
 account's default version applies, and the mapping accepts both session shapes (with or without
 a PaymentIntent at creation).
 
+A session is created to expire with the order's reservation (`expires_at`, moved into Stripe's
+30 min .. 24 h window, mapping.session_expires_at_s).
+
 Errors: the provider not reached at all (connect error or timeout, pool timeout) ->
-ChannelUnavailable; sent but no complete answer (read/write timeout, dropped connection) ->
-ChannelTimeout, because the outcome is unknown; HTTP 5xx -> ChannelUnavailable; HTTP 4xx ->
-ChannelUnavailable naming Stripe's error type/code/decline_code/param (never its message).
+ChannelUnreachable; sent but no complete answer (read/write timeout, dropped connection) ->
+ChannelTimeout, because the outcome is unknown; HTTP 5xx, 409 (a request with this key still
+running) and 429 (rate limit) -> ChannelUnavailable (unknown); any other HTTP 4xx is a definite
+refusal -> ProviderDeclined with Stripe's decline_code/code/type as provider_code, the message
+naming type/code/decline_code/param (never Stripe's own message).
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ from apss.channels.base import (
     PaymentQuery,
     PaymentReport,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.stripe import mapping
+from apss.clock import Clock, SystemClock
 from apss.crypto import parse_signature_header, verify_timestamped
 from apss.domain.payments import PaymentStatus
 from apss.errors import (
@@ -46,6 +53,7 @@ from apss.errors import (
     ChannelUnreachable,
     CurrencyNotSupported,
     InvalidRequest,
+    ProviderDeclined,
 )
 
 __all__ = ["DEFAULT_API_BASE", "SIGNATURE_TOLERANCE_S", "StripeChannel"]
@@ -54,6 +62,8 @@ DEFAULT_API_BASE = "https://api.stripe.com"
 SIGNATURE_TOLERANCE_S = 300  # stripe.Webhook.DEFAULT_TOLERANCE
 _TIMEOUT_S = 10.0
 _BODY_BYTES_MAX = 1_000_000  # Stripe events are a few KB; refuse to parse anything huge
+# 4xx answers that do not mean "refused": the same key still running (409), the rate limit (429).
+_RETRYABLE_4XX = frozenset({409, 429})
 
 _T = TypeVar("_T")
 
@@ -66,9 +76,10 @@ class StripeChannel:
         "api_base": Setting(secret=False, required=False),
     }
 
-    def __init__(self, *, public_url: str, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, *, public_url: str, http: httpx.AsyncClient | None = None, clock: Clock | None = None) -> None:
         assert public_url, "the public url is the fallback success/cancel url"
         self._public_url = public_url
+        self._clock = clock if clock is not None else SystemClock()
         self._owns_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT_S)
 
@@ -83,7 +94,8 @@ class StripeChannel:
 
     async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
         _check_amount(request.amount, request.currency)
-        params = mapping.checkout_session_params(request, return_url=request.return_url or self._public_url)
+        params = mapping.checkout_session_params(request, return_url=request.return_url or self._public_url,
+                                                 now_s=self._clock.now_ms() // 1000)
         body = await self._send(
             "POST", "/v1/checkout/sessions", credentials, form=params, idempotency_key=request.payment_id
         )
@@ -119,10 +131,53 @@ class StripeChannel:
             return PaymentReport(status=PaymentStatus.UNKNOWN)
         return _convert(mapping.payment_intent_report, found[0])
 
+    async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
+        """Expire the open Checkout Session. Stripe expires only an `open` one; when it refuses,
+        the session is read back: already expired is done, complete means the payer paid
+        (ProviderDeclined `checkout_session_complete`: the payment is the late-payment policy's)."""
+        session_id = await self._session_of(query, credentials)
+        path = f"/v1/checkout/sessions/{_path_id(session_id)}"
+        try:
+            await self._send("POST", f"{path}/expire", credentials, form={}, idempotency_key=f"expire_{query.payment_id}")
+            return
+        except ProviderDeclined:
+            session = _decode(await self._send("GET", path, credentials), mapping.CheckoutSession)
+        try:
+            if mapping.closed_session(session):
+                return
+        except ValueError:
+            raise ProviderDeclined(f"stripe checkout session {session.id} is complete: it was paid",
+                                   provider_code="checkout_session_complete") from None
+        raise ChannelUnavailable(f"stripe refused to expire checkout session {session.id}, which is still open")
+
+    async def _session_of(self, query: PaymentQuery, credentials: Credentials) -> str:
+        """The Checkout Session of the payment: its ref, or the session that made its PaymentIntent."""
+        ref = query.provider_ref
+        if ref is None:
+            raise ChannelUnavailable(f"stripe payment {query.payment_id} has no known session yet")
+        if ref.startswith("cs_"):
+            return ref
+        params = [("payment_intent", _path_id(ref)), ("limit", "1")]
+        found = _decode(await self._send("GET", "/v1/checkout/sessions", credentials, query=params), mapping.SessionList).data
+        if not found:
+            raise ChannelUnavailable(f"stripe lists no checkout session for {ref}")
+        return found[0].id
+
     # --- refunds
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult:
+        """GET the refund; without its re_ id (the create call timed out), find it among the
+        PaymentIntent's refunds by our refund id in its metadata. None there yet: still pending."""
+        if query.provider_refund_ref is not None:
+            body = await self._send("GET", f"/v1/refunds/{_path_id(query.provider_refund_ref)}", credentials)
+            return mapping.refund_result(_decode(body, mapping.Refund))
+        intent = await self._payment_intent_of(query.provider_ref, credentials)
+        params = [("payment_intent", intent), ("limit", "100")]
+        listed = _decode(await self._send("GET", "/v1/refunds", credentials, query=params), mapping.RefundList).data
+        for refund in listed:
+            if refund.metadata.get(mapping.REFUND_ID_KEY) == query.refund_id:
+                return mapping.refund_result(refund)
+        return RefundResult(provider_refund_ref=query.refund_id, status="pending")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         _check_amount(request.amount, request.currency)
@@ -217,7 +272,10 @@ class StripeChannel:
             raise ChannelUnavailable(f"stripe answered HTTP {response.status_code} to {method} {path}")
         if response.status_code >= 400:
             summary = mapping.error_summary(response.content)
-            raise ChannelUnavailable(f"stripe refused {method} {path} (HTTP {response.status_code}): {summary}")
+            message = f"stripe refused {method} {path} (HTTP {response.status_code}): {summary}"
+            if response.status_code in _RETRYABLE_4XX:
+                raise ChannelUnavailable(message)
+            raise ProviderDeclined(message, provider_code=mapping.error_code(response.content))
         return response.content
 
     async def _request(

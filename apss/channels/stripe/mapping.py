@@ -59,9 +59,11 @@ __all__ = [
     "PaymentIntent",
     "PaymentIntentSearch",
     "Refund",
+    "RefundList",
     "StripeError",
     "checkout_session_params",
     "decimal_to_minor",
+    "error_code",
     "error_summary",
     "events_from",
     "form_encode",
@@ -69,9 +71,12 @@ __all__ = [
     "payment_created",
     "payment_intent_report",
     "payment_intent_status",
+    "SessionList",
+    "closed_session",
     "refund_params",
     "refund_result",
     "search_query",
+    "session_expires_at_s",
     "session_report",
     "statement_lines",
     "stripe_takes_currency",
@@ -87,6 +92,11 @@ _WIRE_FACTOR = {"ISK": 100}
 _THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 _NOT_AT_STRIPE = frozenset({"IQD", "LYD"})
 _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+# Checkout takes `expires_at` from 30 minutes to 24 hours after creation; a minute's margin on
+# each side keeps our clock's skew and the request's transit inside Stripe's window.
+_SESSION_EXPIRY_S_MIN = 30 * 60
+_SESSION_EXPIRY_S_MAX = 24 * 3600
+_SESSION_EXPIRY_MARGIN_S = 60
 
 
 # --- wire types. Not forbid_unknown_fields: Stripe adds fields to its objects without a
@@ -110,6 +120,7 @@ class PaymentIntent(_Wire, kw_only=True):
     amount_received: int = 0
     metadata: dict[str, str] = {}
     last_payment_error: LastPaymentError | None = None
+    latest_charge: str | None = None  # ch_, once a charge was attempted
 
 
 class CheckoutSession(_Wire, kw_only=True):
@@ -124,6 +135,11 @@ class CheckoutSession(_Wire, kw_only=True):
     payment_intent: str | PaymentIntent | None = None
     client_reference_id: str | None = None
     metadata: dict[str, str] = {}
+    expires_at: int | None = None
+
+
+class SessionList(_Wire, kw_only=True):
+    data: list[CheckoutSession] = []
 
 
 class Refund(_Wire, kw_only=True):
@@ -182,6 +198,10 @@ class StripeError(_Wire, kw_only=True):
 
 class PaymentIntentSearch(_Wire, kw_only=True):
     data: list[PaymentIntent]
+
+
+class RefundList(_Wire, kw_only=True):
+    data: list[Refund] = []
 
 
 # --- amounts
@@ -260,7 +280,19 @@ def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
         yield prefix, str(value)
 
 
-def checkout_session_params(request: PaymentRequest, *, return_url: str) -> dict[str, Any]:
+def session_expires_at_s(expires_at_s: int, *, now_s: int) -> int:
+    """Checkout's `expires_at` for a reservation ending at `expires_at_s`: never earlier than
+    Stripe's 30-minute minimum (the payer may then pay a little after the reservation ended: the
+    closer expires the session when the order ends, and a late payment meets the late-payment
+    policy), never later than its 24-hour maximum."""
+    earliest_s = now_s + _SESSION_EXPIRY_S_MIN + _SESSION_EXPIRY_MARGIN_S
+    latest_s = now_s + _SESSION_EXPIRY_S_MAX - _SESSION_EXPIRY_MARGIN_S
+    chosen_s = min(max(expires_at_s, earliest_s), latest_s)
+    assert now_s + _SESSION_EXPIRY_S_MIN < chosen_s < now_s + _SESSION_EXPIRY_S_MAX
+    return chosen_s
+
+
+def checkout_session_params(request: PaymentRequest, *, return_url: str, now_s: int) -> dict[str, Any]:
     """The nested parameters of `POST /v1/checkout/sessions` for one APSS payment."""
     assert request.amount > 0 and return_url
     wire_amount = to_stripe_amount(request.amount, request.currency)
@@ -282,6 +314,8 @@ def checkout_session_params(request: PaymentRequest, *, return_url: str) -> dict
         # Copied onto the PaymentIntent, so payment_intent.* events echo our payment id.
         "payment_intent_data": {"metadata": {PAYMENT_ID_KEY: request.payment_id}},
     }
+    if request.expires_at_s is not None:
+        params["expires_at"] = session_expires_at_s(request.expires_at_s, now_s=now_s)
     return params
 
 
@@ -326,6 +360,8 @@ def payment_created(session: CheckoutSession, *, amount: int, currency: str) -> 
         provider_ref=ref,
         status=PaymentStatus.REQUIRES_ACTION,
         next_action=NextAction(type="redirect", url=session.url),
+        # The session id is kept beside a pi_ ref: expiring the session needs it.
+        provider_refs=[session.id] if ref != session.id else [],
     )
     assert created.provider_ref
     return created
@@ -378,6 +414,7 @@ def payment_intent_report(intent: PaymentIntent) -> PaymentReport:
         amount=amount,
         currency=currency,
         failure_code=_failure_code(intent) if status is PaymentStatus.FAILED else None,
+        provider_refs=[intent.latest_charge] if intent.latest_charge else [],
     )
 
 
@@ -399,7 +436,8 @@ def _session_status(session: CheckoutSession) -> PaymentStatus:
 
 def session_report(session: CheckoutSession) -> PaymentReport:
     if isinstance(session.payment_intent, PaymentIntent):
-        return payment_intent_report(session.payment_intent)  # the finer-grained of the two
+        report = payment_intent_report(session.payment_intent)  # the finer-grained of the two
+        return msgspec.structs.replace(report, provider_refs=[session.id, *report.provider_refs])
     amount = currency = None
     if session.amount_total is not None and session.currency is not None:
         amount, currency = from_stripe_amount(session.amount_total, session.currency)
@@ -408,7 +446,21 @@ def session_report(session: CheckoutSession) -> PaymentReport:
         provider_ref=session.payment_intent or session.id,
         amount=amount,
         currency=currency,
+        provider_refs=[session.id] if session.payment_intent else [],
     )
+
+
+def closed_session(session: CheckoutSession) -> bool:
+    """After an expire was refused: True when the session is closed without a payment (already
+    expired: nothing left to do), False while it is still open. A completed session was paid:
+    ValueError, for the caller to say so (it is the late-payment policy's, not the closer's)."""
+    match session.status:
+        case "expired":
+            return True
+        case "complete":
+            raise ValueError("the checkout session is complete: the payer paid")
+        case _:
+            return False
 
 
 def refund_result(refund: Refund) -> RefundResult:
@@ -437,6 +489,15 @@ def error_summary(body: bytes) -> str:
         return "unreadable error body"
     parts = [error.type, error.code, error.decline_code, error.param]
     return "/".join(_token(p) for p in parts if p) or "no error code"
+
+
+def error_code(body: bytes) -> str:
+    """The most specific code of a Stripe error body (decline_code, code, then type)."""
+    try:
+        error = msgspec.json.decode(body, type=StripeError).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "stripe_error"
+    return _token(error.decline_code or error.code or error.type or "stripe_error")
 
 
 def _token(text: str) -> str:
@@ -487,14 +548,16 @@ def _session_event(event_id: str, session: CheckoutSession, kind: CallbackKind) 
         raise ValueError("a checkout session event without amount_total or currency")
     amount, currency = from_stripe_amount(session.amount_total, session.currency)
     failure = "async_payment_failed" if kind is CallbackKind.PAYMENT_FAILED else None
+    intent = _intent_id(session.payment_intent)
     return CallbackEvent(
         event_id=event_id,
         kind=kind,
         payment_id=_our_payment_id(session.metadata) or session.client_reference_id,
-        provider_ref=_intent_id(session.payment_intent) or session.id,
+        provider_ref=intent or session.id,
         amount=amount,
         currency=currency,
         failure_code=failure,
+        provider_refs=[session.id] if intent else [],
     )
 
 
@@ -508,6 +571,7 @@ def _intent_succeeded(event_id: str, raw: msgspec.Raw) -> list[CallbackEvent]:
         provider_ref=intent.id,
         amount=amount,
         currency=currency,
+        provider_refs=[intent.latest_charge] if intent.latest_charge else [],
     )]
 
 

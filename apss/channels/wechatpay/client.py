@@ -5,8 +5,16 @@ Public-key mode only: responses and callbacks are verified with the WeChat Pay p
 certificate mode (serial numbers, /v3/certificates downloads) is not spoken.
 
 `provider_ref` is our `out_trade_no` (= payment_id): WeChat's `transaction_id` exists only after
-the payer paid, and every v3 call used here (query, refund) takes `out_trade_no`, so the
+the payer paid, and every v3 call used here (query, refund, close) takes `out_trade_no`, so the
 transaction_id is never needed; the neutral types have no field for it.
+
+Native orders expire at `time_expire` (the reservation end); the closer closes them earlier with
+`POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close` (204). Refunds are queried with
+`GET /v3/refund/domestic/refunds/{out_refund_no}`.
+
+Errors: not reached (connect error or connect timeout) -> ChannelUnreachable; no answer in time ->
+ChannelTimeout; a 4xx with WeChat's `code` -> ProviderDeclined (provider_code = the code), except
+429 FREQUENCY_LIMITED; 5xx, 429 and answers whose signature does not verify -> ChannelUnavailable.
 """
 
 from __future__ import annotations
@@ -43,11 +51,11 @@ from apss.channels.base import (
     PaymentQuery,
     PaymentReport,
     PaymentRequest,
+    RefundQuery,
     RefundRequest,
     RefundResult,
     Setting,
     StatementLine,
-    flow_not_supported,
 )
 from apss.channels.wechatpay import mapping
 from apss.clock import Clock, SystemClock
@@ -56,7 +64,9 @@ from apss.errors import (
     CallbackRejected,
     ChannelTimeout,
     ChannelUnavailable,
+    ChannelUnreachable,
     CurrencyNotSupported,
+    ProviderDeclined,
 )
 
 __all__ = [
@@ -76,6 +86,8 @@ _PROBE_SIGNATURE_PREFIX = "WECHATPAY/SIGNTEST/"
 _HTTP_TIMEOUT_S = 10.0
 _BODY_BYTES_MAX = 64 * 1024  # callbacks are ~1 KiB; anything this large is not WeChat's
 _APIV3_KEY_BYTES = 32
+# Close-order refusals that mean there is nothing left to close.
+_CLOSED_ALREADY = frozenset({"ORDER_CLOSED", "ORDER_NOT_EXIST", "RESOURCE_NOT_EXISTS"})
 
 _T = TypeVar("_T")
 
@@ -276,9 +288,6 @@ class WechatPayChannel:
         body = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
         return CallbackReply(status_code=400, body=body, media_type="application/json")
 
-    async def capture_payment(self, query: PaymentQuery, credentials: Credentials) -> PaymentReport:
-        raise flow_not_supported(self.name, "captures (payments complete without one)")
-
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
         if request.currency != mapping.CURRENCY:
             raise CurrencyNotSupported(f"wechatpay refunds {mapping.CURRENCY} only", param="currency")
@@ -301,6 +310,35 @@ class WechatPayChannel:
         settings = _Settings(credentials, outgoing=True)
         txn = await self._transaction(settings, query.payment_id)
         return mapping.payment_report(txn)
+
+    async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
+        """Close the order (204). An order WeChat does not have can never be paid: closed too; a
+        paid one is ProviderDeclined ORDERPAID (the late-payment policy's)."""
+        settings = _Settings(credentials, outgoing=True)
+        path = f"/v3/pay/transactions/out-trade-no/{quote(query.payment_id, safe='')}/close"
+        try:
+            response = await self._send(settings, "POST", path, json.dumps({"mchid": settings.mchid}))
+        except ProviderDeclined as exc:
+            if exc.provider_code in _CLOSED_ALREADY:
+                return
+            raise
+        self._verify_answer(settings, response)
+        if response.status_code != 204:
+            raise ChannelUnavailable(f"wechatpay answered {response.status_code} to close order, not 204")
+
+    async def query_refund(self, query: RefundQuery, credentials: Credentials) -> RefundResult:
+        settings = _Settings(credentials, outgoing=True)
+        path = f"/v3/refund/domestic/refunds/{quote(query.refund_id, safe='')}"
+        try:
+            answer = await self._call(settings, "GET", path, None, mapping.RefundResponse)
+        except ProviderDeclined as exc:
+            if exc.provider_code in ("RESOURCE_NOT_EXISTS", "ORDER_NOT_EXIST"):  # WeChat made no such refund
+                return RefundResult(provider_refund_ref=query.provider_refund_ref or query.refund_id, status="failed",
+                                    failure_code="refund_not_found")
+            raise
+        if answer.out_refund_no != query.refund_id:
+            raise ChannelUnavailable("wechatpay answered for another refund")
+        return mapping.refund_result(answer)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         return mapping.parse_trade_bill(data)
@@ -340,15 +378,18 @@ class WechatPayChannel:
         # send, so our bodies and signatures can be compared with the SDK's byte for byte.
         body = json.dumps(payload) if payload is not None else ""
         response = await self._send(settings, method, path, body)
+        self._verify_answer(settings, response)
+        try:
+            return msgspec.json.decode(response.content, type=answer_type)
+        except msgspec.DecodeError as exc:
+            raise ChannelUnavailable(f"wechatpay answer malformed: {exc}") from exc
+
+    def _verify_answer(self, settings: _Settings, response: httpx.Response) -> None:
         reason = verify_signature(public_key=settings.public_key, public_key_id=settings.public_key_id,
                                   headers=response.headers, body=response.content,
                                   now_s=self._clock.now_ms() // 1000)
         if reason is not None:
             raise ChannelUnavailable(f"wechatpay answer not trusted: {reason}", code="channel_signature_invalid")
-        try:
-            return msgspec.json.decode(response.content, type=answer_type)
-        except msgspec.DecodeError as exc:
-            raise ChannelUnavailable(f"wechatpay answer malformed: {exc}") from exc
 
     async def _send(self, settings: _Settings, method: str, path: str, body: str) -> httpx.Response:
         assert settings.private_key is not None
@@ -367,6 +408,8 @@ class WechatPayChannel:
         try:
             response = await self._http.request(method, settings.api_base + path, headers=headers,
                                                 content=body.encode())
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ChannelUnreachable(f"wechatpay could not be reached: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
             raise ChannelTimeout(f"wechatpay did not answer {method} {path.split('?')[0]} in time") from exc
         except httpx.HTTPError as exc:
@@ -376,15 +419,19 @@ class WechatPayChannel:
         return response
 
 
-def _error(response: httpx.Response) -> ChannelUnavailable:
-    """WeChat's `{"code", "message"}` error as ChannelUnavailable; `provider_code` keeps the code."""
+def _error(response: httpx.Response) -> ChannelUnavailable | ProviderDeclined:
+    """WeChat's `{"code", "message"}` error: a 4xx with a code is a definite refusal
+    (ProviderDeclined), anything else may have been done (ChannelUnavailable); both keep the code
+    as `provider_code`. WeChat's message is cut short: it describes the request, never a secret."""
     try:
         body = msgspec.json.decode(response.content, type=mapping.ErrorBody)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):
         body = mapping.ErrorBody()
-    error = ChannelUnavailable(f"wechatpay answered {response.status_code} {body.code}: {body.message[:200]}")
+    message = f"wechatpay answered {response.status_code} {body.code}: {body.message[:200]}"
+    if 400 <= response.status_code < 500 and response.status_code != 429 and body.code:
+        return ProviderDeclined(message, provider_code=body.code)
+    error = ChannelUnavailable(message)
     error.provider_code = body.code  # type: ignore[attr-defined]
-    error.status_code = response.status_code  # type: ignore[attr-defined]
     return error
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "payment_report",
     "payment_status",
     "refund_body",
+    "time_expire",
     "refund_events",
     "refund_result",
     "refund_status",
@@ -194,18 +195,31 @@ def callback_kind_for_status(status: PaymentStatus) -> CallbackKind | None:
 # ---- requests ----
 
 
+_BEIJING = timezone(timedelta(hours=8))
+
+
+def time_expire(expires_at_s: int) -> str:
+    """v3's `time_expire`: RFC 3339 with an offset, in Beijing time (2018-06-08T10:34:56+08:00)."""
+    assert expires_at_s > 0
+    return datetime.fromtimestamp(expires_at_s, tz=_BEIJING).isoformat()
+
+
 def native_pay_body(request: PaymentRequest, *, appid: str, mchid: str) -> dict[str, Any]:
-    """POST /v3/pay/transactions/native; keys in wechatpayv3's order so bodies match byte for byte."""
+    """POST /v3/pay/transactions/native; keys in wechatpayv3's order so bodies match byte for byte.
+    `time_expire` is the reservation end: WeChat refuses the payer after it."""
     assert request.currency == CURRENCY, request.currency
     assert request.amount > 0
-    return {
+    body: dict[str, Any] = {
         "notify_url": request.callback_url,
         "description": request.description[:_DESCRIPTION_CHARS_MAX] or request.payment_id,
         "out_trade_no": request.payment_id,
         "amount": {"total": request.amount, "currency": CURRENCY},
-        "appid": appid,
-        "mchid": mchid,
     }
+    if request.expires_at_s is not None:
+        body["time_expire"] = time_expire(request.expires_at_s)
+    body["appid"] = appid
+    body["mchid"] = mchid
+    return body
 
 
 def refund_body(request: RefundRequest, *, total: int, notify_url: str | None) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from apss.channels.base import (
     PaymentRequest,
     RefundQuery,
     RefundRequest,
-    RefundResult,
 )
 from apss.clock import Clock
 from apss.errors import (

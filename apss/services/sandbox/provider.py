@@ -1,6 +1,9 @@
-"""The sandbox provider: the payer's Pay / Fail (page or API) and its signed callbacks.
+"""The sandbox provider: the payer's Pay / Fail (page or API), its signed callbacks, and its book
+(apss.channels.sandbox.SandboxBook): what the payer did, which payments it closed, which refunds
+it executed.
 
-It never changes an order itself. Completing a payment records the provider's outcome and
+It never changes an order itself. A payment it closed (the closer asks when its order ended
+unpaid) refuses the payer: PaymentClosed, no completion and no callback. Completing a payment records the provider's outcome and
 queues a signed callback in its own outbox (sandbox_callbacks), in one transaction; a job sends
 the callbacks after commit to `/v1/channels/sandbox/webhook/{merchant}` — over HTTP to
 server.public_url, or through the ASGI app in process — and retries with backoff until a 2xx.
@@ -17,11 +20,12 @@ import sqlite3
 import httpx
 import msgspec
 
+from apss.channels.base import RefundRequest, RefundResult
 from apss.channels.sandbox import build_event, parse_magic, send_callback
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.payments import CallbackKind
-from apss.errors import ChannelNotAvailable, InvalidTransition, NotFound
+from apss.errors import ChannelNotAvailable, InvalidTransition, NotFound, PaymentClosed
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
@@ -78,13 +82,55 @@ class SandboxProvider:
 
         return await self._db.write(transaction)
 
+    # -- its book (SandboxBook) ---------------------------------------------------------------
     async def state_of(self, payment_id: str) -> tuple[str, str | None] | None:
         """What the sandbox provider knows of a payment (its answer to a status query)."""
         row = await store.fetch_completion(self._db, payment_id=payment_id)
-        return None if row is None else (row["outcome"], row["failure_code"])
+        if row is not None:
+            return row["outcome"], row["failure_code"]
+        return None if await store.fetch_closed(self._db, payment_id=payment_id) is None else ("closed", None)
 
+    async def close(self, payment_id: str) -> bool:
+        """Close the payment unless the payer paid it; closing twice, or after a failed attempt, is fine."""
+
+        def transaction(tx: Tx) -> bool:
+            completed = store.completion(tx, payment_id=payment_id)
+            if completed is not None and completed["outcome"] == "succeeded":
+                return False
+            if store.closed(tx, payment_id=payment_id) is None:
+                payment = orders.get_payment_tx(tx, payment_id=payment_id)
+                assert payment is not None and payment["channel"] == "sandbox", payment_id
+                store.insert_closed(tx, payment_id=payment_id, merchant_id=payment["merchant_id"], now_ms=self._clock.now_ms())
+            return True
+
+        return await self._db.write(transaction)
+
+    async def record_refund(self, request: RefundRequest, result: RefundResult) -> RefundResult:
+        assert result.status in ("succeeded", "failed"), "the sandbox settles refunds at once"
+
+        def transaction(tx: Tx) -> RefundResult:
+            first = store.refund(tx, refund_id=request.refund_id)
+            if first is None:
+                store.insert_refund(tx, refund_id=request.refund_id, payment_id=request.payment_id,
+                                    provider_refund_ref=result.provider_refund_ref, amount=request.amount,
+                                    currency=request.currency, status=result.status, failure_code=result.failure_code,
+                                    now_ms=self._clock.now_ms())
+                return result
+            assert (first["payment_id"], first["amount"]) == (request.payment_id, request.amount), "one refund id, one refund"
+            return _refund_result(first)
+
+        return await self._db.write(transaction)
+
+    async def refund_of(self, refund_id: str) -> RefundResult | None:
+        row = await store.fetch_refund(self._db, refund_id=refund_id)
+        return None if row is None else _refund_result(row)
+
+    # -- the payer page ------------------------------------------------------------------------
     async def payer_page_data(self, provider_ref: str) -> sqlite3.Row | None:
         return await orders.payment_by_provider_ref_async(self._db, channel="sandbox", provider_ref=provider_ref)
+
+    async def is_closed(self, payment_id: str) -> bool:
+        return await store.fetch_closed(self._db, payment_id=payment_id) is not None
 
     def _complete(self, tx: Tx, payment: sqlite3.Row, *, pay: bool) -> SandboxActionView:
         if payment["channel"] != "sandbox":
@@ -93,6 +139,8 @@ class SandboxProvider:
             raise InvalidTransition("The sandbox has not created this payment yet.")
         if store.completion(tx, payment_id=payment["id"]) is not None:
             raise InvalidTransition("The payer already completed this sandbox payment.")
+        if store.closed(tx, payment_id=payment["id"]) is not None:
+            raise PaymentClosed("This sandbox payment was closed: its order ended, and nothing can be paid.")
         order = orders.get_order_tx(tx, order_id=payment["order_id"])
         outcome = parse_magic(msgspec.json.decode(order["metadata"], type=dict[str, str]), payer_pays=pay)
         now_ms = self._clock.now_ms()
@@ -148,3 +196,7 @@ class SandboxProvider:
             if error is not None:
                 log.warning("sandbox callback %s not delivered: %s", seq, error)
         return delivered
+
+
+def _refund_result(row: sqlite3.Row) -> RefundResult:
+    return RefundResult(provider_refund_ref=row["provider_refund_ref"], status=row["status"], failure_code=row["failure_code"])
