@@ -149,7 +149,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
                              payment_events=payment_events, refunds=refunds)
     completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
                           running_max_s=config.orders.idempotency_running_max_s)
-    settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox)
+    settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
+                              chunk_rows_max=config.database.chunk_rows_max)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
