@@ -88,6 +88,8 @@ from apss.web import WEB_HANDLERS
 __all__ = ["create_app", "load_keyring"]
 
 log = logging.getLogger("apss")
+# Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
+_WRITER_SHUTDOWN_SHARE = 0.4
 
 
 def load_keyring(config: Config) -> Keyring:
@@ -207,7 +209,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.webhooks.http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
-        await svc.db.close()
+        # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its
+        # queue in most of the rest, and what cannot finish fails with 503 'shutting down'.
+        await svc.db.close(deadline_s=config.server.shutdown_deadline_s * _WRITER_SHUTDOWN_SHARE)
 
     # The schema UI's assets come from the swagger-ui-bundle package, served by APSS itself.
     assets = "/schema/assets"
