@@ -4,13 +4,31 @@ Every write is `await db.write(fn)`: `fn(tx)` is plain synchronous code (no awai
 that runs on the writer thread. Transaction functions queued at the same moment run one after
 another inside one `BEGIN IMMEDIATE ... COMMIT`: one fsync for the batch (group commit).
 
-Failure semantics (DESIGN.md):
+Failure semantics (DESIGN.md), what each caller sees:
 - `fn` raises before writing anything (checks come first): only its caller gets the error, the
   batch goes on. No savepoint is needed, which keeps the common path fast.
 - `fn` raises after writing: the batch is rolled back and replayed without it (the other
   members run again on the same state); only its caller gets the error.
-- The batch itself fails (COMMIT, disk full, I/O error): every member gets StoreUnavailable.
+- `fn` raises a BaseException (KeyboardInterrupt, SystemExit, ...): the same, and its caller gets
+  TransactionAborted (its `__cause__` the original): re-raised on the event loop it would stop
+  the server, and it must not kill the writer either.
+- `fn` issues BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE through the Tx: refused with
+  TransactionControlRefused before it runs (a StoreBug: 500). If the transaction ended anyway
+  (around the Tx, or SQLite aborted it), the batch fails as a whole: half a batch never commits.
+- The batch itself fails (COMMIT, disk full, I/O error, busy): every member gets StoreUnavailable
+  (503 not_ready), and the writer fails closed: it rolls back if it can, closes its connection
+  and takes the next batch on a fresh one (same pragmas). If none can be opened it stops taking
+  writes: every write then fails at once with StoreUnavailable, and `writer_alive` is false.
+- The writer thread dies (a bug of its own): the batch in hand, everything queued and every later
+  write fail with StoreUnavailable at once; nothing waits forever. healthz answers 503.
 - No future resolves and no `after_commit` callback runs before COMMIT returned.
+
+Shutdown (`close(deadline_s=...)`): writes submitted after it began fail at once with
+StoreUnavailable ('shutting down'); the writer finishes what was queued while the deadline lasts,
+fails the rest the same way, and closes. It never blocks the event loop, even on a full queue.
+
+Long work (settling a period) runs as several writes of at most `database.chunk_rows_max` rows
+each, so no other write waits behind one huge transaction (services/money/settlement.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
 """Settlement: each merchant's cycle, the batches made at its cut-offs from the ledger, payouts.
 
 The scheduler's `run_due` settles, for every merchant with a daily, weekly or T+N schedule, every
-cut-off after the last one settled up to now, in order, one write transaction per (merchant,
-cut-off): after a downtime it catches up on each missed cycle, each with its own period. The
-transaction reads the period's ledger transactions, writes one batch per currency with its lines
-(apss/domain/settlement.py has the rules) and advances the schedule's markers, so running it
-twice creates nothing twice (the markers, and UNIQUE (merchant, currency, period end)).
+cut-off after the last one settled up to now, in order: after a downtime it catches up on each
+missed cycle, each with its own period. A cut-off is settled in chunks, one write transaction of
+at most `database.chunk_rows_max` ledger transactions each (no other write waits long behind it):
+each chunk appends lines to one batch per currency being built (`complete = 0`: invisible to the
+API and to payout) and moves the run's cursor on the schedule; the last chunk adds the reserve
+held, sets each batch's status, makes them complete and advances the schedule's markers (the
+rules are in apss/domain/settlement.py: every total is a sum over lines, so chunks add up to the
+single pass). A run cut off by a crash goes on from its cursor; running it twice creates nothing
+twice (the markers, and UNIQUE (merchant, currency, period end)). The schedule cannot change
+while a cut-off is being settled (409 settlement_in_progress).
 
 Markers: `last_cutoff_at_ms` is the last cut-off settled; `settled_through_ms` the end of the
 activity settled so far. A batch covers [settled_through, period end): periods follow each other
