@@ -89,6 +89,8 @@ from apss.web import WEB_HANDLERS
 __all__ = ["create_app", "load_keyring"]
 
 log = logging.getLogger("apss")
+# Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
+_WRITER_SHUTDOWN_SHARE = 0.4
 
 
 def load_keyring(config: Config) -> Keyring:
@@ -152,7 +154,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
                              payment_events=payment_events, refunds=refunds)
     completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
                           running_max_s=config.orders.idempotency_running_max_s)
-    settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox)
+    settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
+                              chunk_rows_max=config.database.chunk_rows_max)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
@@ -210,7 +213,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.webhooks.http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
-        await svc.db.close()
+        # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its
+        # queue in most of the rest, and what cannot finish fails with 503 'shutting down'.
+        await svc.db.close(deadline_s=config.server.shutdown_deadline_s * _WRITER_SHUTDOWN_SHARE)
 
     # The schema UI's assets come from the swagger-ui-bundle package, served by APSS itself.
     assets = "/schema/assets"

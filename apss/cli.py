@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from apss.config import Config, load_config
@@ -44,8 +45,22 @@ def _serve(config: Config) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider or callback request is noise
     app = create_app(config, announce=lambda line: print(line, flush=True))
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
+    # uvicorn re-raises the SIGTERM it handled once it has stopped, and the process would die of it
+    # (exit -15) after an orderly shutdown: the re-raised signal meets this no-op instead (exit 0).
+    signal.signal(signal.SIGTERM, _stopped_already)
+    # SIGTERM: uvicorn stops accepting and gives in-flight requests half the deadline; then the
+    # app's shutdown gives the writer most of the rest to finish its queue (app.py).
     uvicorn.run(app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",
-                log_level=config.server.log_level, access_log=False)
+                log_level=config.server.log_level, access_log=False,
+                timeout_graceful_shutdown=config.server.shutdown_deadline_s * _REQUESTS_SHARE)
+    print("APSS stopped", flush=True)
+
+
+_REQUESTS_SHARE = 0.5  # of server.shutdown_deadline_s, for in-flight requests (the writer gets 0.4)
+
+
+def _stopped_already(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's own handler is gone: the server has shut down in order."""
 
 
 def _ledger_check(config: Config) -> None:

@@ -36,6 +36,9 @@ class ServerConfig(_Section):
     public_url: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     request_body_bytes_max: Positive = 1_048_576
+    # SIGTERM: stop accepting, finish in-flight requests and the queued writes, fail the rest with
+    # 503 not_ready 'shutting down', close the database and exit 0, all within this long.
+    shutdown_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 10.0
 
 
 class DatabaseConfig(_Section):
@@ -47,6 +50,9 @@ class DatabaseConfig(_Section):
     write_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 256
     write_queue_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     busy_timeout_ms: Positive = 5_000
+    # Long work on the writer (settling a period) runs in transactions of at most this many rows,
+    # so that no write waits behind it for long; it resumes after a crash where it stopped.
+    chunk_rows_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
 
 
 class AdminConfig(_Section):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.testing import AsyncTestClient
 
-from apss.store.db import Database, StoreUnavailable
+from apss.api.health import healthz
+from apss.store import db as db_module
+from apss.store.db import Database, StoreBug, StoreUnavailable, TransactionAborted, TransactionControlRefused
+from tests.conftest import some_services
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +102,235 @@ async def test_a_failed_batch_fails_every_member(db):
         blocker.close()
     assert not any(k.startswith("blocked") for k in await _rows(db))
     assert await db.write(_insert("after", 1)) == "after", "the writer recovers"
+
+
+# -- the writer, hardened: each fault below once hung a caller, killed the writer or committed half a batch ----
+async def _settled(awaitable, *, hang_s: float = 20.0):
+    """The outcome of `awaitable`; a hang is a failure (a guard, not a measure of speed)."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout=hang_s)
+    except TimeoutError:
+        raise AssertionError("a write hung: the writer neither answered nor failed it") from None
+
+
+class _Fault(BaseException):
+    """Not an Exception: what a bug in the writer loop, or a stray SystemExit, looks like."""
+
+
+async def test_a_base_exception_in_a_function_fails_only_its_caller(db):
+    def raising(kind: BaseException, *, after_writing: bool):
+        def fn(tx):
+            if after_writing:
+                tx.execute("INSERT INTO t VALUES (?, 1)", (f"half-{type(kind).__name__}",))
+            raise kind
+        return fn
+
+    faults = [KeyboardInterrupt(), SystemExit(3), _Fault("custom")]
+    writes = [db.write(_insert("before", 1))]
+    for fault in faults:
+        writes += [db.write(raising(fault, after_writing=False)), db.write(raising(fault, after_writing=True))]
+    writes.append(db.write(_insert("after", 2)))
+    results = await _settled(asyncio.gather(*writes, return_exceptions=True))
+    assert results[0] == "before" and results[-1] == "after"
+    for index, fault in enumerate(faults):
+        for result in results[1 + 2 * index:3 + 2 * index]:
+            assert isinstance(result, TransactionAborted), result
+            assert result.__cause__ is fault
+    assert await _rows(db) == {"before": 1, "after": 2}, "the failed functions' writes were rolled back"
+    assert db.writer_alive
+    assert await _settled(db.write(_insert("later", 3))) == "later", "the writer goes on"
+
+
+async def test_a_dead_writer_fails_every_waiting_and_every_later_write(tmp_path, monkeypatch):
+    database = Database(str(tmp_path / "dead.sqlite"), write_batch_max=2, busy_timeout_ms=200)
+    await database.start()
+    try:
+        await database.write(lambda tx: tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+
+        def die(batch):
+            raise _Fault("injected into the writer loop")
+
+        monkeypatch.setattr(database, "_run_batch", die)
+        results = await _settled(asyncio.gather(*(database.write(_insert(f"w{i}", i)) for i in range(10)),
+                                                return_exceptions=True))
+        assert all(isinstance(r, StoreUnavailable) and r.code == "not_ready" for r in results), results
+        assert not database.writer_alive
+        with pytest.raises(StoreUnavailable):
+            await _settled(database.write(_insert("later", 1)))
+        with pytest.raises(StoreUnavailable):
+            await _settled(database.ping())
+        app = Litestar(route_handlers=[healthz], logging_config=None,
+                       dependencies={"svc": Provide(lambda: some_services(db=database), sync_to_thread=False)})
+        async with AsyncTestClient(app) as client:
+            assert (await _settled(client.get("/healthz"))).status_code == 503
+    finally:
+        await _settled(database.close())
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", "  end transaction", "-- a comment\n ROLLBACK", "/* x */ begin immediate",
+                                 "SAVEPOINT s", "\n\trelease s", "Commit"])
+async def test_a_function_cannot_end_the_batch_transaction(db, sql):
+    def ender(tx):
+        tx.execute("INSERT INTO t VALUES ('ender', 1)")
+        tx.execute(sql)
+
+    def shrugs(tx):  # refused, caught, and the function goes on: its work commits with the batch
+        for call in (lambda: tx.one(sql), lambda: tx.all(sql), lambda: tx.executemany(sql, [()])):
+            with pytest.raises(TransactionControlRefused):
+                call()
+        tx.execute("INSERT INTO t VALUES ('shrugs', 1)")
+
+    results = await _settled(asyncio.gather(db.write(_insert("a", 1)), db.write(ender), db.write(shrugs),
+                                            db.write(_insert("b", 2)), return_exceptions=True))
+    assert results[0] == "a" and results[3] == "b", results
+    assert isinstance(results[1], TransactionControlRefused) and isinstance(results[1], StoreBug), results[1]
+    assert results[2] is None, results[2]
+    assert await _rows(db) == {"a": 1, "shrugs": 1, "b": 2}
+
+
+async def test_sql_that_only_mentions_commit_is_not_refused(db):
+    def fn(tx):
+        tx.execute("INSERT INTO t VALUES ('commit', 1)")
+        tx.execute("/* end */ INSERT INTO t VALUES ('end', 2)")
+        return tx.one("SELECT 'ROLLBACK' AS word")["word"]
+
+    assert await _settled(db.write(fn)) == "ROLLBACK"
+    assert await _rows(db) == {"commit": 1, "end": 2}
+
+
+async def test_a_function_that_ends_the_transaction_another_way_fails_the_batch(db):
+    def rogue(tx):
+        tx.execute("INSERT INTO t VALUES ('rogue', 1)")
+        tx._conn.commit()  # around the Tx: what the writer must notice after the function
+
+    results = await _settled(asyncio.gather(db.write(_insert("first", 1)), db.write(rogue), db.write(_insert("next", 2)),
+                                            return_exceptions=True))
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert "next" not in await _rows(db), "nothing ran outside the batch transaction after it ended"
+    assert await _settled(db.write(_insert("after", 3))) == "after", "the writer goes on"
+
+
+class _Connections:
+    """open_connection, counted, each connection wrapped so that a test can make its next COMMIT fail
+    (sqlite3.Connection's methods cannot be patched on the instance)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.opened: list[_FlakyConnection] = []
+        self.refuse_opening = False
+
+    def __call__(self, path, **pragmas):
+        if self.refuse_opening:
+            raise sqlite3.OperationalError("unable to open database file")
+        self.opened.append(_FlakyConnection(self._real(path, **pragmas)))
+        return self.opened[-1]
+
+
+class _FlakyConnection:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.fail_next_commit = False
+        self.closed = False
+
+    def execute(self, sql, params=()):
+        if sql == "COMMIT" and self.fail_next_commit:
+            self.fail_next_commit = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, params)
+
+    def close(self) -> None:
+        self.closed = True
+        self._conn.close()
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.fixture
+async def flaky(tmp_path, monkeypatch):
+    connections = _Connections(db_module.open_connection)
+    monkeypatch.setattr(db_module, "open_connection", connections)
+    database = Database(str(tmp_path / "flaky.sqlite"), write_batch_max=64, busy_timeout_ms=200)
+    await database.start()
+    await database.write(lambda tx: tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    yield database, connections
+    await _settled(database.close())
+
+
+async def test_a_failed_commit_fails_the_batch_and_the_writer_reopens(flaky):
+    database, connections = flaky
+    [first] = connections.opened
+    first.fail_next_commit = True
+    results = await _settled(asyncio.gather(*(database.write(_insert(f"lost{i}", i)) for i in range(5)),
+                                            return_exceptions=True))
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    raw = sqlite3.connect(database.path)
+    try:
+        assert raw.execute("SELECT count(*) FROM t").fetchone()[0] == 0, "nothing of the failed batch is in the file"
+    finally:
+        raw.close()
+    assert await _settled(database.write(_insert("next", 1))) == "next"
+    assert len(connections.opened) == 2 and first.closed, "the next batch ran on a fresh connection"
+    assert database.writer_alive
+
+
+async def test_when_reopening_fails_the_writer_stops_taking_writes(flaky):
+    database, connections = flaky
+    connections.opened[0].fail_next_commit = True
+    connections.refuse_opening = True
+    with pytest.raises(StoreUnavailable):
+        await _settled(database.write(_insert("lost", 1)))
+    with pytest.raises(StoreUnavailable):
+        await _settled(database.write(_insert("later", 2)))
+    assert not database.writer_alive
+
+
+async def _blocked_writer(database: Database) -> threading.Event:
+    """Occupy the writer thread until the returned event is set."""
+    release, entered = threading.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold(tx):
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(30)
+    database._held = asyncio.ensure_future(database.write(hold))
+    await _settled(entered.wait())
+    return release
+
+
+async def test_close_with_a_full_queue_finishes_the_queue_and_refuses_later_writes(tmp_path):
+    database = Database(str(tmp_path / "full.sqlite"), write_batch_max=1, write_queue_max=4, busy_timeout_ms=200)
+    await database.start()
+    await database.write(lambda tx: tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    release = await _blocked_writer(database)
+    queued = [asyncio.ensure_future(database.write(_insert(f"q{i}", i))) for i in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(StoreUnavailable):
+        await database.write(_insert("overflow", 9))  # the queue is full
+    closing = asyncio.ensure_future(database.close(deadline_s=30))
+    await asyncio.sleep(0.05)  # close has begun; the event loop is not blocked by it
+    with pytest.raises(StoreUnavailable, match="shutting down"):
+        await _settled(database.write(_insert("late", 1)))
+    release.set()
+    assert await _settled(asyncio.gather(*queued)) == [f"q{i}" for i in range(4)], "accepted writes finish"
+    await _settled(closing)
+    raw = sqlite3.connect(database.path)
+    try:
+        assert {k for (k,) in raw.execute("SELECT k FROM t")} == {"q0", "q1", "q2", "q3"}
+    finally:
+        raw.close()
+
+
+async def test_close_fails_what_cannot_finish_before_its_deadline(tmp_path):
+    database = Database(str(tmp_path / "deadline.sqlite"), write_batch_max=1, write_queue_max=4, busy_timeout_ms=200)
+    await database.start()
+    await database.write(lambda tx: tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    release = await _blocked_writer(database)
+    queued = [asyncio.ensure_future(database.write(_insert(f"q{i}", i))) for i in range(4)]
+    closing = asyncio.ensure_future(database.close(deadline_s=0.1))
+    await asyncio.sleep(0.3)  # the deadline passed while the writer was held
+    release.set()
+    results = await _settled(asyncio.gather(*queued, return_exceptions=True))
+    assert all(isinstance(r, StoreUnavailable) and "shutting down" in str(r) for r in results), results
+    await _settled(closing)
+    assert not database.writer_alive

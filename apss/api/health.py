@@ -1,4 +1,4 @@
-"""Liveness that means something: 200 once the database takes a write."""
+"""Liveness that means something: 200 once the database takes a write, 503 when the writer is gone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ __all__ = ["healthz"]
 
 @get("/healthz", tags=["health"], summary="200 once the database is writable, else 503")
 async def healthz(svc: Services) -> Response[dict[str, str]]:
+    if not svc.db.writer_alive:  # died, gave up on its connection, or shutting down: no write can succeed
+        return Response(content={"status": "unavailable"}, status_code=503)
     try:
         await svc.db.ping()
     except NotReady:

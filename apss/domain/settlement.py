@@ -45,12 +45,16 @@ __all__ = [
     "activity_end_ms",
     "activity_line",
     "allocate",
+    "batch_status",
     "build_batch",
     "cutoff_on",
     "cutoffs_between",
     "is_time_zone",
+    "line_totals",
     "local_date",
+    "payment_gross_by_channel",
     "payout_entries",
+    "reserve_hold_lines",
     "reserve_release_at_ms",
 ]
 
@@ -221,12 +225,18 @@ def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occ
     return line
 
 
-def _reserve_lines(*, settlement_id: str, activity: list[Line], reserve_bps: int, at_ms: int) -> list[Line]:
+def payment_gross_by_channel(lines: list[Line]) -> dict[str, int]:
+    """The payments' gross per channel: what the rolling reserve is held on (a sum, so the lines
+    of a period can be taken in chunks)."""
     gross_by_channel: dict[str, int] = {}
-    for line in activity:
+    for line in lines:
         if line.kind == "payment":
             channel = line.channel or UNASSIGNED_CHANNEL
             gross_by_channel[channel] = gross_by_channel.get(channel, 0) + line.amount
+    return gross_by_channel
+
+
+def reserve_hold_lines(*, settlement_id: str, gross_by_channel: dict[str, int], reserve_bps: int, at_ms: int) -> list[Line]:
     gross = sum(gross_by_channel.values())
     held = share(gross, reserve_bps) if gross > 0 else 0
     if held == 0:
@@ -236,20 +246,15 @@ def _reserve_lines(*, settlement_id: str, activity: list[Line], reserve_bps: int
             for channel, part in sorted(allocate(held, gross_by_channel).items()) if part != 0]
 
 
-def build_batch(*, settlement_id: str, activity: list[Line], released: list[Line], carried: list[Line],
-                reserve_bps: int, minimum_payout: int, at_ms: int) -> Batch:
-    """The batch of one currency: carried-in nets, released reserve, the period's activity and
-    the reserve held on its gross; `carried` itself when the net payable is below the minimum."""
-    assert all(line.kind == "reserve_release" for line in released) and all(line.kind == "carried" for line in carried)
-    assert minimum_payout >= 0
-    held = _reserve_lines(settlement_id=settlement_id, activity=activity, reserve_bps=reserve_bps, at_ms=at_ms)
-    lines = [*carried, *released, *activity, *held]
+def line_totals(lines: list[Line]) -> dict[str, int]:
+    """The batch totals these lines make. Every total is a sum over lines: the totals of a batch
+    built in chunks are the sums of its chunks' totals."""
 
     def total(kinds: tuple[str, ...], field: str) -> int:
         return sum(getattr(line, field) for line in lines if line.kind in kinds)
 
     everything = LINE_KINDS
-    batch_totals = {
+    totals = {
         "gross": total(("payment",), "amount"), "refunds": -total(("refund",), "amount"),
         "chargebacks": -total(("chargeback",), "amount"), "fees": total(everything, "fee"),
         "commission": total(everything, "commission"), "partner_shares": total(everything, "partner_shares"),
@@ -257,12 +262,29 @@ def build_batch(*, settlement_id: str, activity: list[Line], released: list[Line
         "carried_in": total(("carried",), "net"), "net_payable": total(everything, "net"),
     }
     sales = ("payment", "refund", "chargeback")
-    assert total(sales, "net") == (batch_totals["gross"] - batch_totals["refunds"] - batch_totals["chargebacks"]
-                                   - total(sales, "commission") - total(sales, "partner_shares")), batch_totals
-    assert batch_totals["net_payable"] == (total(sales + ("adjustment",), "net") - batch_totals["reserve_held"]
-                                           + batch_totals["reserve_released"] + batch_totals["carried_in"])
-    net = batch_totals["net_payable"]
-    status = "pending" if net > 0 and net >= minimum_payout else "carried"
+    assert total(sales, "net") == (totals["gross"] - totals["refunds"] - totals["chargebacks"]
+                                   - total(sales, "commission") - total(sales, "partner_shares")), totals
+    assert totals["net_payable"] == (total(sales + ("adjustment",), "net") - totals["reserve_held"]
+                                     + totals["reserve_released"] + totals["carried_in"])
+    return totals
+
+
+def batch_status(*, net_payable: int, minimum_payout: int) -> Literal["pending", "carried"]:
+    assert minimum_payout >= 0
+    return "pending" if net_payable > 0 and net_payable >= minimum_payout else "carried"
+
+
+def build_batch(*, settlement_id: str, activity: list[Line], released: list[Line], carried: list[Line],
+                reserve_bps: int, minimum_payout: int, at_ms: int) -> Batch:
+    """The batch of one currency: carried-in nets, released reserve, the period's activity and
+    the reserve held on its gross; `carried` itself when the net payable is below the minimum."""
+    assert all(line.kind == "reserve_release" for line in released) and all(line.kind == "carried" for line in carried)
+    assert minimum_payout >= 0
+    held = reserve_hold_lines(settlement_id=settlement_id, gross_by_channel=payment_gross_by_channel(activity),
+                              reserve_bps=reserve_bps, at_ms=at_ms)
+    lines = [*carried, *released, *activity, *held]
+    batch_totals = line_totals(lines)
+    status = batch_status(net_payable=batch_totals["net_payable"], minimum_payout=minimum_payout)
     return Batch(status=status, lines=lines, **batch_totals)
 
 

@@ -4,22 +4,44 @@ Every write is `await db.write(fn)`: `fn(tx)` is plain synchronous code (no awai
 that runs on the writer thread. Transaction functions queued at the same moment run one after
 another inside one `BEGIN IMMEDIATE ... COMMIT`: one fsync for the batch (group commit).
 
-Failure semantics (DESIGN.md):
+Failure semantics (DESIGN.md), what each caller sees:
 - `fn` raises before writing anything (checks come first): only its caller gets the error, the
   batch goes on. No savepoint is needed, which keeps the common path fast.
 - `fn` raises after writing: the batch is rolled back and replayed without it (the other
   members run again on the same state); only its caller gets the error.
-- The batch itself fails (COMMIT, disk full, I/O error): every member gets StoreUnavailable.
+- `fn` raises a BaseException (KeyboardInterrupt, SystemExit, ...): the same, and its caller gets
+  TransactionAborted (its `__cause__` the original): re-raised on the event loop it would stop
+  the server, and it must not kill the writer either.
+- `fn` issues BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE through the Tx: refused with
+  TransactionControlRefused before it runs (a StoreBug: 500). If the transaction ended anyway
+  (around the Tx, or SQLite aborted it), the batch fails as a whole: half a batch never commits.
+- The batch itself fails (COMMIT, disk full, I/O error, busy): every member gets StoreUnavailable
+  (503 not_ready), and the writer fails closed: it rolls back if it can, closes its connection
+  and takes the next batch on a fresh one (same pragmas). If none can be opened it stops taking
+  writes: every write then fails at once with StoreUnavailable, and `writer_alive` is false.
+- The writer thread dies (a bug of its own): the batch in hand, everything queued and every later
+  write fail with StoreUnavailable at once; nothing waits forever. healthz answers 503.
 - No future resolves and no `after_commit` callback runs before COMMIT returned.
+
+Shutdown (`close(deadline_s=...)`): writes submitted after it began fail at once with
+StoreUnavailable ('shutting down'); the writer finishes what was queued while the deadline lasts,
+fails the rest the same way, and closes. It never blocks the event loop, even on a full queue.
+
+Long work (settling a period) runs as several writes of at most `database.chunk_rows_max` rows
+each, so no other write waits behind one huge transaction (services/money/settlement.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import queue
+import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -27,7 +49,7 @@ import aiosqlite
 
 from apss.errors import NotReady
 
-__all__ = ["Database", "EventSink", "StoreUnavailable", "Tx"]
+__all__ = ["Database", "EventSink", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
@@ -37,9 +59,44 @@ class StoreUnavailable(NotReady):
     """The database cannot take the write now: 503 `not_ready` (API.md), retry shortly."""
 
 
+class StoreBug(RuntimeError):
+    """A transaction function broke a rule of the writer: a programming error, answered 500."""
+
+
+class TransactionControlRefused(StoreBug):
+    """A transaction function issued COMMIT, BEGIN, ROLLBACK, SAVEPOINT...: only the writer ends
+    the batch's transaction (ending it would commit the other members' half-done work)."""
+
+
+class TransactionAborted(StoreBug):
+    """A transaction function raised a BaseException (KeyboardInterrupt, SystemExit, ...): its
+    caller gets this instead, with the original as `__cause__`, since re-raising those on the event
+    loop would stop the server."""
+
+
 # Records an event about an object inside the transaction that changed it (the merchant webhook
 # outbox): (tx, merchant_id, event type, object kind, object id). Given by app.py.
 EventSink = Callable[["Tx", str, str, str, str], None]
+
+
+# Statements that would end (or nest inside) the batch's transaction: the writer's alone.
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+_LEADING_NOISE_RE = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
+_KEYWORD_RE = re.compile(r"[A-Za-z]+")
+
+
+@functools.lru_cache(maxsize=4096)  # statements are constant strings: the check costs a lookup
+def _controls_transaction(sql: str) -> bool:
+    """Whether the first keyword (after blanks and comments) of `sql` is transaction control."""
+    rest = sql[_LEADING_NOISE_RE.match(sql).end():]
+    keyword = _KEYWORD_RE.match(rest)
+    return keyword is not None and keyword.group(0).upper() in _TRANSACTION_CONTROL
+
+
+def _refuse_transaction_control(sql: str) -> None:
+    if _controls_transaction(sql):
+        raise TransactionControlRefused(f"a transaction function may not run {sql.strip()[:40]!r}: the writer "
+                                        "alone begins and ends the batch's transaction")
 
 
 class Tx:
@@ -53,15 +110,19 @@ class Tx:
         self._sink = sink
 
     def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        _refuse_transaction_control(sql)
         return self._conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: list[tuple]) -> sqlite3.Cursor:
+        _refuse_transaction_control(sql)
         return self._conn.executemany(sql, rows)
 
     def one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        _refuse_transaction_control(sql)
         return self._conn.execute(sql, params).fetchone()
 
     def all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        _refuse_transaction_control(sql)
         return self._conn.execute(sql, params).fetchall()
 
     @property
@@ -90,7 +151,29 @@ class _Job(Generic[T]):
         self.loop = loop
 
 
-_STOP = object()
+_STOP = object()  # wakes an idle writer for close()
+_IDLE_POLL_S = 1.0  # an idle writer re-reads the stop flag this often
+_JOIN_GRACE_S = 2.0  # after the deadline, time for the writer to fail the rest and close
+
+
+class _BatchTransactionEnded(sqlite3.OperationalError):
+    """The batch's transaction ended before COMMIT: the batch fails as a whole."""
+
+
+def _call(fn: Callable[[Tx], Any], tx: Tx, results: dict[int, Any], index: int) -> BaseException | None:
+    """Run one transaction function; its result goes to `results`, its error is returned.
+    A BaseException (KeyboardInterrupt, SystemExit, ...) is caught too: one function must not
+    kill the writer, and its caller gets TransactionAborted instead of it."""
+    try:
+        results[index] = fn(tx)
+    except Exception as exc:
+        return exc
+    except BaseException as exc:
+        log.error("transaction function raised %s; the writer goes on", type(exc).__name__)
+        aborted = TransactionAborted(f"the transaction function raised {type(exc).__name__}: {exc}")
+        aborted.__cause__ = exc
+        return aborted
+    return None
 
 
 def open_connection(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -129,14 +212,19 @@ class Database:
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._reader_list: list[aiosqlite.Connection] = []
         self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None  # the writer's; touched by the writer thread only
+        self._in_hand: list[_Job] = []  # the batch the writer runs: failed too if the writer dies
+        self._stopping = False  # close() began: new writes are refused at once
+        self._stop_deadline = math.inf  # monotonic: queued writes not begun by then fail instead
+        self._unavailable: str | None = None  # set once the writer took its last write: why
         self.batches_committed = 0  # observability: group-commit efficiency in benchmarks
         self.event_sink = event_sink  # the merchant webhook outbox (app.py); tests may run without
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         assert self._thread is None, "started twice"
-        conn = open_connection(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms)
-        self._thread = threading.Thread(target=self._run, args=(conn,), name="apss-writer", daemon=True)
+        self._conn = self._connect()
+        self._thread = threading.Thread(target=self._run, name="apss-writer", daemon=True)
         self._thread.start()
         self._readers = asyncio.Queue()
         for _ in range(self._readers_max):
@@ -147,11 +235,29 @@ class Database:
             self._reader_list.append(reader)
             self._readers.put_nowait(reader)
 
-    async def close(self) -> None:
+    @property
+    def writer_alive(self) -> bool:
+        """The writer thread runs and takes writes: false once it died, gave up on its connection
+        or stopped for shutdown (healthz answers 503 then)."""
+        return (self._thread is not None and self._thread.is_alive() and self._unavailable is None
+                and not self._stopping)
+
+    async def close(self, *, deadline_s: float = 10.0) -> None:
+        """Refuse new writes at once, let the writer finish the ones it accepted while `deadline_s`
+        lasts, fail the rest with StoreUnavailable ('shutting down'), close the connections.
+        Never blocks the event loop (a full queue cannot make it wait)."""
+        assert deadline_s >= 0
         if self._thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            self._stop_deadline = time.monotonic() + deadline_s
+            self._stopping = True
+            try:
+                self._queue.put_nowait(_STOP)  # wake an idle writer
+            except queue.Full:
+                pass  # a busy writer sees `_stopping` when it next looks at the queue
+            await asyncio.to_thread(self._thread.join, deadline_s + _JOIN_GRACE_S)
+            if self._thread.is_alive():  # a transaction function still runs: its batch never commits
+                log.error("the writer did not stop within %.1f s; its unfinished batch is abandoned", deadline_s)
+            self._fail_queued()
         for reader in self._reader_list:
             await reader.close()
         self._reader_list.clear()
@@ -183,63 +289,105 @@ class Database:
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a write transaction on the writer thread; return once it is committed."""
         assert self._thread is not None, "database not started"
+        if self._stopping:
+            raise StoreUnavailable("the database is shutting down; retry shortly")
+        if self._unavailable is not None:
+            raise StoreUnavailable(self._unavailable)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         try:
             self._queue.put_nowait(_Job(fn, future, loop))
         except queue.Full:
             raise StoreUnavailable("the write queue is full; retry shortly") from None
+        if self._unavailable is not None:  # the writer stopped between the check and the put: answer here
+            self._fail_queued()
         return await future
 
-    def _run(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        self._queue.put(_STOP)  # finish this batch, then stop
-                        break
-                    batch.append(item)
-                try:
-                    self._run_batch(conn, batch)
-                except Exception as exc:  # never let the writer die with callers waiting on it
-                    log.exception("write batch of %d failed unexpectedly", len(batch))
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    error = StoreUnavailable(f"the writer failed: {type(exc).__name__}")
-                    self._deliver(batch, {i: error for i in range(len(batch))}, {})
-        finally:
-            conn.close()
+    # -- the writer thread -------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        return open_connection(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms)
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _run(self) -> None:
+        reason = "the database is shutting down"
+        try:
+            reason = self._serve()
+        except BaseException as exc:  # a bug of the writer itself: fail closed, leave no caller waiting
+            log.critical("the writer thread died; every write fails until APSS restarts", exc_info=True)
+            reason = f"the writer stopped after an unexpected {type(exc).__name__}; APSS needs a restart"
+        finally:
+            self._unavailable = reason  # before draining: a write put after this drains the queue itself
+            self._close_connection()
+            self._fail(self._in_hand, reason)  # outcomes already delivered stay (a future resolves once)
+            self._in_hand = []
+            self._fail_queued()
+
+    def _serve(self) -> str:
+        """Take batches until close() (or until no connection can be opened); return why writes stop."""
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return "the database is shutting down"
+            if self._stopping and time.monotonic() > self._stop_deadline:
+                self._fail(batch, "the database is shutting down: the write could not finish before the deadline")
+                continue
+            self._in_hand = batch
+            committed_or_answered = self._run_batch(batch)
+            self._in_hand = []
+            if not committed_or_answered and not self._reopen():
+                return "the database connection failed and could not be reopened; APSS needs a restart"
+
+    def _next_batch(self) -> list[_Job] | None:
+        """Up to write_batch_max queued jobs; None once stopping and the queue is drained."""
+        first = self._take_first()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self._batch_max:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                batch.append(item)
+        return batch
+
+    def _take_first(self) -> _Job | None:
+        while True:
+            try:
+                # The timeout re-reads `_stopping` even if close() found the queue full (no _STOP put).
+                item = self._queue.get_nowait() if self._stopping else self._queue.get(timeout=_IDLE_POLL_S)
+            except queue.Empty:
+                if self._stopping:
+                    return None
+                continue
+            if item is not _STOP:
+                return item
+
+    def _run_batch(self, batch: list[_Job]) -> bool:
+        """Run one batch (replayed without the members that failed after writing) and deliver every
+        outcome. False when the batch itself failed: every member got StoreUnavailable."""
         failed: dict[int, BaseException] = {}
         while True:
             try:
-                outcome = self._attempt(conn, batch, failed)
-            except sqlite3.Error as exc:  # the batch itself failed: everyone hears of it
+                outcome = self._attempt(batch, failed)
+            except Exception as exc:  # COMMIT, I/O, disk full, busy, an ended transaction: everyone hears of it
                 log.error("write batch of %d failed: %s", len(batch), exc)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                error = StoreUnavailable(f"the database could not commit: {exc}")
-                self._deliver(batch, {i: error for i in range(len(batch))}, {})
-                return
+                self._rollback_quietly()
+                self._fail(batch, f"the database could not commit: {exc}")
+                return False
             if outcome is not None:
                 results, callbacks = outcome
                 self.batches_committed += 1
                 self._deliver(batch, {**failed, **results}, callbacks)
-                return
+                return True
             # A member failed after writing: `failed` grew; replay the batch without it.
 
     def _attempt(
-        self, conn: sqlite3.Connection, batch: list[_Job], failed: dict[int, BaseException]
+        self, batch: list[_Job], failed: dict[int, BaseException]
     ) -> tuple[dict[int, Any], dict[int, list[Callable[[], None]]]] | None:
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.OperationalError("the writer has no connection")
         conn.execute("BEGIN IMMEDIATE")
         results: dict[int, Any] = {}
         callbacks: dict[int, list[Callable[[], None]]] = {}
@@ -248,18 +396,62 @@ class Database:
                 continue
             tx = Tx(conn, self.event_sink)
             changes_before = conn.total_changes
-            try:
-                results[index] = job.fn(tx)
+            error = _call(job.fn, tx, results, index)
+            if not conn.in_transaction:
+                # Ended around the Tx, or aborted by SQLite: what ran is no longer one transaction,
+                # and what runs next would autocommit alone. Never commit half a batch.
+                raise _BatchTransactionEnded(f"the batch's transaction ended inside a function ({error!r})")
+            if error is None:
                 callbacks[index] = tx._after_commit
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise sqlite3.OperationalError(f"transaction aborted by SQLite: {exc}") from exc
-                failed[index] = exc
-                if conn.total_changes != changes_before:
-                    conn.execute("ROLLBACK")
-                    return None
+                continue
+            failed[index] = error
+            if conn.total_changes != changes_before:
+                conn.execute("ROLLBACK")
+                return None
         conn.execute("COMMIT")
         return results, callbacks
+
+    def _rollback_quietly(self) -> None:
+        try:
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the connection is closed and replaced next anyway
+            log.warning("rollback after a failed batch failed too: %s", exc)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                log.warning("closing the writer connection failed: %s", exc)
+            self._conn = None
+
+    def _reopen(self) -> bool:
+        """After a failed batch the connection may be broken in ways SQLite does not say (a failed
+        COMMIT, an I/O error): fail closed, take the next batch on a fresh connection."""
+        self._close_connection()
+        try:
+            self._conn = self._connect()
+        except Exception:
+            log.critical("the writer could not reopen %s; it takes no more writes", self.path, exc_info=True)
+            return False
+        return True
+
+    def _fail(self, jobs: list[_Job], reason: str) -> None:
+        """Answer each job with its own StoreUnavailable (one exception object per caller)."""
+        self._deliver(jobs, {i: StoreUnavailable(reason) for i in range(len(jobs))}, {})
+
+    def _fail_queued(self) -> None:
+        """Answer everything still queued (the writer is gone or going): nobody else will."""
+        jobs: list[_Job] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                jobs.append(item)
+        self._fail(jobs, self._unavailable or "the database is shutting down")
 
     @staticmethod
     def _deliver(batch: list[_Job], outcomes: dict[int, Any], callbacks: dict[int, list[Callable[[], None]]]) -> None:

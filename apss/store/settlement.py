@@ -9,8 +9,14 @@ from typing import Any
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "activity_chunk",
+    "add_to_draft",
     "advance_markers",
+    "begin_settling",
     "carried_open",
+    "complete_draft",
+    "draft",
+    "drafts",
     "fetch_lines",
     "fetch_schedule",
     "fetch_settlement",
@@ -18,12 +24,13 @@ __all__ = [
     "get_settlement",
     "insert_lines",
     "insert_settlement",
+    "line_count",
     "list_settlements",
     "mark_carried_into",
     "mark_paid",
     "mark_reserve_released",
     "merchant_created_at_ms",
-    "period_activity",
+    "move_settling_cursor",
     "reserves_due",
     "scheduled_merchants",
     "settlement_lines_tx",
@@ -35,7 +42,8 @@ _SCHEDULE_FIELDS = ("cycle", "weekday", "t_plus_days", "cutoff_time", "timezone"
                     "reserve_hold_days", "last_cutoff_at_ms", "settled_through_ms", "updated_at_ms")
 _SETTLEMENT_FIELDS = ("id", "merchant_id", "currency", "period_start_ms", "period_end_ms", "cutoff_at_ms", "status",
                       "gross", "refunds", "chargebacks", "fees", "commission", "partner_shares", "reserve_held",
-                      "reserve_released", "carried_in", "net_payable", "reserve_release_at_ms", "created_at_ms")
+                      "reserve_released", "carried_in", "net_payable", "reserve_release_at_ms", "created_at_ms", "complete",
+                      "gross_by_channel")
 
 
 # -- schedules --------------------------------------------------------------------------------
@@ -71,30 +79,52 @@ async def scheduled_merchants(db: Database, *, limit: int) -> list[sqlite3.Row]:
 
 
 def advance_markers(tx: Tx, *, merchant_id: str, last_cutoff_at_ms: int, settled_through_ms: int) -> None:
-    """Markers only move forward (a run that lost a race changes nothing)."""
+    """Markers only move forward (a run that lost a race changes nothing); the cut-off is settled,
+    so no chunked run is in progress any more."""
     cursor = tx.execute(
-        "UPDATE settlement_schedules SET last_cutoff_at_ms = ?, settled_through_ms = ?"
+        "UPDATE settlement_schedules SET last_cutoff_at_ms = ?, settled_through_ms = ?, settling_cutoff_at_ms = NULL,"
+        " settling_after_ms = NULL, settling_after_id = NULL"
         " WHERE merchant_id = ? AND last_cutoff_at_ms <= ? AND settled_through_ms <= ?",
         (last_cutoff_at_ms, settled_through_ms, merchant_id, last_cutoff_at_ms, settled_through_ms),
     )
     assert cursor.rowcount == 1, f"settlement markers of {merchant_id} would move backwards"
 
 
-# -- the ledger activity of a period ------------------------------------------------------------
-def period_activity(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int) -> list[sqlite3.Row]:
-    """Entries of the merchant's payment, refund, chargeback and adjustment transactions in
-    [from, to), in posting order, with the order each belongs to."""
+# -- the ledger activity of a period, in chunks ------------------------------------------------
+def activity_chunk(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int, after_ms: int, after_id: str,
+                   limit: int) -> list[sqlite3.Row]:
+    """Entries of the merchant's next `limit` payment, refund, chargeback and adjustment
+    transactions in [from, to) after (after_ms, after_id), in posting order, with their orders."""
+    assert limit >= 1
     return tx.all(
-        "SELECT t.id AS transaction_id, t.kind, t.reference, t.created_at_ms,"
+        "WITH chosen AS (SELECT id, kind, reference, created_at_ms FROM ledger_transactions"
+        f" WHERE merchant_id = ? AND kind IN ({', '.join('?' * len(_ACTIVITY_KINDS))})"
+        " AND created_at_ms >= ? AND created_at_ms < ? AND (created_at_ms, id) > (?, ?)"
+        " ORDER BY created_at_ms, id LIMIT ?)"
+        " SELECT t.id AS transaction_id, t.kind, t.reference, t.created_at_ms,"
         " coalesce(p.order_id, r.order_id) AS order_id, e.account, e.currency, e.debit, e.credit"
-        " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+        " FROM chosen t JOIN ledger_entries e ON e.transaction_id = t.id"
         " LEFT JOIN payments p ON t.kind = 'payment_captured' AND p.id = t.reference"
         " LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback') AND r.id = t.reference"
-        f" WHERE t.merchant_id = ? AND t.kind IN ({', '.join('?' * len(_ACTIVITY_KINDS))})"
-        " AND t.created_at_ms >= ? AND t.created_at_ms < ?"
         " ORDER BY t.created_at_ms, t.id, e.seq",
-        (merchant_id, *_ACTIVITY_KINDS, from_ms, to_ms),
+        (merchant_id, *_ACTIVITY_KINDS, from_ms, to_ms, after_ms, after_id, limit),
     )
+
+
+def begin_settling(tx: Tx, *, merchant_id: str, cutoff_ms: int, after_ms: int) -> None:
+    cursor = tx.execute(
+        "UPDATE settlement_schedules SET settling_cutoff_at_ms = ?, settling_after_ms = ?, settling_after_id = ''"
+        " WHERE merchant_id = ? AND settling_cutoff_at_ms IS NULL", (cutoff_ms, after_ms, merchant_id))
+    assert cursor.rowcount == 1, f"{merchant_id} is settling another cut-off already"
+
+
+def move_settling_cursor(tx: Tx, *, merchant_id: str, cutoff_ms: int, after_ms: int, after_id: str) -> None:
+    """The last ledger transaction taken: the next chunk goes on after it."""
+    cursor = tx.execute(
+        "UPDATE settlement_schedules SET settling_after_ms = ?, settling_after_id = ?"
+        " WHERE merchant_id = ? AND settling_cutoff_at_ms = ? AND (settling_after_ms, settling_after_id) < (?, ?)",
+        (after_ms, after_id, merchant_id, cutoff_ms, after_ms, after_id))
+    assert cursor.rowcount == 1, f"settlement cursor of {merchant_id} would not move forward"
 
 
 def reserves_due(tx: Tx, *, merchant_id: str, at_ms: int) -> list[sqlite3.Row]:
@@ -102,7 +132,7 @@ def reserves_due(tx: Tx, *, merchant_id: str, at_ms: int) -> list[sqlite3.Row]:
     return tx.all(
         "SELECT s.id AS settlement_id, s.currency, s.reserve_release_at_ms, l.channel, l.net"
         " FROM settlements s JOIN settlement_lines l ON l.settlement_id = s.id AND l.kind = 'reserve_hold'"
-        " WHERE s.merchant_id = ? AND s.reserve_held > 0 AND s.reserve_released_by IS NULL"
+        " WHERE s.merchant_id = ? AND s.complete = 1 AND s.reserve_held > 0 AND s.reserve_released_by IS NULL"
         " AND s.reserve_release_at_ms <= ? ORDER BY s.id, l.line",
         (merchant_id, at_ms),
     )
@@ -113,7 +143,7 @@ def carried_open(tx: Tx, *, merchant_id: str) -> list[sqlite3.Row]:
     return tx.all(
         "SELECT s.id AS settlement_id, s.currency, s.period_end_ms, l.channel, sum(l.net) AS net"
         " FROM settlements s JOIN settlement_lines l ON l.settlement_id = s.id"
-        " WHERE s.merchant_id = ? AND s.status = 'carried' AND s.carried_into IS NULL"
+        " WHERE s.merchant_id = ? AND s.complete = 1 AND s.status = 'carried' AND s.carried_into IS NULL"
         " GROUP BY s.id, l.channel ORDER BY s.id, l.channel",
         (merchant_id,),
     )
@@ -126,6 +156,41 @@ def insert_settlement(tx: Tx, row: dict[str, Any]) -> None:
         f"INSERT INTO settlements ({', '.join(_SETTLEMENT_FIELDS)}) VALUES ({', '.join('?' * len(_SETTLEMENT_FIELDS))})",
         tuple(row[name] for name in _SETTLEMENT_FIELDS),
     )
+
+
+def draft(tx: Tx, *, merchant_id: str, currency: str, period_end_ms: int) -> sqlite3.Row | None:
+    """The batch of (merchant, currency, period) still being built, if any."""
+    return tx.one("SELECT * FROM settlements WHERE merchant_id = ? AND currency = ? AND period_end_ms = ? AND complete = 0",
+                  (merchant_id, currency, period_end_ms))
+
+
+def drafts(tx: Tx, *, merchant_id: str, period_end_ms: int) -> list[sqlite3.Row]:
+    return tx.all("SELECT * FROM settlements WHERE merchant_id = ? AND period_end_ms = ? AND complete = 0"
+                  " ORDER BY currency", (merchant_id, period_end_ms))
+
+
+def line_count(tx: Tx, *, settlement_id: str) -> int:
+    return tx.one("SELECT count(*) AS n FROM settlement_lines WHERE settlement_id = ?", (settlement_id,))["n"]
+
+
+_TOTALS = ("gross", "refunds", "chargebacks", "fees", "commission", "partner_shares", "reserve_held",
+           "reserve_released", "carried_in", "net_payable")
+
+
+def add_to_draft(tx: Tx, *, settlement_id: str, totals: dict[str, int], gross_by_channel: str) -> None:
+    """Add a chunk's totals to the batch being built (totals are sums over lines)."""
+    assert set(totals) == set(_TOTALS), set(totals) ^ set(_TOTALS)
+    cursor = tx.execute(
+        f"UPDATE settlements SET {', '.join(f'{name} = {name} + ?' for name in _TOTALS)}, gross_by_channel = ?"
+        " WHERE id = ? AND complete = 0", (*(totals[name] for name in _TOTALS), gross_by_channel, settlement_id))
+    assert cursor.rowcount == 1, f"settlement {settlement_id} is not being built"
+
+
+def complete_draft(tx: Tx, *, settlement_id: str, status: str, reserve_release_at_ms: int | None) -> None:
+    """The last chunk committed: the batch becomes visible (and payable when pending)."""
+    cursor = tx.execute("UPDATE settlements SET status = ?, reserve_release_at_ms = ?, complete = 1, gross_by_channel = NULL"
+                        " WHERE id = ? AND complete = 0", (status, reserve_release_at_ms, settlement_id))
+    assert cursor.rowcount == 1, f"settlement {settlement_id} completed twice"
 
 
 def insert_lines(tx: Tx, rows: list[tuple]) -> None:
@@ -163,14 +228,16 @@ def settlement_lines_tx(tx: Tx, *, settlement_id: str) -> list[sqlite3.Row]:
 def mark_paid(tx: Tx, *, settlement_id: str, payout_reference: str, now_ms: int) -> bool:
     """pending -> paid; False when the batch is not pending (paid already, or carried)."""
     cursor = tx.execute(
-        "UPDATE settlements SET status = 'paid', payout_reference = ?, paid_at_ms = ? WHERE id = ? AND status = 'pending'",
+        "UPDATE settlements SET status = 'paid', payout_reference = ?, paid_at_ms = ? WHERE id = ? AND status = 'pending'"
+        " AND complete = 1",
         (payout_reference, now_ms, settlement_id),
     )
     return cursor.rowcount == 1
 
 
 async def fetch_settlement(db: Database, *, settlement_id: str) -> sqlite3.Row | None:
-    return await db.fetch_one("SELECT * FROM settlements WHERE id = ?", (settlement_id,))
+    """A complete batch (one still being built is not there yet)."""
+    return await db.fetch_one("SELECT * FROM settlements WHERE id = ? AND complete = 1", (settlement_id,))
 
 
 async def fetch_lines(db: Database, *, settlement_id: str) -> list[sqlite3.Row]:
@@ -181,7 +248,7 @@ async def list_settlements(db: Database, *, merchant_id: str, after_id: str | No
                            currency: str | None) -> list[sqlite3.Row]:
     """Newest first; `after_id` is the last id of the previous page."""
     return await db.fetch_all(
-        "SELECT * FROM settlements WHERE merchant_id = ? AND (? IS NULL OR id < ?) AND (? IS NULL OR status = ?)"
+        "SELECT * FROM settlements WHERE merchant_id = ? AND complete = 1 AND (? IS NULL OR id < ?) AND (? IS NULL OR status = ?)"
         " AND (? IS NULL OR currency = ?) ORDER BY id DESC LIMIT ?",
         (merchant_id, after_id, after_id, status, status, currency, currency, limit),
     )

@@ -1,11 +1,16 @@
 """Settlement: each merchant's cycle, the batches made at its cut-offs from the ledger, payouts.
 
 The scheduler's `run_due` settles, for every merchant with a daily, weekly or T+N schedule, every
-cut-off after the last one settled up to now, in order, one write transaction per (merchant,
-cut-off): after a downtime it catches up on each missed cycle, each with its own period. The
-transaction reads the period's ledger transactions, writes one batch per currency with its lines
-(apss/domain/settlement.py has the rules) and advances the schedule's markers, so running it
-twice creates nothing twice (the markers, and UNIQUE (merchant, currency, period end)).
+cut-off after the last one settled up to now, in order: after a downtime it catches up on each
+missed cycle, each with its own period. A cut-off is settled in chunks, one write transaction of
+at most `database.chunk_rows_max` ledger transactions each (no other write waits long behind it):
+each chunk appends lines to one batch per currency being built (`complete = 0`: invisible to the
+API and to payout) and moves the run's cursor on the schedule; the last chunk adds the reserve
+held, sets each batch's status, makes them complete and advances the schedule's markers (the
+rules are in apss/domain/settlement.py: every total is a sum over lines, so chunks add up to the
+single pass). A run cut off by a crash goes on from its cursor; running it twice creates nothing
+twice (the markers, and UNIQUE (merchant, currency, period end)). The schedule cannot change
+while a cut-off is being settled (409 settlement_in_progress).
 
 Markers: `last_cutoff_at_ms` is the last cut-off settled; `settled_through_ms` the end of the
 activity settled so far. A batch covers [settled_through, period end): periods follow each other
@@ -41,10 +46,13 @@ from apss.domain.settlement import (
     Schedule,
     activity_end_ms,
     activity_line,
-    build_batch,
+    batch_status,
     cutoffs_between,
     is_time_zone,
+    line_totals,
+    payment_gross_by_channel,
     payout_entries,
+    reserve_hold_lines,
     reserve_release_at_ms,
 )
 from apss.errors import (
@@ -80,10 +88,13 @@ log = logging.getLogger("apss.settlement")
 # goes on where this one stopped.
 CATCH_UP_CUTOFFS_MAX = 400
 SCHEDULES_MAX = 100_000
+# Chunks of one cut-off in one run (a billion ledger transactions at the default chunk size).
+CHUNKS_PER_CUTOFF_MAX = 1_000_000
 _TIMING_FIELDS = ("cycle", "weekday", "t_plus_days", "cutoff_time", "timezone")
 _CSV_HEADER = ("settlement_id", "line", "kind", "reference", "order_id", "channel", "currency", "amount", "fee",
                "commission", "partner_shares", "net", "occurred_at")
 _minimum_decoder = msgspec.json.Decoder(dict[str, int])
+_gross_decoder = msgspec.json.Decoder(dict[str, int])
 
 Amount = Annotated[int, Meta(ge=0, le=10**15)]
 
@@ -225,8 +236,10 @@ def _validated(command: ScheduleIn) -> Schedule:
 
 class Settlements:
     def __init__(self, *, db: Database, clock: Clock, ledger: Ledger, idempotency: Idempotency,
-                 outbox: Outbox | None = None) -> None:
+                 outbox: Outbox | None = None, chunk_rows_max: int = 1000) -> None:
+        assert chunk_rows_max >= 1
         self._db = db
+        self._chunk_rows_max = chunk_rows_max
         self._clock = clock
         self._ledger = ledger
         self._idempotency = idempotency
@@ -266,6 +279,9 @@ class Settlements:
                 created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
                 assert created_at_ms is not None, merchant_id
                 last_ms, through_ms = now_ms, min(created_at_ms, now_ms)
+            elif current["settling_cutoff_at_ms"] is not None:
+                raise Conflict("A settlement of this merchant is being made; change the schedule once it is done.",
+                               code="settlement_in_progress")
             else:
                 retimed = any(current[name] != getattr(schedule, name) for name in _TIMING_FIELDS)
                 last_ms = max(current["last_cutoff_at_ms"], now_ms) if retimed else current["last_cutoff_at_ms"]
@@ -282,24 +298,34 @@ class Settlements:
 
     # -- settling --------------------------------------------------------------------------------
     async def run_due(self) -> int:
-        """The scheduler job: settle every due cut-off of every scheduled merchant, in order.
-        Returns the number of batches made."""
+        """The scheduler job: settle every due cut-off of every scheduled merchant, in order, each
+        in chunks of at most chunk_rows_max ledger transactions per write. Returns the batches made."""
         now_ms = self._clock.now_ms()
         made = 0
         for row in await store.scheduled_merchants(self._db, limit=SCHEDULES_MAX):
+            # A cut-off that a crash left half-settled is the first one after the markers: it goes on.
             cutoffs = cutoffs_between(_schedule(row), after_ms=row["last_cutoff_at_ms"], until_ms=now_ms,
                                       count_max=CATCH_UP_CUTOFFS_MAX)
             try:
                 for cutoff_ms in cutoffs:
-                    made += len(await self._db.write(partial(self._settle_due, merchant_id=row["merchant_id"],
-                                                             cutoff_ms=cutoff_ms)))
+                    made += len(await self._in_chunks(merchant_id=row["merchant_id"], cutoff_ms=cutoff_ms))
             except ApssError:
                 # e.g. the store is unavailable: the other merchants still settle; this one goes
-                # on from its marker at the next run.
+                # on from its marker (and its chunk cursor) at the next run.
                 log.exception("settlement of %s stopped before its cut-off; it goes on at the next run", row["merchant_id"])
         return made
 
-    def _settle_due(self, tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str]:
+    async def _in_chunks(self, *, merchant_id: str, cutoff_ms: int) -> list[str]:
+        """One cut-off, one write per chunk, until its last chunk committed."""
+        for _ in range(CHUNKS_PER_CUTOFF_MAX):
+            made = await self._db.write(partial(self._settle_due, merchant_id=merchant_id, cutoff_ms=cutoff_ms))
+            if made is not None:
+                return made
+        log.warning("settlement of %s at %d is not done after %d chunks; it goes on at the next run", merchant_id,
+                    cutoff_ms, CHUNKS_PER_CUTOFF_MAX)
+        return []
+
+    def _settle_due(self, tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str] | None:
         row = store.get_schedule(tx, merchant_id=merchant_id)
         if row is None or row["cycle"] == "manual":
             return []
@@ -307,7 +333,7 @@ class Settlements:
         # Settled already (a run that overlapped this one), or the schedule changed meanwhile.
         if cutoffs_between(schedule, after_ms=row["last_cutoff_at_ms"], until_ms=cutoff_ms, count_max=1) != [cutoff_ms]:
             return []
-        return self._settle(tx, row=row, schedule=schedule, cutoff_ms=cutoff_ms)
+        return self._settle_chunk(tx, row=row, schedule=schedule, cutoff_ms=cutoff_ms)
 
     async def settle_now(self, *, merchant_id: str, idem: IdempotencyRequest | None) -> Outcome:
         """Manual cycle: settle everything up to now (one batch per currency with activity)."""
@@ -326,82 +352,134 @@ class Settlements:
                     "minimum_payout": "{}", "reserve_bps": 0, "reserve_hold_days": 0, "last_cutoff_at_ms": created_at_ms,
                     "settled_through_ms": min(created_at_ms, now_ms), "updated_at_ms": now_ms})
                 row = store.get_schedule(tx, merchant_id=merchant_id)
-            made = [] if now_ms <= row["last_cutoff_at_ms"] else self._settle(tx, row=row, schedule=_schedule(row),
-                                                                             cutoff_ms=now_ms)
+            made: list[str] | None = []
+            if now_ms > row["last_cutoff_at_ms"]:
+                # The request's answer is one transaction (idempotency stores it): its chunks all
+                # run in it, one after another (what is left: chunk it like run_due).
+                made = None
+                while made is None:
+                    made = self._settle_chunk(tx, row=store.get_schedule(tx, merchant_id=merchant_id),
+                                              schedule=_schedule(row), cutoff_ms=now_ms)
             views = [self._render(tx, settlement_id) for settlement_id in made]
             return SettlementList(data=views, has_more=False, next_cursor=None)
 
         return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=fn, success_status=200)
 
-    def _settle(self, tx: Tx, *, row: sqlite3.Row, schedule: Schedule, cutoff_ms: int) -> list[str]:
-        """One cut-off of one merchant: its batches, then the markers. Returns the batch ids."""
+    def _settle_chunk(self, tx: Tx, *, row: sqlite3.Row, schedule: Schedule, cutoff_ms: int) -> list[str] | None:
+        """One chunk of one merchant's cut-off: its next chunk_rows_max ledger transactions added to
+        the batches being built (invisible until complete); the last chunk completes them and moves
+        the markers. Returns the batch ids once the cut-off is settled, None while chunks remain."""
         merchant_id = row["merchant_id"]
         assert cutoff_ms > row["last_cutoff_at_ms"]
         start_ms, end_ms = row["settled_through_ms"], activity_end_ms(schedule, cutoff_ms)
+        if row["settling_cutoff_at_ms"] is None:
+            store.begin_settling(tx, merchant_id=merchant_id, cutoff_ms=cutoff_ms, after_ms=start_ms)
+            after_ms, after_id = start_ms, ""
+        else:
+            assert row["settling_cutoff_at_ms"] == cutoff_ms, (row["settling_cutoff_at_ms"], cutoff_ms)
+            after_ms, after_id = row["settling_after_ms"], row["settling_after_id"]
         made: list[str] = []
         if end_ms > start_ms:  # empty after a change to a longer T+N: the next cut-off goes on
-            made = self._batches(tx, merchant_id=merchant_id, schedule=schedule, start_ms=start_ms, end_ms=end_ms,
-                                 cutoff_ms=cutoff_ms)
+            entries = store.activity_chunk(tx, merchant_id=merchant_id, from_ms=start_ms, to_ms=end_ms, after_ms=after_ms,
+                                           after_id=after_id, limit=self._chunk_rows_max)
+            activity, taken = self._activity(entries, start_ms=start_ms, end_ms=end_ms)
+            for currency in sorted(activity):
+                self._add_lines(tx, self._draft(tx, merchant_id=merchant_id, currency=currency, start_ms=start_ms,
+                                                end_ms=end_ms, cutoff_ms=cutoff_ms), activity[currency])
+            if len(taken) == self._chunk_rows_max:  # maybe more: the next chunk goes on after the last taken
+                last = taken[-1]
+                store.move_settling_cursor(tx, merchant_id=merchant_id, cutoff_ms=cutoff_ms, after_ms=last[0],
+                                           after_id=last[1])
+                return None
+            made = self._complete(tx, merchant_id=merchant_id, schedule=schedule, start_ms=start_ms, end_ms=end_ms,
+                                  cutoff_ms=cutoff_ms)
         store.advance_markers(tx, merchant_id=merchant_id, last_cutoff_at_ms=cutoff_ms,
                               settled_through_ms=max(start_ms, end_ms))
         return made
 
-    def _batches(self, tx: Tx, *, merchant_id: str, schedule: Schedule, start_ms: int, end_ms: int,
-                 cutoff_ms: int) -> list[str]:
-        activity = self._activity(tx, merchant_id=merchant_id, start_ms=start_ms, end_ms=end_ms)
-        released: dict[str, list[Line]] = {}
-        for hold in store.reserves_due(tx, merchant_id=merchant_id, at_ms=cutoff_ms):
-            released.setdefault(hold["currency"], []).append(Line(
-                kind="reserve_release", reference=hold["settlement_id"], order_id=None, channel=hold["channel"], amount=0,
-                fee=0, commission=0, partner_shares=0, net=-hold["net"], occurred_at_ms=hold["reserve_release_at_ms"]))
-        carried: dict[str, list[Line]] = {}
-        for batch in store.carried_open(tx, merchant_id=merchant_id):
-            carried.setdefault(batch["currency"], []).append(Line(
-                kind="carried", reference=batch["settlement_id"], order_id=None, channel=batch["channel"], amount=0, fee=0,
-                commission=0, partner_shares=0, net=batch["net"], occurred_at_ms=batch["period_end_ms"]))
-        made = []
+    def _draft(self, tx: Tx, *, merchant_id: str, currency: str, start_ms: int, end_ms: int, cutoff_ms: int) -> str:
+        """The batch of this currency being built; made with its opening lines (carried-in nets and
+        reserves released, which it takes over) the first time the currency shows up."""
+        existing = store.draft(tx, merchant_id=merchant_id, currency=currency, period_end_ms=end_ms)
+        if existing is not None:
+            return existing["id"]
+        settlement_id = new_id("stl")
+        store.insert_settlement(tx, {
+            "id": settlement_id, "merchant_id": merchant_id, "currency": currency, "period_start_ms": start_ms,
+            "period_end_ms": end_ms, "cutoff_at_ms": cutoff_ms, "status": "pending", "gross": 0, "refunds": 0,
+            "chargebacks": 0, "fees": 0, "commission": 0, "partner_shares": 0, "reserve_held": 0, "reserve_released": 0,
+            "carried_in": 0, "net_payable": 0, "reserve_release_at_ms": None, "created_at_ms": self._clock.now_ms(),
+            "complete": 0, "gross_by_channel": "{}"})
+        carried = [Line(kind="carried", reference=batch["settlement_id"], order_id=None, channel=batch["channel"],
+                        amount=0, fee=0, commission=0, partner_shares=0, net=batch["net"],
+                        occurred_at_ms=batch["period_end_ms"])
+                   for batch in store.carried_open(tx, merchant_id=merchant_id) if batch["currency"] == currency]
+        released = [Line(kind="reserve_release", reference=hold["settlement_id"], order_id=None, channel=hold["channel"],
+                         amount=0, fee=0, commission=0, partner_shares=0, net=-hold["net"],
+                         occurred_at_ms=hold["reserve_release_at_ms"])
+                    for hold in store.reserves_due(tx, merchant_id=merchant_id, at_ms=cutoff_ms)
+                    if hold["currency"] == currency]
+        self._add_lines(tx, settlement_id, [*carried, *released])
+        store.mark_reserve_released(tx, settlement_ids=sorted({line.reference for line in released}),
+                                    released_by=settlement_id)
+        store.mark_carried_into(tx, settlement_ids=sorted({line.reference for line in carried}),
+                                carried_into=settlement_id)
+        return settlement_id
+
+    @staticmethod
+    def _add_lines(tx: Tx, settlement_id: str, lines: list[Line]) -> None:
+        """Append lines to a batch being built, numbered on, and add them to its totals."""
+        if not lines:
+            return
+        first = store.line_count(tx, settlement_id=settlement_id) + 1
+        store.insert_lines(tx, [(settlement_id, number, line.kind, line.reference, line.order_id, line.channel,
+                                 line.amount, line.fee, line.commission, line.partner_shares, line.net,
+                                 line.occurred_at_ms) for number, line in enumerate(lines, start=first)])
+        gross_by_channel = _gross_decoder.decode(store.get_settlement(tx, settlement_id=settlement_id)["gross_by_channel"])
+        for channel, gross in payment_gross_by_channel(lines).items():
+            gross_by_channel[channel] = gross_by_channel.get(channel, 0) + gross
+        store.add_to_draft(tx, settlement_id=settlement_id, totals=line_totals(lines),
+                           gross_by_channel=msgspec.json.encode(gross_by_channel).decode())
+
+    def _complete(self, tx: Tx, *, merchant_id: str, schedule: Schedule, start_ms: int, end_ms: int,
+                  cutoff_ms: int) -> list[str]:
+        """The last chunk: every batch of the cut-off gets its reserve hold and status, and shows."""
         # A currency gets a batch when something happened in it; carried nets wait for one.
-        for currency in sorted(set(activity) | set(released)):
-            settlement_id = new_id("stl")
-            batch = build_batch(settlement_id=settlement_id, activity=activity.get(currency, []),
-                                released=released.get(currency, []), carried=carried.get(currency, []),
-                                reserve_bps=schedule.reserve_bps, minimum_payout=schedule.minimum_payout.get(currency, 0),
-                                at_ms=cutoff_ms)
-            store.insert_settlement(tx, {
-                "id": settlement_id, "merchant_id": merchant_id, "currency": currency, "period_start_ms": start_ms,
-                "period_end_ms": end_ms, "cutoff_at_ms": cutoff_ms, "status": batch.status, "gross": batch.gross,
-                "refunds": batch.refunds, "chargebacks": batch.chargebacks, "fees": batch.fees,
-                "commission": batch.commission, "partner_shares": batch.partner_shares,
-                "reserve_held": batch.reserve_held, "reserve_released": batch.reserve_released,
-                "carried_in": batch.carried_in, "net_payable": batch.net_payable,
-                "reserve_release_at_ms": reserve_release_at_ms(schedule, cutoff_ms) if batch.reserve_held else None,
-                "created_at_ms": self._clock.now_ms()})
-            store.insert_lines(tx, [(settlement_id, number, line.kind, line.reference, line.order_id, line.channel,
-                                     line.amount, line.fee, line.commission, line.partner_shares, line.net,
-                                     line.occurred_at_ms) for number, line in enumerate(batch.lines, start=1)])
-            store.mark_reserve_released(tx, settlement_ids=sorted({line.reference for line in released.get(currency, [])}),
-                                        released_by=settlement_id)
-            store.mark_carried_into(tx, settlement_ids=sorted({line.reference for line in carried.get(currency, [])}),
-                                    carried_into=settlement_id)
+        for currency in sorted({hold["currency"] for hold in store.reserves_due(tx, merchant_id=merchant_id, at_ms=cutoff_ms)}):
+            self._draft(tx, merchant_id=merchant_id, currency=currency, start_ms=start_ms, end_ms=end_ms,
+                        cutoff_ms=cutoff_ms)
+        made = []
+        for draft in store.drafts(tx, merchant_id=merchant_id, period_end_ms=end_ms):
+            settlement_id = draft["id"]
+            held = reserve_hold_lines(settlement_id=settlement_id, gross_by_channel=_gross_decoder.decode(draft["gross_by_channel"]),
+                                      reserve_bps=schedule.reserve_bps, at_ms=cutoff_ms)
+            self._add_lines(tx, settlement_id, held)
+            net_payable = draft["net_payable"] + sum(line.net for line in held)
+            status = batch_status(net_payable=net_payable, minimum_payout=schedule.minimum_payout.get(draft["currency"], 0))
+            store.complete_draft(tx, settlement_id=settlement_id, status=status,
+                                 reserve_release_at_ms=reserve_release_at_ms(schedule, cutoff_ms) if held else None)
             if self._emits:
                 tx.emit(merchant_id=merchant_id, type="settlement.created", kind="settlement", object_id=settlement_id)
             made.append(settlement_id)
         return made
 
     @staticmethod
-    def _activity(tx: Tx, *, merchant_id: str, start_ms: int, end_ms: int) -> dict[str, list[Line]]:
-        """One line per ledger transaction (and currency) of the period, by currency, in posting order."""
+    def _activity(entries: list[sqlite3.Row], *, start_ms: int, end_ms: int) -> tuple[dict[str, list[Line]], list[tuple[int, str]]]:
+        """One line per ledger transaction (and currency) of a chunk, by currency, in posting order;
+        and the (created_at_ms, id) of each transaction taken, in order."""
         grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
-        for entry in store.period_activity(tx, merchant_id=merchant_id, from_ms=start_ms, to_ms=end_ms):
+        taken: dict[str, tuple[int, str]] = {}
+        for entry in entries:
             grouped.setdefault((entry["transaction_id"], entry["currency"]), []).append(entry)
+            taken.setdefault(entry["transaction_id"], (entry["created_at_ms"], entry["transaction_id"]))
         lines: dict[str, list[Line]] = {}
-        for (_, currency), entries in grouped.items():
-            first = entries[0]
+        for (_, currency), group in grouped.items():
+            first = group[0]
             assert start_ms <= first["created_at_ms"] < end_ms
             lines.setdefault(currency, []).append(activity_line(
                 ledger_kind=first["kind"], reference=first["reference"], order_id=first["order_id"],
-                occurred_at_ms=first["created_at_ms"], entries=[(e["account"], e["debit"], e["credit"]) for e in entries]))
-        return lines
+                occurred_at_ms=first["created_at_ms"], entries=[(e["account"], e["debit"], e["credit"]) for e in group]))
+        return lines, list(taken.values())
 
     # -- payout ------------------------------------------------------------------------------------
     async def mark_paid(self, *, settlement_id: str, payout_reference: str) -> SettlementDetailView:
@@ -409,7 +487,7 @@ class Settlements:
 
         def transaction(tx: Tx) -> SettlementDetailView:
             row = store.get_settlement(tx, settlement_id=settlement_id)
-            if row is None:
+            if row is None or not row["complete"]:  # one being built is not there yet
                 raise NotFound(f"No such settlement: '{settlement_id}'", param="id")
             if row["status"] != "pending":
                 raise InvalidTransition(f"A settlement in status '{row['status']}' cannot be paid.")

@@ -1,0 +1,108 @@
+"""SIGTERM under load: the server stops accepting, finishes in-flight requests and the writer's
+queue, answers what cannot finish with 503 not_ready, closes the database and exits 0 within
+server.shutdown_deadline_s. The real server in a subprocess, a tiny write queue kept full."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apss.config import FinanceConfig
+from apss.services.money.ledger import Ledger
+from apss.store.db import Database
+from tests.conftest import ADMIN_TOKEN, free_port, wait_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 10
+REQUESTS, SIGTERM_AFTER = 600, 120
+
+
+# A tiny queue and batch, kept full by 64 concurrent orders: some are refused (queue full), many wait.
+ENV = {"APSS_DATABASE_WRITE_QUEUE_MAX": "8", "APSS_DATABASE_WRITE_BATCH_MAX": "2",
+       "APSS_SERVER_SHUTDOWN_DEADLINE_S": str(DEADLINE_S)}
+
+
+def _start(db_path: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **ENV, "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(port),
+           "APSS_ADMIN_TOKEN": ADMIN_TOKEN, "APSS_SEED_DEMO": "false", "APSS_SERVER_LOG_LEVEL": "warning"}
+    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the server's logging
+        process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout_s=30)
+    return process
+
+
+async def test_sigterm_under_load_answers_everyone_and_exits_0(tmp_path):
+    db_path, port = tmp_path / "shutdown.sqlite", free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    process = _start(db_path, port, log)
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
+            key = admin.post("/v1/merchants", json={"name": "Shutdown"}).json()["secret_key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            product = client.post("/v1/products", json={"sku": "crate", "name": "Crate", "category": "item",
+                                                        "prices": {"USD": 100}, "stock": REQUESTS}).json()
+        outcomes: dict[str, list] = {"created": [], "not_ready": [], "refused": [], "other": []}
+        # No keep-alive: a request either gets a connection the server accepted, or is refused.
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=DEADLINE_S * 3, limits=limits) as client:
+            async def order(n: int) -> None:
+                body = {"player_id": f"p{n}", "currency": "USD", "items": [{"product_id": product["id"], "quantity": 1}]}
+                try:
+                    response = await client.post("/v1/orders", json=body)
+                except httpx.ConnectError:
+                    outcomes["refused"].append(n)  # after SIGTERM: the listener is closed
+                    return
+                except httpx.HTTPError as exc:
+                    outcomes["other"].append((n, repr(exc)))
+                    return
+                if response.status_code == 201:
+                    outcomes["created"].append(response.json()["id"])
+                    if len(outcomes["created"]) == SIGTERM_AFTER:
+                        process.send_signal(signal.SIGTERM)
+                elif response.status_code == 503 and response.json()["error"]["code"] == "not_ready":
+                    outcomes["not_ready"].append(n)
+                else:
+                    outcomes["other"].append((n, response.status_code, response.text))
+
+            await asyncio.gather(*(order(n) for n in range(REQUESTS)))
+        returncode = await asyncio.to_thread(process.wait, DEADLINE_S + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert returncode == 0, log.read_text()[-3000:]
+    assert outcomes["other"] == [], outcomes["other"]
+    assert len(outcomes["created"]) >= SIGTERM_AFTER and outcomes["not_ready"], {k: len(v) for k, v in outcomes.items()}
+    assert sum(len(v) for v in outcomes.values()) == REQUESTS
+
+    raw = sqlite3.connect(db_path)
+    try:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {order_id for (order_id,) in raw.execute("SELECT id FROM orders")}
+    finally:
+        raw.close()
+    assert set(outcomes["created"]) <= stored, "every order a client saw created is in the file"
+    db = Database(str(db_path), read_connections_max=1)
+    await db.start()
+    try:
+        assert (await Ledger(db=db, clock=None, config=FinanceConfig()).check()).ok
+    finally:
+        await db.close()
