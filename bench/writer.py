@@ -63,7 +63,7 @@ def seed(path: str) -> None:
 def order_transaction(tx: Tx, n: int) -> str:
     """One order creation: 2 reads + 6 writes, as checkout.create's reserve step does them."""
     idem_key = f"idem-{n}"
-    assert keys.get_key(tx, merchant_id=MERCHANT_ID, key=idem_key) is None
+    assert keys.get_key_tx(tx, merchant_id=MERCHANT_ID, key=idem_key) is None
     product = catalog.get_product_tx(tx, merchant_id=MERCHANT_ID, product_id=PRODUCT_ID)
     assert product is not None and product["active"]
     unit_amount = msgspec.json.decode(product["prices"], type=dict[str, int])["USD"]

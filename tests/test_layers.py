@@ -147,3 +147,56 @@ def test_the_sql_check_sees_sql_in_any_case(source):
 
 def test_the_sql_check_lets_prose_pass():
     assert sql_in('message = "Select a channel from the list; update the settings."\n') == []
+
+
+# -- store conventions (apss/store/README.md) -------------------------------------------------
+def store_naming_offenders(source: str, module: str) -> list[str]:
+    """Async functions read on a reader connection (first parameter `db`); plain ones run on the
+    writer (first parameter `tx`), and a writer-side read named get_/list_/count_ ends in `_tx`."""
+    offenders = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.name.startswith("_"):
+            continue
+        first = node.args.args[0].arg if node.args.args else None
+        if isinstance(node, ast.AsyncFunctionDef) and first != "db":
+            offenders.append(f"{module}.{node.name}: async, so its first parameter is db")
+        elif isinstance(node, ast.FunctionDef) and first != "tx":
+            offenders.append(f"{module}.{node.name}: runs on the writer, so its first parameter is tx")
+        elif (isinstance(node, ast.FunctionDef) and node.name.startswith(("get_", "list_", "count_"))
+              and not node.name.endswith("_tx")):
+            offenders.append(f"{module}.{node.name}: a read on the writer ends in _tx")
+    return offenders
+
+
+def test_store_functions_follow_one_naming_convention():
+    offenders = [o for module, relative in _modules()
+                 if relative.parts[0] == "store" and relative.name not in ("db.py", "migrate.py", "__init__.py")
+                 for o in store_naming_offenders(module.read_text(), relative.stem)]
+    assert offenders == []
+
+
+def sqlite_offenders(source: str) -> list[str]:
+    """Above the store a row is a plain Mapping (store.db.Row): sqlite3 is the store's business."""
+    tree = ast.parse(source)
+    found = [f"imports {alias.name}" for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names if alias.name == "sqlite3"]
+    found += ["from sqlite3 import ..." for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module == "sqlite3"]
+    return found
+
+
+def test_only_the_store_knows_sqlite():
+    offenders = [f"{relative}: {o}" for module, relative in _modules()
+                 if layer_of(relative) != "store" and relative.parts[0] not in ENTRY_POINTS
+                 for o in sqlite_offenders(module.read_text())]
+    assert offenders == []
+
+
+def test_the_store_checks_see_their_violations():
+    assert store_naming_offenders("def get_order(tx): ...\n", "orders")
+    assert store_naming_offenders("async def get_order(tx): ...\n", "orders")
+    assert store_naming_offenders("def insert_order(db): ...\n", "orders")
+    assert store_naming_offenders("def get_order_tx(tx): ...\nasync def get_order(db): ...\n", "orders") == []
+    assert sqlite_offenders("import sqlite3\n") and sqlite_offenders("from sqlite3 import Row\n")
+    assert sqlite_offenders("def f():\n    import sqlite3\n")
+    assert sqlite_offenders("from collections.abc import Mapping\n") == []

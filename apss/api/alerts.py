@@ -8,8 +8,8 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from apss.api.common import Cursor, Limit, Services, list_response
-from apss.services.notify.alerts import AlertList, AlertView
 from apss.services.merchants.keys import Merchant
+from apss.services.notify.alerts import AlertList, AlertView
 
 __all__ = ["AlertController"]
 

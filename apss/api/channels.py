@@ -8,8 +8,8 @@ from litestar import Controller, get, put
 from msgspec import Meta
 
 from apss.api.common import Services
-from apss.services.payments.channels import ChannelList, ChannelView, RoutingIn
 from apss.services.merchants.keys import Merchant
+from apss.services.payments.channels import ChannelList, ChannelView, RoutingIn
 
 __all__ = ["ChannelController"]
 

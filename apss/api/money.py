@@ -14,9 +14,9 @@ from msgspec import Meta
 from apss.api.common import Services, admin_guard, list_response
 from apss.clock import parse_rfc3339
 from apss.errors import InvalidRequest, NotFound
+from apss.services.merchants.keys import Merchant
 from apss.services.money.finance import AdjustmentIn, FinanceIn
 from apss.services.money.ledger import BalanceView, Finance, LedgerCheck, SummaryView
-from apss.services.merchants.keys import Merchant
 
 __all__ = ["AdminMoneyController", "MoneyController"]
 

@@ -16,8 +16,8 @@ from apss.api.common import (
     outcome_response,
 )
 from apss.domain.orders import OrderStatus
-from apss.services.orders.checkout import OrderCreate
 from apss.services.merchants.keys import Merchant
+from apss.services.orders.checkout import OrderCreate
 from apss.services.views import OrderEventList, OrderList, OrderView
 
 __all__ = ["OrderController"]

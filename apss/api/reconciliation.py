@@ -9,7 +9,10 @@ from litestar.params import Parameter
 
 from apss.api.common import Cursor, Limit, Services, list_response
 from apss.services.merchants.keys import Merchant
-from apss.services.money.reconciliation import ReconciliationRunDetail, ReconciliationRunView
+from apss.services.money.reconciliation import (
+    ReconciliationRunDetail,
+    ReconciliationRunView,
+)
 from apss.services.views import encode
 
 __all__ = ["STATEMENT_BYTES_MAX", "ReconciliationController"]

@@ -18,7 +18,6 @@ from apss.api.common import (
     list_response,
     outcome_response,
 )
-from apss.services.players.game_deliveries import DeliveryList, DeliveryView
 from apss.services.merchants.keys import Merchant
 from apss.services.notify.merchant_webhooks import (
     ReplayView,
@@ -31,6 +30,7 @@ from apss.services.notify.merchant_webhooks import (
     WebhookEndpointView,
     WebhookReplay,
 )
+from apss.services.players.game_deliveries import DeliveryList, DeliveryView
 
 __all__ = ["DeliveryController", "WebhookDeliveryController", "WebhookEndpointController"]
 

@@ -56,7 +56,7 @@ class Idempotency:
 
     def lookup(self, tx: Tx, *, merchant_id: str, request: IdempotencyRequest) -> Outcome | None:
         """The stored answer for this key, None for a new key; raises for reuse or in-flight."""
-        row = keys.get_key(tx, merchant_id=merchant_id, key=request.key)
+        row = keys.get_key_tx(tx, merchant_id=merchant_id, key=request.key)
         if row is None:
             return None
         if row["request_hash"] != request.request_hash:
@@ -86,7 +86,7 @@ class Idempotency:
     def finished(self, tx: Tx, *, merchant_id: str, key: str) -> Outcome | None:
         """The stored answer of a key that is no longer `running` (the completer finished it
         while its request was still out at a provider), else None."""
-        row = keys.get_key(tx, merchant_id=merchant_id, key=key)
+        row = keys.get_key_tx(tx, merchant_id=merchant_id, key=key)
         assert row is not None, "a two-step request holds its key"
         if row["state"] == "running":
             return None

@@ -3,7 +3,6 @@ that a stored idempotent response and a fresh one are the same bytes."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +10,7 @@ import msgspec
 
 from apss.clock import format_rfc3339
 from apss.domain.catalog import Grant
+from apss.store.db import Row
 
 __all__ = [
     "AccountView",
@@ -70,7 +70,7 @@ class ProductView(_View):
     created_at: str
 
 
-def product_view(row: sqlite3.Row) -> ProductView:
+def product_view(row: Row) -> ProductView:
     assert row["reserved"] >= 0 and row["sold"] >= 0
     return ProductView(
         id=row["id"], sku=row["sku"], name=row["name"], category=row["category"],
@@ -157,7 +157,7 @@ class OrderView(_View):
     fx: FxView | None = None
 
 
-def order_view(row: sqlite3.Row, *, public_url: str) -> OrderView:
+def order_view(row: Row, *, public_url: str) -> OrderView:
     """From the one order query of store/orders.py (order, items as JSON, payment columns)."""
     items = [
         OrderItemView(product_id=p, sku=s, quantity=q, unit_amount=u, amount=a)

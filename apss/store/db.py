@@ -42,17 +42,20 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
 from apss.errors import NotReady
 
-__all__ = ["Database", "EventSink", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
+__all__ = ["Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
+# A row as the code above the store sees it: columns by name, nothing sqlite3-specific
+# (store functions return sqlite3.Row, which reads the same way).
+Row = Mapping[str, Any]
 
 
 class StoreUnavailable(NotReady):

@@ -6,10 +6,10 @@ import sqlite3
 
 from apss.store.db import Database, Tx
 
-__all__ = ["finish_key", "get_key", "insert_key", "prune_keys", "running_keys"]
+__all__ = ["finish_key", "get_key_tx", "insert_key", "prune_keys", "running_keys"]
 
 
-def get_key(tx: Tx, *, merchant_id: str, key: str) -> sqlite3.Row | None:
+def get_key_tx(tx: Tx, *, merchant_id: str, key: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM idempotency_keys WHERE merchant_id = ? AND key = ?", (merchant_id, key))
 
 

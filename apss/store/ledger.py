@@ -12,7 +12,7 @@ __all__ = [
     "bump_balance",
     "ensure_account",
     "fetch_finance",
-    "get_finance",
+    "get_finance_tx",
     "insert_entries",
     "insert_transaction",
     "move_vc_pool",
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-def get_finance(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
+def get_finance_tx(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM merchant_finance WHERE merchant_id = ?", (merchant_id,))
 
 

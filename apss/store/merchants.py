@@ -10,8 +10,8 @@ __all__ = [
     "active_keys",
     "all_merchants",
     "fetch_merchant",
-    "get_merchant",
-    "get_setting",
+    "get_merchant_tx",
+    "get_setting_tx",
     "insert_api_key",
     "insert_merchant",
     "list_merchants",
@@ -44,7 +44,7 @@ def revoke_keys(tx: Tx, *, merchant_id: str, now_ms: int) -> list[str]:
     return [row["key_hash"] for row in rows]
 
 
-def get_merchant(tx: Tx, merchant_id: str) -> sqlite3.Row | None:
+def get_merchant_tx(tx: Tx, merchant_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM merchants WHERE id = ?", (merchant_id,))
 
 
@@ -70,7 +70,7 @@ async def all_merchants(db: Database) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT * FROM merchants")
 
 
-def get_setting(tx: Tx, name: str) -> str | None:
+def get_setting_tx(tx: Tx, name: str) -> str | None:
     row = tx.one("SELECT value FROM settings WHERE name = ?", (name,))
     return None if row is None else row["value"]
 

@@ -9,7 +9,7 @@ from apss.store.db import Database, Tx
 __all__ = [
     "fetch_refund",
     "finish_refund",
-    "get_refund",
+    "get_refund_tx",
     "insert_refund",
     "list_for_order",
     "refund_by_provider_ref",
@@ -31,7 +31,7 @@ def insert_refund(tx: Tx, row: dict) -> None:
     )
 
 
-def get_refund(tx: Tx, *, refund_id: str) -> sqlite3.Row | None:
+def get_refund_tx(tx: Tx, *, refund_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM refunds WHERE id = ?", (refund_id,))
 
 

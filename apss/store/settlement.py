@@ -20,8 +20,8 @@ __all__ = [
     "fetch_lines",
     "fetch_schedule",
     "fetch_settlement",
-    "get_schedule",
-    "get_settlement",
+    "get_schedule_tx",
+    "get_settlement_tx",
     "insert_lines",
     "insert_settlement",
     "line_count",
@@ -47,7 +47,7 @@ _SETTLEMENT_FIELDS = ("id", "merchant_id", "currency", "period_start_ms", "perio
 
 
 # -- schedules --------------------------------------------------------------------------------
-def get_schedule(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
+def get_schedule_tx(tx: Tx, *, merchant_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM settlement_schedules WHERE merchant_id = ?", (merchant_id,))
 
 
@@ -217,7 +217,7 @@ def mark_carried_into(tx: Tx, *, settlement_ids: list[str], carried_into: str) -
         assert cursor.rowcount == 1, f"carried batch {settlement_id} taken over twice"
 
 
-def get_settlement(tx: Tx, *, settlement_id: str) -> sqlite3.Row | None:
+def get_settlement_tx(tx: Tx, *, settlement_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM settlements WHERE id = ?", (settlement_id,))
 
 

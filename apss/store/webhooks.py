@@ -8,7 +8,7 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "ack_delivery",
-    "count_endpoints",
+    "count_endpoints_tx",
     "delivery_by_order",
     "disable_endpoint",
     "due_deliveries",
@@ -53,7 +53,7 @@ def insert_endpoint(tx: Tx, row: dict) -> None:
     )
 
 
-def count_endpoints(tx: Tx, *, merchant_id: str) -> int:
+def count_endpoints_tx(tx: Tx, *, merchant_id: str) -> int:
     return tx.one("SELECT count(*) FROM webhook_endpoints WHERE merchant_id = ? AND status = 'enabled'", (merchant_id,))[0]
 
 

@@ -37,7 +37,7 @@ async def seed_demo(*, db: Database, merchants: Merchants, catalog: Catalog) -> 
     """Seed once per database; returns the new merchant (with its key, shown only now)."""
 
     def claim(tx: Tx) -> bool:
-        if store.get_setting(tx, _SEEDED_SETTING) is not None:
+        if store.get_setting_tx(tx, _SEEDED_SETTING) is not None:
             return False
         store.set_setting(tx, _SEEDED_SETTING, "1")
         return True

@@ -86,7 +86,7 @@ class Merchants:
         generated = f"adm_{random_token(24)}"
 
         def fetch_or_create(tx: Tx) -> str | None:
-            stored = store.get_setting(tx, _ADMIN_HASH_SETTING)
+            stored = store.get_setting_tx(tx, _ADMIN_HASH_SETTING)
             if stored is not None:
                 return stored
             store.set_setting(tx, _ADMIN_HASH_SETTING, hash_secret(generated))

@@ -4,8 +4,6 @@ accounts and the rules). Balances are derived from the entries; `check` proves i
 
 from __future__ import annotations
 
-import sqlite3
-
 import msgspec
 
 from apss.clock import Clock
@@ -25,7 +23,7 @@ from apss.domain.ledger import (
 )
 from apss.ids import new_id
 from apss.store import ledger as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["BalanceView", "Finance", "Ledger", "LedgerCheck", "SummaryView"]
 
@@ -94,7 +92,7 @@ class Ledger:
         return True
 
     # -- virtual currency: deferred revenue ----------------------------------------------------
-    def defer_currency_sale(self, tx: Tx, *, order: sqlite3.Row, items: list[sqlite3.Row], merchant_share: int,
+    def defer_currency_sale(self, tx: Tx, *, order: Row, items: list[Row], merchant_share: int,
                             reference: str) -> None:
         """The merchant's share of the lines that grant only virtual currency is deferred revenue:
         it joins the average-cost pool of (merchant, currency code, money currency). The share is
@@ -139,13 +137,13 @@ class Ledger:
                       reference=reference, entries=entries)
 
     def finance(self, tx: Tx, merchant_id: str) -> Finance:
-        return self._finance(store.get_finance(tx, merchant_id=merchant_id))
+        return self._finance(store.get_finance_tx(tx, merchant_id=merchant_id))
 
     async def fetch_finance(self, merchant_id: str) -> Finance:
         """The same, read on a reader connection (no write transaction for a read)."""
         return self._finance(await store.fetch_finance(self._db, merchant_id=merchant_id))
 
-    def _finance(self, row: sqlite3.Row | None) -> Finance:
+    def _finance(self, row: Row | None) -> Finance:
         if row is None:
             return Finance(commission_bps=self._config.commission_bps, splits=[], clawback_policy=self._config.clawback_policy,
                            late_payment=self._config.late_payment)

@@ -29,7 +29,6 @@ the channel's status query and raises `payment_unresolved` when the provider nev
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from typing import Literal
 
 import msgspec
@@ -46,7 +45,7 @@ from apss.store import alerts as alert_store
 from apss.store import orders as order_store
 from apss.store import reconciliation as store
 from apss.store import refunds as refund_store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = [
     "STATUSES",
@@ -104,13 +103,13 @@ class ReconciliationRunDetail(ReconciliationRunView, frozen=True, kw_only=True):
 class _Ours(msgspec.Struct, kw_only=True):
     """Our side of a statement, read before the write (no slow work inside a transaction)."""
 
-    payments_by_ref: dict[str, sqlite3.Row]
-    payments_by_id: dict[str, sqlite3.Row]
-    refunds_by_ref: dict[str, sqlite3.Row]
-    refunds_by_payment: dict[str, list[sqlite3.Row]]
+    payments_by_ref: dict[str, Row]
+    payments_by_id: dict[str, Row]
+    refunds_by_ref: dict[str, Row]
+    refunds_by_payment: dict[str, list[Row]]
     fees: dict[str, int]
-    span_payments: list[sqlite3.Row]
-    span_refunds: list[sqlite3.Row]
+    span_payments: list[Row]
+    span_refunds: list[Row]
 
 
 def _span_ms(lines: list[StatementLine]) -> tuple[int, int] | None:
@@ -214,7 +213,7 @@ def _counts(lines: list[StatementLine], items: list[ReconciliationItemView], ski
     return counts
 
 
-def _run_view(row: sqlite3.Row) -> ReconciliationRunView:
+def _run_view(row: Row) -> ReconciliationRunView:
     return ReconciliationRunView(
         id=row["id"], channel=row["channel"], source_name=row["source_name"],
         span_start=format_rfc3339(row["span_start_ms"]) if row["span_start_ms"] is not None else None,
@@ -226,7 +225,7 @@ _ITEM_FIELDS = ("line", "status", "kind", "provider_ref", "payment_id", "refund_
                 "ours_fee", "theirs_fee", "currency", "theirs_currency", "detail")
 
 
-def _item_view(row: sqlite3.Row) -> ReconciliationItemView:
+def _item_view(row: Row) -> ReconciliationItemView:
     return ReconciliationItemView(**{name: row[name] for name in _ITEM_FIELDS})
 
 
@@ -282,7 +281,7 @@ class Reconciliation:
                                                          from_ms=span[0], to_ms=span[1], limit=SPAN_RECORDS_MAX)
             span_refunds = await store.refunds_in_span(self._db, merchant_id=merchant_id, channel=channel,
                                                        from_ms=span[0], to_ms=span[1], limit=SPAN_RECORDS_MAX)
-        grouped: dict[str, list[sqlite3.Row]] = {}
+        grouped: dict[str, list[Row]] = {}
         for refund in of_payments:
             grouped.setdefault(refund["payment_id"], []).append(refund)
         payment_ids = {p["id"] for p in (*by_ref, *by_id, *span_payments)}
@@ -339,7 +338,7 @@ class Reconciliation:
             return 0
         return await self._db.write(lambda tx: self._raise_checks(tx, paid, stuck))
 
-    def _raise_checks(self, tx: Tx, paid: list[sqlite3.Row], stuck: list[sqlite3.Row]) -> int:
+    def _raise_checks(self, tx: Tx, paid: list[Row], stuck: list[Row]) -> int:
         now_ms = self._clock.now_ms()
         raised = 0
         for candidate in paid:
@@ -351,7 +350,7 @@ class Reconciliation:
             raised += paid_not_delivered(tx, merchant_id=order["merchant_id"], order_id=order["id"], now_ms=now_ms,
                                          detail=f"{order['status']} for {minutes} min without being fulfilled")
         for candidate in stuck:
-            refund = refund_store.get_refund(tx, refund_id=candidate["id"])
+            refund = refund_store.get_refund_tx(tx, refund_id=candidate["id"])
             if refund["status"] != "pending" or alert_store.alerted(tx, object_id=refund["id"], kind="refund_stuck"):
                 continue
             minutes = (now_ms - refund["created_at_ms"]) // 60_000

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 from typing import Literal
 
 import msgspec
@@ -28,7 +27,7 @@ from apss.ids import new_id
 from apss.services.money.ledger import Ledger, SummaryView
 from apss.services.paging import page_of
 from apss.store import reports as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = [
     "CATCH_UP_DAYS",
@@ -106,14 +105,14 @@ class ReportView(msgspec.Struct, frozen=True, kw_only=True):
 _body_decoder = msgspec.json.Decoder(ReportBody)
 
 
-def _view(row: sqlite3.Row) -> ReportView:
+def _view(row: Row) -> ReportView:
     body = _body_decoder.decode(row["body"])
     return ReportView(id=row["id"], period=row["period"], period_start=format_rfc3339(row["period_start_ms"]),
                       period_end=format_rfc3339(row["period_end_ms"]), created_at=format_rfc3339(row["created_at_ms"]),
                       by_currency=body.by_currency, by_channel=body.by_channel, by_product=body.by_product)
 
 
-def _channel_lines(rows: list[sqlite3.Row]) -> list[ChannelLine]:
+def _channel_lines(rows: list[Row]) -> list[ChannelLine]:
     totals: dict[tuple[str, str], dict[str, int]] = {}
     for row in rows:
         channel = row["channel_account"].split(":", 1)[0]

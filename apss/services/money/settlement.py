@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import sqlite3
 from functools import partial
 from typing import Annotated, Literal
 
@@ -69,7 +68,7 @@ from apss.services.money.ledger import Ledger
 from apss.services.notify.outbox import Outbox
 from apss.services.paging import page_of
 from apss.store import settlement as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = [
     "LineView",
@@ -182,13 +181,13 @@ def _optional_time(ms: int | None) -> str | None:
     return format_rfc3339(ms) if ms is not None else None
 
 
-def _schedule(row: sqlite3.Row) -> Schedule:
+def _schedule(row: Row) -> Schedule:
     return Schedule(cycle=row["cycle"], cutoff_time=row["cutoff_time"], timezone=row["timezone"], weekday=row["weekday"],
                     t_plus_days=row["t_plus_days"], minimum_payout=_minimum_decoder.decode(row["minimum_payout"]),
                     reserve_bps=row["reserve_bps"], reserve_hold_days=row["reserve_hold_days"])
 
 
-def _settlement_fields(row: sqlite3.Row) -> dict:
+def _settlement_fields(row: Row) -> dict:
     return {
         "id": row["id"], "currency": row["currency"], "status": row["status"], "period_start": format_rfc3339(row["period_start_ms"]),
         "period_end": format_rfc3339(row["period_end_ms"]), "cutoff_at": format_rfc3339(row["cutoff_at_ms"]),
@@ -201,13 +200,13 @@ def _settlement_fields(row: sqlite3.Row) -> dict:
     }
 
 
-def _line_view(row: sqlite3.Row) -> LineView:
+def _line_view(row: Row) -> LineView:
     return LineView(line=row["line"], kind=row["kind"], reference=row["reference"], order_id=row["order_id"],
                     channel=row["channel"], amount=row["amount"], fee=row["fee"], commission=row["commission"],
                     partner_shares=row["partner_shares"], net=row["net"], occurred_at=format_rfc3339(row["occurred_at_ms"]))
 
 
-def _detail(row: sqlite3.Row, lines: list[sqlite3.Row]) -> SettlementDetailView:
+def _detail(row: Row, lines: list[Row]) -> SettlementDetailView:
     assert sum(line["net"] for line in lines) == row["net_payable"], f"settlement {row['id']}: lines differ from its total"
     return SettlementDetailView(**_settlement_fields(row), lines=[_line_view(line) for line in lines])
 
@@ -250,10 +249,10 @@ class Settlements:
 
     @staticmethod
     def _render(tx: Tx, settlement_id: str) -> SettlementView:
-        return SettlementView(**_settlement_fields(store.get_settlement(tx, settlement_id=settlement_id)))
+        return SettlementView(**_settlement_fields(store.get_settlement_tx(tx, settlement_id=settlement_id)))
 
     # -- schedule ------------------------------------------------------------------------------
-    def _view(self, schedule: Schedule, row: sqlite3.Row | None) -> ScheduleView:
+    def _view(self, schedule: Schedule, row: Row | None) -> ScheduleView:
         last_ms = row["last_cutoff_at_ms"] if row else None
         upcoming = cutoffs_between(schedule, after_ms=max(last_ms or 0, self._clock.now_ms()),
                                    until_ms=self._clock.now_ms() + 400 * 86_400_000, count_max=1)
@@ -273,7 +272,7 @@ class Settlements:
 
         def transaction(tx: Tx) -> ScheduleView:
             now_ms = self._clock.now_ms()
-            current = store.get_schedule(tx, merchant_id=merchant_id)
+            current = store.get_schedule_tx(tx, merchant_id=merchant_id)
             if current is None:
                 # Nothing settled yet: the first batch takes everything since the merchant began.
                 created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
@@ -292,7 +291,7 @@ class Settlements:
                 "minimum_payout": msgspec.json.encode(schedule.minimum_payout).decode(), "reserve_bps": schedule.reserve_bps,
                 "reserve_hold_days": schedule.reserve_hold_days, "last_cutoff_at_ms": last_ms,
                 "settled_through_ms": through_ms, "updated_at_ms": now_ms})
-            return self._view(schedule, store.get_schedule(tx, merchant_id=merchant_id))
+            return self._view(schedule, store.get_schedule_tx(tx, merchant_id=merchant_id))
 
         return await self._db.write(transaction)
 
@@ -326,7 +325,7 @@ class Settlements:
         return []
 
     def _settle_due(self, tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str] | None:
-        row = store.get_schedule(tx, merchant_id=merchant_id)
+        row = store.get_schedule_tx(tx, merchant_id=merchant_id)
         if row is None or row["cycle"] == "manual":
             return []
         schedule = _schedule(row)
@@ -339,7 +338,7 @@ class Settlements:
         """Manual cycle: settle everything up to now (one batch per currency with activity)."""
 
         def fn(tx: Tx) -> SettlementList:
-            row = store.get_schedule(tx, merchant_id=merchant_id)
+            row = store.get_schedule_tx(tx, merchant_id=merchant_id)
             if row is not None and row["cycle"] != "manual":
                 raise Conflict(f"The merchant settles on its {row['cycle']} cycle; settling on demand is for the manual"
                                " cycle.", code="settlement_cycle_not_manual")
@@ -351,21 +350,21 @@ class Settlements:
                     "cycle": "manual", "weekday": None, "t_plus_days": 0, "cutoff_time": "00:00", "timezone": "UTC",
                     "minimum_payout": "{}", "reserve_bps": 0, "reserve_hold_days": 0, "last_cutoff_at_ms": created_at_ms,
                     "settled_through_ms": min(created_at_ms, now_ms), "updated_at_ms": now_ms})
-                row = store.get_schedule(tx, merchant_id=merchant_id)
+                row = store.get_schedule_tx(tx, merchant_id=merchant_id)
             made: list[str] | None = []
             if now_ms > row["last_cutoff_at_ms"]:
                 # The request's answer is one transaction (idempotency stores it): its chunks all
                 # run in it, one after another (what is left: chunk it like run_due).
                 made = None
                 while made is None:
-                    made = self._settle_chunk(tx, row=store.get_schedule(tx, merchant_id=merchant_id),
+                    made = self._settle_chunk(tx, row=store.get_schedule_tx(tx, merchant_id=merchant_id),
                                               schedule=_schedule(row), cutoff_ms=now_ms)
             views = [self._render(tx, settlement_id) for settlement_id in made]
             return SettlementList(data=views, has_more=False, next_cursor=None)
 
         return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=fn, success_status=200)
 
-    def _settle_chunk(self, tx: Tx, *, row: sqlite3.Row, schedule: Schedule, cutoff_ms: int) -> list[str] | None:
+    def _settle_chunk(self, tx: Tx, *, row: Row, schedule: Schedule, cutoff_ms: int) -> list[str] | None:
         """One chunk of one merchant's cut-off: its next chunk_rows_max ledger transactions added to
         the batches being built (invisible until complete); the last chunk completes them and moves
         the markers. Returns the batch ids once the cut-off is settled, None while chunks remain."""
@@ -435,7 +434,7 @@ class Settlements:
         store.insert_lines(tx, [(settlement_id, number, line.kind, line.reference, line.order_id, line.channel,
                                  line.amount, line.fee, line.commission, line.partner_shares, line.net,
                                  line.occurred_at_ms) for number, line in enumerate(lines, start=first)])
-        gross_by_channel = _gross_decoder.decode(store.get_settlement(tx, settlement_id=settlement_id)["gross_by_channel"])
+        gross_by_channel = _gross_decoder.decode(store.get_settlement_tx(tx, settlement_id=settlement_id)["gross_by_channel"])
         for channel, gross in payment_gross_by_channel(lines).items():
             gross_by_channel[channel] = gross_by_channel.get(channel, 0) + gross
         store.add_to_draft(tx, settlement_id=settlement_id, totals=line_totals(lines),
@@ -464,10 +463,10 @@ class Settlements:
         return made
 
     @staticmethod
-    def _activity(entries: list[sqlite3.Row], *, start_ms: int, end_ms: int) -> tuple[dict[str, list[Line]], list[tuple[int, str]]]:
+    def _activity(entries: list[Row], *, start_ms: int, end_ms: int) -> tuple[dict[str, list[Line]], list[tuple[int, str]]]:
         """One line per ledger transaction (and currency) of a chunk, by currency, in posting order;
         and the (created_at_ms, id) of each transaction taken, in order."""
-        grouped: dict[tuple[str, str], list[sqlite3.Row]] = {}
+        grouped: dict[tuple[str, str], list[Row]] = {}
         taken: dict[str, tuple[int, str]] = {}
         for entry in entries:
             grouped.setdefault((entry["transaction_id"], entry["currency"]), []).append(entry)
@@ -486,7 +485,7 @@ class Settlements:
         """pending -> paid (admin), posting the payout to the ledger in the same transaction."""
 
         def transaction(tx: Tx) -> SettlementDetailView:
-            row = store.get_settlement(tx, settlement_id=settlement_id)
+            row = store.get_settlement_tx(tx, settlement_id=settlement_id)
             if row is None or not row["complete"]:  # one being built is not there yet
                 raise NotFound(f"No such settlement: '{settlement_id}'", param="id")
             if row["status"] != "pending":
@@ -504,7 +503,7 @@ class Settlements:
                                      now_ms=self._clock.now_ms())
             if not marked:  # the writer is alone and the status was read as pending: a broken store
                 raise RuntimeError(f"settlement {settlement_id} was pending but could not be marked paid")
-            return _detail(store.get_settlement(tx, settlement_id=settlement_id), lines)
+            return _detail(store.get_settlement_tx(tx, settlement_id=settlement_id), lines)
 
         return await self._db.write(transaction)
 
@@ -516,7 +515,7 @@ class Settlements:
                                             status=status, currency=currency)
         return page_of(rows, limit, lambda r: SettlementView(**_settlement_fields(r)))
 
-    async def _row(self, merchant_id: str, settlement_id: str) -> sqlite3.Row:
+    async def _row(self, merchant_id: str, settlement_id: str) -> Row:
         row = await store.fetch_settlement(self._db, settlement_id=settlement_id)
         if row is None or row["merchant_id"] != merchant_id:
             raise NotFound(f"No such settlement: '{settlement_id}'", param="id")

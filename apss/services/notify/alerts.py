@@ -3,15 +3,13 @@ the provider never resolved...). Raised inside the transaction that found them."
 
 from __future__ import annotations
 
-import sqlite3
-
 import msgspec
 
 from apss.clock import Clock, format_rfc3339
 from apss.errors import NotFound
 from apss.services.paging import page_of
 from apss.store import alerts as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["AlertList", "AlertView", "Alerts", "alert_view"]
 
@@ -33,7 +31,7 @@ class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
-def alert_view(row: sqlite3.Row) -> AlertView:
+def alert_view(row: Row) -> AlertView:
     return AlertView(id=row["id"], kind=row["kind"], severity=row["severity"], object_id=row["object_id"],
                      message=row["message"], resolved=row["resolved_at_ms"] is not None,
                      created_at=format_rfc3339(row["created_at_ms"]),

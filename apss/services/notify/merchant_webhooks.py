@@ -47,7 +47,6 @@ import asyncio
 import logging
 import random
 import secrets
-import sqlite3
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -64,7 +63,7 @@ from apss.services.orders.lifecycle import raise_alert
 from apss.services.outbound import TargetClients, check_webhook_url
 from apss.services.paging import page_of
 from apss.store import webhooks as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = [
     "WebhookEvents",
@@ -183,7 +182,7 @@ def _time(ms: int | None) -> str | None:
     return None if ms is None else format_rfc3339(ms)
 
 
-def _endpoint_view(row: sqlite3.Row) -> WebhookEndpointView:
+def _endpoint_view(row: Row) -> WebhookEndpointView:
     assert row["status"] in ("enabled", "disabled")
     return WebhookEndpointView(
         id=row["id"], url=row["url"], events=_events_decoder.decode(row["events"]), status=row["status"],
@@ -191,11 +190,11 @@ def _endpoint_view(row: sqlite3.Row) -> WebhookEndpointView:
         created_at=format_rfc3339(row["created_at_ms"]))
 
 
-def _with_secret(row: sqlite3.Row, secret: str) -> WebhookEndpointSecretView:
+def _with_secret(row: Row, secret: str) -> WebhookEndpointSecretView:
     return WebhookEndpointSecretView(**msgspec.structs.asdict(_endpoint_view(row)), secret=secret)
 
 
-def _delivery_view(row: sqlite3.Row) -> WebhookDeliveryView:
+def _delivery_view(row: Row) -> WebhookDeliveryView:
     assert row["status"] in ("pending", "succeeded", "failed")
     return WebhookDeliveryView(
         id=row["id"], event_id=row["event_id"], event_type=row["event_type"], endpoint_id=row["endpoint_id"],
@@ -319,7 +318,7 @@ class Webhooks:
         _check_event_types(command.events)
 
         def transaction(tx: Tx) -> WebhookEndpointSecretView:
-            if store.count_endpoints(tx, merchant_id=merchant_id) >= self._endpoints_max:
+            if store.count_endpoints_tx(tx, merchant_id=merchant_id) >= self._endpoints_max:
                 raise InvalidRequest(f"At most {self._endpoints_max} enabled webhook endpoints per merchant.",
                                      code="webhook_endpoints_max_reached")
             endpoint_id, secret = new_id("we"), _new_secret()
@@ -353,7 +352,7 @@ class Webhooks:
         def transaction(tx: Tx) -> WebhookEndpointView:
             row = self._endpoint_tx(tx, merchant_id=merchant_id, endpoint_id=endpoint_id)
             enabling = command.enabled is True and row["status"] == "disabled"
-            if enabling and store.count_endpoints(tx, merchant_id=merchant_id) >= self._endpoints_max:
+            if enabling and store.count_endpoints_tx(tx, merchant_id=merchant_id) >= self._endpoints_max:
                 raise InvalidRequest(f"At most {self._endpoints_max} enabled webhook endpoints per merchant.",
                                      code="webhook_endpoints_max_reached", param="enabled")
             now_ms = self._clock.now_ms()
@@ -401,7 +400,7 @@ class Webhooks:
         check_webhook_url(url, https_required=merchant_mode == "live",
                           private_allowed=self._private_allowed(merchant_mode))
 
-    def _endpoint_tx(self, tx: Tx, *, merchant_id: str, endpoint_id: str) -> sqlite3.Row:
+    def _endpoint_tx(self, tx: Tx, *, merchant_id: str, endpoint_id: str) -> Row:
         row = store.get_endpoint_tx(tx, merchant_id=merchant_id, endpoint_id=endpoint_id)
         if row is None:
             raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param="id")
@@ -504,7 +503,7 @@ class Webhooks:
             self.wake()  # more may be due: run again soon rather than at the next interval
         return succeeded
 
-    def _signing_secrets(self, row: sqlite3.Row) -> list[str]:
+    def _signing_secrets(self, row: Row) -> list[str]:
         """The current secret, then the previous one while its rotation overlap lasts."""
         found = [self._keyring.open(row["secret_sealed"], context=row["endpoint_id"])]
         expires_ms = row["previous_secret_expires_at_ms"]
@@ -520,7 +519,7 @@ class Webhooks:
             header += f",v1={hmac_sha256_hex(secret, str(timestamp_s).encode() + b'.' + body)}"
         return header
 
-    async def _send(self, row: sqlite3.Row, signing_secrets: list[str], gate: asyncio.Semaphore) -> _Sent:
+    async def _send(self, row: Row, signing_secrets: list[str], gate: asyncio.Semaphore) -> _Sent:
         if row["endpoint_status"] != "enabled":
             return _Sent(status_code=None, error="endpoint_disabled")
         body = bytes(row["payload"])
@@ -547,7 +546,7 @@ class Webhooks:
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 return _Sent(status_code=None, error=f"connection_error: {type(exc).__name__}")
 
-    def _record(self, tx: Tx, due: list[sqlite3.Row], sent: list[_Sent]) -> int:
+    def _record(self, tx: Tx, due: list[Row], sent: list[_Sent]) -> int:
         assert len(due) == len(sent)
         now_ms, succeeded = self._clock.now_ms(), 0
         for row, result in zip(due, sent, strict=True):
@@ -575,7 +574,7 @@ class Webhooks:
                 self._retry_or_give_up(tx, row, result, now_ms=now_ms)
         return succeeded
 
-    def _retry_or_give_up(self, tx: Tx, row: sqlite3.Row, result: _Sent, *, now_ms: int) -> None:
+    def _retry_or_give_up(self, tx: Tx, row: Row, result: _Sent, *, now_ms: int) -> None:
         error = result.error or f"HTTP {result.status_code}"
         attempts = row["attempts"] + 1
         deadline_ms = row["created_at_ms"] + self._retry_window_ms
@@ -605,7 +604,7 @@ class Webhooks:
                                  f"{row['endpoint_id']} within the retry window (last: {error}).")
 
     @staticmethod
-    def _alert_once(tx: Tx, row: sqlite3.Row, *, kind: str, message: str, now_ms: int) -> None:
+    def _alert_once(tx: Tx, row: Row, *, kind: str, message: str, now_ms: int) -> None:
         """One open alert per endpoint and kind: a receiver refusing everything is one problem."""
         if store.open_alert_exists(tx, merchant_id=row["merchant_id"], kind=kind, object_id=row["endpoint_id"]):
             return

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from apss.services.notify.alerts import alert_view
+from apss.services.notify.merchant_webhooks import WebhookEvents
 from apss.services.refunds.refunds import refund_view
 from apss.services.views import order_view
-from apss.services.notify.merchant_webhooks import WebhookEvents
 from apss.store import alerts, orders, refunds
 from apss.store import webhooks as webhook_store
 from apss.store.db import Tx
@@ -23,7 +23,7 @@ class Outbox:
         self._events = events
         self._renderers: dict[str, Callable[[Tx, str], Any]] = {
             "order": lambda tx, oid: order_view(orders.get_order_view_tx(tx, order_id=oid), public_url=public_url),
-            "refund": lambda tx, rid: refund_view(refunds.get_refund(tx, refund_id=rid)),
+            "refund": lambda tx, rid: refund_view(refunds.get_refund_tx(tx, refund_id=rid)),
             "alert": lambda tx, aid: alert_view(alerts.get_alert_tx(tx, alert_id=aid)),
         }
 

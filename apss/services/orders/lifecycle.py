@@ -7,7 +7,6 @@ ends unpaid (expired, canceled, failed).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 import msgspec
@@ -25,7 +24,7 @@ from apss.domain.payments import PaymentStatus, payment_transition
 from apss.errors import InvalidTransition
 from apss.ids import new_id
 from apss.store import alerts, catalog, orders, players
-from apss.store.db import Tx
+from apss.store.db import Row, Tx
 
 __all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "paid_not_delivered", "pay", "raise_alert", "stock_available_again"]
 
@@ -33,7 +32,7 @@ _grants_decoder = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
 
 
-def move(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: int) -> OrderStatus:
+def move(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int) -> OrderStatus:
     """Apply `event` to the order (InvalidTransition if illegal) and record it with its cause."""
     current = OrderStatus(order["status"])
     target = transition(current, event)
@@ -44,7 +43,7 @@ def move(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: i
     return target
 
 
-def end_unpaid(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now_ms: int) -> None:
+def end_unpaid(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int) -> None:
     """Expire, cancel or fail a pending order: release its reservation, cancel its payment."""
     assert event in (OrderEvent.EXPIRE, OrderEvent.CANCEL, OrderEvent.PAYMENT_FAILED)
     transition(OrderStatus(order["status"]), event)  # check before writing
@@ -65,7 +64,7 @@ def end_unpaid(tx: Tx, order: sqlite3.Row, event: OrderEvent, *, cause: str, now
         move_payment(tx, payment, PaymentStatus.CANCELED, now_ms=now_ms)
 
 
-def move_payment(tx: Tx, payment: sqlite3.Row, target: PaymentStatus, *, now_ms: int, fields: dict | None = None) -> bool:
+def move_payment(tx: Tx, payment: Row, target: PaymentStatus, *, now_ms: int, fields: dict | None = None) -> bool:
     """Move a payment through its state machine with a guarded write. False when the move is
     not allowed from its status (a stale event), or the payment moved since it was read."""
     current = PaymentStatus(payment["status"])
@@ -77,7 +76,7 @@ def move_payment(tx: Tx, payment: sqlite3.Row, target: PaymentStatus, *, now_ms:
                                now_ms=now_ms, fields=fields)
 
 
-def stock_available_again(tx: Tx, items: list[sqlite3.Row]) -> bool:
+def stock_available_again(tx: Tx, items: list[Row]) -> bool:
     """Can a late payment take its units from free stock (its reservation was released)?"""
     for item in items:
         free = catalog.free_stock(tx, product_id=item["product_id"])
@@ -89,7 +88,7 @@ def stock_available_again(tx: Tx, items: list[sqlite3.Row]) -> bool:
 GameDelivery = Callable[..., str]  # Deliveries.create_delivery(tx, order_row=, items_rows=, now_ms=)
 
 
-def pay(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, cause: str, now_ms: int,
+def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
         game_delivery: GameDelivery | None = None) -> None:
     """Take the stock, mark the order paid, deliver the goods and mark it fulfilled: one
     transaction, so a paid order is never left undelivered by a crash. Goods the game delivers
@@ -120,7 +119,7 @@ def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
         move(tx, order, OrderEvent.DELIVER, cause="delivery_ack", now_ms=now_ms)
 
 
-def deliver(tx: Tx, order: sqlite3.Row, items: list[sqlite3.Row], *, now_ms: int) -> None:
+def deliver(tx: Tx, order: Row, items: list[Row], *, now_ms: int) -> None:
     """Grant what each unit of each line delivers (grants frozen on the line at purchase)."""
     merchant_id, player_id = order["merchant_id"], order["player_id"]
     for item in items:

@@ -22,7 +22,6 @@ The janitor applies the answers of provider status queries through the same `app
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from apss.channels.base import (
     CallbackEvent,
@@ -38,14 +37,14 @@ from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import CallbackRejected, ChannelUnavailable, NotFound
 from apss.ids import new_token
+from apss.services.merchants.keys import Merchant, Merchants
+from apss.services.money.ledger import Ledger
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
-from apss.services.money.ledger import Ledger
-from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.refunds.refunds import Refunds
 from apss.store import orders
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["PaymentEvents", "event_from_report", "synthetic_event_id"]
 
@@ -147,7 +146,7 @@ class PaymentEvents:
                                          result=result)
         return result
 
-    def _apply_to_payment(self, tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:
+    def _apply_to_payment(self, tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if event.kind is CallbackKind.PAYMENT_SUCCEEDED:
             return self._succeeded(tx, payment, event, now_ms=now_ms)
         if event.kind is CallbackKind.PAYMENT_FAILED:
@@ -176,7 +175,7 @@ class PaymentEvents:
         return result
 
     @staticmethod
-    def _find_payment(tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> sqlite3.Row | None:
+    def _find_payment(tx: Tx, channel: str, merchant_id: str, event: CallbackEvent) -> Row | None:
         payment = orders.get_payment_tx(tx, payment_id=event.payment_id) if event.payment_id else None
         if payment is None:
             refs = [r for r in (event.provider_ref, *event.provider_refs) if r]
@@ -185,7 +184,7 @@ class PaymentEvents:
             return None
         return payment
 
-    def _succeeded(self, tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:
+    def _succeeded(self, tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if payment["status"] == PaymentStatus.SUCCEEDED.value:
             return "stale"
         if event.amount != payment["amount"] or event.currency != payment["currency"]:
@@ -210,7 +209,7 @@ class PaymentEvents:
         self._ledger.defer_currency_sale(tx, order=order, items=items, merchant_share=merchant_share, reference=payment["id"])
         return "applied"
 
-    def _late_payment(self, tx: Tx, payment: sqlite3.Row, order: sqlite3.Row, *, now_ms: int) -> str:
+    def _late_payment(self, tx: Tx, payment: Row, order: Row, *, now_ms: int) -> str:
         """Money taken for an order that cannot take it: by the merchant's policy, refunded
         through the channel (queued for the refund sender, booked when it succeeds) or an alert."""
         policy = self._ledger.finance(tx, payment["merchant_id"]).late_payment
@@ -227,7 +226,7 @@ class PaymentEvents:
                     f"and its stock is gone: {action}")
         return "anomaly"
 
-    def _post_capture(self, tx: Tx, payment: sqlite3.Row) -> int:
+    def _post_capture(self, tx: Tx, payment: Row) -> int:
         """The money is at the provider, whatever becomes of the order: post it. Returns the
         merchant's share."""
         finance = self._ledger.finance(tx, payment["merchant_id"])
@@ -241,7 +240,7 @@ class PaymentEvents:
         return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
 
     @staticmethod
-    def _failed(tx: Tx, payment: sqlite3.Row, event: CallbackEvent, *, now_ms: int) -> str:
+    def _failed(tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if payment["status"] == PaymentStatus.FAILED.value:
             return "stale"
         if not lifecycle.move_payment(tx, payment, PaymentStatus.FAILED, now_ms=now_ms,

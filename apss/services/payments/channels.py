@@ -17,7 +17,13 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import Capability, Channel, ChannelRegistry, Credentials, VerifiesCallbacks
+from apss.channels.base import (
+    Capability,
+    Channel,
+    ChannelRegistry,
+    Credentials,
+    VerifiesCallbacks,
+)
 from apss.clock import Clock, format_rfc3339
 from apss.config import ChannelsConfig
 from apss.crypto import Keyring

@@ -43,9 +43,9 @@ from apss.errors import (
     ProviderDeclined,
     ProviderFlowNotSupported,
 )
+from apss.services.merchants.keys import Merchant
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
-from apss.services.merchants.keys import Merchant
 from apss.store import channels as channel_store
 from apss.store import orders
 from apss.store.db import Tx

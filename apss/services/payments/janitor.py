@@ -19,20 +19,23 @@ retries at the next run while the outcome is unknown, up to `len(janitor_schedul
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from apss.channels.base import PaymentQuery, RefundQuery
 from apss.clock import Clock
 from apss.config import ChannelsConfig
-from apss.services.orders import lifecycle
-from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.merchants.keys import Merchants
-from apss.services.payments.callbacks import PaymentEvents, event_from_report, synthetic_event_id
+from apss.services.orders import lifecycle
+from apss.services.payments.callbacks import (
+    PaymentEvents,
+    event_from_report,
+    synthetic_event_id,
+)
+from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.refunds.refunds import Refunds
 from apss.store import channels as store
 from apss.store import orders
 from apss.store import refunds as refund_store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["PaymentJanitor"]
 
@@ -74,7 +77,7 @@ class PaymentJanitor:
             resolved += await self._db.write(lambda tx, p=payment, a=attempt: self._record(tx, p, a, schedule_ms))
         return resolved
 
-    def _record(self, tx: Tx, payment: sqlite3.Row, attempt: Attempt, schedule_ms: list[int]) -> bool:
+    def _record(self, tx: Tx, payment: Row, attempt: Attempt, schedule_ms: list[int]) -> bool:
         now_ms = self._clock.now_ms()
         self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=payment["merchant_id"])
         event = None
@@ -113,7 +116,7 @@ class PaymentJanitor:
             resolved += await self._db.write(lambda tx, r=refund, a=attempt: self._record_refund(tx, r, a, schedule_ms))
         return resolved
 
-    def _record_refund(self, tx: Tx, refund: sqlite3.Row, attempt: Attempt, schedule_ms: list[int]) -> bool:
+    def _record_refund(self, tx: Tx, refund: Row, attempt: Attempt, schedule_ms: list[int]) -> bool:
         now_ms = self._clock.now_ms()
         self._gateway.record(tx, attempt, payment_id=refund["payment_id"], merchant_id=refund["merchant_id"])
         status = attempt.value.status if attempt.succeeded else None
@@ -147,7 +150,7 @@ class PaymentJanitor:
             await self._db.write(lambda tx, p=payment, a=attempt: self._record_close(tx, p, a))
         return closed
 
-    def _record_close(self, tx: Tx, payment: sqlite3.Row, attempt: Attempt) -> None:
+    def _record_close(self, tx: Tx, payment: Row, attempt: Attempt) -> None:
         now_ms = self._clock.now_ms()
         self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=payment["merchant_id"])
         if attempt.succeeded:

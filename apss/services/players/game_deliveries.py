@@ -11,7 +11,6 @@ pushed again with backoff (`push_due`, a scheduler job), and one left unacknowle
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 import msgspec
@@ -25,7 +24,7 @@ from apss.services.notify.merchant_webhooks import Webhooks
 from apss.services.orders.lifecycle import paid_not_delivered
 from apss.services.paging import page_of
 from apss.store import webhooks as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["Deliveries", "DeliveryItemView", "DeliveryList", "DeliveryView"]
 
@@ -60,7 +59,7 @@ _grants_decoder = msgspec.json.Decoder(list[Grant])
 _encoder = msgspec.json.Encoder()
 
 
-def _view(row: sqlite3.Row) -> DeliveryView:
+def _view(row: Row) -> DeliveryView:
     assert row["status"] in ("pending", "acknowledged")
     assert (row["status"] == "acknowledged") == (row["acknowledged_at_ms"] is not None)
     return DeliveryView(
@@ -97,7 +96,7 @@ class Deliveries:
         self._batch_max = batch_max
 
     # -- in the paid transaction ---------------------------------------------------------------
-    def create_delivery(self, tx: Tx, *, order_row: sqlite3.Row, items_rows: list[sqlite3.Row], now_ms: int) -> str:
+    def create_delivery(self, tx: Tx, *, order_row: Row, items_rows: list[Row], now_ms: int) -> str:
         """Record the delivery of a paid order and push it (`delivery.pending`); once per order."""
         assert items_rows and all(item["order_id"] == order_row["id"] for item in items_rows)
         existing = store.delivery_by_order(tx, order_id=order_row["id"])
@@ -175,7 +174,7 @@ class Deliveries:
             return 0
         return await self._db.write(lambda tx: sum(self._visit(tx, row) for row in due))
 
-    def _visit(self, tx: Tx, due: sqlite3.Row) -> int:
+    def _visit(self, tx: Tx, due: Row) -> int:
         row = store.get_game_delivery_tx(tx, merchant_id=due["merchant_id"], delivery_id=due["id"])
         now_ms = self._clock.now_ms()
         if row["status"] != "pending" or row["next_push_at_ms"] is None or row["next_push_at_ms"] > now_ms:

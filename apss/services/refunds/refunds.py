@@ -18,7 +18,6 @@ purchases pay off first). A clawback is the only way a wallet goes below zero.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Annotated
 
@@ -53,7 +52,7 @@ from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.views import encode
 from apss.store import orders, players
 from apss.store import refunds as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["RefundCreate", "RefundView", "Refunds"]
 
@@ -88,7 +87,7 @@ class RefundView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
 
 
-def refund_view(row: sqlite3.Row) -> RefundView:
+def refund_view(row: Row) -> RefundView:
     clawback = msgspec.json.decode(row["clawback"], type=Clawback) if row["clawback"] else None
     return RefundView(id=row["id"], order_id=row["order_id"], payment_id=row["payment_id"], amount=row["amount"],
                       currency=row["currency"], status=row["status"], reason=row["reason"], failure_code=row["failure_code"],
@@ -158,7 +157,7 @@ class Refunds:
                     self.record_outcome(tx, refund_id=refund_id, payment_id=payment["id"], attempt=attempt)
                     return stored
             self.record_outcome(tx, refund_id=refund_id, payment_id=payment["id"], attempt=attempt)
-            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund(tx, refund_id=refund_id))))
+            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund_tx(tx, refund_id=refund_id))))
             if idem_key is not None:
                 self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
             return outcome
@@ -169,7 +168,7 @@ class Refunds:
         """What the provider said of a refund: succeeded (now, or `pending` at the provider),
         a definite refusal (`failed`), or unknown: then it stays `pending` and the janitor asks;
         it is never booked failed on a guess (the money may have gone back)."""
-        refund = store.get_refund(tx, refund_id=refund_id)
+        refund = store.get_refund_tx(tx, refund_id=refund_id)
         merchant_id = refund["merchant_id"]
         self._gateway.record(tx, attempt, payment_id=payment_id, merchant_id=merchant_id)
         store.dequeue(tx, refund_id=refund_id)
@@ -201,13 +200,13 @@ class Refunds:
             stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key)
             if stored is not None:
                 return stored
-            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund(tx, refund_id=refund_id))))
+            outcome = Outcome(status=201, body=encode(refund_view(store.get_refund_tx(tx, refund_id=refund_id))))
             self._idempotency.finish(tx, merchant_id=merchant.id, key=idem_key, outcome=outcome)
             return outcome
 
         return await self._db.write(transaction)
 
-    def queue_refund(self, tx: Tx, *, payment: sqlite3.Row, reason: str) -> str:
+    def queue_refund(self, tx: Tx, *, payment: Row, reason: str) -> str:
         """A refund APSS decides by itself (a late payment it cannot accept): the rest of the
         payment, `pending`, sent by the refund sender job after this transaction commits."""
         left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
@@ -229,7 +228,7 @@ class Refunds:
         return sent
 
     # -- outcomes (now, or later by callback) -------------------------------------------------
-    def apply_chargeback(self, tx: Tx, *, payment: sqlite3.Row, amount: int | None, event_id: str) -> str:
+    def apply_chargeback(self, tx: Tx, *, payment: Row, amount: int | None, event_id: str) -> str:
         """A dispute the provider opened takes the money back at once: a forced refund (ledger kind
         `chargeback`) of exactly what the provider reports, goods taken back as for a refund with
         the `debt` policy, and an alert. Refunds still pending do not shrink it: if they and the
@@ -253,7 +252,7 @@ class Refunds:
         return self.apply_succeeded(tx, refund_id=refund_id, cause=f"callback:{event_id}", kind="chargeback", policy="debt")
 
     def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None) -> str:
-        refund = store.get_refund(tx, refund_id=refund_id)
+        refund = store.get_refund_tx(tx, refund_id=refund_id)
         current = RefundStatus(refund["status"])
         if RefundStatus.SUCCEEDED not in REFUND_TRANSITIONS[current]:
             return "stale"
@@ -289,14 +288,14 @@ class Refunds:
             lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
         return "applied"
 
-    def _alert_over_refund(self, tx: Tx, payment: sqlite3.Row, *, total: int) -> None:
+    def _alert_over_refund(self, tx: Tx, payment: Row, *, total: int) -> None:
         lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="over_refund", severity="critical",
                               object_id=payment["id"], now_ms=self._clock.now_ms(),
                               message=f"refunds and chargebacks of payment {payment['id']} come to {total} "
                                       f"{payment['currency']}, more than the {payment['amount']} captured")
 
     def apply_failed(self, tx: Tx, *, refund_id: str, failure_code: str) -> str:
-        refund = store.get_refund(tx, refund_id=refund_id)
+        refund = store.get_refund_tx(tx, refund_id=refund_id)
         if RefundStatus.FAILED not in REFUND_TRANSITIONS[RefundStatus(refund["status"])]:
             return "stale"
         moved = store.finish_refund(tx, refund_id=refund_id, from_status=refund["status"], status="failed",
@@ -308,14 +307,14 @@ class Refunds:
                               message=f"refund {refund_id} of order {refund['order_id']} failed: {failure_code}")
         return "applied"
 
-    def find(self, tx: Tx, *, refund_id: str | None, provider_ref: str | None) -> sqlite3.Row | None:
-        row = store.get_refund(tx, refund_id=refund_id) if refund_id else None
+    def find(self, tx: Tx, *, refund_id: str | None, provider_ref: str | None) -> Row | None:
+        row = store.get_refund_tx(tx, refund_id=refund_id) if refund_id else None
         if row is None and provider_ref:
             row = store.refund_by_provider_ref(tx, provider_ref=provider_ref)
         return row
 
     # -- clawback ----------------------------------------------------------------------------
-    def _plan(self, tx: Tx, order: sqlite3.Row, *, gross: int, before: int, amount: int, policy: str) -> Clawback:
+    def _plan(self, tx: Tx, order: Row, *, gross: int, before: int, amount: int, policy: str) -> Clawback:
         full = before + amount == gross
         currency: dict[str, int] = {}
         items, memberships, entitlements = [], [], []
@@ -344,7 +343,7 @@ class Refunds:
             item["taken"] = min(have, item["quantity"])
         return Clawback(policy=policy, currency=planned, items=items, memberships=memberships, entitlements=entitlements)
 
-    def _take_back(self, tx: Tx, order: sqlite3.Row, plan: Clawback, *, refund_id: str, now_ms: int) -> None:
+    def _take_back(self, tx: Tx, order: Row, plan: Clawback, *, refund_id: str, now_ms: int) -> None:
         merchant_id, player_id = order["merchant_id"], order["player_id"]
         for line in plan.currency:
             # Under `refuse`, spending after the refund began can still leave a shortfall: the

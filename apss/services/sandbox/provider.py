@@ -11,11 +11,9 @@ server.public_url, or through the ASGI app in process — and retries with backo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import asyncio
 import logging
-import sqlite3
+from collections.abc import Callable
 
 import httpx
 import msgspec
@@ -32,7 +30,7 @@ from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.views import SandboxActionView
 from apss.store import orders
 from apss.store import sandbox as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["SandboxProvider"]
 
@@ -126,13 +124,13 @@ class SandboxProvider:
         return None if row is None else _refund_result(row)
 
     # -- the payer page ------------------------------------------------------------------------
-    async def payer_page_data(self, provider_ref: str) -> sqlite3.Row | None:
+    async def payer_page_data(self, provider_ref: str) -> Row | None:
         return await orders.payment_by_provider_ref_async(self._db, channel="sandbox", provider_ref=provider_ref)
 
     async def is_closed(self, payment_id: str) -> bool:
         return await store.fetch_closed(self._db, payment_id=payment_id) is not None
 
-    def _complete(self, tx: Tx, payment: sqlite3.Row, *, pay: bool) -> SandboxActionView:
+    def _complete(self, tx: Tx, payment: Row, *, pay: bool) -> SandboxActionView:
         if payment["channel"] != "sandbox":
             raise ChannelNotAvailable(f"Payment '{payment['id']}' is not a sandbox payment.", param="payment_id")
         if payment["provider_ref"] is None:
@@ -167,7 +165,7 @@ class SandboxProvider:
             return 0
         gate = asyncio.Semaphore(_SEND_CONCURRENCY_MAX)
 
-        async def send(row: sqlite3.Row) -> tuple[int, str | None]:
+        async def send(row: Row) -> tuple[int, str | None]:
             merchant = self._merchants.by_id(row["merchant_id"])
             url = f"{self._config.public_url}/v1/channels/sandbox/webhook/{row['merchant_id']}"
             async with gate:
@@ -198,5 +196,5 @@ class SandboxProvider:
         return delivered
 
 
-def _refund_result(row: sqlite3.Row) -> RefundResult:
+def _refund_result(row: Row) -> RefundResult:
     return RefundResult(provider_refund_ref=row["provider_refund_ref"], status=row["status"], failure_code=row["failure_code"])
