@@ -152,10 +152,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
                                    ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
-    completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
-                          running_max_s=config.orders.idempotency_running_max_s)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
                               chunk_rows_max=config.database.chunk_rows_max)
+    completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,
+                          settlements=settlements, running_max_s=config.orders.idempotency_running_max_s)
     reconciliation = Reconciliation(db=db, clock=clock, channels=channels,
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
@@ -202,7 +202,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             svc.sandbox.start(httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s))
         else:
             svc.sandbox.start(httpx.AsyncClient(timeout=config.sandbox.callback_timeout_s))
-        resumed = await resume_running(db=svc.db, merchants=svc.merchants, checkout=svc.checkout, refunds=svc.refunds)
+        resumed = await resume_running(db=svc.db, merchants=svc.merchants, checkout=svc.checkout, refunds=svc.refunds,
+                                       settlements=svc.settlements)
         if resumed:
             log.info("finished %d order requests cut off by a restart", resumed)
         svc.scheduler.start()

@@ -8,6 +8,7 @@ currencies and two channels, many sharing a millisecond), copied, and settled bo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -190,3 +191,81 @@ async def test_a_big_period_settles_in_chunks_resumes_after_a_crash_and_equals_o
             batch["gross"], batch["refunds"], batch["fees"], batch["commission"], batch["reserve_held"],
             batch["net_payable"])
         assert [(l.kind, l.channel, l.net) for l in whole.lines] == [(l[1], l[4], l[9]) for l in lines]
+
+
+# -- the manual run (POST /v1/settlements/run) -------------------------------------------------------
+MANUAL_PAYMENTS, MANUAL_CHUNK = 2_000, 300
+
+
+async def _manual_period(tmp_path) -> tuple[str, str]:
+    path = str(tmp_path / "manual.sqlite")
+    apply_migrations(path)
+    clock = TestClock(parse_rfc3339(START))
+    db, settlements, ledger = _services(path, clock, chunk_rows_max=MANUAL_CHUNK)
+    await db.start()
+    try:
+        merchants = Merchants(db=db, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"))
+        merchant_id = (await merchants.create(name="Manual Studio", mode="test")).id
+        await settlements.set_schedule(merchant_id, ScheduleIn(cycle="manual"))
+        clock.advance(seconds=1)
+        await db.write(_seed_posts(ledger, clock, merchant_id, 0, MANUAL_PAYMENTS))
+    finally:
+        await db.close()
+    return path, merchant_id
+
+
+async def _manual_services(path: str, *, chunk_rows_max: int) -> tuple[Database, Settlements]:
+    db, settlements, _ = _services(path, TestClock(parse_rfc3339(SETTLED_AT)), chunk_rows_max=chunk_rows_max)
+    await db.start()
+    return db, settlements
+
+
+async def test_a_manual_run_settles_in_chunks_once_per_key_and_is_finished_after_a_crash(tmp_path):
+    from apss.errors import IdempotencyKeyInUse
+    from apss.services.idempotency import IdempotencyRequest
+
+    seeded, merchant_id = await _manual_period(tmp_path)
+    chunked, single = _copy(seeded, "manual_chunked.sqlite"), _copy(seeded, "manual_single.sqlite")
+    key = IdempotencyRequest(key="run-1", request_hash="0" * 64)
+
+    # The request dies in its 3rd chunk: 2 chunks committed, the key still running.
+    db, settlements = await _manual_services(chunked, chunk_rows_max=MANUAL_CHUNK)
+    real, calls = settlements._settle_chunk, []
+
+    def crashing(tx, **arguments):
+        made = real(tx, **arguments)
+        calls.append(made)
+        if len(calls) == 3:
+            raise _Crash("killed mid-chunk")
+        return made
+
+    settlements._settle_chunk = crashing
+    with pytest.raises(_Crash):
+        await settlements.settle_now(merchant_id=merchant_id, idem=key)
+    lines = await db.fetch_one("SELECT count(*) AS n FROM settlement_lines l JOIN settlements s"
+                               " ON s.id = l.settlement_id WHERE s.complete = 0")
+    assert lines["n"] == 2 * MANUAL_CHUNK, "the first chunk held the key, the second went on, the third left nothing"
+    held = await db.fetch_one("SELECT state FROM idempotency_keys WHERE key = ?", (key.key,))
+    assert held["state"] == "running"
+    settlements._settle_chunk = real
+    with pytest.raises(IdempotencyKeyInUse):  # a retry while it is cut: never a second run
+        await settlements.settle_now(merchant_id=merchant_id, idem=key)
+    assert await settlements.list(merchant_id=merchant_id, after_id=None, limit=100) == ([], False)
+
+    # Finished (at start, or by the completer): the rest of the chunks, then the key's answer.
+    before = db.batches_committed
+    finished = await settlements.resume(merchant_id=merchant_id, idem_key=key.key)
+    assert db.batches_committed - before >= MANUAL_PAYMENTS // MANUAL_CHUNK - 2
+    replay = await settlements.settle_now(merchant_id=merchant_id, idem=key)
+    assert replay.replayed and (replay.status, replay.body) == (finished.status, finished.body)
+    made = {batch["currency"] for batch in json.loads(finished.body)["data"]}
+    assert made == {"USD", "EUR"}
+    await db.close()
+
+    # The same period in one pass, without a key: the same batches to the line.
+    db, settlements = await _manual_services(single, chunk_rows_max=1_000_000)
+    before = db.batches_committed
+    await settlements.settle_now(merchant_id=merchant_id, idem=None)
+    assert db.batches_committed - before == 2, "one chunk, one answer"
+    await db.close()
+    assert _settled(chunked, merchant_id) == _settled(single, merchant_id)

@@ -25,6 +25,7 @@ __all__ = [
     "insert_lines",
     "insert_settlement",
     "line_count",
+    "made_at_cutoff",
     "list_settlements",
     "mark_carried_into",
     "mark_paid",
@@ -167,6 +168,13 @@ def draft(tx: Tx, *, merchant_id: str, currency: str, period_end_ms: int) -> sql
 def drafts(tx: Tx, *, merchant_id: str, period_end_ms: int) -> list[sqlite3.Row]:
     return tx.all("SELECT * FROM settlements WHERE merchant_id = ? AND period_end_ms = ? AND complete = 0"
                   " ORDER BY currency", (merchant_id, period_end_ms))
+
+
+def made_at_cutoff(tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str]:
+    """The complete batches one cut-off made (what a manual run answers), by currency."""
+    rows = tx.all("SELECT id FROM settlements WHERE merchant_id = ? AND cutoff_at_ms = ? AND complete = 1"
+                  " ORDER BY currency", (merchant_id, cutoff_ms))
+    return [row["id"] for row in rows]
 
 
 def line_count(tx: Tx, *, settlement_id: str) -> int:

@@ -61,12 +61,14 @@ from apss.errors import (
     InvalidRequest,
     InvalidTransition,
     NotFound,
+    NotReady,
 )
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.money.ledger import Ledger
 from apss.services.notify.outbox import Outbox
 from apss.services.paging import page_of
+from apss.services.views import encode
 from apss.store import settlement as store
 from apss.store.db import Database, Row, Tx
 
@@ -233,6 +235,13 @@ def _validated(command: ScheduleIn) -> Schedule:
                     reserve_bps=command.reserve_bps, reserve_hold_days=command.reserve_hold_days)
 
 
+class _ManualRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a manual run stands: its cut-off, and the batches it made once its last chunk committed."""
+
+    cutoff_ms: int
+    made: list[str] | None
+
+
 class Settlements:
     def __init__(self, *, db: Database, clock: Clock, ledger: Ledger, idempotency: Idempotency,
                  outbox: Outbox | None = None, chunk_rows_max: int = 1000) -> None:
@@ -335,34 +344,83 @@ class Settlements:
         return self._settle_chunk(tx, row=row, schedule=schedule, cutoff_ms=cutoff_ms)
 
     async def settle_now(self, *, merchant_id: str, idem: IdempotencyRequest | None) -> Outcome:
-        """Manual cycle: settle everything up to now (one batch per currency with activity)."""
+        """Manual cycle: settle everything up to now (one batch per currency with activity), in
+        chunks like the job. The first chunk's transaction holds the Idempotency-Key `running`
+        (a replay or a concurrent retry never starts a second run); the last transaction stores
+        the answer. A crash between them is finished by `resume` (at start, or by the completer)."""
+        now_ms = self._clock.now_ms()
 
-        def fn(tx: Tx) -> SettlementList:
+        def first(tx: Tx) -> _ManualRun:
+            row = self._manual_schedule(tx, merchant_id=merchant_id, now_ms=now_ms)
+            cutoff_ms = row["settling_cutoff_at_ms"] or now_ms  # a run a crash cut goes on first
+            if cutoff_ms <= row["last_cutoff_at_ms"]:
+                return _ManualRun(cutoff_ms=cutoff_ms, made=[])
+            return _ManualRun(cutoff_ms=cutoff_ms, made=self._settle_chunk(tx, row=row, schedule=_schedule(row),
+                                                                           cutoff_ms=cutoff_ms))
+
+        started = await self._db.write(lambda tx: self._idempotency.begin(
+            tx, merchant_id=merchant_id, request=idem, fn=first, resume=lambda _: f"settlement:{merchant_id}"))
+        if isinstance(started, Outcome):  # a replay, or a refusal stored as the key's answer
+            return started
+        return await self._finish_manual(merchant_id=merchant_id, run=started, idem_key=idem.key if idem else None)
+
+    async def resume(self, *, merchant_id: str, idem_key: str) -> Outcome:
+        """Finish a manual run whose request stopped between its chunks: the remaining chunks of
+        the cut-off being settled, then the key's answer (the batches of that cut-off)."""
+
+        def point(tx: Tx) -> _ManualRun:
             row = store.get_schedule_tx(tx, merchant_id=merchant_id)
-            if row is not None and row["cycle"] != "manual":
-                raise Conflict(f"The merchant settles on its {row['cycle']} cycle; settling on demand is for the manual"
-                               " cycle.", code="settlement_cycle_not_manual")
-            now_ms = self._clock.now_ms()
-            if row is None:
-                created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
-                assert created_at_ms is not None, merchant_id
-                store.upsert_schedule(tx, merchant_id=merchant_id, fields={
-                    "cycle": "manual", "weekday": None, "t_plus_days": 0, "cutoff_time": "00:00", "timezone": "UTC",
-                    "minimum_payout": "{}", "reserve_bps": 0, "reserve_hold_days": 0, "last_cutoff_at_ms": created_at_ms,
-                    "settled_through_ms": min(created_at_ms, now_ms), "updated_at_ms": now_ms})
-                row = store.get_schedule_tx(tx, merchant_id=merchant_id)
-            made: list[str] | None = []
-            if now_ms > row["last_cutoff_at_ms"]:
-                # The request's answer is one transaction (idempotency stores it): its chunks all
-                # run in it, one after another (what is left: chunk it like run_due).
-                made = None
-                while made is None:
-                    made = self._settle_chunk(tx, row=store.get_schedule_tx(tx, merchant_id=merchant_id),
-                                              schedule=_schedule(row), cutoff_ms=now_ms)
-            views = [self._render(tx, settlement_id) for settlement_id in made]
-            return SettlementList(data=views, has_more=False, next_cursor=None)
+            if row["settling_cutoff_at_ms"] is not None:
+                return _ManualRun(cutoff_ms=row["settling_cutoff_at_ms"], made=None)
+            cutoff_ms = row["last_cutoff_at_ms"]
+            return _ManualRun(cutoff_ms=cutoff_ms, made=store.made_at_cutoff(tx, merchant_id=merchant_id, cutoff_ms=cutoff_ms))
 
-        return await self._idempotency.run(self._db, merchant_id=merchant_id, request=idem, fn=fn, success_status=200)
+        return await self._finish_manual(merchant_id=merchant_id, run=await self._db.write(point), idem_key=idem_key)
+
+    def _manual_schedule(self, tx: Tx, *, merchant_id: str, now_ms: int) -> Row:
+        row = store.get_schedule_tx(tx, merchant_id=merchant_id)
+        if row is not None and row["cycle"] != "manual":
+            raise Conflict(f"The merchant settles on its {row['cycle']} cycle; settling on demand is for the manual"
+                           " cycle.", code="settlement_cycle_not_manual")
+        if row is None:
+            created_at_ms = store.merchant_created_at_ms(tx, merchant_id=merchant_id)
+            if created_at_ms is None:
+                raise NotFound(f"No such merchant: '{merchant_id}'")
+            store.upsert_schedule(tx, merchant_id=merchant_id, fields={
+                "cycle": "manual", "weekday": None, "t_plus_days": 0, "cutoff_time": "00:00", "timezone": "UTC",
+                "minimum_payout": "{}", "reserve_bps": 0, "reserve_hold_days": 0, "last_cutoff_at_ms": created_at_ms,
+                "settled_through_ms": min(created_at_ms, now_ms), "updated_at_ms": now_ms})
+            row = store.get_schedule_tx(tx, merchant_id=merchant_id)
+        return row
+
+    async def _finish_manual(self, *, merchant_id: str, run: _ManualRun, idem_key: str | None) -> Outcome:
+        made = run.made
+        for _ in range(CHUNKS_PER_CUTOFF_MAX):
+            if made is not None:
+                break
+            made = await self._db.write(partial(self._manual_chunk, merchant_id=merchant_id, cutoff_ms=run.cutoff_ms))
+        if made is None:
+            raise NotReady("The settlement run is not done yet; retry the request to go on.")
+
+        def last(tx: Tx) -> Outcome:
+            if idem_key is not None:
+                finished = self._idempotency.finished(tx, merchant_id=merchant_id, key=idem_key)
+                if finished is not None:  # the completer answered it meanwhile
+                    return finished
+            listing = SettlementList(data=[self._render(tx, settlement_id) for settlement_id in made], has_more=False,
+                                     next_cursor=None)
+            outcome = Outcome(status=200, body=encode(listing))
+            if idem_key is not None:
+                self._idempotency.finish(tx, merchant_id=merchant_id, key=idem_key, outcome=outcome)
+            return outcome
+
+        return await self._db.write(last)
+
+    def _manual_chunk(self, tx: Tx, *, merchant_id: str, cutoff_ms: int) -> list[str] | None:
+        row = store.get_schedule_tx(tx, merchant_id=merchant_id)
+        if row["settling_cutoff_at_ms"] != cutoff_ms:  # another request finished this cut-off meanwhile
+            return store.made_at_cutoff(tx, merchant_id=merchant_id, cutoff_ms=cutoff_ms)
+        return self._settle_chunk(tx, row=row, schedule=_schedule(row), cutoff_ms=cutoff_ms)
 
     def _settle_chunk(self, tx: Tx, *, row: Row, schedule: Schedule, cutoff_ms: int) -> list[str] | None:
         """One chunk of one merchant's cut-off: its next chunk_rows_max ledger transactions added to
