@@ -59,6 +59,7 @@ class Scheduler:
         self._tick_s = tick_ms / 1000
         self._jobs: dict[str, _Job] = {}
         self._tasks: list[asyncio.Task] = []
+        self._advancing = False  # a test-clock advance runs the stepped jobs itself
 
     def add(self, name: str, *, interval_s: float, fn: Callable[[], Awaitable[object]], due_ms: DueMs | None = None,
             stepped: bool = True) -> None:
@@ -95,7 +96,9 @@ class Scheduler:
 
     async def _loop(self, job: _Job) -> None:
         while True:
-            if job.poked.is_set() or self._clock.now_ms() >= job.next_due_ms:
+            # During an advance the stepped jobs run at its steps, not a second time from here.
+            due = self._clock.now_ms() >= job.next_due_ms and not (job.stepped and self._advancing)
+            if job.poked.is_set() or due:
                 job.poked.clear()
                 await self._run(job)
             try:
@@ -127,6 +130,14 @@ class Scheduler:
         assert step_ms >= 1
         assert to_ms >= self._clock.now_ms(), "time never runs backwards"
         jobs = [job for job in self._jobs.values() if job.stepped]
+        assert not self._advancing, "one advance at a time"
+        self._advancing = True
+        try:
+            return await self._step_until(jobs, to_ms, move=move, step_ms=step_ms)
+        finally:
+            self._advancing = False
+
+    async def _step_until(self, jobs: list[_Job], to_ms: int, *, move: Callable[[int], None], step_ms: int) -> int:
         steps = 0
         while True:
             assert steps < _STEPS_MAX, "test-clock advance took too many steps"
