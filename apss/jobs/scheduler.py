@@ -12,6 +12,7 @@ A test-clock advance (`step_until`) steps through the jobs' due times up to its 
   interval if longer: nothing of them is lost by running later, since each catches up on what is
   due (settlement settles each missed cut-off with its own period);
 - then the clock is set to the target and every stepped job runs once more there.
+Meanwhile the jobs' own loops leave the stepped jobs to the advance (pokes still run them).
 Jobs added with `stepped=False` (deliveries to merchants' servers) are queued, not awaited: their
 own loops send them once the clock has moved.
 """
