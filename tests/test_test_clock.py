@@ -5,6 +5,7 @@ server's own, loaded from and stored in its database."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import httpx
 import pytest
 
 from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
-from apss.clock import SystemClock, format_rfc3339, parse_rfc3339
+from apss.clock import SystemClock, TestClock, format_rfc3339, parse_rfc3339
 from apss.domain.payments import CallbackKind
 from apss.ids import new_id
+from apss.jobs.scheduler import Scheduler
 from tests.conftest import ADMIN_TOKEN, RunningServer, assert_error, free_port
 
 ADVANCE_MAX_S = 10 * 86_400
@@ -201,3 +203,38 @@ def test_the_wall_clock_of_a_system_mode_server_is_unchanged(server):
     with server.admin() as admin:
         shown = admin.get("/v1/admin/clock").json()
     assert shown == {"mode": "system", "now": format_rfc3339(server.clock.now_ms())}
+
+
+def test_the_step_rule_runs_data_due_jobs_at_their_times_and_coalesces_the_others():
+    """A year with a 1 s job takes hourly steps, not 31 million; a job whose data says when it has
+    work runs at exactly those times; a job left out of advances does not run in them."""
+    year_ms, hour_ms = 365 * 86_400_000, 3_600_000
+    clock = TestClock(start_ms=1_000_000_000_000)
+    start_ms = clock.now_ms()
+    scheduler = Scheduler(clock=clock, tick_ms=1000)
+    due_times = [start_ms + 900_500, start_ms + 900_700, start_ms + 40 * 86_400_000 + 1]
+    seen: dict[str, list[int]] = {"busy": [], "expiry": [], "outbound": []}
+
+    def job(name: str):
+        async def run() -> None:
+            seen[name].append(clock.now_ms())
+            while name == "expiry" and due_times and due_times[0] <= clock.now_ms():
+                due_times.pop(0)
+        return run
+
+    async def next_due() -> int | None:
+        return due_times[0] if due_times else None
+
+    scheduler.add("busy", interval_s=1.0, fn=job("busy"))
+    scheduler.add("expiry", interval_s=0.1, fn=job("expiry"), due_ms=next_due)
+    scheduler.add("outbound", interval_s=1.0, fn=job("outbound"), stepped=False)
+    steps = asyncio.run(scheduler.step_until(start_ms + year_ms, move=clock.advance_to, step_ms=hour_ms))
+    assert clock.now_ms() == start_ms + year_ms
+    assert steps <= year_ms // hour_ms + 5, steps
+    assert seen["expiry"] == [start_ms + 900_500, start_ms + 900_700, start_ms + 40 * 86_400_000 + 1, start_ms + year_ms]
+    busy = seen["busy"]
+    assert busy[0] == start_ms and busy[-1] == start_ms + year_ms
+    assert all(t % hour_ms == 0 for t in busy[1:-1]), "between the start and the target: once per hour of the clock"
+    assert busy == sorted(set(busy))
+    assert len(busy) <= year_ms // hour_ms + 2
+    assert seen["outbound"] == []
