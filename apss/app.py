@@ -22,6 +22,7 @@ from apss import __version__
 from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
+from apss.api.clock import ClockController
 from apss.api.common import current_merchant
 from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
@@ -49,8 +50,9 @@ from apss.channels.paypal import PayPalChannel
 from apss.channels.sandbox import SandboxChannel
 from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
-from apss.clock import Clock, SystemClock
+from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
+from apss.errors import LiveMerchantsInTestMode
 from apss.crypto import Keyring
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
@@ -82,8 +84,10 @@ from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.test_clock import ClockControl
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
+from apss.store.test_clock import read_start_state
 from apss.web import WEB_HANDLERS
 
 __all__ = ["create_app", "load_keyring"]
@@ -108,7 +112,22 @@ def load_keyring(config: Config) -> Keyring:
     return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
 
 
-def _build_services(config: Config, clock: Clock) -> Services:
+def _test_clock(config: Config, wall_clock: Clock) -> TestClock | None:
+    """In test mode the app's clock: a TestClock at its stored time (or the wall clock's now at the
+    first start). Refuses a database that holds a live merchant."""
+    if config.clock.mode == "system":
+        return None
+    state = read_start_state(config.database.path)
+    if state.live_merchants:
+        raise LiveMerchantsInTestMode(
+            f"database {config.database.path} holds {state.live_merchants} live merchant(s): clock.mode = \"test\" "
+            "is for development databases only (use another database.path, or clock.mode = \"system\")")
+    return TestClock(state.stored_now_ms if state.stored_now_ms is not None else wall_clock.now_ms())
+
+
+def _build_services(config: Config, wall_clock: Clock) -> Services:
+    test_clock = _test_clock(config, wall_clock)
+    clock: Clock = test_clock if test_clock is not None else wall_clock
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     # The writer's event sink writes merchant webhook events in the transaction of each change.
     events = WebhookEvents(clock=clock, wake=lambda: scheduler.poke("webhooks"))
@@ -118,10 +137,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
                   read_connections_max=config.database.read_connections_max,
                   busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
     keyring = load_keyring(config)
-    merchants = Merchants(db=db, clock=clock, keyring=keyring)
+    merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
-    sandbox = SandboxProvider(db=db, clock=clock, config=config, merchants=merchants, idempotency=idempotency,
-                              wake=lambda: scheduler.poke("sandbox_callbacks"))
+    sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
+                              idempotency=idempotency, wake=lambda: scheduler.poke("sandbox_callbacks"))
     # One HTTP client for every provider call (closed at shutdown); base URLs are per merchant.
     provider_http = httpx.AsyncClient(timeout=config.channels.provider_timeout_s)
     registry = ChannelRegistry()
@@ -148,8 +167,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
-    payment_events = PaymentEvents(db=db, clock=clock, channels=channels, gateway=gateway, merchants=merchants,
-                                   ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery)
+    payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
+                                   merchants=merchants, ledger=ledger, refunds=refunds,
+                                   game_delivery=deliveries.create_delivery)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -170,6 +190,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
+        clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -177,7 +198,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
 
 
 def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print) -> Litestar:
-    """`announce` receives the once-only lines (generated admin token, demo merchant key)."""
+    """`announce` receives the once-only lines (generated admin token, demo merchant key). `clock`
+    is the wall clock (tests give a TestClock); with clock.mode = "test" the app runs on its own
+    stored test clock, and refuses (LiveMerchantsInTestMode) a database holding a live merchant."""
     if not __debug__:  # `python -O` strips assertions, and invariants live in them
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
     svc = _build_services(config, clock or SystemClock())
@@ -188,6 +211,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
                         config.database.synchronous)
         await svc.db.start()
+        await svc.clock_control.start()
         await svc.merchants.load()
         await svc.channels.load()
         token = await svc.merchants.ensure_admin_token(config.admin.token)
@@ -234,6 +258,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
+                        ClockController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],

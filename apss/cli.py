@@ -8,7 +8,7 @@ import signal
 import sys
 
 from apss.config import Config, load_config
-from apss.errors import ConfigInvalid, SchemaTooNew
+from apss.errors import ConfigInvalid, LiveMerchantsInTestMode, SchemaTooNew
 
 __all__ = ["main"]
 
@@ -43,7 +43,11 @@ def _serve(config: Config) -> None:
     _migrate(config)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider or callback request is noise
-    app = create_app(config, announce=lambda line: print(line, flush=True))
+    try:
+        app = create_app(config, announce=lambda line: print(line, flush=True))
+    except LiveMerchantsInTestMode as exc:
+        print(f"apss: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has stopped, and the process would die of it
     # (exit -15) after an orderly shutdown: the re-raised signal meets this no-op instead (exit 0).

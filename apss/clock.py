@@ -39,6 +39,12 @@ class TestClock:
         with self._lock:
             self._now_ms += int(seconds * 1000)
 
+    def advance_to(self, ms: int) -> None:
+        """Move to `ms` (the test-clock mode steps its jobs' due times this way)."""
+        with self._lock:
+            assert ms >= self._now_ms, "time never runs backwards"
+            self._now_ms = ms
+
 
 def format_rfc3339(ms: int) -> str:
     """`2026-11-25T15:04:05Z` (seconds precision, as API.md shows)."""

@@ -162,6 +162,18 @@ class ApiConfig(_Section):
     page_size_max: Annotated[int, Meta(ge=1, le=100)] = 100
 
 
+class ClockConfig(_Section):
+    # "test": the server's clock stands still until `POST /v1/admin/clock/advance` moves it (its
+    # time is stored, so a restart continues from it); for development installs only: live
+    # merchants are refused. "system": the wall clock.
+    mode: Literal["system", "test"] = "system"
+    # One advance may move the clock at most this far (400 days).
+    advance_max_s: Annotated[int, Meta(ge=1)] = 400 * 86_400
+    # During an advance a job with no due time of its own (settlement, reports, the janitor...)
+    # runs at most once per this much simulated time, and always at the target.
+    step_s: Annotated[int, Meta(ge=1, le=86_400)] = 3600
+
+
 class SeedConfig(_Section):
     # Seed a demo test merchant with products on a fresh database.
     demo: bool = True
@@ -180,6 +192,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     reconciliation: ReconciliationConfig = ReconciliationConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
+    clock: ClockConfig = ClockConfig()
     seed: SeedConfig = SeedConfig()
 
     @property

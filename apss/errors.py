@@ -14,6 +14,9 @@ __all__ = [
     "ChannelTimeout",
     "ChannelUnreachable",
     "ChannelUnavailable",
+    "ClockAdvanceTooFar",
+    "ClockBackwards",
+    "ClockNotTest",
     "ConfigInvalid",
     "Conflict",
     "CurrencyNotSupported",
@@ -22,6 +25,8 @@ __all__ = [
     "InsufficientBalance",
     "InvalidRequest",
     "InvalidTransition",
+    "LiveMerchantsInTestMode",
+    "LiveModeUnavailable",
     "MerchantOrderRefExists",
     "NotFound",
     "NotReady",
@@ -82,6 +87,18 @@ class CallbackRejected(InvalidRequest):
     code = "callback_signature_invalid"
 
 
+class ClockBackwards(InvalidRequest):
+    """A test-clock advance to a time before the clock's now: time never runs backwards."""
+
+    code = "clock_backwards"
+
+
+class ClockAdvanceTooFar(InvalidRequest):
+    """A test-clock advance further than `clock.advance_max_s` in one call."""
+
+    code = "clock_advance_too_far"
+
+
 class AuthenticationFailed(ApssError):
     code = "invalid_api_key"
 
@@ -124,6 +141,18 @@ class InvalidTransition(Conflict):
     """An illegal state move requested through the API (the state machine refuses it)."""
 
     code = "invalid_state"
+
+
+class ClockNotTest(Conflict):
+    """The clock is the system clock (config clock.mode = "system"): only a test clock moves."""
+
+    code = "clock_not_test"
+
+
+class LiveModeUnavailable(Conflict):
+    """A live merchant on a server whose clock is a test clock: live money never runs on it."""
+
+    code = "live_mode_unavailable"
 
 
 class IdempotencyKeyInUse(ApssError):
@@ -182,3 +211,7 @@ class ConfigInvalid(Exception):
 
 class SchemaTooNew(Exception):
     """The database was migrated by a newer APSS than this one."""
+
+
+class LiveMerchantsInTestMode(Exception):
+    """The test-clock mode on a database that holds a live merchant: the server does not start."""

@@ -1,6 +1,7 @@
 """The job catalogue: which job runs which service method, how often. The scheduler runs each at
 its interval on the (possibly moved) clock; `poke` runs one at once (after a commit that gave it
-work)."""
+work). A test-clock advance runs the expiry and sandbox jobs at the due times their data gives, and
+leaves deliveries to merchants' servers to their own loops (scheduler.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         ("webhook_prune", 3600.0, svc.webhooks.prune),
         ("game_deliveries", 30.0, svc.deliveries.push_due),
     ]
+    due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms}
+    queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited
     for name, interval_s, fn in jobs:
-        scheduler.add(name, interval_s=interval_s, fn=fn)
+        scheduler.add(name, interval_s=interval_s, fn=fn, due_ms=due.get(name), stepped=name not in queued)
 
     async def prune_idempotency_keys() -> int:
         return await svc.idempotency.prune(svc.db, ttl_s=config.orders.idempotency_ttl_s, limit=_IDEMPOTENCY_PRUNE_MAX)

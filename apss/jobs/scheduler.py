@@ -1,7 +1,20 @@
 """The in-process scheduler: each job runs in its own task, when its interval has passed on the
 injected clock (so tests move time by hand) or when something pokes it after a commit.
 
-A job that raises is logged and runs again at its next turn; it never stops the others.
+A job that raises is logged and runs again at its next turn; it never stops the others. One job
+never runs twice at once (its loop, `run_now` and a test-clock advance take turns).
+
+A test-clock advance (`step_until`) steps through the jobs' due times up to its target:
+- a job that knows from its data when it next has work (`due_ms`: the expiry job, the sandbox's
+  callback sender) runs at that time exactly, at most once per its interval, and again at the same
+  time while it still has work due then (a batch limit), up to `_DRAIN_RUNS_MAX` runs;
+- every other job runs at most once per `step_ms` of simulated time (at its multiples), or its own
+  interval if longer: nothing of them is lost by running later, since each catches up on what is
+  due (settlement settles each missed cut-off with its own period);
+- then the clock is set to the target and every stepped job runs once more there.
+Meanwhile the jobs' own loops leave the stepped jobs to the advance (pokes still run them).
+Jobs added with `stepped=False` (deliveries to merchants' servers) are queued, not awaited: their
+own loops send them once the clock has moved.
 """
 
 from __future__ import annotations
@@ -17,14 +30,25 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("apss.jobs")
 
 
+_DRAIN_RUNS_MAX = 20  # runs of one job at one step while its data says it still has work due
+_STEPS_MAX = 1_000_000  # a bound on one advance's steps (the step rule keeps them far fewer)
+
+DueMs = Callable[[], Awaitable[int | None]]
+
+
 class _Job:
-    def __init__(self, name: str, interval_ms: int, fn: Callable[[], Awaitable[object]]) -> None:
+    def __init__(self, name: str, interval_ms: int, fn: Callable[[], Awaitable[object]], *,
+                 due_ms: DueMs | None, stepped: bool) -> None:
         assert interval_ms > 0
         self.name = name
         self.interval_ms = interval_ms
         self.fn = fn
+        self.due_ms = due_ms  # when its data next gives it work (None: nothing waiting)
+        self.stepped = stepped
         self.next_due_ms = 0
+        self.started_ms = -1  # clock time at the start of the last run
         self.poked = asyncio.Event()
+        self.lock = asyncio.Lock()
         self.runs = 0
         self.completed_as_of_ms = -1  # clock time at the start of the last completed run
 
@@ -36,11 +60,15 @@ class Scheduler:
         self._tick_s = tick_ms / 1000
         self._jobs: dict[str, _Job] = {}
         self._tasks: list[asyncio.Task] = []
+        self._advancing = False  # a test-clock advance runs the stepped jobs itself
 
-    def add(self, name: str, *, interval_s: float, fn: Callable[[], Awaitable[object]]) -> None:
+    def add(self, name: str, *, interval_s: float, fn: Callable[[], Awaitable[object]], due_ms: DueMs | None = None,
+            stepped: bool = True) -> None:
+        """`due_ms` tells when the job's data next gives it work; `stepped=False` leaves the job out
+        of test-clock advances (module docstring)."""
         assert name not in self._jobs, f"job {name!r} added twice"
         assert not self._tasks, "add jobs before start"
-        self._jobs[name] = _Job(name, int(interval_s * 1000), fn)
+        self._jobs[name] = _Job(name, int(interval_s * 1000), fn, due_ms=due_ms, stepped=stepped)
 
     def poke(self, name: str) -> None:
         """Run the job now (from the event loop thread, e.g. an after-commit hook)."""
@@ -69,7 +97,9 @@ class Scheduler:
 
     async def _loop(self, job: _Job) -> None:
         while True:
-            if job.poked.is_set() or self._clock.now_ms() >= job.next_due_ms:
+            # During an advance the stepped jobs run at its steps, not a second time from here.
+            due = self._clock.now_ms() >= job.next_due_ms and not (job.stepped and self._advancing)
+            if job.poked.is_set() or due:
                 job.poked.clear()
                 await self._run(job)
             try:
@@ -78,16 +108,74 @@ class Scheduler:
                 pass
 
     async def _run(self, job: _Job) -> object:
-        started_ms = self._clock.now_ms()
-        job.next_due_ms = started_ms + job.interval_ms
+        async with job.lock:
+            started_ms = self._clock.now_ms()
+            job.started_ms = started_ms
+            job.next_due_ms = started_ms + job.interval_ms
+            try:
+                result = await job.fn()
+                job.completed_as_of_ms = max(job.completed_as_of_ms, started_ms)
+                return result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job %s failed; it runs again at its next turn", job.name)
+                return None
+            finally:
+                job.runs += 1
+
+    # -- test-clock advances -------------------------------------------------------------------
+    async def step_until(self, to_ms: int, *, move: Callable[[int], None], step_ms: int) -> int:
+        """Run every stepped job at its due times up to `to_ms` (module docstring), moving the
+        clock with `move` to each step, then to `to_ms`. Returns the number of steps taken."""
+        assert step_ms >= 1
+        assert to_ms >= self._clock.now_ms(), "time never runs backwards"
+        jobs = [job for job in self._jobs.values() if job.stepped]
+        assert not self._advancing, "one advance at a time"
+        self._advancing = True
         try:
-            result = await job.fn()
-            job.completed_as_of_ms = max(job.completed_as_of_ms, started_ms)
-            return result
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("job %s failed; it runs again at its next turn", job.name)
-            return None
+            return await self._step_until(jobs, to_ms, move=move, step_ms=step_ms)
         finally:
-            job.runs += 1
+            self._advancing = False
+
+    async def _step_until(self, jobs: list[_Job], to_ms: int, *, move: Callable[[int], None], step_ms: int) -> int:
+        steps = 0
+        while True:
+            assert steps < _STEPS_MAX, "test-clock advance took too many steps"
+            now_ms = self._clock.now_ms()
+            due = [(await self._due_at(job, step_ms=step_ms), job) for job in jobs]
+            at_ms = min((t for t, _ in due if t is not None), default=None)
+            if at_ms is None or at_ms > to_ms:
+                break
+            move(max(at_ms, now_ms))
+            for t, job in due:
+                if t is not None and t <= at_ms:
+                    await self._drain(job)
+            steps += 1
+        move(to_ms)
+        for job in jobs:
+            await self._drain(job)
+        assert self._clock.now_ms() == to_ms
+        return steps + 1
+
+    async def _due_at(self, job: _Job, *, step_ms: int) -> int | None:
+        """When the job next runs during an advance; None: only at the target."""
+        if job.due_ms is not None:
+            hint = await job.due_ms()
+            if hint is None:
+                return None
+            if hint > job.started_ms:
+                return max(hint, job.next_due_ms)
+            # Work its last run left due (it failed, or is stuck): no more often than unhinted jobs.
+        periodic_ms = max(job.interval_ms, step_ms)
+        return max(job.next_due_ms, (job.started_ms // periodic_ms + 1) * periodic_ms)
+
+    async def _drain(self, job: _Job) -> None:
+        await self._run(job)
+        for _ in range(_DRAIN_RUNS_MAX - 1):
+            if job.due_ms is None:
+                return
+            hint = await job.due_ms()
+            if hint is None or hint > self._clock.now_ms():
+                return
+            await self._run(job)

@@ -35,6 +35,7 @@ from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.test_clock import ClockControl
 from apss.store.db import Database
 
 __all__ = ["JobRunner", "Services"]
@@ -75,6 +76,7 @@ class Services:
     players: Players
     sandbox: SandboxProvider
     scheduler: JobRunner
+    clock_control: ClockControl
     rate_limiter: RateLimiter
     provider_http: httpx.AsyncClient
 

@@ -25,6 +25,7 @@ __all__ = [
     "order_items_tx",
     "payment_by_provider_ref",
     "payment_by_provider_ref_async",
+    "next_pending_expiry_ms",
     "pending_due",
     "purchased_quantity",
     "record_provider_event",
@@ -271,3 +272,9 @@ async def pending_due(db: Database, *, now_ms: int, limit: int) -> list[str]:
         (now_ms, limit),
     )
     return [row["id"] for row in rows]
+
+
+async def next_pending_expiry_ms(db: Database) -> int | None:
+    """When the next pending order's reservation runs out (the expiry job's due time)."""
+    row = await db.fetch_one("SELECT expires_at_ms AS at_ms FROM orders WHERE status = 'pending' ORDER BY expires_at_ms LIMIT 1")
+    return row["at_ms"] if row else None

@@ -19,6 +19,7 @@ __all__ = [
     "insert_completion",
     "insert_refund",
     "mark_attempt",
+    "next_callback_ms",
     "refund",
 ]
 
@@ -51,6 +52,15 @@ async def due_callbacks(db: Database, *, now_ms: int, limit: int) -> list[sqlite
         " WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL AND deliver_at_ms <= ? ORDER BY deliver_at_ms LIMIT ?",
         (now_ms, limit),
     )
+
+
+async def next_callback_ms(db: Database) -> int | None:
+    """When the next callback waiting to be sent is due (the sender job's due time)."""
+    row = await db.fetch_one(
+        "SELECT deliver_at_ms AS at_ms FROM sandbox_callbacks WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL"
+        " ORDER BY deliver_at_ms LIMIT 1"
+    )
+    return row["at_ms"] if row else None
 
 
 def mark_attempt(tx: Tx, *, seq: int, delivered: bool, error: str | None, retry_at_ms: int | None, now_ms: int) -> None:

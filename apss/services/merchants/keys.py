@@ -13,7 +13,7 @@ import msgspec
 
 from apss.clock import Clock, format_rfc3339
 from apss.crypto import Keyring, hash_secret, random_token
-from apss.errors import AuthenticationFailed, NotFound
+from apss.errors import AuthenticationFailed, LiveModeUnavailable, NotFound
 from apss.ids import new_id
 from apss.services.paging import page_of
 from apss.services.views import (
@@ -46,8 +46,10 @@ def _new_secret_key(mode: str) -> str:
 
 
 class Merchants:
-    def __init__(self, *, db: Database, clock: Clock, keyring: Keyring) -> None:
+    def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, live_mode_allowed: bool) -> None:
+        """`live_mode_allowed` is false when the clock is a test clock: live money never runs on one."""
         self._db = db
+        self._live_mode_allowed = live_mode_allowed
         self._clock = clock
         self._keyring = keyring
         self._by_key_hash: dict[str, Merchant] = {}
@@ -104,6 +106,9 @@ class Merchants:
     # -- merchants ---------------------------------------------------------------------------
     async def create(self, *, name: str, mode: str, currency: str = "USD") -> MerchantCreatedView:
         assert mode in ("test", "live")
+        if mode == "live" and not self._live_mode_allowed:
+            raise LiveModeUnavailable("This server runs on a test clock (clock.mode = \"test\"): "
+                                      "live merchants are unavailable.", param="mode")
         merchant_id, secret_key, now_ms = new_id("mch"), _new_secret_key(mode), self._clock.now_ms()
         sandbox_secret = f"whsec_{random_token(24)}" if mode == "test" else None
         merchant = Merchant(id=merchant_id, name=name, mode=mode, currency=currency, sandbox_webhook_secret=sandbox_secret)

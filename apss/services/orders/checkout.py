@@ -331,6 +331,10 @@ class Checkout:
 
         return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=200)
 
+    async def next_expiry_ms(self) -> int | None:
+        """When the next pending order expires (the expiry job's due time in a test-clock advance)."""
+        return await orders.next_pending_expiry_ms(self._db)
+
     async def expire_due(self) -> int:
         """Expire pending orders whose reservation ran out (the scheduler's expiry job)."""
         now_ms = self._clock.now_ms()

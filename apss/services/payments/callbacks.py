@@ -59,11 +59,14 @@ def synthetic_event_id(kind: str) -> str:
 
 
 class PaymentEvents:
-    def __init__(self, *, db: Database, clock: Clock, channels: ChannelAccess, gateway: PaymentGateway,
-                 merchants: Merchants, ledger: Ledger, refunds: Refunds,
+    def __init__(self, *, db: Database, clock: Clock, wall_clock: Clock, channels: ChannelAccess,
+                 gateway: PaymentGateway, merchants: Merchants, ledger: Ledger, refunds: Refunds,
                  game_delivery: lifecycle.GameDelivery) -> None:
+        """`wall_clock` checks only the signatures' timestamp tolerance: providers (and their
+        stand-ins, and the sandbox) sign with real time, also when `clock` is a moved test clock."""
         self._db = db
         self._clock = clock
+        self._wall_clock = wall_clock
         self._channels = channels
         self._gateway = gateway
         self._merchants = merchants
@@ -78,7 +81,7 @@ class PaymentEvents:
         if merchant is None:
             raise NotFound(f"No such merchant: '{merchant_id}'", param="merchant_id")
         credentials = self._channels.credentials(merchant, channel)  # ChannelNotAvailable: 400
-        request = CallbackRequest(headers=headers, body=body, now_s=self._clock.now_ms() // 1000, query=query)
+        request = CallbackRequest(headers=headers, body=body, now_s=self._wall_clock.now_ms() // 1000, query=query)
         try:
             events = await channel.verify_callback(request, credentials)
         except CallbackRejected as rejected:

@@ -41,10 +41,13 @@ _BACKOFF_S_MAX = 600
 
 
 class SandboxProvider:
-    def __init__(self, *, db: Database, clock: Clock, config: Config, merchants: Merchants, idempotency: Idempotency,
-                 wake: Callable[[], None]) -> None:
+    def __init__(self, *, db: Database, clock: Clock, wall_clock: Clock, config: Config, merchants: Merchants,
+                 idempotency: Idempotency, wake: Callable[[], None]) -> None:
+        """`wall_clock` stamps the callbacks' signatures, as a real provider would: the receiver
+        checks their tolerance against the wall clock, also when `clock` is a moved test clock."""
         self._db = db
         self._clock = clock
+        self._wall_clock = wall_clock
         self._config = config
         self._merchants = merchants
         self._idempotency = idempotency
@@ -157,6 +160,10 @@ class SandboxProvider:
         return SandboxActionView(payment_id=payment["id"], status="processing")
 
     # -- the provider sends ------------------------------------------------------------------
+    async def next_callback_ms(self) -> int | None:
+        """When the next callback is due (the sender job's due time in a test-clock advance)."""
+        return await store.next_callback_ms(self._db)
+
     async def deliver_due(self) -> int:
         """Send every callback that is due; returns how many were delivered."""
         assert self.client is not None, "sandbox HTTP client not wired"
@@ -171,7 +178,7 @@ class SandboxProvider:
             async with gate:
                 try:
                     status = await send_callback(client=self.client, url=url, secret=merchant.sandbox_webhook_secret,
-                                                 body=bytes(row["body"]), now_s=self._clock.now_ms() // 1000)
+                                                 body=bytes(row["body"]), now_s=self._wall_clock.now_ms() // 1000)
                 except httpx.HTTPError as exc:
                     return row["seq"], f"{type(exc).__name__}"
             return row["seq"], None if 200 <= status < 300 else f"HTTP {status}"
