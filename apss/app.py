@@ -32,7 +32,9 @@ from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.products import ProductController
+from apss.api.promotions import PromotionController
 from apss.api.provider_callbacks import provider_callback
+from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
@@ -80,6 +82,8 @@ from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
+from apss.services.promotions.promotions import Promotions
+from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
 from apss.store.db import Database
@@ -133,8 +137,9 @@ def _build_services(config: Config, clock: Clock) -> Services:
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
+    promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
-                        merchants=merchants)
+                        merchants=merchants, promotions=promotions)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
@@ -167,6 +172,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
+        promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -228,6 +234,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
+                        PromotionController, QuoteController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],

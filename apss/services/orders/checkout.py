@@ -27,6 +27,7 @@ from apss.domain.fx import Quote, convert
 from apss.domain.money import is_iso_currency, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
 from apss.domain.payments import PaymentStatus
+from apss.domain.promotions import Pricing
 from apss.errors import (
     CurrencyNotSupported,
     InvalidRequest,
@@ -42,6 +43,7 @@ from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.promotions.promotions import CouponCode, Promotions
 from apss.services.views import (
     OrderItemView,
     OrderView,
@@ -51,6 +53,7 @@ from apss.services.views import (
     payment_view,
 )
 from apss.store import catalog, orders
+from apss.store import promotions as promotion_store
 from apss.store.db import Database, Tx
 
 __all__ = ["Checkout", "OrderCreate", "OrderLine"]
@@ -75,6 +78,7 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
+    coupon: CouponCode | None = None
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,8 +90,9 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
-                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants) -> None:
+                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions) -> None:
         self._db = db
+        self._promotions = promotions
         self._gateway = gateway
         self._clock = clock
         self._config = config
@@ -112,12 +117,17 @@ class Checkout:
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
+        self.check_lines(command)
+        if len(command.metadata) > limits.metadata_keys_max:
+            raise InvalidRequest(f"At most {limits.metadata_keys_max} metadata keys.", code="too_many_metadata_keys", param="metadata")
+
+    def check_lines(self, command: OrderCreate) -> None:
+        """The currency and the lines of an order (or a quote, which has the same fields)."""
+        limits = self._config.orders
         if not is_iso_currency(command.currency):
             raise CurrencyNotSupported(f"'{command.currency}' is not a supported ISO 4217 currency.", param="currency")
         if len(command.items) > limits.items_max:
             raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
-        if len(command.metadata) > limits.metadata_keys_max:
-            raise InvalidRequest(f"At most {limits.metadata_keys_max} metadata keys.", code="too_many_metadata_keys", param="metadata")
         seen: set[str] = set()
         for index, line in enumerate(command.items):
             if line.quantity > limits.quantity_max:
@@ -130,10 +140,8 @@ class Checkout:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
-        lines = [self._price_line(tx, merchant=merchant, command=command, index=i) for i in range(len(command.items))]
+        lines, pricing = self.price_tx(tx, merchant=merchant, command=command)
         total = sum(line["amount"] for line in lines)
-        if total > minor_units_max():
-            raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
         now_ms = self._clock.now_ms()
         order_id, payment_id = new_id("ord"), new_id("pay")
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
@@ -149,6 +157,7 @@ class Checkout:
             "fx": encode(quote.record()).decode() if quote is not None else None,
         }
         orders.insert_order(tx, order)
+        self._promotions.hold_tx(tx, order_id=order_id, player_id=command.player_id, pricing=pricing, now_ms=now_ms)
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
         orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
@@ -157,6 +166,18 @@ class Checkout:
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
         return _Reserved(order=order, lines=lines)
+
+    def price_tx(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> tuple[list[dict], Pricing]:
+        """Every line priced from the catalog, then discounted by the promotions that apply (checks
+        only: nothing is written). A line's `amount` is what is paid for it, after its discount."""
+        lines = [self._price_line(tx, merchant=merchant, command=command, index=i) for i in range(len(command.items))]
+        pricing = self._promotions.price_tx(tx, merchant_id=merchant.id, player_id=command.player_id, lines=lines,
+                                            currency=command.currency, coupon=command.coupon)
+        lines = [{**line, "discount": off, "amount": line["amount"] - off}
+                 for line, off in zip(lines, pricing.line_discounts, strict=True)]
+        if sum(line["amount"] for line in lines) > minor_units_max():
+            raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
+        return lines, pricing
 
     def _price_line(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, index: int) -> dict:
         line = command.items[index]
@@ -181,7 +202,8 @@ class Checkout:
             if bought + line.quantity > product["purchase_limit"]:
                 raise PurchaseLimitExceeded(
                     f"Player may buy at most {product['purchase_limit']} of '{product['sku']}' ({bought} already).", param=param)
-        return {"product_id": line.product_id, "sku": product["sku"], "quantity": line.quantity, "unit_amount": unit_amount,
+        return {"product_id": line.product_id, "sku": product["sku"], "category": product["category"],
+                "quantity": line.quantity, "unit_amount": unit_amount,
                 "amount": unit_amount * line.quantity, "grants": product["grants"], "fx": quote}
 
     def _converted_price(self, tx: Tx, *, merchant: Merchant, prices: dict[str, int], currency: str) -> tuple[int | None, Quote | None]:
@@ -283,11 +305,15 @@ class Checkout:
         if created is None or order["status"] != OrderStatus.PENDING.value:
             return order_view(orders.get_order_view_tx(tx, order_id=order["id"]), public_url=self.public_url)
         items = [OrderItemView(product_id=line["product_id"], sku=line["sku"], quantity=line["quantity"],
-                               unit_amount=line["unit_amount"], amount=line["amount"]) for line in lines]
+                               unit_amount=line["unit_amount"], amount=line["amount"],
+                               discount=line["unit_amount"] * line["quantity"] - line["amount"])
+                 for line in lines]
         payment = payment_view(payment_id=order["payment_id"], channel=channel, status=created.status.value,
                                next_action=encode(created.next_action).decode() if created.next_action else None,
                                failure_code=None)
-        return order_view_of({**order, "channel": channel}, items=items, payment=payment, public_url=self.public_url)
+        promotions = promotion_store.order_promotion_ids_tx(tx, order_id=order["id"]) if any(i.discount for i in items) else []
+        return order_view_of({**order, "channel": channel}, items=items, payment=payment, public_url=self.public_url,
+                             promotions=promotions)
 
     async def resume(self, *, merchant: Merchant, order_id: str, idem_key: str) -> None:
         """Finish an order request that a crash cut between its transactions (same payment id,
