@@ -137,9 +137,6 @@ def _build_services(config: Config, clock: Clock) -> Services:
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
-    promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
-    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
-                        merchants=merchants, promotions=promotions)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
@@ -151,6 +148,11 @@ def _build_services(config: Config, clock: Clock) -> Services:
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
+    players = Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger)
+    promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
+    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
+                        merchants=merchants, promotions=promotions, players=players,
+                        game_delivery=deliveries.create_delivery)
     payment_events = PaymentEvents(db=db, clock=clock, channels=channels, gateway=gateway, merchants=merchants,
                                    ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
@@ -171,7 +173,7 @@ def _build_services(config: Config, clock: Clock) -> Services:
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
-        players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
+        players=players, sandbox=sandbox, scheduler=scheduler,
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )

@@ -40,6 +40,7 @@ __all__ = [
     "deferral_entries",
     "recognition_entries",
     "undeferral_entries",
+    "unrecognition_entries",
     "capture_entries",
     "discount_entries",
     "check_balanced",
@@ -192,6 +193,11 @@ def deferral_entries(*, merchant_id: str, vc: str, currency: str, value: int) ->
 def recognition_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
     """Currency spent in the game: revenue now (Dr vc_deferred, Cr vc_recognised)."""
     return _entries(currency, [(f"vc_deferred:{vc}:{merchant_id}", value), (f"vc_recognised:{vc}:{merchant_id}", -value)])
+
+
+def unrecognition_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
+    """Currency spent on an order paid from the wallet comes back by its refund: deferred again."""
+    return _entries(currency, [(f"vc_recognised:{vc}:{merchant_id}", value), (f"vc_deferred:{vc}:{merchant_id}", -value)])
 
 
 def undeferral_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:

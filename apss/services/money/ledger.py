@@ -23,6 +23,7 @@ from apss.domain.ledger import (
     fee_for,
     recognition_entries,
     undeferral_entries,
+    unrecognition_entries,
 )
 from apss.domain.money import is_iso_currency
 from apss.ids import new_id
@@ -149,6 +150,25 @@ class Ledger:
         if entries:
             self.post(tx, merchant_id=merchant_id, kind="currency_recognised" if spent else "currency_refunded",
                       reference=reference, entries=entries)
+
+    def return_currency(self, tx: Tx, *, merchant_id: str, vc: str, spend_reference: str, gross: int, refunded_before: int,
+                        amount: int, reference: str) -> None:
+        """`amount` of the `gross` units an order paid from the wallet (spend `spend_reference`)
+        come back by a refund: the revenue that spend recognised goes back to deferred, in
+        proportion, computed cumulatively (floors) so that a full refund returns it exactly."""
+        assert 0 < amount and refunded_before + amount <= gross
+        recognised = [r for r in store.recognised_values_tx(tx, reference=spend_reference) if r["value"] > 0]
+        if not recognised:
+            return  # the units carried no money value (not bought for money)
+        units = allocate(amount, [r["value"] for r in recognised])
+        entries: list[Entry] = []
+        for row, k in zip(recognised, units, strict=True):
+            value = row["value"] * (refunded_before + amount) // gross - row["value"] * refunded_before // gross
+            store.move_vc_pool(tx, merchant_id=merchant_id, vc=vc, currency=row["currency"], units=k, deferred=value)
+            if value:
+                entries += unrecognition_entries(merchant_id=merchant_id, vc=vc, currency=row["currency"], value=value)
+        if entries:
+            self.post(tx, merchant_id=merchant_id, kind="currency_returned", reference=reference, entries=entries)
 
     def finance(self, tx: Tx, merchant_id: str) -> Finance:
         return self._finance(store.get_finance(tx, merchant_id=merchant_id))

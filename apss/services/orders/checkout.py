@@ -24,11 +24,12 @@ from apss.channels.base import Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
-from apss.domain.money import is_iso_currency, minor_units_max
+from apss.domain.money import is_iso_currency, is_virtual_price_code, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
-from apss.domain.payments import PaymentStatus
+from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
 from apss.domain.promotions import Pricing
 from apss.errors import (
+    ChannelNotAvailable,
     CurrencyNotSupported,
     InvalidRequest,
     MerchantOrderRefExists,
@@ -43,6 +44,7 @@ from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import CouponCode, Promotions
 from apss.services.views import (
     OrderItemView,
@@ -71,7 +73,8 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     player_id: PlayerId
     items: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
-    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+    # ISO 4217, or a virtual currency of the merchant's (paid from the wallet, channel `wallet`)
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{2,16}$")]
     channel: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")] | None = None
     # The player's country (ISO 3166-1 alpha-2), for per-country channel routing.
     country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
@@ -90,9 +93,12 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
-                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions) -> None:
+                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions,
+                 players: Players, game_delivery: lifecycle.GameDelivery) -> None:
         self._db = db
         self._promotions = promotions
+        self._players = players
+        self._game_delivery = game_delivery
         self._gateway = gateway
         self._clock = clock
         self._config = config
@@ -104,6 +110,11 @@ class Checkout:
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None) -> Outcome:
         self._check_shape(command)
+        if not is_iso_currency(command.currency):  # a virtual currency: paid from the wallet, now
+            if command.channel not in (None, WALLET_CHANNEL):
+                raise ChannelNotAvailable(f"An order in {command.currency} is paid from the wallet.", param="channel")
+            return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, success_status=201,
+                                               fn=lambda tx: self._wallet_order(tx, merchant=merchant, command=command))
         candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
                                                requested=command.channel)
 
@@ -124,8 +135,9 @@ class Checkout:
     def check_lines(self, command: OrderCreate) -> None:
         """The currency and the lines of an order (or a quote, which has the same fields)."""
         limits = self._config.orders
-        if not is_iso_currency(command.currency):
-            raise CurrencyNotSupported(f"'{command.currency}' is not a supported ISO 4217 currency.", param="currency")
+        if not is_iso_currency(command.currency) and not is_virtual_price_code(command.currency):
+            raise CurrencyNotSupported(f"'{command.currency}' is neither an ISO 4217 currency nor a virtual currency.",
+                                       param="currency")
         if len(command.items) > limits.items_max:
             raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
         seen: set[str] = set()
@@ -142,6 +154,9 @@ class Checkout:
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
         lines, pricing = self.price_tx(tx, merchant=merchant, command=command)
         total = sum(line["amount"] for line in lines)
+        if channel == WALLET_CHANNEL:
+            self._players.check_balance_tx(tx, merchant_id=merchant.id, player_id=command.player_id,
+                                           currency=command.currency, amount=total)
         now_ms = self._clock.now_ms()
         order_id, payment_id = new_id("ord"), new_id("pay")
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
@@ -161,11 +176,23 @@ class Checkout:
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
         orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
-                                   "status": PaymentStatus.UNKNOWN.value, "amount": total, "currency": command.currency,
+                                   "status": (PaymentStatus.SUCCEEDED if channel == WALLET_CHANNEL else PaymentStatus.UNKNOWN).value,
+                                   "amount": total, "currency": command.currency,
                                    "created_at_ms": now_ms})
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
         return _Reserved(order=order, lines=lines)
+
+    def _wallet_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> OrderView:
+        """An order priced in virtual currency, in one transaction: checks (the balance among
+        them) before any write, then the reservation, the wallet debit and delivery at once."""
+        reserved = self._reserve(tx, merchant=merchant, command=command, channel=WALLET_CHANNEL)
+        order = orders.get_order_tx(tx, order_id=reserved.order["id"])
+        now_ms = self._clock.now_ms()
+        self._players.pay_order_tx(tx, order=order, now_ms=now_ms)
+        lifecycle.pay(tx, order, orders.order_items_tx(tx, order["id"]), cause="wallet", now_ms=now_ms,
+                      game_delivery=self._game_delivery)
+        return order_view(orders.get_order_view_tx(tx, order_id=order["id"]), public_url=self.public_url)
 
     def price_tx(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> tuple[list[dict], Pricing]:
         """Every line priced from the catalog, then discounted by the promotions that apply (checks
@@ -210,7 +237,7 @@ class Checkout:
         """The unit price converted from the merchant's currency at the rate in force: converted
         per unit and rounded half-even (apss.domain.fx.convert), then multiplied by the quantity."""
         base_amount = prices.get(merchant.currency)
-        if base_amount is None or merchant.currency == currency:
+        if base_amount is None or merchant.currency == currency or not is_iso_currency(currency):
             return None, None
         quote = fx_quote_tx(tx, base=merchant.currency, quote=currency, now_ms=self._clock.now_ms(),
                             age_max_ms=self._config.orders.fx_rate_age_max_s * 1000)
