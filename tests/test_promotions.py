@@ -129,6 +129,7 @@ def test_quote_percent_fixed_scope_floor_and_stacking(merchant):
         assert stacked["items"][0]["discount"] == 252 + 76 and stacked["promotions"] == [quarter["id"], per_unit["id"], tenth["id"]]
 
         assert_error(_quote(client, items, coupon="NOPE"), 400, "invalid_request_error", "coupon_invalid", "coupon")
+        assert_error(_quote(client, items, coupon="n"), 400, "invalid_request_error", "coupon_invalid", "coupon")
         _promotion(client, code="EURONLY", amount_off={"EUR": 100})
         assert_error(_quote(client, items, coupon="EURONLY"), 400, "invalid_request_error", "coupon_not_applicable", "coupon")
         assert client.patch(f"/v1/promotions/{half['id']}", json={"active": False}).status_code == 200

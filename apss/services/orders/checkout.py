@@ -45,7 +45,7 @@ from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.players.wallets import Players
-from apss.services.promotions.promotions import CouponCode, Promotions
+from apss.services.promotions.promotions import CouponEntered, Promotions
 from apss.services.views import (
     OrderItemView,
     OrderView,
@@ -81,7 +81,7 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
-    coupon: CouponCode | None = None
+    coupon: CouponEntered | None = None
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):

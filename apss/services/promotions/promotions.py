@@ -37,19 +37,21 @@ from apss.store import catalog as catalog_store
 from apss.store import promotions as store
 from apss.store.db import Database, Tx
 
-__all__ = ["AUTOMATIC_PROMOTIONS_MAX", "CouponCode", "PromotionCreate", "PromotionList", "PromotionUpdate",
+__all__ = ["AUTOMATIC_PROMOTIONS_MAX", "CouponCode", "CouponEntered", "PromotionCreate", "PromotionList", "PromotionUpdate",
            "PromotionView", "Promotions"]
 
 # At most this many automatic promotions are considered for one order (the oldest in force).
 AUTOMATIC_PROMOTIONS_MAX = 100
 CouponCode = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{3,40}$")]
+# A code as a player types it: any text is looked up (and an unknown one is `coupon_invalid`).
+CouponEntered = Annotated[str, Meta(min_length=1, max_length=64)]
 _Time = Annotated[str, Meta(min_length=1, max_length=40, description="RFC 3339")]
 _Count = Annotated[int, Meta(ge=1, le=10**12)]
 
 
 class PromotionCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
-    code: CouponCode | None = None
+    code: CouponCode | None = None  # 3-40 of A-Z a-z 0-9 _ -
     percent_off_bps: Annotated[int, Meta(ge=1, le=10_000)] | None = None
     amount_off: Annotated[dict[Annotated[str, Meta(pattern=r"^[A-Z]{2,16}$")], Annotated[int, Meta(ge=1, le=10**12)]],
                           Meta(min_length=1, max_length=50)] | None = None

@@ -11,7 +11,7 @@ from msgspec import Meta
 
 from apss.services.merchants.keys import Merchant
 from apss.services.orders.checkout import Checkout, OrderLine, PlayerId
-from apss.services.promotions.promotions import CouponCode
+from apss.services.promotions.promotions import CouponEntered
 from apss.store.db import Database, Tx
 
 __all__ = ["QuoteCreate", "QuoteItemView", "QuoteView", "Quotes"]
@@ -21,7 +21,7 @@ class QuoteCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     player_id: PlayerId
     items: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{2,16}$")]
-    coupon: CouponCode | None = None
+    coupon: CouponEntered | None = None
 
 
 class QuoteItemView(msgspec.Struct, frozen=True, kw_only=True):
