@@ -33,7 +33,9 @@ from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.products import ProductController
+from apss.api.promotions import PromotionController
 from apss.api.provider_callbacks import provider_callback
+from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
@@ -52,8 +54,8 @@ from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
-from apss.errors import LiveMerchantsInTestMode
 from apss.crypto import Keyring
+from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
 from apss.services.catalog.products import Catalog
@@ -82,6 +84,8 @@ from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
+from apss.services.promotions.promotions import Promotions
+from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.test_clock import ClockControl
@@ -154,8 +158,6 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
-    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
-                        merchants=merchants)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
@@ -167,6 +169,11 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
+    players = Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger)
+    promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
+    checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
+                        merchants=merchants, promotions=promotions, players=players,
+                        game_delivery=deliveries.create_delivery)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
                                    game_delivery=deliveries.create_delivery)
@@ -189,8 +196,9 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
-        players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
+        players=players, sandbox=sandbox, scheduler=scheduler,
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
+        promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -258,7 +266,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
-                        ClockController,
+                        ClockController, PromotionController, QuoteController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
+
+from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
+from apss.domain.payments import CallbackKind
+from apss.ids import new_id
 from tests.conftest import wait_for
 
 
@@ -34,8 +39,16 @@ def test_a_payment_after_expiry_revives_the_order_when_stock_remains(merchant):
         order = merchant.order(client, product["id"], player_id="slow-payer").json()
         server.clock.advance(seconds=server.config.orders.reservation_ttl_s + 1)
         wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "expired")
-        paid = client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
-        assert paid.status_code == 202
+        # The provider reports a success after the reservation ended (it raced the close): the
+        # sandbox's own page refuses a closed payment, so the late success is its signed callback.
+        account = client.get("/v1/account").json()
+        body = build_event(event_id=new_id("evt"), kind=CallbackKind.PAYMENT_SUCCEEDED, created_s=server.clock.now_ms() // 1000,
+                           payment_id=order["payment"]["id"], amount=order["amount"], currency=order["currency"],
+                           provider_ref=order["payment"]["next_action"]["url"].rsplit("/", 1)[1])
+        headers = {SIGNATURE_HEADER: sign_callback(secret=account["sandbox_webhook_secret"], body=body,
+                                                   now_s=server.clock.now_ms() // 1000), "Content-Type": "application/json"}
+        late = httpx.post(f"{server.base_url}/v1/channels/sandbox/webhook/{merchant.id}", content=body, headers=headers)
+        assert late.status_code == 200, late.text
         wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled")
         stock = client.get(f"/v1/products/{product['id']}").json()
         assert (stock["stock"], stock["reserved"], stock["sold"]) == (1, 0, 1)

@@ -154,7 +154,8 @@ def test_summary_from_the_ledger(merchant):
         [usd] = summary.json()["data"]
         # each payment: fee 59, commission 300; the refund reverses 120 commission and 280 merchant share
         assert usd == {"currency": "USD", "gross": 3000, "refunds": 400, "chargebacks": 0, "fees": 177,
-                       "commission": 900 - 120, "partner_shares": 0, "net": 2100 - 280, "payments": 3, "refund_count": 1}
+                       "commission": 900 - 120, "partner_shares": 0, "net": 2100 - 280, "payments": 3, "refund_count": 1,
+                       "discounts": 0}
         bad = client.get("/v1/reports/summary", params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"})
         assert bad.status_code == 400
 

@@ -66,9 +66,9 @@ def test_daily_and_weekly_reports_from_the_scheduler(report_server):
         # EUR: 900, fee 26 (26.1) + 25, commission 270.
         assert daily["by_currency"] == [
             {"currency": "EUR", "gross": 900, "refunds": 0, "chargebacks": 0, "fees": 51, "commission": 270,
-             "partner_shares": 0, "net": 630, "payments": 1, "refund_count": 0},
+             "partner_shares": 0, "net": 630, "payments": 1, "refund_count": 0, "discounts": 0},
             {"currency": "USD", "gross": 1750, "refunds": 400, "chargebacks": 0, "fees": 140, "commission": 405,
-             "partner_shares": 0, "net": 1225 - 280, "payments": 3, "refund_count": 1},
+             "partner_shares": 0, "net": 1225 - 280, "payments": 3, "refund_count": 1, "discounts": 0},
         ]
         summary = client.get("/v1/reports/summary", params={"from": daily["period_start"], "to": daily["period_end"]})
         assert summary.json()["data"] == daily["by_currency"], "the same numbers as the live summary"

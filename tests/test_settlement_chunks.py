@@ -71,7 +71,7 @@ async def _seeded_period(tmp_path) -> tuple[str, str]:
     db, settlements, ledger = _services(path, clock, chunk_rows_max=CHUNK_ROWS_MAX)
     await db.start()
     try:
-        merchants = Merchants(db=db, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"))
+        merchants = Merchants(db=db, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"), live_mode_allowed=True)
         merchant_id = (await merchants.create(name="Big Studio", mode="test")).id
         await settlements.set_schedule(merchant_id, ScheduleIn(cycle="daily", reserve_bps=500, reserve_hold_days=7,
                                                                minimum_payout={"EUR": 100}))
@@ -204,7 +204,7 @@ async def _manual_period(tmp_path) -> tuple[str, str]:
     db, settlements, ledger = _services(path, clock, chunk_rows_max=MANUAL_CHUNK)
     await db.start()
     try:
-        merchants = Merchants(db=db, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"))
+        merchants = Merchants(db=db, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"), live_mode_allowed=True)
         merchant_id = (await merchants.create(name="Manual Studio", mode="test")).id
         await settlements.set_schedule(merchant_id, ScheduleIn(cycle="manual"))
         clock.advance(seconds=1)

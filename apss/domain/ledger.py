@@ -6,7 +6,9 @@ Who holds what (the platform's books, which for a self-hosted studio are the stu
 - `merchant_payable:<merchant>` (liability): what the merchant (studio) will be paid;
 - `platform_revenue:<merchant>` (revenue): the platform commission;
 - `partner_payable:<recipient>:<merchant>` (liability): each revenue-split recipient's share;
-- `adjustments:<merchant>` (equity): the other side of manual adjustments.
+- `adjustments:<merchant>` (equity): the other side of manual adjustments;
+- `discounts:<merchant>` (contra-revenue: a revenue account with a debit balance) and
+  `discounts_memo:<merchant>` (revenue): promotions' discounts on paid orders, a memo pair.
 A captured payment G with provider fee F, commission P and partner shares S_r posts
   Dr provider_clearing G-F, Dr fees_expense F, Cr platform_revenue P, Cr partner_payable S_r,
   Cr merchant_payable G-P-sum(S_r):
@@ -38,7 +40,9 @@ __all__ = [
     "deferral_entries",
     "recognition_entries",
     "undeferral_entries",
+    "unrecognition_entries",
     "capture_entries",
+    "discount_entries",
     "check_balanced",
     "fee_for",
     "reversal_entries",
@@ -59,6 +63,9 @@ _TYPES: dict[str, AccountType] = {
     "vc_sales": "revenue",
     "vc_deferred": "liability",
     "vc_recognised": "revenue",
+    # Promotions: what was taken off the list price (contra-revenue), and its memo offset.
+    "discounts": "revenue",
+    "discounts_memo": "revenue",
 }
 
 
@@ -188,9 +195,22 @@ def recognition_entries(*, merchant_id: str, vc: str, currency: str, value: int)
     return _entries(currency, [(f"vc_deferred:{vc}:{merchant_id}", value), (f"vc_recognised:{vc}:{merchant_id}", -value)])
 
 
+def unrecognition_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
+    """Currency spent on an order paid from the wallet comes back by its refund: deferred again."""
+    return _entries(currency, [(f"vc_recognised:{vc}:{merchant_id}", value), (f"vc_deferred:{vc}:{merchant_id}", -value)])
+
+
 def undeferral_entries(*, merchant_id: str, vc: str, currency: str, value: int) -> list[Entry]:
     """Currency taken back by a refund before it was spent: the deferral is reversed."""
     return _entries(currency, [(f"vc_deferred:{vc}:{merchant_id}", value), (f"vc_sales:{vc}:{merchant_id}", -value)])
+
+
+def discount_entries(*, merchant_id: str, currency: str, amount: int) -> list[Entry]:
+    """A paid order's discount: the ledger books only what was paid (the capture), so the
+    discount is a memo pair that nets to zero: Dr discounts (contra-revenue, what the sale
+    gave up against its list price), Cr discounts_memo. Reports read the discounts account."""
+    assert amount > 0
+    return _entries(currency, [(f"discounts:{merchant_id}", amount), (f"discounts_memo:{merchant_id}", -amount)])
 
 
 def adjustment_entries(*, merchant_id: str, account: str, amount: int, currency: str) -> list[Entry]:

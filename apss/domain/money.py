@@ -6,7 +6,10 @@ import re
 
 import msgspec
 
-__all__ = ["CURRENCY_EXPONENTS", "Money", "VIRTUAL_CURRENCY_RE", "format_amount", "is_iso_currency", "minor_units_max"]
+from apss.errors import InvalidRequest
+
+__all__ = ["CURRENCY_EXPONENTS", "CurrencyCodeReserved", "Money", "VIRTUAL_CURRENCY_RE", "format_amount", "is_iso_currency",
+           "is_virtual_price_code", "minor_units_max"]
 
 # ISO 4217 minor-unit exponents for the currencies APSS accepts. Codes not listed default to 2
 # only if added here: an unknown code is refused, never guessed.
@@ -27,8 +30,22 @@ VIRTUAL_CURRENCY_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
 _AMOUNT_MAX = 10**15
 
 
+class CurrencyCodeReserved(InvalidRequest):
+    """A virtual currency may not take an ISO 4217 code (a grant of "USD" would mint money)."""
+
+    code = "currency_code_reserved"
+
+
+_VIRTUAL_PRICE_RE = re.compile(r"^[A-Z]{2,16}$")
+
+
 def is_iso_currency(code: str) -> bool:
     return code in CURRENCY_EXPONENTS
+
+
+def is_virtual_price_code(code: str) -> bool:
+    """A code a product may be priced in as virtual currency: 2-16 upper-case letters, not ISO 4217."""
+    return bool(_VIRTUAL_PRICE_RE.match(code)) and not is_iso_currency(code)
 
 
 def format_amount(amount_minor: int, currency: str) -> str:

@@ -6,7 +6,7 @@ import enum
 
 from apss.errors import InvalidTransition
 
-__all__ = ["CallbackKind", "PaymentStatus", "TERMINAL_PAYMENT_STATUSES", "payment_transition"]
+__all__ = ["CallbackKind", "PaymentStatus", "TERMINAL_PAYMENT_STATUSES", "WALLET_CHANNEL", "payment_transition"]
 
 
 class PaymentStatus(str, enum.Enum):
@@ -47,3 +47,8 @@ def payment_transition(current: PaymentStatus, target: PaymentStatus) -> Payment
     if target not in _ALLOWED[current]:
         raise InvalidTransition(f"a payment in status '{current.value}' cannot become '{target.value}'")
     return target
+
+
+# Orders priced in a virtual currency are paid from the player's wallet, in the order's own
+# write transaction: no provider, so this channel is not in the channel registry.
+WALLET_CHANNEL = "wallet"

@@ -33,6 +33,8 @@ from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
+from apss.services.promotions.promotions import Promotions
+from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.test_clock import ClockControl
@@ -74,6 +76,8 @@ class Services:
     settlements: Settlements
     alerts: Alerts
     players: Players
+    promotions: Promotions
+    quotes: Quotes
     sandbox: SandboxProvider
     scheduler: JobRunner
     clock_control: ClockControl

@@ -128,7 +128,8 @@ class OrderItemView(_View):
     sku: str
     quantity: int
     unit_amount: int
-    amount: int
+    amount: int  # what is paid for the line: unit_amount * quantity - discount
+    discount: int = 0
 
 
 class FxView(_View):
@@ -145,9 +146,12 @@ class OrderView(_View):
     status: str
     player_id: str
     items: list[OrderItemView]
+    subtotal: int  # the lines at their unit prices
+    discount: int  # what the promotions took off (subtotal - amount)
     amount: int
     currency: str
     channel: str
+    promotions: list[str]  # the promotions applied, in the order they were applied
     merchant_order_ref: str | None
     metadata: dict[str, str]
     expires_at: str
@@ -160,14 +164,15 @@ class OrderView(_View):
 def order_view(row: Row, *, public_url: str) -> OrderView:
     """From the one order query of store/orders.py (order, items as JSON, payment columns)."""
     items = [
-        OrderItemView(product_id=p, sku=s, quantity=q, unit_amount=u, amount=a)
+        OrderItemView(product_id=p, sku=s, quantity=q, unit_amount=u, amount=a, discount=u * q - a)
         for p, s, q, u, a in msgspec.json.decode(row["items_json"])
     ]
     payment = None
     if row["payment_id"] is not None and row["p_status"] is not None:
         payment = payment_view(payment_id=row["payment_id"], channel=row["p_channel"], status=row["p_status"],
                                next_action=row["p_next_action"], failure_code=row["p_failure_code"])
-    return order_view_of(row, items=items, payment=payment, public_url=public_url)
+    return order_view_of(row, items=items, payment=payment, public_url=public_url,
+                         promotions=msgspec.json.decode(row["promotions_json"] or "[]"))
 
 
 def payment_view(*, payment_id: str, channel: str, status: str, next_action: str | None,
@@ -177,12 +182,15 @@ def payment_view(*, payment_id: str, channel: str, status: str, next_action: str
 
 
 def order_view_of(row: Mapping[str, Any], *, items: list[OrderItemView], payment: PaymentView | None,
-                  public_url: str) -> OrderView:
+                  public_url: str, promotions: list[str] | None = None) -> OrderView:
     """From an order row and what is already in hand (order creation renders without re-reading)."""
     assert sum(item.amount for item in items) == row["amount"], "order total differs from its lines"
+    discount = sum(item.discount for item in items)
+    assert discount >= 0 and (discount == 0) == (not promotions), "a discount comes from the promotions applied"
     return OrderView(
         id=row["id"], status=row["status"], player_id=row["player_id"], items=items,
-        amount=row["amount"], currency=row["currency"], channel=row["channel"],
+        subtotal=row["amount"] + discount, discount=discount, amount=row["amount"], currency=row["currency"],
+        channel=row["channel"], promotions=list(promotions or []),
         merchant_order_ref=row["merchant_order_ref"],
         metadata=msgspec.json.decode(row["metadata"], type=dict[str, str]),
         expires_at=format_rfc3339(row["expires_at_ms"]), created_at=format_rfc3339(row["created_at_ms"]),

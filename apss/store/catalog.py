@@ -24,6 +24,7 @@ __all__ = [
     "take_free",
     "take_reserved",
     "update_product",
+    "virtual_currency_granted",
 ]
 
 
@@ -130,3 +131,12 @@ def take_free(tx: Tx, *, product_id: str, quantity: int) -> bool:
         {"q": quantity, "id": product_id},
     )
     return cursor.rowcount == 1
+
+
+def virtual_currency_granted(tx: Tx, *, merchant_id: str, code: str) -> bool:
+    """Does any product of the merchant grant virtual currency `code`?"""
+    return tx.one(
+        "SELECT 1 FROM products p, json_each(p.grants) g WHERE p.merchant_id = ?"
+        " AND json_extract(g.value, '$.type') = 'currency' AND json_extract(g.value, '$.currency') = ? LIMIT 1",
+        (merchant_id, code),
+    ) is not None

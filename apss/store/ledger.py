@@ -17,6 +17,7 @@ __all__ = [
     "insert_transaction",
     "move_vc_pool",
     "vc_pools",
+    "recognised_values_tx",
     "ledger_counts",
     "period_totals",
     "set_finance",
@@ -141,4 +142,14 @@ async def period_totals(db: Database, *, merchant_id: str, from_ms: int, to_ms: 
         " WHERE t.merchant_id = ? AND t.created_at_ms >= ? AND t.created_at_ms < ?"
         " GROUP BY t.kind, family, e.currency ORDER BY t.kind, family, e.currency",
         (merchant_id, from_ms, to_ms),
+    )
+
+
+def recognised_values_tx(tx: Tx, *, reference: str) -> list[sqlite3.Row]:
+    """What the spend `reference` recognised, per money currency (vc_recognised credits)."""
+    return tx.all(
+        "SELECT e.currency, sum(e.credit) AS value FROM ledger_transactions t JOIN ledger_entries e"
+        " ON e.transaction_id = t.id WHERE t.kind = 'currency_recognised' AND t.reference = ?"
+        " AND e.account LIKE 'vc_recognised:%' GROUP BY e.currency ORDER BY e.currency",
+        (reference,),
     )

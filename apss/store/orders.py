@@ -47,7 +47,9 @@ _ORDER_VIEW_SELECT = (
     "SELECT o.*, p.channel AS p_channel, p.status AS p_status, p.next_action AS p_next_action,"
     " p.failure_code AS p_failure_code,"
     " (SELECT json_group_array(json_array(i.product_id, i.sku, i.quantity, i.unit_amount, i.amount))"
-    "  FROM (SELECT * FROM order_items WHERE order_id = o.id ORDER BY line) AS i) AS items_json"
+    "  FROM (SELECT * FROM order_items WHERE order_id = o.id ORDER BY line) AS i) AS items_json,"
+    " (SELECT json_group_array(op.promotion_id) FROM (SELECT promotion_id FROM order_promotions"
+    "  WHERE order_id = o.id ORDER BY position) AS op) AS promotions_json"
     " FROM orders o LEFT JOIN payments p ON p.id = o.payment_id"
 )
 

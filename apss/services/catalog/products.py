@@ -8,8 +8,8 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from apss.clock import Clock
-from apss.domain.catalog import SKU_PATTERN, Grant, ProductCategory, default_grants
-from apss.domain.money import is_iso_currency
+from apss.domain.catalog import SKU_PATTERN, CurrencyGrant, Grant, ProductCategory, default_grants
+from apss.domain.money import CurrencyCodeReserved, is_iso_currency, is_virtual_price_code
 from apss.errors import (
     CurrencyNotSupported,
     InvalidRequest,
@@ -27,7 +27,8 @@ from apss.store.db import Database, Tx
 
 __all__ = ["STOCK_MAX", "Catalog", "ProductCreate", "ProductUpdate"]
 
-CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+# ISO 4217 codes, or a virtual currency the merchant's products grant (2-16 upper-case letters).
+CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{2,16}$")]
 PriceAmount = Annotated[int, Meta(ge=1, le=10**12)]
 Prices = Annotated[dict[CurrencyCode, PriceAmount], Meta(min_length=1, max_length=50)]
 Grants = Annotated[list[Grant], Meta(max_length=20)]
@@ -93,10 +94,28 @@ def _adjusted_stock(current: int | None, delta: int) -> int:
     return result
 
 
-def _check_currencies(prices: dict[str, int]) -> None:
+def _check_grants(grants: list[Grant] | None) -> None:
+    for index, grant in enumerate(grants or []):
+        if isinstance(grant, CurrencyGrant) and is_iso_currency(grant.currency):
+            raise CurrencyCodeReserved(f"'{grant.currency}' is an ISO 4217 code; a virtual currency needs its own name.",
+                                       param=f"grants[{index}].currency")
+
+
+def _check_currencies(tx: Tx, *, merchant_id: str, prices: dict[str, int], grants: list[Grant]) -> None:
+    """Every price is in an ISO 4217 currency, or in a virtual currency that this product or
+    another of the merchant's products grants (paid from the player's wallet)."""
+    own = {g.currency for g in grants if isinstance(g, CurrencyGrant)}
     for code in prices:
-        if not is_iso_currency(code):
-            raise CurrencyNotSupported(f"'{code}' is not a supported ISO 4217 currency", param=f"prices.{code}")
+        if is_iso_currency(code):
+            continue
+        if is_virtual_price_code(code) and (code in own or store.virtual_currency_granted(tx, merchant_id=merchant_id, code=code)):
+            continue
+        raise CurrencyNotSupported(f"'{code}' is neither an ISO 4217 currency nor a virtual currency your products grant",
+                                   param=f"prices.{code}")
+
+
+def _grants_of(row) -> list[Grant]:
+    return msgspec.json.decode(row["grants"], type=list[Grant])
 
 
 class Catalog:
@@ -109,9 +128,11 @@ class Catalog:
         if command.stock is not None:
             _check_stock(command.stock, param="stock")
 
+        _check_grants(command.grants)
+
         def transaction(tx: Tx) -> ProductView:
-            _check_currencies(command.prices)
             grants = default_grants(command.category, command.sku, command.grants)
+            _check_currencies(tx, merchant_id=merchant_id, prices=command.prices, grants=grants)
             if store.sku_taken(tx, merchant_id=merchant_id, sku=command.sku):
                 raise SkuExists(f"A product with sku '{command.sku}' already exists.", param="sku")
             product_id = new_id("prd")
@@ -129,8 +150,8 @@ class Catalog:
     async def update(self, *, merchant_id: str, product_id: str, command: ProductUpdate, idem: IdempotencyRequest | None) -> Outcome:
         if command.stock is not UNSET and command.stock_adjust is not UNSET:
             raise InvalidRequest("Give either stock or stock_adjust, not both.", code="stock_and_stock_adjust", param="stock_adjust")
-        if command.prices is not UNSET:
-            _check_currencies(command.prices)
+        if command.grants is not UNSET:
+            _check_grants(command.grants)
         if command.stock is not UNSET and command.stock is not None:
             _check_stock(command.stock, param="stock")
         if command.stock_adjust is not UNSET:
@@ -145,6 +166,9 @@ class Catalog:
             adjusted = None if command.stock_adjust is UNSET else _adjusted_stock(row["stock"], command.stock_adjust)
             if command.grants is not UNSET:
                 default_grants(ProductCategory(row["category"]), row["sku"], command.grants)
+            if command.prices is not UNSET:
+                grants = command.grants if command.grants is not UNSET else _grants_of(row)
+                _check_currencies(tx, merchant_id=merchant_id, prices=command.prices, grants=grants or [])
             fields = {name: getattr(command, name) for name in ("name", "purchase_limit", "active")
                       if getattr(command, name) is not UNSET}
             if "active" in fields:

@@ -17,10 +17,13 @@ from apss.domain.ledger import (
     allocate,
     check_balanced,
     deferral_entries,
+    discount_entries,
     fee_for,
     recognition_entries,
     undeferral_entries,
+    unrecognition_entries,
 )
+from apss.domain.money import is_iso_currency
 from apss.ids import new_id
 from apss.store import ledger as store
 from apss.store.db import Database, Row, Tx
@@ -66,6 +69,7 @@ class SummaryView(msgspec.Struct, frozen=True, kw_only=True):
     net: int  # what the merchant earned: gross - refunds - chargebacks - commission - partner shares (net of reversals)
     payments: int
     refund_count: int
+    discounts: int = 0  # promotions' discounts on the orders paid (a memo: not in gross, which is what was paid)
 
 
 class Ledger:
@@ -90,6 +94,15 @@ class Ledger:
             store.bump_balance(tx, account=entry.account, currency=entry.currency, debit=entry.debit, credit=entry.credit)
         store.insert_entries(tx, [(transaction_id, e.account, e.currency, e.debit, e.credit) for e in entries])
         return True
+
+    def post_discount(self, tx: Tx, *, order: Row, items: list[Row], reference: str) -> None:
+        """The promotions' discount of a paid order, as a memo pair (domain/ledger.discount_entries),
+        in money currencies only (an order paid in virtual currency moves no money)."""
+        discount = sum(item["unit_amount"] * item["quantity"] - item["amount"] for item in items)
+        assert discount >= 0
+        if discount and is_iso_currency(order["currency"]):
+            self.post(tx, merchant_id=order["merchant_id"], kind="discount", reference=reference,
+                      entries=discount_entries(merchant_id=order["merchant_id"], currency=order["currency"], amount=discount))
 
     # -- virtual currency: deferred revenue ----------------------------------------------------
     def defer_currency_sale(self, tx: Tx, *, order: Row, items: list[Row], merchant_share: int,
@@ -135,6 +148,25 @@ class Ledger:
         if entries:
             self.post(tx, merchant_id=merchant_id, kind="currency_recognised" if spent else "currency_refunded",
                       reference=reference, entries=entries)
+
+    def return_currency(self, tx: Tx, *, merchant_id: str, vc: str, spend_reference: str, gross: int, refunded_before: int,
+                        amount: int, reference: str) -> None:
+        """`amount` of the `gross` units an order paid from the wallet (spend `spend_reference`)
+        come back by a refund: the revenue that spend recognised goes back to deferred, in
+        proportion, computed cumulatively (floors) so that a full refund returns it exactly."""
+        assert 0 < amount and refunded_before + amount <= gross
+        recognised = [r for r in store.recognised_values_tx(tx, reference=spend_reference) if r["value"] > 0]
+        if not recognised:
+            return  # the units carried no money value (not bought for money)
+        units = allocate(amount, [r["value"] for r in recognised])
+        entries: list[Entry] = []
+        for row, k in zip(recognised, units, strict=True):
+            value = row["value"] * (refunded_before + amount) // gross - row["value"] * refunded_before // gross
+            store.move_vc_pool(tx, merchant_id=merchant_id, vc=vc, currency=row["currency"], units=k, deferred=value)
+            if value:
+                entries += unrecognition_entries(merchant_id=merchant_id, vc=vc, currency=row["currency"], value=value)
+        if entries:
+            self.post(tx, merchant_id=merchant_id, kind="currency_returned", reference=reference, entries=entries)
 
     def finance(self, tx: Tx, merchant_id: str) -> Finance:
         return self._finance(store.get_finance_tx(tx, merchant_id=merchant_id))
@@ -185,13 +217,16 @@ class Ledger:
         totals: dict[str, dict[str, int]] = {}
         for row in await store.period_totals(self._db, merchant_id=merchant_id, from_ms=from_ms, to_ms=to_ms):
             t = totals.setdefault(row["currency"], dict.fromkeys(
-                ("gross", "refunds", "chargebacks", "fees", "commission", "partner_shares", "net", "payments", "refund_count"), 0))
+                ("gross", "refunds", "chargebacks", "fees", "commission", "partner_shares", "net", "payments", "refund_count",
+                 "discounts"), 0))
             kind, family, net_credit = row["kind"], row["family"], row["credits"] - row["debits"]
             if family == "provider_clearing" and kind == "payment_captured":
                 t["payments"] += row["transactions"]
             if family == "provider_clearing" and kind in ("refund", "chargeback"):
                 t["refunds" if kind == "refund" else "chargebacks"] += row["credits"]
                 t["refund_count"] += row["transactions"] if kind == "refund" else 0
+            if family == "discounts":
+                t["discounts"] += row["debits"] - row["credits"]
             if family == "fees_expense":
                 t["fees"] += row["debits"] - row["credits"]
             if family == "platform_revenue":

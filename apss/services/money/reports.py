@@ -130,7 +130,7 @@ def _channel_lines(rows: list[Row]) -> list[ChannelLine]:
 
 
 _CSV_COLUMNS = ("period", "period_start", "period_end", "breakdown", "key", "product_id", "currency", "gross", "refunds",
-                "chargebacks", "fees", "commission", "partner_shares", "net", "payments", "refund_count", "quantity",
+                "chargebacks", "fees", "commission", "partner_shares", "net", "discounts", "payments", "refund_count", "quantity",
                 "orders")
 
 

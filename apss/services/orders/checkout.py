@@ -24,10 +24,12 @@ from apss.channels.base import Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
-from apss.domain.money import is_iso_currency, minor_units_max
+from apss.domain.money import is_iso_currency, is_virtual_price_code, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
-from apss.domain.payments import PaymentStatus
+from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
+from apss.domain.promotions import Pricing
 from apss.errors import (
+    ChannelNotAvailable,
     CurrencyNotSupported,
     InvalidRequest,
     MerchantOrderRefExists,
@@ -42,6 +44,8 @@ from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.players.wallets import Players
+from apss.services.promotions.promotions import CouponEntered, Promotions
 from apss.services.views import (
     OrderItemView,
     OrderView,
@@ -51,6 +55,7 @@ from apss.services.views import (
     payment_view,
 )
 from apss.store import catalog, orders
+from apss.store import promotions as promotion_store
 from apss.store.db import Database, Tx
 
 __all__ = ["Checkout", "OrderCreate", "OrderLine"]
@@ -68,13 +73,15 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     player_id: PlayerId
     items: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
-    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+    # ISO 4217, or a virtual currency of the merchant's (paid from the wallet, channel `wallet`)
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{2,16}$")]
     channel: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")] | None = None
     # The player's country (ISO 3166-1 alpha-2), for per-country channel routing.
     country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
     merchant_order_ref: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
+    coupon: CouponEntered | None = None
 
 
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,8 +93,12 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
-                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants) -> None:
+                 channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions,
+                 players: Players, game_delivery: lifecycle.GameDelivery) -> None:
         self._db = db
+        self._promotions = promotions
+        self._players = players
+        self._game_delivery = game_delivery
         self._gateway = gateway
         self._clock = clock
         self._config = config
@@ -99,6 +110,11 @@ class Checkout:
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None) -> Outcome:
         self._check_shape(command)
+        if not is_iso_currency(command.currency):  # a virtual currency: paid from the wallet, now
+            if command.channel not in (None, WALLET_CHANNEL):
+                raise ChannelNotAvailable(f"An order in {command.currency} is paid from the wallet.", param="channel")
+            return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, success_status=201,
+                                               fn=lambda tx: self._wallet_order(tx, merchant=merchant, command=command))
         candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
                                                requested=command.channel)
 
@@ -112,12 +128,18 @@ class Checkout:
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
-        if not is_iso_currency(command.currency):
-            raise CurrencyNotSupported(f"'{command.currency}' is not a supported ISO 4217 currency.", param="currency")
-        if len(command.items) > limits.items_max:
-            raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
+        self.check_lines(command)
         if len(command.metadata) > limits.metadata_keys_max:
             raise InvalidRequest(f"At most {limits.metadata_keys_max} metadata keys.", code="too_many_metadata_keys", param="metadata")
+
+    def check_lines(self, command: OrderCreate) -> None:
+        """The currency and the lines of an order (or a quote, which has the same fields)."""
+        limits = self._config.orders
+        if not is_iso_currency(command.currency) and not is_virtual_price_code(command.currency):
+            raise CurrencyNotSupported(f"'{command.currency}' is neither an ISO 4217 currency nor a virtual currency.",
+                                       param="currency")
+        if len(command.items) > limits.items_max:
+            raise InvalidRequest(f"An order holds at most {limits.items_max} lines.", code="too_many_items", param="items")
         seen: set[str] = set()
         for index, line in enumerate(command.items):
             if line.quantity > limits.quantity_max:
@@ -130,10 +152,11 @@ class Checkout:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
-        lines = [self._price_line(tx, merchant=merchant, command=command, index=i) for i in range(len(command.items))]
+        lines, pricing = self.price_tx(tx, merchant=merchant, command=command)
         total = sum(line["amount"] for line in lines)
-        if total > minor_units_max():
-            raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
+        if channel == WALLET_CHANNEL:
+            self._players.check_balance_tx(tx, merchant_id=merchant.id, player_id=command.player_id,
+                                           currency=command.currency, amount=total)
         now_ms = self._clock.now_ms()
         order_id, payment_id = new_id("ord"), new_id("pay")
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
@@ -149,14 +172,39 @@ class Checkout:
             "fx": encode(quote.record()).decode() if quote is not None else None,
         }
         orders.insert_order(tx, order)
+        self._promotions.hold_tx(tx, order_id=order_id, player_id=command.player_id, pricing=pricing, now_ms=now_ms)
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
         orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
-                                   "status": PaymentStatus.UNKNOWN.value, "amount": total, "currency": command.currency,
+                                   "status": (PaymentStatus.SUCCEEDED if channel == WALLET_CHANNEL else PaymentStatus.UNKNOWN).value,
+                                   "amount": total, "currency": command.currency,
                                    "created_at_ms": now_ms})
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
         return _Reserved(order=order, lines=lines)
+
+    def _wallet_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> OrderView:
+        """An order priced in virtual currency, in one transaction: checks (the balance among
+        them) before any write, then the reservation, the wallet debit and delivery at once."""
+        reserved = self._reserve(tx, merchant=merchant, command=command, channel=WALLET_CHANNEL)
+        order = orders.get_order_tx(tx, order_id=reserved.order["id"])
+        now_ms = self._clock.now_ms()
+        self._players.pay_order_tx(tx, order=order, now_ms=now_ms)
+        lifecycle.pay(tx, order, orders.order_items_tx(tx, order["id"]), cause="wallet", now_ms=now_ms,
+                      game_delivery=self._game_delivery)
+        return order_view(orders.get_order_view_tx(tx, order_id=order["id"]), public_url=self.public_url)
+
+    def price_tx(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> tuple[list[dict], Pricing]:
+        """Every line priced from the catalog, then discounted by the promotions that apply (checks
+        only: nothing is written). A line's `amount` is what is paid for it, after its discount."""
+        lines = [self._price_line(tx, merchant=merchant, command=command, index=i) for i in range(len(command.items))]
+        pricing = self._promotions.price_tx(tx, merchant_id=merchant.id, player_id=command.player_id, lines=lines,
+                                            currency=command.currency, coupon=command.coupon)
+        lines = [{**line, "discount": off, "amount": line["amount"] - off}
+                 for line, off in zip(lines, pricing.line_discounts, strict=True)]
+        if sum(line["amount"] for line in lines) > minor_units_max():
+            raise InvalidRequest("The order total is too large.", code="amount_too_large", param="items")
+        return lines, pricing
 
     def _price_line(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, index: int) -> dict:
         line = command.items[index]
@@ -181,14 +229,15 @@ class Checkout:
             if bought + line.quantity > product["purchase_limit"]:
                 raise PurchaseLimitExceeded(
                     f"Player may buy at most {product['purchase_limit']} of '{product['sku']}' ({bought} already).", param=param)
-        return {"product_id": line.product_id, "sku": product["sku"], "quantity": line.quantity, "unit_amount": unit_amount,
+        return {"product_id": line.product_id, "sku": product["sku"], "category": product["category"],
+                "quantity": line.quantity, "unit_amount": unit_amount,
                 "amount": unit_amount * line.quantity, "grants": product["grants"], "fx": quote}
 
     def _converted_price(self, tx: Tx, *, merchant: Merchant, prices: dict[str, int], currency: str) -> tuple[int | None, Quote | None]:
         """The unit price converted from the merchant's currency at the rate in force: converted
         per unit and rounded half-even (apss.domain.fx.convert), then multiplied by the quantity."""
         base_amount = prices.get(merchant.currency)
-        if base_amount is None or merchant.currency == currency:
+        if base_amount is None or merchant.currency == currency or not is_iso_currency(currency):
             return None, None
         quote = fx_quote_tx(tx, base=merchant.currency, quote=currency, now_ms=self._clock.now_ms(),
                             age_max_ms=self._config.orders.fx_rate_age_max_s * 1000)
@@ -283,11 +332,15 @@ class Checkout:
         if created is None or order["status"] != OrderStatus.PENDING.value:
             return order_view(orders.get_order_view_tx(tx, order_id=order["id"]), public_url=self.public_url)
         items = [OrderItemView(product_id=line["product_id"], sku=line["sku"], quantity=line["quantity"],
-                               unit_amount=line["unit_amount"], amount=line["amount"]) for line in lines]
+                               unit_amount=line["unit_amount"], amount=line["amount"],
+                               discount=line["unit_amount"] * line["quantity"] - line["amount"])
+                 for line in lines]
         payment = payment_view(payment_id=order["payment_id"], channel=channel, status=created.status.value,
                                next_action=encode(created.next_action).decode() if created.next_action else None,
                                failure_code=None)
-        return order_view_of({**order, "channel": channel}, items=items, payment=payment, public_url=self.public_url)
+        promotions = promotion_store.order_promotion_ids_tx(tx, order_id=order["id"]) if any(i.discount for i in items) else []
+        return order_view_of({**order, "channel": channel}, items=items, payment=payment, public_url=self.public_url,
+                             promotions=promotions)
 
     async def resume(self, *, merchant: Merchant, order_id: str, idem_key: str) -> None:
         """Finish an order request that a crash cut between its transactions (same payment id,

@@ -24,6 +24,7 @@ from apss.domain.payments import PaymentStatus, payment_transition
 from apss.errors import InvalidTransition
 from apss.ids import new_id
 from apss.store import alerts, catalog, orders, players
+from apss.store import promotions as promotion_store
 from apss.store.db import Row, Tx
 
 __all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "paid_not_delivered", "pay", "raise_alert", "stock_available_again"]
@@ -51,6 +52,7 @@ def end_unpaid(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int
     move(tx, order, event, cause=cause, now_ms=now_ms)
     for item in items:
         catalog.release_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
+    promotion_store.release_holds(tx, order_id=order["id"])  # redemptions and flash-sale units, with the stock
     payment = orders.get_payment_tx(tx, payment_id=order["payment_id"]) if order["payment_id"] else None
     if payment is None or event is OrderEvent.PAYMENT_FAILED:
         return
@@ -77,12 +79,13 @@ def move_payment(tx: Tx, payment: Row, target: PaymentStatus, *, now_ms: int, fi
 
 
 def stock_available_again(tx: Tx, items: list[Row]) -> bool:
-    """Can a late payment take its units from free stock (its reservation was released)?"""
+    """Can a late payment take its units from free stock (its reservation was released), and its
+    promotions' redemptions and flash-sale units again (it pays the price it locked)?"""
     for item in items:
         free = catalog.free_stock(tx, product_id=item["product_id"])
         if free is not None and free < item["quantity"]:
             return False
-    return True
+    return not items or promotion_store.released_fit_again(tx, order_id=items[0]["order_id"])
 
 
 GameDelivery = Callable[..., str]  # Deliveries.create_delivery(tx, order_row=, items_rows=, now_ms=)
@@ -101,6 +104,10 @@ def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
         else:
             taken = catalog.take_free(tx, product_id=item["product_id"], quantity=item["quantity"])
             assert taken, "checked first"
+    if was_pending:
+        promotion_store.take_holds(tx, order_id=order["id"])
+    else:
+        promotion_store.retake_released(tx, order_id=order["id"])
     move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
     deliver(tx, order, items, now_ms=now_ms)
     paid = orders.get_order_tx(tx, order_id=order["id"])

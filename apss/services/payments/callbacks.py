@@ -210,6 +210,7 @@ class PaymentEvents:
             return self._late_payment(tx, payment, order, now_ms=now_ms)
         lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self._game_delivery)
         self._ledger.defer_currency_sale(tx, order=order, items=items, merchant_share=merchant_share, reference=payment["id"])
+        self._ledger.post_discount(tx, order=order, items=items, reference=payment["id"])
         return "applied"
 
     def _late_payment(self, tx: Tx, payment: Row, order: Row, *, now_ms: int) -> str:

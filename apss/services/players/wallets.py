@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from apss.clock import Clock, format_rfc3339
+from apss.domain.money import is_iso_currency
 from apss.errors import InsufficientBalance
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
@@ -53,6 +55,26 @@ class Players:
     async def wallet(self, *, merchant_id: str, player_id: str) -> WalletView:
         rows = await store.wallet_balances(self._db, merchant_id=merchant_id, player_id=player_id)
         return WalletView(player_id=player_id, balances={r["currency"]: r["balance"] for r in rows})
+
+    def check_balance_tx(self, tx: Tx, *, merchant_id: str, player_id: str, currency: str, amount: int) -> None:
+        """Before an order in virtual currency writes anything: can the wallet pay it?"""
+        balance = store.get_balance_tx(tx, merchant_id=merchant_id, player_id=player_id, currency=currency)
+        if balance < amount:
+            raise InsufficientBalance(f"Balance is {balance} {currency}; the order costs {amount}.", param="currency")
+
+    def pay_order_tx(self, tx: Tx, *, order: Mapping, now_ms: int) -> None:
+        """Pay an order priced in virtual currency from the wallet (checked by check_balance_tx in
+        the same transaction): the units are spent, which recognises the revenue they carried."""
+        amount, currency = order["amount"], order["currency"]
+        assert amount >= 0 and not is_iso_currency(currency)
+        if amount == 0:
+            return
+        after = store.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=order["merchant_id"],
+                                          player_id=order["player_id"], currency=currency, amount=-amount,
+                                          reason="order", order_id=order["id"], now_ms=now_ms)
+        assert after >= 0, "checked first"
+        self._ledger.take_currency(tx, merchant_id=order["merchant_id"], vc=currency, units=amount,
+                                   reference=order["payment_id"], spent=True)
 
     async def debit(self, *, merchant_id: str, player_id: str, command: WalletDebit, idem: IdempotencyRequest | None) -> Outcome:
         def transaction(tx: Tx) -> WalletDebitView:

@@ -35,7 +35,7 @@ from apss.domain.catalog import (
 )
 from apss.domain.ledger import over_refund_entries, reversal_entries
 from apss.domain.orders import REFUNDABLE, OrderEvent
-from apss.domain.payments import PaymentStatus
+from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
 from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus
 from apss.errors import (
     Conflict,
@@ -148,7 +148,11 @@ class Refunds:
         request = RefundRequest(refund_id=refund_id, payment_id=payment["id"], provider_ref=payment["provider_ref"] or "",
                                 amount=refund["amount"], currency=refund["currency"], reason=refund["reason"],
                                 metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]))
-        attempt = await self._gateway.refund(merchant, payment["channel"], request)
+        if payment["channel"] == WALLET_CHANNEL:  # no provider: the wallet is credited back in the record transaction
+            attempt = Attempt(channel=WALLET_CHANNEL, operation="refund", outcome="succeeded",
+                              value=RefundResult(provider_refund_ref=f"wallet:{refund_id}", status="succeeded"))
+        else:
+            attempt = await self._gateway.refund(merchant, payment["channel"], request)
 
         def record(tx: Tx) -> Outcome:
             if idem_key is not None:
@@ -265,7 +269,9 @@ class Refunds:
         plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=within,
                           policy=policy or finance.clawback_policy) if delivered and within else Clawback(policy="none")
         now_ms = self._clock.now_ms()
-        if within:
+        if within and payment["channel"] == WALLET_CHANNEL:
+            self._credit_wallet(tx, order, payment, before=before, amount=within, refund_id=refund_id, now_ms=now_ms)
+        elif within:
             self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=refund_id, entries=reversal_entries(
                 merchant_id=order["merchant_id"], channel=payment["channel"], gross=payment["amount"], refunded_before=before,
                 amount=within, currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits))
@@ -287,6 +293,17 @@ class Refunds:
         if delivered:
             lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
         return "applied"
+
+    def _credit_wallet(self, tx: Tx, order: Row, payment: Row, *, before: int, amount: int, refund_id: str,
+                       now_ms: int) -> None:
+        """A refund of an order paid from the wallet: the units go back to the wallet, and the
+        revenue their spending recognised is deferred again (no money moved either way)."""
+        players.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=order["merchant_id"], player_id=order["player_id"],
+                                    currency=payment["currency"], amount=amount, reason="refund", order_id=order["id"],
+                                    now_ms=now_ms)
+        self._ledger.return_currency(tx, merchant_id=order["merchant_id"], vc=payment["currency"],
+                                     spend_reference=payment["id"], gross=payment["amount"], refunded_before=before,
+                                     amount=amount, reference=refund_id)
 
     def _alert_over_refund(self, tx: Tx, payment: Row, *, total: int) -> None:
         lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="over_refund", severity="critical",

@@ -1,0 +1,1 @@
+"""Promotions: automatic discounts, coupons and flash sales (what applies, what is redeemed), and quotes."""
