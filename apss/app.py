@@ -38,6 +38,7 @@ from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
 from apss.api.sandbox import SandboxController
 from apss.api.settlements import AdminSettlementController, SettlementController
+from apss.api.subscriptions import SubscriptionController, SubscriptionReportController
 from apss.api.webhook_endpoints import (
     DeliveryController,
     WebhookDeliveryController,
@@ -82,6 +83,7 @@ from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from apss.web import WEB_HANDLERS
@@ -157,6 +159,10 @@ def _build_services(config: Config, clock: Clock) -> Services:
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
     reports = Reports(db=db, clock=clock, ledger=ledger)
+    subscriptions = Subscriptions(db=db, clock=clock, config=config.subscriptions, public_url=config.public_url,
+                                  checkout=checkout, gateway=gateway, channels=channels, payment_events=payment_events,
+                                  idempotency=idempotency, merchants=merchants)
+    outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
@@ -165,7 +171,8 @@ def _build_services(config: Config, clock: Clock) -> Services:
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
-        reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
+        provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger), sandbox=sandbox, scheduler=scheduler,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
@@ -228,6 +235,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
+                        SubscriptionController, SubscriptionReportController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],

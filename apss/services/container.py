@@ -35,6 +35,7 @@ from apss.services.players.game_deliveries import Deliveries
 from apss.services.players.wallets import Players
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.subscriptions.service import Subscriptions
 from apss.store.db import Database
 
 __all__ = ["JobRunner", "Services"]
@@ -71,6 +72,7 @@ class Services:
     reconciliation: Reconciliation
     reports: Reports
     settlements: Settlements
+    subscriptions: Subscriptions
     alerts: Alerts
     players: Players
     sandbox: SandboxProvider

@@ -10,6 +10,7 @@ from msgspec import UNSET, Meta, UnsetType
 from apss.clock import Clock
 from apss.domain.catalog import SKU_PATTERN, Grant, ProductCategory, default_grants
 from apss.domain.money import is_iso_currency
+from apss.domain.subscriptions import Billing
 from apss.errors import (
     CurrencyNotSupported,
     InvalidRequest,
@@ -50,6 +51,8 @@ class ProductCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None = None
     grants: Grants | None = None
     active: bool = True
+    # A membership product with a billing plan is sold by subscription (API.md "Subscriptions").
+    billing: Billing | None = None
 
 
 class ProductUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -109,6 +112,10 @@ class Catalog:
         if command.stock is not None:
             _check_stock(command.stock, param="stock")
 
+        if command.billing is not None and command.category is not ProductCategory.MEMBERSHIP:
+            raise InvalidRequest("Only a membership product can carry a billing plan.",
+                                 code="billing_requires_membership", param="billing")
+
         def transaction(tx: Tx) -> ProductView:
             _check_currencies(command.prices)
             grants = default_grants(command.category, command.sku, command.grants)
@@ -121,6 +128,7 @@ class Catalog:
                 "stock": command.stock, "purchase_limit": command.purchase_limit,
                 "grants": _encode(grants).decode(), "active": int(command.active),
                 "created_at_ms": self._clock.now_ms(),
+                "billing": _encode(command.billing).decode() if command.billing is not None else None,
             })
             return product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
 
