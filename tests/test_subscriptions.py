@@ -290,3 +290,40 @@ def test_renewal_job_run_twice_for_a_period_makes_one_order(srv):
             with pytest.raises(sqlite3.IntegrityError):  # the database refuses a second order for the period
                 conn.execute("INSERT INTO subscription_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (row[0] + "x", *row[1:]))
+
+
+def test_a_retry_falls_back_to_the_fallback_channel(srv):
+    """Sandbox (saved card) declines; the retry charges it again and, on the decline, turns to the
+    fallback channel: Stripe (its stand-in), which holds no saved method for this subscription,
+    so the player gets a Checkout Session to pay (`subscription.payment_required`)."""
+    from tests.channels.standin_stripe import StripeStandIn
+    from tests.test_channels_e2e import _Served
+
+    standin = StripeStandIn(secret_key="sk_test_standin_0123456789", webhook_secret="whsec_standin_0123456789",
+                            pi_on_create=True)
+    standin.now_s = lambda: srv.clock.now_ms() // 1000
+    served = _Served(standin)
+    merchant = srv.new_merchant()
+    try:
+        with merchant.client() as client:
+            saved = client.put("/v1/channels/stripe", json={"secret_key": standin.secret_key,
+                                                            "webhook_secret": standin.webhook_secret, "api_base": served.url})
+            assert saved.status_code == 200, saved.text
+            product = plan(merchant, client)
+            sub = subscribe(client, product["id"], player="fallback", channel="sandbox", fallback_channel="stripe",
+                            metadata={"sandbox_renewal": "declined"})
+            assert sub["fallback_channel"] == "stripe"
+            advance_to(srv, sub["current_period_end"])
+            first = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+            assert first["latest_order"]["channel"] == "sandbox", "the first charge of a period is the primary's alone"
+            advance(srv, DAY_S)
+            retried = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["latest_order"]["channel"]
+                               == "stripe" and s)
+            assert retried["status"] == "past_due" and retried["latest_order"]["status"] == "pending"
+            assert retried["latest_order"]["payment"]["next_action"]["type"] == "redirect"
+            attempts = client.get(f"/v1/payments/{retried['latest_order']['payment']['id']}").json()["attempts"]
+            assert [(a["channel"], a["operation"], a["outcome"]) for a in attempts] == [
+                ("sandbox", "charge_saved_method", "failed"), ("stripe", "create_payment", "succeeded")]
+            assert events(client, sub["id"])[-1] == "subscription.payment_required"
+    finally:
+        served.stop()
