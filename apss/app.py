@@ -41,6 +41,7 @@ from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
 from apss.api.sandbox import SandboxController
 from apss.api.settlements import AdminSettlementController, SettlementController
+from apss.api.subscriptions import SubscriptionController, SubscriptionReportController
 from apss.api.webhook_endpoints import (
     DeliveryController,
     WebhookDeliveryController,
@@ -88,6 +89,7 @@ from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
@@ -187,6 +189,10 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                                     paid_not_delivered_age_s=config.reconciliation.paid_not_delivered_s,
                                     refund_pending_age_s=config.reconciliation.refund_pending_s)
     reports = Reports(db=db, clock=clock, ledger=ledger)
+    subscriptions = Subscriptions(db=db, clock=clock, config=config.subscriptions, public_url=config.public_url,
+                                  checkout=checkout, gateway=gateway, channels=channels, payment_events=payment_events,
+                                  idempotency=idempotency, merchants=merchants)
+    outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
@@ -195,7 +201,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
-        reconciliation=reconciliation, reports=reports, settlements=settlements, provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
+        reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
+        provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=players, sandbox=sandbox, scheduler=scheduler,
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
@@ -266,7 +273,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
-                        ClockController, PromotionController, QuoteController,
+                        ClockController, PromotionController, QuoteController, SubscriptionController,
+                        SubscriptionReportController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],

@@ -155,6 +155,16 @@ class SchedulerConfig(_Section):
     idempotency_prune_interval_s: Annotated[float, Meta(gt=0)] = 3600.0
 
 
+class SubscriptionsConfig(_Section):
+    # A failed renewal is retried this many days after the first failure (each a retry); hard
+    # declines are never retried. When the last retry fails the subscription is canceled and its
+    # membership ends grace_s later.
+    retry_days: Annotated[tuple[Annotated[int, Meta(ge=1, le=60)], ...], Meta(max_length=10)] = (1, 3, 5)
+    grace_s: Annotated[int, Meta(ge=0, le=30 * 86_400)] = 0
+    renewal_interval_s: Annotated[float, Meta(gt=0)] = 60.0
+    renewal_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 200
+
+
 class ApiConfig(_Section):
     # Per API key, token bucket; 0 disables the limit.
     requests_per_s_max: Annotated[int, Meta(ge=0)] = 1000
@@ -191,6 +201,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     webhooks: WebhooksConfig = WebhooksConfig()
     reconciliation: ReconciliationConfig = ReconciliationConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     api: ApiConfig = ApiConfig()
     clock: ClockConfig = ClockConfig()
     seed: SeedConfig = SeedConfig()
@@ -265,6 +276,9 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
     if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
         raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")
+    days = config.subscriptions.retry_days
+    if any(a >= b for a, b in zip(days, days[1:])):
+        raise ConfigInvalid("config key subscriptions.retry_days: days after the first failure, strictly increasing")
     for index, host in enumerate(config.channels.api_base_hosts_allowed):
         if ":" in host and not _is_ipv6(host.strip("[]")):  # a port would never match: hosts compare alone
             raise ConfigInvalid(f"config key channels.api_base_hosts_allowed[{index}]: a host without a port")

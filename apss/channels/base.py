@@ -105,6 +105,9 @@ class PaymentRequest(_Neutral):
     # When the reservation ends (unix seconds): the provider must refuse the payer after it
     # (Stripe Checkout `expires_at`, Alipay `time_expire`, WeChat `time_expire`...).
     expires_at_s: int | None = None
+    # A subscription's first order: keep the payment method for off-session renewals where the
+    # channel can (Stripe `setup_future_usage=off_session` with a Customer; the sandbox always can).
+    save_method: bool = False
 
 
 class PaymentCreated(_Neutral):

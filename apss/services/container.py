@@ -37,6 +37,7 @@ from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.sandbox.provider import SandboxProvider
+from apss.services.subscriptions.service import Subscriptions
 from apss.services.test_clock import ClockControl
 from apss.store.db import Database
 
@@ -74,6 +75,7 @@ class Services:
     reconciliation: Reconciliation
     reports: Reports
     settlements: Settlements
+    subscriptions: Subscriptions
     alerts: Alerts
     players: Players
     promotions: Promotions

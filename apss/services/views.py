@@ -10,6 +10,7 @@ import msgspec
 
 from apss.clock import format_rfc3339
 from apss.domain.catalog import Grant
+from apss.domain.subscriptions import Billing
 from apss.store.db import Row
 
 __all__ = [
@@ -55,7 +56,7 @@ class _View(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class ProductView(_View):
+class ProductView(_View, omit_defaults=True):  # `billing` only on plans
     id: str
     sku: str
     name: str
@@ -68,6 +69,7 @@ class ProductView(_View):
     grants: list[Grant]
     active: bool
     created_at: str
+    billing: Billing | None = None  # plans only (subscriptions)
 
 
 def product_view(row: Row) -> ProductView:
@@ -78,6 +80,7 @@ def product_view(row: Row) -> ProductView:
         reserved=row["reserved"], sold=row["sold"], purchase_limit=row["purchase_limit"],
         grants=_grants_decoder.decode(row["grants"]), active=bool(row["active"]),
         created_at=format_rfc3339(row["created_at_ms"]),
+        billing=msgspec.json.decode(row["billing"], type=Billing) if row["billing"] else None,
     )
 
 
@@ -159,6 +162,7 @@ class OrderView(_View):
     checkout_url: str
     payment: PaymentView | None
     fx: FxView | None = None
+    subscription_id: str | None = None  # first, renewal and proration orders of a subscription
 
 
 def order_view(row: Row, *, public_url: str) -> OrderView:
@@ -195,6 +199,7 @@ def order_view_of(row: Mapping[str, Any], *, items: list[OrderItemView], payment
         metadata=msgspec.json.decode(row["metadata"], type=dict[str, str]),
         expires_at=format_rfc3339(row["expires_at_ms"]), created_at=format_rfc3339(row["created_at_ms"]),
         checkout_url=f"{public_url}/checkout/{row['checkout_token']}", payment=payment, fx=_fx_view(row["fx"]),
+        subscription_id=row["subscription_id"] if "subscription_id" in row.keys() else None,
     )
 
 

@@ -31,10 +31,10 @@ __all__ = [
 def insert_product(tx: Tx, row: dict) -> None:
     tx.execute(
         "INSERT INTO products (id, merchant_id, sku, name, category, prices, stock, reserved, sold,"
-        " purchase_limit, grants, active, created_at_ms, updated_at_ms) VALUES (:id, :merchant_id,"
+        " purchase_limit, grants, active, created_at_ms, updated_at_ms, billing) VALUES (:id, :merchant_id,"
         " :sku, :name, :category, :prices, :stock, 0, 0, :purchase_limit, :grants, :active,"
-        " :created_at_ms, :created_at_ms)",
-        row,
+        " :created_at_ms, :created_at_ms, :billing)",
+        {"billing": None, **row},
     )
 
 

@@ -11,6 +11,9 @@ __all__ = [
     "add_items",
     "apply_wallet_change",
     "extend_membership",
+    "extend_membership_to",
+    "membership_expiry_tx",
+    "set_membership_expiry",
     "get_balance_tx",
     "inventory",
     "item_quantity_tx",
@@ -71,6 +74,31 @@ def extend_membership(tx: Tx, *, merchant_id: str, player_id: str, sku: str, dur
         " updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, now_ms + duration_ms, now_ms, duration_ms),
     )
+
+
+def extend_membership_to(tx: Tx, *, merchant_id: str, player_id: str, sku: str, until_ms: int, now_ms: int) -> None:
+    """A subscription's membership runs to the end of the period paid for (never shortened here)."""
+    tx.execute(
+        "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET expires_at_ms = max(expires_at_ms, excluded.expires_at_ms),"
+        " updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, player_id, sku, until_ms, now_ms),
+    )
+
+
+def set_membership_expiry(tx: Tx, *, merchant_id: str, player_id: str, sku: str, expires_at_ms: int, now_ms: int) -> None:
+    """End (or keep) a subscription's membership at exactly `expires_at_ms` (cancel, grace, retries)."""
+    tx.execute(
+        "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, player_id, sku, expires_at_ms, now_ms),
+    )
+
+
+def membership_expiry_tx(tx: Tx, *, merchant_id: str, player_id: str, sku: str) -> int | None:
+    row = tx.one("SELECT expires_at_ms FROM memberships WHERE merchant_id = ? AND player_id = ? AND sku = ?",
+                 (merchant_id, player_id, sku))
+    return None if row is None else row["expires_at_ms"]
 
 
 def add_entitlement(tx: Tx, *, merchant_id: str, player_id: str, sku: str, order_id: str, now_ms: int) -> None:

@@ -80,7 +80,7 @@ async def test_create_payment_and_verify_callbacks(harness):
 
 EXPECTED_CAPABILITIES = {
     "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
-                "cancel_payment"},
+                "cancel_payment", "charge_saved_method"},
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                "cancel_payment"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "query_refund",

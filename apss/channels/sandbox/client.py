@@ -27,6 +27,7 @@ from apss.channels.base import (
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
     decode_event,
+    renewal_decline,
     statement_lines,
     to_neutral,
 )
@@ -137,6 +138,17 @@ class SandboxChannel:
         if not await self._book.close(query.payment_id):
             raise ProviderDeclined(f"the payer already paid sandbox payment {query.payment_id}",
                                    provider_code="payment_completed")
+
+    async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
+                                  credentials: Credentials) -> PaymentReport:
+        """A renewal, off-session, on the method the first payment (`method_ref`, its `sbx_`
+        reference) saved: settled at once, as the renewal magic values say (mapping.py)."""
+        assert request.amount >= 0 and method_ref.startswith("sbx_"), method_ref
+        declined = renewal_decline(request.metadata)
+        if declined is not None:
+            raise ProviderDeclined(f"sandbox declined the saved method ({declined})", provider_code=declined)
+        return PaymentReport(status=PaymentStatus.SUCCEEDED, provider_ref=f"sbxch_{new_token()}", amount=request.amount,
+                             currency=request.currency)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         """The sandbox's statement CSV (format in apss/channels/sandbox/mapping.py)."""

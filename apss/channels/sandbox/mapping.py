@@ -9,6 +9,13 @@ Magic values (order `metadata["sandbox_outcome"]`, read when the payer pays):
                         query (the janitor's) can tell
 - `refund_fails`        refunds of the order fail (`refund_declined`)
 
+Renewal magic values (a subscription's `metadata["sandbox_renewal"]`, copied onto its orders, read
+when a renewal charges the saved method; `metadata["renewal_attempt"]` is the 1-based count of
+renewal charge attempts in the subscription's life, fallback attempts included, set by APSS):
+- `declined`            every renewal charge declines (`card_declined`)
+- `declined:N`          the first N renewal charge attempts decline, later ones succeed
+- `hard_decline`        declines with `stolen_card` (a hard decline: never retried)
+
 Statements (`parse_statement`, for reconciliation): a UTF-8 CSV whose first row is exactly the
 header `type,provider_ref,payment_id,amount,fee,currency,occurred_at`, then one row per balance
 movement:
@@ -49,11 +56,15 @@ __all__ = [
     "build_event",
     "decode_event",
     "parse_magic",
+    "renewal_decline",
     "statement_lines",
     "to_neutral",
 ]
 
 MAGIC_KEY = "sandbox_outcome"
+RENEWAL_MAGIC_KEY = "sandbox_renewal"
+RENEWAL_ATTEMPT_KEY = "renewal_attempt"
+_DECLINED_N_RE = re.compile(r"^declined:(\d{1,4})$")
 _DELAY_RE = re.compile(r"^delay_callback:(\d{1,4})$")
 
 
@@ -98,6 +109,20 @@ def parse_magic(metadata: dict[str, str], *, payer_pays: bool) -> SandboxOutcome
     elif (match := _DELAY_RE.match(magic)) is not None:
         delay_s = min(int(match.group(1)), 3600)
     return SandboxOutcome(succeeded=failure_code is None, failure_code=failure_code, delay_s=delay_s, copies=copies)
+
+
+def renewal_decline(metadata: dict[str, str]) -> str | None:
+    """The failure code a renewal charge declines with under the magic values, None if it succeeds."""
+    magic = metadata.get(RENEWAL_MAGIC_KEY, "")
+    attempt = int(metadata.get(RENEWAL_ATTEMPT_KEY, "1"))
+    assert attempt >= 1
+    if magic == "declined":
+        return "card_declined"
+    if magic == "hard_decline":
+        return "stolen_card"
+    if (match := _DECLINED_N_RE.match(magic)) is not None and attempt <= int(match.group(1)):
+        return "card_declined"
+    return None
 
 
 def build_event(*, event_id: str, kind: CallbackKind, created_s: int, payment_id: str, amount: int,

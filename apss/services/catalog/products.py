@@ -8,8 +8,19 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from apss.clock import Clock
-from apss.domain.catalog import SKU_PATTERN, CurrencyGrant, Grant, ProductCategory, default_grants
-from apss.domain.money import CurrencyCodeReserved, is_iso_currency, is_virtual_price_code
+from apss.domain.catalog import (
+    SKU_PATTERN,
+    CurrencyGrant,
+    Grant,
+    ProductCategory,
+    default_grants,
+)
+from apss.domain.money import (
+    CurrencyCodeReserved,
+    is_iso_currency,
+    is_virtual_price_code,
+)
+from apss.domain.subscriptions import Billing
 from apss.errors import (
     CurrencyNotSupported,
     InvalidRequest,
@@ -51,6 +62,8 @@ class ProductCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None = None
     grants: Grants | None = None
     active: bool = True
+    # A membership product with a billing plan is sold by subscription (API.md "Subscriptions").
+    billing: Billing | None = None
 
 
 class ProductUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -129,6 +142,9 @@ class Catalog:
             _check_stock(command.stock, param="stock")
 
         _check_grants(command.grants)
+        if command.billing is not None and command.category is not ProductCategory.MEMBERSHIP:
+            raise InvalidRequest("Only a membership product can carry a billing plan.",
+                                 code="billing_requires_membership", param="billing")
 
         def transaction(tx: Tx) -> ProductView:
             grants = default_grants(command.category, command.sku, command.grants)
@@ -142,6 +158,7 @@ class Catalog:
                 "stock": command.stock, "purchase_limit": command.purchase_limit,
                 "grants": _encode(grants).decode(), "active": int(command.active),
                 "created_at_ms": self._clock.now_ms(),
+                "billing": _encode(command.billing).decode() if command.billing is not None else None,
             })
             return product_view(store.get_product_tx(tx, merchant_id=merchant_id, product_id=product_id))
 

@@ -88,6 +88,12 @@ EVENT_TYPES = frozenset({
     "order.paid", "order.delivering", "order.fulfilled", "order.expired", "order.canceled", "order.failed",
     "order.partially_refunded", "order.refunded", "refund.succeeded", "refund.failed", "settlement.created",
     "alert.created", "dispute.created", "delivery.pending",
+    # subscriptions (apss/services/subscriptions/periods.py WEBHOOK_EVENTS): `subscription.payment_required`
+    # asks the game to have the player pay a renewal on a channel that cannot charge a saved method
+    "subscription.created", "subscription.activated", "subscription.renewed", "subscription.payment_failed",
+    "subscription.payment_required", "subscription.past_due", "subscription.canceled", "subscription.resumed",
+    "subscription.incomplete_expired", "subscription.cancel_scheduled", "subscription.change_requested",
+    "subscription.change_scheduled", "subscription.changed",
 })
 _ALL = "*"
 _TARGET_NOT_ALLOWED = "target_not_allowed"

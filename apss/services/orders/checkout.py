@@ -14,7 +14,7 @@ which is also the provider's idempotency key), and the order expires normally if
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated
 
 import msgspec
@@ -84,6 +84,9 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     coupon: CouponEntered | None = None
 
 
+OnReserved = Callable[[Tx, dict], None]
+
+
 class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
     """What the reserve transaction made: enough to ask a channel for the payment, no re-read."""
 
@@ -108,7 +111,10 @@ class Checkout:
         self.public_url = config.public_url
 
     # -- create ------------------------------------------------------------------------------
-    async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None) -> Outcome:
+    async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None,
+                     on_reserved: OnReserved | None = None) -> Outcome:
+        """`on_reserved(tx, order)` runs in the reserve transaction once the order is written
+        (a subscription records its first order there)."""
         self._check_shape(command)
         if not is_iso_currency(command.currency):  # a virtual currency: paid from the wallet, now
             if command.channel not in (None, WALLET_CHANNEL):
@@ -120,7 +126,8 @@ class Checkout:
 
         reserved = await self._db.write(lambda tx: self._idempotency.begin(
             tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
-            fn=lambda tx: self._reserve(tx, merchant=merchant, command=command, channel=candidates[0].name)))
+            fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=candidates[0].name,
+                                          on_reserved=on_reserved)))
         if isinstance(reserved, Outcome):
             return reserved
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
@@ -148,11 +155,25 @@ class Checkout:
                 raise InvalidRequest("Each product appears on one line only.", code="duplicate_line", param=f"items[{index}].product_id")
             seen.add(line.product_id)
 
-    def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str) -> _Reserved:
+    def reserve_in(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
+                   on_reserved: OnReserved | None = None, unit_amount: int | None = None) -> _Reserved:
+        """The reserve step inside the caller's transaction: subscriptions create their renewal
+        and proration orders here (a proration line is priced by `unit_amount`, not the catalog)."""
+        reserved = self._reserve(tx, merchant=merchant, command=command, channel=channel, unit_amount=unit_amount)
+        if on_reserved is not None:
+            on_reserved(tx, reserved.order)
+        return reserved
+
+    def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
+                 unit_amount: int | None = None) -> _Reserved:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
         lines, pricing = self.price_tx(tx, merchant=merchant, command=command)
+        if unit_amount is not None:  # a plan change's prorated charge: priced by the caller, no promotion
+            assert len(lines) == 1 and lines[0]["quantity"] == 1 and lines[0]["fx"] is None and unit_amount >= 0
+            lines = [{**lines[0], "unit_amount": unit_amount, "amount": unit_amount, "discount": 0}]
+            pricing = Pricing(line_discounts=[0], applied=[])
         total = sum(line["amount"] for line in lines)
         if channel == WALLET_CHANNEL:
             self._players.check_balance_tx(tx, merchant_id=merchant.id, player_id=command.player_id,
@@ -246,6 +267,9 @@ class Checkout:
         return convert(base_amount, from_currency=merchant.currency, to_currency=currency, rate=quote.rate), quote
 
     # -- payment -----------------------------------------------------------------------------
+    def payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
+        return self._payment_request(order, items, channel)
+
     def _payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
         summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
         return PaymentRequest(
@@ -255,6 +279,8 @@ class Checkout:
             return_url=order["return_url"], player_id=order["player_id"],
             metadata=msgspec.json.decode(order["metadata"], type=dict[str, str]),
             expires_at_s=order["expires_at_ms"] // 1000,
+            # A subscription's order saves the payment method for its renewals, where the channel can.
+            save_method="subscription_id" in order.keys() and order["subscription_id"] is not None,
         )
 
     async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order: Mapping,

@@ -23,6 +23,7 @@ from apss.domain.orders import OrderEvent, OrderStatus, transition
 from apss.domain.payments import PaymentStatus, payment_transition
 from apss.errors import InvalidTransition
 from apss.ids import new_id
+from apss.services.subscriptions import periods as subscription_periods
 from apss.store import alerts, catalog, orders, players
 from apss.store import promotions as promotion_store
 from apss.store.db import Row, Tx
@@ -53,6 +54,7 @@ def end_unpaid(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int
     for item in items:
         catalog.release_reserved(tx, product_id=item["product_id"], quantity=item["quantity"])
     promotion_store.release_holds(tx, order_id=order["id"])  # redemptions and flash-sale units, with the stock
+    subscription_periods.on_order_ended(tx, order, now_ms=now_ms)
     payment = orders.get_payment_tx(tx, payment_id=order["payment_id"]) if order["payment_id"] else None
     if payment is None or event is OrderEvent.PAYMENT_FAILED:
         return
@@ -115,8 +117,9 @@ def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
         assert game_delivery is not None, "game deliveries are wired by app.py"
         move(tx, paid, OrderEvent.START_DELIVERY, cause="delivery", now_ms=now_ms)
         game_delivery(tx, order_row=paid, items_rows=items, now_ms=now_ms)
-        return
-    move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
+    else:
+        move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
+    subscription_periods.on_order_paid(tx, paid, now_ms=now_ms)
 
 
 def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
@@ -129,6 +132,7 @@ def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
 def deliver(tx: Tx, order: Row, items: list[Row], *, now_ms: int) -> None:
     """Grant what each unit of each line delivers (grants frozen on the line at purchase)."""
     merchant_id, player_id = order["merchant_id"], order["player_id"]
+    period_end_ms = subscription_periods.membership_until_tx(tx, order["id"])  # a plan's order: to its period end
     for item in items:
         quantity = item["quantity"]
         assert quantity >= 1
@@ -140,6 +144,9 @@ def deliver(tx: Tx, order: Row, items: list[Row], *, now_ms: int) -> None:
                 players.apply_wallet_change(tx, txn_id=new_id("wtx"), merchant_id=merchant_id, player_id=player_id,
                                             currency=grant.currency, amount=grant.amount * quantity,
                                             reason="purchase", order_id=order["id"], now_ms=now_ms)
+            elif isinstance(grant, MembershipGrant) and period_end_ms is not None:
+                players.extend_membership_to(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
+                                             until_ms=period_end_ms, now_ms=now_ms)
             elif isinstance(grant, MembershipGrant):
                 players.extend_membership(tx, merchant_id=merchant_id, player_id=player_id, sku=grant.sku,
                                           duration_ms=grant.duration_days * quantity * _DAY_MS, now_ms=now_ms)

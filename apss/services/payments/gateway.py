@@ -115,6 +115,12 @@ class PaymentGateway:
         return await self._optional(merchant, channel, Capability.QUERY_REFUND, "query_refund",
                                     lambda adapter, credentials: adapter.query_refund(query, credentials))
 
+    async def charge_saved_method(self, merchant: Merchant, channel: str, request: PaymentRequest, method_ref: str) -> Attempt:
+        """A renewal: charge the method a first payment saved (`method_ref` is that payment's
+        provider reference; each adapter knows how to reach the saved method from it)."""
+        return await self._optional(merchant, channel, Capability.CHARGE_SAVED_METHOD, Capability.CHARGE_SAVED_METHOD.value,
+                                    lambda adapter, credentials: adapter.charge_saved_method(request, method_ref, credentials))
+
     async def cancel_payment(self, merchant: Merchant, channel: str, query: PaymentQuery) -> Attempt:
         return await self._optional(merchant, channel, Capability.CANCEL_PAYMENT, "cancel_payment",
                                     lambda adapter, credentials: adapter.cancel_payment(query, credentials))

@@ -1,0 +1,139 @@
+"""What a subscription's order does to the subscription, inside the order's own transaction.
+
+The order lifecycle (apss/services/orders/lifecycle.py) calls these when any order is paid or
+ends unpaid, whoever moved it (a provider callback, the janitor, a renewal charge, expiry), so a
+subscription follows its orders however their payments arrive. This module imports only domain
+and store, so the lifecycle can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from apss.domain.catalog import Grant, MembershipGrant
+from apss.domain.subscriptions import (
+    Billing,
+    SubscriptionEvent,
+    SubscriptionStatus,
+    period_bounds_ms,
+    transition,
+)
+from apss.ids import new_id
+from apss.store import catalog, players
+from apss.store import subscriptions as store
+from apss.store.db import Row, Tx
+
+__all__ = ["WEBHOOK_EVENTS", "billing_of", "membership_skus", "membership_until_tx", "move", "on_order_ended",
+           "on_order_paid", "record", "set_memberships"]
+
+# Every subscription event is also a merchant webhook of the same type.
+WEBHOOK_EVENTS = frozenset(f"subscription.{name}" for name in (
+    "created", "activated", "renewed", "payment_failed", "payment_required", "past_due", "canceled", "resumed",
+    "incomplete_expired", "cancel_scheduled", "change_requested", "change_scheduled", "changed"))
+
+_grants_decoder = msgspec.json.Decoder(list[Grant])
+_billing_decoder = msgspec.json.Decoder(Billing)
+
+
+def billing_of(subscription: Mapping) -> Billing:
+    return _billing_decoder.decode(subscription["billing"])
+
+
+def move(tx: Tx, subscription: Row, event: SubscriptionEvent, *, cause: str, now_ms: int,
+         fields: dict | None = None, webhook: str | None = None) -> SubscriptionStatus:
+    """Apply `event` (InvalidTransition if illegal) with a guarded write, record it with its cause
+    and emit its webhook (`subscription.<webhook or status>`)."""
+    current = SubscriptionStatus(subscription["status"])
+    target = transition(current, event)
+    moved = store.move_subscription(tx, subscription_id=subscription["id"], from_status=current.value,
+                                    to_status=target.value, fields=fields or {}, now_ms=now_ms)
+    assert moved, f"subscription {subscription['id']} moved under the single writer"
+    name = webhook or (target.value if target != current else event.value)
+    _event(tx, subscription, type=f"subscription.{name}", from_status=current.value, to_status=target.value,
+           cause=cause, now_ms=now_ms)
+    return target
+
+
+def record(tx: Tx, subscription: Mapping, *, type: str, cause: str, now_ms: int) -> None:
+    """An event that moves no status (a failed charge while past due, a scheduled cancel)."""
+    _event(tx, subscription, type=type, from_status=subscription["status"], to_status=subscription["status"],
+           cause=cause, now_ms=now_ms)
+
+
+def _event(tx: Tx, subscription: Mapping, *, type: str, from_status: str, to_status: str, cause: str, now_ms: int) -> None:
+    assert type in WEBHOOK_EVENTS, type
+    store.insert_event(tx, event_id=new_id("evt"), subscription_id=subscription["id"], type=type,
+                       from_status=from_status, to_status=to_status, cause=cause, now_ms=now_ms)
+    tx.emit(merchant_id=subscription["merchant_id"], type=type, kind="subscription", object_id=subscription["id"])
+
+
+def membership_skus(tx: Tx, subscription: Mapping) -> list[str]:
+    product = catalog.get_product_tx(tx, merchant_id=subscription["merchant_id"], product_id=subscription["product_id"])
+    return [g.sku for g in _grants_decoder.decode(product["grants"]) if isinstance(g, MembershipGrant)]
+
+
+def set_memberships(tx: Tx, subscription: Mapping, *, expires_at_ms: int, now_ms: int) -> None:
+    """The plan's memberships end exactly at `expires_at_ms` (kept through retries, ended by a cancel)."""
+    for sku in membership_skus(tx, subscription):
+        players.set_membership_expiry(tx, merchant_id=subscription["merchant_id"], player_id=subscription["player_id"],
+                                      sku=sku, expires_at_ms=expires_at_ms, now_ms=now_ms)
+
+
+def membership_until_tx(tx: Tx, order_id: str) -> int | None:
+    """For an order of a subscription, the end of the period it pays for: its membership grants
+    run to that time instead of adding the product's `duration_days`."""
+    row = store.subscription_order_of_tx(tx, order_id=order_id)
+    return None if row is None else row["period_end_ms"]
+
+
+def on_order_paid(tx: Tx, order: Mapping, *, now_ms: int) -> None:
+    """The first order activates the subscription; a renewal renews it for its period; a
+    proration order switches the plan."""
+    row = store.subscription_order_of_tx(tx, order_id=order["id"])
+    if row is None:
+        return
+    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
+    status = SubscriptionStatus(subscription["status"])
+    cause = f"order:{order['id']}"
+    if row["kind"] == "first" and status is SubscriptionStatus.INCOMPLETE:
+        move(tx, subscription, SubscriptionEvent.FIRST_PAID, cause=cause, now_ms=now_ms, webhook="activated", fields={
+            "activated_at_ms": now_ms, "method_payment_id": order["payment_id"], "latest_order_id": order["id"],
+            "channel": order["channel"],
+            "next_charge_at_ms": subscription["current_period_end_ms"]})
+    elif row["kind"] == "renewal" and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        start, end = period_bounds_ms(subscription["anchor_ms"], billing_of(subscription), row["period_index"])
+        assert (start, end) == (row["period_start_ms"], row["period_end_ms"])
+        move(tx, subscription, SubscriptionEvent.RENEWED, cause=cause, now_ms=now_ms, webhook="renewed", fields={
+            "period_index": row["period_index"], "current_period_start_ms": start, "current_period_end_ms": end,
+            "latest_order_id": order["id"], "first_failure_ms": None, "retries": 0, "next_charge_at_ms": end,
+            "product_id": row["product_id"], "amount": order["amount"], "next_product_id": None})
+        set_memberships(tx, {**subscription, "product_id": row["product_id"]}, expires_at_ms=end, now_ms=now_ms)
+    elif row["kind"] == "proration" and status is SubscriptionStatus.ACTIVE:
+        product = catalog.get_product_tx(tx, merchant_id=subscription["merchant_id"], product_id=row["product_id"])
+        amount = msgspec.json.decode(product["prices"], type=dict[str, int])[subscription["currency"]]
+        move(tx, subscription, SubscriptionEvent.CHANGE, cause=cause, now_ms=now_ms, webhook="changed", fields={
+            "product_id": row["product_id"], "amount": amount, "latest_order_id": order["id"], "next_product_id": None})
+    # Anything else (a late payment for a canceled subscription) leaves the subscription alone:
+    # the order's own late-payment handling applies.
+
+
+def on_order_ended(tx: Tx, order: Mapping, *, now_ms: int) -> None:
+    """The first order ended unpaid: `incomplete_expired`. A renewal order ended unpaid while its
+    subscription is still live (the renewal service cancels first when retries run out; this is
+    the janitor or an expiry settling a charge whose outcome was unknown): canceled, membership
+    ending now."""
+    row = store.subscription_order_of_tx(tx, order_id=order["id"])
+    if row is None:
+        return
+    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
+    status = SubscriptionStatus(subscription["status"])
+    cause = f"order:{order['id']}"
+    if row["kind"] == "first" and status is SubscriptionStatus.INCOMPLETE:
+        move(tx, subscription, SubscriptionEvent.FIRST_UNPAID, cause=cause, now_ms=now_ms,
+             fields={"next_charge_at_ms": None, "latest_order_id": order["id"]})
+    elif row["kind"] == "renewal" and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        move(tx, subscription, SubscriptionEvent.CANCEL, cause=cause, now_ms=now_ms,
+             fields={"canceled_at_ms": now_ms, "next_charge_at_ms": None})
+        set_memberships(tx, subscription, expires_at_ms=now_ms, now_ms=now_ms)
