@@ -1,11 +1,20 @@
-"""The `apss` command: `apss serve`, `apss migrate`."""
+"""The `apss` command: `apss serve`, `apss migrate`, `apss ledger check` (and `python run.py`, which
+is `apss serve`).
+
+The config file is found in this order: `--config PATH`, `$APSS_CONFIG`, `./config.toml`; without
+one the built-in defaults apply, and the command says so and where the data goes."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from apss.config import Config, load_config
 from apss.errors import ConfigInvalid, LiveMerchantsInTestMode, SchemaTooNew
@@ -14,24 +23,31 @@ __all__ = ["main"]
 
 
 def _load(path: str | None) -> Config:
+    source = Path(path or os.environ.get("APSS_CONFIG") or "config.toml")
     try:
-        return load_config(path)
+        config = load_config(source)
     except ConfigInvalid as exc:
-        print(f"apss: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    if not source.exists():
+        print(f"apss: no config file at {source}: using the built-in defaults (and APSS_* variables); "
+              f"data in {Path(config.database.path).resolve()}", flush=True)
+    return config
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit code 2: what a person (or a supervisor) must fix first."""
+    print(f"apss: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _migrate(config: Config) -> None:
-    from pathlib import Path
-
     from apss.store.migrate import apply_migrations
 
     Path(config.database.path).parent.mkdir(parents=True, exist_ok=True)
     try:
         before, after = apply_migrations(config.database.path)
     except SchemaTooNew as exc:
-        print(f"apss: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
     print(f"database {config.database.path}: schema version {before} -> {after}")
 
 
@@ -40,27 +56,47 @@ def _serve(config: Config) -> None:
 
     from apss.app import create_app
 
+    listener = _listen(config.server.host, config.server.port)  # a busy port fails before anything else
     _migrate(config)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider or callback request is noise
     try:
         app = create_app(config, announce=lambda line: print(line, flush=True))
     except LiveMerchantsInTestMode as exc:
-        print(f"apss: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has stopped, and the process would die of it
     # (exit -15) after an orderly shutdown: the re-raised signal meets this no-op instead (exit 0).
     signal.signal(signal.SIGTERM, _stopped_already)
     # SIGTERM: uvicorn stops accepting and gives in-flight requests half the deadline; then the
     # app's shutdown gives the writer most of the rest to finish its queue (app.py).
-    uvicorn.run(app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",
-                log_level=config.server.log_level, access_log=False,
-                timeout_graceful_shutdown=config.server.shutdown_deadline_s * _REQUESTS_SHARE)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",
+        log_level=config.server.log_level, access_log=False,
+        timeout_graceful_shutdown=config.server.shutdown_deadline_s * _REQUESTS_SHARE))
+    server.run(sockets=[listener])
     print("APSS stopped", flush=True)
 
 
 _REQUESTS_SHARE = 0.5  # of server.shutdown_deadline_s, for in-flight requests (the writer gets 0.4)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first: a port in use is one clear line and exit 2, before any
+    "listening" line or migration; uvicorn then serves on this very socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port {port} on {host} is in use by another program: stop it, or set server.port (APSS_SERVER_PORT)")
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
 
 
 def _stopped_already(signum: int, frame: object) -> None:
@@ -84,7 +120,15 @@ def _ledger_check(config: Config) -> None:
               f"{'every transaction balances and every balance equals its entries' if result.ok else result.problem}")
         return result.ok
 
-    _migrate(config)
+    from apss.store.migrate import schema_versions
+
+    try:  # a check reads; it never creates or migrates the database it is asked about
+        current, latest = schema_versions(config.database.path)
+    except FileNotFoundError:
+        _fail(f"no database at {config.database.path}: nothing to check")
+    if current != latest:
+        _fail(f"database {config.database.path} has schema version {current}, this APSS {latest}: "
+              f"run `apss migrate` first (or use the APSS that wrote it)")
     if not asyncio.run(check()):
         raise SystemExit(1)
 
@@ -93,15 +137,24 @@ def main(argv: list[str] | None = None) -> None:
     if not __debug__:
         print("apss: refusing to run with python -O: assertions guard the invariants", file=sys.stderr)
         raise SystemExit(2)
-    parser = argparse.ArgumentParser(prog="apss", description="Automated Payment & Settlement System")
-    parser.add_argument("--config", default=None, help="config file (default: $APSS_CONFIG or ./config.toml)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="apply migrations and start the server")
-    commands.add_parser("migrate", help="apply migrations and exit")
-    ledger = commands.add_parser("ledger", help="ledger tools")
-    ledger.add_argument("action", choices=["check"], help="check: prove the ledger balances; exit 1 naming the first bad entry")
+    config_help = "config file (default: $APSS_CONFIG, then ./config.toml, then the built-in defaults)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help=config_help)
+    parser = argparse.ArgumentParser(prog="apss", description="APSS, the Automated Payment & Settlement System for "
+                                     "virtual goods.", parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,migrate,ledger}")
+    commands.add_parser("serve", parents=[common], help="apply migrations and start the server",
+                        description="Apply migrations and start the server (what `python run.py` does). "
+                                    "SIGTERM stops it in order within server.shutdown_deadline_s.")
+    commands.add_parser("migrate", parents=[common], help="apply migrations and exit",
+                        description="Apply the database migrations and exit; prints the schema version before and after.")
+    ledger = commands.add_parser("ledger", parents=[common], help="ledger tools",
+                                 description="Ledger tools. check: prove that every ledger transaction balances and "
+                                             "every balance equals its entries (exit 1 naming the first bad entry); "
+                                             "reads the database, never migrates it.")
+    ledger.add_argument("action", choices=["check"], help="check: prove the ledger balances")
     args = parser.parse_args(argv)
-    config = _load(args.config)
+    config = _load(getattr(args, "config", None))
     if args.command == "migrate":
         _migrate(config)
     elif args.command == "ledger":

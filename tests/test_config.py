@@ -179,10 +179,10 @@ def test_migrate_on_a_fresh_database_prints_the_schema_version(tmp_path):
     env = clean_env(APSS_DATABASE_PATH=str(db), APSS_SEED_DEMO="false", APSS_CONFIG=str(tmp_path / "absent.toml"))
     first = run(["-m", "apss", "migrate"], env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == f"database {db}: schema version 0 -> {LATEST}\n"
+    assert first.stdout.splitlines()[-1] == f"database {db}: schema version 0 -> {LATEST}"
     again = run(["-m", "apss", "migrate"], env)
     assert again.returncode == 0, again.stderr
-    assert again.stdout == f"database {db}: schema version {LATEST} -> {LATEST}\n"
+    assert again.stdout.splitlines()[-1] == f"database {db}: schema version {LATEST} -> {LATEST}"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT max(version), count(*) FROM schema_version").fetchone() == (LATEST, LATEST)
 

@@ -13,6 +13,7 @@ import httpx
 from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
 from apss.domain.payments import CallbackKind
 from apss.ids import new_id
+from apss.store.migrate import apply_migrations
 from tests.conftest import ADMIN_TOKEN, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,7 @@ def test_ledger_check_cli_finds_the_first_bad_entry(tmp_path):
            "APSS_ADMIN_TOKEN": ADMIN_TOKEN}
     run = lambda: subprocess.run([sys.executable, "-m", "apss", "ledger", "check"], cwd=ROOT, env=env,  # noqa: E731
                                  capture_output=True, text=True, timeout=60)
+    apply_migrations(str(tmp_path / "l.sqlite"))  # the check reads; it never migrates (tests/test_cli.py)
     ok = run()
     assert ok.returncode == 0 and "every transaction balances" in ok.stdout
     with sqlite3.connect(tmp_path / "l.sqlite") as db:

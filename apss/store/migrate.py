@@ -9,7 +9,7 @@ from pathlib import Path
 
 from apss.errors import SchemaTooNew
 
-__all__ = ["MIGRATIONS_DIR", "apply_migrations", "known_migrations", "split_statements"]
+__all__ = ["MIGRATIONS_DIR", "apply_migrations", "known_migrations", "schema_versions", "split_statements"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -68,5 +68,21 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, 
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.close()
+
+
+def schema_versions(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, int]:
+    """(the database's schema version, the newest this APSS knows), read only: nothing is created
+    or migrated (`apss ledger check`). A file that does not exist is FileNotFoundError."""
+    migrations = known_migrations(directory)
+    latest = migrations[-1][0] if migrations else 0
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0 if has_table else 0
+        return current, latest
     finally:
         conn.close()
