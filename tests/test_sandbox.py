@@ -28,12 +28,18 @@ def test_payer_page_pay_button_fulfils_the_order(merchant):
         page = httpx.get(order["payment"]["next_action"]["url"])
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "5.00 USD" in page.text and "Test Studio" in page.text
+        assert "id=sandbox-pay" in page.text and "id=sandbox-fail" in page.text
         action = re.search(r"action='([^']+/pay)'", page.text).group(1)
         done = httpx.post(merchant.server.base_url + action)
-        assert done.status_code == 200 and "https://game.example.test/back" in done.text
+        # Post, redirect, get: the outcome is a page of its own, and a reload does not post again.
+        assert done.status_code == 303 and done.headers["location"].startswith(order["payment"]["next_action"]["url"].removeprefix(merchant.server.base_url))
+        outcome = httpx.post(merchant.server.base_url + action, follow_redirects=False)
+        assert outcome.status_code == 409, "the payer cannot complete a payment twice"
+        shown = httpx.get(merchant.server.base_url + done.headers["location"])
+        assert shown.status_code == 200 and "Payment paid" in shown.text and "https://game.example.test/back" in shown.text
+        assert "id=sandbox-pay" not in shown.text and "id=sandbox-fail" not in shown.text, "no buttons that answer 409"
         wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
-        again = httpx.post(merchant.server.base_url + action)
-        assert again.status_code == 409, "the payer cannot complete a payment twice"
+        assert "Payment paid" in httpx.get(order["payment"]["next_action"]["url"]).text
     assert httpx.get(merchant.server.base_url + "/sandbox/pay/sbx_not_a_real_reference").status_code == 404
 
 
@@ -117,3 +123,12 @@ def test_the_sandbox_keeps_the_refunds_it_executed(merchant):
                             " FROM sandbox_refunds WHERE payment_id = ?", (order["payment"]["id"],)).fetchall()
     assert [row[:5] for row in rows] == [(refund.json()["id"], order["payment"]["id"], 200, "USD", "succeeded")]
     assert rows[0][5].startswith("sbxre_")
+
+
+def test_the_root_points_a_person_at_the_dashboard_and_the_docs(server):
+    page = httpx.get(server.base_url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    hrefs = set(re.findall(r"href='(/[^']*)'", page.text))
+    assert {"/admin", "/schema/swagger"} <= hrefs
+    for href in hrefs - {"/admin"}:  # each link answers (the dashboard redirects to its login)
+        assert httpx.get(server.base_url + href).status_code == 200, href

@@ -5,10 +5,11 @@ from apss.web.admin import ADMIN_HANDLERS
 from apss.web.pages import (
     checkout_page,
     checkout_status,
+    home,
     sandbox_pay_action,
     sandbox_pay_page,
 )
 
 __all__ = ["WEB_HANDLERS"]
 
-WEB_HANDLERS = [checkout_page, checkout_status, sandbox_pay_page, sandbox_pay_action, *ADMIN_HANDLERS]
+WEB_HANDLERS = [home, checkout_page, checkout_status, sandbox_pay_page, sandbox_pay_action, *ADMIN_HANDLERS]

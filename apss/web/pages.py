@@ -5,6 +5,7 @@ nothing is fetched from any other host (see _layout's CSP)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import segno
 from litestar import Request, Response, get, post
@@ -185,6 +186,19 @@ async def checkout_status(token: str, svc: Services) -> Response:
                              "expires_at": order.expires_at}, headers={"Cache-Control": "no-store"})
 
 
+@get("/", include_in_schema=False)
+async def home(request: Request) -> Response:
+    """Where a person who opened the server's address goes next: the dashboard and the API docs."""
+    lang = _lang(request)
+    links = [("/admin", "Admin dashboard", "orders, products, refunds, settlements, reports"),
+             ("/schema/swagger", "API reference", "every endpoint, tried from the browser"),
+             ("/schema/openapi.json", "OpenAPI document", "for client generators"),
+             ("/healthz", "Health", "200 when the database takes writes")]
+    items = "".join(f"<li><a href='{href}'>{esc(name)}</a> <span class=muted>{esc(note)}</span></li>"
+                    for href, name, note in links)
+    return _page(lang, "APSS", f"<h1>APSS</h1><p class=muted>Automated Payment &amp; Settlement System</p><ul>{items}</ul>")
+
+
 @get("/sandbox/pay/{provider_ref:str}", include_in_schema=False)
 async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -> Response:
     lang = _lang(request)
@@ -194,6 +208,9 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
     if await svc.sandbox.is_closed(payment["id"]):
         return _closed(lang)
     back = request.query_params.get("back", "")
+    state = await svc.sandbox.state_of(payment["id"])
+    if state is not None:  # the payer acted already: its outcome and a way back, no buttons
+        return _outcome(lang, paid=state[0] == "succeeded", return_url=payment["return_url"])
     hidden = (f"<input type=hidden name=lang value={lang}>"
               + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else ""))
     ref = esc(provider_ref)
@@ -227,7 +244,12 @@ async def sandbox_pay_action(provider_ref: str, action: str, request: Request, s
     back = form.get("back") or ""
     if _BACK_RE.match(back):  # only our own checkout page: never an open redirect
         return Redirect(f"{back}?lang={lang}", status_code=303)
-    link = (f"<div class=actions><a class='button primary' href='{esc(payment['return_url'])}'>{text(lang, 'back')}</a></div>"
-            if payment["return_url"] else "")
-    title = text(lang, "sandbox_paid" if action == "pay" else "sandbox_declined")
-    return _page(lang, title, f"<h1>{title}</h1><p class=muted>{text(lang, 'sandbox_done_note')}</p>{link}")
+    # Post, redirect, get: the outcome page is a GET, so a reload never posts again.
+    return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?lang={lang}", status_code=303)
+
+
+def _outcome(lang: str, *, paid: bool, return_url: str | None) -> Response:
+    link = (f"<div class=actions><a class='button primary' href='{esc(return_url)}'>{text(lang, 'back')}</a></div>"
+            if return_url else "")
+    title = text(lang, "sandbox_paid" if paid else "sandbox_declined")
+    return _page(lang, title, f"<h1 id=sandbox-outcome>{title}</h1><p class=muted>{text(lang, 'sandbox_done_note')}</p>{link}")
