@@ -11,7 +11,7 @@ from apss.errors import SchemaTooNew
 
 __all__ = ["MIGRATIONS_DIR", "apply_migrations", "known_migrations", "schema_versions", "split_statements"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"  # apss/migrations, shipped in the wheel
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
