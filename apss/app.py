@@ -233,7 +233,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         if token:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
         if config.seed.demo:
-            demo = await seed_demo(db=svc.db, merchants=svc.merchants, catalog=svc.catalog)
+            demo = await seed_demo(db=svc.db, merchants=svc.merchants, catalog=svc.catalog,
+                                   promotions=svc.promotions)
             if demo:
                 announce(f"Demo merchant {demo.id} ({demo.name}, test mode); secret key (shown once): {demo.secret_key}")
         if config.sandbox.callback_transport == "asgi":
