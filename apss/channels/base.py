@@ -142,6 +142,11 @@ class CallbackEvent(_Neutral):
     # PayPal: order and capture ids; Alipay trade_no; WeChat transaction_id): the payment is
     # matched on any of them, and acquires those it did not have.
     provider_refs: list[str] = []
+    # A successful payment that saved its method for off-session charges (PaymentRequest.save_method):
+    # the reference the channel's charge_saved_method takes, opaque outside the channel (Stripe
+    # encodes `cus_...:pm_...`). None when nothing was saved, or the payment's own provider_ref is
+    # that reference (the sandbox).
+    saved_method_ref: str | None = None
 
 
 class CallbackReply(_Neutral):
@@ -182,6 +187,7 @@ class PaymentReport(_Neutral):
     currency: str | None = None
     failure_code: str | None = None
     provider_refs: list[str] = []  # as CallbackEvent.provider_refs
+    saved_method_ref: str | None = None  # as CallbackEvent.saved_method_ref
 
 
 class StatementLine(_Neutral):
@@ -274,7 +280,8 @@ class ParsesStatements(Channel, Protocol):
 class ChargesSavedMethods(Channel, Protocol):
     async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
                                   credentials: Credentials) -> PaymentReport:
-        """Charge a payment method saved at the provider, off-session (renewals)."""
+        """Charge a payment method saved at the provider, off-session (renewals). `method_ref` is
+        the first payment's `saved_method_ref`, or its provider_ref when it reported none."""
         ...
 
 

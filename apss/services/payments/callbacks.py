@@ -203,6 +203,8 @@ class PaymentEvents:
         fields = {"failure_code": None}
         if event.provider_ref and payment["provider_ref"] is None:
             fields["provider_ref"] = event.provider_ref
+        if event.saved_method_ref:  # a subscription's first payment: its renewals charge this
+            fields["saved_method_ref"] = event.saved_method_ref
         if not lifecycle.move_payment(tx, payment, PaymentStatus.SUCCEEDED, now_ms=now_ms, fields=fields):
             return "stale"
         merchant_share = self._post_capture(tx, payment)
@@ -267,4 +269,4 @@ def event_from_report(report: PaymentReport, *, event_id: str, payment_id: str, 
         return None
     return CallbackEvent(event_id=event_id, kind=kind, payment_id=payment_id, provider_ref=report.provider_ref or provider_ref,
                          amount=report.amount, currency=report.currency, failure_code=report.failure_code,
-                         provider_refs=list(report.provider_refs))
+                         provider_refs=list(report.provider_refs), saved_method_ref=report.saved_method_ref)

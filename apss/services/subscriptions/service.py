@@ -380,11 +380,14 @@ class Subscriptions:
         return reserved.order, [dict(line) for line in reserved.lines]
 
     async def _method_ref(self, subscription: Mapping, channel: str) -> str | None:
-        """The provider reference of the first payment, whose saved method renewals charge (on its channel)."""
+        """The method the first payment saved (on its channel): the reference its provider reported
+        (Stripe's customer and payment method), else its provider reference (the sandbox)."""
         if subscription["method_payment_id"] is None or not self._gateway.supports(channel, Capability.CHARGE_SAVED_METHOD):
             return None
         payment = await orders.fetch_payment(self._db, payment_id=subscription["method_payment_id"])
-        return payment["provider_ref"] if payment is not None and payment["channel"] == channel else None
+        if payment is None or payment["channel"] != channel:
+            return None
+        return payment["saved_method_ref"] or payment["provider_ref"]
 
     async def _charge(self, merchant: Merchant, charge: _Charge) -> list[Attempt]:
         """The primary channel; on a retry, the fallback channel when the primary fails. A channel
