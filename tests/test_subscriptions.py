@@ -437,3 +437,26 @@ def test_a_stripe_soft_decline_is_retried_on_schedule(srv, on_stripe):
         first, second = [r.headers["idempotency-key"] for r in standin.requests if r.path == "/v1/payment_intents"]
         assert first != second, "each retry is a new payment, so a new idempotency key"
         assert client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "past_due"
+
+
+def test_a_renewal_the_janitor_finds_failed_is_retried_not_canceled(srv, on_stripe):
+    """The renewal's answer is lost (outcome unknown); the janitor later finds Stripe declined it:
+    a soft failure like any decline (past_due, retry on schedule), not the end of the subscription."""
+    merchant, standin = on_stripe
+    with merchant.client() as client:
+        sub = subscribe_on_stripe(srv, merchant, client, standin, price=4002, player="stripe-lost")  # insufficient_funds
+        standin.lose_answers = 1
+        advance_to(srv, sub["current_period_end"])
+        wait_for(lambda: len(standin.off_session_calls()) == 1)
+        unknown = client.get(f"/v1/subscriptions/{sub['id']}").json()
+        assert unknown["status"] == "active" and unknown["latest_order"]["payment"]["status"] == "unknown"
+        advance(srv, 301)  # the janitor's first look, five minutes after the charge
+        srv.wait_job("payment_janitor")
+        advance(srv, 60)
+        due = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+        assert due["latest_order"]["status"] == "pending"
+        assert due["latest_order"]["payment"]["failure_code"] == "insufficient_funds"
+        assert membership(client, "stripe-lost"), "kept while past due"
+        advance(srv, DAY_S)
+        wait_for(lambda: len(standin.off_session_calls()) == 2)
+        assert client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "past_due"

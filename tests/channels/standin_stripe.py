@@ -78,6 +78,7 @@ class StripeStandIn:
     pi_on_create: bool = False
     refund_status: str = "succeeded"
     fail_next: list[int] = field(default_factory=list)  # HTTP statuses to answer next, in order
+    lose_answers: int = 0  # carry out this many next POSTs, then answer 500 (an outcome the caller cannot know)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -107,7 +108,11 @@ class StripeStandIn:
             error = {"type": "invalid_request_error", "message": f"Invalid API Key provided: {masked}"}
             return 401, json.dumps({"error": error}).encode(), []
         if record.method == "POST":
-            return self._idempotent(record)
+            answer = self._idempotent(record)
+            if self.lose_answers > 0:
+                self.lose_answers -= 1
+                return 500, json.dumps({"error": {"type": "api_error", "message": "stand-in lost the answer"}}).encode(), []
+            return answer
         return self._dispatch(record)
 
     def _idempotent(self, record: Recorded) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -336,6 +336,11 @@ class Subscriptions:
         due = row["next_charge_at_ms"]
         if SubscriptionStatus(row["status"]) not in LIVE or due is None or due > now_ms:
             return None  # moved since it was read
+        if row["uncounted_failure_code"] is not None:  # a charge the janitor or a callback found failed
+            store.update_subscription(tx, subscription_id=row["id"], fields={"uncounted_failure_code": None}, now_ms=now_ms)
+            order = orders.get_order_tx(tx, order_id=row["latest_order_id"])
+            self._attempt_failed(tx, row, order, code=row["uncounted_failure_code"], now_ms=now_ms)
+            return None
         if row["cancel_at_period_end"] and row["retries"] == 0:
             self._cancel_now(tx, row, cause="period_end", now_ms=now_ms, membership_until_ms=row["current_period_end_ms"])
             return None
