@@ -460,3 +460,30 @@ def test_a_renewal_the_janitor_finds_failed_is_retried_not_canceled(srv, on_stri
         advance(srv, DAY_S)
         wait_for(lambda: len(standin.off_session_calls()) == 2)
         assert client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "past_due"
+
+
+def test_a_renewal_checkout_refuses_is_a_failed_attempt_with_one_alert(srv):
+    """The plan sold out: the period's order cannot be opened. Past due on the retry schedule (not
+    tried at every run), one alert for the period, and renewed once stock is back."""
+    merchant = srv.new_merchant()
+    with merchant.client() as client:
+        product = merchant.product(client, category="membership", prices={"USD": 999}, billing={"interval": "month"}, stock=1)
+        sub = subscribe(client, product["id"], player="sold-out")
+        advance_to(srv, sub["current_period_end"])
+        due = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+        assert len(orders_of(srv, sub["id"])) == 1, "no order could be opened"
+        assert events(client, sub["id"])[-2:] == ["subscription.payment_failed", "subscription.past_due"]
+        assert client.get(f"/v1/subscriptions/{sub['id']}/events").json()["data"][-1]["cause"] == "renewal_refused:out_of_stock"
+        for _ in range(3):  # runs before the first retry is due change nothing
+            advance(srv, 60)
+        assert events(client, sub["id"])[-1] == "subscription.past_due"
+        advance(srv, DAY_S)  # the first retry: still sold out
+        wait_for(lambda: events(client, sub["id"])[-1] == "subscription.payment_failed")
+        alerts = client.get("/v1/alerts", params={"kind": "subscription_renewal_refused"}).json()["data"]
+        assert [a["object_id"] for a in alerts] == [sub["id"]], "one alert for the period"
+        assert membership(client, "sold-out"), "kept while past due"
+        assert client.patch(f"/v1/products/{product['id']}", json={"stock_adjust": 1}).status_code == 200
+        advance(srv, 2 * DAY_S)  # the second retry: stock is back
+        renewed = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "active" and s)
+        assert renewed["current_period_start"] == due["current_period_end"] == sub["current_period_end"] and renewed["latest_order"]["status"] == "fulfilled"
+    ledger_ok(srv)

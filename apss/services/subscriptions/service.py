@@ -35,7 +35,7 @@ from apss.domain.subscriptions import (
     retry_at_ms,
     round_half_even,
 )
-from apss.errors import InvalidRequest, InvalidTransition, NotFound
+from apss.errors import ApssError, InvalidRequest, InvalidTransition, NotFound
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
@@ -347,7 +347,11 @@ class Subscriptions:
         index = row["period_index"] + 1
         existing = store.subscription_order_tx(tx, subscription_id=row["id"], period_index=index, kind="renewal")
         if existing is None:
-            order, lines = self._open_renewal_order(tx, row, index=index)
+            try:
+                order, lines = self._open_renewal_order(tx, row, index=index)
+            except ApssError as refused:  # checkout checks before it writes: nothing of it was written
+                self._renewal_refused(tx, row, refused, index=index, now_ms=now_ms)
+                return None
         else:
             order = dict(orders.get_order_tx(tx, order_id=existing["order_id"]))
             if order["status"] != OrderStatus.PENDING.value:
@@ -383,6 +387,17 @@ class Subscriptions:
             on_reserved=lambda tx, order: self._attach_order(tx, order, subscription_id=row["id"], kind="renewal", index=index,
                                                              bounds=bounds, product_id=product_id, expires_at_ms=horizon_ms))
         return reserved.order, [dict(line) for line in reserved.lines]
+
+    def _renewal_refused(self, tx: Tx, row: Mapping, refused: ApssError, *, index: int, now_ms: int) -> None:
+        """Checkout refused the period's order (the plan inactive, out of stock, a limit): a failed
+        renewal attempt (past_due, the retry schedule, canceled after the last retry), so the job
+        does not try again at every run, and one alert for the period, at its first refusal."""
+        if row["first_failure_ms"] is None:  # the period's retries raise no more
+            lifecycle.raise_alert(tx, merchant_id=row["merchant_id"], kind="subscription_renewal_refused", severity="warning",
+                                  object_id=row["id"], now_ms=now_ms,
+                                  message=f"Subscription {row['id']}: checkout refused the order of period {index} "
+                                          f"({refused.code}); it is tried again on the retry schedule.")
+        self._attempt_failed(tx, row, None, code=refused.code, now_ms=now_ms)
 
     async def _method_ref(self, subscription: Mapping, channel: str) -> str | None:
         """The method the first payment saved (on its channel): the reference its provider reported
@@ -455,10 +470,12 @@ class Subscriptions:
             store.update_subscription(tx, subscription_id=row["id"], now_ms=now_ms,
                                       fields={"next_charge_at_ms": now_ms + _UNKNOWN_RECHECK_MS})
 
-    def _attempt_failed(self, tx: Tx, row: Mapping, order: Mapping, *, code: str | None, now_ms: int) -> None:
+    def _attempt_failed(self, tx: Tx, row: Mapping, order: Mapping | None, *, code: str | None, now_ms: int) -> None:
         """Past due until the next retry (the membership is kept to it); canceled after the last
-        retry or at once on a hard decline, the membership ending `grace_s` later."""
-        cause = f"order:{order['id']}" + (f":{code}" if code else "")
+        retry or at once on a hard decline, the membership ending `grace_s` later. No `order`:
+        checkout refused to open one (`_renewal_refused`)."""
+        assert order is not None or code is not None
+        cause = (f"order:{order['id']}" if order is not None else "renewal_refused") + (f":{code}" if code else "")
         periods.record(tx, row, type="subscription.payment_required" if code is None else "subscription.payment_failed",
                        cause=cause, now_ms=now_ms)
         first_failure_ms = row["first_failure_ms"] if row["first_failure_ms"] is not None else now_ms
@@ -469,8 +486,8 @@ class Subscriptions:
             periods.move(tx, row, SubscriptionEvent.CANCEL, cause=reason, now_ms=now_ms,
                          fields={"canceled_at_ms": now_ms, "next_charge_at_ms": None})
             periods.set_memberships(tx, row, expires_at_ms=now_ms + self._config.grace_s * 1000, now_ms=now_ms)
-            current = orders.get_order_tx(tx, order_id=order["id"])
-            if current["status"] == OrderStatus.PENDING.value:
+            current = orders.get_order_tx(tx, order_id=order["id"]) if order is not None else None
+            if current is not None and current["status"] == OrderStatus.PENDING.value:
                 lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"subscription:{reason}", now_ms=now_ms)
             return
         fields = {"first_failure_ms": first_failure_ms, "retries": row["retries"] + 1, "next_charge_at_ms": next_ms}
