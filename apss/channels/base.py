@@ -144,8 +144,7 @@ class CallbackEvent(_Neutral):
     provider_refs: list[str] = []
     # A successful payment that saved its method for off-session charges (PaymentRequest.save_method):
     # the reference the channel's charge_saved_method takes, opaque outside the channel (Stripe
-    # encodes `cus_...:pm_...`). None when nothing was saved, or the payment's own provider_ref is
-    # that reference (the sandbox).
+    # encodes `cus_...:pm_...`, the sandbox uses its payment reference). None when nothing was saved.
     saved_method_ref: str | None = None
 
 
@@ -281,7 +280,7 @@ class ChargesSavedMethods(Channel, Protocol):
     async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
                                   credentials: Credentials) -> PaymentReport:
         """Charge a payment method saved at the provider, off-session (renewals). `method_ref` is
-        the first payment's `saved_method_ref`, or its provider_ref when it reported none."""
+        the first payment's `saved_method_ref`."""
         ...
 
 

@@ -400,14 +400,15 @@ class Subscriptions:
         self._attempt_failed(tx, row, None, code=refused.code, now_ms=now_ms)
 
     async def _method_ref(self, subscription: Mapping, channel: str) -> str | None:
-        """The method the first payment saved (on its channel): the reference its provider reported
-        (Stripe's customer and payment method), else its provider reference (the sandbox)."""
+        """The method the first payment saved (on its channel), as its provider reported it (the
+        sandbox's payment reference, Stripe's customer and payment method). None when it saved none
+        (a Stripe subscription made before saved methods): the renewal is a payment the player makes."""
         if subscription["method_payment_id"] is None or not self._gateway.supports(channel, Capability.CHARGE_SAVED_METHOD):
             return None
         payment = await orders.fetch_payment(self._db, payment_id=subscription["method_payment_id"])
         if payment is None or payment["channel"] != channel:
             return None
-        return payment["saved_method_ref"] or payment["provider_ref"]
+        return payment["saved_method_ref"]
 
     async def _charge(self, merchant: Merchant, charge: _Charge) -> list[Attempt]:
         """The primary channel; on a retry, the fallback channel when the primary fails. A channel
