@@ -10,6 +10,7 @@ import pytest
 
 from apss.clock import TestClock, format_rfc3339, parse_rfc3339
 from apss.domain.subscriptions import (
+    HARD_DECLINE_CODES,
     Billing,
     Interval,
     add_intervals,
@@ -46,6 +47,13 @@ def test_proration_is_exact_and_rounds_half_even():
     # ties go to the even unit: 5 x 1/2 = 2.5 -> 2, 7 x 1/2 = 3.5 -> 4
     p = prorate(old_amount=5, new_amount=7, period_start_ms=0, period_end_ms=2, now_ms=1)
     assert (p.credit, p.charge, p.net) == (2, 4, 2)
+
+
+def test_stripes_never_retry_codes_are_hard_and_the_temporary_ones_soft():
+    assert {"stolen_card", "lost_card", "pickup_card", "fraudulent", "restricted_card", "security_violation",
+            "revocation_of_all_authorizations", "revocation_of_authorization", "stop_payment_order"} <= HARD_DECLINE_CODES
+    assert not {"do_not_honor", "generic_decline", "insufficient_funds", "try_again_later", "authentication_required",
+                "card_declined"} & HARD_DECLINE_CODES
 
 
 def test_retries_count_from_the_first_failure():
@@ -334,3 +342,148 @@ def test_a_retry_falls_back_to_the_fallback_channel(srv):
             assert events(client, sub["id"])[-1] == "subscription.payment_required"
     finally:
         served.stop()
+
+
+# -- Stripe: off-session renewals on the saved Customer and payment method (its stand-in) ------
+@pytest.fixture
+def on_stripe(srv):
+    """A merchant with the Stripe channel pointed at a served stand-in."""
+    from tests.channels.standin_stripe import StripeStandIn
+    from tests.test_channels_e2e import _Served
+
+    standin = StripeStandIn(secret_key="sk_test_standin_renewals01", webhook_secret="whsec_standin_renewals01")
+    standin.now_s = lambda: srv.clock.now_ms() // 1000
+    served = _Served(standin)
+    merchant = srv.new_merchant()
+    with merchant.client() as client:
+        saved = client.put("/v1/channels/stripe", json={"secret_key": standin.secret_key,
+                                                        "webhook_secret": standin.webhook_secret, "api_base": served.url})
+        assert saved.status_code == 200, saved.text
+    try:
+        yield merchant, standin
+    finally:
+        served.stop()
+
+
+def subscribe_on_stripe(srv, merchant, client, standin, *, price: int, player: str) -> dict:
+    """The first order through Checkout, which saves the method; paid, and its signed
+    checkout.session.completed posted as Stripe would."""
+    from urllib.parse import parse_qsl
+
+    import httpx
+
+    product = plan(merchant, client, price=price)
+    sub = subscribe(client, product["id"], player=player, channel="stripe", pay=False)
+    payment_id = sub["latest_order"]["payment"]["id"]
+    [request] = [r for r in standin.requests if r.path == "/v1/checkout/sessions" and payment_id in r.body.decode()]
+    form = dict(parse_qsl(request.body.decode()))
+    assert form["customer_creation"] == "always" and form["payment_intent_data[setup_future_usage]"] == "off_session"
+    session_id = next(s for s, v in standin.sessions.items() if v["metadata"].get("apss_payment_id") == payment_id)
+    standin.pay(session_id)
+    event = standin.signed_event("checkout.session.completed", standin.public_session(session_id),
+                                now_s=srv.clock.now_ms() // 1000)  # the server checks signatures on its clock
+    answer = httpx.post(f"{srv.base_url}/v1/channels/stripe/webhook/{merchant.id}", content=event.body, headers=event.headers)
+    assert answer.status_code == 200, answer.text
+    return wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "active" and s)
+
+
+def test_a_stripe_renewal_charges_the_saved_customer_and_method_off_session(srv, on_stripe):
+    merchant, standin = on_stripe
+    with merchant.client() as client:
+        sub = subscribe_on_stripe(srv, merchant, client, standin, price=999, player="stripe-monthly")
+        session = next(iter(standin.sessions.values()))
+        intent = standin.intents[session["payment_intent"]]
+        advance_to(srv, sub["current_period_end"])
+        renewed = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["current_period_start"]
+                           == sub["current_period_end"] and s)
+        assert renewed["status"] == "active" and renewed["latest_order"]["status"] == "fulfilled"
+        [charge] = standin.off_session_calls()
+        assert {k: charge[k] for k in ("amount", "currency", "customer", "payment_method", "off_session", "confirm")} == {
+            "amount": "999", "currency": "usd", "customer": session["customer"], "payment_method": intent["payment_method"],
+            "off_session": "true", "confirm": "true"}
+        payment = renewed["latest_order"]["payment"]
+        assert charge["metadata[apss_payment_id]"] == payment["id"]
+        [call] = [r for r in standin.requests if r.path == "/v1/payment_intents" and r.method == "POST"]
+        assert call.headers["idempotency-key"] == payment["id"]
+        attempts = client.get(f"/v1/payments/{payment['id']}").json()["attempts"]
+        assert [(a["channel"], a["operation"], a["outcome"]) for a in attempts] == [("stripe", "charge_saved_method", "succeeded")]
+    ledger_ok(srv)
+
+
+def test_a_stripe_hard_decline_is_not_retried_and_cancels(srv, on_stripe):
+    merchant, standin = on_stripe
+    with merchant.client() as client:
+        sub = subscribe_on_stripe(srv, merchant, client, standin, price=4041, player="stripe-stolen")  # the stand-in's stolen card
+        advance_to(srv, sub["current_period_end"])
+        canceled = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "canceled" and s)
+        assert canceled["latest_order"]["payment"]["failure_code"] == "stolen_card"
+        assert client.get(f"/v1/subscriptions/{sub['id']}/events").json()["data"][-1]["cause"] == "hard_decline:stolen_card"
+        advance(srv, 6 * DAY_S)
+        assert len(standin.off_session_calls()) == 1, "never charged again"
+
+
+def test_a_stripe_soft_decline_is_retried_on_schedule(srv, on_stripe):
+    merchant, standin = on_stripe
+    with merchant.client() as client:
+        sub = subscribe_on_stripe(srv, merchant, client, standin, price=4002, player="stripe-broke")  # insufficient_funds
+        advance_to(srv, sub["current_period_end"])
+        due = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+        assert due["latest_order"]["payment"]["failure_code"] == "insufficient_funds"
+        assert len(standin.off_session_calls()) == 1
+        advance(srv, DAY_S - 60)
+        assert len(standin.off_session_calls()) == 1, "not before the first retry is due"
+        advance(srv, 60)
+        wait_for(lambda: len(standin.off_session_calls()) == 2)
+        first, second = [r.headers["idempotency-key"] for r in standin.requests if r.path == "/v1/payment_intents"]
+        assert first != second, "each retry is a new payment, so a new idempotency key"
+        assert client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "past_due"
+
+
+def test_a_renewal_the_janitor_finds_failed_is_retried_not_canceled(srv, on_stripe):
+    """The renewal's answer is lost (outcome unknown); the janitor later finds Stripe declined it:
+    a soft failure like any decline (past_due, retry on schedule), not the end of the subscription."""
+    merchant, standin = on_stripe
+    with merchant.client() as client:
+        sub = subscribe_on_stripe(srv, merchant, client, standin, price=4002, player="stripe-lost")  # insufficient_funds
+        standin.lose_answers = 1
+        advance_to(srv, sub["current_period_end"])
+        wait_for(lambda: len(standin.off_session_calls()) == 1)
+        unknown = client.get(f"/v1/subscriptions/{sub['id']}").json()
+        assert unknown["status"] == "active" and unknown["latest_order"]["payment"]["status"] == "unknown"
+        advance(srv, 301)  # the janitor's first look, five minutes after the charge
+        srv.wait_job("payment_janitor")
+        advance(srv, 60)
+        due = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+        assert due["latest_order"]["status"] == "pending"
+        assert due["latest_order"]["payment"]["failure_code"] == "insufficient_funds"
+        assert membership(client, "stripe-lost"), "kept while past due"
+        advance(srv, DAY_S)
+        wait_for(lambda: len(standin.off_session_calls()) == 2)
+        assert client.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "past_due"
+
+
+def test_a_renewal_checkout_refuses_is_a_failed_attempt_with_one_alert(srv):
+    """The plan sold out: the period's order cannot be opened. Past due on the retry schedule (not
+    tried at every run), one alert for the period, and renewed once stock is back."""
+    merchant = srv.new_merchant()
+    with merchant.client() as client:
+        product = merchant.product(client, category="membership", prices={"USD": 999}, billing={"interval": "month"}, stock=1)
+        sub = subscribe(client, product["id"], player="sold-out")
+        advance_to(srv, sub["current_period_end"])
+        due = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "past_due" and s)
+        assert len(orders_of(srv, sub["id"])) == 1, "no order could be opened"
+        assert events(client, sub["id"])[-2:] == ["subscription.payment_failed", "subscription.past_due"]
+        assert client.get(f"/v1/subscriptions/{sub['id']}/events").json()["data"][-1]["cause"] == "renewal_refused:out_of_stock"
+        for _ in range(3):  # runs before the first retry is due change nothing
+            advance(srv, 60)
+        assert events(client, sub["id"])[-1] == "subscription.past_due"
+        advance(srv, DAY_S)  # the first retry: still sold out
+        wait_for(lambda: events(client, sub["id"])[-1] == "subscription.payment_failed")
+        alerts = client.get("/v1/alerts", params={"kind": "subscription_renewal_refused"}).json()["data"]
+        assert [a["object_id"] for a in alerts] == [sub["id"]], "one alert for the period"
+        assert membership(client, "sold-out"), "kept while past due"
+        assert client.patch(f"/v1/products/{product['id']}", json={"stock_adjust": 1}).status_code == 200
+        advance(srv, 2 * DAY_S)  # the second retry: stock is back
+        renewed = wait_for(lambda: (s := client.get(f"/v1/subscriptions/{sub['id']}").json())["status"] == "active" and s)
+        assert renewed["current_period_start"] == due["current_period_end"] == sub["current_period_end"] and renewed["latest_order"]["status"] == "fulfilled"
+    ledger_ok(srv)

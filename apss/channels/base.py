@@ -142,6 +142,10 @@ class CallbackEvent(_Neutral):
     # PayPal: order and capture ids; Alipay trade_no; WeChat transaction_id): the payment is
     # matched on any of them, and acquires those it did not have.
     provider_refs: list[str] = []
+    # A successful payment that saved its method for off-session charges (PaymentRequest.save_method):
+    # the reference the channel's charge_saved_method takes, opaque outside the channel (Stripe
+    # encodes `cus_...:pm_...`, the sandbox uses its payment reference). None when nothing was saved.
+    saved_method_ref: str | None = None
 
 
 class CallbackReply(_Neutral):
@@ -182,6 +186,7 @@ class PaymentReport(_Neutral):
     currency: str | None = None
     failure_code: str | None = None
     provider_refs: list[str] = []  # as CallbackEvent.provider_refs
+    saved_method_ref: str | None = None  # as CallbackEvent.saved_method_ref
 
 
 class StatementLine(_Neutral):
@@ -274,7 +279,8 @@ class ParsesStatements(Channel, Protocol):
 class ChargesSavedMethods(Channel, Protocol):
     async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
                                   credentials: Credentials) -> PaymentReport:
-        """Charge a payment method saved at the provider, off-session (renewals)."""
+        """Charge a payment method saved at the provider, off-session (renewals). `method_ref` is
+        the first payment's `saved_method_ref`."""
         ...
 
 

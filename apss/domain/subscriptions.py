@@ -134,11 +134,15 @@ def transition(current: SubscriptionStatus, event: SubscriptionEvent) -> Subscri
 
 
 # Decline codes that mean "never retry this card" (the card is reported lost or stolen, the bank
-# says fraud, or the card can never be charged). The sandbox's `hard_decline` answers
-# `stolen_card`. Stripe's decline codes: https://docs.stripe.com/declines/codes.
+# says fraud, the cardholder stopped this merchant's charges, or the card can never be charged).
+# The sandbox's `hard_decline` answers `stolen_card`; the Stripe channel passes Stripe's
+# decline_code through (https://docs.stripe.com/declines/codes). Stripe's table gives no explicit
+# retry flag, so this list holds only the codes whose next step can never be another attempt on
+# the same card; `do_not_honor`, `generic_decline`, `insufficient_funds`, `try_again_later` and
+# `authentication_required` (the payer is absent, not refused) are soft: retried on schedule.
 HARD_DECLINE_CODES = frozenset({
     "stolen_card", "lost_card", "pickup_card", "fraudulent", "restricted_card", "security_violation",
-    "revocation_of_all_authorizations", "revocation_of_authorization", "invalid_account",
+    "revocation_of_all_authorizations", "revocation_of_authorization", "stop_payment_order", "invalid_account",
     "new_account_information_available", "merchant_blacklist", "card_not_supported",
     "transaction_not_allowed", "do_not_try_again",
 })

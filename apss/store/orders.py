@@ -150,7 +150,7 @@ def move_payment(tx: Tx, *, payment_id: str, from_status: str, to_status: str, n
     """The guarded status write: `... WHERE status = :from`. False (nothing written) when the
     payment is no longer in `from_status`: the caller's event is stale."""
     extra = fields or {}
-    assert set(extra) <= {"failure_code", "provider_ref", "next_action"}, set(extra)
+    assert set(extra) <= {"failure_code", "provider_ref", "next_action", "saved_method_ref"}, set(extra)
     assignments = "".join(f", {name} = :{name}" for name in extra)
     cursor = tx.execute(
         f"UPDATE payments SET status = :to{assignments}, updated_at_ms = :now WHERE id = :id AND status = :from",

@@ -29,7 +29,7 @@ __all__ = [
 _FIELDS = {
     "product_id", "next_product_id", "channel", "amount", "period_index", "current_period_start_ms", "current_period_end_ms",
     "cancel_at_period_end", "canceled_at_ms", "activated_at_ms", "method_payment_id", "latest_order_id",
-    "first_failure_ms", "retries", "charge_attempts", "next_charge_at_ms",
+    "first_failure_ms", "retries", "charge_attempts", "next_charge_at_ms", "uncounted_failure_code",
 }
 
 

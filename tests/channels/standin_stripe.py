@@ -5,6 +5,10 @@ secret key, form encoding with nested bracket keys and no unknown parameter, the
 (a replay with the same parameters returns the first answer with `Idempotent-Replayed: true`, with
 other parameters a 400 idempotency_error), lower-case currencies and Stripe's amount rules; and it
 answers with Stripe's JSON shapes, keeping sessions, PaymentIntents and refunds in memory.
+Saved methods: a session made with `customer_creation=always` gets a Customer when the payer pays,
+and with `payment_intent_data[setup_future_usage]=off_session` its payment method is attached to
+that Customer; `POST /v1/payment_intents` (`off_session=true&confirm=true`) charges such a method,
+declining with HTTP 402 `card_error` as Stripe does for the wire amounts in `OFF_SESSION_DECLINES`.
 `signed_event` builds the webhook Stripe would send, signed by stripe-python's own
 `WebhookSignature.generate_signature_header`.
 """
@@ -25,7 +29,7 @@ import stripe
 from apss.channels.base import CallbackRequest
 from tests.asgi import read_body
 
-__all__ = ["Recorded", "StripeStandIn", "signed_callback_request"]
+__all__ = ["OFF_SESSION_DECLINES", "Recorded", "StripeStandIn", "signed_callback_request"]
 
 _ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
 _THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
@@ -34,7 +38,11 @@ _SESSION_KEYS = {
     "line_items[0][price_data][currency]", "line_items[0][price_data][unit_amount]",
     "line_items[0][price_data][product_data][name]", "line_items[0][quantity]",
 }
-_OPTIONAL_SESSION_KEYS = {"expires_at"}
+_OPTIONAL_SESSION_KEYS = {"expires_at", "customer_creation", "payment_intent_data[setup_future_usage]"}
+_INTENT_KEYS = {"amount", "currency", "customer", "payment_method", "off_session", "confirm", "description"}
+# The stand-in's test cards: an off-session charge of these wire amounts is declined with this code
+# (`authentication_required` is the bank asking for 3DS, which an absent payer cannot do).
+OFF_SESSION_DECLINES = {4002: "insufficient_funds", 4041: "stolen_card", 4043: "lost_card", 4065: "authentication_required"}
 _SESSION_EXPIRY_S = (30 * 60, 24 * 3600)  # Stripe's window for expires_at, from the request's time
 _METADATA_RE = re.compile(r"^(metadata|payment_intent_data\[metadata\])\[([A-Za-z0-9_]{1,40})\]$")
 
@@ -70,9 +78,11 @@ class StripeStandIn:
     pi_on_create: bool = False
     refund_status: str = "succeeded"
     fail_next: list[int] = field(default_factory=list)  # HTTP statuses to answer next, in order
+    lose_answers: int = 0  # carry out this many next POSTs, then answer 500 (an outcome the caller cannot know)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payment_methods: dict[str, str] = field(default_factory=dict)  # pm_ -> the cus_ it is attached to, or ""
     requests: list[Recorded] = field(default_factory=list)
     now_s: Callable[[], int] = field(default=lambda: int(time.time()))  # Stripe's clock
     _idempotency: dict[str, tuple[str, bytes, int, bytes]] = field(default_factory=dict)
@@ -98,7 +108,11 @@ class StripeStandIn:
             error = {"type": "invalid_request_error", "message": f"Invalid API Key provided: {masked}"}
             return 401, json.dumps({"error": error}).encode(), []
         if record.method == "POST":
-            return self._idempotent(record)
+            answer = self._idempotent(record)
+            if self.lose_answers > 0:
+                self.lose_answers -= 1
+                return 500, json.dumps({"error": {"type": "api_error", "message": "stand-in lost the answer"}}).encode(), []
+            return answer
         return self._dispatch(record)
 
     def _idempotent(self, record: Recorded) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -130,6 +144,8 @@ class StripeStandIn:
             return self._create_session(_form(record.body))
         if (method, path) == ("POST", "/v1/refunds"):
             return self._create_refund(_form(record.body))
+        if (method, path) == ("POST", "/v1/payment_intents"):
+            return self._create_intent(_form(record.body))
         if (method, path) == ("GET", "/v1/payment_intents/search"):
             return self._search(query.get("query", ""))
         if (method, path) == ("GET", "/v1/checkout/sessions"):
@@ -169,6 +185,11 @@ class StripeStandIn:
             raise _invalid(f"Missing required param: {sorted(missing)[0]}", code="parameter_missing")
         if form["mode"] != "payment" or form["line_items[0][quantity]"] != "1":
             raise _invalid("unexpected mode or quantity")
+        if form.get("customer_creation", "if_required") not in ("always", "if_required"):
+            raise _invalid("Invalid customer_creation", param="customer_creation")
+        usage = form.get("payment_intent_data[setup_future_usage]")
+        if usage not in (None, "on_session", "off_session"):
+            raise _invalid("Invalid setup_future_usage", param="payment_intent_data[setup_future_usage]")
         currency = form["line_items[0][price_data][currency]"]
         amount = _check_amount(form["line_items[0][price_data][unit_amount]"], currency)
         now_s = self.now_s()
@@ -182,10 +203,11 @@ class StripeStandIn:
             "id": session_id, "object": "checkout.session", "mode": "payment",
             "amount_subtotal": amount, "amount_total": amount, "currency": currency,
             "client_reference_id": form.get("client_reference_id"), "metadata": metadata,
-            "payment_intent": None, "payment_status": "unpaid", "status": "open",
+            "payment_intent": None, "payment_status": "unpaid", "status": "open", "customer": None,
+            "customer_creation": form.get("customer_creation", "if_required"),
             "success_url": form["success_url"], "cancel_url": form["cancel_url"], "expires_at": int(expires_at),
             "url": f"https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0",
-            "_pi_metadata": _metadata(form, "payment_intent_data[metadata]"),
+            "_pi_metadata": _metadata(form, "payment_intent_data[metadata]"), "_setup_future_usage": usage,
         }
         self.sessions[session_id] = session
         if self.pi_on_create:
@@ -207,9 +229,44 @@ class StripeStandIn:
             "id": _new_id("pi"), "object": "payment_intent", "amount": session["amount_total"],
             "amount_received": 0, "currency": session["currency"], "status": "requires_payment_method",
             "metadata": dict(session["_pi_metadata"]), "last_payment_error": None, "latest_charge": None,
+            "customer": None, "payment_method": None, "setup_future_usage": session["_setup_future_usage"],
         }
         self.intents[intent["id"]] = intent
         return intent
+
+    def _create_intent(self, form: dict[str, str]) -> dict[str, Any]:
+        """A confirmed off-session PaymentIntent on a saved method (the only kind APSS creates)."""
+        for key in form:
+            if key not in _INTENT_KEYS and not (key.startswith("metadata[") and _METADATA_RE.match(key)):
+                raise _invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+        if (form.get("off_session"), form.get("confirm")) != ("true", "true"):
+            raise _invalid("the stand-in takes only confirmed off-session PaymentIntents", param="off_session")
+        customer, method = form.get("customer", ""), form.get("payment_method", "")
+        if self.payment_methods.get(method) != customer or not customer:
+            raise _invalid(f"The provided PaymentMethod {method!r} is not attached to customer {customer!r}.",
+                           code="payment_method_invalid_parameter", param="payment_method")
+        currency = form.get("currency", "")
+        amount = _check_amount(form.get("amount", ""), currency)
+        intent = {
+            "id": _new_id("pi"), "object": "payment_intent", "amount": amount, "amount_received": 0, "currency": currency,
+            "status": "requires_payment_method", "metadata": _metadata(form, "metadata"), "last_payment_error": None,
+            "latest_charge": _new_id("ch"), "customer": customer, "payment_method": method, "setup_future_usage": None,
+            "description": form.get("description"),
+        }
+        self.intents[intent["id"]] = intent
+        decline = OFF_SESSION_DECLINES.get(amount)
+        if decline is not None:
+            code = "authentication_required" if decline == "authentication_required" else "card_declined"
+            error = {"type": "card_error", "code": code, "decline_code": decline, "message": "Your card was declined.",
+                     "payment_method": {"id": method}}
+            intent["last_payment_error"] = error
+            raise _StripeFailure(402, {**error, "payment_intent": dict(intent)})
+        intent.update(status="succeeded", amount_received=amount)
+        return intent
+
+    def off_session_calls(self) -> list[dict[str, str]]:
+        """The form of every off-session PaymentIntent the channel asked for."""
+        return [_form(r.body) for r in self.requests if (r.method, r.path) == ("POST", "/v1/payment_intents")]
 
     def _create_refund(self, form: dict[str, str]) -> dict[str, Any]:
         allowed = {"payment_intent", "amount", "reason"}
@@ -250,9 +307,15 @@ class StripeStandIn:
         intent = self.intents[session["payment_intent"]] if session["payment_intent"] else self._new_intent(session)
         session["payment_intent"] = intent["id"]
         if succeeded:
+            method = _new_id("pm")
             intent.update(status="succeeded", amount_received=intent["amount"], last_payment_error=None,
-                          latest_charge=_new_id("ch"))
+                          latest_charge=_new_id("ch"), payment_method=method)
             session.update(status="complete", payment_status="paid")
+            if session["customer_creation"] == "always":
+                session["customer"] = intent["customer"] = _new_id("cus")
+            # setup_future_usage attaches the method to the Customer, when there is one
+            saved = session["customer"] is not None and session["_setup_future_usage"] is not None
+            self.payment_methods[method] = session["customer"] if saved else ""
         else:
             error = {"type": "card_error", "code": "card_declined", "decline_code": decline_code}
             intent.update(status="requires_payment_method", last_payment_error=error)

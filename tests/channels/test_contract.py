@@ -82,7 +82,7 @@ EXPECTED_CAPABILITIES = {
     "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                 "cancel_payment", "charge_saved_method"},
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
-               "cancel_payment"},
+               "cancel_payment", "charge_saved_method"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "query_refund",
                "parse_statement"},
     "alipay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",

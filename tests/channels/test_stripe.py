@@ -712,3 +712,103 @@ async def test_a_paid_session_names_its_payment_intent_and_charge(channel, stand
     succeeded = standin.signed_event("payment_intent.succeeded", intent, now_s=NOW_S)
     [event] = await channel.verify_callback(succeeded, CREDENTIALS)
     assert (event.provider_ref, event.provider_refs) == (intent["id"], [intent["latest_charge"]])
+
+
+# --- saved methods: a subscription's first order, and its off-session renewals
+
+
+async def _saved_first_payment(channel: StripeChannel, standin: StripeStandIn) -> tuple[str, dict[str, Any]]:
+    """A first order paid with its method saved; returns its saved_method_ref and PaymentIntent."""
+    created = await channel.create_payment(payment_request(save_method=True), CREDENTIALS)
+    form = dict(parse_qsl(standin.requests[-1].body.decode()))
+    assert form["customer_creation"] == "always"
+    assert form["payment_intent_data[setup_future_usage]"] == "off_session"
+    intent = standin.pay(created.provider_ref)
+    session = standin.public_session(created.provider_ref)
+    assert session["customer"].startswith("cus_") and intent["customer"] == session["customer"]
+    completed = standin.signed_event("checkout.session.completed", session, now_s=NOW_S)
+    [event] = await channel.verify_callback(completed, CREDENTIALS)
+    # the session names its PaymentIntent, not the payment method: the first renewal reads it there
+    assert event.saved_method_ref == f"{session['customer']}:{intent['id']}"
+    [event] = await channel.verify_callback(standin.signed_event("payment_intent.succeeded", intent, now_s=NOW_S), CREDENTIALS)
+    assert event.saved_method_ref == f"{session['customer']}:{intent['payment_method']}"
+    report = await channel.query_payment(PaymentQuery(payment_id=PAYMENT_ID, provider_ref=created.provider_ref,
+                                                      amount=1999, currency="USD"), CREDENTIALS)
+    assert report.saved_method_ref == event.saved_method_ref
+    return event.saved_method_ref, intent
+
+
+@pytest.mark.anyio
+async def test_a_plain_order_saves_nothing(channel: StripeChannel, standin: StripeStandIn) -> None:
+    created = await channel.create_payment(payment_request(), CREDENTIALS)
+    form = dict(parse_qsl(standin.requests[-1].body.decode()))
+    assert "customer_creation" not in form and "payment_intent_data[setup_future_usage]" not in form
+    standin.pay(created.provider_ref)
+    completed = standin.signed_event("checkout.session.completed", standin.public_session(created.provider_ref), now_s=NOW_S)
+    [event] = await channel.verify_callback(completed, CREDENTIALS)
+    assert event.saved_method_ref is None
+
+
+def renewal_request(**overrides: Any) -> PaymentRequest:
+    return payment_request(**{"payment_id": "pay_01renewal0000000000000000", "amount": 1999, **overrides})
+
+
+@pytest.mark.anyio
+async def test_a_renewal_charges_the_saved_method_off_session_as_the_sdk_would(channel, standin) -> None:
+    ref, first = await _saved_first_payment(channel, standin)
+    customer, method = first["customer"], first["payment_method"]
+    report = await channel.charge_saved_method(renewal_request(), f"{customer}:{method}", CREDENTIALS)
+    assert report.status is PaymentStatus.SUCCEEDED and report.provider_ref.startswith("pi_")
+    assert (report.amount, report.currency) == (1999, "USD") and report.saved_method_ref is None
+    ours = standin.requests[-1]
+    assert (ours.method, ours.path, ours.headers["idempotency-key"]) == ("POST", "/v1/payment_intents",
+                                                                         "pay_01renewal0000000000000000")
+    form = dict(parse_qsl(ours.body.decode()))
+    assert {k: form[k] for k in ("amount", "currency", "customer", "payment_method", "off_session", "confirm")} == {
+        "amount": "1999", "currency": "usd", "customer": customer, "payment_method": method,
+        "off_session": "true", "confirm": "true"}
+    assert form["metadata[apss_payment_id]"] == "pay_01renewal0000000000000000"
+    # byte for byte what stripe-python sends for the same parameters
+    sdk, capture = _sdk(standin.intents[report.provider_ref])
+    params = mapping.off_session_params(renewal_request(), customer=customer, payment_method=method)
+    intent = sdk.v1.payment_intents.create(params, {"idempotency_key": "pay_01renewal0000000000000000"})
+    method_, url, headers, post_data = capture.calls[0]
+    assert (method_.upper(), urlsplit(url).path, post_data) == ("POST", "/v1/payment_intents", ours.body.decode())
+    assert headers["Idempotency-Key"] == ours.headers["idempotency-key"]
+    assert intent.status == "succeeded"
+    # a ref naming the first PaymentIntent (from the session webhook) reaches the same method
+    report = await channel.charge_saved_method(renewal_request(payment_id="pay_01renewal0000000000000001"), ref, CREDENTIALS)
+    assert report.status is PaymentStatus.SUCCEEDED and standin.off_session_calls()[-1]["payment_method"] == method
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("amount", "code"), [(4041, "stolen_card"), (4002, "insufficient_funds"),
+                                               (4065, "authentication_required")])
+async def test_an_off_session_decline_is_a_refusal_with_its_decline_code(channel, standin, amount: int, code: str) -> None:
+    _, first = await _saved_first_payment(channel, standin)
+    with pytest.raises(ProviderDeclined) as caught:
+        await channel.charge_saved_method(renewal_request(amount=amount), f"{first['customer']}:{first['payment_method']}",
+                                          CREDENTIALS)
+    assert caught.value.provider_code == code and SECRET_KEY not in str(caught.value)
+    replayed = await _refused(channel.charge_saved_method(renewal_request(amount=amount),
+                                                          f"{first['customer']}:{first['payment_method']}", CREDENTIALS))
+    assert replayed == code, "the same payment id replays Stripe's first answer"
+    assert len(standin.off_session_calls()) == 2
+
+
+async def _refused(call) -> str | None:
+    try:
+        await call
+    except ProviderDeclined as error:
+        return error.provider_code
+    return None
+
+
+@pytest.mark.anyio
+async def test_a_ref_that_saved_no_method_is_refused_before_any_call(channel, standin) -> None:
+    for ref in ("pi_3MtwBwLkdIwHu7ix28a3tqPa", "cs_test_abc", "cus_only:"):
+        with pytest.raises(InvalidRequest):
+            await channel.charge_saved_method(renewal_request(), ref, CREDENTIALS)
+    assert standin.requests == []
+    with pytest.raises(ProviderDeclined):  # a method not attached to the customer: Stripe's 400
+        await channel.charge_saved_method(renewal_request(), "cus_test_x:pm_test_y", CREDENTIALS)

@@ -130,8 +130,9 @@ class SandboxChannel:
         if outcome == "closed":
             return PaymentReport(status=PaymentStatus.CANCELED, provider_ref=query.provider_ref)
         status = PaymentStatus.SUCCEEDED if outcome == "succeeded" else PaymentStatus.FAILED
+        saved = query.provider_ref if status is PaymentStatus.SUCCEEDED else None  # as mapping.to_neutral
         return PaymentReport(status=status, provider_ref=query.provider_ref, amount=query.amount,
-                             currency=query.currency, failure_code=failure_code)
+                             currency=query.currency, failure_code=failure_code, saved_method_ref=saved)
 
     async def cancel_payment(self, query: PaymentQuery, credentials: Credentials) -> None:
         """Close it: the payer page and the pay endpoints refuse it from now on (410 on the page)."""

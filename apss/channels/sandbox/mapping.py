@@ -140,6 +140,8 @@ def decode_event(body: bytes) -> SandboxEvent:
 
 
 def to_neutral(event: SandboxEvent) -> CallbackEvent:
+    # The sandbox saves every paid payment's method: its own reference is the saved card.
+    paid = event.type == CallbackKind.PAYMENT_SUCCEEDED.value and event.data.provider_ref.startswith("sbx_")
     return CallbackEvent(
         event_id=event.id,
         kind=CallbackKind(event.type),
@@ -149,6 +151,7 @@ def to_neutral(event: SandboxEvent) -> CallbackEvent:
         currency=event.data.currency,
         failure_code=event.data.failure_code,
         refund_id=event.data.refund_id,
+        saved_method_ref=event.data.provider_ref if paid else None,
     )
 
 

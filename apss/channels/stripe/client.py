@@ -1,5 +1,18 @@
 """The Stripe channel: Checkout Sessions, signed webhooks, refunds, PaymentIntent queries,
-refund queries, and the closing of an unpaid session (`POST /v1/checkout/sessions/{id}/expire`).
+refund queries, the closing of an unpaid session (`POST /v1/checkout/sessions/{id}/expire`) and
+off-session charges of a saved payment method (subscription renewals).
+
+Saved methods: a subscription's first order (PaymentRequest.save_method) makes its session with
+`customer_creation=always` and `payment_intent_data[setup_future_usage]=off_session`, so Stripe
+creates a Customer and attaches the payment method to it. The paid payment reports
+`saved_method_ref` = `cus_...:pm_...` (or `cus_...:pi_...` from a session webhook, which names no
+payment method: the first renewal reads it from the PaymentIntent). A renewal is
+`POST /v1/payment_intents` with that customer and method, `off_session=true&confirm=true`,
+Idempotency-Key = our payment id. A decline is HTTP 402 `card_error` -> ProviderDeclined with its
+decline_code (hard declines are the subscription's to judge); a bank asking for authentication
+(402 `authentication_required`, or a PaymentIntent left in `requires_action`) is a definite
+failure with provider_code `authentication_required`: the payer is absent, so the subscription
+treats it as a soft failure (retries, the fallback channel).
 
 Credentials (API.md "Channel settings"): `secret_key` (sk_...), `webhook_secret` (whsec_...),
 `api_base` (default https://api.stripe.com). Requests are form-encoded with Stripe's nested
@@ -162,6 +175,33 @@ class StripeChannel:
         if not found:
             raise ChannelUnavailable(f"stripe lists no checkout session for {ref}")
         return found[0].id
+
+    async def charge_saved_method(self, request: PaymentRequest, method_ref: str,
+                                  credentials: Credentials) -> PaymentReport:
+        """A renewal on the saved method (module docstring); succeeded, processing (the janitor
+        asks later) or a definite refusal."""
+        _check_amount(request.amount, request.currency)
+        try:
+            customer, method = mapping.split_saved_method_ref(method_ref)
+        except ValueError as exc:
+            raise InvalidRequest(f"stripe payment {request.payment_id}: {exc}", code="saved_method_missing") from None
+        if method.startswith("pi_"):
+            body = await self._send("GET", f"/v1/payment_intents/{_path_id(method)}", credentials)
+            found = _decode(body, mapping.PaymentIntent).payment_method
+            if found is None:
+                raise ProviderDeclined(f"stripe payment intent {method} has no payment method", provider_code="no_payment_method")
+            method = found
+        params = mapping.off_session_params(request, customer=_path_id(customer), payment_method=_path_id(method))
+        body = await self._send("POST", "/v1/payment_intents", credentials, form=params, idempotency_key=request.payment_id)
+        intent = _decode(body, mapping.PaymentIntent)
+        report = _convert(mapping.payment_intent_report, intent)
+        if (report.amount, report.currency) != (request.amount, request.currency):
+            raise ChannelUnavailable(f"stripe payment intent {intent.id} differs in amount or currency from ours")
+        if intent.status == "requires_action":  # off-session, nobody can authenticate it now
+            raise ProviderDeclined(f"stripe payment intent {intent.id} requires authentication",
+                                   provider_code="authentication_required")
+        assert report.provider_ref == intent.id
+        return report
 
     # --- refunds
 

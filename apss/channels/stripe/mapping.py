@@ -75,7 +75,10 @@ __all__ = [
     "closed_session",
     "refund_params",
     "refund_result",
+    "off_session_params",
+    "saved_method_ref",
     "search_query",
+    "split_saved_method_ref",
     "session_expires_at_s",
     "session_report",
     "statement_lines",
@@ -121,6 +124,9 @@ class PaymentIntent(_Wire, kw_only=True):
     metadata: dict[str, str] = {}
     last_payment_error: LastPaymentError | None = None
     latest_charge: str | None = None  # ch_, once a charge was attempted
+    customer: str | None = None  # cus_
+    payment_method: str | None = None  # pm_, once the payer gave one
+    setup_future_usage: str | None = None  # "off_session" when the method was saved for renewals
 
 
 class CheckoutSession(_Wire, kw_only=True):
@@ -136,6 +142,7 @@ class CheckoutSession(_Wire, kw_only=True):
     client_reference_id: str | None = None
     metadata: dict[str, str] = {}
     expires_at: int | None = None
+    customer: str | None = None  # cus_, set when it completes (customer_creation=always)
 
 
 class SessionList(_Wire, kw_only=True):
@@ -316,7 +323,53 @@ def checkout_session_params(request: PaymentRequest, *, return_url: str, now_s: 
     }
     if request.expires_at_s is not None:
         params["expires_at"] = session_expires_at_s(request.expires_at_s, now_s=now_s)
+    if request.save_method:
+        # A subscription's first order: Checkout creates a Customer (a mode=payment session makes
+        # none unless told) and attaches the payment method to it for off-session renewals.
+        params["customer_creation"] = "always"
+        params["payment_intent_data"]["setup_future_usage"] = "off_session"
     return params
+
+
+def off_session_params(request: PaymentRequest, *, customer: str, payment_method: str) -> dict[str, Any]:
+    """`POST /v1/payment_intents` for a renewal: confirmed at once on the saved method, the
+    payer absent (`off_session`), with our ids in metadata so payment_intent.* events map back."""
+    assert request.amount > 0 and customer.startswith("cus_") and payment_method.startswith("pm_")
+    return {
+        "amount": to_stripe_amount(request.amount, request.currency),
+        "currency": request.currency.lower(),
+        "customer": customer,
+        "payment_method": payment_method,
+        "off_session": True,
+        "confirm": True,
+        "description": request.description or request.order_id,
+        "metadata": {PAYMENT_ID_KEY: request.payment_id, "apss_order_id": request.order_id},
+    }
+
+
+def saved_method_ref(*, customer: str | None, intent: str | PaymentIntent | None) -> str | None:
+    """The neutral saved_method_ref of a paid payment that saved its method: `cus_...:pm_...`.
+    A webhook's Checkout Session names its PaymentIntent but not the payment method: then
+    `cus_...:pi_...`, and the first renewal reads the method from that PaymentIntent."""
+    if isinstance(intent, PaymentIntent):
+        if intent.setup_future_usage != "off_session":
+            return None
+        customer = intent.customer or customer
+        method = intent.payment_method or intent.id
+    else:
+        method = intent
+    if not customer or not method:
+        return None
+    return f"{customer}:{method}"
+
+
+def split_saved_method_ref(ref: str) -> tuple[str, str]:
+    """(`cus_...`, `pm_...` or `pi_...`); ValueError for anything else (a ref made before
+    renewals were supported is a bare pi_/cs_ id: it saved no method)."""
+    customer, _, method = ref.partition(":")
+    if not customer.startswith("cus_") or not method.startswith(("pm_", "pi_")):
+        raise ValueError("not a saved stripe payment method (cus_...:pm_...)")
+    return customer, method
 
 
 def refund_params(request: RefundRequest, *, payment_intent: str) -> dict[str, Any]:
@@ -415,6 +468,7 @@ def payment_intent_report(intent: PaymentIntent) -> PaymentReport:
         currency=currency,
         failure_code=_failure_code(intent) if status is PaymentStatus.FAILED else None,
         provider_refs=[intent.latest_charge] if intent.latest_charge else [],
+        saved_method_ref=saved_method_ref(customer=None, intent=intent) if status is PaymentStatus.SUCCEEDED else None,
     )
 
 
@@ -437,7 +491,9 @@ def _session_status(session: CheckoutSession) -> PaymentStatus:
 def session_report(session: CheckoutSession) -> PaymentReport:
     if isinstance(session.payment_intent, PaymentIntent):
         report = payment_intent_report(session.payment_intent)  # the finer-grained of the two
-        return msgspec.structs.replace(report, provider_refs=[session.id, *report.provider_refs])
+        saved = saved_method_ref(customer=session.customer, intent=session.payment_intent)
+        return msgspec.structs.replace(report, provider_refs=[session.id, *report.provider_refs],
+                                       saved_method_ref=saved if report.status is PaymentStatus.SUCCEEDED else None)
     amount = currency = None
     if session.amount_total is not None and session.currency is not None:
         amount, currency = from_stripe_amount(session.amount_total, session.currency)
@@ -447,6 +503,8 @@ def session_report(session: CheckoutSession) -> PaymentReport:
         amount=amount,
         currency=currency,
         provider_refs=[session.id] if session.payment_intent else [],
+        saved_method_ref=saved_method_ref(customer=session.customer, intent=session.payment_intent)
+        if _session_status(session) is PaymentStatus.SUCCEEDED else None,
     )
 
 
@@ -558,6 +616,8 @@ def _session_event(event_id: str, session: CheckoutSession, kind: CallbackKind) 
         currency=currency,
         failure_code=failure,
         provider_refs=[session.id] if intent else [],
+        saved_method_ref=saved_method_ref(customer=session.customer, intent=session.payment_intent)
+        if kind is CallbackKind.PAYMENT_SUCCEEDED else None,
     )
 
 
@@ -572,6 +632,7 @@ def _intent_succeeded(event_id: str, raw: msgspec.Raw) -> list[CallbackEvent]:
         amount=amount,
         currency=currency,
         provider_refs=[intent.latest_charge] if intent.latest_charge else [],
+        saved_method_ref=saved_method_ref(customer=None, intent=intent),
     )]
 
 

@@ -43,6 +43,7 @@ from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.refunds.refunds import Refunds
+from apss.services.subscriptions import periods as subscription_periods
 from apss.store import orders
 from apss.store.db import Database, Row, Tx
 
@@ -203,6 +204,8 @@ class PaymentEvents:
         fields = {"failure_code": None}
         if event.provider_ref and payment["provider_ref"] is None:
             fields["provider_ref"] = event.provider_ref
+        if event.saved_method_ref:  # a subscription's first payment: its renewals charge this
+            fields["saved_method_ref"] = event.saved_method_ref
         if not lifecycle.move_payment(tx, payment, PaymentStatus.SUCCEEDED, now_ms=now_ms, fields=fields):
             return "stale"
         merchant_share = self._post_capture(tx, payment)
@@ -247,11 +250,14 @@ class PaymentEvents:
     def _failed(tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if payment["status"] == PaymentStatus.FAILED.value:
             return "stale"
-        if not lifecycle.move_payment(tx, payment, PaymentStatus.FAILED, now_ms=now_ms,
-                                      fields={"failure_code": event.failure_code or "failed"}):
+        code = event.failure_code or "failed"
+        if not lifecycle.move_payment(tx, payment, PaymentStatus.FAILED, now_ms=now_ms, fields={"failure_code": code}):
             return "stale"
         order = orders.get_order_tx(tx, order_id=payment["order_id"])
-        if order["status"] == OrderStatus.PENDING.value:
+        if order["status"] != OrderStatus.PENDING.value:
+            return "applied"
+        # A subscription's renewal is retried on its schedule, not ended by one failed charge.
+        if not subscription_periods.renewal_charge_failed(tx, order, payment_id=payment["id"], code=code, now_ms=now_ms):
             lifecycle.end_unpaid(tx, order, OrderEvent.PAYMENT_FAILED, cause=f"callback:{event.event_id}", now_ms=now_ms)
         return "applied"
 
@@ -267,4 +273,4 @@ def event_from_report(report: PaymentReport, *, event_id: str, payment_id: str, 
         return None
     return CallbackEvent(event_id=event_id, kind=kind, payment_id=payment_id, provider_ref=report.provider_ref or provider_ref,
                          amount=report.amount, currency=report.currency, failure_code=report.failure_code,
-                         provider_refs=list(report.provider_refs))
+                         provider_refs=list(report.provider_refs), saved_method_ref=report.saved_method_ref)

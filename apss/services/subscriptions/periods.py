@@ -14,6 +14,7 @@ import msgspec
 
 from apss.domain.catalog import Grant, MembershipGrant
 from apss.domain.subscriptions import (
+    LIVE,
     Billing,
     SubscriptionEvent,
     SubscriptionStatus,
@@ -26,7 +27,7 @@ from apss.store import subscriptions as store
 from apss.store.db import Row, Tx
 
 __all__ = ["WEBHOOK_EVENTS", "billing_of", "membership_skus", "membership_until_tx", "move", "on_order_ended",
-           "on_order_paid", "record", "set_memberships"]
+           "on_order_paid", "record", "renewal_charge_failed", "set_memberships"]
 
 # Every subscription event is also a merchant webhook of the same type.
 WEBHOOK_EVENTS = frozenset(f"subscription.{name}" for name in (
@@ -119,11 +120,30 @@ def on_order_paid(tx: Tx, order: Mapping, *, now_ms: int) -> None:
     # the order's own late-payment handling applies.
 
 
+def renewal_charge_failed(tx: Tx, order: Mapping, *, payment_id: str, code: str, now_ms: int) -> bool:
+    """A charge of a live subscription's renewal order failed outside the renewal job (the
+    janitor resolving an outcome that was unknown, a provider's failure callback): the order stays
+    pending, and the renewal job counts the failure at its next run on the retry schedule (soft,
+    or canceled at once when `code` is a hard decline), as if the charge had been refused then.
+    A failure of an older payment of the order (a newer charge is under way) counts nothing.
+    False for any other order: the caller ends it unpaid."""
+    row = store.subscription_order_of_tx(tx, order_id=order["id"])
+    if row is None or row["kind"] != "renewal":
+        return False
+    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
+    if SubscriptionStatus(subscription["status"]) not in LIVE:
+        return False
+    if order["payment_id"] == payment_id:
+        store.update_subscription(tx, subscription_id=subscription["id"], now_ms=now_ms,
+                                  fields={"uncounted_failure_code": code, "next_charge_at_ms": now_ms})
+    return True
+
+
 def on_order_ended(tx: Tx, order: Mapping, *, now_ms: int) -> None:
     """The first order ended unpaid: `incomplete_expired`. A renewal order ended unpaid while its
-    subscription is still live (the renewal service cancels first when retries run out; this is
-    the janitor or an expiry settling a charge whose outcome was unknown): canceled, membership
-    ending now."""
+    subscription is still live (the renewal service cancels first when retries run out, and a
+    failed charge is `renewal_charge_failed`'s; this is an expiry or a cancel of the order):
+    canceled, membership ending now."""
     row = store.subscription_order_of_tx(tx, order_id=order["id"])
     if row is None:
         return

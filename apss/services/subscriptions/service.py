@@ -35,7 +35,7 @@ from apss.domain.subscriptions import (
     retry_at_ms,
     round_half_even,
 )
-from apss.errors import InvalidRequest, InvalidTransition, NotFound
+from apss.errors import ApssError, InvalidRequest, InvalidTransition, NotFound
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
@@ -336,13 +336,22 @@ class Subscriptions:
         due = row["next_charge_at_ms"]
         if SubscriptionStatus(row["status"]) not in LIVE or due is None or due > now_ms:
             return None  # moved since it was read
+        if row["uncounted_failure_code"] is not None:  # a charge the janitor or a callback found failed
+            store.update_subscription(tx, subscription_id=row["id"], fields={"uncounted_failure_code": None}, now_ms=now_ms)
+            order = orders.get_order_tx(tx, order_id=row["latest_order_id"])
+            self._attempt_failed(tx, row, order, code=row["uncounted_failure_code"], now_ms=now_ms)
+            return None
         if row["cancel_at_period_end"] and row["retries"] == 0:
             self._cancel_now(tx, row, cause="period_end", now_ms=now_ms, membership_until_ms=row["current_period_end_ms"])
             return None
         index = row["period_index"] + 1
         existing = store.subscription_order_tx(tx, subscription_id=row["id"], period_index=index, kind="renewal")
         if existing is None:
-            order, lines = self._open_renewal_order(tx, row, index=index)
+            try:
+                order, lines = self._open_renewal_order(tx, row, index=index)
+            except ApssError as refused:  # checkout checks before it writes: nothing of it was written
+                self._renewal_refused(tx, row, refused, index=index, now_ms=now_ms)
+                return None
         else:
             order = dict(orders.get_order_tx(tx, order_id=existing["order_id"]))
             if order["status"] != OrderStatus.PENDING.value:
@@ -379,12 +388,27 @@ class Subscriptions:
                                                              bounds=bounds, product_id=product_id, expires_at_ms=horizon_ms))
         return reserved.order, [dict(line) for line in reserved.lines]
 
+    def _renewal_refused(self, tx: Tx, row: Mapping, refused: ApssError, *, index: int, now_ms: int) -> None:
+        """Checkout refused the period's order (the plan inactive, out of stock, a limit): a failed
+        renewal attempt (past_due, the retry schedule, canceled after the last retry), so the job
+        does not try again at every run, and one alert for the period, at its first refusal."""
+        if row["first_failure_ms"] is None:  # the period's retries raise no more
+            lifecycle.raise_alert(tx, merchant_id=row["merchant_id"], kind="subscription_renewal_refused", severity="warning",
+                                  object_id=row["id"], now_ms=now_ms,
+                                  message=f"Subscription {row['id']}: checkout refused the order of period {index} "
+                                          f"({refused.code}); it is tried again on the retry schedule.")
+        self._attempt_failed(tx, row, None, code=refused.code, now_ms=now_ms)
+
     async def _method_ref(self, subscription: Mapping, channel: str) -> str | None:
-        """The provider reference of the first payment, whose saved method renewals charge (on its channel)."""
+        """The method the first payment saved (on its channel), as its provider reported it (the
+        sandbox's payment reference, Stripe's customer and payment method). None when it saved none
+        (a Stripe subscription made before saved methods): the renewal is a payment the player makes."""
         if subscription["method_payment_id"] is None or not self._gateway.supports(channel, Capability.CHARGE_SAVED_METHOD):
             return None
         payment = await orders.fetch_payment(self._db, payment_id=subscription["method_payment_id"])
-        return payment["provider_ref"] if payment is not None and payment["channel"] == channel else None
+        if payment is None or payment["channel"] != channel:
+            return None
+        return payment["saved_method_ref"]
 
     async def _charge(self, merchant: Merchant, charge: _Charge) -> list[Attempt]:
         """The primary channel; on a retry, the fallback channel when the primary fails. A channel
@@ -447,10 +471,12 @@ class Subscriptions:
             store.update_subscription(tx, subscription_id=row["id"], now_ms=now_ms,
                                       fields={"next_charge_at_ms": now_ms + _UNKNOWN_RECHECK_MS})
 
-    def _attempt_failed(self, tx: Tx, row: Mapping, order: Mapping, *, code: str | None, now_ms: int) -> None:
+    def _attempt_failed(self, tx: Tx, row: Mapping, order: Mapping | None, *, code: str | None, now_ms: int) -> None:
         """Past due until the next retry (the membership is kept to it); canceled after the last
-        retry or at once on a hard decline, the membership ending `grace_s` later."""
-        cause = f"order:{order['id']}" + (f":{code}" if code else "")
+        retry or at once on a hard decline, the membership ending `grace_s` later. No `order`:
+        checkout refused to open one (`_renewal_refused`)."""
+        assert order is not None or code is not None
+        cause = (f"order:{order['id']}" if order is not None else "renewal_refused") + (f":{code}" if code else "")
         periods.record(tx, row, type="subscription.payment_required" if code is None else "subscription.payment_failed",
                        cause=cause, now_ms=now_ms)
         first_failure_ms = row["first_failure_ms"] if row["first_failure_ms"] is not None else now_ms
@@ -461,8 +487,8 @@ class Subscriptions:
             periods.move(tx, row, SubscriptionEvent.CANCEL, cause=reason, now_ms=now_ms,
                          fields={"canceled_at_ms": now_ms, "next_charge_at_ms": None})
             periods.set_memberships(tx, row, expires_at_ms=now_ms + self._config.grace_s * 1000, now_ms=now_ms)
-            current = orders.get_order_tx(tx, order_id=order["id"])
-            if current["status"] == OrderStatus.PENDING.value:
+            current = orders.get_order_tx(tx, order_id=order["id"]) if order is not None else None
+            if current is not None and current["status"] == OrderStatus.PENDING.value:
                 lifecycle.end_unpaid(tx, current, OrderEvent.PAYMENT_FAILED, cause=f"subscription:{reason}", now_ms=now_ms)
             return
         fields = {"first_failure_ms": first_failure_ms, "retries": row["retries"] + 1, "next_charge_at_ms": next_ms}
