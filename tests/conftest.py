@@ -5,7 +5,10 @@ need their own; every test makes its own merchant, so they cannot see each other
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -183,3 +186,21 @@ def some_services(**given: Any) -> Services:
     for name, service in given.items():
         object.__setattr__(services, name, service)
     return services
+
+
+def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float = 30) -> subprocess.Popen:
+    """`python run.py` as a process of its own (its output in `log`: a file, not a pipe, since a
+    full pipe would block the server's logging), returned once /healthz answers 200."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "run.py"], cwd=Path(__file__).resolve().parents[1],
+                                   env={**os.environ, **env, "APSS_SERVER_PORT": str(port)}, stdout=sink, stderr=sink)
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout_s=timeout_s)
+    return process

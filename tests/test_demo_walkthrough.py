@@ -6,12 +6,10 @@ the demo coupon (README "Promotions") shows its discount."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 
 from apss.clock import format_rfc3339, parse_rfc3339
 from apss.domain.subscriptions import Billing, Interval, add_intervals
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, start_run_py, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,19 +41,7 @@ def _start_environment(command: str) -> dict[str, str]:
 
 
 def _start(db_path: Path, port: int, log: Path, readme_env: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, **readme_env, "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(port)}
-    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the server's logging
-        process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
-
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, timeout_s=30)
-    return process
+    return start_run_py(port=port, log=log, env={**readme_env, "APSS_DATABASE_PATH": str(db_path)})
 
 
 def test_the_readme_walks_a_demo_subscription_through_a_month_on_the_test_clock(tmp_path):
