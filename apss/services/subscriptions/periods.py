@@ -89,14 +89,23 @@ def membership_until_tx(tx: Tx, order_id: str) -> int | None:
     return None if row is None else row["period_end_ms"]
 
 
+def _subscription_of(tx: Tx, order: Mapping) -> tuple[Row, Row, SubscriptionStatus] | None:
+    """The order's link to its subscription, the subscription and its status; None for an order
+    that belongs to no subscription."""
+    row = store.subscription_order_of_tx(tx, order_id=order["id"])
+    if row is None:
+        return None
+    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
+    return row, subscription, SubscriptionStatus(subscription["status"])
+
+
 def on_order_paid(tx: Tx, order: Mapping, *, now_ms: int) -> None:
     """The first order activates the subscription; a renewal renews it for its period; a
     proration order switches the plan."""
-    row = store.subscription_order_of_tx(tx, order_id=order["id"])
-    if row is None:
+    found = _subscription_of(tx, order)
+    if found is None:
         return
-    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
-    status = SubscriptionStatus(subscription["status"])
+    row, subscription, status = found
     cause = f"order:{order['id']}"
     if row["kind"] == "first" and status is SubscriptionStatus.INCOMPLETE:
         move(tx, subscription, SubscriptionEvent.FIRST_PAID, cause=cause, now_ms=now_ms, webhook="activated", fields={
@@ -144,11 +153,10 @@ def on_order_ended(tx: Tx, order: Mapping, *, now_ms: int) -> None:
     subscription is still live (the renewal service cancels first when retries run out, and a
     failed charge is `renewal_charge_failed`'s; this is an expiry or a cancel of the order):
     canceled, membership ending now."""
-    row = store.subscription_order_of_tx(tx, order_id=order["id"])
-    if row is None:
+    found = _subscription_of(tx, order)
+    if found is None:
         return
-    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
-    status = SubscriptionStatus(subscription["status"])
+    row, subscription, status = found
     cause = f"order:{order['id']}"
     if row["kind"] == "first" and status is SubscriptionStatus.INCOMPLETE:
         move(tx, subscription, SubscriptionEvent.FIRST_UNPAID, cause=cause, now_ms=now_ms,

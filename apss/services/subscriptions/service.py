@@ -53,7 +53,7 @@ from apss.services.subscriptions import periods
 from apss.services.views import OrderView, encode, order_view
 from apss.store import catalog, orders
 from apss.store import subscriptions as store
-from apss.store.db import Database, Tx
+from apss.store.db import Database, Row, Tx
 
 __all__ = ["SubscriptionChange", "SubscriptionCreate", "SubscriptionCancel", "SubscriptionEventView",
            "SubscriptionReport", "SubscriptionView", "Subscriptions", "subscription_view_tx"]
@@ -436,10 +436,7 @@ class Subscriptions:
     def _record_charge(self, tx: Tx, charge: _Charge, attempts: list[Attempt]) -> None:
         now_ms = self._clock.now_ms()
         merchant_id = charge.subscription["merchant_id"]
-        payment = orders.get_payment_tx(tx, payment_id=charge.payment_id)
-        for attempt in attempts:
-            self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant_id)
-        last = attempts[-1]
+        payment, last = self._record_attempts(tx, charge, attempts)
         if last.channel != payment["channel"]:
             orders.set_order_channel(tx, order_id=payment["order_id"], channel=last.channel, now_ms=now_ms)
             orders.set_payment_details(tx, payment_id=payment["id"], fields={"channel": last.channel}, now_ms=now_ms)
@@ -449,18 +446,10 @@ class Subscriptions:
                                   fields={"charge_attempts": row["charge_attempts"] + charges})
         order = orders.get_order_tx(tx, order_id=payment["order_id"])
         if isinstance(last.value, PaymentReport):  # charged: applied like the provider's callback
-            event = event_from_report(last.value, event_id=synthetic_event_id("renewal"), payment_id=payment["id"],
-                                      provider_ref=None)
-            if event is not None:
-                self._payment_events.apply_event(tx, last.channel, merchant_id, event)
+            if self._apply_report(tx, last, payment_id=payment["id"], merchant_id=merchant_id, kind="renewal"):
                 return
         if isinstance(last.value, PaymentCreated):  # the player pays this one, like a first order
-            created = last.value
-            orders.set_payment_details(tx, payment_id=payment["id"], now_ms=now_ms, fields={
-                "provider_ref": created.provider_ref,
-                "next_action": encode(created.next_action).decode() if created.next_action else None})
-            orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
-                                to_status=created.status.value, now_ms=now_ms)
+            self._record_created(tx, payment_id=payment["id"], created=last.value, now_ms=now_ms)
             self._attempt_failed(tx, row, order, code=None, now_ms=now_ms)
         elif last.outcome == "failed":
             code = last.provider_code or last.error_code or "failed"
@@ -567,28 +556,41 @@ class Subscriptions:
         return _Charge(subscription=dict(row), order=reserved.order, lines=[dict(line) for line in reserved.lines],
                        payment_id=reserved.order["payment_id"], retry=False)
 
+    def _record_attempts(self, tx: Tx, charge: _Charge, attempts: list[Attempt]) -> tuple[Row, Attempt]:
+        """Every provider call of a charge into the payment's attempt log; the payment and the last."""
+        payment = orders.get_payment_tx(tx, payment_id=charge.payment_id)
+        for attempt in attempts:
+            self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=charge.subscription["merchant_id"])
+        return payment, attempts[-1]
+
+    def _apply_report(self, tx: Tx, last: Attempt, *, payment_id: str, merchant_id: str, kind: str) -> bool:
+        """A final charge report, applied like the provider's callback; False when it is not final."""
+        event = event_from_report(last.value, event_id=synthetic_event_id(kind), payment_id=payment_id, provider_ref=None)
+        if event is None:
+            return False
+        self._payment_events.apply_event(tx, last.channel, merchant_id, event)
+        return True
+
+    @staticmethod
+    def _record_created(tx: Tx, *, payment_id: str, created: PaymentCreated, now_ms: int) -> None:
+        """A payment the player completes (no saved method): its provider ref and next action."""
+        orders.set_payment_details(tx, payment_id=payment_id, now_ms=now_ms, fields={
+            "provider_ref": created.provider_ref,
+            "next_action": encode(created.next_action).decode() if created.next_action else None})
+        orders.move_payment(tx, payment_id=payment_id, from_status=PaymentStatus.UNKNOWN.value,
+                            to_status=created.status.value, now_ms=now_ms)
+
     def _record_change(self, tx: Tx, charge: _Charge, attempts: list[Attempt]) -> None:
         """Like a renewal's record, except that a refused proration charge only fails its order:
         the subscription stays on its plan (no retries, no past_due)."""
         now_ms = self._clock.now_ms()
         merchant_id = charge.subscription["merchant_id"]
-        payment = orders.get_payment_tx(tx, payment_id=charge.payment_id)
-        for attempt in attempts:
-            self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant_id)
-        last = attempts[-1]
+        payment, last = self._record_attempts(tx, charge, attempts)
         if isinstance(last.value, PaymentReport):
-            event = event_from_report(last.value, event_id=synthetic_event_id("proration"), payment_id=payment["id"],
-                                      provider_ref=None)
-            if event is not None:
-                self._payment_events.apply_event(tx, last.channel, merchant_id, event)
+            if self._apply_report(tx, last, payment_id=payment["id"], merchant_id=merchant_id, kind="proration"):
                 return
         if isinstance(last.value, PaymentCreated):
-            created = last.value
-            orders.set_payment_details(tx, payment_id=payment["id"], now_ms=now_ms, fields={
-                "provider_ref": created.provider_ref,
-                "next_action": encode(created.next_action).decode() if created.next_action else None})
-            orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
-                                to_status=created.status.value, now_ms=now_ms)
+            self._record_created(tx, payment_id=payment["id"], created=last.value, now_ms=now_ms)
         elif last.outcome == "failed":
             moved = orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
                                         to_status=PaymentStatus.FAILED.value, now_ms=now_ms,
