@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import swagger_ui_bundle
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -101,6 +100,7 @@ __all__ = ["create_app", "load_keyring"]
 log = logging.getLogger("apss")
 # Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
 _WRITER_SHUTDOWN_SHARE = 0.4
+_SWAGGER_UI = Path(__file__).parent / "web" / "static" / "swagger-ui"
 
 
 def load_keyring(config: Config) -> Keyring:
@@ -258,7 +258,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         # queue in most of the rest, and what cannot finish fails with 503 'shutting down'.
         await svc.db.close(deadline_s=config.server.shutdown_deadline_s * _WRITER_SHUTDOWN_SHARE)
 
-    # The schema UI's assets come from the swagger-ui-bundle package, served by APSS itself.
+    # The schema UI is Swagger UI 5 (it reads OpenAPI 3.1), vendored in web/static/swagger-ui with
+    # its licence and served by APSS itself: no CDN.
     assets = "/schema/assets"
     swagger = SwaggerRenderPlugin(js_url=f"{assets}/swagger-ui-bundle.js", css_url=f"{assets}/swagger-ui.css",
                                   standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js", path="/swagger",
@@ -277,7 +278,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         ClockController, PromotionController, QuoteController, SubscriptionController,
                         SubscriptionReportController,
                         *WEB_HANDLERS,
-                        create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
+                        create_static_files_router(path=assets, directories=[_SWAGGER_UI],
                                                    include_in_schema=False)],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},

@@ -16,7 +16,7 @@ from apss.clock import parse_rfc3339
 from apss.errors import InvalidRequest, NotFound
 from apss.services.merchants.keys import Merchant
 from apss.services.money.finance import AdjustmentIn, FinanceIn
-from apss.services.money.ledger import BalanceView, Finance, LedgerCheck, SummaryView
+from apss.services.money.ledger import BalanceList, Finance, LedgerCheck, SummaryList
 
 __all__ = ["AdminMoneyController", "MoneyController"]
 
@@ -46,12 +46,12 @@ class MoneyController(Controller):
     security = [{"bearer": []}]
 
     @get("/v1/ledger/balances", summary="The merchant's ledger accounts and their balances")
-    async def balances(self, merchant: Merchant, svc: Services) -> Response[list[BalanceView]]:
+    async def balances(self, merchant: Merchant, svc: Services) -> Response[BalanceList]:
         return list_response(await svc.ledger.balances(merchant.id), False)
 
     @get("/v1/reports/summary", summary="Gross, refunds, fees, commission, partner shares and net of a period, live")
     async def summary(self, merchant: Merchant, svc: Services, start: Annotated[str, Parameter(query="from")],
-                      end: Annotated[str, Parameter(query="to")]) -> Response[list[SummaryView]]:
+                      end: Annotated[str, Parameter(query="to")]) -> Response[SummaryList]:
         from_ms, to_ms = _period(start, end)
         return list_response(await svc.ledger.summary(merchant_id=merchant.id, from_ms=from_ms, to_ms=to_ms), False)
 

@@ -11,6 +11,7 @@ from apss.api.common import Cursor, Limit, Services, list_response
 from apss.services.merchants.keys import Merchant
 from apss.services.money.reconciliation import (
     ReconciliationRunDetail,
+    ReconciliationRunList,
     ReconciliationRunView,
 )
 from apss.services.views import encode
@@ -47,7 +48,7 @@ class ReconciliationController(Controller):
     @get("/runs", summary="Reconciliation runs, newest first")
     async def list_runs(self, merchant: Merchant, svc: Services, limit: Limit = 20, cursor: Cursor = None,
                         channel: Annotated[str | None, Parameter(max_length=32)] = None,
-                        ) -> Response[list[ReconciliationRunView]]:
+                        ) -> Response[ReconciliationRunList]:
         runs, has_more = await svc.reconciliation.list_runs(merchant_id=merchant.id, after_id=cursor, limit=limit,
                                                             channel=channel)
         return list_response(runs, has_more)

@@ -11,7 +11,7 @@ from apss.api.common import (
     outcome_response,
 )
 from apss.services.merchants.keys import Merchant
-from apss.services.refunds.refunds import RefundCreate, RefundView
+from apss.services.refunds.refunds import RefundCreate, RefundList, RefundView
 
 __all__ = ["RefundController"]
 
@@ -27,7 +27,7 @@ class RefundController(Controller):
         return outcome_response(await svc.refunds.create(merchant=merchant, order_id=order_id, command=data, idem=idem))
 
     @get("/v1/orders/{order_id:str}/refunds", summary="The order's refunds")
-    async def for_order(self, order_id: str, merchant: Merchant, svc: Services) -> Response[list[RefundView]]:
+    async def for_order(self, order_id: str, merchant: Merchant, svc: Services) -> Response[RefundList]:
         await svc.orders.get(merchant_id=merchant.id, order_id=order_id)  # 404 for another merchant's order
         return list_response(await svc.refunds.for_order(merchant_id=merchant.id, order_id=order_id), False)
 

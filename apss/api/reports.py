@@ -8,7 +8,7 @@ from litestar import Controller, Response, get, post
 
 from apss.api.common import Cursor, Limit, Services, list_response
 from apss.services.merchants.keys import Merchant
-from apss.services.money.reports import ReportCreate, ReportView, report_csv
+from apss.services.money.reports import ReportCreate, ReportList, ReportView, report_csv
 from apss.services.views import encode
 
 __all__ = ["ReportController"]
@@ -26,7 +26,7 @@ class ReportController(Controller):
 
     @get("/", summary="Stored daily and weekly reports, newest first")
     async def list_reports(self, merchant: Merchant, svc: Services, limit: Limit = 20, cursor: Cursor = None,
-                           period: Literal["daily", "weekly"] | None = None) -> Response[list[ReportView]]:
+                           period: Literal["daily", "weekly"] | None = None) -> Response[ReportList]:
         reports, has_more = await svc.reports.list(merchant_id=merchant.id, period=period, after_id=cursor, limit=limit)
         return list_response(reports, has_more)
 

@@ -56,6 +56,14 @@ class BalanceView(msgspec.Struct, frozen=True, kw_only=True):
     balance: int  # debit-normal accounts: debits - credits; credit-normal: credits - debits
 
 
+class BalanceList(msgspec.Struct, frozen=True, kw_only=True):
+    """The merchant's accounts, one page (all of them: has_more is false)."""
+
+    data: list[BalanceView]
+    has_more: bool
+    next_cursor: str | None
+
+
 class SummaryView(msgspec.Struct, frozen=True, kw_only=True):
     """Money of a period, from the ledger, per currency (minor units)."""
 
@@ -70,6 +78,14 @@ class SummaryView(msgspec.Struct, frozen=True, kw_only=True):
     payments: int
     refund_count: int
     discounts: int = 0  # promotions' discounts on the orders paid (a memo: not in gross, which is what was paid)
+
+
+class SummaryList(msgspec.Struct, frozen=True, kw_only=True):
+    """A period's summary, one entry per currency (has_more is false)."""
+
+    data: list[SummaryView]
+    has_more: bool
+    next_cursor: str | None
 
 
 class Ledger:

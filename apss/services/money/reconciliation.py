@@ -96,6 +96,14 @@ class ReconciliationRunView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
 
 
+class ReconciliationRunList(msgspec.Struct, frozen=True, kw_only=True):
+    """Reconciliation runs, newest first."""
+
+    data: list[ReconciliationRunView]
+    has_more: bool
+    next_cursor: str | None
+
+
 class ReconciliationRunDetail(ReconciliationRunView, frozen=True, kw_only=True):
     items: list[ReconciliationItemView]
 

@@ -102,6 +102,14 @@ class ReportView(msgspec.Struct, frozen=True, kw_only=True):
     by_product: list[ProductLine]
 
 
+class ReportList(msgspec.Struct, frozen=True, kw_only=True):
+    """Stored reports, newest first."""
+
+    data: list[ReportView]
+    has_more: bool
+    next_cursor: str | None
+
+
 _body_decoder = msgspec.json.Decoder(ReportBody)
 
 

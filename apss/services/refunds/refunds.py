@@ -87,6 +87,14 @@ class RefundView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
 
 
+class RefundList(msgspec.Struct, frozen=True, kw_only=True):
+    """An order's refunds (all of them: has_more is false)."""
+
+    data: list[RefundView]
+    has_more: bool
+    next_cursor: str | None
+
+
 def refund_view(row: Row) -> RefundView:
     clawback = msgspec.json.decode(row["clawback"], type=Clawback) if row["clawback"] else None
     return RefundView(id=row["id"], order_id=row["order_id"], payment_id=row["payment_id"], amount=row["amount"],
