@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
@@ -23,11 +22,12 @@ from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
 from apss.api.common import current_merchant
-from apss.api.errors import ErrorBody, exception_handlers, render_error
+from apss.api.errors import exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
 from apss.api.merchants import MerchantController
 from apss.api.money import AdminMoneyController, MoneyController
+from apss.api.openapi import RefinedJsonPlugin, RefinedSwaggerPlugin
 from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
@@ -261,12 +261,12 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     # The schema UI is Swagger UI 5 (it reads OpenAPI 3.1), vendored in web/static/swagger-ui with
     # its licence and served by APSS itself: no CDN.
     assets = "/schema/assets"
-    swagger = SwaggerRenderPlugin(js_url=f"{assets}/swagger-ui-bundle.js", css_url=f"{assets}/swagger-ui.css",
+    swagger = RefinedSwaggerPlugin(js_url=f"{assets}/swagger-ui-bundle.js", css_url=f"{assets}/swagger-ui.css",
                                   standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js", path="/swagger",
                                   favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>")
     openapi = OpenAPIConfig(
         title="APSS", version=__version__, description="Automated Payment & Settlement System for virtual goods",
-        render_plugins=[JsonRenderPlugin(), swagger],
+        render_plugins=[RefinedJsonPlugin(), swagger],
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
@@ -290,15 +290,5 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         logging_config=None,
     )
     app.state.services = svc
-    _document_errors(app)
     return app
 
-
-def _document_errors(app: Litestar) -> None:
-    """Every JSON route answers errors in the one shape of api/errors.py: say so in the schema
-    (Litestar would otherwise document its own validation error body)."""
-    error = ResponseSpec(data_container=ErrorBody, description="Error: {error: {type, code, message, param?}}")
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            if handler.include_in_schema:
-                handler.responses = {400: error, 401: error, 404: error, 409: error, **(handler.responses or {})}

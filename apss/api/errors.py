@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Literal
 
 import msgspec
 from litestar import Request, Response
@@ -36,7 +37,8 @@ _STATUS: list[tuple[type[e.ApssError], int, str]] = [
 
 
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    type: str
+    type: Literal["invalid_request_error", "authentication_error", "conflict_error", "idempotency_error",
+                  "rate_limit_error", "api_error"]
     code: str
     message: str
     param: str | None = None

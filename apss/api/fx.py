@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from litestar import Controller, Request, get, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.params import Parameter
 
 from apss.api.common import Cursor, Limit, Services, admin_guard
@@ -17,20 +15,8 @@ from apss.services.money.fx import FxImportView, FxRateList, FxRatesIn
 __all__ = ["FxController"]
 
 _Currency = Annotated[str, Parameter(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
-_CSV_EXAMPLE = "base,quote,rate,as_of\nUSD,EUR,0.9215,2026-11-25T15:04:05Z\n"
-
-
-@dataclass
-class _CsvUpload(Operation):
-    """The import reads the raw body (Litestar decodes a `data` parameter as JSON), so its
-    OpenAPI request body is declared here."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            required=True,
-            description="CSV, UTF-8, header `base,quote,rate,as_of`; as_of is RFC 3339 (UTC); at most 10,000 rows.",
-            content={"text/csv": OpenAPIMediaType(schema=Schema(type="string", examples=[_CSV_EXAMPLE]))},
-        )
+_CSV = ("CSV, UTF-8, header `base,quote,rate,as_of`; as_of is RFC 3339 (UTC); at most 10,000 rows. Example:\n\n"
+        "    base,quote,rate,as_of\n    USD,EUR,0.9215,2026-11-25T15:04:05Z")
 
 
 class FxController(Controller):
@@ -47,7 +33,7 @@ class FxController(Controller):
     async def set_rates(self, data: FxRatesIn, svc: Services, admin: None) -> FxRateList:
         return FxRateList(data=await svc.fx.set_rates(data.rates), has_more=False, next_cursor=None)
 
-    @post("/import", status_code=200, operation_class=_CsvUpload,
+    @post("/import", status_code=200, csv_body=_CSV,
           summary="Import rates from a CSV file (admin): header base,quote,rate,as_of; all rows or none")
     async def import_csv(self, request: Request, svc: Services, admin: None) -> FxImportView:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()

@@ -28,7 +28,7 @@ class OrderController(Controller):
     tags = ["orders"]
     security = [{"bearer": []}]
 
-    @post("/", summary="Create an order: prices it, reserves stock, creates its payment")
+    @post("/", summary="Create an order: prices it, reserves stock, creates its payment", idempotent=True)
     async def create(self, data: OrderCreate, request: Request, merchant: Merchant, svc: Services) -> Response[OrderView]:
         idem = idempotency_request(request, data)
         return outcome_response(await svc.checkout.create(merchant=merchant, command=data, idem=idem))
@@ -47,7 +47,7 @@ class OrderController(Controller):
     async def retrieve(self, order_id: str, merchant: Merchant, svc: Services) -> OrderView:
         return await svc.orders.get(merchant_id=merchant.id, order_id=order_id)
 
-    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel a pending order; releases its stock")
+    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel a pending order; releases its stock", idempotent=True)
     async def cancel(self, order_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[OrderView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.checkout.cancel(merchant=merchant, order_id=order_id, idem=idem))

@@ -30,7 +30,7 @@ class PlayerController(Controller):
     async def wallet(self, player_id: PlayerId, merchant: Merchant, svc: Services) -> WalletView:
         return await svc.players.wallet(merchant_id=merchant.id, player_id=player_id)
 
-    @post("/wallet/debit", summary="Spend virtual currency in the game; never below zero")
+    @post("/wallet/debit", summary="Spend virtual currency in the game; never below zero", idempotent=True)
     async def debit(self, player_id: PlayerId, data: WalletDebit, request: Request, merchant: Merchant,
                     svc: Services) -> Response[WalletDebitView]:
         idem = idempotency_request(request, data)

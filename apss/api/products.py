@@ -24,7 +24,7 @@ class ProductController(Controller):
     tags = ["products"]
     security = [{"bearer": []}]
 
-    @post("/", summary="Create a product")
+    @post("/", summary="Create a product", idempotent=True)
     async def create(self, data: ProductCreate, request: Request, merchant: Merchant, svc: Services) -> Response[ProductView]:
         idem = idempotency_request(request, data)
         return outcome_response(await svc.catalog.create(merchant_id=merchant.id, command=data, idem=idem))
@@ -39,7 +39,7 @@ class ProductController(Controller):
     async def retrieve(self, product_id: str, merchant: Merchant, svc: Services) -> ProductView:
         return await svc.catalog.get(merchant_id=merchant.id, product_id=product_id)
 
-    @patch("/{product_id:str}", summary="Update fields, set stock, or adjust stock atomically (stock_adjust)")
+    @patch("/{product_id:str}", summary="Update fields, set stock, or adjust stock atomically (stock_adjust)", idempotent=True)
     async def update(self, product_id: str, data: ProductUpdate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[ProductView]:
         idem = idempotency_request(request, data)

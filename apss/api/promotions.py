@@ -23,7 +23,7 @@ class PromotionController(Controller):
     tags = ["promotions"]
     security = [{"bearer": []}]
 
-    @post("/", summary="Create a promotion: automatic, or a coupon with a code; a flash sale with units_max")
+    @post("/", summary="Create a promotion: automatic, or a coupon with a code; a flash sale with units_max", idempotent=True)
     async def create(self, data: PromotionCreate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[PromotionView]:
         idem = idempotency_request(request, data)
@@ -39,7 +39,7 @@ class PromotionController(Controller):
     async def retrieve(self, promotion_id: str, merchant: Merchant, svc: Services) -> PromotionView:
         return await svc.promotions.get(merchant_id=merchant.id, promotion_id=promotion_id)
 
-    @patch("/{promotion_id:str}", summary="Activate or deactivate a promotion, or move its end")
+    @patch("/{promotion_id:str}", summary="Activate or deactivate a promotion, or move its end", idempotent=True)
     async def update(self, promotion_id: str, data: PromotionUpdate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[PromotionView]:
         idem = idempotency_request(request, data)

@@ -30,6 +30,7 @@ class ReconciliationController(Controller):
     security = [{"bearer": []}]
 
     @post("/{channel:str}/statements", request_max_body_size=STATEMENT_BYTES_MAX,
+          csv_body="The provider's statement file as exported (Content-Type text/csv), at most 32 MiB.",
           summary="Import a provider statement (CSV body) and match it against our payments and refunds",
           description="The body is the statement as the provider exports it (Content-Type text/csv): the sandbox's "
                       "`type,provider_ref,payment_id,amount,fee,currency,occurred_at`, Stripe's balance-transaction "

@@ -20,7 +20,7 @@ class RefundController(Controller):
     tags = ["refunds"]
     security = [{"bearer": []}]
 
-    @post("/v1/orders/{order_id:str}/refunds", summary="Refund an order in full or in part (several partials allowed)")
+    @post("/v1/orders/{order_id:str}/refunds", summary="Refund an order in full or in part (several partials allowed)", idempotent=True)
     async def create(self, order_id: str, data: RefundCreate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[RefundView]:
         idem = idempotency_request(request, data)

@@ -17,12 +17,12 @@ class SandboxController(Controller):
     tags = ["sandbox"]
     security = [{"bearer": []}]
 
-    @post("/succeed", status_code=202, summary="The payer pays (magic values in order metadata may still decline)")
+    @post("/succeed", status_code=202, summary="The payer pays (magic values in order metadata may still decline)", idempotent=True)
     async def succeed(self, payment_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[SandboxActionView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.sandbox.complete(merchant=merchant, payment_id=payment_id, pay=True, idem=idem))
 
-    @post("/fail", status_code=202, summary="The payer's payment fails")
+    @post("/fail", status_code=202, summary="The payer's payment fails", idempotent=True)
     async def fail(self, payment_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[SandboxActionView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.sandbox.complete(merchant=merchant, payment_id=payment_id, pay=False, idem=idem))

@@ -54,7 +54,7 @@ class SettlementController(Controller):
                         headers={"Content-Disposition": f'attachment; filename="{settlement_id}.csv"'})
 
     @post("/v1/settlements/run", status_code=200,
-          summary="Settle everything up to now (manual cycle); answers the batches made")
+          summary="Settle everything up to now (manual cycle); answers the batches made", idempotent=True)
     async def run(self, request: Request, merchant: Merchant, svc: Services) -> Response[SettlementList]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.settlements.settle_now(merchant_id=merchant.id, idem=idem))

@@ -43,7 +43,7 @@ class SubscriptionController(Controller):
     tags = ["subscriptions"]
     security = [{"bearer": []}]
 
-    @post("/", summary="Subscribe a player to a plan: its first order is paid like any order")
+    @post("/", summary="Subscribe a player to a plan: its first order is paid like any order", idempotent=True)
     async def create(self, data: SubscriptionCreate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
         idem = idempotency_request(request, data)
@@ -68,7 +68,7 @@ class SubscriptionController(Controller):
         return list_response(await svc.subscriptions.events(merchant=merchant, subscription_id=subscription_id), False)
 
     @post("/{subscription_id:str}/cancel", status_code=200,
-          summary="Cancel at the period end (default) or now (`at_period_end: false`: the membership ends now)")
+          summary="Cancel at the period end (default) or now (`at_period_end: false`: the membership ends now)", idempotent=True)
     async def cancel(self, subscription_id: str, request: Request, merchant: Merchant, svc: Services,
                      data: SubscriptionCancel | None = None) -> Response[SubscriptionView]:
         command = data or SubscriptionCancel()
@@ -76,14 +76,14 @@ class SubscriptionController(Controller):
         return outcome_response(await svc.subscriptions.cancel(merchant=merchant, subscription_id=subscription_id,
                                                                command=command, idem=idem))
 
-    @post("/{subscription_id:str}/resume", status_code=200, summary="Undo a cancel scheduled for the period end")
+    @post("/{subscription_id:str}/resume", status_code=200, summary="Undo a cancel scheduled for the period end", idempotent=True)
     async def resume(self, subscription_id: str, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.subscriptions.resume(merchant=merchant, subscription_id=subscription_id, idem=idem))
 
     @post("/{subscription_id:str}/change", status_code=200,
-          summary="Change plan: a dearer plan is prorated and charged now, a cheaper one applies at the next renewal")
+          summary="Change plan: a dearer plan is prorated and charged now, a cheaper one applies at the next renewal", idempotent=True)
     async def change(self, subscription_id: str, data: SubscriptionChange, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
         idem = idempotency_request(request, data)

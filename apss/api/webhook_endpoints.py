@@ -74,7 +74,7 @@ class WebhookEndpointController(Controller):
     async def roll_secret(self, endpoint_id: str, merchant: Merchant, svc: Services) -> WebhookEndpointSecretView:
         return await svc.webhooks.roll_secret(merchant_id=merchant.id, endpoint_id=endpoint_id)
 
-    @post("/{endpoint_id:str}/replay", status_code=200, summary="Resend every subscribed event created since a time")
+    @post("/{endpoint_id:str}/replay", status_code=200, summary="Resend every subscribed event created since a time", idempotent=True)
     async def replay(self, endpoint_id: str, data: WebhookReplay, request: Request, merchant: Merchant,
                      svc: Services) -> Response[ReplayView]:
         idem = idempotency_request(request, data)
@@ -107,7 +107,7 @@ class WebhookDeliveryController(Controller):
     async def retrieve(self, delivery_id: str, merchant: Merchant, svc: Services) -> WebhookDeliveryView:
         return await svc.webhooks.get_delivery(merchant_id=merchant.id, delivery_id=delivery_id)
 
-    @post("/{delivery_id:str}/retry", status_code=200, summary="Send again now (a final delivery gets a new delivery of the same event)")
+    @post("/{delivery_id:str}/retry", status_code=200, summary="Send again now (a final delivery gets a new delivery of the same event)", idempotent=True)
     async def retry(self, delivery_id: str, request: Request, merchant: Merchant,
                     svc: Services) -> Response[WebhookDeliveryView]:
         idem = idempotency_request(request, None)
@@ -130,7 +130,7 @@ class DeliveryController(Controller):
     async def retrieve(self, delivery_id: str, merchant: Merchant, svc: Services) -> DeliveryView:
         return await svc.deliveries.get(merchant_id=merchant.id, delivery_id=delivery_id)
 
-    @post("/{delivery_id:str}/ack", status_code=200, summary="The game has handed the goods over (idempotent)")
+    @post("/{delivery_id:str}/ack", status_code=200, summary="The game has handed the goods over (idempotent)", idempotent=True)
     async def ack(self, delivery_id: str, request: Request, merchant: Merchant, svc: Services) -> Response[DeliveryView]:
         idem = idempotency_request(request, None)
         return outcome_response(await svc.deliveries.ack_request(merchant_id=merchant.id, delivery_id=delivery_id,

@@ -4,12 +4,14 @@ that a stored idempotent response and a fresh one are the same bytes."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from apss.clock import format_rfc3339
 from apss.domain.catalog import Grant
+from apss.domain.orders import OrderStatus
+from apss.domain.payments import PaymentStatus
 from apss.domain.subscriptions import Billing
 from apss.store.db import Row
 
@@ -52,6 +54,9 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
+Mode = Literal["test", "live"]  # a merchant's: test merchants use the sandbox, live ones real money
+
+
 class _View(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
@@ -85,7 +90,7 @@ def product_view(row: Row) -> ProductView:
 
 
 class NextActionView(_View, omit_defaults=True):
-    type: str
+    type: Literal["redirect", "qr_code", "client_secret"]
     url: str | None = None
     data: str | None = None
     value: str | None = None
@@ -94,7 +99,7 @@ class NextActionView(_View, omit_defaults=True):
 class PaymentView(_View):
     id: str
     channel: str
-    status: str
+    status: PaymentStatus
     next_action: NextActionView | None
     failure_code: str | None = None
 
@@ -104,7 +109,7 @@ class PaymentAttemptView(_View):
 
     channel: str
     operation: str  # create_payment | capture | refund | query_payment | query_refund | cancel_payment
-    outcome: str  # succeeded | failed (a definite refusal) | unknown (the provider may have done it)
+    outcome: Literal["succeeded", "failed", "unknown"]  # failed: a definite refusal; unknown: the provider may have done it
     error_code: str | None
     provider_code: str | None
     created_at: str
@@ -116,7 +121,7 @@ class PaymentDetailView(_View):
     id: str
     order_id: str
     channel: str
-    status: str
+    status: PaymentStatus
     amount: int
     currency: str
     provider_ref: str | None
@@ -146,7 +151,7 @@ class FxView(_View):
 
 class OrderView(_View):
     id: str
-    status: str
+    status: OrderStatus
     player_id: str
     items: list[OrderItemView]
     subtotal: int  # the lines at their unit prices
@@ -243,7 +248,7 @@ class MerchantList(_Page):
 class MerchantView(_View):
     id: str
     name: str
-    mode: str
+    mode: Mode
     currency: str
     created_at: str
 
@@ -251,7 +256,7 @@ class MerchantView(_View):
 class MerchantCreatedView(_View):
     id: str
     name: str
-    mode: str
+    mode: Mode
     currency: str
     secret_key: str
     created_at: str
@@ -264,7 +269,7 @@ class SecretKeyView(_View):
 class AccountView(_View, omit_defaults=True):
     id: str
     name: str
-    mode: str
+    mode: Mode
     currency: str
     sandbox_webhook_secret: str | None = None
 

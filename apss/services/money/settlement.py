@@ -148,7 +148,7 @@ class LineView(msgspec.Struct, frozen=True, kw_only=True):
 class SettlementView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     currency: str
-    status: str
+    status: Literal["pending", "paid", "carried"]
     period_start: str
     period_end: str
     cutoff_at: str

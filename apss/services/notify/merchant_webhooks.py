@@ -48,7 +48,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -123,7 +123,7 @@ class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     url: str
     events: list[str]
-    status: str  # enabled | disabled
+    status: Literal["enabled", "disabled"]
     disabled_reason: str | None  # api | failing_too_long
     previous_secret_expires_at: str | None  # while a rolled secret still signs
     created_at: str
@@ -144,7 +144,7 @@ class WebhookDeliveryView(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     event_type: str
     endpoint_id: str
-    status: str  # pending | succeeded | failed
+    status: Literal["pending", "succeeded", "failed"]
     attempts: int
     next_attempt_at: str | None
     last_status_code: int | None

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -53,7 +53,7 @@ class ChannelView(msgspec.Struct, frozen=True, kw_only=True):
     configured: bool
     settings: dict[str, str]  # the non-secret fields only
     callback_url: str
-    state: str  # closed | open (circuit breaker)
+    state: Literal["closed", "open"]  # the circuit breaker
     failures: int
     last_error: str | None
     last_error_at: str | None

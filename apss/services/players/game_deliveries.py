@@ -12,6 +12,7 @@ pushed again with backoff (`push_due`, a scheduler job), and one left unacknowle
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 
@@ -41,7 +42,7 @@ class DeliveryView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     order_id: str
     player_id: str
-    status: str  # pending | acknowledged
+    status: Literal["pending", "acknowledged"]
     items: list[DeliveryItemView]
     attempts: int  # pushes (delivery.pending events) so far
     created_at: str

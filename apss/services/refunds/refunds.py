@@ -80,7 +80,7 @@ class RefundView(msgspec.Struct, frozen=True, kw_only=True):
     payment_id: str
     amount: int
     currency: str
-    status: str
+    status: RefundStatus
     reason: str | None
     failure_code: str | None
     clawback: Clawback | None

@@ -87,7 +87,7 @@ class SubscriptionChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 class SubscriptionView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    status: str
+    status: SubscriptionStatus
     player_id: str
     product_id: str
     currency: str
