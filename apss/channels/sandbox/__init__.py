@@ -8,8 +8,11 @@ from apss.channels.sandbox.client import (
 )
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
+    THREE_DS_SUFFIX,
     SandboxOutcome,
     build_event,
+    card_of,
+    needs_challenge,
     parse_magic,
 )
 
@@ -18,7 +21,10 @@ __all__ = [
     "SIGNATURE_HEADER",
     "SandboxChannel",
     "SandboxOutcome",
+    "THREE_DS_SUFFIX",
     "build_event",
+    "card_of",
+    "needs_challenge",
     "parse_magic",
     "send_callback",
     "sign_callback",
