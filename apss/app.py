@@ -91,6 +91,7 @@ from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.risk.control import RiskControl
 from apss.services.risk.engine import RiskEngine
+from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
@@ -177,10 +178,13 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
     players = Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger)
+    # The pre-payment check reaches merchants' servers under the SSRF rules of webhooks.
+    prechecks = Prechecks(db=db, clock=clock, keyring=keyring, http=TargetClients(),
+                          allow_private_targets=config.webhooks.allow_private_targets)
     promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants, promotions=promotions, players=players,
-                        game_delivery=deliveries.create_delivery, risk=risk_engine)
+                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
                                    game_delivery=deliveries.create_delivery, risk=risk_engine)
@@ -211,7 +215,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         players=players, sandbox=sandbox, scheduler=scheduler,
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
-        risk_engine=risk_engine,
+        risk_engine=risk_engine, prechecks=prechecks,
         risk=RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
                          game_delivery=deliveries.create_delivery, public_url=config.public_url),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
@@ -261,6 +265,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.scheduler.stop()
         await svc.provider_http.aclose()
         await svc.webhooks.http.aclose()
+        await svc.prechecks.http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
         # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its

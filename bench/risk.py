@@ -16,23 +16,28 @@ Prints figures only; asserts nothing about speed.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import random
-import secrets
-import socket
-import sqlite3
-
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
+# Run as a script, this folder comes first on sys.path, and bench/http.py would shadow the
+# standard library's `http` package (which httpx needs): drop the folder first.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
 
-REPO = Path(__file__).resolve().parent.parent
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import secrets  # noqa: E402
+import socket  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+
+REPO = _BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 
 from apss.clock import TestClock  # noqa: E402

@@ -260,3 +260,79 @@ def test_orders_refuse_a_bad_ip(merchant):
         product = merchant.product(client)
         assert_error(merchant.order(client, product["id"], ip="999.1.1.1"), 400, "invalid_request_error", "invalid_ip", "ip")
         assert_error(client.get("/v1/orders/ord_nope/risk"), 404, "invalid_request_error", "not_found")
+
+
+class _Receiver:
+    """The merchant's pre-payment check endpoint: answers by player id, records what it got."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers), body))
+                player = __import__("json").loads(body)["player_id"]
+                if player.startswith("slow"):
+                    __import__("time").sleep(1.0)
+                answer = b'{"allow": false, "reason": "banned"}' if player.startswith("deny") else b'{"allow": true}'
+                self.send_response(200 if not player.startswith("broken") else 500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                try:
+                    self.wfile.write(answer)
+                except BrokenPipeError:  # the slow answer: APSS stopped waiting
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/precheck"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_pre_payment_check_is_signed_and_its_answer_decides(merchant):
+    import hashlib
+    import hmac
+    import json
+
+    receiver = _Receiver()
+    try:
+        with merchant.client() as client:
+            product = merchant.product(client)
+            assert_error(client.get("/v1/risk/precheck"), 404, "invalid_request_error", "not_found")
+            put = client.put("/v1/risk/precheck", json={"url": receiver.url, "timeout_ms": 200, "on_timeout": "block"})
+            assert put.status_code == 200, put.text
+            secret = put.json()["secret"]
+            assert client.get("/v1/risk/precheck").json()["secret"] is None, "the secret is shown only when set"
+            allowed = merchant.order(client, product["id"], player_id="ok-1", ip="8.8.8.8").json()
+            assert allowed["status"] == "pending"
+            headers, body = receiver.received[-1]
+            sent = json.loads(body)
+            assert sent["type"] == "order.precheck" and sent["player_id"] == "ok-1" and sent["ip"] == "8.8.8.8"
+            assert sent["items"] == [{"product_id": product["id"], "quantity": 1}]
+            stamp, signature = (part.split("=", 1)[1] for part in headers["APSS-Signature"].split(","))
+            expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(signature, expected), "signed like merchant webhooks, with the check's secret"
+            risk = client.get(f"/v1/orders/{allowed['id']}/risk").json()
+            assert risk["attributes"]["precheck_answer"] == "allow" and risk["attributes"]["precheck_latency_ms"] >= 0
+            denied = merchant.order(client, product["id"], player_id="deny-1").json()
+            assert denied["status"] == "failed" and _fired(client, denied["id"]) == ["precheck"]
+            slow = merchant.order(client, product["id"], player_id="slow-1").json()
+            assert slow["status"] == "failed", "a timeout follows the policy: block"
+            assert client.get(f"/v1/orders/{slow['id']}/risk").json()["attributes"]["precheck_answer"] == "timeout"
+            assert client.put("/v1/risk/precheck", json={"url": receiver.url, "timeout_ms": 200,
+                                                         "on_timeout": "allow"}).status_code == 200
+            broken = merchant.order(client, product["id"], player_id="broken-1").json()
+            assert broken["status"] == "pending"
+            assert client.get(f"/v1/orders/{broken['id']}/risk").json()["attributes"]["precheck_answer"] == "error"
+            assert client.delete("/v1/risk/precheck").status_code == 200
+            count = len(receiver.received)
+            assert merchant.order(client, product["id"], player_id="deny-2").json()["status"] == "pending"
+            assert len(receiver.received) == count, "no check once removed"
+    finally:
+        receiver.server.shutdown()

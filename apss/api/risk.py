@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
 from apss.services.merchants.keys import Merchant
 from apss.services.risk.control import ListItemCreate, ListItemView, OrderRiskView, RulesPut, RulesView
+from apss.services.risk.precheck import PrecheckPut, PrecheckView
 
 __all__ = ["OrderRiskController", "RiskController"]
 
@@ -45,6 +46,19 @@ class RiskController(Controller):
     @delete("/lists/{list_name:str}/items/{item_id:str}", status_code=200, summary="Remove a list entry")
     async def delete_item(self, list_name: str, item_id: str, merchant: Merchant, svc: Services) -> ListItemView:
         return await svc.risk.delete_item(merchant=merchant, list_name=list_name, item_id=item_id)
+
+    @put("/precheck", status_code=200, summary="Set the pre-payment check URL (its signing secret is shown only here)")
+    async def put_precheck(self, data: PrecheckPut, merchant: Merchant, svc: Services) -> PrecheckView:
+        return await svc.prechecks.put(merchant=merchant, command=data)
+
+    @get("/precheck", summary="The pre-payment check, if set")
+    async def get_precheck(self, merchant: Merchant, svc: Services) -> PrecheckView:
+        return await svc.prechecks.get(merchant=merchant)
+
+    @delete("/precheck", status_code=200, summary="Remove the pre-payment check")
+    async def delete_precheck(self, merchant: Merchant, svc: Services) -> dict:
+        await svc.prechecks.delete(merchant=merchant)
+        return {"deleted": True}
 
     @get("/reviews", summary="Orders held in review, newest first")
     async def reviews(self, merchant: Merchant, svc: Services, limit: Limit = 20, cursor: Cursor = None) -> Response:

@@ -125,3 +125,14 @@ CREATE TABLE risk_players (
     first_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (merchant_id, player_id)
 ) STRICT, WITHOUT ROWID;
+
+-- The optional pre-payment check: a merchant URL APSS asks before charging (signed like merchant
+-- webhooks with its own secret, sealed), with a bounded timeout and a policy when it times out.
+CREATE TABLE risk_prechecks (
+    merchant_id TEXT PRIMARY KEY REFERENCES merchants (id),
+    url TEXT NOT NULL,
+    secret_sealed TEXT NOT NULL,
+    timeout_ms INTEGER NOT NULL CHECK (timeout_ms BETWEEN 100 AND 10000),
+    on_timeout TEXT NOT NULL CHECK (on_timeout IN ('allow', 'block')),
+    updated_at_ms INTEGER NOT NULL
+) STRICT;

@@ -38,6 +38,7 @@ from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
 from apss.services.risk.control import RiskControl
 from apss.services.risk.engine import RiskEngine
+from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions
 from apss.services.test_clock import ClockControl
@@ -72,6 +73,7 @@ class Services:
     ledger: Ledger
     refunds: Refunds
     risk_engine: RiskEngine
+    prechecks: Prechecks
     risk: RiskControl
     finance: FinanceService
     webhooks: Webhooks

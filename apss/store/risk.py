@@ -13,7 +13,9 @@ __all__ = [
     "counter_sums_tx",
     "categories_tx",
     "delete_list_item",
+    "delete_precheck",
     "fetch_facts",
+    "fetch_precheck",
     "distinct_counts_tx",
     "first_seen_tx",
     "get_facts_tx",
@@ -34,6 +36,7 @@ __all__ = [
     "rules_tx",
     "see_player",
     "set_facts_flags",
+    "upsert_precheck",
 ]
 
 GRAINS_S = (60, 3600)
@@ -223,3 +226,19 @@ async def list_in_review(db: Database, *, merchant_id: str, after_id: str | None
     return await db.fetch_all(
         "SELECT id FROM orders WHERE merchant_id = ? AND status = 'in_review' AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
         (merchant_id, after_id, after_id, limit))
+
+
+def upsert_precheck(tx: Tx, row: dict) -> None:
+    tx.execute("INSERT INTO risk_prechecks (merchant_id, url, secret_sealed, timeout_ms, on_timeout, updated_at_ms)"
+               " VALUES (:merchant_id, :url, :secret_sealed, :timeout_ms, :on_timeout, :updated_at_ms)"
+               " ON CONFLICT (merchant_id) DO UPDATE SET url = excluded.url, secret_sealed = excluded.secret_sealed,"
+               " timeout_ms = excluded.timeout_ms, on_timeout = excluded.on_timeout, updated_at_ms = excluded.updated_at_ms",
+               row)
+
+
+def delete_precheck(tx: Tx, *, merchant_id: str) -> bool:
+    return tx.execute("DELETE FROM risk_prechecks WHERE merchant_id = ?", (merchant_id,)).rowcount == 1
+
+
+async def fetch_precheck(db: Database, *, merchant_id: str) -> sqlite3.Row | None:
+    return await db.fetch_one("SELECT * FROM risk_prechecks WHERE merchant_id = ?", (merchant_id,))

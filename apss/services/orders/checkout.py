@@ -48,6 +48,7 @@ from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import CouponEntered, Promotions
 from apss.services.risk.engine import RiskEngine, RiskFacts
+from apss.services.risk.precheck import Prechecks
 from apss.services.views import (
     OrderItemView,
     OrderView,
@@ -107,9 +108,11 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
                  channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions,
-                 players: Players, game_delivery: lifecycle.GameDelivery, risk: RiskEngine) -> None:
+                 players: Players, game_delivery: lifecycle.GameDelivery, risk: RiskEngine,
+                 prechecks: Prechecks) -> None:
         self._db = db
         self._risk = risk
+        self._prechecks = prechecks
         self._promotions = promotions
         self._players = players
         self._game_delivery = game_delivery
@@ -136,8 +139,7 @@ class Checkout:
                                                requested=command.channel)
 
         # Subscription orders (on_reserved) are not assessed by the risk rules yet.
-        facts = RiskFacts(ip=command.ip, device_id=command.device_id, email=command.email,
-                          billing_country=command.billing_country) if on_reserved is None else None
+        facts = await self._risk_facts(merchant, command) if on_reserved is None else None
         reserved = await self._db.write(lambda tx: self._begin_order(tx, merchant=merchant, command=command, idem=idem,
                                                                      channel=candidates[0].name, facts=facts,
                                                                      on_reserved=on_reserved))
@@ -146,6 +148,20 @@ class Checkout:
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
                                           lines=reserved.lines, idem_key=idem.key if idem else None,
                                           three_ds=reserved.three_ds)
+
+    async def _risk_facts(self, merchant: Merchant, command: OrderCreate) -> RiskFacts:
+        """The payer's facts for the rules, with the merchant's pre-payment check's answer when it
+        has one (asked here, before any transaction: it is a call to the merchant's server)."""
+        email_domain = command.email.rsplit("@", 1)[-1].lower() if command.email else None
+        checked = await self._prechecks.run(merchant=merchant, body={
+            "player_id": command.player_id, "currency": command.currency,
+            "items": [{"product_id": line.product_id, "quantity": line.quantity} for line in command.items],
+            "ip": command.ip, "device_id": command.device_id, "billing_country": command.billing_country,
+            "email_domain": email_domain})
+        return RiskFacts(ip=command.ip, device_id=command.device_id, email=command.email,
+                         billing_country=command.billing_country,
+                         precheck=checked.outcome if checked else None, precheck_answer=checked.answer if checked else None,
+                         precheck_latency_ms=checked.latency_ms if checked else None)
 
     def _begin_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None,
                      channel: str, facts: RiskFacts | None, on_reserved: OnReserved | None) -> Outcome | _Reserved:

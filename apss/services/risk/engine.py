@@ -60,6 +60,7 @@ _BASE: dict[str, AttrType] = {
     "ip": AttrType.STR, "ip_country": AttrType.STR, "billing_country": AttrType.STR, "device_id": AttrType.STR,
     "email_domain": AttrType.STR, "card_fingerprint": AttrType.STR, "card_bin": AttrType.STR,
     "card_country": AttrType.STR, "risk_score": AttrType.INT, "stage": AttrType.STR,
+    "precheck": AttrType.STR, "precheck_answer": AttrType.STR, "precheck_latency_ms": AttrType.INT,
     **{f"{prefix}_{w}": AttrType.INT for prefix in (*_COUNTERS, *_DISTINCT) for w in WINDOWS},
 }
 _INTERNAL = {"email_hash": AttrType.STR}  # the built-in email list matches keyed hashes only
@@ -69,6 +70,7 @@ _BUILTIN_RULES_TEXT = (
     ("blocked_devices", "block if device_id in @blocked_devices"),
     ("blocked_emails", "block if email_hash in @blocked_emails"),
     ("blocked_cards", "block if card_fingerprint in @blocked_cards"),
+    ("precheck", "block if precheck == 'block'"),  # the merchant's pre-payment check said no
 )
 # The rules of a merchant that never set its own (PUT /v1/risk/rules replaces them).
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
@@ -94,6 +96,10 @@ class RiskFacts(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str | None = None
     email: str | None = None
     billing_country: str | None = None
+    # The merchant's pre-payment check (services/risk/precheck.py), when it has one.
+    precheck: str | None = None  # allow | block, after the timeout policy
+    precheck_answer: str | None = None  # allow | block | timeout | error
+    precheck_latency_ms: int | None = None
 
 
 class Assessment(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,6 +200,8 @@ class RiskEngine:
             "email_domain": facts.email.rsplit("@", 1)[-1].lower() if facts.email else None,
             "email_hash": self.keyed_hash(facts.email.strip().lower()) if facts.email else None,
             "card_fingerprint": None, "card_bin": None, "card_country": None,
+            "precheck": facts.precheck, "precheck_answer": facts.precheck_answer,
+            "precheck_latency_ms": facts.precheck_latency_ms,
         }
         extra = {"product_ids": lambda: sorted({ln["product_id"] for ln in lines}),
                  "skus": lambda: sorted({ln["sku"] for ln in lines}),
