@@ -121,6 +121,8 @@ def test_velocity_from_one_ip_across_many_players_goes_to_review_then_approve_de
     with merchant.client() as client:
         product = merchant.product(client, stock=20)
         _rules(client, ("ip_velocity", "review if players_per_ip_1h >= 3"))
+        hook = client.post("/v1/webhook_endpoints", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+        assert hook.status_code == 201, hook.text
         orders = [merchant.order(client, product["id"], player_id=f"farm-{i}", ip="53.10.20.30").json() for i in range(4)]
         assert [_fired(client, o["id"]) for o in orders] == [[], [], [], ["ip_velocity"]]
         held = orders[3]
@@ -139,6 +141,8 @@ def test_velocity_from_one_ip_across_many_players_goes_to_review_then_approve_de
         with _db(merchant) as db:
             assert db.execute("SELECT count(*) FROM alerts WHERE object_id = ? AND kind = 'paid_not_delivered'",
                               (held["id"],)).fetchone()[0] == 0
+            types = {r["type"] for r in db.execute("SELECT type FROM webhook_events WHERE merchant_id = ?", (merchant.id,))}
+            assert "order.in_review" in types, types
         approved = client.post(f"/v1/risk/reviews/{held['id']}/approve")
         assert approved.status_code == 200 and approved.json()["status"] == "fulfilled", approved.text
         assert client.get("/v1/players/farm-3/inventory").json()["items"] == [{"sku": product["sku"], "quantity": 1}]

@@ -27,7 +27,7 @@ __all__ = ["checkout_page", "checkout_status", "sandbox_pay_action", "sandbox_pa
 _LINES_SHOWN_MAX = 50
 _POLL_INTERVAL_MS = 1500
 _BACK_RE = re.compile(r"^/checkout/[A-Za-z0-9_\-]{8,64}$")
-_PAID = ("paid", "delivering", "fulfilled")
+_PAID = ("paid", "delivering", "fulfilled", "in_review")  # in review: paid; the goods wait for the merchant
 _CHANNEL_LABELS = {"sandbox": "Sandbox", "stripe": "Card · Stripe", "paypal": "PayPal", "alipay": "Alipay 支付宝",
                    "wechatpay": "WeChat Pay 微信支付"}
 
