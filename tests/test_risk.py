@@ -340,3 +340,30 @@ def test_the_pre_payment_check_is_signed_and_its_answer_decides(merchant):
             assert len(receiver.received) == count, "no check once removed"
     finally:
         receiver.server.shutdown()
+
+
+def test_cards_refunds_and_disputes_per_player_count_in_the_write_path(merchant):
+    with merchant.client() as client:
+        product = merchant.product(client)
+        _rules(client, ("cards", "review if cards_per_player_1d >= 2"), ("refunds", "block if refunds_per_player_7d >= 1"),
+               ("watch", "review if player_account_age_days > 100"))
+        paid = []
+        for fingerprint in ("fp_a", "fp_b"):
+            order = merchant.order(client, product["id"], player_id="carder",
+                                   metadata={"sandbox_card_fingerprint": fingerprint}).json()
+            _pay(client, order)
+            paid.append(_status(client, order["id"], "fulfilled"))
+        third = merchant.order(client, product["id"], player_id="carder").json()
+        risk = client.get(f"/v1/orders/{third['id']}/risk").json()
+        assert risk["attributes"]["cards_per_player_1d"] == 2 and risk["action"] == "review"
+        assert risk["attributes"]["refunds_per_player_7d"] == 0 and risk["attributes"]["player_account_age_days"] == 0
+        refund = client.post(f"/v1/orders/{paid[0]['id']}/refunds", json={})
+        assert refund.status_code == 201, refund.text
+        _status(client, paid[0]["id"], "refunded")
+        fourth = merchant.order(client, product["id"], player_id="carder").json()
+        assert fourth["status"] == "failed" and _fired(client, fourth["id"]) == ["refunds"]
+        with _db(merchant) as db:  # counted by bucket rows, not a scan: the table holds them
+            dims = {r["dimension"] for r in db.execute("SELECT DISTINCT dimension FROM risk_counters WHERE merchant_id = ?",
+                                                       (merchant.id,))}
+            assert {"orders:player", "amount:player", "refunds:player"} <= dims, dims
+    _ledger_ok(merchant)
