@@ -7,9 +7,22 @@ from typing import Annotated
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import Parameter
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.services.merchants.keys import Merchant
-from apss.services.risk.control import ListItemCreate, ListItemView, OrderRiskView, RulesPut, RulesView
+from apss.services.risk.control import (
+    ListItemCreate,
+    ListItemView,
+    OrderRiskView,
+    RulesPut,
+    RulesView,
+)
 from apss.services.risk.precheck import PrecheckPut, PrecheckView
 
 __all__ = ["OrderRiskController", "RiskController"]

@@ -19,9 +19,9 @@ from apss.channels.sandbox.mapping import (
 __all__ = [
     "MAGIC_KEY",
     "SIGNATURE_HEADER",
+    "THREE_DS_SUFFIX",
     "SandboxChannel",
     "SandboxOutcome",
-    "THREE_DS_SUFFIX",
     "build_event",
     "card_of",
     "needs_challenge",

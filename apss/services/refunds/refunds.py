@@ -47,9 +47,9 @@ from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.ledger import Ledger
-from apss.services.risk.engine import RiskEngine
 from apss.services.orders import lifecycle
 from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.risk.engine import RiskEngine
 from apss.services.views import encode
 from apss.store import orders, players
 from apss.store import refunds as store

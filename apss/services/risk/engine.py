@@ -27,7 +27,15 @@ from apss.clock import Clock
 from apss.crypto import Keyring
 from apss.domain.fx import convert
 from apss.domain.risk.ip_country import country_of
-from apss.domain.risk.rules import AttrType, CompiledRule, Decision, FiredRule, RuleError, evaluate, parse_rule
+from apss.domain.risk.rules import (
+    AttrType,
+    CompiledRule,
+    Decision,
+    FiredRule,
+    RuleError,
+    evaluate,
+    parse_rule,
+)
 from apss.errors import InvalidRequest
 from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.risk.score_provider import risk_score

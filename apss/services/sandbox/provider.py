@@ -19,7 +19,14 @@ import httpx
 import msgspec
 
 from apss.channels.base import RefundRequest, RefundResult
-from apss.channels.sandbox import THREE_DS_SUFFIX, build_event, card_of, needs_challenge, parse_magic, send_callback
+from apss.channels.sandbox import (
+    THREE_DS_SUFFIX,
+    build_event,
+    card_of,
+    needs_challenge,
+    parse_magic,
+    send_callback,
+)
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.payments import CallbackKind
