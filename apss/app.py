@@ -38,6 +38,7 @@ from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
+from apss.api.risk import OrderRiskController, RiskController
 from apss.api.sandbox import SandboxController
 from apss.api.settlements import AdminSettlementController, SettlementController
 from apss.api.subscriptions import SubscriptionController, SubscriptionReportController
@@ -87,6 +88,9 @@ from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.control import RiskControl
+from apss.services.risk.engine import RiskEngine
+from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
@@ -161,8 +165,10 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
+    risk_engine = RiskEngine(db=db, clock=clock, keyring=keyring, fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
-                      batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"))
+                      batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"),
+                      risk=risk_engine)
     # Webhooks get their own clients, whose every connection obeys the SSRF rules after DNS.
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=TargetClients(),
                         wake=lambda: scheduler.poke("webhooks"), events=events,
@@ -172,13 +178,16 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
     players = Players(db=db, clock=clock, idempotency=idempotency, ledger=ledger)
+    # The pre-payment check reaches merchants' servers under the SSRF rules of webhooks.
+    prechecks = Prechecks(db=db, clock=clock, keyring=keyring, http=TargetClients(),
+                          allow_private_targets=config.webhooks.allow_private_targets)
     promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants, promotions=promotions, players=players,
-                        game_delivery=deliveries.create_delivery)
+                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
-                                   game_delivery=deliveries.create_delivery)
+                                   game_delivery=deliveries.create_delivery, risk=risk_engine)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -206,6 +215,9 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         players=players, sandbox=sandbox, scheduler=scheduler,
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
+        risk_engine=risk_engine, prechecks=prechecks,
+        risk=RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
+                         game_delivery=deliveries.create_delivery, public_url=config.public_url),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -229,6 +241,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.clock_control.start()
         await svc.merchants.load()
         await svc.channels.load()
+        await svc.risk_engine.start()
         token = await svc.merchants.ensure_admin_token(config.admin.token)
         if token:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
@@ -252,6 +265,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.scheduler.stop()
         await svc.provider_http.aclose()
         await svc.webhooks.http.aclose()
+        await svc.prechecks.http.aclose()
         if svc.sandbox.client is not None:
             await svc.sandbox.client.aclose()
         # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its
@@ -276,7 +290,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
                         ClockController, PromotionController, QuoteController, SubscriptionController,
-                        SubscriptionReportController,
+                        SubscriptionReportController, RiskController, OrderRiskController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[_SWAGGER_UI],
                                                    include_in_schema=False)],

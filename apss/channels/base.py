@@ -108,6 +108,9 @@ class PaymentRequest(_Neutral):
     # A subscription's first order: keep the payment method for off-session renewals where the
     # channel can (Stripe `setup_future_usage=off_session` with a Customer; the sandbox always can).
     save_method: bool = False
+    # A risk rule asked for 3-D Secure (Stripe: payment_method_options.card.request_three_d_secure
+    # = any; the sandbox shows a challenge step). Channels without card payments ignore it.
+    three_ds: bool = False
 
 
 class PaymentCreated(_Neutral):
@@ -146,6 +149,11 @@ class CallbackEvent(_Neutral):
     # the reference the channel's charge_saved_method takes, opaque outside the channel (Stripe
     # encodes `cus_...:pm_...`, the sandbox uses its payment reference). None when nothing was saved.
     saved_method_ref: str | None = None
+    # The card that paid, where the provider reports it (Stripe's charge, the sandbox's test
+    # card): the risk rules see them at callback time (card_fingerprint, card_bin, card_country).
+    card_fingerprint: str | None = None
+    card_bin: str | None = None
+    card_country: str | None = None
 
 
 class CallbackReply(_Neutral):

@@ -19,6 +19,7 @@ class OrderStatus(str, enum.Enum):
     FAILED = "failed"
     PARTIALLY_REFUNDED = "partially_refunded"
     REFUNDED = "refunded"
+    IN_REVIEW = "in_review"  # paid, held for a risk review (or a KYC check) before delivery
 
 
 class OrderEvent(str, enum.Enum):
@@ -30,13 +31,14 @@ class OrderEvent(str, enum.Enum):
     DELIVER = "deliver"
     REFUND_PARTIAL = "refund_partial"
     REFUND_FULL = "refund_full"
+    HOLD_FOR_REVIEW = "hold_for_review"
 
 
 S, E = OrderStatus, OrderEvent
 # Orders that were paid and still hold money a refund can return (the one definition).
 REFUNDABLE = frozenset({S.PAID, S.DELIVERING, S.FULFILLED, S.PARTIALLY_REFUNDED})
 # Orders that were paid at some point (sales counts).
-PAID_OR_LATER = REFUNDABLE | {S.REFUNDED}
+PAID_OR_LATER = REFUNDABLE | {S.REFUNDED, S.IN_REVIEW}
 
 TRANSITIONS: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (S.PENDING, E.PAYMENT_SUCCEEDED): S.PAID,
@@ -51,6 +53,12 @@ TRANSITIONS: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (S.PAID, E.DELIVER): S.FULFILLED,
     (S.PAID, E.START_DELIVERY): S.DELIVERING,
     (S.DELIVERING, E.DELIVER): S.FULFILLED,
+    # Held by a risk rule (or KYC): approving delivers, rejecting refunds in full (nothing was
+    # delivered, so nothing is taken back; a partial refund leaves it held).
+    (S.PAID, E.HOLD_FOR_REVIEW): S.IN_REVIEW,
+    (S.IN_REVIEW, E.DELIVER): S.FULFILLED,
+    (S.IN_REVIEW, E.START_DELIVERY): S.DELIVERING,
+    (S.IN_REVIEW, E.REFUND_FULL): S.REFUNDED,
     **{(status, E.REFUND_PARTIAL): S.PARTIALLY_REFUNDED for status in sorted(REFUNDABLE)},
     **{(status, E.REFUND_FULL): S.REFUNDED for status in sorted(REFUNDABLE)},
 }

@@ -36,6 +36,9 @@ from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.control import RiskControl
+from apss.services.risk.engine import RiskEngine
+from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions
 from apss.services.test_clock import ClockControl
@@ -69,6 +72,9 @@ class Services:
     completer: Completer
     ledger: Ledger
     refunds: Refunds
+    risk_engine: RiskEngine
+    prechecks: Prechecks
+    risk: RiskControl
     finance: FinanceService
     webhooks: Webhooks
     deliveries: Deliveries

@@ -18,6 +18,7 @@ __all__ = [
     "insert_product",
     "list_products",
     "release_reserved",
+    "return_sold",
     "reserve",
     "set_stock",
     "sku_taken",
@@ -121,6 +122,16 @@ def take_reserved(tx: Tx, *, product_id: str, quantity: int) -> None:
         {"q": quantity, "id": product_id},
     )
     assert cursor.rowcount == 1, "confirmed more units than were reserved"
+
+
+def return_sold(tx: Tx, *, product_id: str, quantity: int) -> None:
+    """sold -> stock: a paid order rejected in review, whose goods were never delivered."""
+    cursor = tx.execute(
+        "UPDATE products SET stock = CASE WHEN stock IS NULL THEN NULL ELSE stock + :q END, sold = sold - :q"
+        " WHERE id = :id AND sold >= :q",
+        {"q": quantity, "id": product_id},
+    )
+    assert cursor.rowcount == 1, "returned more units than were sold"
 
 
 def take_free(tx: Tx, *, product_id: str, quantity: int) -> bool:

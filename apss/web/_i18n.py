@@ -35,6 +35,9 @@ _TEXT: dict[str, dict[str, str]] = {
         "sandbox_done_note": "The merchant is notified by callback within a second.", "nothing": "Nothing to do",
         "sandbox_closed": "Payment closed", "sandbox_closed_note": "This order ended before it was paid, so the payment "
         "was closed: nothing can be paid here and no money moves. Please start a new purchase in the game.",
+        "three_ds_title": "3-D Secure check", "three_ds_note": "Your card issuer asks you to confirm this payment "
+        "(sandbox stand-in for the 3-D Secure challenge).", "three_ds_pass": "Pass the check",
+        "three_ds_fail": "Fail the check",
         "qty": "×", "language": "中文",
     },
     "zh": {
@@ -52,6 +55,8 @@ _TEXT: dict[str, dict[str, str]] = {
         "sandbox_paid": "已支付", "sandbox_declined": "已拒绝",
         "sandbox_done_note": "商户将在一秒内收到回调通知。", "nothing": "无需操作",
         "sandbox_closed": "支付已关闭", "sandbox_closed_note": "该订单在支付前已结束，支付已关闭：此处无法再支付，也不会扣款。请回到游戏重新购买。",
+        "three_ds_title": "3-D Secure 验证", "three_ds_note": "发卡行要求您确认此笔支付（沙箱模拟的 3-D Secure 验证）。",
+        "three_ds_pass": "验证通过", "three_ds_fail": "验证失败",
         "qty": "×", "language": "English",
     },
 }

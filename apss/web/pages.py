@@ -5,6 +5,7 @@ nothing is fetched from any other host (see _layout's CSP)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import segno
@@ -26,7 +27,7 @@ __all__ = ["checkout_page", "checkout_status", "sandbox_pay_action", "sandbox_pa
 _LINES_SHOWN_MAX = 50
 _POLL_INTERVAL_MS = 1500
 _BACK_RE = re.compile(r"^/checkout/[A-Za-z0-9_\-]{8,64}$")
-_PAID = ("paid", "delivering", "fulfilled")
+_PAID = ("paid", "delivering", "fulfilled", "in_review")  # in review: paid; the goods wait for the merchant
 _CHANNEL_LABELS = {"sandbox": "Sandbox", "stripe": "Card · Stripe", "paypal": "PayPal", "alipay": "Alipay 支付宝",
                    "wechatpay": "WeChat Pay 微信支付"}
 
@@ -214,6 +215,8 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
     hidden = (f"<input type=hidden name=lang value={lang}>"
               + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else ""))
     ref = esc(provider_ref)
+    if request.query_params.get("step") == "3ds" and await svc.sandbox.needs_challenge(payment):
+        return _three_ds_step(lang, ref=ref, hidden=hidden, payment=payment)
     body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang)}</div>"
             f"<h1>{esc(payment['merchant_name'])}</h1><p class=muted>{text(lang, 'order')} <code>{esc(payment['order_id'])}</code></p>"
             f"<div class=total><span>{text(lang, 'total')}</span><span class=amount>{esc(money(payment['amount'], payment['currency'], lang))}"
@@ -230,22 +233,40 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
 async def sandbox_pay_action(provider_ref: str, action: str, request: Request, svc: Services) -> Response:
     form = await request.form()
     lang = choose_language(query=form.get("lang"), accept_language=request.headers.get("accept-language"))
-    if action not in ("pay", "fail"):
+    if action not in ("pay", "fail", "3ds_pass", "3ds_fail"):
         return _not_found(lang)
     payment = await svc.sandbox.payer_page_data(provider_ref)
     if payment is None:
         return _not_found(lang)
+    back = form.get("back") or ""
+    if action == "pay" and await svc.sandbox.needs_challenge(payment):  # a risk rule asked for 3-D Secure
+        extra = f"&back={quote(back, safe='/')}" if _BACK_RE.match(back) else ""
+        return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?step=3ds&lang={lang}{extra}", status_code=303)
+    challenge = {"3ds_pass": "pass", "3ds_fail": "fail"}.get(action)
     try:
-        await svc.sandbox.complete_by_ref(provider_ref=provider_ref, pay=action == "pay")
+        await svc.sandbox.complete_by_ref(provider_ref=provider_ref, pay=action != "fail", challenge=challenge)
     except PaymentClosed:
         return _closed(lang)
     except ApssError as error:
         return _page(lang, text(lang, "sandbox"), f"<h1>{text(lang, 'nothing')}</h1><p class=muted>{esc(error.message)}</p>", status=409)
-    back = form.get("back") or ""
     if _BACK_RE.match(back):  # only our own checkout page: never an open redirect
         return Redirect(f"{back}?lang={lang}", status_code=303)
     # Post, redirect, get: the outcome page is a GET, so a reload never posts again.
     return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?lang={lang}", status_code=303)
+
+
+def _three_ds_step(lang: str, *, ref: str, hidden: str, payment: Mapping) -> Response:
+    """The sandbox's stand-in for the card issuer's 3-D Secure challenge."""
+    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang)}</div>"
+            f"<h1 id=sandbox-3ds>{text(lang, 'three_ds_title')}</h1>"
+            f"<div class=total><span>{text(lang, 'total')}</span><span class=amount>"
+            f"{esc(money(payment['amount'], payment['currency'], lang))}</span></div>"
+            f"<p class=muted>{text(lang, 'three_ds_note')}</p><div class=actions>"
+            f"<form method=post action='/sandbox/pay/{ref}/3ds_pass'>{hidden}<button id=sandbox-3ds-pass class=primary"
+            f" type=submit>{text(lang, 'three_ds_pass')}</button></form>"
+            f"<form method=post action='/sandbox/pay/{ref}/3ds_fail'>{hidden}<button id=sandbox-3ds-fail type=submit>"
+            f"{text(lang, 'three_ds_fail')}</button></form></div>")
+    return _page(lang, text(lang, "three_ds_title"), body)
 
 
 def _outcome(lang: str, *, paid: bool, return_url: str | None) -> Response:

@@ -38,7 +38,8 @@ _SESSION_KEYS = {
     "line_items[0][price_data][currency]", "line_items[0][price_data][unit_amount]",
     "line_items[0][price_data][product_data][name]", "line_items[0][quantity]",
 }
-_OPTIONAL_SESSION_KEYS = {"expires_at", "customer_creation", "payment_intent_data[setup_future_usage]"}
+_OPTIONAL_SESSION_KEYS = {"expires_at", "customer_creation", "payment_intent_data[setup_future_usage]",
+                          "payment_method_options[card][request_three_d_secure]"}
 _INTENT_KEYS = {"amount", "currency", "customer", "payment_method", "off_session", "confirm", "description"}
 # The stand-in's test cards: an off-session charge of these wire amounts is declined with this code
 # (`authentication_required` is the bank asking for 3DS, which an absent payer cannot do).
@@ -190,6 +191,9 @@ class StripeStandIn:
         usage = form.get("payment_intent_data[setup_future_usage]")
         if usage not in (None, "on_session", "off_session"):
             raise _invalid("Invalid setup_future_usage", param="payment_intent_data[setup_future_usage]")
+        three_ds = form.get("payment_method_options[card][request_three_d_secure]")
+        if three_ds not in (None, "any", "automatic", "challenge"):
+            raise _invalid("Invalid request_three_d_secure", param="payment_method_options[card][request_three_d_secure]")
         currency = form["line_items[0][price_data][currency]"]
         amount = _check_amount(form["line_items[0][price_data][unit_amount]"], currency)
         now_s = self.now_s()
@@ -208,6 +212,7 @@ class StripeStandIn:
             "success_url": form["success_url"], "cancel_url": form["cancel_url"], "expires_at": int(expires_at),
             "url": f"https://checkout.stripe.com/c/pay/{session_id}#fidkdWxOYHwnPyd1blpxYHZxWjA0",
             "_pi_metadata": _metadata(form, "payment_intent_data[metadata]"), "_setup_future_usage": usage,
+            "_request_three_d_secure": three_ds,
         }
         self.sessions[session_id] = session
         if self.pi_on_create:

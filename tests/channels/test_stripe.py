@@ -812,3 +812,25 @@ async def test_a_ref_that_saved_no_method_is_refused_before_any_call(channel, st
     assert standin.requests == []
     with pytest.raises(ProviderDeclined):  # a method not attached to the customer: Stripe's 400
         await channel.charge_saved_method(renewal_request(), "cus_test_x:pm_test_y", CREDENTIALS)
+
+
+@pytest.mark.anyio
+async def test_a_risk_rule_asking_for_3ds_reaches_the_session(channel: StripeChannel, standin: StripeStandIn) -> None:
+    """require_3ds: `payment_method_options[card][request_three_d_secure]=any` on the Checkout
+    Session, accepted by the stand-in, byte-identical to the SDK's request, and a key of the
+    SDK's own SessionCreateParams type; a plain order does not send it."""
+    from stripe.params.checkout._session_create_params import SessionCreateParamsPaymentMethodOptionsCard
+
+    created = await channel.create_payment(payment_request(three_ds=True), CREDENTIALS)
+    ours = standin.requests[-1]
+    form = dict(parse_qsl(ours.body.decode()))
+    assert form["payment_method_options[card][request_three_d_secure]"] == "any"
+    assert standin.sessions[created.provider_ref]["_request_three_d_secure"] == "any"
+    assert "request_three_d_secure" in SessionCreateParamsPaymentMethodOptionsCard.__annotations__
+    sdk, capture = _sdk(standin.public_session(created.provider_ref))
+    params = mapping.checkout_session_params(payment_request(three_ds=True), return_url=payment_request().return_url or "",
+                                             now_s=NOW_S)
+    sdk.v1.checkout.sessions.create(params, {"idempotency_key": PAYMENT_ID})
+    assert capture.calls[0][3] == ours.body.decode()
+    await channel.create_payment(payment_request(payment_id="pay_01plainorder"), CREDENTIALS)
+    assert "payment_method_options[card][request_three_d_secure]" not in dict(parse_qsl(standin.requests[-1].body.decode()))

@@ -8,17 +8,23 @@ from apss.channels.sandbox.client import (
 )
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
+    THREE_DS_SUFFIX,
     SandboxOutcome,
     build_event,
+    card_of,
+    needs_challenge,
     parse_magic,
 )
 
 __all__ = [
     "MAGIC_KEY",
     "SIGNATURE_HEADER",
+    "THREE_DS_SUFFIX",
     "SandboxChannel",
     "SandboxOutcome",
     "build_event",
+    "card_of",
+    "needs_challenge",
     "parse_magic",
     "send_callback",
     "sign_callback",

@@ -26,6 +26,7 @@ from apss.channels.base import (
 )
 from apss.channels.sandbox.mapping import (
     MAGIC_KEY,
+    THREE_DS_SUFFIX,
     decode_event,
     renewal_decline,
     statement_lines,
@@ -82,7 +83,9 @@ class SandboxChannel:
     async def create_payment(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
         assert request.amount >= 0
         # The provider's own id for the payment doubles as the payer page's unguessable link.
-        provider_ref = f"sbx_{new_token()}"
+        # A payment a risk rule sent to 3-D Secure carries it in its reference (not forgeable:
+        # the reference is the payer page's capability, and APSS stores it).
+        provider_ref = f"sbx_{new_token()}{THREE_DS_SUFFIX if request.three_ds else ''}"
         url = f"{self._public_url}/sandbox/pay/{provider_ref}"
         return PaymentCreated(
             provider_ref=provider_ref,

@@ -8,6 +8,17 @@ Magic values (order `metadata["sandbox_outcome"]`, read when the payer pays):
 - `lost_callback`       the payment completes but its callback is never sent: only a status
                         query (the janitor's) can tell
 - `refund_fails`        refunds of the order fail (`refund_declined`)
+- `three_ds_frictionless`  a payment a risk rule sent to 3-D Secure passes without a challenge
+                        (the payer page shows no challenge step)
+- `three_ds_fails`      the 3-D Secure challenge fails whatever the payer does: the payment fails
+                        with `authentication_failed`
+A payment that needs 3-D Secure (its provider_ref ends in `.3ds`) shows a challenge step on the
+payer page (Pass / Fail; Fail ends it with `authentication_failed`); the API's `succeed` stands
+for a payer who passed it.
+
+The card (every succeeded callback reports one, for the risk rules at callback time): order
+metadata `sandbox_card_fingerprint`, `sandbox_card_bin`, `sandbox_card_country`, by default
+`sbx_fp_4242`, `424242`, `US`.
 
 Renewal magic values (a subscription's `metadata["sandbox_renewal"]`, copied onto its orders, read
 when a renewal charges the saved method; `metadata["renewal_attempt"]` is the 1-based count of
@@ -51,10 +62,13 @@ __all__ = [
     "MAGIC_KEY",
     "STATEMENT_HEADER",
     "STATEMENT_ROWS_MAX",
+    "THREE_DS_SUFFIX",
     "SandboxEvent",
     "SandboxOutcome",
     "build_event",
+    "card_of",
     "decode_event",
+    "needs_challenge",
     "parse_magic",
     "renewal_decline",
     "statement_lines",
@@ -75,6 +89,9 @@ class SandboxEventData(msgspec.Struct, frozen=True, kw_only=True):
     provider_ref: str
     failure_code: str | None = None
     refund_id: str | None = None
+    card_fingerprint: str | None = None
+    card_bin: str | None = None
+    card_country: str | None = None
 
 
 class SandboxEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,10 +114,30 @@ class SandboxOutcome(msgspec.Struct, frozen=True, kw_only=True):
     copies: int
 
 
-def parse_magic(metadata: dict[str, str], *, payer_pays: bool) -> SandboxOutcome:
+THREE_DS_SUFFIX = ".3ds"  # a provider_ref of a payment that needs 3-D Secure
+
+
+def needs_challenge(metadata: dict[str, str], *, provider_ref: str) -> bool:
+    """Does the payer page show the 3-D Secure challenge step before paying?"""
+    return provider_ref.endswith(THREE_DS_SUFFIX) and metadata.get(MAGIC_KEY, "") != "three_ds_frictionless"
+
+
+def card_of(metadata: dict[str, str]) -> dict[str, str]:
+    return {"card_fingerprint": metadata.get("sandbox_card_fingerprint", "sbx_fp_4242"),
+            "card_bin": metadata.get("sandbox_card_bin", "424242"),
+            "card_country": metadata.get("sandbox_card_country", "US")}
+
+
+def parse_magic(metadata: dict[str, str], *, payer_pays: bool, three_ds: bool = False,
+                challenge: str | None = None) -> SandboxOutcome:
+    """`three_ds`: the payment needs 3-D Secure; `challenge`: what the payer chose on its step
+    ("pass" | "fail"; None through the API, which stands for a payer who passed)."""
+    assert challenge in (None, "pass", "fail")
     magic = metadata.get(MAGIC_KEY, "")
     delay_s, copies, failure_code = 0, 1, None if payer_pays else "payer_canceled"
-    if magic in ("declined", "insufficient_funds") and payer_pays:
+    if three_ds and payer_pays and (challenge == "fail" or magic == "three_ds_fails"):
+        failure_code = "authentication_failed"
+    elif magic in ("declined", "insufficient_funds") and payer_pays:
         failure_code = "card_declined" if magic == "declined" else "insufficient_funds"
     elif magic == "duplicate_callback":
         copies = 2
@@ -126,9 +163,10 @@ def renewal_decline(metadata: dict[str, str]) -> str | None:
 
 
 def build_event(*, event_id: str, kind: CallbackKind, created_s: int, payment_id: str, amount: int,
-                currency: str, provider_ref: str, failure_code: str | None = None) -> bytes:
+                currency: str, provider_ref: str, failure_code: str | None = None,
+                card: dict[str, str] | None = None) -> bytes:
     data = SandboxEventData(payment_id=payment_id, amount=amount, currency=currency,
-                            provider_ref=provider_ref, failure_code=failure_code)
+                            provider_ref=provider_ref, failure_code=failure_code, **(card or {}))
     return _encoder.encode(SandboxEvent(id=event_id, type=kind.value, created=created_s, data=data))
 
 
@@ -152,6 +190,9 @@ def to_neutral(event: SandboxEvent) -> CallbackEvent:
         failure_code=event.data.failure_code,
         refund_id=event.data.refund_id,
         saved_method_ref=event.data.provider_ref if paid else None,
+        card_fingerprint=event.data.card_fingerprint,
+        card_bin=event.data.card_bin,
+        card_country=event.data.card_country,
     )
 
 

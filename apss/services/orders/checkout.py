@@ -13,6 +13,7 @@ which is also the provider's idempotency key), and the order expires normally if
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import Annotated
@@ -46,6 +47,8 @@ from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import CouponEntered, Promotions
+from apss.services.risk.engine import RiskEngine, RiskFacts
+from apss.services.risk.precheck import Prechecks
 from apss.services.views import (
     OrderItemView,
     OrderView,
@@ -82,6 +85,12 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     return_url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)] | None = None
     metadata: dict[Annotated[str, Meta(min_length=1, max_length=40)], Annotated[str, Meta(max_length=500)]] = {}
     coupon: CouponEntered | None = None
+    # What the payer's side says about the payer, for the risk rules (API.md): an IPv4 or IPv6
+    # address, the game's device id, an email address, the billing country (ISO 3166-1 alpha-2).
+    ip: Annotated[str, Meta(min_length=2, max_length=45)] | None = None
+    device_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    email: Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)] | None = None
+    billing_country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
 
 
 OnReserved = Callable[[Tx, dict], None]
@@ -92,13 +101,18 @@ class _Reserved(msgspec.Struct, frozen=True, kw_only=True):
 
     order: dict
     lines: list[dict]
+    blocked: bool = False  # a risk rule blocked it: the order is failed, nothing reserved
+    three_ds: bool = False  # a risk rule asked for 3-D Secure
 
 
 class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
                  channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions,
-                 players: Players, game_delivery: lifecycle.GameDelivery) -> None:
+                 players: Players, game_delivery: lifecycle.GameDelivery, risk: RiskEngine,
+                 prechecks: Prechecks) -> None:
         self._db = db
+        self._risk = risk
+        self._prechecks = prechecks
         self._promotions = promotions
         self._players = players
         self._game_delivery = game_delivery
@@ -124,18 +138,54 @@ class Checkout:
         candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
                                                requested=command.channel)
 
-        reserved = await self._db.write(lambda tx: self._idempotency.begin(
-            tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
-            fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=candidates[0].name,
-                                          on_reserved=on_reserved)))
+        # Subscription orders (on_reserved) are not assessed by the risk rules yet.
+        facts = await self._risk_facts(merchant, command) if on_reserved is None else None
+        reserved = await self._db.write(lambda tx: self._begin_order(tx, merchant=merchant, command=command, idem=idem,
+                                                                     channel=candidates[0].name, facts=facts,
+                                                                     on_reserved=on_reserved))
         if isinstance(reserved, Outcome):
             return reserved
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
-                                          lines=reserved.lines, idem_key=idem.key if idem else None)
+                                          lines=reserved.lines, idem_key=idem.key if idem else None,
+                                          three_ds=reserved.three_ds)
+
+    async def _risk_facts(self, merchant: Merchant, command: OrderCreate) -> RiskFacts:
+        """The payer's facts for the rules, with the merchant's pre-payment check's answer when it
+        has one (asked here, before any transaction: it is a call to the merchant's server)."""
+        email_domain = command.email.rsplit("@", 1)[-1].lower() if command.email else None
+        checked = await self._prechecks.run(merchant=merchant, body={
+            "player_id": command.player_id, "currency": command.currency,
+            "items": [{"product_id": line.product_id, "quantity": line.quantity} for line in command.items],
+            "ip": command.ip, "device_id": command.device_id, "billing_country": command.billing_country,
+            "email_domain": email_domain})
+        return RiskFacts(ip=command.ip, device_id=command.device_id, email=command.email,
+                         billing_country=command.billing_country,
+                         precheck=checked.outcome if checked else None, precheck_answer=checked.answer if checked else None,
+                         precheck_latency_ms=checked.latency_ms if checked else None)
+
+    def _begin_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None,
+                     channel: str, facts: RiskFacts | None, on_reserved: OnReserved | None) -> Outcome | _Reserved:
+        made = self._idempotency.begin(
+            tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
+            fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=channel,
+                                          on_reserved=on_reserved, facts=facts))
+        if isinstance(made, Outcome) or not made.blocked:
+            return made
+        # Blocked by a risk rule: the order is already failed; the request ends in this transaction.
+        outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=made.order["id"]),
+                                                             public_url=self.public_url)))
+        if idem is not None:
+            self._idempotency.finish(tx, merchant_id=merchant.id, key=idem.key, outcome=outcome)
+        return outcome
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
         self.check_lines(command)
+        if command.ip is not None:
+            try:
+                ipaddress.ip_address(command.ip)
+            except ValueError:
+                raise InvalidRequest("ip is an IPv4 or IPv6 address.", code="invalid_ip", param="ip") from None
         if len(command.metadata) > limits.metadata_keys_max:
             raise InvalidRequest(f"At most {limits.metadata_keys_max} metadata keys.", code="too_many_metadata_keys", param="metadata")
 
@@ -156,16 +206,19 @@ class Checkout:
             seen.add(line.product_id)
 
     def reserve_in(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
-                   on_reserved: OnReserved | None = None, unit_amount: int | None = None) -> _Reserved:
+                   on_reserved: OnReserved | None = None, unit_amount: int | None = None,
+                   facts: RiskFacts | None = None) -> _Reserved:
         """The reserve step inside the caller's transaction: subscriptions create their renewal
-        and proration orders here (a proration line is priced by `unit_amount`, not the catalog)."""
-        reserved = self._reserve(tx, merchant=merchant, command=command, channel=channel, unit_amount=unit_amount)
+        and proration orders here (a proration line is priced by `unit_amount`, not the catalog).
+        With `facts`, the risk rules decide first (a block fails the order and reserves nothing)."""
+        reserved = self._reserve(tx, merchant=merchant, command=command, channel=channel, unit_amount=unit_amount,
+                                 facts=facts)
         if on_reserved is not None:
             on_reserved(tx, reserved.order)
         return reserved
 
     def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
-                 unit_amount: int | None = None) -> _Reserved:
+                 unit_amount: int | None = None, facts: RiskFacts | None = None) -> _Reserved:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
@@ -178,10 +231,14 @@ class Checkout:
         if channel == WALLET_CHANNEL:
             self._players.check_balance_tx(tx, merchant_id=merchant.id, player_id=command.player_id,
                                            currency=command.currency, amount=total)
+        assessment = None if facts is None or channel == WALLET_CHANNEL else self._risk.assess_order_tx(
+            tx, merchant_id=merchant.id, merchant_currency=merchant.currency, player_id=command.player_id, amount=total,
+            currency=command.currency, channel=channel, lines=lines, facts=facts)
+        blocked = assessment is not None and assessment.decision.action == "block"
         now_ms = self._clock.now_ms()
         order_id, payment_id = new_id("ord"), new_id("pay")
         quote = next((line["fx"] for line in lines if line["fx"] is not None), None)
-        for line in lines:
+        for line in lines if not blocked else ():
             reserved = catalog.reserve(tx, product_id=line["product_id"], quantity=line["quantity"])
             assert reserved, "checked first"
         order = {
@@ -193,7 +250,8 @@ class Checkout:
             "fx": encode(quote.record()).decode() if quote is not None else None,
         }
         orders.insert_order(tx, order)
-        self._promotions.hold_tx(tx, order_id=order_id, player_id=command.player_id, pricing=pricing, now_ms=now_ms)
+        if not blocked:
+            self._promotions.hold_tx(tx, order_id=order_id, player_id=command.player_id, pricing=pricing, now_ms=now_ms)
         orders.insert_items(tx, [(order_id, i, line["product_id"], line["sku"], line["quantity"], line["unit_amount"],
                                   line["amount"], line["grants"]) for i, line in enumerate(lines)])
         orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": merchant.id, "channel": channel,
@@ -202,7 +260,15 @@ class Checkout:
                                    "created_at_ms": now_ms})
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
-        return _Reserved(order=order, lines=lines)
+        if assessment is None:
+            return _Reserved(order=order, lines=lines)
+        self._risk.record_order_tx(tx, order_id=order_id, merchant_id=merchant.id, facts=facts, assessment=assessment,
+                                   amount_merchant=assessment.attributes.get("amount_merchant"))
+        if blocked:  # no provider is called: the payment fails here, the order with it
+            orders.move_payment(tx, payment_id=payment_id, from_status=PaymentStatus.UNKNOWN.value,
+                                to_status=PaymentStatus.FAILED.value, now_ms=now_ms, fields={"failure_code": "risk_blocked"})
+            lifecycle.move(tx, order, OrderEvent.PAYMENT_FAILED, cause="risk", now_ms=now_ms)
+        return _Reserved(order=order, lines=lines, blocked=blocked, three_ds=assessment.decision.three_ds)
 
     def _wallet_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate) -> OrderView:
         """An order priced in virtual currency, in one transaction: checks (the balance among
@@ -270,7 +336,7 @@ class Checkout:
     def payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
         return self._payment_request(order, items, channel)
 
-    def _payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
+    def _payment_request(self, order: Mapping, items: list[Mapping], channel: str, three_ds: bool = False) -> PaymentRequest:
         summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
         return PaymentRequest(
             payment_id=order["payment_id"], order_id=order["id"], merchant_id=order["merchant_id"],
@@ -281,16 +347,17 @@ class Checkout:
             expires_at_s=order["expires_at_ms"] // 1000,
             # A subscription's order saves the payment method for its renewals, where the channel can.
             save_method="subscription_id" in order.keys() and order["subscription_id"] is not None,
+            three_ds=three_ds,
         )
 
     async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order: Mapping,
-                              lines: list[Mapping], idem_key: str | None) -> Outcome:
+                              lines: list[Mapping], idem_key: str | None, three_ds: bool = False) -> Outcome:
         """Ask each candidate channel in turn, through the gateway, until one creates the
         payment (fallback). Whatever a channel does, the request ends in the record transaction."""
         attempts: list[Attempt] = []
         for channel in candidates:
             attempt = await self._gateway.create_payment(merchant, channel.name,
-                                                         self._payment_request(order, lines, channel.name))
+                                                         self._payment_request(order, lines, channel.name, three_ds))
             attempts.append(attempt)
             if attempt.succeeded:
                 break
@@ -374,7 +441,9 @@ class Checkout:
         order = await orders.fetch_order(self._db, order_id=order_id)
         items = await orders.fetch_items(self._db, order_id=order_id)
         channel = self._channels.registry.get(order["channel"])
-        await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=idem_key)
+        three_ds = await self._risk.three_ds_requested(order_id=order_id)
+        await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=idem_key,
+                                   three_ds=three_ds)
 
     async def abandon(self, *, merchant: Merchant, order_id: str, idem_key: str) -> Outcome:
         """Finish an order request whose key stayed `running` too long without a crash (an

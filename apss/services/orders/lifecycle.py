@@ -28,7 +28,7 @@ from apss.store import alerts, catalog, orders, players
 from apss.store import promotions as promotion_store
 from apss.store.db import Row, Tx
 
-__all__ = ["deliver", "deliver_acknowledged", "end_unpaid", "move", "move_payment", "paid_not_delivered", "pay", "raise_alert", "stock_available_again"]
+__all__ = ["deliver", "deliver_acknowledged", "deliver_paid", "end_unpaid", "move", "move_payment", "paid_not_delivered", "pay", "raise_alert", "stock_available_again"]
 
 _grants_decoder = msgspec.json.Decoder(list[Grant])
 _DAY_MS = 86_400_000
@@ -94,10 +94,11 @@ GameDelivery = Callable[..., str]  # Deliveries.create_delivery(tx, order_row=, 
 
 
 def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
-        game_delivery: GameDelivery | None = None) -> None:
+        game_delivery: GameDelivery | None = None, hold: bool = False) -> None:
     """Take the stock, mark the order paid, deliver the goods and mark it fulfilled: one
     transaction, so a paid order is never left undelivered by a crash. Goods the game delivers
-    itself (`game` grants) make the order `delivering` until the game acknowledges them."""
+    itself (`game` grants) make the order `delivering` until the game acknowledges them. With
+    `hold` (a risk rule), the paid order waits in `in_review` and nothing is delivered."""
     was_pending = order["status"] == OrderStatus.PENDING.value
     transition(OrderStatus(order["status"]), OrderEvent.PAYMENT_SUCCEEDED)
     for item in items:
@@ -111,15 +112,25 @@ def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
     else:
         promotion_store.retake_released(tx, order_id=order["id"])
     move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
-    deliver(tx, order, items, now_ms=now_ms)
     paid = orders.get_order_tx(tx, order_id=order["id"])
+    if hold:
+        move(tx, paid, OrderEvent.HOLD_FOR_REVIEW, cause="risk", now_ms=now_ms)
+        return
+    deliver_paid(tx, paid, items, now_ms=now_ms, game_delivery=game_delivery)
+
+
+def deliver_paid(tx: Tx, order: Row, items: list[Row], *, now_ms: int, game_delivery: GameDelivery | None,
+                 cause: str = "delivery") -> None:
+    """Deliver a paid (or approved `in_review`) order's goods and move it on."""
+    assert order["status"] in (OrderStatus.PAID.value, OrderStatus.IN_REVIEW.value), order["status"]
+    deliver(tx, order, items, now_ms=now_ms)
     if any(isinstance(g, GameGrant) for item in items for g in _grants_decoder.decode(item["grants"])):
         assert game_delivery is not None, "game deliveries are wired by app.py"
-        move(tx, paid, OrderEvent.START_DELIVERY, cause="delivery", now_ms=now_ms)
-        game_delivery(tx, order_row=paid, items_rows=items, now_ms=now_ms)
+        move(tx, order, OrderEvent.START_DELIVERY, cause=cause, now_ms=now_ms)
+        game_delivery(tx, order_row=order, items_rows=items, now_ms=now_ms)
     else:
-        move(tx, paid, OrderEvent.DELIVER, cause="delivery", now_ms=now_ms)
-    subscription_periods.on_order_paid(tx, paid, now_ms=now_ms)
+        move(tx, order, OrderEvent.DELIVER, cause=cause, now_ms=now_ms)
+    subscription_periods.on_order_paid(tx, order, now_ms=now_ms)
 
 
 def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:

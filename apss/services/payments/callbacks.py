@@ -43,6 +43,7 @@ from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.engine import RiskEngine
 from apss.services.subscriptions import periods as subscription_periods
 from apss.store import orders
 from apss.store.db import Database, Row, Tx
@@ -62,7 +63,7 @@ def synthetic_event_id(kind: str) -> str:
 class PaymentEvents:
     def __init__(self, *, db: Database, clock: Clock, wall_clock: Clock, channels: ChannelAccess,
                  gateway: PaymentGateway, merchants: Merchants, ledger: Ledger, refunds: Refunds,
-                 game_delivery: lifecycle.GameDelivery) -> None:
+                 game_delivery: lifecycle.GameDelivery, risk: RiskEngine) -> None:
         """`wall_clock` checks only the signatures' timestamp tolerance: providers (and their
         stand-ins, and the sandbox) sign with real time, also when `clock` is a moved test clock."""
         self._db = db
@@ -74,6 +75,7 @@ class PaymentEvents:
         self._ledger = ledger
         self._refunds = refunds
         self._game_delivery = game_delivery
+        self._risk = risk
 
     async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
                               body: bytes, query: dict[str, str]) -> CallbackReply:
@@ -211,7 +213,11 @@ class PaymentEvents:
         merchant_share = self._post_capture(tx, payment)
         if not can_pay:
             return self._late_payment(tx, payment, order, now_ms=now_ms)
-        lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self._game_delivery)
+        merchant = self._merchants.by_id(order["merchant_id"])
+        hold = self._risk.callback_hold_tx(tx, order=order, items=items, merchant_currency=merchant.currency, card={
+            "fingerprint": event.card_fingerprint, "bin": event.card_bin, "country": event.card_country})
+        lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self._game_delivery,
+                      hold=hold)
         self._ledger.defer_currency_sale(tx, order=order, items=items, merchant_share=merchant_share, reference=payment["id"])
         self._ledger.post_discount(tx, order=order, items=items, reference=payment["id"])
         return "applied"
@@ -246,14 +252,14 @@ class PaymentEvents:
                               entries=entries)
         return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
 
-    @staticmethod
-    def _failed(tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
+    def _failed(self, tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if payment["status"] == PaymentStatus.FAILED.value:
             return "stale"
         code = event.failure_code or "failed"
         if not lifecycle.move_payment(tx, payment, PaymentStatus.FAILED, now_ms=now_ms, fields={"failure_code": code}):
             return "stale"
         order = orders.get_order_tx(tx, order_id=payment["order_id"])
+        self._risk.count_tx(tx, order=order, event="declines")
         if order["status"] != OrderStatus.PENDING.value:
             return "applied"
         # A subscription's renewal is retried on its schedule, not ended by one failed charge.

@@ -34,7 +34,7 @@ from apss.domain.catalog import (
     MembershipGrant,
 )
 from apss.domain.ledger import over_refund_entries, reversal_entries
-from apss.domain.orders import REFUNDABLE, OrderEvent
+from apss.domain.orders import REFUNDABLE, OrderEvent, OrderStatus
 from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
 from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus
 from apss.errors import (
@@ -49,6 +49,7 @@ from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.ledger import Ledger
 from apss.services.orders import lifecycle
 from apss.services.payments.gateway import Attempt, PaymentGateway
+from apss.services.risk.engine import RiskEngine
 from apss.services.views import encode
 from apss.store import orders, players
 from apss.store import refunds as store
@@ -104,7 +105,7 @@ def refund_view(row: Row) -> RefundView:
 
 class Refunds:
     def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, gateway: PaymentGateway, ledger: Ledger,
-                 merchants: Merchants, batch_max: int, wake_sender: Callable[[], None]) -> None:
+                 merchants: Merchants, batch_max: int, wake_sender: Callable[[], None], risk: RiskEngine) -> None:
         self._db = db
         self._clock = clock
         self._idempotency = idempotency
@@ -113,6 +114,7 @@ class Refunds:
         self._merchants = merchants
         self._batch_max = batch_max
         self.wake_sender = wake_sender
+        self._risk = risk
 
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, order_id: str, command: RefundCreate, idem: IdempotencyRequest | None) -> Outcome:
@@ -128,10 +130,14 @@ class Refunds:
         if order is None:
             raise NotFound(f"No such order: '{order_id}'", param="id")
         payment = orders.get_payment_tx(tx, payment_id=order["payment_id"])
-        if order["status"] not in REFUNDABLE or payment["status"] != "succeeded":
+        held = order["status"] == OrderStatus.IN_REVIEW.value
+        if (order["status"] not in REFUNDABLE and not held) or payment["status"] != "succeeded":
             raise InvalidTransition(f"An order in status '{order['status']}' cannot be refunded.")
         left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
         amount = command.amount if command.amount is not None else left
+        if held and amount != left:
+            raise InvalidRequest("An order in review is refunded in full (or rejected: POST /v1/risk/reviews/{id}/reject).",
+                                 code="refund_must_be_full", param="amount")
         if amount < 1 or amount > left:
             raise InvalidRequest(f"At most {left} {payment['currency']} can still be refunded.", code="refund_amount_too_large",
                                  param="amount")
@@ -300,6 +306,9 @@ class Refunds:
         full = before + refund["amount"] >= payment["amount"]
         if delivered:
             lifecycle.move(tx, order, OrderEvent.REFUND_FULL if full else OrderEvent.REFUND_PARTIAL, cause=cause, now_ms=now_ms)
+        elif full and order["status"] == OrderStatus.IN_REVIEW.value:  # nothing was delivered: nothing to take back
+            lifecycle.move(tx, order, OrderEvent.REFUND_FULL, cause=cause, now_ms=now_ms)
+        self._risk.count_tx(tx, order=order, event="disputes" if kind == "chargeback" else "refunds")
         return "applied"
 
     def _credit_wallet(self, tx: Tx, order: Row, payment: Row, *, before: int, amount: int, refund_id: str,

@@ -19,7 +19,14 @@ import httpx
 import msgspec
 
 from apss.channels.base import RefundRequest, RefundResult
-from apss.channels.sandbox import build_event, parse_magic, send_callback
+from apss.channels.sandbox import (
+    THREE_DS_SUFFIX,
+    build_event,
+    card_of,
+    needs_challenge,
+    parse_magic,
+    send_callback,
+)
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.payments import CallbackKind
@@ -72,14 +79,15 @@ class SandboxProvider:
 
         return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=202)
 
-    async def complete_by_ref(self, *, provider_ref: str, pay: bool) -> SandboxActionView:
-        """The payer page's buttons: the unguessable provider reference is the capability."""
+    async def complete_by_ref(self, *, provider_ref: str, pay: bool, challenge: str | None = None) -> SandboxActionView:
+        """The payer page's buttons: the unguessable provider reference is the capability.
+        `challenge`: the payer's choice on the 3-D Secure step ("pass" | "fail")."""
 
         def transaction(tx: Tx) -> SandboxActionView:
             payment = orders.payment_by_provider_ref(tx, channel="sandbox", provider_ref=provider_ref)
             if payment is None:
                 raise NotFound("No such sandbox payment.")
-            return self._complete(tx, payment, pay=pay)
+            return self._complete(tx, payment, pay=pay, challenge=challenge)
 
         return await self._db.write(transaction)
 
@@ -130,10 +138,16 @@ class SandboxProvider:
     async def payer_page_data(self, provider_ref: str) -> Row | None:
         return await orders.payment_by_provider_ref_async(self._db, channel="sandbox", provider_ref=provider_ref)
 
+    async def needs_challenge(self, payment: Row) -> bool:
+        """Does paying this payment on the payer page go through the 3-D Secure step first?"""
+        order = await orders.fetch_order(self._db, order_id=payment["order_id"])
+        return needs_challenge(msgspec.json.decode(order["metadata"], type=dict[str, str]),
+                               provider_ref=payment["provider_ref"])
+
     async def is_closed(self, payment_id: str) -> bool:
         return await store.fetch_closed(self._db, payment_id=payment_id) is not None
 
-    def _complete(self, tx: Tx, payment: Row, *, pay: bool) -> SandboxActionView:
+    def _complete(self, tx: Tx, payment: Row, *, pay: bool, challenge: str | None = None) -> SandboxActionView:
         if payment["channel"] != "sandbox":
             raise ChannelNotAvailable(f"Payment '{payment['id']}' is not a sandbox payment.", param="payment_id")
         if payment["provider_ref"] is None:
@@ -143,7 +157,9 @@ class SandboxProvider:
         if store.closed(tx, payment_id=payment["id"]) is not None:
             raise PaymentClosed("This sandbox payment was closed: its order ended, and nothing can be paid.")
         order = orders.get_order_tx(tx, order_id=payment["order_id"])
-        outcome = parse_magic(msgspec.json.decode(order["metadata"], type=dict[str, str]), payer_pays=pay)
+        metadata = msgspec.json.decode(order["metadata"], type=dict[str, str])
+        outcome = parse_magic(metadata, payer_pays=pay, three_ds=payment["provider_ref"].endswith(THREE_DS_SUFFIX),
+                              challenge=challenge)
         now_ms = self._clock.now_ms()
         store.insert_completion(tx, payment_id=payment["id"], merchant_id=payment["merchant_id"],
                                 outcome="succeeded" if outcome.succeeded else "failed",
@@ -152,7 +168,8 @@ class SandboxProvider:
         body = build_event(
             event_id=event_id, kind=CallbackKind.PAYMENT_SUCCEEDED if outcome.succeeded else CallbackKind.PAYMENT_FAILED,
             created_s=now_ms // 1000, payment_id=payment["id"], amount=payment["amount"], currency=payment["currency"],
-            provider_ref=payment["provider_ref"], failure_code=outcome.failure_code)
+            provider_ref=payment["provider_ref"], failure_code=outcome.failure_code,
+            card=card_of(metadata) if outcome.succeeded else None)
         for _ in range(outcome.copies):  # `duplicate_callback` sends the same event twice
             store.insert_callback(tx, event_id=event_id, merchant_id=payment["merchant_id"], body=body,
                                   deliver_at_ms=now_ms + outcome.delay_s * 1000)

@@ -1,0 +1,1 @@
+"""Risk control: rules, lists, velocity counters and decisions (engine.py); reviews (reviews.py)."""
