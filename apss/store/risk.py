@@ -145,23 +145,24 @@ def _windows(now_s: int) -> dict[str, int]:
     return {"m1": now_s // 60 - 59, "d1": now_s // 3600 - 23, "w1": now_s // 3600 - 167}
 
 
-def counter_sums_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
-    """(dimension, key) -> (last hour, last day, last week)."""
+def _window_counts_tx(tx: Tx, sql: str, *, merchant_id: str, keys: list[tuple[str, str]],
+                      now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
     windows = _windows(now_s)
     out = {}
     for dimension, key in keys:
-        row = tx.one(_COUNTER_SQL, {**windows, "merchant": merchant_id, "dimension": dimension, "key": key})
+        row = tx.one(sql, {**windows, "merchant": merchant_id, "dimension": dimension, "key": key})
         out[(dimension, key)] = (row["h1"], row["d1"], row["w1"]) if row and row["dimension"] else (0, 0, 0)
     return out
+
+
+def counter_sums_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(dimension, key) -> (last hour, last day, last week)."""
+    return _window_counts_tx(tx, _COUNTER_SQL, merchant_id=merchant_id, keys=keys, now_s=now_s)
 
 
 def distinct_counts_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
-    windows = _windows(now_s)
-    out = {}
-    for dimension, key in keys:
-        row = tx.one(_DISTINCT_SQL, {**windows, "merchant": merchant_id, "dimension": dimension, "key": key})
-        out[(dimension, key)] = (row["h1"], row["d1"], row["w1"]) if row and row["dimension"] else (0, 0, 0)
-    return out
+    """(dimension, key) -> distinct members in (last hour, last day, last week)."""
+    return _window_counts_tx(tx, _DISTINCT_SQL, merchant_id=merchant_id, keys=keys, now_s=now_s)
 
 
 def prune_counters(tx: Tx, *, before_s: int) -> int:
