@@ -66,12 +66,11 @@ _CALLBACK_ANSWERS = {
 
 
 class _Refined:
-    _refined: bytes | None = None
-
     def render_json(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
-        if self._refined is None:
-            self._refined = msgspec.json.encode(refine(openapi_schema, request.app))
-        return self._refined
+        state = request.app.state  # one refined document per app, whichever page asks first
+        if state.get("refined_openapi") is None:
+            state.refined_openapi = msgspec.json.encode(refine(openapi_schema, request.app))
+        return state.refined_openapi
 
 
 class RefinedJsonPlugin(_Refined, JsonRenderPlugin):
