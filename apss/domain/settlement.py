@@ -61,7 +61,8 @@ __all__ = [
 Cycle = Literal["daily", "weekly", "t_plus", "manual"]
 LINE_KINDS = ("payment", "refund", "chargeback", "reserve_hold", "reserve_release", "adjustment", "carried")
 # Ledger transaction kinds a batch takes, and the line kind each becomes.
-_ACTIVITY_KINDS = {"payment_captured": "payment", "refund": "refund", "chargeback": "chargeback", "adjustment": "adjustment"}
+_ACTIVITY_KINDS = {"payment_captured": "payment", "refund": "refund", "chargeback": "chargeback",
+                   "chargeback_reversed": "chargeback", "adjustment": "adjustment"}
 # A payout with no channel activity behind it (only manual adjustments) is drawn from here.
 UNASSIGNED_CHANNEL = "unassigned"
 # Days scanned for cut-offs in one call: bounds the work of a catch-up after a long downtime.

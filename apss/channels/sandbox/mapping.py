@@ -42,7 +42,7 @@ from typing import Literal
 
 import msgspec
 
-from apss.channels.base import CallbackEvent, StatementLine
+from apss.channels.base import CallbackEvent, DisputeReport, StatementLine
 from apss.domain.money import is_iso_currency
 from apss.domain.payments import CallbackKind
 from apss.errors import CallbackRejected
@@ -51,6 +51,7 @@ __all__ = [
     "MAGIC_KEY",
     "STATEMENT_HEADER",
     "STATEMENT_ROWS_MAX",
+    "SandboxDisputeData",
     "SandboxEvent",
     "SandboxOutcome",
     "build_event",
@@ -68,6 +69,16 @@ _DECLINED_N_RE = re.compile(r"^declined:(\d{1,4})$")
 _DELAY_RE = re.compile(r"^delay_callback:(\d{1,4})$")
 
 
+class SandboxDisputeData(msgspec.Struct, frozen=True, kw_only=True):
+    """The sandbox's dispute on `dispute.*` events: its id (`sbxdp_...`), status, reason, and
+    when evidence is due (unix seconds)."""
+
+    id: str
+    status: Literal["needs_response", "under_review", "won", "lost"]
+    reason: str
+    evidence_due_by: int | None = None
+
+
 class SandboxEventData(msgspec.Struct, frozen=True, kw_only=True):
     payment_id: str
     amount: int
@@ -75,11 +86,13 @@ class SandboxEventData(msgspec.Struct, frozen=True, kw_only=True):
     provider_ref: str
     failure_code: str | None = None
     refund_id: str | None = None
+    dispute: SandboxDisputeData | None = None
 
 
 class SandboxEvent(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    type: Literal["payment.succeeded", "payment.failed", "refund.succeeded", "refund.failed", "dispute.created"]
+    type: Literal["payment.succeeded", "payment.failed", "refund.succeeded", "refund.failed", "dispute.created",
+                  "dispute.updated", "dispute.closed"]
     created: int
     data: SandboxEventData
 
@@ -126,9 +139,10 @@ def renewal_decline(metadata: dict[str, str]) -> str | None:
 
 
 def build_event(*, event_id: str, kind: CallbackKind, created_s: int, payment_id: str, amount: int,
-                currency: str, provider_ref: str, failure_code: str | None = None) -> bytes:
+                currency: str, provider_ref: str, failure_code: str | None = None,
+                dispute: SandboxDisputeData | None = None) -> bytes:
     data = SandboxEventData(payment_id=payment_id, amount=amount, currency=currency,
-                            provider_ref=provider_ref, failure_code=failure_code)
+                            provider_ref=provider_ref, failure_code=failure_code, dispute=dispute)
     return _encoder.encode(SandboxEvent(id=event_id, type=kind.value, created=created_s, data=data))
 
 
@@ -152,7 +166,15 @@ def to_neutral(event: SandboxEvent) -> CallbackEvent:
         failure_code=event.data.failure_code,
         refund_id=event.data.refund_id,
         saved_method_ref=event.data.provider_ref if paid else None,
+        dispute=_dispute_report(event.data.dispute),
     )
+
+
+def _dispute_report(dispute: SandboxDisputeData | None) -> DisputeReport | None:
+    if dispute is None:
+        return None
+    return DisputeReport(provider_dispute_id=dispute.id, status=dispute.status, reason=dispute.reason,
+                         evidence_due_by_s=dispute.evidence_due_by)
 
 
 # --- statements
