@@ -236,3 +236,24 @@ def test_a_stripe_dispute_closed_before_its_created_event_is_booked_then_lost(se
         assert before - _payable(client) == 400
         assert_error(client.post(f"/v1/disputes/{dispute['id']}/submit", json={}), 409, "conflict_error", "invalid_state")
         _ledger_ok(server)
+
+
+def test_a_won_dispute_settles_as_a_chargeback_and_its_reversal(server):
+    merchant = server.new_merchant()
+    with merchant.client() as client:
+        assert client.put("/v1/account/settlement_schedule", json={"cycle": "manual"}).status_code == 200
+        order = _paid(merchant, client, player_id="dsp-fay", grants=[{"type": "currency", "currency": "GEMS", "amount": 5}])
+        client.post(f"/v1/sandbox/payments/{order['payment']['id']}/dispute", json={})
+        dispute = _one_dispute(client, order["id"])
+        client.post(f"/v1/sandbox/disputes/{dispute['id']}/close", json={"outcome": "won"})
+        _one_dispute(client, order["id"], status="won")
+        server.clock.advance(seconds=1)
+        made = client.post("/v1/settlements/run")
+        assert made.status_code == 200, made.text
+        [batch] = made.json()["data"]
+        assert (batch["gross"], batch["chargebacks"]) == (500, 0), batch
+        lines = client.get(f"/v1/settlements/{batch['id']}").json()["lines"]
+        refund_id = dispute["chargeback_refund_id"]
+        assert sorted((line["kind"], line["reference"], line["amount"]) for line in lines if line["kind"] == "chargeback") == [
+            ("chargeback", refund_id, -500), ("chargeback", f"{refund_id}:reversed", 500)]
+    _ledger_ok(server)

@@ -216,6 +216,10 @@ def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occ
             channel = account.split(":")[1]
         if family in totals:
             totals[family] += debit - credit
+    if ledger_kind == "chargeback_reversed":
+        # a won dispute: a chargeback line of the opposite sign, under a reference of its own (a
+        # line kind and reference are settled once, and the chargeback holds the refund's id)
+        reference = f"{reference}:reversed"
     line = Line(kind=_ACTIVITY_KINDS[ledger_kind], reference=reference, order_id=order_id, channel=channel,
                 amount=totals["provider_clearing"] + totals["fees_expense"], fee=totals["fees_expense"],
                 commission=-totals["platform_revenue"], partner_shares=-totals["partner_payable"],
