@@ -22,6 +22,11 @@ from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
 from apss.api.common import current_merchant
+from apss.api.disputes import (
+    DisputeController,
+    DisputePolicyController,
+    SandboxDisputeController,
+)
 from apss.api.errors import exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
@@ -61,6 +66,8 @@ from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
 from apss.services.catalog.products import Catalog
 from apss.services.container import Services
+from apss.services.disputes.evidence import DisputeEvidenceService
+from apss.services.disputes.records import DisputeRecords
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.demo import seed_demo
 from apss.services.merchants.keys import Merchants
@@ -185,9 +192,13 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants, promotions=promotions, players=players,
                         game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks)
+    disputes = DisputeRecords(db=db, clock=clock, ledger=ledger, refunds=refunds, idempotency=idempotency)
+    outbox.register("dispute", disputes.view_tx)
+    order_queries = OrderQueries(db=db, public_url=config.public_url)
+    dispute_evidence = DisputeEvidenceService(db=db, clock=clock, records=disputes, orders=order_queries, gateway=gateway)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
-                                   game_delivery=deliveries.create_delivery, risk=risk_engine)
+                                   game_delivery=deliveries.create_delivery, risk=risk_engine, disputes=disputes)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -206,7 +217,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
-        orders=OrderQueries(db=db, public_url=config.public_url), fx=FxRates(db=db, clock=clock),
+        orders=order_queries, fx=FxRates(db=db, clock=clock), disputes=disputes, dispute_evidence=dispute_evidence,
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
@@ -291,6 +302,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
                         ClockController, PromotionController, QuoteController, SubscriptionController,
                         SubscriptionReportController, RiskController, OrderRiskController,
+                        DisputeController, DisputePolicyController, SandboxDisputeController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[_SWAGGER_UI],
                                                    include_in_schema=False)],

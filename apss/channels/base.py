@@ -32,6 +32,9 @@ __all__ = [
     "ChargesSavedMethods",
     "CreatesPayments",
     "Credentials",
+    "DisputeEvidence",
+    "DisputeEvidenceResult",
+    "DisputeReport",
     "ENTRY_POINT_GROUP",
     "NextAction",
     "ParsesStatements",
@@ -48,6 +51,7 @@ __all__ = [
     "Refunds",
     "Setting",
     "StatementLine",
+    "SubmitsDisputeEvidence",
     "VerifiesCallbacks",
     "capabilities_of",
     "flow_not_supported",
@@ -129,6 +133,16 @@ class CallbackRequest(_Neutral):
     query: dict[str, str] = {}
 
 
+class DisputeReport(_Neutral):
+    """What a provider says of a dispute, in neutral terms (on dispute events)."""
+
+    provider_dispute_id: str  # the provider's own id: a dispute is recorded once per (merchant, channel, id)
+    status: Literal["needs_response", "under_review", "won", "lost"]
+    reason: str | None = None  # the provider's reason code (Stripe `fraudulent`, PayPal `UNAUTHORISED`...)
+    evidence_due_by_s: int | None = None  # unix seconds
+    inquiry: bool = False  # the bank only asks (Stripe `warning_*`): no money has moved
+
+
 class CallbackEvent(_Neutral):
     """One verified provider event, converted to neutral terms."""
 
@@ -154,6 +168,7 @@ class CallbackEvent(_Neutral):
     card_fingerprint: str | None = None
     card_bin: str | None = None
     card_country: str | None = None
+    dispute: DisputeReport | None = None  # on dispute.* events
 
 
 class CallbackReply(_Neutral):
@@ -301,6 +316,28 @@ class CancelsPayments(Channel, Protocol):
         ...
 
 
+class DisputeEvidence(_Neutral):
+    """The evidence APSS answers a dispute with: Stripe's `evidence[...]` field names, as text."""
+
+    dispute_id: str  # ours (dsp_); also the idempotency key at the provider
+    provider_dispute_id: str
+    payment_id: str
+    provider_ref: str
+    fields: dict[str, str]  # product_description, customer_purchase_ip, service_date, uncategorized_text, ...
+
+
+class DisputeEvidenceResult(_Neutral):
+    status: Literal["needs_response", "under_review", "won", "lost"]  # the dispute's status at the provider after it
+    submitted: bool
+
+
+@runtime_checkable
+class SubmitsDisputeEvidence(Channel, Protocol):
+    async def submit_dispute_evidence(self, evidence: DisputeEvidence, credentials: Credentials) -> DisputeEvidenceResult:
+        """Send the evidence and submit it to the bank (no later changes)."""
+        ...
+
+
 class Capability(str, enum.Enum):
     CREATE_PAYMENT = "create_payment"
     VERIFY_CALLBACK = "verify_callback"
@@ -311,6 +348,7 @@ class Capability(str, enum.Enum):
     PARSE_STATEMENT = "parse_statement"
     CHARGE_SAVED_METHOD = "charge_saved_method"
     CANCEL_PAYMENT = "cancel_payment"
+    SUBMIT_DISPUTE_EVIDENCE = "submit_dispute_evidence"
 
 
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
@@ -323,6 +361,7 @@ CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.PARSE_STATEMENT: ParsesStatements,
     Capability.CHARGE_SAVED_METHOD: ChargesSavedMethods,
     Capability.CANCEL_PAYMENT: CancelsPayments,
+    Capability.SUBMIT_DISPUTE_EVIDENCE: SubmitsDisputeEvidence,
 }
 # Every channel must take payments and their callbacks; the rest is optional.
 REQUIRED_CAPABILITIES = frozenset({Capability.CREATE_PAYMENT, Capability.VERIFY_CALLBACK})

@@ -25,6 +25,8 @@ class CallbackKind(str, enum.Enum):
     REFUND_SUCCEEDED = "refund.succeeded"
     REFUND_FAILED = "refund.failed"
     DISPUTE_CREATED = "dispute.created"
+    DISPUTE_UPDATED = "dispute.updated"  # a status change short of the end (evidence under review)
+    DISPUTE_CLOSED = "dispute.closed"  # won or lost
 
 
 P = PaymentStatus

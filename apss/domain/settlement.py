@@ -61,7 +61,8 @@ __all__ = [
 Cycle = Literal["daily", "weekly", "t_plus", "manual"]
 LINE_KINDS = ("payment", "refund", "chargeback", "reserve_hold", "reserve_release", "adjustment", "carried")
 # Ledger transaction kinds a batch takes, and the line kind each becomes.
-_ACTIVITY_KINDS = {"payment_captured": "payment", "refund": "refund", "chargeback": "chargeback", "adjustment": "adjustment"}
+_ACTIVITY_KINDS = {"payment_captured": "payment", "refund": "refund", "chargeback": "chargeback",
+                   "chargeback_reversed": "chargeback", "adjustment": "adjustment"}
 # A payout with no channel activity behind it (only manual adjustments) is drawn from here.
 UNASSIGNED_CHANNEL = "unassigned"
 # Days scanned for cut-offs in one call: bounds the work of a catch-up after a long downtime.
@@ -215,6 +216,10 @@ def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occ
             channel = account.split(":")[1]
         if family in totals:
             totals[family] += debit - credit
+    if ledger_kind == "chargeback_reversed":
+        # a won dispute: a chargeback line of the opposite sign, under a reference of its own (a
+        # line kind and reference are settled once, and the chargeback holds the refund's id)
+        reference = f"{reference}:reversed"
     line = Line(kind=_ACTIVITY_KINDS[ledger_kind], reference=reference, order_id=order_id, channel=channel,
                 amount=totals["provider_clearing"] + totals["fees_expense"], fee=totals["fees_expense"],
                 commission=-totals["platform_revenue"], partner_shares=-totals["partner_payable"],

@@ -13,6 +13,8 @@ import httpx
 from apss.clock import Clock
 from apss.config import Config
 from apss.services.catalog.products import Catalog
+from apss.services.disputes.evidence import DisputeEvidenceService
+from apss.services.disputes.records import DisputeRecords
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.keys import Merchants
 from apss.services.merchants.rate_limit import RateLimiter
@@ -75,6 +77,8 @@ class Services:
     risk_engine: RiskEngine
     prechecks: Prechecks
     risk: RiskControl
+    disputes: DisputeRecords
+    dispute_evidence: DisputeEvidenceService
     finance: FinanceService
     webhooks: Webhooks
     deliveries: Deliveries

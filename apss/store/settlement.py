@@ -38,7 +38,8 @@ __all__ = [
     "upsert_schedule",
 ]
 
-_ACTIVITY_KINDS = ("payment_captured", "refund", "chargeback", "adjustment")
+# A won dispute's `chargeback_reversed` settles as a chargeback line of the opposite sign.
+_ACTIVITY_KINDS = ("payment_captured", "refund", "chargeback", "chargeback_reversed", "adjustment")
 _SCHEDULE_FIELDS = ("cycle", "weekday", "t_plus_days", "cutoff_time", "timezone", "minimum_payout", "reserve_bps",
                     "reserve_hold_days", "last_cutoff_at_ms", "settled_through_ms", "updated_at_ms")
 _SETTLEMENT_FIELDS = ("id", "merchant_id", "currency", "period_start_ms", "period_end_ms", "cutoff_at_ms", "status",
@@ -106,7 +107,7 @@ def activity_chunk(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int, after_
         " coalesce(p.order_id, r.order_id) AS order_id, e.account, e.currency, e.debit, e.credit"
         " FROM chosen t JOIN ledger_entries e ON e.transaction_id = t.id"
         " LEFT JOIN payments p ON t.kind = 'payment_captured' AND p.id = t.reference"
-        " LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback') AND r.id = t.reference"
+        " LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback', 'chargeback_reversed') AND r.id = t.reference"
         " ORDER BY t.created_at_ms, t.id, e.seq",
         (merchant_id, *_ACTIVITY_KINDS, from_ms, to_ms, after_ms, after_id, limit),
     )

@@ -39,6 +39,9 @@ class MemoryBook:
     async def refund_of(self, refund_id: str) -> RefundResult | None:
         return self.refunds.get(refund_id)
 
+    async def record_dispute_evidence(self, evidence) -> str | None:
+        return None  # this book raises no disputes
+
 
 class Harness:
     currency = "USD"

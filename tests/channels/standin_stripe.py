@@ -84,6 +84,7 @@ class StripeStandIn:
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_methods: dict[str, str] = field(default_factory=dict)  # pm_ -> the cus_ it is attached to, or ""
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     now_s: Callable[[], int] = field(default=lambda: int(time.time()))  # Stripe's clock
     _idempotency: dict[str, tuple[str, bytes, int, bytes]] = field(default_factory=dict)
@@ -165,6 +166,8 @@ class StripeStandIn:
             if "payment_intent" in (query.get("expand[0]"), query.get("expand[]")) and session["payment_intent"]:
                 return {**session, "payment_intent": self.intents[session["payment_intent"]]}
             return session
+        if method == "POST" and re.fullmatch(r"/v1/disputes/[A-Za-z0-9_]+", path):
+            return self._update_dispute(path.rsplit("/", 1)[1], _form(record.body))
         if method == "GET" and path.startswith("/v1/payment_intents/"):
             return self._get(self.intents, path.rsplit("/", 1)[1])
         raise _StripeFailure(404, {"type": "invalid_request_error", "message": f"Unrecognized request URL ({method}: {path})"})
@@ -333,6 +336,34 @@ class StripeStandIn:
     def expire_calls(self) -> list[str]:
         """The session ids the channel asked to expire."""
         return [r.path.split("/")[4] for r in self.requests if r.method == "POST" and r.path.endswith("/expire")]
+
+    def open_dispute(self, intent: dict[str, Any], *, amount: int | None = None, reason: str = "fraudulent",
+                     status: str = "needs_response") -> dict[str, Any]:
+        """The cardholder's bank disputes the charge: the dispute object Stripe's events carry."""
+        dispute = {"id": _new_id("dp"), "object": "dispute", "amount": amount or intent["amount"],
+                   "currency": intent["currency"], "charge": intent["latest_charge"], "payment_intent": intent["id"],
+                   "reason": reason, "status": status, "created": self.now_s(), "livemode": False,
+                   "evidence": {}, "evidence_details": {"due_by": self.now_s() + 7 * 86_400, "has_evidence": False,
+                                                        "past_due": False, "submission_count": 0},
+                   "is_charge_refundable": False, "metadata": {}}
+        self.disputes[dispute["id"]] = dispute
+        return dispute
+
+    def _update_dispute(self, dispute_id: str, form: dict[str, str]) -> dict[str, Any]:
+        """`POST /v1/disputes/{id}`: evidence[...] fields kept, `submit=true` submits them (once)."""
+        dispute = self._get(self.disputes, dispute_id)
+        if dispute["status"] not in ("needs_response", "warning_needs_response"):
+            raise _invalid("This dispute is already closed or under review.", code="dispute_already_submitted")
+        unknown = [k for k in form if not k.startswith(("evidence[", "metadata[")) and k not in ("submit",)]
+        if unknown:
+            raise _invalid(f"Received unknown parameter: {unknown[0]}", param=unknown[0])
+        dispute["evidence"].update({k[len("evidence["):-1]: v for k, v in form.items() if k.startswith("evidence[")})
+        dispute["metadata"].update(_metadata(form, "metadata"))
+        if form.get("submit", "true") == "true":
+            dispute["status"] = "under_review" if dispute["status"] == "needs_response" else "warning_under_review"
+            dispute["evidence_details"]["submission_count"] += 1
+            dispute["evidence_details"]["has_evidence"] = True
+        return dispute
 
     def public_session(self, session_id: str) -> dict[str, Any]:
         return {k: v for k, v in self.sessions[session_id].items() if not k.startswith("_")}

@@ -80,9 +80,9 @@ async def test_create_payment_and_verify_callbacks(harness):
 
 EXPECTED_CAPABILITIES = {
     "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
-                "cancel_payment", "charge_saved_method"},
+                "cancel_payment", "charge_saved_method", "submit_dispute_evidence"},
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
-               "cancel_payment", "charge_saved_method"},
+               "cancel_payment", "charge_saved_method", "submit_dispute_evidence"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "query_refund",
                "parse_statement"},
     "alipay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",

@@ -619,6 +619,11 @@ async def test_other_event_types(harness: Harness) -> None:
     [event] = await harness.channel.verify_callback(s.webhook("CUSTOMER.DISPUTE.CREATED", dispute, event_id="WH-DSP", now_s=NOW_S, resource_type="dispute"), harness.credentials)
     assert (event.event_id, event.kind, event.payment_id, event.amount, event.currency, event.failure_code) == (
         "WH-DSP", CallbackKind.DISPUTE_CREATED, PAYMENT_ID, 1999, "USD", "MERCHANDISE_OR_SERVICE_NOT_RECEIVED")
+    assert (event.dispute.provider_dispute_id, event.dispute.status) == ("PP-D-27803", "needs_response")
+    for code, status in (("RESOLVED_SELLER_FAVOUR", "won"), ("RESOLVED_BUYER_FAVOUR", "lost"), ("SOMETHING_NEW", "lost")):
+        resolved = {**dispute, "status": "RESOLVED", "dispute_outcome": {"outcome_code": code}}
+        [closed] = await harness.channel.verify_callback(s.webhook("CUSTOMER.DISPUTE.RESOLVED", resolved, event_id=f"WH-R-{code}", now_s=NOW_S, resource_type="dispute"), harness.credentials)
+        assert (closed.kind, closed.dispute.provider_dispute_id, closed.dispute.status) == (CallbackKind.DISPUTE_CLOSED, "PP-D-27803", status)
     pending_refund = {"id": "1JU08902781691411", "status": "PENDING", "amount": {"currency_code": "USD", "value": "1.00"}, "invoice_id": "ref_1", "custom_id": PAYMENT_ID}
     assert await harness.channel.verify_callback(s.webhook("PAYMENT.CAPTURE.REFUNDED", pending_refund, event_id="WH-R", now_s=NOW_S), harness.credentials) == []
 

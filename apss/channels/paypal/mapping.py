@@ -17,6 +17,7 @@ import msgspec
 
 from apss.channels.base import (
     CallbackEvent,
+    DisputeReport,
     NextAction,
     PaymentCreated,
     PaymentReport,
@@ -144,11 +145,28 @@ class DisputedTransaction(_Wire):
     custom: str | None = None
 
 
+class DisputeOutcome(_Wire):
+    outcome_code: str | None = None
+
+
 class Dispute(_Wire):
     dispute_id: str
     dispute_amount: Money | None = None
     reason: str | None = None
+    status: str = "OPEN"
+    seller_response_due_date: str | None = None
+    dispute_outcome: DisputeOutcome | None = None
     disputed_transactions: list[DisputedTransaction] = []
+
+
+# PayPal dispute statuses, and a resolved dispute's outcome codes, onto ours. A resolution we do
+# not know is `lost` (the chargeback stays: nothing is given back on a guess); an open status we do
+# not know is `under_review`.
+DISPUTE_STATUSES = {"OPEN": "needs_response", "WAITING_FOR_SELLER_RESPONSE": "needs_response",
+                    "WAITING_FOR_BUYER_RESPONSE": "under_review", "UNDER_REVIEW": "under_review"}
+DISPUTE_OUTCOMES = {"RESOLVED_SELLER_FAVOUR": "won", "CANCELED_BY_BUYER": "won", "DENIED": "won",
+                    "RESOLVED_BUYER_FAVOUR": "lost", "RESOLVED_WITH_PAYOUT": "lost", "ACCEPTED": "lost",
+                    "REFUNDED": "lost", "PARTIALLY_REFUNDED": "lost", "CHARGEBACK": "lost"}
 
 
 class WebhookEnvelope(_Wire):
@@ -358,7 +376,11 @@ def events_from_webhook(envelope: WebhookEnvelope) -> list[CallbackEvent]:
     if kind == "PAYMENT.CAPTURE.REFUNDED":
         return _refund_events(envelope)
     if kind == "CUSTOMER.DISPUTE.CREATED":
-        return [_dispute_event(envelope)]
+        return [_dispute_event(envelope, CallbackKind.DISPUTE_CREATED)]
+    if kind == "CUSTOMER.DISPUTE.UPDATED":
+        return [_dispute_event(envelope, CallbackKind.DISPUTE_UPDATED)]
+    if kind == "CUSTOMER.DISPUTE.RESOLVED":
+        return [_dispute_event(envelope, CallbackKind.DISPUTE_CLOSED)]
     return []
 
 
@@ -403,14 +425,27 @@ def _refund_events(envelope: WebhookEnvelope) -> list[CallbackEvent]:
     )]
 
 
-def _dispute_event(envelope: WebhookEnvelope) -> CallbackEvent:
+def _dispute_event(envelope: WebhookEnvelope, kind: CallbackKind) -> CallbackEvent:
     dispute = msgspec.convert(envelope.resource, Dispute)
     amount, currency = _money_minor(dispute.dispute_amount)
     txn = dispute.disputed_transactions[0] if dispute.disputed_transactions else None
     payment_id = (txn.custom or txn.invoice_number) if txn is not None else None
+    if dispute.status == "RESOLVED" or kind is CallbackKind.DISPUTE_CLOSED:
+        outcome = dispute.dispute_outcome.outcome_code if dispute.dispute_outcome else None
+        status = DISPUTE_OUTCOMES.get(outcome or "", "lost")
+    else:
+        status = DISPUTE_STATUSES.get(dispute.status, "under_review")
+    due_by = None
+    if dispute.seller_response_due_date:
+        try:
+            due_by = int(datetime.fromisoformat(dispute.seller_response_due_date.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            due_by = None  # an unreadable date: the dispute still counts
     return CallbackEvent(
-        event_id=envelope.id, kind=CallbackKind.DISPUTE_CREATED, payment_id=payment_id,
+        event_id=envelope.id, kind=kind, payment_id=payment_id,
         amount=amount, currency=currency, failure_code=dispute.reason,
+        dispute=DisputeReport(provider_dispute_id=dispute.dispute_id, status=status, reason=dispute.reason,
+                              evidence_due_by_s=due_by),
     )
 
 

@@ -14,6 +14,8 @@ from apss.channels.base import (
     CallbackReply,
     CallbackRequest,
     Credentials,
+    DisputeEvidence,
+    DisputeEvidenceResult,
     NextAction,
     PaymentCreated,
     PaymentQuery,
@@ -60,6 +62,11 @@ class SandboxBook(Protocol):
         ...
 
     async def refund_of(self, refund_id: str) -> RefundResult | None: ...
+
+    async def record_dispute_evidence(self, evidence: DisputeEvidence) -> str | None:
+        """Keep the evidence for the sandbox dispute and put it under review; returns the
+        dispute's status then, or None when the sandbox has no such dispute."""
+        ...
 
 
 def sign_callback(*, secret: str, body: bytes, now_s: int) -> str:
@@ -153,6 +160,17 @@ class SandboxChannel:
             raise ProviderDeclined(f"sandbox declined the saved method ({declined})", provider_code=declined)
         return PaymentReport(status=PaymentStatus.SUCCEEDED, provider_ref=f"sbxch_{new_token()}", amount=request.amount,
                              currency=request.currency)
+
+    async def submit_dispute_evidence(self, evidence: DisputeEvidence, credentials: Credentials) -> DisputeEvidenceResult:
+        """The sandbox takes any evidence for an open dispute of its own and puts it under review
+        (close it with `POST /v1/sandbox/disputes/{id}/close`)."""
+        status = await self._book.record_dispute_evidence(evidence)
+        if status is None:
+            raise ProviderDeclined(f"the sandbox has no dispute {evidence.provider_dispute_id[:40]}",
+                                   provider_code="resource_missing")
+        if status in ("won", "lost"):
+            raise ProviderDeclined("the sandbox dispute is closed", provider_code="dispute_closed")
+        return DisputeEvidenceResult(status=status, submitted=True)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:
         """The sandbox's statement CSV (format in apss/channels/sandbox/mapping.py)."""

@@ -53,7 +53,7 @@ from typing import Literal
 
 import msgspec
 
-from apss.channels.base import CallbackEvent, StatementLine
+from apss.channels.base import CallbackEvent, DisputeReport, StatementLine
 from apss.domain.money import is_iso_currency
 from apss.domain.payments import CallbackKind
 from apss.errors import CallbackRejected
@@ -62,6 +62,7 @@ __all__ = [
     "MAGIC_KEY",
     "STATEMENT_HEADER",
     "STATEMENT_ROWS_MAX",
+    "SandboxDisputeData",
     "THREE_DS_SUFFIX",
     "SandboxEvent",
     "SandboxOutcome",
@@ -82,6 +83,16 @@ _DECLINED_N_RE = re.compile(r"^declined:(\d{1,4})$")
 _DELAY_RE = re.compile(r"^delay_callback:(\d{1,4})$")
 
 
+class SandboxDisputeData(msgspec.Struct, frozen=True, kw_only=True):
+    """The sandbox's dispute on `dispute.*` events: its id (`sbxdp_...`), status, reason, and
+    when evidence is due (unix seconds)."""
+
+    id: str
+    status: Literal["needs_response", "under_review", "won", "lost"]
+    reason: str
+    evidence_due_by: int | None = None
+
+
 class SandboxEventData(msgspec.Struct, frozen=True, kw_only=True):
     payment_id: str
     amount: int
@@ -92,11 +103,13 @@ class SandboxEventData(msgspec.Struct, frozen=True, kw_only=True):
     card_fingerprint: str | None = None
     card_bin: str | None = None
     card_country: str | None = None
+    dispute: SandboxDisputeData | None = None
 
 
 class SandboxEvent(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    type: Literal["payment.succeeded", "payment.failed", "refund.succeeded", "refund.failed", "dispute.created"]
+    type: Literal["payment.succeeded", "payment.failed", "refund.succeeded", "refund.failed", "dispute.created",
+                  "dispute.updated", "dispute.closed"]
     created: int
     data: SandboxEventData
 
@@ -164,9 +177,9 @@ def renewal_decline(metadata: dict[str, str]) -> str | None:
 
 def build_event(*, event_id: str, kind: CallbackKind, created_s: int, payment_id: str, amount: int,
                 currency: str, provider_ref: str, failure_code: str | None = None,
-                card: dict[str, str] | None = None) -> bytes:
+                card: dict[str, str] | None = None, dispute: SandboxDisputeData | None = None) -> bytes:
     data = SandboxEventData(payment_id=payment_id, amount=amount, currency=currency,
-                            provider_ref=provider_ref, failure_code=failure_code, **(card or {}))
+                            provider_ref=provider_ref, failure_code=failure_code, dispute=dispute, **(card or {}))
     return _encoder.encode(SandboxEvent(id=event_id, type=kind.value, created=created_s, data=data))
 
 
@@ -193,7 +206,15 @@ def to_neutral(event: SandboxEvent) -> CallbackEvent:
         card_fingerprint=event.data.card_fingerprint,
         card_bin=event.data.card_bin,
         card_country=event.data.card_country,
+        dispute=_dispute_report(event.data.dispute),
     )
+
+
+def _dispute_report(dispute: SandboxDisputeData | None) -> DisputeReport | None:
+    if dispute is None:
+        return None
+    return DisputeReport(provider_dispute_id=dispute.id, status=dispute.status, reason=dispute.reason,
+                         evidence_due_by_s=dispute.evidence_due_by)
 
 
 # --- statements

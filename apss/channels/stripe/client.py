@@ -45,6 +45,8 @@ from apss.channels.base import (
     CallbackReply,
     CallbackRequest,
     Credentials,
+    DisputeEvidence,
+    DisputeEvidenceResult,
     PaymentCreated,
     PaymentQuery,
     PaymentReport,
@@ -239,6 +241,19 @@ class StripeChannel:
         if not isinstance(intent, str):
             raise ChannelUnavailable(f"stripe checkout session {provider_ref} has no payment to refund")
         return intent
+
+    # --- disputes
+
+    async def submit_dispute_evidence(self, evidence: DisputeEvidence, credentials: Credentials) -> DisputeEvidenceResult:
+        """`POST /v1/disputes/{id}` with `evidence[...]` and `submit=true` (no later changes);
+        Idempotency-Key `<our dispute id>:evidence`, so a retry after a timeout submits nothing twice."""
+        form = {"evidence": dict(evidence.fields), "submit": True, "metadata": {"apss_dispute_id": evidence.dispute_id}}
+        body = await self._send("POST", f"/v1/disputes/{_path_id(evidence.provider_dispute_id)}", credentials, form=form,
+                                idempotency_key=f"{evidence.dispute_id}:evidence")
+        dispute = _decode(body, mapping.Dispute)
+        if dispute.id != evidence.provider_dispute_id:
+            raise ChannelUnavailable(f"stripe answered for dispute {dispute.id[:40]}, not ours")
+        return DisputeEvidenceResult(status=mapping.dispute_status(dispute.status), submitted=True)
 
     # --- callbacks
 

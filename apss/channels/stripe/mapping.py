@@ -40,6 +40,7 @@ import msgspec
 
 from apss.channels.base import (
     CallbackEvent,
+    DisputeReport,
     NextAction,
     PaymentCreated,
     PaymentReport,
@@ -52,6 +53,9 @@ from apss.domain.money import CURRENCY_EXPONENTS
 from apss.domain.payments import CallbackKind, PaymentStatus
 
 __all__ = [
+    "DISPUTE_STATUSES",
+    "Dispute",
+    "dispute_status",
     "PAYMENT_ID_KEY",
     "REFUND_ID_KEY",
     "CheckoutSession",
@@ -172,13 +176,33 @@ class _Charge(_Wire, kw_only=True):
     refunds: _RefundList | None = None
 
 
-class _Dispute(_Wire, kw_only=True):
+class _EvidenceDetails(_Wire, kw_only=True):
+    due_by: int | None = None
+
+
+class Dispute(_Wire, kw_only=True):
     id: str
     amount: int
     currency: str
     charge: str | None = None
     payment_intent: str | None = None
     reason: str | None = None
+    status: str = "needs_response"
+    evidence_details: _EvidenceDetails | None = None
+
+
+# Every Stripe dispute status, onto ours (apss/domain/disputes.py). `warning_*` are inquiries (no
+# money moved); `prevented` and a closed inquiry took nothing: won. Appeals follow a lost dispute,
+# which stays lost here. A status Stripe adds later is `under_review`: open, nothing booked on it.
+DISPUTE_STATUSES: dict[str, str] = {
+    "needs_response": "needs_response", "under_review": "under_review", "won": "won", "lost": "lost",
+    "warning_needs_response": "needs_response", "warning_under_review": "under_review", "warning_closed": "won",
+    "prevented": "won", "appeal_needs_response": "lost", "appeal_under_review": "lost",
+}
+
+
+def dispute_status(status: str) -> str:
+    return DISPUTE_STATUSES.get(status, "under_review")
 
 
 class _EventData(_Wire, kw_only=True):
@@ -690,16 +714,27 @@ def _charge_refunded(event_id: str, raw: msgspec.Raw) -> list[CallbackEvent]:
     return events
 
 
-def _dispute_created(event_id: str, raw: msgspec.Raw) -> list[CallbackEvent]:
-    dispute = msgspec.json.decode(raw, type=_Dispute)
-    amount, currency = from_stripe_amount(dispute.amount, dispute.currency)
-    return [CallbackEvent(
-        event_id=event_id,
-        kind=CallbackKind.DISPUTE_CREATED,
-        provider_ref=dispute.payment_intent or dispute.charge,
-        amount=amount,
-        currency=currency,
-    )]
+def _dispute_event(kind: CallbackKind) -> Callable[[str, msgspec.Raw], list[CallbackEvent]]:
+    """charge.dispute.created / .updated / .closed: the dispute object, in neutral terms."""
+
+    def convert(event_id: str, raw: msgspec.Raw) -> list[CallbackEvent]:
+        dispute = msgspec.json.decode(raw, type=Dispute)
+        amount, currency = from_stripe_amount(dispute.amount, dispute.currency)
+        due_by = dispute.evidence_details.due_by if dispute.evidence_details else None
+        return [CallbackEvent(
+            event_id=event_id,
+            kind=kind,
+            provider_ref=dispute.payment_intent or dispute.charge,
+            provider_refs=[dispute.charge] if dispute.charge and dispute.payment_intent else [],
+            amount=amount,
+            currency=currency,
+            failure_code=dispute.reason,
+            dispute=DisputeReport(provider_dispute_id=dispute.id, status=dispute_status(dispute.status),
+                                  reason=dispute.reason, evidence_due_by_s=due_by,
+                                  inquiry=dispute.status.startswith("warning_")),
+        )]
+
+    return convert
 
 
 _HANDLERS: dict[str, Callable[[str, msgspec.Raw], list[CallbackEvent]]] = {
@@ -713,7 +748,9 @@ _HANDLERS: dict[str, Callable[[str, msgspec.Raw], list[CallbackEvent]]] = {
     "refund.created": _refund_object,
     "refund.updated": _refund_object,
     "refund.failed": _refund_object,
-    "charge.dispute.created": _dispute_created,
+    "charge.dispute.created": _dispute_event(CallbackKind.DISPUTE_CREATED),
+    "charge.dispute.updated": _dispute_event(CallbackKind.DISPUTE_UPDATED),
+    "charge.dispute.closed": _dispute_event(CallbackKind.DISPUTE_CLOSED),
 }
 
 

@@ -241,6 +241,8 @@ class Ledger:
             if family == "provider_clearing" and kind in ("refund", "chargeback"):
                 t["refunds" if kind == "refund" else "chargebacks"] += row["credits"]
                 t["refund_count"] += row["transactions"] if kind == "refund" else 0
+            if family == "provider_clearing" and kind == "chargeback_reversed":  # a won dispute gives it back
+                t["chargebacks"] -= row["debits"]
             if family == "discounts":
                 t["discounts"] += row["debits"] - row["credits"]
             if family == "fees_expense":

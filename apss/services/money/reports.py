@@ -131,7 +131,7 @@ def _channel_lines(rows: list[Row]) -> list[ChannelLine]:
             # provider clearing takes G - F and fees F: together the gross
             t["gross"] += row["clearing_debits"] + row["fees"]
             t["payments"] += row["transactions"]
-        elif row["kind"] in ("refund", "chargeback"):
+        elif row["kind"] in ("refund", "chargeback", "chargeback_reversed"):
             t["refunds" if row["kind"] == "refund" else "chargebacks"] += row["clearing_credits"] - row["clearing_debits"]
             t["refund_count"] += row["transactions"] if row["kind"] == "refund" else 0
     return [ChannelLine(channel=channel, currency=currency, **t) for (channel, currency), t in sorted(totals.items())]

@@ -86,8 +86,8 @@ log = logging.getLogger("apss.webhooks")
 API_VERSION = "2026-11-01"
 EVENT_TYPES = frozenset({
     "order.paid", "order.delivering", "order.fulfilled", "order.expired", "order.canceled", "order.failed",
-    "order.partially_refunded", "order.refunded", "order.in_review", "refund.succeeded", "refund.failed", "settlement.created",
-    "alert.created", "dispute.created", "delivery.pending",
+    "order.partially_refunded", "order.refunded", "order.in_review", "refund.succeeded", "refund.failed",
+    "settlement.created", "alert.created", "dispute.created", "dispute.updated", "dispute.closed", "delivery.pending",
     # subscriptions (apss/services/subscriptions/periods.py WEBHOOK_EVENTS): `subscription.payment_required`
     # asks the game to have the player pay a renewal on a channel that cannot charge a saved method
     "subscription.created", "subscription.activated", "subscription.renewed", "subscription.payment_failed",

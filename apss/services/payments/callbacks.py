@@ -37,6 +37,7 @@ from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import CallbackRejected, ChannelUnavailable, NotFound
 from apss.ids import new_token
+from apss.services.disputes.records import DisputeRecords
 from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.ledger import Ledger
 from apss.services.orders import lifecycle
@@ -51,6 +52,7 @@ from apss.store.db import Database, Row, Tx
 __all__ = ["PaymentEvents", "event_from_report", "synthetic_event_id"]
 
 log = logging.getLogger("apss.callbacks")
+_DISPUTE_KINDS = (CallbackKind.DISPUTE_CREATED, CallbackKind.DISPUTE_UPDATED, CallbackKind.DISPUTE_CLOSED)
 _UNPAID_ENDED = (OrderStatus.EXPIRED.value, OrderStatus.CANCELED.value, OrderStatus.FAILED.value)
 
 
@@ -63,7 +65,7 @@ def synthetic_event_id(kind: str) -> str:
 class PaymentEvents:
     def __init__(self, *, db: Database, clock: Clock, wall_clock: Clock, channels: ChannelAccess,
                  gateway: PaymentGateway, merchants: Merchants, ledger: Ledger, refunds: Refunds,
-                 game_delivery: lifecycle.GameDelivery, risk: RiskEngine) -> None:
+                 game_delivery: lifecycle.GameDelivery, risk: RiskEngine, disputes: DisputeRecords) -> None:
         """`wall_clock` checks only the signatures' timestamp tolerance: providers (and their
         stand-ins, and the sandbox) sign with real time, also when `clock` is a moved test clock."""
         self._db = db
@@ -76,6 +78,7 @@ class PaymentEvents:
         self._refunds = refunds
         self._game_delivery = game_delivery
         self._risk = risk
+        self._disputes = disputes
 
     async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
                               body: bytes, query: dict[str, str]) -> CallbackReply:
@@ -159,8 +162,8 @@ class PaymentEvents:
             return self._failed(tx, payment, event, now_ms=now_ms)
         if event.kind is CallbackKind.PAYMENT_APPROVED:
             return "approved"  # the capture that follows it carries the outcome
-        assert event.kind is CallbackKind.DISPUTE_CREATED, event.kind
-        return self._refunds.apply_chargeback(tx, payment=payment, amount=event.amount, event_id=event.event_id)
+        assert event.kind in _DISPUTE_KINDS, event.kind
+        return self._disputes.apply_event(tx, channel=payment["channel"], payment=payment, event=event)
 
     def _refund_event(self, tx: Tx, channel: str, merchant_id: str, event: CallbackEvent, *, now_ms: int) -> str:
         refund = self._refunds.find(tx, refund_id=event.refund_id, provider_ref=event.provider_refund_ref)

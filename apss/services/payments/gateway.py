@@ -26,6 +26,7 @@ import msgspec
 
 from apss.channels.base import (
     Capability,
+    DisputeEvidence,
     PaymentCreated,
     PaymentQuery,
     PaymentReport,
@@ -124,6 +125,12 @@ class PaymentGateway:
     async def cancel_payment(self, merchant: Merchant, channel: str, query: PaymentQuery) -> Attempt:
         return await self._optional(merchant, channel, Capability.CANCEL_PAYMENT, "cancel_payment",
                                     lambda adapter, credentials: adapter.cancel_payment(query, credentials))
+
+    async def submit_dispute_evidence(self, merchant: Merchant, channel: str, evidence: DisputeEvidence) -> Attempt:
+        """Answer a dispute with evidence (Stripe `POST /v1/disputes/{id}` with `submit=true`)."""
+        return await self._optional(merchant, channel, Capability.SUBMIT_DISPUTE_EVIDENCE,
+                                    Capability.SUBMIT_DISPUTE_EVIDENCE.value,
+                                    lambda adapter, credentials: adapter.submit_dispute_evidence(evidence, credentials))
 
     async def _optional(self, merchant: Merchant, channel: str, capability: Capability, operation: str,
                         call: Callable[[Any, Any], Awaitable[Any]]) -> Attempt:

@@ -246,20 +246,22 @@ class Refunds:
         return sent
 
     # -- outcomes (now, or later by callback) -------------------------------------------------
-    def apply_chargeback(self, tx: Tx, *, payment: Row, amount: int | None, event_id: str) -> str:
+    def apply_chargeback(self, tx: Tx, *, payment: Row, amount: int | None, event_id: str, revoke: bool = True) -> str | None:
         """A dispute the provider opened takes the money back at once: a forced refund (ledger kind
         `chargeback`) of exactly what the provider reports, goods taken back as for a refund with
-        the `debt` policy, and an alert. Refunds still pending do not shrink it: if they and the
-        chargeback exceed the capture, that is an over-refund, alerted and booked as it happened."""
+        the `debt` policy unless the merchant's dispute policy says not to (`revoke`), and an alert.
+        Refunds still pending do not shrink it: if they and the chargeback exceed the capture, that
+        is an over-refund, alerted and booked as it happened. Returns the refund's id (None when the
+        payment never succeeded: nothing to take back). The dispute record (services/disputes) owns
+        the `dispute.*` webhooks."""
         if payment["status"] != PaymentStatus.SUCCEEDED.value:
-            return "stale"
+            return None
         amount = amount if amount is not None and amount > 0 else payment["amount"]
         now_ms = self._clock.now_ms()
         refund_id = new_id("rfd")
         store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
                                  "payment_id": payment["id"], "amount": amount, "currency": payment["currency"],
                                  "status": "pending", "reason": "chargeback", "created_at_ms": now_ms})
-        tx.emit(merchant_id=payment["merchant_id"], type="dispute.created", kind="refund", object_id=refund_id)
         lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="dispute_created", severity="critical",
                               object_id=payment["id"], now_ms=now_ms,
                               message=f"chargeback of {amount} {payment['currency']} on payment {payment['id']}")
@@ -267,9 +269,13 @@ class Refunds:
         succeeded = store.refunded_total(tx, payment_id=payment["id"], statuses=("succeeded",))
         if succeeded + amount <= payment["amount"] < succeeded + pending + amount:  # the rest is alerted below
             self._alert_over_refund(tx, payment, total=succeeded + pending + amount)
-        return self.apply_succeeded(tx, refund_id=refund_id, cause=f"callback:{event_id}", kind="chargeback", policy="debt")
+        applied = self.apply_succeeded(tx, refund_id=refund_id, cause=f"callback:{event_id}", kind="chargeback",
+                                       policy="debt", revoke=revoke)
+        assert applied == "applied", "a new refund row moves once"
+        return refund_id
 
-    def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None) -> str:
+    def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None,
+                        revoke: bool = True) -> str:
         refund = store.get_refund_tx(tx, refund_id=refund_id)
         current = RefundStatus(refund["status"])
         if RefundStatus.SUCCEEDED not in REFUND_TRANSITIONS[current]:
@@ -281,7 +287,7 @@ class Refunds:
         within = max(0, min(refund["amount"], payment["amount"] - before))  # what the capture still covers
         delivered = order["status"] in REFUNDABLE
         plan = self._plan(tx, order, gross=payment["amount"], before=before, amount=within,
-                          policy=policy or finance.clawback_policy) if delivered and within else Clawback(policy="none")
+                          policy=policy or finance.clawback_policy) if delivered and within and revoke else Clawback(policy="none")
         now_ms = self._clock.now_ms()
         if within and payment["channel"] == WALLET_CHANNEL:
             self._credit_wallet(tx, order, payment, before=before, amount=within, refund_id=refund_id, now_ms=now_ms)

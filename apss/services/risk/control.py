@@ -25,7 +25,7 @@ from apss.store import refunds as refund_store
 from apss.store import risk as store
 from apss.store.db import Database, Row, Tx
 
-__all__ = ["ListItemCreate", "ListItemView", "RiskControl", "RuleIn", "RulesPut", "RulesView", "mask_email"]
+__all__ = ["decision_view", "ListItemCreate", "ListItemView", "RiskControl", "RuleIn", "RulesPut", "RulesView", "mask_email"]
 
 _LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _PLAYER = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -112,7 +112,7 @@ def _item_view(row: Row) -> ListItemView:
                         expires_at=format_rfc3339(row["expires_at_ms"]) if row["expires_at_ms"] is not None else None)
 
 
-def _decision_view(row: Row) -> DecisionView:
+def decision_view(row: Row) -> DecisionView:
     return DecisionView(stage=row["stage"], score=row["score"], action=row["action"],
                         rules_fired=[msgspec.to_builtins(f) for f in fired_of(row["rules_fired"])],
                         attributes=msgspec.json.decode(row["attributes"]), created_at=format_rfc3339(row["created_at_ms"]))
@@ -216,7 +216,7 @@ class RiskControl:
         if not rows:
             raise NotFound(f"Order '{order_id}' has no risk decision (wallet and subscription orders are not assessed).",
                            param="id")
-        latest, *earlier = [_decision_view(r) for r in rows]
+        latest, *earlier = [decision_view(r) for r in rows]
         return OrderRiskView(order_id=order_id, stage=latest.stage, score=latest.score, action=latest.action,
                              rules_fired=latest.rules_fired, attributes=latest.attributes, created_at=latest.created_at,
                              history=earlier)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Annotated, Literal
 
 import httpx
 import msgspec
+from msgspec import Meta
 
-from apss.channels.base import RefundRequest, RefundResult
+from apss.channels.base import DisputeEvidence, RefundRequest, RefundResult
 from apss.channels.sandbox import (
     THREE_DS_SUFFIX,
     build_event,
@@ -27,24 +29,48 @@ from apss.channels.sandbox import (
     parse_magic,
     send_callback,
 )
+from apss.channels.sandbox.mapping import SandboxDisputeData
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.payments import CallbackKind
-from apss.errors import ChannelNotAvailable, InvalidTransition, NotFound, PaymentClosed
+from apss.errors import (
+    ChannelNotAvailable,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    PaymentClosed,
+)
 from apss.ids import new_id
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.views import SandboxActionView
+from apss.store import disputes as dispute_store
 from apss.store import orders
 from apss.store import sandbox as store
 from apss.store.db import Database, Row, Tx
 
-__all__ = ["SandboxProvider"]
+__all__ = ["SandboxDisputeClose", "SandboxDisputeCreate", "SandboxDisputeView", "SandboxProvider"]
 
 log = logging.getLogger("apss.sandbox")
 _SEND_CONCURRENCY_MAX = 16
 _BATCH_MAX = 200
 _BACKOFF_S_MAX = 600
+_EVIDENCE_DUE_S = 7 * 86_400  # the sandbox gives a week to answer
+
+
+class SandboxDisputeCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Annotated[int, Meta(ge=1, le=10**15)] | None = None  # default: the whole payment
+    reason: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z_]+$")] = "fraudulent"
+
+
+class SandboxDisputeClose(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    outcome: Literal["won", "lost"]
+
+
+class SandboxDisputeView(msgspec.Struct, frozen=True, kw_only=True):
+    sandbox_dispute_id: str  # the provider's id (the dispute record's provider_dispute_id)
+    payment_id: str
+    status: str
 
 
 class SandboxProvider:
@@ -133,6 +159,87 @@ class SandboxProvider:
     async def refund_of(self, refund_id: str) -> RefundResult | None:
         row = await store.fetch_refund(self._db, refund_id=refund_id)
         return None if row is None else _refund_result(row)
+
+    # -- disputes the sandbox raises and closes ------------------------------------------------
+    async def raise_dispute(self, *, merchant: Merchant, payment_id: str, command: SandboxDisputeCreate,
+                            idem: IdempotencyRequest | None) -> Outcome:
+        """The payer's bank disputes a paid sandbox payment: the sandbox sends `dispute.created`."""
+        if merchant.mode != "test":
+            raise ChannelNotAvailable("The sandbox works for test merchants only.")
+
+        def transaction(tx: Tx) -> SandboxDisputeView:
+            payment = orders.get_payment_tx(tx, payment_id=payment_id)
+            if payment is None or payment["merchant_id"] != merchant.id:
+                raise NotFound(f"No such payment: '{payment_id}'", param="payment_id")
+            if payment["channel"] != "sandbox":
+                raise ChannelNotAvailable(f"Payment '{payment_id}' is not a sandbox payment.", param="payment_id")
+            completed = store.completion(tx, payment_id=payment_id)
+            if completed is None or completed["outcome"] != "succeeded":
+                raise InvalidTransition("Only a paid sandbox payment can be disputed.")
+            amount = command.amount if command.amount is not None else payment["amount"]
+            if amount > payment["amount"]:
+                raise InvalidRequest(f"At most {payment['amount']} {payment['currency']} can be disputed.",
+                                     code="dispute_amount_too_large", param="amount")
+            now_ms = self._clock.now_ms()
+            dispute = SandboxDisputeData(id=f"sbxdp_{new_id('evt')[4:]}", status="needs_response", reason=command.reason,
+                                         evidence_due_by=now_ms // 1000 + _EVIDENCE_DUE_S)
+            dispute_store.insert_sandbox_dispute(tx, {"id": dispute.id, "merchant_id": merchant.id, "payment_id": payment_id,
+                                                      "amount": amount, "currency": payment["currency"],
+                                                      "reason": command.reason, "status": dispute.status,
+                                                      "created_at_ms": now_ms})
+            self._queue_dispute_event(tx, payment, dispute, amount=amount, kind=CallbackKind.DISPUTE_CREATED)
+            return SandboxDisputeView(sandbox_dispute_id=dispute.id, payment_id=payment_id, status=dispute.status)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=202)
+
+    async def close_dispute(self, *, merchant: Merchant, dispute_id: str, command: SandboxDisputeClose,
+                            idem: IdempotencyRequest | None) -> Outcome:
+        """The bank decides: `dispute.closed` with the outcome. `dispute_id` is the sandbox's
+        (`sbxdp_...`) or APSS's record of it (`dsp_...`)."""
+        if merchant.mode != "test":
+            raise ChannelNotAvailable("The sandbox works for test merchants only.")
+
+        def transaction(tx: Tx) -> SandboxDisputeView:
+            sandbox_id = dispute_id
+            record = dispute_store.get_dispute_tx(tx, dispute_id=dispute_id) if dispute_id.startswith("dsp_") else None
+            if record is not None and record["merchant_id"] == merchant.id and record["channel"] == "sandbox":
+                sandbox_id = record["provider_dispute_id"]
+            row = dispute_store.sandbox_dispute_tx(tx, dispute_id=sandbox_id)
+            if row is None or row["merchant_id"] != merchant.id:
+                raise NotFound(f"No such sandbox dispute: '{dispute_id}'", param="id")
+            if row["status"] in ("won", "lost"):
+                raise InvalidTransition(f"The sandbox dispute is {row['status']} already.")
+            dispute_store.set_sandbox_dispute(tx, dispute_id=row["id"], status=command.outcome)
+            payment = orders.get_payment_tx(tx, payment_id=row["payment_id"])
+            dispute = SandboxDisputeData(id=row["id"], status=command.outcome, reason=row["reason"])
+            self._queue_dispute_event(tx, payment, dispute, amount=row["amount"], kind=CallbackKind.DISPUTE_CLOSED)
+            return SandboxDisputeView(sandbox_dispute_id=row["id"], payment_id=row["payment_id"], status=command.outcome)
+
+        return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction, success_status=202)
+
+    def _queue_dispute_event(self, tx: Tx, payment: Row, dispute: SandboxDisputeData, *, amount: int,
+                             kind: CallbackKind) -> None:
+        now_ms = self._clock.now_ms()
+        event_id = new_id("evt")
+        body = build_event(event_id=event_id, kind=kind, created_s=now_ms // 1000, payment_id=payment["id"], amount=amount,
+                           currency=payment["currency"], provider_ref=payment["provider_ref"], dispute=dispute)
+        store.insert_callback(tx, event_id=event_id, merchant_id=payment["merchant_id"], body=body, deliver_at_ms=now_ms)
+        tx.after_commit(self.wake)
+
+    async def record_dispute_evidence(self, evidence: DisputeEvidence) -> str | None:
+        """SandboxBook: keep the evidence; an open dispute goes under review."""
+
+        def transaction(tx: Tx) -> str | None:
+            row = dispute_store.sandbox_dispute_tx(tx, dispute_id=evidence.provider_dispute_id)
+            if row is None or row["payment_id"] != evidence.payment_id:
+                return None
+            if row["status"] in ("won", "lost"):
+                return row["status"]
+            dispute_store.set_sandbox_dispute(tx, dispute_id=row["id"], status="under_review",
+                                              evidence=msgspec.json.encode(evidence.fields).decode())
+            return "under_review"
+
+        return await self._db.write(transaction)
 
     # -- the payer page ------------------------------------------------------------------------
     async def payer_page_data(self, provider_ref: str) -> Row | None:
