@@ -19,7 +19,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 from apss import __version__
-from apss.api.account import account
+from apss.api.account import account, update_account
+from apss.api.browser import CheckoutSessionController
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
@@ -75,6 +76,7 @@ from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
 from apss.services.orders import lifecycle
+from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
 from apss.services.orders.queries import OrderQueries
 from apss.services.orders.recovery import Completer, resume_running
@@ -194,10 +196,13 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                                   idempotency=idempotency, merchants=merchants)
     outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
+    order_queries = OrderQueries(db=db, public_url=config.public_url)
+
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
-        orders=OrderQueries(db=db, public_url=config.public_url), fx=FxRates(db=db, clock=clock),
+        browser_checkout=BrowserCheckout(db=db, checkout=checkout, merchants=merchants, orders=order_queries),
+        orders=order_queries, fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
@@ -269,7 +274,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
-        route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
+        route_handlers=[healthz, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,

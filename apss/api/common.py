@@ -20,6 +20,7 @@ __all__ = [
     "Limit",
     "Services",
     "admin_guard",
+    "bearer_token",
     "current_merchant",
     "idempotency_request",
     "list_response",
@@ -30,7 +31,7 @@ Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page.", max_length=64)]
 
 
-def _bearer(request: Request) -> str:
+def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -39,13 +40,13 @@ def _bearer(request: Request) -> str:
 
 
 async def current_merchant(request: Request, svc: Services) -> Merchant:
-    merchant = svc.merchants.authenticate(_bearer(request))
+    merchant = svc.merchants.authenticate(bearer_token(request))
     svc.rate_limiter.take(merchant.id)
     return merchant
 
 
 async def admin_guard(request: Request, svc: Services) -> None:
-    svc.merchants.check_admin(_bearer(request))
+    svc.merchants.check_admin(bearer_token(request))
 
 
 def idempotency_request(request: Request, body: Any) -> IdempotencyRequest | None:

@@ -35,7 +35,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "sandbox_done_note": "The merchant is notified by callback within a second.", "nothing": "Nothing to do",
         "sandbox_closed": "Payment closed", "sandbox_closed_note": "This order ended before it was paid, so the payment "
         "was closed: nothing can be paid here and no money moves. Please start a new purchase in the game.",
-        "qty": "×", "language": "中文",
+        "qty": "×", "language": "中文", "close": "Close",
     },
     "zh": {
         "checkout": "收银台", "order": "订单", "total": "合计", "expires_in": "剩余支付时间",
@@ -52,7 +52,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "sandbox_paid": "已支付", "sandbox_declined": "已拒绝",
         "sandbox_done_note": "商户将在一秒内收到回调通知。", "nothing": "无需操作",
         "sandbox_closed": "支付已关闭", "sandbox_closed_note": "该订单在支付前已结束，支付已关闭：此处无法再支付，也不会扣款。请回到游戏重新购买。",
-        "qty": "×", "language": "English",
+        "qty": "×", "language": "English", "close": "关闭",
     },
 }
 assert set(_TEXT["en"]) == set(_TEXT["zh"]), "every text exists in every language"
