@@ -24,7 +24,7 @@ from apss.api.browser import CheckoutSessionController
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
-from apss.api.common import current_merchant
+from apss.api.common import current_merchant, refuse_publishable_key
 from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
@@ -287,6 +287,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
+        before_request=refuse_publishable_key,  # a pk_ key opens the browser endpoints only
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=openapi,

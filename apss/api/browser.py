@@ -16,7 +16,7 @@ from litestar.di import Provide
 from litestar.enums import HttpMethod
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from apss.api.common import Services, bearer_token, idempotency_request, outcome_response
+from apss.api.common import PUBLISHABLE_KEY_OPT, Services, bearer_token, idempotency_request, outcome_response
 from apss.errors import ApssError, AuthenticationFailed
 from apss.services.idempotency import IdempotencyRequest
 from apss.services.merchants.keys import Merchant
@@ -108,6 +108,7 @@ class CheckoutSessionController(Controller):
     path = BROWSER_PATH
     tags = ["checkout (browser)"]
     middleware = [browser_cors]
+    opt = {PUBLISHABLE_KEY_OPT: True}  # the only routes app.py's refuse_publishable_key lets a pk_ key reach
     dependencies = {"browser": Provide(browser_merchant)}
     security = [{"bearer": []}]
 

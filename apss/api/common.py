@@ -12,12 +12,14 @@ from litestar.params import Parameter
 from apss.errors import AuthenticationFailed, InvalidRequest
 from apss.services.container import Services
 from apss.services.idempotency import IdempotencyRequest, Outcome, request_hash
+from apss.services.merchants.keys import PUBLISHABLE_PREFIX as PUBLISHABLE_KEY_PREFIX
 from apss.services.merchants.keys import Merchant
 from apss.services.views import encode
 
 __all__ = [
     "Cursor",
     "Limit",
+    "PUBLISHABLE_KEY_OPT",
     "Services",
     "admin_guard",
     "bearer_token",
@@ -25,6 +27,7 @@ __all__ = [
     "idempotency_request",
     "list_response",
     "outcome_response",
+    "refuse_publishable_key",
 ]
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]
@@ -37,6 +40,21 @@ def bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Provide your key as 'Authorization: Bearer <key>'.")
     return token.strip()
+
+
+# The opt a route handler carries when a publishable key may call it (api/browser.py).
+PUBLISHABLE_KEY_OPT = "publishable_key"
+
+
+async def refuse_publishable_key(request: Request) -> None:
+    """App-wide, before anything of the request is read (query, body): a publishable key is
+    refused everywhere but the browser endpoints, with 401, whatever else is wrong."""
+    if request.route_handler.opt.get(PUBLISHABLE_KEY_OPT):
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith(PUBLISHABLE_KEY_PREFIX):
+        raise AuthenticationFailed("A publishable key works only for the checkout's browser endpoints "
+                                   "(/v1/checkout/...); use a secret key here.", code="publishable_key_not_allowed")
 
 
 async def current_merchant(request: Request, svc: Services) -> Merchant:
