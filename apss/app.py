@@ -17,11 +17,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 from apss import __version__
-from apss.api.account import account
+from apss.api.account import account, update_account
+from apss.api.browser import CheckoutSessionController
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
-from apss.api.common import current_merchant
+from apss.api.common import current_merchant, refuse_publishable_key
 from apss.api.disputes import (
     DisputeController,
     DisputePolicyController,
@@ -82,6 +83,7 @@ from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
 from apss.services.orders import lifecycle
+from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
 from apss.services.orders.queries import OrderQueries
 from apss.services.orders.recovery import Completer, resume_running
@@ -214,9 +216,12 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                                   idempotency=idempotency, merchants=merchants)
     outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
+    order_queries = OrderQueries(db=db, public_url=config.public_url)
+
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
+        browser_checkout=BrowserCheckout(db=db, checkout=checkout, merchants=merchants, orders=order_queries),
         orders=order_queries, fx=FxRates(db=db, clock=clock), disputes=disputes, dispute_evidence=dispute_evidence,
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
@@ -295,7 +300,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
-        route_handlers=[healthz, account, provider_callback, MerchantController, ProductController, OrderController,
+        route_handlers=[healthz, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
@@ -309,6 +314,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
+        before_request=refuse_publishable_key,  # a pk_ key opens the browser endpoints only
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=openapi,

@@ -13,7 +13,7 @@ from apss.clock import format_rfc3339
 from tests.conftest import assert_error, unique_sku
 
 PRODUCT_FIELDS = {"id", "sku", "name", "category", "prices", "stock", "reserved", "sold", "purchase_limit", "grants",
-                  "active", "created_at"}
+                  "active", "browser_sellable", "created_at"}
 
 
 def create(client: httpx.Client, **fields) -> httpx.Response:
@@ -40,7 +40,7 @@ def test_default_grants_by_category_and_exact_product_object(merchant, category,
         assert product == {
             "id": product["id"], "sku": sku, "name": "A Thing", "category": category,
             "prices": {"USD": 499, "JPY": 500}, "stock": None, "reserved": 0, "sold": 0, "purchase_limit": None,
-            "grants": [default_grant(sku)], "active": True,
+            "grants": [default_grant(sku)], "active": True, "browser_sellable": False,
             "created_at": format_rfc3339(merchant.server.clock.now_ms()),
         }
         fetched = client.get(f"/v1/products/{product['id']}")

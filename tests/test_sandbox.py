@@ -106,7 +106,9 @@ def test_sandbox_is_for_test_merchants_only(server):
             assert refused.status_code == 400, refused.text
             assert refused.json()["error"]["code"] == "channel_not_available"
         account = client.get("/v1/account").json()
-        assert account == {"id": live.id, "name": "Live Studio", "mode": "live", "currency": "USD"}
+        publishable_key = account.pop("publishable_key")
+        assert publishable_key.startswith("pk_live_")
+        assert account == {"id": live.id, "name": "Live Studio", "mode": "live", "currency": "USD", "allowed_origins": []}
         assert client.post("/v1/sandbox/payments/pay_whatever/succeed").json()["error"]["code"] == "channel_not_available"
 
 

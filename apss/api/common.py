@@ -12,25 +12,29 @@ from litestar.params import Parameter
 from apss.errors import AuthenticationFailed, InvalidRequest
 from apss.services.container import Services
 from apss.services.idempotency import IdempotencyRequest, Outcome, request_hash
+from apss.services.merchants.keys import PUBLISHABLE_PREFIX as PUBLISHABLE_KEY_PREFIX
 from apss.services.merchants.keys import Merchant
 from apss.services.views import encode
 
 __all__ = [
     "Cursor",
     "Limit",
+    "PUBLISHABLE_KEY_OPT",
     "Services",
     "admin_guard",
+    "bearer_token",
     "current_merchant",
     "idempotency_request",
     "list_response",
     "outcome_response",
+    "refuse_publishable_key",
 ]
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page.", max_length=64)]
 
 
-def _bearer(request: Request) -> str:
+def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -38,14 +42,29 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+# The opt a route handler carries when a publishable key may call it (api/browser.py).
+PUBLISHABLE_KEY_OPT = "publishable_key"
+
+
+async def refuse_publishable_key(request: Request) -> None:
+    """App-wide, before anything of the request is read (query, body): a publishable key is
+    refused everywhere but the browser endpoints, with 401, whatever else is wrong."""
+    if request.route_handler.opt.get(PUBLISHABLE_KEY_OPT):
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith(PUBLISHABLE_KEY_PREFIX):
+        raise AuthenticationFailed("A publishable key works only for the checkout's browser endpoints "
+                                   "(/v1/checkout/...); use a secret key here.", code="publishable_key_not_allowed")
+
+
 async def current_merchant(request: Request, svc: Services) -> Merchant:
-    merchant = svc.merchants.authenticate(_bearer(request))
+    merchant = svc.merchants.authenticate(bearer_token(request))
     svc.rate_limiter.take(merchant.id)
     return merchant
 
 
 async def admin_guard(request: Request, svc: Services) -> None:
-    svc.merchants.check_admin(_bearer(request))
+    svc.merchants.check_admin(bearer_token(request))
 
 
 def idempotency_request(request: Request, body: Any) -> IdempotencyRequest | None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import Provide
 from msgspec import Meta
 
+from apss.api.account import Origins
 from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
 from apss.domain.money import is_iso_currency
 from apss.errors import CurrencyNotSupported
@@ -17,6 +18,7 @@ from apss.services.views import (
     MerchantCreatedView,
     MerchantList,
     MerchantView,
+    PublishableKeyView,
     SecretKeyView,
 )
 
@@ -28,6 +30,10 @@ class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     mode: Literal["test", "live"] = "test"
     # Settlement currency: the base that FX converts prices from (ISO 4217).
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+
+
+class MerchantUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    allowed_origins: Origins  # the merchant's embedding sites (README "Embedding the checkout")
 
 
 class MerchantController(Controller):
@@ -54,3 +60,13 @@ class MerchantController(Controller):
     @post("/{merchant_id:str}/keys", status_code=201, summary="Roll the merchant's secret key; older keys stop working at once")
     async def roll_key(self, merchant_id: str, svc: Services, admin: None) -> SecretKeyView:
         return await svc.merchants.rotate_key(merchant_id)
+
+    @patch("/{merchant_id:str}", summary="Set the merchant's embedding sites, allowed_origins (admin)")
+    async def update(self, merchant_id: str, data: MerchantUpdate, svc: Services, admin: None) -> MerchantView:
+        await svc.merchants.set_allowed_origins(merchant_id, data.allowed_origins)
+        return await svc.merchants.get(merchant_id)
+
+    @post("/{merchant_id:str}/publishable_keys", status_code=201,
+          summary="Roll the merchant's publishable key; the old one stops working at once")
+    async def roll_publishable_key(self, merchant_id: str, svc: Services, admin: None) -> PublishableKeyView:
+        return await svc.merchants.roll_publishable_key(merchant_id)

@@ -26,6 +26,7 @@ from apss.services.money.reports import Reports
 from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
 from apss.services.orders.queries import OrderQueries
 from apss.services.orders.recovery import Completer
@@ -67,6 +68,7 @@ class Services:
     gateway: PaymentGateway
     catalog: Catalog
     checkout: Checkout
+    browser_checkout: BrowserCheckout
     orders: OrderQueries
     fx: FxRates
     payment_events: PaymentEvents

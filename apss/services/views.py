@@ -35,6 +35,7 @@ __all__ = [
     "PaymentDetailView",
     "PaymentView",
     "ProductView",
+    "PublishableKeyView",
     "SandboxActionView",
     "SecretKeyView",
     "WalletDebitView",
@@ -73,6 +74,7 @@ class ProductView(_View, omit_defaults=True):  # `billing` only on plans
     purchase_limit: int | None
     grants: list[Grant]
     active: bool
+    browser_sellable: bool  # a publishable key may start a checkout for it (README "Embedding the checkout")
     created_at: str
     billing: Billing | None = None  # plans only (subscriptions)
 
@@ -84,7 +86,7 @@ def product_view(row: Row) -> ProductView:
         prices=msgspec.json.decode(row["prices"], type=dict[str, int]), stock=row["stock"],
         reserved=row["reserved"], sold=row["sold"], purchase_limit=row["purchase_limit"],
         grants=_grants_decoder.decode(row["grants"]), active=bool(row["active"]),
-        created_at=format_rfc3339(row["created_at_ms"]),
+        browser_sellable=bool(row["browser_sellable"]), created_at=format_rfc3339(row["created_at_ms"]),
         billing=msgspec.json.decode(row["billing"], type=Billing) if row["billing"] else None,
     )
 
@@ -250,6 +252,8 @@ class MerchantView(_View):
     name: str
     mode: Mode
     currency: str
+    publishable_key: str | None  # public: it only opens and starts checkouts (README "Embedding the checkout")
+    allowed_origins: list[str]
     created_at: str
 
 
@@ -259,6 +263,7 @@ class MerchantCreatedView(_View):
     mode: Mode
     currency: str
     secret_key: str
+    publishable_key: str
     created_at: str
 
 
@@ -266,11 +271,17 @@ class SecretKeyView(_View):
     secret_key: str
 
 
+class PublishableKeyView(_View):
+    publishable_key: str
+
+
 class AccountView(_View, omit_defaults=True):
     id: str
     name: str
     mode: Mode
     currency: str
+    publishable_key: str | None
+    allowed_origins: list[str]
     sandbox_webhook_secret: str | None = None
 
 

@@ -32,10 +32,10 @@ __all__ = [
 def insert_product(tx: Tx, row: dict) -> None:
     tx.execute(
         "INSERT INTO products (id, merchant_id, sku, name, category, prices, stock, reserved, sold,"
-        " purchase_limit, grants, active, created_at_ms, updated_at_ms, billing) VALUES (:id, :merchant_id,"
-        " :sku, :name, :category, :prices, :stock, 0, 0, :purchase_limit, :grants, :active,"
-        " :created_at_ms, :created_at_ms, :billing)",
-        {"billing": None, **row},
+        " purchase_limit, grants, active, browser_sellable, created_at_ms, updated_at_ms, billing) VALUES (:id,"
+        " :merchant_id, :sku, :name, :category, :prices, :stock, 0, 0, :purchase_limit, :grants, :active,"
+        " :browser_sellable, :created_at_ms, :created_at_ms, :billing)",
+        {"billing": None, "browser_sellable": 0, **row},
     )
 
 
@@ -67,7 +67,7 @@ async def list_products(db: Database, *, merchant_id: str, after_id: str | None,
 
 
 def update_product(tx: Tx, *, product_id: str, fields: dict, now_ms: int) -> None:
-    allowed = {"name", "prices", "purchase_limit", "grants", "active"}
+    allowed = {"name", "prices", "purchase_limit", "grants", "active", "browser_sellable"}
     assert set(fields) <= allowed, set(fields) - allowed
     if not fields:
         return

@@ -8,14 +8,18 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "active_keys",
+    "active_publishable_keys",
     "all_merchants",
     "fetch_merchant",
     "get_merchant_tx",
     "get_setting_tx",
     "insert_api_key",
     "insert_merchant",
+    "insert_publishable_key",
     "list_merchants",
     "revoke_keys",
+    "revoke_publishable_keys",
+    "set_allowed_origins",
     "set_setting",
 ]
 
@@ -42,6 +46,28 @@ def revoke_keys(tx: Tx, *, merchant_id: str, now_ms: int) -> list[str]:
         (now_ms, merchant_id),
     )
     return [row["key_hash"] for row in rows]
+
+
+def insert_publishable_key(tx: Tx, *, merchant_id: str, key: str, now_ms: int) -> None:
+    tx.execute("INSERT INTO publishable_keys (key, merchant_id, created_at_ms) VALUES (?, ?, ?)", (key, merchant_id, now_ms))
+
+
+def revoke_publishable_keys(tx: Tx, *, merchant_id: str, now_ms: int) -> list[str]:
+    """Revoke the merchant's active publishable key; returns the keys revoked (for the cache)."""
+    rows = tx.all(
+        "UPDATE publishable_keys SET revoked_at_ms = ? WHERE merchant_id = ? AND revoked_at_ms IS NULL RETURNING key",
+        (now_ms, merchant_id),
+    )
+    return [row["key"] for row in rows]
+
+
+async def active_publishable_keys(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT key, merchant_id FROM publishable_keys WHERE revoked_at_ms IS NULL")
+
+
+def set_allowed_origins(tx: Tx, *, merchant_id: str, origins_json: str) -> None:
+    cursor = tx.execute("UPDATE merchants SET allowed_origins = ? WHERE id = ?", (origins_json, merchant_id))
+    assert cursor.rowcount == 1, merchant_id
 
 
 def get_merchant_tx(tx: Tx, merchant_id: str) -> sqlite3.Row | None:

@@ -1,7 +1,8 @@
-"""Pages served by APSS itself: the hosted checkout page, the sandbox payer page and the admin
-dashboard. `WEB_HANDLERS` is every route handler of this package, for app.py to register."""
+"""Pages served by APSS itself: the hosted checkout page, the sandbox payer page, the embed script
+(/js/apss.js) and the admin dashboard. `WEB_HANDLERS` is every route handler of this package, for app.py to register."""
 
 from apss.web.admin import ADMIN_HANDLERS
+from apss.web.embed import embed_script
 from apss.web.pages import (
     checkout_page,
     checkout_status,
@@ -12,4 +13,4 @@ from apss.web.pages import (
 
 __all__ = ["WEB_HANDLERS"]
 
-WEB_HANDLERS = [home, checkout_page, checkout_status, sandbox_pay_page, sandbox_pay_action, *ADMIN_HANDLERS]
+WEB_HANDLERS = [home, checkout_page, checkout_status, sandbox_pay_page, sandbox_pay_action, embed_script, *ADMIN_HANDLERS]

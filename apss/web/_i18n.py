@@ -38,7 +38,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "three_ds_title": "3-D Secure check", "three_ds_note": "Your card issuer asks you to confirm this payment "
         "(sandbox stand-in for the 3-D Secure challenge).", "three_ds_pass": "Pass the check",
         "three_ds_fail": "Fail the check",
-        "qty": "×", "language": "中文",
+        "qty": "×", "language": "中文", "close": "Close",
     },
     "zh": {
         "checkout": "收银台", "order": "订单", "total": "合计", "expires_in": "剩余支付时间",
@@ -57,7 +57,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "sandbox_closed": "支付已关闭", "sandbox_closed_note": "该订单在支付前已结束，支付已关闭：此处无法再支付，也不会扣款。请回到游戏重新购买。",
         "three_ds_title": "3-D Secure 验证", "three_ds_note": "发卡行要求您确认此笔支付（沙箱模拟的 3-D Secure 验证）。",
         "three_ds_pass": "验证通过", "three_ds_fail": "验证失败",
-        "qty": "×", "language": "English",
+        "qty": "×", "language": "English", "close": "关闭",
     },
 }
 assert set(_TEXT["en"]) == set(_TEXT["zh"]), "every text exists in every language"

@@ -26,10 +26,14 @@ input,select{padding:8px;border:1px solid #d1d5db;border-radius:6px;font-size:1r
 
 
 class Document:
-    """One page: title, body, extra CSS and an optional inline script, all under one nonce."""
+    """One page: title, body, extra CSS and an optional inline script, all under one nonce.
+    `frame_ancestors`: None, the page may not be framed at all; a tuple of origins, it may be
+    framed by this server and those sites (the embeddable checkout, README "Embedding the checkout")."""
 
-    def __init__(self, *, title: str, body: str, lang: str = "en", css: str = "", script: str = "", status: int = 200) -> None:
+    def __init__(self, *, title: str, body: str, lang: str = "en", css: str = "", script: str = "", status: int = 200,
+                 frame_ancestors: tuple[str, ...] | None = None) -> None:
         self.title, self.body, self.lang, self.css, self.script, self.status = title, body, lang, css, script, status
+        self.frame_ancestors = frame_ancestors
 
 
 def html_response(document: Document, *, cookies: list | None = None) -> Response:
@@ -39,8 +43,11 @@ def html_response(document: Document, *, cookies: list | None = None) -> Respons
               f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(document.title)}</title>"
               f"<link rel=icon href='data:,'>"
               f"<style nonce='{nonce}'>{_BASE_CSS}{document.css}</style></head><body>{document.body}{script}</body></html>")
+    # Origins are normalised when saved (domain/origins.py): no space or ';' can reach the header.
+    ancestors = "'none'" if document.frame_ancestors is None else " ".join(("'self'", *document.frame_ancestors))
+    assert ";" not in ancestors and "," not in ancestors
     csp = (f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src 'self' data:; "
-           "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+           f"connect-src 'self'; form-action 'self'; frame-ancestors {ancestors}; base-uri 'none'")
     headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                "Cache-Control": "no-store"}
     return Response(content=markup, status_code=document.status, media_type="text/html; charset=utf-8", headers=headers,

@@ -1,9 +1,16 @@
 """Pages a payer reaches through unguessable links: the hosted checkout page (`checkout_url`), its
 status endpoint, and the sandbox payer page. English and Chinese, phone-sized, server-rendered;
-nothing is fetched from any other host (see _layout's CSP)."""
+nothing is fetched from any other host (see _layout's CSP).
+
+Embedded (README "Embedding the checkout"): both pages may be framed by the merchant's
+`allowed_origins` (CSP frame-ancestors) and by nothing else. Opened with `?embed=<origin>` of one
+of those sites (apss.js adds it), they carry it along, show a close button and post `paid`,
+`failed` and `closed` to the parent window with that origin as the target, so no other page can
+receive them."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from urllib.parse import quote
@@ -50,8 +57,39 @@ def _lang(request: Request) -> str:
     return choose_language(query=request.query_params.get("lang"), accept_language=request.headers.get("accept-language"))
 
 
-def _page(lang: str, title: str, body: str, *, status: int = 200, script: str = "") -> Response:
-    return html_response(Document(title=title, body=f"<main>{body}</main>", lang=lang, css=_CSS, script=script, status=status))
+def _page(lang: str, title: str, body: str, *, status: int = 200, script: str = "",
+          frame_ancestors: tuple[str, ...] | None = None) -> Response:
+    return html_response(Document(title=title, body=f"<main>{body}</main>", lang=lang, css=_CSS, script=script, status=status,
+                                  frame_ancestors=frame_ancestors))
+
+
+def _embed_origin(svc: Services, merchant_id: str, value: str | None) -> str | None:
+    """The parent page's origin when it is one of the merchant's sites, else None (not embedded)."""
+    return value if value is not None and value in svc.merchants.allowed_origins(merchant_id) else None
+
+
+def _embed_query(embed: str | None) -> str:
+    return f"&embed={quote(embed, safe='')}" if embed else ""
+
+
+# Posts {source, event, order_id, status} to the parent, only to the listed origin the page was
+# opened for: a page of any other origin never receives it. The values come first, as JSON.
+_EMBED_SCRIPT = """
+if(window.parent!==window){var status=document.body.dataset.status||'';
+var post=function(event){window.parent.postMessage({source:'apss',event:event,order_id:embed.order,status:status},embed.target);};
+if(embed.paid.indexOf(status)>=0)post('paid');else if(embed.ended.indexOf(status)>=0)post('failed');
+var close=document.getElementById('close-checkout');if(close)close.addEventListener('click',function(){post('closed');});}})();
+"""
+
+
+def _embed_script(embed: str, order_id: str) -> str:
+    values = {"target": embed, "order": order_id, "paid": list(_PAID), "ended": ["failed", "expired", "canceled"]}
+    literal = json.dumps(values).replace("<", "\\u003c")  # JSON inside a script: no value can close the tag
+    return f"(function(){{var embed={literal};" + _EMBED_SCRIPT
+
+
+def _close_button(lang: str) -> str:
+    return f"<button id=close-checkout type=button aria-label='{text(lang, 'close')}'>{text(lang, 'close')}</button>"
 
 
 def _not_found(lang: str) -> Response:
@@ -65,24 +103,26 @@ def _closed(lang: str) -> Response:
                                                      f"<p class=muted>{text(lang, 'sandbox_closed_note')}</p>", status=410)
 
 
-def _language_switch(lang: str) -> str:
+def _language_switch(lang: str, embed: str | None = None) -> str:
     other = "en" if lang == "zh" else "zh"
-    return f"<a class=muted href='?lang={other}' hreflang={other}>{text(lang, 'language')}</a>"
+    return f"<a class=muted href='?lang={other}{esc(_embed_query(embed))}' hreflang={other}>{text(lang, 'language')}</a>"
 
 
 class _Context:
     """What the checkout page needs beyond the order view: whose order it is, where to go back."""
 
-    def __init__(self, merchant: Merchant | None, return_url: str | None, sandbox_ref: str | None) -> None:
-        self.merchant, self.return_url, self.sandbox_ref = merchant, return_url, sandbox_ref
+    def __init__(self, merchant: Merchant | None, return_url: str | None, sandbox_ref: str | None,
+                 embed: str | None) -> None:
+        self.merchant, self.return_url, self.sandbox_ref, self.embed = merchant, return_url, sandbox_ref, embed
 
 
-def _context(svc: Services, checkout: CheckoutContext) -> _Context:
+def _context(svc: Services, checkout: CheckoutContext, embed: str | None) -> _Context:
     action = checkout.order.payment.next_action if checkout.order.payment else None
     sandbox_ref = None
     if action is not None and action.url and action.url.startswith(f"{svc.config.public_url}/sandbox/pay/"):
         sandbox_ref = action.url.rsplit("/", 1)[1]
-    return _Context(svc.merchants.by_id(checkout.merchant_id), checkout.return_url, sandbox_ref)
+    return _Context(svc.merchants.by_id(checkout.merchant_id), checkout.return_url, sandbox_ref,
+                    _embed_origin(svc, checkout.merchant_id, embed))
 
 
 async def _item_rows(svc: Services, order: OrderView, merchant: Merchant | None, lang: str) -> str:
@@ -115,8 +155,10 @@ def _next_step(order: OrderView, ctx: _Context, token: str, lang: str) -> str:
         return f"<p class=muted id=waiting>{text(lang, 'waiting')}</p>"
     if action.type == "redirect" and action.url:
         label = text(lang, "continue") if ctx.sandbox_ref else text(lang, "pay_with", channel=_CHANNEL_LABELS.get(order.channel, order.channel))
-        url = f"{action.url}?back=/checkout/{token}&lang={lang}" if ctx.sandbox_ref else action.url
-        return f"<div class=actions><a id=pay class='button primary' href='{esc(url)}'>{esc(label)}</a></div>"
+        url = f"{action.url}?back=/checkout/{token}&lang={lang}{_embed_query(ctx.embed)}" if ctx.sandbox_ref else action.url
+        # A provider's own page will not be framed: embedded, it opens in the whole window.
+        target = " target=_top" if ctx.embed and not ctx.sandbox_ref else ""
+        return f"<div class=actions><a id=pay class='button primary' href='{esc(url)}'{target}>{esc(label)}</a></div>"
     if action.type == "qr_code" and action.data:
         svg = segno.make(action.data, error="m").svg_inline(scale=4, dark="#111", light="#fff", title=text(lang, "scan"))
         return f"<p class=muted>{text(lang, 'scan')}</p><div class=qr data-qr='{esc(action.data)}'>{svg}</div>"
@@ -124,8 +166,9 @@ def _next_step(order: OrderView, ctx: _Context, token: str, lang: str) -> str:
 
 
 def _state_section(order: OrderView, ctx: _Context, token: str, lang: str, remaining_s: int) -> str:
-    back = (f"<div class=actions><a id=back class='button primary' href='{esc(ctx.return_url)}'>{text(lang, 'back')}</a></div>"
-            if ctx.return_url else "")
+    target = " target=_top" if ctx.embed else ""
+    back = (f"<div class=actions><a id=back class='button primary' href='{esc(ctx.return_url)}'{target}>"
+            f"{text(lang, 'back')}</a></div>" if ctx.return_url else "")
     if order.status in _PAID:
         note = text(lang, "fulfilled_note" if order.status == "fulfilled" else "paid_note")
         return f"<p class=state id=success><span class='badge ok'>✓</span> {text(lang, 'paid')}</p><p class=muted>{note}</p>{back}"
@@ -158,13 +201,14 @@ async def checkout_page(token: str, request: Request, svc: Services) -> Response
         checkout = await svc.orders.by_checkout_token(token)
     except NotFound:
         return _not_found(lang)
-    order, ctx = checkout.order, _context(svc, checkout)
+    order, ctx = checkout.order, _context(svc, checkout, request.query_params.get("embed"))
     remaining_s = (parse_rfc3339(order.expires_at) - svc.clock.now_ms()) // 1000
     channels = "".join(f"<li class='{'current' if name == order.channel else ''}' data-channel='{esc(name)}'>"
                        f"{esc(_CHANNEL_LABELS.get(name, name))}</li>" for name in _channels(svc, order, ctx.merchant))
     merchant_name = esc(ctx.merchant.name) if ctx.merchant else ""
+    close = _close_button(lang) if ctx.embed else ""
     body = (f"<div data-status='{esc(order.status)}' id=checkout><div class=top><span class=muted>{merchant_name}</span>"
-            f"{_language_switch(lang)}</div><h1>{text(lang, 'checkout')}</h1>"
+            f"{_language_switch(lang, ctx.embed)}{close}</div><h1>{text(lang, 'checkout')}</h1>"
             f"<p class=muted>{text(lang, 'order')} <code>{esc(order.id)}</code></p>"
             f"<table>{await _item_rows(svc, order, ctx.merchant, lang)}</table>"
             f"<div class=total><span>{text(lang, 'total')}</span><span class=amount id=total data-amount-minor={order.amount} "
@@ -172,7 +216,10 @@ async def checkout_page(token: str, request: Request, svc: Services) -> Response
             f"<p class=muted>{text(lang, 'channels')}</p><ul class=channels>{channels}</ul>"
             f"{_state_section(order, ctx, token, lang, remaining_s)}</div>")
     script = "document.body.dataset.status=document.getElementById('checkout').dataset.status;" + _CHECKOUT_SCRIPT
-    return _page(lang, f"{text(lang, 'checkout')} · {order.id}", body, script=script)
+    if ctx.embed:
+        script += _embed_script(ctx.embed, order.id)
+    return _page(lang, f"{text(lang, 'checkout')} · {order.id}", body, script=script,
+                 frame_ancestors=svc.merchants.allowed_origins(checkout.merchant_id))
 
 
 @get("/checkout/{token:str}/status", include_in_schema=False)
@@ -209,15 +256,21 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
     if await svc.sandbox.is_closed(payment["id"]):
         return _closed(lang)
     back = request.query_params.get("back", "")
+    ancestors = svc.merchants.allowed_origins(payment["merchant_id"])
+    embed = _embed_origin(svc, payment["merchant_id"], request.query_params.get("embed"))
     state = await svc.sandbox.state_of(payment["id"])
     if state is not None:  # the payer acted already: its outcome and a way back, no buttons
-        return _outcome(lang, paid=state[0] == "succeeded", return_url=payment["return_url"])
+        return _outcome(lang, paid=state[0] == "succeeded", return_url=payment["return_url"], ancestors=ancestors,
+                        embed=embed, order_id=payment["order_id"])
     hidden = (f"<input type=hidden name=lang value={lang}>"
-              + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else ""))
+              + (f"<input type=hidden name=back value='{esc(back)}'>" if _BACK_RE.match(back) else "")
+              + (f"<input type=hidden name=embed value='{esc(embed)}'>" if embed else ""))
     ref = esc(provider_ref)
+    close = _close_button(lang) if embed else ""
     if request.query_params.get("step") == "3ds" and await svc.sandbox.needs_challenge(payment):
-        return _three_ds_step(lang, ref=ref, hidden=hidden, payment=payment)
-    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang)}</div>"
+        return _three_ds_step(lang, ref=ref, hidden=hidden, payment=payment, embed=embed, ancestors=ancestors)
+    close = _close_button(lang) if embed else ""
+    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang, embed)}{close}</div>"
             f"<h1>{esc(payment['merchant_name'])}</h1><p class=muted>{text(lang, 'order')} <code>{esc(payment['order_id'])}</code></p>"
             f"<div class=total><span>{text(lang, 'total')}</span><span class=amount>{esc(money(payment['amount'], payment['currency'], lang))}"
             f"</span></div><p class=muted>{esc(format_amount(payment['amount'], payment['currency']))}</p>"
@@ -226,7 +279,8 @@ async def sandbox_pay_page(provider_ref: str, request: Request, svc: Services) -
             f"{text(lang, 'pay')}</button></form>"
             f"<form method=post action='/sandbox/pay/{ref}/fail'>{hidden}<button id=sandbox-fail type=submit>"
             f"{text(lang, 'fail')}</button></form></div>")
-    return _page(lang, text(lang, "sandbox"), body)
+    return _page(lang, text(lang, "sandbox"), body, script=_embed_script(embed, payment["order_id"]) if embed else "",
+                 frame_ancestors=ancestors)
 
 
 @post("/sandbox/pay/{provider_ref:str}/{action:str}", include_in_schema=False, status_code=200)
@@ -239,9 +293,10 @@ async def sandbox_pay_action(provider_ref: str, action: str, request: Request, s
     if payment is None:
         return _not_found(lang)
     back = form.get("back") or ""
+    embed = _embed_query(_embed_origin(svc, payment["merchant_id"], form.get("embed")))
     if action == "pay" and await svc.sandbox.needs_challenge(payment):  # a risk rule asked for 3-D Secure
         extra = f"&back={quote(back, safe='/')}" if _BACK_RE.match(back) else ""
-        return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?step=3ds&lang={lang}{extra}", status_code=303)
+        return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?step=3ds&lang={lang}{extra}{embed}", status_code=303)
     challenge = {"3ds_pass": "pass", "3ds_fail": "fail"}.get(action)
     try:
         await svc.sandbox.complete_by_ref(provider_ref=provider_ref, pay=action != "fail", challenge=challenge)
@@ -250,14 +305,16 @@ async def sandbox_pay_action(provider_ref: str, action: str, request: Request, s
     except ApssError as error:
         return _page(lang, text(lang, "sandbox"), f"<h1>{text(lang, 'nothing')}</h1><p class=muted>{esc(error.message)}</p>", status=409)
     if _BACK_RE.match(back):  # only our own checkout page: never an open redirect
-        return Redirect(f"{back}?lang={lang}", status_code=303)
+        return Redirect(f"{back}?lang={lang}{embed}", status_code=303)
     # Post, redirect, get: the outcome page is a GET, so a reload never posts again.
-    return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?lang={lang}", status_code=303)
+    return Redirect(f"/sandbox/pay/{quote(provider_ref, safe='')}?lang={lang}{embed}", status_code=303)
 
 
-def _three_ds_step(lang: str, *, ref: str, hidden: str, payment: Mapping) -> Response:
+def _three_ds_step(lang: str, *, ref: str, hidden: str, payment: Mapping, embed: str | None,
+                   ancestors: tuple[str, ...]) -> Response:
     """The sandbox's stand-in for the card issuer's 3-D Secure challenge."""
-    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang)}</div>"
+    close = _close_button(lang) if embed else ""
+    body = (f"<div class=top><span class=badge>{text(lang, 'sandbox')}</span>{_language_switch(lang, embed)}{close}</div>"
             f"<h1 id=sandbox-3ds>{text(lang, 'three_ds_title')}</h1>"
             f"<div class=total><span>{text(lang, 'total')}</span><span class=amount>"
             f"{esc(money(payment['amount'], payment['currency'], lang))}</span></div>"
@@ -266,11 +323,18 @@ def _three_ds_step(lang: str, *, ref: str, hidden: str, payment: Mapping) -> Res
             f" type=submit>{text(lang, 'three_ds_pass')}</button></form>"
             f"<form method=post action='/sandbox/pay/{ref}/3ds_fail'>{hidden}<button id=sandbox-3ds-fail type=submit>"
             f"{text(lang, 'three_ds_fail')}</button></form></div>")
-    return _page(lang, text(lang, "three_ds_title"), body)
+    return _page(lang, text(lang, "three_ds_title"), body,
+                 script=_embed_script(embed, payment["order_id"]) if embed else "", frame_ancestors=ancestors)
 
 
-def _outcome(lang: str, *, paid: bool, return_url: str | None) -> Response:
-    link = (f"<div class=actions><a class='button primary' href='{esc(return_url)}'>{text(lang, 'back')}</a></div>"
+def _outcome(lang: str, *, paid: bool, return_url: str | None, ancestors: tuple[str, ...], embed: str | None,
+             order_id: str) -> Response:
+    target = " target=_top" if embed else ""
+    link = (f"<div class=actions><a class='button primary' href='{esc(return_url)}'{target}>{text(lang, 'back')}</a></div>"
             if return_url else "")
+    close = f"<div class=actions>{_close_button(lang)}</div>" if embed else ""
     title = text(lang, "sandbox_paid" if paid else "sandbox_declined")
-    return _page(lang, title, f"<h1 id=sandbox-outcome>{title}</h1><p class=muted>{text(lang, 'sandbox_done_note')}</p>{link}")
+    # The payer's action, not yet the order's outcome (that comes with the callback): only `closed`.
+    return _page(lang, title, f"<h1 id=sandbox-outcome>{title}</h1><p class=muted>{text(lang, 'sandbox_done_note')}</p>"
+                              f"{link}{close}", script=_embed_script(embed, order_id) if embed else "",
+                 frame_ancestors=ancestors)

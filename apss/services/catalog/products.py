@@ -62,6 +62,8 @@ class ProductCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None = None
     grants: Grants | None = None
     active: bool = True
+    # A publishable key (a web page) may start a checkout for it: README "Embedding the checkout".
+    browser_sellable: bool = False
     # A membership product with a billing plan is sold by subscription (API.md "Subscriptions").
     billing: Billing | None = None
 
@@ -72,6 +74,7 @@ class ProductUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     purchase_limit: Annotated[int, Meta(ge=1, le=10**9)] | None | UnsetType = UNSET
     grants: Grants | UnsetType = UNSET
     active: bool | UnsetType = UNSET
+    browser_sellable: bool | UnsetType = UNSET
     stock: StockUnits | None | UnsetType = UNSET
     stock_adjust: StockDelta | UnsetType = UNSET
 
@@ -157,6 +160,7 @@ class Catalog:
                 "category": command.category.value, "prices": _encode(command.prices).decode(),
                 "stock": command.stock, "purchase_limit": command.purchase_limit,
                 "grants": _encode(grants).decode(), "active": int(command.active),
+                "browser_sellable": int(command.browser_sellable),
                 "created_at_ms": self._clock.now_ms(),
                 "billing": _encode(command.billing).decode() if command.billing is not None else None,
             })
@@ -186,10 +190,11 @@ class Catalog:
             if command.prices is not UNSET:
                 grants = command.grants if command.grants is not UNSET else _grants_of(row)
                 _check_currencies(tx, merchant_id=merchant_id, prices=command.prices, grants=grants or [])
-            fields = {name: getattr(command, name) for name in ("name", "purchase_limit", "active")
+            fields = {name: getattr(command, name) for name in ("name", "purchase_limit", "active", "browser_sellable")
                       if getattr(command, name) is not UNSET}
-            if "active" in fields:
-                fields["active"] = int(fields["active"])
+            for flag in ("active", "browser_sellable"):
+                if flag in fields:
+                    fields[flag] = int(fields[flag])
             if command.prices is not UNSET:
                 fields["prices"] = _encode(command.prices).decode()
             if command.grants is not UNSET:

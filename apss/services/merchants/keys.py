@@ -1,17 +1,23 @@
-"""Merchants, their secret keys, the admin token, and authentication from memory.
+"""Merchants, their secret and publishable keys, the admin token, and authentication from memory.
 
-Keys are stored as SHA-256 hashes; authentication looks the hash up in an in-memory map that
-the writer updates after each commit, so it costs no database round trip.
+Secret keys are stored as SHA-256 hashes; authentication looks the hash up in an in-memory map
+that the writer updates after each commit, so it costs no database round trip. Publishable keys
+(`pk_...`) are public (they only open and start checkouts from a browser), so they are stored as
+they are and shown in `GET /v1/account`; they are looked up the same way, in a map of their own,
+so a publishable key can never pass for a secret one. The origins a merchant embeds the
+checkout in are cached beside them (the checkout page's CSP and CORS read them per request).
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Iterable
 
 import msgspec
 
 from apss.clock import Clock, format_rfc3339
+from apss.domain.origins import normalise_origins
 from apss.crypto import Keyring, hash_secret, random_token
 from apss.errors import AuthenticationFailed, LiveModeUnavailable, NotFound
 from apss.ids import new_id
@@ -20,12 +26,13 @@ from apss.services.views import (
     AccountView,
     MerchantCreatedView,
     MerchantView,
+    PublishableKeyView,
     SecretKeyView,
 )
 from apss.store import merchants as store
 from apss.store.db import Database, Tx
 
-__all__ = ["Merchant", "Merchants"]
+__all__ = ["PUBLISHABLE_PREFIX", "Merchant", "Merchants"]
 
 _ADMIN_HASH_SETTING = "admin_token_hash"
 
@@ -45,6 +52,14 @@ def _new_secret_key(mode: str) -> str:
     return f"sk_{mode}_{secrets.token_urlsafe(32)}"
 
 
+def _new_publishable_key(mode: str) -> str:
+    # Public, but unguessable all the same: knowing a merchant id must not be enough to sell as it.
+    return f"pk_{mode}_{secrets.token_urlsafe(24)}"
+
+
+PUBLISHABLE_PREFIX = "pk_"
+
+
 class Merchants:
     def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, live_mode_allowed: bool) -> None:
         """`live_mode_allowed` is false when the clock is a test clock: live money never runs on one."""
@@ -55,13 +70,22 @@ class Merchants:
         self._by_key_hash: dict[str, Merchant] = {}
         self._by_id: dict[str, Merchant] = {}
         self._admin_hash: str | None = None
+        self._by_publishable: dict[str, Merchant] = {}
+        self._publishable_of: dict[str, str] = {}  # merchant id -> its active publishable key
+        self._origins_of: dict[str, tuple[str, ...]] = {}
+        self._origins_anywhere: frozenset[str] = frozenset()  # listed by some merchant: preflights
 
     # -- cache -------------------------------------------------------------------------------
     async def load(self) -> None:
         for row in await store.all_merchants(self._db):
             self._by_id[row["id"]] = self._merchant(row)
+            self._origins_of[row["id"]] = tuple(msgspec.json.decode(row["allowed_origins"], type=list[str]))
+        self._origins_anywhere = frozenset(o for origins in self._origins_of.values() for o in origins)
         for row in await store.active_keys(self._db):
             self._by_key_hash[row["key_hash"]] = self._by_id[row["merchant_id"]]
+        for row in await store.active_publishable_keys(self._db):
+            self._by_publishable[row["key"]] = self._by_id[row["merchant_id"]]
+            self._publishable_of[row["merchant_id"]] = row["key"]
 
     def _merchant(self, row) -> Merchant:
         sealed = row["sandbox_webhook_secret_sealed"]
@@ -70,10 +94,37 @@ class Merchants:
                         sandbox_webhook_secret=secret)
 
     def authenticate(self, secret_key: str) -> Merchant:
+        if secret_key.startswith(PUBLISHABLE_PREFIX):
+            raise AuthenticationFailed("A publishable key works only for the checkout's browser endpoints "
+                                       "(/v1/checkout/...); use a secret key here.", code="publishable_key_not_allowed")
         merchant = self._by_key_hash.get(hash_secret(secret_key)) if len(secret_key) >= 16 else None
         if merchant is None:
             raise AuthenticationFailed("Invalid API key provided.")
         return merchant
+
+    def authenticate_publishable(self, publishable_key: str) -> Merchant:
+        """The browser endpoints' key. A secret key is refused: it must never be in a browser."""
+        if not publishable_key.startswith(PUBLISHABLE_PREFIX):
+            raise AuthenticationFailed("The checkout's browser endpoints take a publishable key (pk_...); "
+                                       "never put a secret key in a web page.", code="secret_key_not_allowed")
+        merchant = self._by_publishable.get(publishable_key)
+        if merchant is None:
+            raise AuthenticationFailed("Invalid publishable key provided.")
+        return merchant
+
+    def publishable_key(self, merchant_id: str) -> str | None:
+        return self._publishable_of.get(merchant_id)
+
+    def allowed_origins(self, merchant_id: str) -> tuple[str, ...]:
+        return self._origins_of.get(merchant_id, ())
+
+    def origin_listed(self, origin: str) -> bool:
+        """Does any merchant list `origin`? A CORS preflight carries no key, so it cannot say whose."""
+        return origin in self._origins_anywhere
+
+    def _publish_origins(self, merchant_id: str, origins: Iterable[str]) -> None:
+        self._origins_of[merchant_id] = tuple(origins)
+        self._origins_anywhere = frozenset(o for listed in self._origins_of.values() for o in listed)
 
     def by_id(self, merchant_id: str) -> Merchant | None:
         return self._by_id.get(merchant_id)
@@ -112,23 +163,27 @@ class Merchants:
         merchant_id, secret_key, now_ms = new_id("mch"), _new_secret_key(mode), self._clock.now_ms()
         sandbox_secret = f"whsec_{random_token(24)}" if mode == "test" else None
         merchant = Merchant(id=merchant_id, name=name, mode=mode, currency=currency, sandbox_webhook_secret=sandbox_secret)
-        key_hash = hash_secret(secret_key)
+        key_hash, publishable_key = hash_secret(secret_key), _new_publishable_key(mode)
 
         def transaction(tx: Tx) -> None:
             sealed = self._keyring.seal(sandbox_secret, context=merchant_id) if sandbox_secret else None
             store.insert_merchant(tx, merchant_id=merchant_id, name=name, mode=mode, currency=currency,
                                   sandbox_secret_sealed=sealed, now_ms=now_ms)
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
+            store.insert_publishable_key(tx, merchant_id=merchant_id, key=publishable_key, now_ms=now_ms)
 
             def publish() -> None:
                 self._by_id[merchant_id] = merchant
                 self._by_key_hash[key_hash] = merchant
+                self._by_publishable[publishable_key] = merchant
+                self._publishable_of[merchant_id] = publishable_key
+                self._publish_origins(merchant_id, ())
 
             tx.after_commit(publish)
 
         await self._db.write(transaction)
         return MerchantCreatedView(id=merchant_id, name=name, mode=mode, currency=currency, secret_key=secret_key,
-                                   created_at=format_rfc3339(now_ms))
+                                   publishable_key=publishable_key, created_at=format_rfc3339(now_ms))
 
     async def rotate_key(self, merchant_id: str) -> SecretKeyView:
         merchant = self._by_id.get(merchant_id)
@@ -151,21 +206,63 @@ class Merchants:
         await self._db.write(transaction)
         return SecretKeyView(secret_key=secret_key)
 
+    async def roll_publishable_key(self, merchant_id: str) -> PublishableKeyView:
+        """A new publishable key; the old one stops working at once (pages that embed it must be updated)."""
+        merchant = self._by_id.get(merchant_id)
+        if merchant is None:
+            raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+        key, now_ms = _new_publishable_key(merchant.mode), self._clock.now_ms()
+
+        def transaction(tx: Tx) -> None:
+            revoked = store.revoke_publishable_keys(tx, merchant_id=merchant_id, now_ms=now_ms)
+            assert len(revoked) <= 1, "a unique index keeps one active publishable key per merchant"
+            store.insert_publishable_key(tx, merchant_id=merchant_id, key=key, now_ms=now_ms)
+
+            def publish() -> None:
+                for old in revoked:
+                    self._by_publishable.pop(old, None)
+                self._by_publishable[key] = merchant
+                self._publishable_of[merchant_id] = key
+
+            tx.after_commit(publish)
+
+        await self._db.write(transaction)
+        return PublishableKeyView(publishable_key=key)
+
+    async def set_allowed_origins(self, merchant_id: str, origins: list[str]) -> tuple[str, ...]:
+        """Replace the merchant's embedding sites (normalised; see domain/origins.py)."""
+        merchant = self._by_id.get(merchant_id)
+        if merchant is None:
+            raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+        normalised = normalise_origins(origins, live=merchant.mode == "live")
+
+        def transaction(tx: Tx) -> None:
+            store.set_allowed_origins(tx, merchant_id=merchant_id, origins_json=msgspec.json.encode(normalised).decode())
+            tx.after_commit(lambda: self._publish_origins(merchant_id, normalised))
+
+        await self._db.write(transaction)
+        assert self._origins_of[merchant_id] == tuple(normalised), "after_commit ran before the write returned"
+        return tuple(normalised)
+
     async def get(self, merchant_id: str) -> MerchantView:
         row = await store.fetch_merchant(self._db, merchant_id)
         if row is None:
             raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
-        return _merchant_view(row)
+        return self._merchant_view(row)
 
     async def list(self, *, after_id: str | None, limit: int) -> tuple[list[MerchantView], bool]:
         rows = await store.list_merchants(self._db, after_id=after_id, limit=limit + 1)
-        return page_of(rows, limit, _merchant_view)
+        return page_of(rows, limit, self._merchant_view)
 
-    @staticmethod
-    def account(merchant: Merchant) -> AccountView:
+    def account(self, merchant: Merchant) -> AccountView:
         return AccountView(id=merchant.id, name=merchant.name, mode=merchant.mode, currency=merchant.currency,
+                           publishable_key=self._publishable_of.get(merchant.id),
+                           allowed_origins=list(self._origins_of.get(merchant.id, ())),
                            sandbox_webhook_secret=merchant.sandbox_webhook_secret)
 
-
-def _merchant_view(row) -> MerchantView:
-    return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"], created_at=format_rfc3339(row["created_at_ms"]))
+    def _merchant_view(self, row) -> MerchantView:
+        # The key and origins from the cache the writer keeps after commit (the row is a reader's).
+        return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"],
+                            publishable_key=self._publishable_of.get(row["id"]),
+                            allowed_origins=list(self._origins_of.get(row["id"], ())),
+                            created_at=format_rfc3339(row["created_at_ms"]))
