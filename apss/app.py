@@ -62,6 +62,7 @@ from apss.jobs.scheduler import Scheduler
 from apss.services.catalog.products import Catalog
 from apss.services.container import Services
 from apss.services.idempotency import Idempotency
+from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.demo import seed_demo
 from apss.services.merchants.keys import Merchants
 from apss.services.merchants.rate_limit import RateLimiter
@@ -195,7 +196,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
     services = Services(
-        config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
+        config=config, clock=clock, db=db, merchants=merchants, admin_sessions=AdminSessions(db=db, clock=clock),
+        idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
         orders=OrderQueries(db=db, public_url=config.public_url), fx=FxRates(db=db, clock=clock),
         payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
