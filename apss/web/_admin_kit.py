@@ -60,7 +60,7 @@ main{max-width:1240px;margin:18px auto;padding:0 14px}.card{background:#fff;bord
 .timeline li{padding:4px 0 10px 14px}.login{max-width:380px;margin:12vh auto}.login input{width:100%;margin:8px 0 14px}
 table.compact{font-size:.85rem}table.compact td,table.compact th{padding:5px 4px}td.num,th.num{text-align:right;white-space:nowrap}
 td.actions{white-space:nowrap}td.actions form{display:inline-flex;gap:4px;margin:0 0 4px}
-td.actions button,td.actions .button,.small{padding:5px 9px;font-size:.85rem}td.actions input{padding:4px;font-size:.85rem;width:9em}
+td.actions button,td.actions .button,.small{padding:5px 9px;font-size:.85rem}td.actions input{padding:4px;font-size:.85rem;width:9em}td.actions input[type=datetime-local]{width:13.5em}
 tr.discrepancy{background:#fef2f2}.ids{font-family:ui-monospace,monospace;font-size:.8rem;word-break:break-all}
 .confirm{max-width:560px}.row{display:flex;flex-wrap:wrap;gap:8px;align-items:center}
 """

@@ -85,8 +85,9 @@ async def admin_settlements(request: Request, svc: Services) -> Response:
     more_link = f"<a href='{page.url('/admin/settlements', after=batches[-1].id, status=status or '')}'>Older →</a>" if more else ""
     body = (f"{notice(request)}<div class=card><h1>Settlements</h1>"
             f"{_status_filter(page, '/admin/settlements', 'status', _SETTLEMENT_STATUSES, status)}"
-            f"<p class=muted>Net payable = gross − refunds and chargebacks − fees − commission − partner shares − reserve held "
-            f"+ reserve released + carried in. Mark a pending batch paid once the payout is sent.</p>"
+            f"<p class=muted>Net payable = gross − refunds and chargebacks − commission − partner shares − reserve held "
+            f"+ reserve released + carried in (provider fees are the platform's, covered by its commission). Mark a pending batch paid "
+            f"once the payout is sent.</p>"
             f"<table id=settlements class=compact><tr><th>Batch</th><th>Period</th><th class=num>Gross</th>"
             f"<th class=num>Refunds</th><th class=num>Fees</th><th class=num>Commission</th><th class=num>Partner shares</th>"
             f"<th class=num>Reserve held</th><th class=num>Net payable</th><th>Payout</th><th></th></tr>{rows}</table>"
@@ -173,7 +174,7 @@ def _summary_rows(page: Page, lines) -> str:
 
 
 _NET_NOTE = ("<p class=muted>Net of refunds = gross − refunds − chargebacks. Net to merchant also takes off commission and "
-             "partner shares (provider fees are the merchant's cost, shown apart).</p>")
+             "partner shares (provider fees are the platform's cost, covered by its commission).</p>")
 
 
 def _day_ms(text: str) -> int | None:
