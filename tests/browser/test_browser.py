@@ -153,7 +153,10 @@ def test_player_pays_then_admin_sees_and_refunds(web, open_context):
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "fulfilled")
     row.locator("a").click()
     expect(page.locator("#timeline li")).to_have_count(3)
+    expect(page.locator("#refund-amount")).to_have_value("5.00")  # the whole order by default
     page.click("#refund")
+    expect(page.locator("#confirm-amount")).to_have_text("$5.00")
+    page.click("#confirm-refund")
     expect(page.locator("#notice")).to_contain_text("refund")
     wait_for(lambda: _order_status(merchant, order["id"]) == "refunded")
     page.reload()
