@@ -70,6 +70,7 @@ from apss.services.container import Services
 from apss.services.disputes.evidence import DisputeEvidenceService
 from apss.services.disputes.records import DisputeRecords
 from apss.services.idempotency import Idempotency
+from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.demo import seed_demo
 from apss.services.merchants.keys import Merchants
 from apss.services.merchants.rate_limit import RateLimiter
@@ -219,7 +220,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     order_queries = OrderQueries(db=db, public_url=config.public_url)
 
     services = Services(
-        config=config, clock=clock, db=db, merchants=merchants, idempotency=idempotency, channels=channels,
+        config=config, clock=clock, db=db, merchants=merchants, admin_sessions=AdminSessions(db=db, clock=clock),
+        idempotency=idempotency, channels=channels,
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
         browser_checkout=BrowserCheckout(db=db, checkout=checkout, merchants=merchants, orders=order_queries),
         orders=order_queries, fx=FxRates(db=db, clock=clock), disputes=disputes, dispute_evidence=dispute_evidence,

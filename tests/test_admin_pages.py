@@ -104,3 +104,28 @@ def test_a_huge_stock_delta_from_the_dashboard_is_a_clear_refusal_not_a_500(serv
         admin.close()
     with merchant.client() as api:
         assert api.get(f"/v1/products/{product['id']}").json()["stock"] == 10, "nothing changed"
+
+
+def test_every_dashboard_form_refuses_a_post_without_its_csrf_token(server):
+    merchant = server.new_merchant("Forged Form Studio")
+    with merchant.client() as api:
+        product = merchant.product(api)
+        order = merchant.order(api, product["id"]).json()
+        assert api.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
+    admin = _login(server)
+    try:
+        actions = [(f"/admin/orders/{order['id']}/refund", {"amount": "100"}),
+                   ("/admin/settlements/stl_0000000000000000/paid", {"payout_reference": "x"}),
+                   ("/admin/webhooks/deliveries/wd_0000000000000000/retry", {}),
+                   ("/admin/webhooks/endpoints/we_0000000000000000/replay", {"since": "2026-01-01T00:00"}),
+                   ("/admin/reconciliation/statements", {"channel": "sandbox"}),
+                   ("/admin/alerts/alr_0000000000000000/resolve", {})]
+        for path, data in actions:
+            for csrf in (None, "not-the-token"):
+                form = {**data, **({"csrf": csrf} if csrf else {})}
+                answer = admin.post(path, params={"merchant": merchant.id}, data=form)
+                assert answer.status_code == 403 and "Form expired" in answer.text, (path, csrf, answer.status_code)
+    finally:
+        admin.close()
+    with merchant.client() as api:
+        assert api.get(f"/v1/orders/{order['id']}/refunds").json()["data"] == [], "the forged refund did nothing"

@@ -26,6 +26,7 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         ("reports", 300.0, svc.reports.run),
         ("webhooks", 1.0, svc.webhooks.deliver_due),
         ("webhook_prune", 3600.0, svc.webhooks.prune),
+        ("admin_session_prune", 3600.0, svc.admin_sessions.prune),
         ("game_deliveries", 30.0, svc.deliveries.push_due),
         ("subscriptions", config.subscriptions.renewal_interval_s, svc.subscriptions.renew_due),
         ("risk_counter_prune", 3600.0, svc.risk_engine.prune),

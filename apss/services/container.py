@@ -16,6 +16,7 @@ from apss.services.catalog.products import Catalog
 from apss.services.disputes.evidence import DisputeEvidenceService
 from apss.services.disputes.records import DisputeRecords
 from apss.services.idempotency import Idempotency
+from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.keys import Merchants
 from apss.services.merchants.rate_limit import RateLimiter
 from apss.services.money.finance import FinanceService
@@ -63,6 +64,7 @@ class Services:
     clock: Clock
     db: Database
     merchants: Merchants
+    admin_sessions: AdminSessions
     idempotency: Idempotency
     channels: ChannelAccess
     gateway: PaymentGateway

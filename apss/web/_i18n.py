@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from babel.numbers import format_currency
+from babel.numbers import format_currency, format_decimal
 
 from apss.domain.money import CURRENCY_EXPONENTS
 
-__all__ = ["LANGUAGES", "choose_language", "money", "text"]
+__all__ = ["LANGUAGES", "choose_language", "major_units", "minor_units", "money", "text"]
 
 LANGUAGES = ("en", "zh")
 _BABEL_LOCALES = {"en": "en_US", "zh": "zh_Hans_CN"}
@@ -90,9 +90,33 @@ def choose_language(*, query: str | None, accept_language: str | None) -> str:
 
 
 def money(amount_minor: int, currency: str, lang: str) -> str:
-    """`12345, "CNY", "zh"` -> `¥123.45`; exact (Decimal scaled by the ISO exponent, never float)."""
+    """`12345, "CNY", "zh"` -> `¥123.45`; exact (Decimal scaled by the ISO exponent, never float).
+    A merchant's virtual currency (not ISO 4217, whole units) is the grouped number and its code:
+    `1,200 GEMS`."""
     assert isinstance(amount_minor, int) and not isinstance(amount_minor, bool)
+    if currency not in CURRENCY_EXPONENTS:
+        return f"{format_decimal(amount_minor, locale=_BABEL_LOCALES[lang])} {currency}"
     exponent = CURRENCY_EXPONENTS[currency]
     major = Decimal(amount_minor).scaleb(-exponent)
     assert major.as_tuple().exponent >= -exponent or amount_minor == 0
     return format_currency(major, currency, locale=_BABEL_LOCALES[lang])
+
+
+def major_units(amount_minor: int, currency: str) -> str:
+    """The plain decimal a person types for an amount (`250, "USD"` -> `2.50`): a form's default."""
+    exponent = CURRENCY_EXPONENTS.get(currency, 0)
+    return f"{Decimal(amount_minor).scaleb(-exponent):.{exponent}f}"
+
+
+def minor_units(typed: str, currency: str) -> int | None:
+    """What a person typed (`2.5`, `2.50`, `1,000`) in minor units, exactly; None if it is not an
+    amount of this currency (a fraction finer than its minor unit, a sign, not a number)."""
+    exponent = CURRENCY_EXPONENTS.get(currency, 0)
+    text_ = typed.strip().replace(",", "").replace("_", "")
+    if (len(text_) > 30 or not any(ch.isdigit() for ch in text_) or text_.count(".") > 1
+            or not all(ch.isdigit() or ch == "." for ch in text_)):
+        return None
+    scaled = Decimal(text_).scaleb(exponent)
+    if scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)

@@ -18,7 +18,7 @@ from tests.conftest import ADMIN_TOKEN, RunningServer, wait_for
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parent / "screenshots"  # ignored by git
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE = {"width": 390, "height": 844}
@@ -153,7 +153,10 @@ def test_player_pays_then_admin_sees_and_refunds(web, open_context):
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "fulfilled")
     row.locator("a").click()
     expect(page.locator("#timeline li")).to_have_count(3)
+    expect(page.locator("#refund-amount")).to_have_value("5.00")  # the whole order by default
     page.click("#refund")
+    expect(page.locator("#confirm-amount")).to_have_text("$5.00")
+    page.click("#confirm-refund")
     expect(page.locator("#notice")).to_contain_text("refund")
     wait_for(lambda: _order_status(merchant, order["id"]) == "refunded")
     page.reload()

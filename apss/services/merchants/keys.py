@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import msgspec
 
 from apss.clock import Clock, format_rfc3339
-from apss.domain.origins import normalise_origins
 from apss.crypto import Keyring, hash_secret, random_token
+from apss.domain.origins import normalise_origins
 from apss.errors import AuthenticationFailed, LiveModeUnavailable, NotFound
 from apss.ids import new_id
 from apss.services.paging import page_of

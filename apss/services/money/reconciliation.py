@@ -248,6 +248,12 @@ class Reconciliation:
         self._refund_age_ms = refund_pending_age_s * 1000
 
     # -- statements ------------------------------------------------------------------------
+    def statement_channels(self, merchant: Merchant) -> list[str]:
+        """The channels whose statements this merchant can import (the dashboard's upload form)."""
+        registry = self._channels.registry
+        return [name for name in registry.names() if registry.supports(name, Capability.PARSE_STATEMENT)
+                and (merchant.mode == "test" or not registry.get(name).test_only)]
+
     async def import_statement(self, *, merchant: Merchant, channel: str, data: bytes,
                                source_name: str) -> tuple[ReconciliationRunView, bool]:
         """Parse, match, store and alert; (run, created). The same file again: (first run, False)."""
