@@ -44,6 +44,8 @@ class Params:
     profile_mix: tuple[float, float, float]  # casual, regular, whale
     orders_per_day: tuple[float, float, float]  # mean per profile
     price_index: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # PRICE_POINTS range per profile
+    new_player_share: float  # players who join during the labelled days
+    starter_pack_p: float  # a new player buys a starter pack within hours of joining
     whale_session_p: float  # a whale's purchase is a session of 2-6 buys within half an hour
     legit_decline_p: float
     travel_p: float  # an order from abroad or over a VPN
@@ -76,7 +78,7 @@ class Params:
 
 TRAIN = Params(
     seed=11, days=14, players=4000, profile_mix=(0.62, 0.30, 0.08), orders_per_day=(0.12, 0.5, 1.0),
-    price_index=((0, 4), (1, 6), (5, 10)), whale_session_p=0.25, legit_decline_p=0.04, travel_p=0.03,
+    price_index=((0, 4), (1, 6), (5, 10)), new_player_share=0.15, starter_pack_p=0.6, whale_session_p=0.25, legit_decline_p=0.04, travel_p=0.03,
     new_device_p=0.01, shared_ip_share=0.12, shared_ips=40, missing_ip_p=0.05, missing_device_p=0.10,
     missing_billing_p=0.20,
     card_testers=60, card_test_attempts=(12, 60), card_test_cents=(50, 300), card_test_minutes=(5, 40),
@@ -90,7 +92,7 @@ TRAIN = Params(
 # and travel, other thresholds, attacks at other hours.
 HELD_OUT = Params(
     seed=9001, days=10, players=3000, profile_mix=(0.55, 0.33, 0.12), orders_per_day=(0.2, 0.7, 1.4),
-    price_index=((0, 5), (1, 7), (5, 10)), whale_session_p=0.35, legit_decline_p=0.06, travel_p=0.05,
+    price_index=((0, 5), (1, 7), (5, 10)), new_player_share=0.25, starter_pack_p=0.45, whale_session_p=0.35, legit_decline_p=0.06, travel_p=0.05,
     new_device_p=0.02, shared_ip_share=0.18, shared_ips=25, missing_ip_p=0.08, missing_device_p=0.15,
     missing_billing_p=0.30,
     card_testers=25, card_test_attempts=(8, 40), card_test_cents=(100, 500), card_test_minutes=(10, 90),
@@ -115,7 +117,7 @@ class Order:
     declined: bool
     fraud: bool
     kind: str  # casual, regular, whale, card_testing, velocity, takeover, structuring
-    first_seen: int | None = None  # when the player's account was first seen, if before the simulation
+    first_seen: int | None = None  # the player's first order, when it came before the simulation
 
 
 class _World:
@@ -151,6 +153,10 @@ class _World:
         return (None if r.random() < p.missing_ip_p else ip, None if ip is None or r.random() < p.missing_ip_p else ip_country,
                 None if r.random() < p.missing_billing_p else billing, None if r.random() < p.missing_device_p else device)
 
+    def _history(self, joined: int) -> int | None:
+        """An account older than the simulation had its first order then; a newer one's first order is in it."""
+        return joined if joined < self.start else None
+
     def add(self, **kw) -> None:
         ip, ip_country, billing, device = self._fields(kw.pop("ip"), kw.pop("ip_country"), kw.pop("billing"), kw.pop("device"))
         self.orders.append(Order(ip=ip, ip_country=ip_country, billing_country=billing, device=device, **kw))
@@ -161,11 +167,14 @@ class _World:
         for _ in range(p.players):
             profile = r.choices((0, 1, 2), p.profile_mix)[0]
             country = r.choice(list(COUNTRIES))
-            joined = r.randint(self.start - 400 * DAY_S, self.end)
+            new = r.random() < p.new_player_share
+            joined = r.randint(self.labelled_from, self.end) if new else r.randint(self.start - 400 * DAY_S, self.labelled_from)
             home_ip = r.choice(self.shared) if r.random() < p.shared_ip_share else self._id("ip")
             player = {"id": self._id("player"), "profile": profile, "country": country, "joined": joined,
                       "ips": [home_ip], "devices": [self._id("dev")], "cards": [self._id("card") for _ in range(r.choice((1, 1, 1, 1, 2)))]}
             self.players.append(player)
+            if new and r.random() < p.starter_pack_p:
+                self._legit_purchase(player, joined + r.randint(60, 3 * HOUR_S), price_index=(0, 4))
             rate = p.orders_per_day[profile] * r.lognormvariate(0, 0.6)
             day = max(self.start, joined - joined % DAY_S)
             while day < self.end:
@@ -173,7 +182,7 @@ class _World:
                     self._legit_purchase(player, self._local_time(day, country))
                 day += DAY_S
 
-    def _legit_purchase(self, player: dict, ts: int) -> None:
+    def _legit_purchase(self, player: dict, ts: int, *, price_index: tuple[int, int] | None = None) -> None:
         p, r = self.p, self.rng
         if ts < player["joined"] or ts >= self.end:
             return
@@ -187,10 +196,10 @@ class _World:
         device = player["devices"][-1] if r.random() < 0.9 else r.choice(player["devices"])
         kind = ("casual", "regular", "whale")[profile]
         for _ in range(buys):
-            amount, card = self._price(p.price_index[profile]), r.choice(player["cards"])
+            amount, card = self._price(price_index or p.price_index[profile]), r.choice(player["cards"])
             declined = r.random() < p.legit_decline_p
             common = dict(player=player["id"], ip=ip, ip_country=ip_country, billing=player["country"], device=device,
-                          amount_usd=amount, fraud=False, kind=kind, first_seen=min(player["joined"], ts))
+                          amount_usd=amount, fraud=False, kind=kind, first_seen=self._history(player["joined"]))
             self.add(ts=ts, card=card, declined=declined, **common)
             if declined and r.random() < 0.6:  # the player tries again, maybe with another card
                 ts += r.randint(20, 600)
@@ -242,7 +251,7 @@ class _World:
             for _ in range(orders):
                 self.add(ts=ts, player=victim["id"], ip=ip, ip_country=country, billing=victim["country"], device=device,
                          card=r.choice(victim["cards"]), amount_usd=self._price(p.takeover_price_index),
-                         declined=r.random() < 0.1, fraud=True, kind="takeover", first_seen=victim["joined"])
+                         declined=r.random() < 0.1, fraud=True, kind="takeover", first_seen=self._history(victim["joined"]))
                 ts += r.randint(30, max(60, span_s // orders))
 
     def structuring(self) -> None:
@@ -260,7 +269,7 @@ class _World:
                         continue
                     self.add(ts=ts, player=player, ip=ip, ip_country=country, billing=country, device=device, card=r.choice(cards),
                              amount_usd=r.randint(int(threshold * 0.9), threshold - 1), declined=r.random() < 0.05,
-                             fraud=True, kind="structuring", first_seen=joined)
+                             fraud=True, kind="structuring", first_seen=self._history(joined))
 
 
 def _poisson(r: random.Random, mean: float) -> int:
