@@ -38,7 +38,7 @@ from apss.domain.risk.rules import (
 )
 from apss.errors import InvalidRequest
 from apss.services.money.fx import quote_tx as fx_quote_tx
-from apss.services.risk.score_provider import risk_score
+from apss.services.risk.score_provider import SCORE_ATTRIBUTES, risk_score
 from apss.store import risk as store
 from apss.store.db import Database, Row, Tx
 
@@ -240,7 +240,7 @@ class RiskEngine:
     def _assess(self, tx: Tx, *, merchant_id: str, merchant_currency: str, base: dict[str, Any],
                 extra: dict[str, Any]) -> Assessment:
         rules = self._rules_tx(tx, merchant_id=merchant_id, merchant_currency=merchant_currency)
-        wanted = set().union(*(r.attributes for r in rules)) if rules else set()
+        wanted = set().union(SCORE_ATTRIBUTES, *(r.attributes for r in rules))  # every decision is scored
         now_ms = self._clock.now_ms()
         attrs = dict(base)
         attrs["amount_merchant"] = self._in_merchant_currency(tx, amount=base["amount"], currency=base["currency"],
@@ -250,11 +250,13 @@ class RiskEngine:
         for name, make in extra.items():
             if name in wanted:
                 attrs[name] = make()
-        if "player_account_age_days" in wanted:
-            first = store.first_seen_tx(tx, merchant_id=merchant_id, player_id=base["player_id"])
-            attrs["player_account_age_days"] = 0 if first is None else max(0, now_ms - first) // 86_400_000
+        first = store.first_seen_tx(tx, merchant_id=merchant_id, player_id=base["player_id"])
+        age_ms = 0 if first is None else max(0, now_ms - first)
+        attrs["player_account_age_days"] = age_ms // 86_400_000
         self._velocity(tx, merchant_id=merchant_id, attrs=attrs, wanted=wanted, now_s=now_ms // 1000)
-        attrs["risk_score"] = risk_score(attrs)
+        amount_usd = attrs["amount_merchant"] if merchant_currency == "USD" else self._in_merchant_currency(
+            tx, amount=base["amount"], currency=base["currency"], merchant_currency="USD", now_ms=now_ms)
+        attrs["risk_score"] = risk_score(attrs, amount_usd=amount_usd, account_age_s=age_ms // 1000, now_ms=now_ms)
         lists = self._lists_tx(tx, merchant_id=merchant_id, rules=rules, now_ms=now_ms)
         decision = evaluate(self._builtin, attrs, lists)
         if decision.action != "block":

@@ -1,8 +1,17 @@
-"""The one place the rules get `risk_score` from.
+"""The one place the rules get `risk_score` from: the fraud model (apss/domain/risk/score.py)
+scored on the order's rule attributes.
 
-Placeholder until the fraud score model lands (apss/domain/risk/score.py, `score(features) ->
-int` 0-100): it answers 0 for every order. The merge replaces the body of `risk_score` with a call
-to that model; nothing else reads the score.
+Most model features are rule attributes under the same name (the velocity counters). The rest
+are derived here from what the engine holds: `amount_usd` (the order converted to US cents),
+`account_age_s`, `amount_usd_per_player_*` (the player's amounts in the merchant's currency,
+scaled to US cents at the order's rate), `ip_country_mismatch`, `hour_of_day`. `new_device` and
+`new_ip_country` are not tracked: they stay missing, which the trees handle (the side learnt for
+missing values).
+
+The model learnt from what happened before each order. At the callback stage the counters already
+hold this order (it was counted when it was created), so its own share is taken out first: one
+order and its amount, and the player from the distinct-player counts when this was the player's
+only order in the window.
 """
 
 from __future__ import annotations
@@ -10,10 +19,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["risk_score"]
+from apss.domain.risk.score import MODEL_FEATURES, score
+
+__all__ = ["SCORE_ATTRIBUTES", "risk_score"]
+
+# The rule attributes the engine must compute for the score, whatever the rules ask for.
+SCORE_ATTRIBUTES = frozenset(
+    {name for name in MODEL_FEATURES if "_per_" in name and not name.startswith(("amount_usd", "amount_to", "decline_share"))}
+    | {f"amount_per_player_{w}" for w in ("1h", "1d", "7d")})
 
 
-def risk_score(features: Mapping[str, Any]) -> int:
-    score = 0
-    assert 0 <= score <= 100
-    return score
+def _before_this_order(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    features: dict[str, Any] = {name: attrs.get(name) for name in SCORE_ATTRIBUTES}
+    if attrs.get("stage") != "callback":
+        return features
+    own_amount = attrs.get("amount_merchant") or 0
+    for name, value in features.items():
+        if value is None:
+            continue
+        if name.startswith("orders_per_"):
+            features[name] = max(0, value - 1)
+        elif name.startswith("amount_per_"):
+            features[name] = max(0, value - own_amount)
+        elif name.startswith("players_per_") and attrs.get(f"orders_per_player_{name.rsplit('_', 1)[1]}") == 1:
+            features[name] = max(0, value - 1)
+    return features
+
+
+def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_s: int, now_ms: int) -> int:
+    features = _before_this_order(attrs)
+    features["amount_usd"] = amount_usd
+    features["account_age_s"] = account_age_s
+    merchant_amount = attrs.get("amount_merchant")
+    for w in ("1h", "1d", "7d"):
+        spent = features.pop(f"amount_per_player_{w}")
+        features[f"amount_usd_per_player_{w}"] = (
+            None if spent is None or amount_usd is None or not merchant_amount else spent * amount_usd // merchant_amount)
+    ip_country, billing = attrs.get("ip_country"), attrs.get("billing_country")
+    features["ip_country_mismatch"] = None if not ip_country or not billing else ip_country != billing
+    features["hour_of_day"] = (now_ms // 3_600_000) % 24
+    result = score(features)
+    assert 0 <= result <= 100
+    return result
