@@ -38,6 +38,7 @@ from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
+from apss.api.aml import AmlController, MinorLimitController, PlayerKycController
 from apss.api.risk import OrderRiskController, RiskController
 from apss.api.sandbox import SandboxController
 from apss.api.settlements import AdminSettlementController, SettlementController
@@ -88,8 +89,10 @@ from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.aml import Aml
 from apss.services.risk.control import RiskControl
 from apss.services.risk.engine import RiskEngine
+from apss.services.risk.kyc import Kyc
 from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
@@ -182,12 +185,17 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     prechecks = Prechecks(db=db, clock=clock, keyring=keyring, http=TargetClients(),
                           allow_private_targets=config.webhooks.allow_private_targets)
     promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
+    risk = RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
+                       game_delivery=deliveries.create_delivery, public_url=config.public_url)
+    kyc = Kyc(db=db, clock=clock, idempotency=idempotency, risk=risk, fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
+    aml = Aml(db=db, clock=clock, config=config.aml, engine=risk_engine, idempotency=idempotency,
+              fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants, promotions=promotions, players=players,
-                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks)
+                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks, kyc=kyc)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
-                                   game_delivery=deliveries.create_delivery, risk=risk_engine)
+                                   game_delivery=deliveries.create_delivery, risk=risk_engine, aml=aml)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -216,8 +224,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         risk_engine=risk_engine, prechecks=prechecks,
-        risk=RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
-                         game_delivery=deliveries.create_delivery, public_url=config.public_url),
+        risk=risk, aml=aml, kyc=kyc,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -290,7 +297,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
                         ClockController, PromotionController, QuoteController, SubscriptionController,
-                        SubscriptionReportController, RiskController, OrderRiskController,
+                        SubscriptionReportController, RiskController, OrderRiskController, AmlController,
+                        PlayerKycController, MinorLimitController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[_SWAGGER_UI],
                                                    include_in_schema=False)],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, post, put
 from litestar.di import Provide
 from msgspec import Meta
 
@@ -28,6 +28,10 @@ class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     mode: Literal["test", "live"] = "test"
     # Settlement currency: the base that FX converts prices from (ISO 4217).
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+
+
+class MerchantKycIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    status: Literal["unverified", "pending", "verified", "rejected"]
 
 
 class MerchantController(Controller):
@@ -54,3 +58,7 @@ class MerchantController(Controller):
     @post("/{merchant_id:str}/keys", status_code=201, summary="Roll the merchant's secret key; older keys stop working at once")
     async def roll_key(self, merchant_id: str, svc: Services, admin: None) -> SecretKeyView:
         return await svc.merchants.rotate_key(merchant_id)
+
+    @put("/{merchant_id:str}/kyc", summary="Set the merchant's KYC status (admin); settlement payouts wait for verified")
+    async def set_kyc(self, merchant_id: str, data: MerchantKycIn, svc: Services, admin: None) -> MerchantView:
+        return await svc.merchants.set_kyc(merchant_id, status=data.status)

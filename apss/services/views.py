@@ -250,6 +250,7 @@ class MerchantView(_View):
     name: str
     mode: Mode
     currency: str
+    kyc_status: Literal["unverified", "pending", "verified", "rejected"]  # payouts wait for verified
     created_at: str
 
 
@@ -259,6 +260,7 @@ class MerchantCreatedView(_View):
     mode: Mode
     currency: str
     secret_key: str
+    kyc_status: Literal["unverified", "pending", "verified", "rejected"]
     created_at: str
 
 

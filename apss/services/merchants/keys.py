@@ -116,8 +116,10 @@ class Merchants:
 
         def transaction(tx: Tx) -> None:
             sealed = self._keyring.seal(sandbox_secret, context=merchant_id) if sandbox_secret else None
+            # Test merchants move no real money: verified. A live one waits for the admin's check.
             store.insert_merchant(tx, merchant_id=merchant_id, name=name, mode=mode, currency=currency,
-                                  sandbox_secret_sealed=sealed, now_ms=now_ms)
+                                  sandbox_secret_sealed=sealed, now_ms=now_ms,
+                                  kyc_status="verified" if mode == "test" else "unverified")
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
 
             def publish() -> None:
@@ -128,6 +130,7 @@ class Merchants:
 
         await self._db.write(transaction)
         return MerchantCreatedView(id=merchant_id, name=name, mode=mode, currency=currency, secret_key=secret_key,
+                                   kyc_status="verified" if mode == "test" else "unverified",
                                    created_at=format_rfc3339(now_ms))
 
     async def rotate_key(self, merchant_id: str) -> SecretKeyView:
@@ -151,6 +154,17 @@ class Merchants:
         await self._db.write(transaction)
         return SecretKeyView(secret_key=secret_key)
 
+    async def set_kyc(self, merchant_id: str, *, status: str) -> MerchantView:
+        """The admin's KYC decision on a merchant (payouts wait for `verified`)."""
+        assert status in ("unverified", "pending", "verified", "rejected"), status
+
+        def transaction(tx: Tx) -> None:
+            if not store.set_merchant_kyc(tx, merchant_id=merchant_id, status=status):
+                raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+
+        await self._db.write(transaction)
+        return await self.get(merchant_id)
+
     async def get(self, merchant_id: str) -> MerchantView:
         row = await store.fetch_merchant(self._db, merchant_id)
         if row is None:
@@ -168,4 +182,5 @@ class Merchants:
 
 
 def _merchant_view(row) -> MerchantView:
-    return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"], created_at=format_rfc3339(row["created_at_ms"]))
+    return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"],
+                        kyc_status=row["kyc_status"], created_at=format_rfc3339(row["created_at_ms"]))

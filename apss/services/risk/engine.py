@@ -374,9 +374,15 @@ class RiskEngine:
         return bool(facts and facts["three_ds"])
 
     async def prune(self) -> int:
-        """Counter buckets older than a week and an hour go (the retention job)."""
-        before_s = self._clock.now_ms() // 1000 - 8 * 86_400
-        return await self._db.write(lambda tx: store.prune_counters(tx, before_s=before_s))
+        """Counter buckets older than a week and an hour go (the retention job); the AML day
+        buckets after 31 days."""
+        now_s = self._clock.now_ms() // 1000
+
+        def transaction(tx: Tx) -> int:
+            return (store.prune_counters(tx, before_s=now_s - 8 * 86_400)
+                    + store.prune_day_counters(tx, before_s=now_s - 31 * 86_400))
+
+        return await self._db.write(transaction)
 
 
 def fired_of(text: str) -> list[FiredRule]:
