@@ -65,7 +65,7 @@ CREATE TABLE aml_cases (
     kind TEXT NOT NULL CHECK (kind IN ('daily_threshold', 'rolling_30d_threshold', 'structuring')),
     status TEXT NOT NULL CHECK (status IN ('open', 'investigating', 'reported', 'closed')),
     currency TEXT NOT NULL,         -- the merchant's: amounts below are in it
-    hits INTEGER NOT NULL CHECK (hits >= 1),
+    hits INTEGER NOT NULL CHECK (hits >= 0),  -- 0 only inside the transaction that opens it
     amount_total INTEGER NOT NULL CHECK (amount_total >= 0),   -- sum of the hits' payments
     note TEXT,
     created_at_ms INTEGER NOT NULL,

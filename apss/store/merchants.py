@@ -22,7 +22,7 @@ __all__ = [
 
 
 def insert_merchant(tx: Tx, *, merchant_id: str, name: str, mode: str, currency: str, sandbox_secret_sealed: str | None,
-                    now_ms: int, kyc_status: str) -> None:
+                    now_ms: int, kyc_status: str = "verified") -> None:
     tx.execute(
         "INSERT INTO merchants (id, name, mode, currency, sandbox_webhook_secret_sealed, created_at_ms, kyc_status)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
