@@ -18,10 +18,10 @@ __all__ = ["AmlController", "MinorLimitController", "PlayerKycController"]
 PlayerId = Annotated[str, Parameter(pattern=PLAYER_ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : -")]
 PlayerFilter = Annotated[str | None, Parameter(pattern=PLAYER_ID_PATTERN, description="only this player's cases")]
 StatusFilter = Literal["open", "investigating", "reported", "closed"] | None
-# API.md fixes /v1/risk/aml/...; /v1/aml/... answers the same.
-_CASES = ["/v1/risk/aml/cases", "/v1/aml/cases"]
-_CASES_CSV = ["/v1/risk/aml/cases.csv", "/v1/aml/cases.csv"]
-_CASE = ["/v1/risk/aml/cases/{case_id:str}", "/v1/aml/cases/{case_id:str}"]
+# The paths API.md fixes.
+_CASES = "/v1/risk/aml/cases"
+_CASES_CSV = "/v1/risk/aml/cases.csv"
+_CASE = "/v1/risk/aml/cases/{case_id:str}"
 
 
 class AmlController(Controller):
