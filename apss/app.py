@@ -19,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from apss import __version__
 from apss.api.account import account
 from apss.api.alerts import AlertController
+from apss.api.aml import AmlController, MinorLimitController, PlayerKycController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
 from apss.api.common import current_merchant
@@ -38,7 +39,6 @@ from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
 from apss.api.reports import ReportController
-from apss.api.aml import AmlController, MinorLimitController, PlayerKycController
 from apss.api.risk import OrderRiskController, RiskController
 from apss.api.sandbox import SandboxController
 from apss.api.settlements import AdminSettlementController, SettlementController
@@ -187,7 +187,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
     risk = RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
                        game_delivery=deliveries.create_delivery, public_url=config.public_url)
-    kyc = Kyc(db=db, clock=clock, idempotency=idempotency, risk=risk, fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
+    kyc = Kyc(db=db, clock=clock, keyring=keyring, idempotency=idempotency, risk=risk,
+              fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     aml = Aml(db=db, clock=clock, config=config.aml, engine=risk_engine, idempotency=idempotency,
               fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,

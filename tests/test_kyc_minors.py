@@ -104,6 +104,14 @@ def test_a_7_year_old_is_refused_any_payment_and_a_birth_date_gives_the_age(merc
         assert _stock(merchant, cheap["id"]) == (5, 0, 0) and _orders_of(merchant, "child") == 0
         bad = client.put("/v1/players/child3/kyc", json={"status": "verified", "birth_date": "2020-02-30"})
         assert_error(bad, 400, "invalid_request_error", "birth_date_invalid", "birth_date")
+        future = (now + dt.timedelta(days=3)).date().isoformat()
+        bad = client.put("/v1/players/child3/kyc", json={"status": "verified", "birth_date": future})
+        assert_error(bad, 400, "invalid_request_error", "birth_date_invalid", "birth_date")
+        with _db(merchant) as db:  # personal data: sealed at rest
+            sealed = db.execute("SELECT birth_date_sealed FROM player_kyc WHERE merchant_id = ? AND player_id = 'child2'",
+                                (merchant.id,)).fetchone()[0]
+        assert sealed and born.isoformat() not in sealed
+        assert client.get("/v1/players/child2/kyc").json()["birth_date"] == born.isoformat()
 
 
 def test_a_usd_order_is_converted_at_the_rate_in_force(merchant):

@@ -7,11 +7,31 @@ from typing import Annotated, Literal
 from litestar import Controller, Request, Response, get, post, put
 from litestar.params import Parameter
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.services.merchants.keys import Merchant
 from apss.services.players.wallets import PLAYER_ID_PATTERN
-from apss.services.risk.aml import AmlCaseDetail, AmlCaseList, AmlCaseUpdate, AmlCaseView, AmlSettingsIn, AmlSettingsView
-from apss.services.risk.kyc import MinorLimitsIn, MinorPresetList, MinorPresetView, PlayerKycIn, PlayerKycView
+from apss.services.risk.aml import (
+    AmlCaseDetail,
+    AmlCaseList,
+    AmlCaseUpdate,
+    AmlCaseView,
+    AmlSettingsIn,
+    AmlSettingsView,
+)
+from apss.services.risk.kyc import (
+    MinorLimitsIn,
+    MinorPresetList,
+    MinorPresetView,
+    PlayerKycIn,
+    PlayerKycView,
+)
 
 __all__ = ["AmlController", "MinorLimitController", "PlayerKycController"]
 

@@ -11,7 +11,7 @@ CREATE TABLE player_kyc (
     merchant_id TEXT NOT NULL REFERENCES merchants (id),
     player_id TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('unverified', 'pending', 'verified', 'rejected')),
-    birth_date TEXT,                -- YYYY-MM-DD
+    birth_date_sealed TEXT,         -- YYYY-MM-DD, sealed (AES-GCM, context merchant:player): personal data
     age INTEGER CHECK (age BETWEEN 0 AND 150),
     jurisdiction TEXT,              -- e.g. CN (a minors' limit preset)
     updated_at_ms INTEGER NOT NULL,

@@ -9,8 +9,8 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "append_hit",
-    "case_hits",
     "case_events",
+    "case_hits",
     "fetch_case",
     "fetch_player_kyc",
     "fetch_settings",
@@ -128,10 +128,10 @@ async def case_events(db: Database, *, case_id: str) -> list[sqlite3.Row]:
 
 # -- player KYC --------------------------------------------------------------------------------
 def upsert_player_kyc(tx: Tx, row: dict) -> None:
-    tx.execute("INSERT INTO player_kyc (merchant_id, player_id, status, birth_date, age, jurisdiction, updated_at_ms)"
-               " VALUES (:merchant_id, :player_id, :status, :birth_date, :age, :jurisdiction, :updated_at_ms)"
+    tx.execute("INSERT INTO player_kyc (merchant_id, player_id, status, birth_date_sealed, age, jurisdiction, updated_at_ms)"
+               " VALUES (:merchant_id, :player_id, :status, :birth_date_sealed, :age, :jurisdiction, :updated_at_ms)"
                " ON CONFLICT (merchant_id, player_id) DO UPDATE SET status = excluded.status,"
-               " birth_date = excluded.birth_date, age = excluded.age, jurisdiction = excluded.jurisdiction,"
+               " birth_date_sealed = excluded.birth_date_sealed, age = excluded.age, jurisdiction = excluded.jurisdiction,"
                " updated_at_ms = excluded.updated_at_ms", row)
 
 

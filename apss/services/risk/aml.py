@@ -38,8 +38,16 @@ from apss.store import aml as store
 from apss.store import risk as counters
 from apss.store.db import Database, Row, Tx
 
-__all__ = ["Aml", "AmlCaseDetail", "AmlCaseList", "AmlCaseUpdate", "AmlCaseView", "AmlSettingsIn", "AmlSettingsView",
-           "CSV_ROWS_MAX"]
+__all__ = [
+    "CSV_ROWS_MAX",
+    "Aml",
+    "AmlCaseDetail",
+    "AmlCaseList",
+    "AmlCaseUpdate",
+    "AmlCaseView",
+    "AmlSettingsIn",
+    "AmlSettingsView",
+]
 
 log = logging.getLogger("apss.aml")
 

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -22,10 +24,18 @@ import msgspec
 from msgspec import Meta
 
 from apss.clock import Clock, format_rfc3339
+from apss.crypto import Keyring
 from apss.domain.fx import convert
 from apss.domain.money import is_iso_currency
 from apss.domain.orders import OrderStatus
-from apss.domain.risk.kyc import BUILTIN_PRESETS, MinorBand, MinorPreset, age_on, band_for, month_of
+from apss.domain.risk.kyc import (
+    BUILTIN_PRESETS,
+    MinorBand,
+    MinorPreset,
+    age_on,
+    band_for,
+    month_of,
+)
 from apss.errors import InvalidRequest, MinorSpendingLimit
 from apss.services.idempotency import Idempotency, IdempotencyRequest, Outcome
 from apss.services.merchants.keys import Merchant
@@ -97,9 +107,10 @@ def _preset_of(row: Row) -> MinorPreset:
 
 
 class Kyc:
-    def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, risk: RiskControl,
+    def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, idempotency: Idempotency, risk: RiskControl,
                  fx_rate_age_max_s: int) -> None:
         self._db = db
+        self._keyring = keyring
         self._clock = clock
         self._idempotency = idempotency
         self._risk = risk
@@ -124,7 +135,7 @@ class Kyc:
             if not is_iso_currency(band.currency):
                 raise InvalidRequest(f"'{band.currency}' is not an ISO 4217 currency.", code="currency_not_supported",
                                      param=f"bands[{index}].currency")
-        for (_, lower), (index, upper) in zip(ordered, ordered[1:]):
+        for (_, lower), (index, upper) in itertools.pairwise(ordered):
             if upper.min_age < lower.max_age:
                 raise InvalidRequest("Bands may not overlap.", code="bands_overlap", param=f"bands[{index}].min_age")
         bands = [MinorBand(**msgspec.structs.asdict(b)) for b in sorted(command.bands, key=lambda b: b.min_age)]
@@ -146,9 +157,14 @@ class Kyc:
                                has_more=False, next_cursor=None)
 
     # -- players ---------------------------------------------------------------------------
+    def _birth_date(self, kyc: Row) -> str | None:
+        sealed = kyc["birth_date_sealed"]
+        return self._keyring.open(sealed, context=f"kyc:{kyc['merchant_id']}:{kyc['player_id']}") if sealed else None
+
     def _age(self, kyc: Row, preset: MinorPreset | None) -> int | None:
-        if kyc["birth_date"] is not None:
-            return age_on(kyc["birth_date"], now_ms=self._clock.now_ms(), timezone=preset.timezone if preset else "UTC")
+        birth_date = self._birth_date(kyc)
+        if birth_date is not None:
+            return age_on(birth_date, now_ms=self._clock.now_ms(), timezone=preset.timezone if preset else "UTC")
         return kyc["age"]
 
     def _view_tx(self, tx: Tx, *, merchant_id: str, player_id: str) -> PlayerKycView:
@@ -161,7 +177,7 @@ class Kyc:
             return PlayerKycView(player_id=player_id, status="unverified", age=None, birth_date=None, jurisdiction=None,
                                  minor_limits=None, updated_at=None)
         age = self._age(kyc, preset)
-        return PlayerKycView(player_id=player_id, status=kyc["status"], age=age, birth_date=kyc["birth_date"],
+        return PlayerKycView(player_id=player_id, status=kyc["status"], age=age, birth_date=self._birth_date(kyc),
                              jurisdiction=kyc["jurisdiction"], updated_at=format_rfc3339(kyc["updated_at_ms"]),
                              minor_limits=band_for(preset, age) if preset is not None and age is not None else None)
 
@@ -176,15 +192,14 @@ class Kyc:
 
     async def put_player(self, *, merchant: Merchant, player_id: str, command: PlayerKycIn,
                          idem: IdempotencyRequest | None) -> Outcome:
+        sealed = None
         if command.birth_date is not None:
-            try:
-                age_on(command.birth_date, now_ms=self._clock.now_ms(), timezone="UTC")
-            except ValueError:
-                raise InvalidRequest("birth_date is a date, YYYY-MM-DD.", code="birth_date_invalid", param="birth_date") from None
+            self._check_birth_date(command.birth_date)
+            sealed = self._keyring.seal(command.birth_date, context=f"kyc:{merchant.id}:{player_id}")
 
         def transaction(tx: Tx) -> PlayerKycView:
             store.upsert_player_kyc(tx, {"merchant_id": merchant.id, "player_id": player_id, "status": command.status,
-                                         "birth_date": command.birth_date, "age": command.age,
+                                         "birth_date_sealed": sealed, "age": command.age,
                                          "jurisdiction": command.jurisdiction, "updated_at_ms": self._clock.now_ms()})
             if command.status in ("verified", "rejected"):
                 self._settle_holds_tx(tx, merchant=merchant, player_id=player_id, verified=command.status == "verified")
@@ -192,6 +207,17 @@ class Kyc:
 
         return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction,
                                            success_status=200)
+
+    def _check_birth_date(self, text: str) -> None:
+        """A real date, not after today anywhere on Earth, and a human age (at most 150)."""
+        bad = InvalidRequest("birth_date is a past date, YYYY-MM-DD.", code="birth_date_invalid", param="birth_date")
+        try:
+            born = dt.date.fromisoformat(text)
+        except ValueError:
+            raise bad from None
+        latest = dt.datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=dt.UTC) + dt.timedelta(hours=14)
+        if born > latest.date() or latest.year - born.year > 150:
+            raise bad
 
     def _settle_holds_tx(self, tx: Tx, *, merchant: Merchant, player_id: str, verified: bool) -> None:
         """The player's orders held for KYC: verified delivers them (unless a risk rule holds
@@ -213,7 +239,7 @@ class Kyc:
         """Refuse (409 minor_spending_limit) an order over the player's minors' band; else the
         spend row to record with the order (None when no band applies). Checks only: no writes."""
         kyc = store.get_player_kyc_tx(tx, merchant_id=merchant_id, player_id=player_id)
-        if kyc is None or not kyc["jurisdiction"] or (kyc["age"] is None and kyc["birth_date"] is None):
+        if kyc is None or not kyc["jurisdiction"] or (kyc["age"] is None and kyc["birth_date_sealed"] is None):
             return None
         preset = self._preset_tx(tx, merchant_id=merchant_id, jurisdiction=kyc["jurisdiction"])
         if preset is None:
