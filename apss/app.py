@@ -18,8 +18,9 @@ from litestar.static_files import create_static_files_router
 
 from apss import __version__
 from apss.api.account import account, update_account
-from apss.api.browser import CheckoutSessionController
 from apss.api.alerts import AlertController
+from apss.api.aml import AmlController, MinorLimitController, PlayerKycController
+from apss.api.browser import CheckoutSessionController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
 from apss.api.common import current_merchant, refuse_publishable_key
@@ -98,8 +99,10 @@ from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.aml import Aml
 from apss.services.risk.control import RiskControl
 from apss.services.risk.engine import RiskEngine
+from apss.services.risk.kyc import Kyc
 from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
@@ -192,16 +195,23 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     prechecks = Prechecks(db=db, clock=clock, keyring=keyring, http=TargetClients(),
                           allow_private_targets=config.webhooks.allow_private_targets)
     promotions = Promotions(db=db, clock=clock, idempotency=idempotency)
+    risk = RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
+                       game_delivery=deliveries.create_delivery, public_url=config.public_url)
+    kyc = Kyc(db=db, clock=clock, keyring=keyring, idempotency=idempotency, risk=risk,
+              fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
+    aml = Aml(db=db, clock=clock, config=config.aml, engine=risk_engine, idempotency=idempotency,
+              fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     checkout = Checkout(db=db, clock=clock, config=config, idempotency=idempotency, channels=channels, gateway=gateway,
                         merchants=merchants, promotions=promotions, players=players,
-                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks)
+                        game_delivery=deliveries.create_delivery, risk=risk_engine, prechecks=prechecks, kyc=kyc)
     disputes = DisputeRecords(db=db, clock=clock, ledger=ledger, refunds=refunds, idempotency=idempotency)
     outbox.register("dispute", disputes.view_tx)
     order_queries = OrderQueries(db=db, public_url=config.public_url)
     dispute_evidence = DisputeEvidenceService(db=db, clock=clock, records=disputes, orders=order_queries, gateway=gateway)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
-                                   game_delivery=deliveries.create_delivery, risk=risk_engine, disputes=disputes)
+                                   game_delivery=deliveries.create_delivery, risk=risk_engine, disputes=disputes,
+                                   aml=aml)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -234,8 +244,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         risk_engine=risk_engine, prechecks=prechecks,
-        risk=RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
-                         game_delivery=deliveries.create_delivery, public_url=config.public_url),
+        risk=risk, aml=aml, kyc=kyc,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
     )
     schedule_jobs(scheduler, services)
@@ -308,7 +317,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
                         ClockController, PromotionController, QuoteController, SubscriptionController,
-                        SubscriptionReportController, RiskController, OrderRiskController,
+                        SubscriptionReportController, RiskController, OrderRiskController, AmlController,
+                        PlayerKycController, MinorLimitController,
                         DisputeController, DisputePolicyController, SandboxDisputeController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[_SWAGGER_UI],

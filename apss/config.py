@@ -184,6 +184,23 @@ class ClockConfig(_Section):
     step_s: Annotated[int, Meta(ge=1, le=86_400)] = 3600
 
 
+class AmlConfig(_Section):
+    """AML monitoring and KYC defaults (per merchant overrides: PUT /v1/risk/aml/settings). Amounts
+    are minor units of the merchant's settlement currency (1,000.00 USD = 100000); 0 turns a check off."""
+
+    daily_threshold: Annotated[int, Meta(ge=0)] = 100_000  # paid by one player in the last 24 hours
+    rolling_30d_threshold: Annotated[int, Meta(ge=0)] = 1_000_000  # ... in the last 30 days
+    # Structuring: `structuring_count` payments or more within `structuring_window_h` hours, each
+    # within `structuring_margin_bps` below `structuring_threshold` (10% = 1000).
+    structuring_threshold: Annotated[int, Meta(ge=0)] = 100_000
+    structuring_count: Annotated[int, Meta(ge=2, le=1000)] = 3
+    structuring_window_h: Annotated[int, Meta(ge=1, le=168)] = 24
+    structuring_margin_bps: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # A player must be KYC verified before delivery above these (one payment; the last 30 days).
+    kyc_payment_threshold: Annotated[int, Meta(ge=0)] = 0
+    kyc_30d_threshold: Annotated[int, Meta(ge=0)] = 0
+
+
 class SeedConfig(_Section):
     # Seed a demo test merchant with products on a fresh database.
     demo: bool = True
@@ -205,6 +222,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     api: ApiConfig = ApiConfig()
     clock: ClockConfig = ClockConfig()
     seed: SeedConfig = SeedConfig()
+    aml: AmlConfig = AmlConfig()
 
     @property
     def public_url(self) -> str:

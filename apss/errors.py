@@ -7,13 +7,14 @@ types. Programmer errors are `assert`s, never these.
 from __future__ import annotations
 
 __all__ = [
+    "AmlCaseTransitionInvalid",
     "ApssError",
     "AuthenticationFailed",
     "CallbackRejected",
     "ChannelNotAvailable",
     "ChannelTimeout",
-    "ChannelUnreachable",
     "ChannelUnavailable",
+    "ChannelUnreachable",
     "ClockAdvanceTooFar",
     "ClockBackwards",
     "ClockNotTest",
@@ -27,7 +28,9 @@ __all__ = [
     "InvalidTransition",
     "LiveMerchantsInTestMode",
     "LiveModeUnavailable",
+    "MerchantKycRequired",
     "MerchantOrderRefExists",
+    "MinorSpendingLimit",
     "NotFound",
     "NotReady",
     "OutOfStock",
@@ -141,6 +144,24 @@ class InvalidTransition(Conflict):
     """An illegal state move requested through the API (the state machine refuses it)."""
 
     code = "invalid_state"
+
+
+class AmlCaseTransitionInvalid(InvalidTransition):
+    """An AML case moved along no edge of its table (open -> investigating -> reported | closed)."""
+
+    code = "aml_case_transition_invalid"
+
+
+class MinorSpendingLimit(Conflict):
+    """A payment over the minors' limit of the player's jurisdiction (per payment or per month)."""
+
+    code = "minor_spending_limit"
+
+
+class MerchantKycRequired(Conflict):
+    """A payout for a merchant whose KYC is not verified: the batch waits."""
+
+    code = "merchant_kyc_required"
 
 
 class ClockNotTest(Conflict):

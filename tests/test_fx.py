@@ -15,7 +15,6 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import some_services as Services
 from apss.api.errors import exception_handlers
 from apss.api.fx import FxController
 from apss.clock import TestClock, format_rfc3339, parse_rfc3339
@@ -25,6 +24,7 @@ from apss.errors import AuthenticationFailed, InvalidRequest
 from apss.services.money.fx import CSV_ROWS_MAX, FxRates, quote_tx
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
+from tests.conftest import some_services as Services
 
 PROPERTY = settings(max_examples=200, deadline=None)
 ADMIN = "adm_fx_test_token_0123456789"

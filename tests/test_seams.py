@@ -12,8 +12,19 @@ import threading
 import httpx
 import pytest
 
-from apss.channels.base import CallbackReply, NextAction, PaymentCreated, RefundResult, flow_not_supported
-from apss.channels.sandbox import SIGNATURE_HEADER, SandboxChannel, build_event, sign_callback
+from apss.channels.base import (
+    CallbackReply,
+    NextAction,
+    PaymentCreated,
+    RefundResult,
+    flow_not_supported,
+)
+from apss.channels.sandbox import (
+    SIGNATURE_HEADER,
+    SandboxChannel,
+    build_event,
+    sign_callback,
+)
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id

@@ -22,7 +22,6 @@ import uvicorn
 from litestar import Litestar, Request
 from litestar.di import Provide
 
-from tests.conftest import some_services as Services
 from apss.api.errors import exception_handlers, render_error
 from apss.api.webhook_endpoints import (
     DeliveryController,
@@ -33,15 +32,16 @@ from apss.clock import TestClock, format_rfc3339
 from apss.crypto import Keyring, parse_signature_header, verify_timestamped
 from apss.ids import new_id
 from apss.jobs.scheduler import Scheduler
-from apss.services.players.game_deliveries import Deliveries
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.keys import Merchant
-from apss.services.outbound import TargetClients
 from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.outbound import TargetClients
+from apss.services.players.game_deliveries import Deliveries
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from tests.asgi import read_body
 from tests.conftest import free_port, wait_for
+from tests.conftest import some_services as Services
 
 _HOUR_S = 3600
 _DAY_S = 86_400

@@ -13,7 +13,13 @@ from litestar.testing import AsyncTestClient
 
 from apss.api.health import healthz
 from apss.store import db as db_module
-from apss.store.db import Database, StoreBug, StoreUnavailable, TransactionAborted, TransactionControlRefused
+from apss.store.db import (
+    Database,
+    StoreBug,
+    StoreUnavailable,
+    TransactionAborted,
+    TransactionControlRefused,
+)
 from tests.conftest import some_services
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Response, get, patch, post, put
 from litestar.di import Provide
 from msgspec import Meta
 
@@ -34,6 +34,10 @@ class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 class MerchantUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     allowed_origins: Origins  # the merchant's embedding sites (README "Embedding the checkout")
+
+
+class MerchantKycIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    status: Literal["unverified", "pending", "verified", "rejected"]
 
 
 class MerchantController(Controller):
@@ -70,3 +74,7 @@ class MerchantController(Controller):
           summary="Roll the merchant's publishable key; the old one stops working at once")
     async def roll_publishable_key(self, merchant_id: str, svc: Services, admin: None) -> PublishableKeyView:
         return await svc.merchants.roll_publishable_key(merchant_id)
+
+    @put("/{merchant_id:str}/kyc", summary="Set the merchant's KYC status (admin); settlement payouts wait for verified")
+    async def set_kyc(self, merchant_id: str, data: MerchantKycIn, svc: Services, admin: None) -> MerchantView:
+        return await svc.merchants.set_kyc(merchant_id, status=data.status)

@@ -13,7 +13,12 @@ from apss.api.common import (
     outcome_response,
 )
 from apss.services.merchants.keys import Merchant
-from apss.services.promotions.promotions import PromotionCreate, PromotionList, PromotionUpdate, PromotionView
+from apss.services.promotions.promotions import (
+    PromotionCreate,
+    PromotionList,
+    PromotionUpdate,
+    PromotionView,
+)
 
 __all__ = ["PromotionController"]
 

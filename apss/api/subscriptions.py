@@ -9,7 +9,14 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
-from apss.api.common import Cursor, Limit, Services, idempotency_request, list_response, outcome_response
+from apss.api.common import (
+    Cursor,
+    Limit,
+    Services,
+    idempotency_request,
+    list_response,
+    outcome_response,
+)
 from apss.clock import parse_rfc3339
 from apss.domain.subscriptions import SubscriptionStatus
 from apss.errors import InvalidRequest

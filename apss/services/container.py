@@ -40,8 +40,10 @@ from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.aml import Aml
 from apss.services.risk.control import RiskControl
 from apss.services.risk.engine import RiskEngine
+from apss.services.risk.kyc import Kyc
 from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions
@@ -83,6 +85,8 @@ class Services:
     risk: RiskControl
     disputes: DisputeRecords
     dispute_evidence: DisputeEvidenceService
+    aml: Aml
+    kyc: Kyc
     finance: FinanceService
     webhooks: Webhooks
     deliveries: Deliveries

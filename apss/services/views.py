@@ -254,6 +254,7 @@ class MerchantView(_View):
     currency: str
     publishable_key: str | None  # public: it only opens and starts checkouts (README "Embedding the checkout")
     allowed_origins: list[str]
+    kyc_status: Literal["unverified", "pending", "verified", "rejected"]  # payouts wait for verified
     created_at: str
 
 
@@ -264,6 +265,7 @@ class MerchantCreatedView(_View):
     currency: str
     secret_key: str
     publishable_key: str
+    kyc_status: Literal["unverified", "pending", "verified", "rejected"]
     created_at: str
 
 

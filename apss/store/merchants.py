@@ -20,16 +20,22 @@ __all__ = [
     "revoke_keys",
     "revoke_publishable_keys",
     "set_allowed_origins",
+    "set_merchant_kyc",
     "set_setting",
 ]
 
 
 def insert_merchant(tx: Tx, *, merchant_id: str, name: str, mode: str, currency: str, sandbox_secret_sealed: str | None,
-                    now_ms: int) -> None:
+                    now_ms: int, kyc_status: str = "verified") -> None:
     tx.execute(
-        "INSERT INTO merchants (id, name, mode, currency, sandbox_webhook_secret_sealed, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-        (merchant_id, name, mode, currency, sandbox_secret_sealed, now_ms),
+        "INSERT INTO merchants (id, name, mode, currency, sandbox_webhook_secret_sealed, created_at_ms, kyc_status)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (merchant_id, name, mode, currency, sandbox_secret_sealed, now_ms, kyc_status),
     )
+
+
+def set_merchant_kyc(tx: Tx, *, merchant_id: str, status: str) -> bool:
+    return tx.execute("UPDATE merchants SET kyc_status = ? WHERE id = ?", (status, merchant_id)).rowcount == 1
 
 
 def insert_api_key(tx: Tx, *, merchant_id: str, key_hash: str, now_ms: int) -> None:

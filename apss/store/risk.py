@@ -32,14 +32,17 @@ __all__ = [
     "list_items",
     "list_values_tx",
     "prune_counters",
+    "prune_day_counters",
     "replace_rules",
     "rules_tx",
     "see_player",
     "set_facts_flags",
     "upsert_precheck",
+    "window_sum_tx",
 ]
 
 GRAINS_S = (60, 3600)
+DAY_GRAIN_S = 86_400  # day buckets: only the AML counters (30-day window) keep them, for 31 days
 
 
 # -- rules -------------------------------------------------------------------------------------
@@ -110,10 +113,13 @@ def insert_hash_key(tx: Tx, *, sealed: str) -> None:
 
 
 # -- counters ----------------------------------------------------------------------------------
-def bump_counters(tx: Tx, *, merchant_id: str, increments: list[tuple[str, str, int]], now_s: int) -> None:
-    """Add to each (dimension, key) counter in its minute and hour bucket."""
+def bump_counters(tx: Tx, *, merchant_id: str, increments: list[tuple[str, str, int]], now_s: int,
+                  grains_s: tuple[int, ...] = GRAINS_S) -> None:
+    """Add to each (dimension, key) counter in its minute and hour bucket (and, for the AML
+    counters, `DAY_GRAIN_S` buckets for their 30-day window)."""
+    assert set(grains_s) <= {*GRAINS_S, DAY_GRAIN_S}, grains_s
     rows = [(merchant_id, dimension, key, grain, now_s // grain, amount)
-            for dimension, key, amount in increments for grain in GRAINS_S]
+            for dimension, key, amount in increments for grain in grains_s]
     tx.executemany("INSERT INTO risk_counters (merchant_id, dimension, key, grain_s, bucket, value) VALUES (?, ?, ?, ?, ?, ?)"
                    " ON CONFLICT (merchant_id, dimension, key, grain_s, bucket) DO UPDATE SET value = value + excluded.value",
                    rows)
@@ -163,6 +169,22 @@ def counter_sums_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], no
 def distinct_counts_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
     """(dimension, key) -> distinct members in (last hour, last day, last week)."""
     return _window_counts_tx(tx, _DISTINCT_SQL, merchant_id=merchant_id, keys=keys, now_s=now_s)
+
+
+def window_sum_tx(tx: Tx, *, merchant_id: str, dimension: str, key: str, grain_s: int, buckets: int,
+                  now_s: int) -> int:
+    """The sum of a counter over its last `buckets` buckets of `grain_s` (the current one whole)."""
+    assert grain_s in (*GRAINS_S, DAY_GRAIN_S) and buckets >= 1, (grain_s, buckets)
+    row = tx.one("SELECT coalesce(sum(value), 0) AS total FROM risk_counters WHERE merchant_id = ? AND dimension = ?"
+                 " AND key = ? AND grain_s = ? AND bucket >= ?",
+                 (merchant_id, dimension, key, grain_s, now_s // grain_s - (buckets - 1)))
+    return row["total"]
+
+
+def prune_day_counters(tx: Tx, *, before_s: int) -> int:
+    """Delete the day buckets wholly older than `before_s` (kept 31 days, for the 30-day window)."""
+    return tx.execute("DELETE FROM risk_counters WHERE grain_s = ? AND bucket < ?",
+                      (DAY_GRAIN_S, before_s // DAY_GRAIN_S)).rowcount
 
 
 def prune_counters(tx: Tx, *, before_s: int) -> int:

@@ -227,7 +227,8 @@ def mark_carried_into(tx: Tx, *, settlement_ids: list[str], carried_into: str) -
 
 
 def get_settlement_tx(tx: Tx, *, settlement_id: str) -> sqlite3.Row | None:
-    return tx.one("SELECT * FROM settlements WHERE id = ?", (settlement_id,))
+    return tx.one("SELECT *, (SELECT kyc_status FROM merchants m WHERE m.id = settlements.merchant_id) AS merchant_kyc_status"
+                  " FROM settlements WHERE id = ?", (settlement_id,))
 
 
 def settlement_lines_tx(tx: Tx, *, settlement_id: str) -> list[sqlite3.Row]:
@@ -246,7 +247,8 @@ def mark_paid(tx: Tx, *, settlement_id: str, payout_reference: str, now_ms: int)
 
 async def fetch_settlement(db: Database, *, settlement_id: str) -> sqlite3.Row | None:
     """A complete batch (one still being built is not there yet)."""
-    return await db.fetch_one("SELECT * FROM settlements WHERE id = ? AND complete = 1", (settlement_id,))
+    return await db.fetch_one("SELECT *, (SELECT kyc_status FROM merchants m WHERE m.id = settlements.merchant_id) AS merchant_kyc_status"
+                              " FROM settlements WHERE id = ? AND complete = 1", (settlement_id,))
 
 
 async def fetch_lines(db: Database, *, settlement_id: str) -> list[sqlite3.Row]:
@@ -257,7 +259,8 @@ async def list_settlements(db: Database, *, merchant_id: str, after_id: str | No
                            currency: str | None) -> list[sqlite3.Row]:
     """Newest first; `after_id` is the last id of the previous page."""
     return await db.fetch_all(
-        "SELECT * FROM settlements WHERE merchant_id = ? AND complete = 1 AND (? IS NULL OR id < ?) AND (? IS NULL OR status = ?)"
+        "SELECT *, (SELECT kyc_status FROM merchants m WHERE m.id = settlements.merchant_id) AS merchant_kyc_status"
+        " FROM settlements WHERE merchant_id = ? AND complete = 1 AND (? IS NULL OR id < ?) AND (? IS NULL OR status = ?)"
         " AND (? IS NULL OR currency = ?) ORDER BY id DESC LIMIT ?",
         (merchant_id, after_id, after_id, status, status, currency, currency, limit),
     )

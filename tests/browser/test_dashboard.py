@@ -14,7 +14,14 @@ from collections.abc import Iterator
 import pytest
 
 from apss.clock import format_rfc3339
-from tests.browser.test_browser import ARTIFACTS, _login, browser, expect, open_context, web  # noqa: F401
+from tests.browser.test_browser import (  # noqa: F401
+    ARTIFACTS,
+    _login,
+    browser,
+    expect,
+    open_context,
+    web,
+)
 from tests.conftest import wait_for
 from tests.statements import render_sandbox_statement, statement_rows
 

@@ -12,7 +12,13 @@ import time
 
 import pytest
 
-from apss.channels.base import CAPABILITY_PROTOCOLS, Channel, PaymentCreated, PaymentRequest, capabilities_of
+from apss.channels.base import (
+    CAPABILITY_PROTOCOLS,
+    Channel,
+    PaymentCreated,
+    PaymentRequest,
+    capabilities_of,
+)
 from apss.domain.payments import CallbackKind
 from apss.errors import CallbackRejected
 from apss.ids import new_id

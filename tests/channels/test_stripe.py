@@ -819,7 +819,9 @@ async def test_a_risk_rule_asking_for_3ds_reaches_the_session(channel: StripeCha
     """require_3ds: `payment_method_options[card][request_three_d_secure]=any` on the Checkout
     Session, accepted by the stand-in, byte-identical to the SDK's request, and a key of the
     SDK's own SessionCreateParams type; a plain order does not send it."""
-    from stripe.params.checkout._session_create_params import SessionCreateParamsPaymentMethodOptionsCard
+    from stripe.params.checkout._session_create_params import (
+        SessionCreateParamsPaymentMethodOptionsCard,
+    )
 
     created = await channel.create_payment(payment_request(three_ds=True), CREDENTIALS)
     ours = standin.requests[-1]

@@ -167,8 +167,10 @@ class Merchants:
 
         def transaction(tx: Tx) -> None:
             sealed = self._keyring.seal(sandbox_secret, context=merchant_id) if sandbox_secret else None
+            # Test merchants move no real money: verified. A live one waits for the admin's check.
             store.insert_merchant(tx, merchant_id=merchant_id, name=name, mode=mode, currency=currency,
-                                  sandbox_secret_sealed=sealed, now_ms=now_ms)
+                                  sandbox_secret_sealed=sealed, now_ms=now_ms,
+                                  kyc_status="verified" if mode == "test" else "unverified")
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
             store.insert_publishable_key(tx, merchant_id=merchant_id, key=publishable_key, now_ms=now_ms)
 
@@ -183,7 +185,9 @@ class Merchants:
 
         await self._db.write(transaction)
         return MerchantCreatedView(id=merchant_id, name=name, mode=mode, currency=currency, secret_key=secret_key,
-                                   publishable_key=publishable_key, created_at=format_rfc3339(now_ms))
+                                   publishable_key=publishable_key,
+                                   kyc_status="verified" if mode == "test" else "unverified",
+                                   created_at=format_rfc3339(now_ms))
 
     async def rotate_key(self, merchant_id: str) -> SecretKeyView:
         merchant = self._by_id.get(merchant_id)
@@ -244,6 +248,17 @@ class Merchants:
         assert self._origins_of[merchant_id] == tuple(normalised), "after_commit ran before the write returned"
         return tuple(normalised)
 
+    async def set_kyc(self, merchant_id: str, *, status: str) -> MerchantView:
+        """The admin's KYC decision on a merchant (payouts wait for `verified`)."""
+        assert status in ("unverified", "pending", "verified", "rejected"), status
+
+        def transaction(tx: Tx) -> None:
+            if not store.set_merchant_kyc(tx, merchant_id=merchant_id, status=status):
+                raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+
+        await self._db.write(transaction)
+        return await self.get(merchant_id)
+
     async def get(self, merchant_id: str) -> MerchantView:
         row = await store.fetch_merchant(self._db, merchant_id)
         if row is None:
@@ -264,5 +279,5 @@ class Merchants:
         # The key and origins from the cache the writer keeps after commit (the row is a reader's).
         return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"],
                             publishable_key=self._publishable_of.get(row["id"]),
-                            allowed_origins=list(self._origins_of.get(row["id"], ())),
+                            allowed_origins=list(self._origins_of.get(row["id"], ())), kyc_status=row["kyc_status"],
                             created_at=format_rfc3339(row["created_at_ms"]))

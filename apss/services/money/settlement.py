@@ -60,6 +60,7 @@ from apss.errors import (
     CurrencyNotSupported,
     InvalidRequest,
     InvalidTransition,
+    MerchantKycRequired,
     NotFound,
     NotReady,
 )
@@ -166,6 +167,9 @@ class SettlementView(msgspec.Struct, frozen=True, kw_only=True):
     carried_into: str | None
     payout_reference: str | None
     paid_at: str | None
+    # paid | carried | payable (pending, the admin may pay it) | awaiting_merchant_kyc (pending,
+    # the merchant's KYC is not verified: the payout waits)
+    payout_state: Literal["paid", "carried", "payable", "awaiting_merchant_kyc"]
     created_at: str
 
 
@@ -198,8 +202,14 @@ def _settlement_fields(row: Row) -> dict:
         "reserve_release_at": _optional_time(row["reserve_release_at_ms"]), "reserve_released": row["reserve_released"],
         "carried_in": row["carried_in"], "net_payable": row["net_payable"], "carried_into": row["carried_into"],
         "payout_reference": row["payout_reference"], "paid_at": _optional_time(row["paid_at_ms"]),
-        "created_at": format_rfc3339(row["created_at_ms"]),
+        "payout_state": _payout_state(row), "created_at": format_rfc3339(row["created_at_ms"]),
     }
+
+
+def _payout_state(row: Row) -> str:
+    if row["status"] != "pending":
+        return row["status"]
+    return "payable" if row["merchant_kyc_status"] == "verified" else "awaiting_merchant_kyc"
 
 
 def _line_view(row: Row) -> LineView:
@@ -548,6 +558,9 @@ class Settlements:
                 raise NotFound(f"No such settlement: '{settlement_id}'", param="id")
             if row["status"] != "pending":
                 raise InvalidTransition(f"A settlement in status '{row['status']}' cannot be paid.")
+            if row["merchant_kyc_status"] != "verified":  # the batch stays pending; its payout waits
+                raise MerchantKycRequired(f"The merchant's KYC is '{row['merchant_kyc_status']}': payouts wait for "
+                                          "'verified'.", param="id")
             lines = store.settlement_lines_tx(tx, settlement_id=settlement_id)
             channel_nets: dict[str | None, int] = {}
             for line in lines:

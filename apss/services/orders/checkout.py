@@ -48,6 +48,7 @@ from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import CouponEntered, Promotions
 from apss.services.risk.engine import RiskEngine, RiskFacts
+from apss.services.risk.kyc import Kyc
 from apss.services.risk.precheck import Prechecks
 from apss.services.views import (
     OrderItemView,
@@ -109,8 +110,9 @@ class Checkout:
     def __init__(self, *, db: Database, clock: Clock, config: Config, idempotency: Idempotency,
                  channels: ChannelAccess, gateway: PaymentGateway, merchants: Merchants, promotions: Promotions,
                  players: Players, game_delivery: lifecycle.GameDelivery, risk: RiskEngine,
-                 prechecks: Prechecks) -> None:
+                 prechecks: Prechecks, kyc: Kyc) -> None:
         self._db = db
+        self._kyc = kyc
         self._risk = risk
         self._prechecks = prechecks
         self._promotions = promotions
@@ -168,7 +170,7 @@ class Checkout:
         made = self._idempotency.begin(
             tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
             fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=channel,
-                                          on_reserved=on_reserved, facts=facts))
+                                          on_reserved=on_reserved, facts=facts, minor_check=True))
         if isinstance(made, Outcome) or not made.blocked:
             return made
         # Blocked by a risk rule: the order is already failed; the request ends in this transaction.
@@ -207,18 +209,20 @@ class Checkout:
 
     def reserve_in(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
                    on_reserved: OnReserved | None = None, unit_amount: int | None = None,
-                   facts: RiskFacts | None = None) -> _Reserved:
+                   facts: RiskFacts | None = None, minor_check: bool = False) -> _Reserved:
         """The reserve step inside the caller's transaction: subscriptions create their renewal
         and proration orders here (a proration line is priced by `unit_amount`, not the catalog).
-        With `facts`, the risk rules decide first (a block fails the order and reserves nothing)."""
+        With `facts`, the risk rules decide first (a block fails the order and reserves nothing).
+        With `minor_check` (orders the merchant creates), a minor's spending limit may refuse it
+        (409 minor_spending_limit) before anything is written."""
         reserved = self._reserve(tx, merchant=merchant, command=command, channel=channel, unit_amount=unit_amount,
-                                 facts=facts)
+                                 facts=facts, minor_check=minor_check)
         if on_reserved is not None:
             on_reserved(tx, reserved.order)
         return reserved
 
     def _reserve(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
-                 unit_amount: int | None = None, facts: RiskFacts | None = None) -> _Reserved:
+                 unit_amount: int | None = None, facts: RiskFacts | None = None, minor_check: bool = False) -> _Reserved:
         """Checks first (they may refuse), then writes (they may not fail)."""
         if command.merchant_order_ref and orders.merchant_ref_taken(tx, merchant_id=merchant.id, ref=command.merchant_order_ref):
             raise MerchantOrderRefExists(f"An order with merchant_order_ref '{command.merchant_order_ref}' exists.", param="merchant_order_ref")
@@ -231,6 +235,9 @@ class Checkout:
         if channel == WALLET_CHANNEL:
             self._players.check_balance_tx(tx, merchant_id=merchant.id, player_id=command.player_id,
                                            currency=command.currency, amount=total)
+        # A minor's limits (money payments only: wallet spending moves no money) refuse here, before any write.
+        spend = self._kyc.check_minor_tx(tx, merchant_id=merchant.id, player_id=command.player_id, amount=total,
+                                         currency=command.currency) if minor_check and channel != WALLET_CHANNEL else None
         assessment = None if facts is None or channel == WALLET_CHANNEL else self._risk.assess_order_tx(
             tx, merchant_id=merchant.id, merchant_currency=merchant.currency, player_id=command.player_id, amount=total,
             currency=command.currency, channel=channel, lines=lines, facts=facts)
@@ -260,6 +267,8 @@ class Checkout:
                                    "created_at_ms": now_ms})
         orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.created", from_status=None,
                             to_status="pending", cause="api", now_ms=now_ms)
+        if spend is not None and not blocked:
+            self._kyc.record_spend_tx(tx, order_id=order_id, spend=spend)
         if assessment is None:
             return _Reserved(order=order, lines=lines)
         self._risk.record_order_tx(tx, order_id=order_id, merchant_id=merchant.id, facts=facts, assessment=assessment,

@@ -44,6 +44,7 @@ from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import Attempt, PaymentGateway
 from apss.services.refunds.refunds import Refunds
+from apss.services.risk.aml import Aml
 from apss.services.risk.engine import RiskEngine
 from apss.services.subscriptions import periods as subscription_periods
 from apss.store import orders
@@ -65,7 +66,7 @@ def synthetic_event_id(kind: str) -> str:
 class PaymentEvents:
     def __init__(self, *, db: Database, clock: Clock, wall_clock: Clock, channels: ChannelAccess,
                  gateway: PaymentGateway, merchants: Merchants, ledger: Ledger, refunds: Refunds,
-                 game_delivery: lifecycle.GameDelivery, risk: RiskEngine, disputes: DisputeRecords) -> None:
+                 game_delivery: lifecycle.GameDelivery, risk: RiskEngine, disputes: DisputeRecords, aml: Aml) -> None:
         """`wall_clock` checks only the signatures' timestamp tolerance: providers (and their
         stand-ins, and the sandbox) sign with real time, also when `clock` is a moved test clock."""
         self._db = db
@@ -79,6 +80,7 @@ class PaymentEvents:
         self._game_delivery = game_delivery
         self._risk = risk
         self._disputes = disputes
+        self._aml = aml
 
     async def handle_callback(self, *, channel_name: str, merchant_id: str, headers: dict[str, str],
                               body: bytes, query: dict[str, str]) -> CallbackReply:
@@ -219,6 +221,10 @@ class PaymentEvents:
         merchant = self._merchants.by_id(order["merchant_id"])
         hold = self._risk.callback_hold_tx(tx, order=order, items=items, merchant_currency=merchant.currency, card={
             "fingerprint": event.card_fingerprint, "bin": event.card_bin, "country": event.card_country})
+        # AML counters and cases, and the KYC hold of a large payment, in the booking's transaction.
+        kyc_hold = self._aml.on_paid_tx(tx, order=order, payment=payment, merchant_currency=merchant.currency,
+                                        risk_hold=hold)
+        hold = hold or kyc_hold
         lifecycle.pay(tx, order, items, cause=f"callback:{event.event_id}", now_ms=now_ms, game_delivery=self._game_delivery,
                       hold=hold)
         self._ledger.defer_currency_sale(tx, order=order, items=items, merchant_share=merchant_share, reference=payment["id"])

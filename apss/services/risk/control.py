@@ -245,32 +245,42 @@ class RiskControl:
             raise InvalidTransition(f"Order '{order_id}' is '{order['status']}', not in review.")
         return order
 
+    def approve_tx(self, tx: Tx, *, merchant: Merchant, order_id: str, cause: str = "review:approved") -> None:
+        """Deliver a held order's goods (also the KYC path: the player was verified)."""
+        order = self._held_tx(tx, merchant=merchant, order_id=order_id)
+        lifecycle.deliver_paid(tx, order, orders.order_items_tx(tx, order_id), now_ms=self._clock.now_ms(),
+                               game_delivery=self._game_delivery, cause=cause)
+
     async def approve(self, *, merchant: Merchant, order_id: str, idem: IdempotencyRequest | None) -> Outcome:
         def transaction(tx: Tx) -> Any:
-            order = self._held_tx(tx, merchant=merchant, order_id=order_id)
-            lifecycle.deliver_paid(tx, order, orders.order_items_tx(tx, order_id), now_ms=self._clock.now_ms(),
-                                   game_delivery=self._game_delivery, cause="review:approved")
+            self.approve_tx(tx, merchant=merchant, order_id=order_id)
             return order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self._public_url)
 
         return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction,
                                            success_status=200)
+
+    def reject_tx(self, tx: Tx, *, merchant: Merchant, order_id: str, cause: str = "review:rejected",
+                  reason: str = "risk_rejected") -> None:
+        """Queue the full refund of a held order and put its units back in stock (also the KYC
+        path: the player's KYC was rejected)."""
+        order = self._held_tx(tx, merchant=merchant, order_id=order_id)
+        payment = orders.get_payment_tx(tx, payment_id=order["payment_id"])
+        taken = refund_store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
+        if taken >= payment["amount"]:
+            raise InvalidTransition(f"Order '{order_id}' is already being refunded.")
+        self._refunds.queue_refund(tx, payment=payment, reason=reason)
+        for item in orders.order_items_tx(tx, order_id):
+            catalog.return_sold(tx, product_id=item["product_id"], quantity=item["quantity"])
+        orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.review_rejected",
+                            from_status=order["status"], to_status=order["status"], cause=cause,
+                            now_ms=self._clock.now_ms())
 
     async def reject(self, *, merchant: Merchant, order_id: str, idem: IdempotencyRequest | None) -> Outcome:
         """Refund in full through the channel (the order becomes `refunded` when the refund
         succeeds) and put the units back in stock now."""
 
         def transaction(tx: Tx) -> Any:
-            order = self._held_tx(tx, merchant=merchant, order_id=order_id)
-            payment = orders.get_payment_tx(tx, payment_id=order["payment_id"])
-            taken = refund_store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
-            if taken >= payment["amount"]:
-                raise InvalidTransition(f"Order '{order_id}' is already being refunded.")
-            self._refunds.queue_refund(tx, payment=payment, reason="risk_rejected")
-            for item in orders.order_items_tx(tx, order_id):
-                catalog.return_sold(tx, product_id=item["product_id"], quantity=item["quantity"])
-            orders.insert_event(tx, event_id=new_id("evt"), order_id=order_id, type="order.review_rejected",
-                                from_status=order["status"], to_status=order["status"], cause="review:rejected",
-                                now_ms=self._clock.now_ms())
+            self.reject_tx(tx, merchant=merchant, order_id=order_id)
             return order_view(orders.get_order_view_tx(tx, order_id=order_id), public_url=self._public_url)
 
         return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, fn=transaction,

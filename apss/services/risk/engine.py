@@ -263,7 +263,7 @@ class RiskEngine:
             decision = evaluate(rules, attrs, lists)
         attrs.pop("email_hash", None)
         shown = {k: v for k, v in attrs.items() if v is not None}
-        return Assessment(decision=decision, score=attrs["risk_score"], attributes=shown)
+        return Assessment(decision=decision, score=attrs["risk_score"] or 0, attributes=shown)
 
     def _in_merchant_currency(self, tx: Tx, *, amount: int, currency: str, merchant_currency: str, now_ms: int) -> int | None:
         if currency == merchant_currency:
@@ -376,9 +376,15 @@ class RiskEngine:
         return bool(facts and facts["three_ds"])
 
     async def prune(self) -> int:
-        """Counter buckets older than a week and an hour go (the retention job)."""
-        before_s = self._clock.now_ms() // 1000 - 8 * 86_400
-        return await self._db.write(lambda tx: store.prune_counters(tx, before_s=before_s))
+        """Counter buckets older than a week and an hour go (the retention job); the AML day
+        buckets after 31 days."""
+        now_s = self._clock.now_ms() // 1000
+
+        def transaction(tx: Tx) -> int:
+            return (store.prune_counters(tx, before_s=now_s - 8 * 86_400)
+                    + store.prune_day_counters(tx, before_s=now_s - 31 * 86_400))
+
+        return await self._db.write(transaction)
 
 
 def fired_of(text: str) -> list[FiredRule]:

@@ -12,6 +12,11 @@ The model learnt from what happened before each order. At the callback stage the
 hold this order (it was counted when it was created), so its own share is taken out first: one
 order and its amount, and the player from the distinct-player counts when this was the player's
 only order in the window.
+
+The score is missing (None: `risk_score` comparisons do not match, `is_missing(risk_score)` does)
+when the order's amount cannot be put in US cents (no rate) or the order names neither an IP nor a
+device: the model never saw the first, and the synthetic orders it learnt from almost always had
+one of the two, so its answer there is an extrapolation, not a judgement.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ def _before_this_order(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return features
 
 
-def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_s: int, now_ms: int) -> int:
+def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_s: int, now_ms: int) -> int | None:
+    if amount_usd is None or (not attrs.get("ip") and not attrs.get("device_id")):
+        return None
     features = _before_this_order(attrs)
     features["amount_usd"] = amount_usd
     features["account_age_s"] = account_age_s
