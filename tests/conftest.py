@@ -188,11 +188,13 @@ def some_services(**given: Any) -> Services:
     return services
 
 
-def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float = 30) -> subprocess.Popen:
-    """`python run.py` as a process of its own (its output in `log`: a file, not a pipe, since a
-    full pipe would block the server's logging), returned once /healthz answers 200."""
+def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float = 30,
+                 args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python run.py [args]` as a process of its own (its output in `log`: a file, not a pipe, since
+    a full pipe would block the server's logging; not a terminal either, so the once-only secrets
+    are printed only with `--print-secrets`), returned once /healthz answers 200."""
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "run.py"], cwd=Path(__file__).resolve().parents[1],
+        process = subprocess.Popen([sys.executable, "run.py", *args], cwd=Path(__file__).resolve().parents[1],
                                    env={**os.environ, **env, "APSS_SERVER_PORT": str(port)}, stdout=sink, stderr=sink)
 
     def healthy() -> bool:
