@@ -30,7 +30,7 @@ _request_id: ContextVar[str | None] = ContextVar("apss_request_id", default=None
 # An incoming Request-Id is kept if it is 1-128 of these (safe in a header, a log line, a URL).
 _SAFE_ID_RE = re.compile(rb"^[A-Za-z0-9._:+/=@-]{1,128}$")
 _UNMATCHED = "unmatched"  # the route label of a request no route took (404, 405)
-_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_tag)s]: %(message)s"
 
 
 def current_request_id() -> str | None:
@@ -88,6 +88,7 @@ class _RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _request_id.get()
+        record.request_tag = record.request_id or "-"  # the text format's
         return True
 
 
