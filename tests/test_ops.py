@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apss.clock import TestClock
 from tests.conftest import ADMIN_TOKEN, RunningServer, assert_error, free_port, start_run_py, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -200,3 +204,14 @@ def test_json_logs_carry_the_request_id_and_no_output_holds_a_secret(tmp_path):
     for secret in secrets:
         assert secret not in output and secret not in first_out
 
+
+
+def test_without_chromium_the_browser_tests_stop_the_run_with_one_line(tmp_path):
+    """Never skipped, never an assertion deep in a test: the run stops before any test."""
+    env = {**os.environ, "CHROMIUM_PATH": str(tmp_path / "no-chromium")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/browser"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    line = (f"Chromium not found at {tmp_path / 'no-chromium'}: install it with apt-get install chromium "
+            "(CI's .ci/run does)")
+    assert line in done.stdout + done.stderr and "passed" not in done.stdout and "no tests ran" in done.stdout

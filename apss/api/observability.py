@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from litestar import Request, Response, get
+from litestar import MediaType, Request, Response, get
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from apss.api.common import Services, admin_guard
@@ -121,6 +121,7 @@ def configure_logging(*, log_format: Literal["text", "json"], level: str) -> Non
 
 # -- /metrics ----------------------------------------------------------------------------------
 @get("/metrics", tags=["health"], summary="Prometheus metrics (admin token unless server.metrics_public)",
+     security=[{"bearer": []}], media_type=MediaType.TEXT, opt={"admin_unless_public": True},
      description="Requests by route template and status, latencies, write batches, the writer queue, orders by "
                  "status, payments by channel and status, the webhook backlog, open alerts, scheduler jobs. "
                  "Prometheus text format 0.0.4.")
