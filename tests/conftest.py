@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None,
+                 announce_secrets: bool = True) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.clock = clock
@@ -46,7 +47,8 @@ class RunningServer:
         }
         self.config = load_config("/nonexistent-config.toml", environ=environ)
         self.announced: list[str] = []
-        self.app = create_app(self.config, clock=clock, announce=self.announced.append)
+        self.app = create_app(self.config, clock=clock, announce=self.announced.append,
+                              announce_secrets=announce_secrets)
         # Keep-alive longer than any pause in a test: with uvicorn's 5 s, a pooled connection the
         # server has just closed makes httpx fail a POST with "Server disconnected" (a client race).
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",

@@ -151,22 +151,14 @@ def test_json_logs_carry_the_request_id_and_no_output_holds_a_secret(tmp_path):
     base = f"http://127.0.0.1:{port}"
     env = {"APSS_DATABASE_PATH": str(db_path), "APSS_LOG_FORMAT": "json", "APSS_SERVER_LOG_LEVEL": "info"}
     env_now = {k: v for k, v in os.environ.items() if not k.startswith("APSS_")}
-    # First start: an admin token is generated and a demo merchant seeded; neither secret is shown.
-    first_log = tmp_path / "first.log"
-    first = start_run_py(port=port, log=first_log, env={**env_now, **env})
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=30) == 0
-    first_out = first_log.read_text()
-    assert "Generated an admin token" in first_out and "adm_" not in first_out
-    assert "Demo merchant mch_" in first_out and "sk_test_" not in first_out and "POST /v1/merchants/" in first_out
-
-    # As the line says: choose the admin token, roll the demo merchant a key.
+    # A demo merchant is seeded; its key is not shown, since the output is a file.
     log = tmp_path / "server.log"
     server = start_run_py(port=port, log=log, env={**env_now, **env, "APSS_ADMIN_TOKEN": ADMIN_TOKEN})
     secrets: list[str] = [ADMIN_TOKEN]
     try:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
             [demo] = admin.get("/v1/merchants").json()["data"]
+            assert f"Demo merchant {demo['id']}" in log.read_text() and "sk_test_" not in log.read_text()
             rolled = admin.post(f"/v1/merchants/{demo['id']}/keys").json()
             created = admin.post("/v1/merchants", json={"name": "Log Studio"}).json()
         secrets += [rolled["secret_key"], created["secret_key"]]
@@ -200,9 +192,29 @@ def test_json_logs_carry_the_request_id_and_no_output_holds_a_secret(tmp_path):
     assert [r for r in records if r["request_id"] is None], "lines outside requests have a null request_id"
     # Every line of the process that is not a JSON record is one of the plain start-up lines.
     others = [line for line in output.splitlines() if line and not line.startswith("{")]
-    assert all(line.startswith(("apss: migration", "database ", "APSS listening", "APSS stopped")) for line in others), others
+    plain = ("apss: migration", "database ", "APSS listening", "Demo merchant", "APSS stopped")
+    assert all(line.startswith(plain) for line in others), others
     for secret in secrets:
-        assert secret not in output and secret not in first_out
+        assert secret not in output
+    assert f"POST /v1/merchants/{demo['id']}/keys" in output, "says how to get a key"
+
+
+def test_a_generated_admin_token_is_not_announced_without_a_terminal(tmp_path):
+    """What cli.py asks for when its output is not a terminal: the line says a token was made and
+    how to choose one, and holds no token; the stored hash is of a token nobody saw."""
+    hidden = RunningServer(db_path=tmp_path / "hidden.sqlite", clock=TestClock(), announce_secrets=False,
+                           env={"APSS_ADMIN_TOKEN": "", "APSS_SEED_DEMO": "true"}).start()
+    try:
+        [token_line] = [line for line in hidden.announced if line.startswith("Generated")]
+        assert "APSS_ADMIN_TOKEN" in token_line and "adm_" not in token_line, token_line
+        [demo_line] = [line for line in hidden.announced if line.startswith("Demo merchant")]
+        assert "sk_test_" not in demo_line and "/keys" in demo_line, demo_line
+        assert_error(httpx.get(f"{hidden.base_url}/v1/merchants", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}),
+                     401, "authentication_error", "invalid_api_key")
+    finally:
+        hidden.stop()
+    [(stored,)] = _raw(tmp_path / "hidden.sqlite", "SELECT count(*) FROM settings WHERE name LIKE '%admin%'")
+    assert stored == 1
 
 
 
