@@ -227,3 +227,36 @@ def test_without_chromium_the_browser_tests_stop_the_run_with_one_line(tmp_path)
     line = (f"Chromium not found at {tmp_path / 'no-chromium'}: install it with apt-get install chromium "
             "(CI's .ci/run does)")
     assert line in done.stdout + done.stderr and "passed" not in done.stdout and "no tests ran" in done.stdout
+
+
+def test_text_log_lines_carry_the_request_id_too(capsys):
+    """The text format names the request (`[-]` outside one); the wrapper sets it for the request's task."""
+    import asyncio
+    import logging
+
+    from apss.api.observability import RequestContext, configure_logging
+
+    seen: list[tuple] = []
+
+    async def inner(scope, receive, send) -> None:
+        logging.getLogger("apss.test").warning("inside")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message) -> None:
+        seen.append(message)
+
+    app = RequestContext(inner, observe=lambda **kw: seen.append(kw))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging(log_format="text", level="info")
+        asyncio.run(app({"type": "http", "method": "GET", "headers": [(b"request-id", b"text-1")]}, None, send))
+        logging.getLogger("apss.test").warning("outside")
+    finally:
+        root.handlers[:], root.level = handlers, level
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 2)[2] for line in lines[-2:]] == ["WARNING apss.test [text-1]: inside",
+                                                               "WARNING apss.test [-]: outside"], lines
+    assert (b"request-id", b"text-1") in seen[0]["headers"]
+    assert seen[-1] == {"method": "GET", "route": "unmatched", "status": 204, "seconds": seen[-1]["seconds"]}
