@@ -34,6 +34,7 @@ from apss.api.fx import FxController
 from apss.api.health import healthz
 from apss.api.merchants import MerchantController
 from apss.api.money import AdminMoneyController, MoneyController
+from apss.api.observability import RequestContext, metrics
 from apss.api.openapi import RefinedJsonPlugin, RefinedSwaggerPlugin
 from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
@@ -84,6 +85,7 @@ from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
+from apss.services.ops.metrics import Metrics
 from apss.services.orders import lifecycle
 from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
@@ -246,13 +248,17 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         risk_engine=risk_engine, prechecks=prechecks,
         risk=risk, aml=aml, kyc=kyc,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
+        metrics=Metrics(db=db, clock=clock, job_stats=scheduler.stats),
     )
     schedule_jobs(scheduler, services)
     return services
 
 
-def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print) -> Litestar:
-    """`announce` receives the once-only lines (generated admin token, demo merchant key). `clock`
+def create_app(config: Config, *, clock: Clock | None = None, announce: Callable[[str], None] = print,
+               announce_secrets: bool = True) -> Litestar:
+    """`announce` receives the once-only lines (generated admin token, demo merchant key); with
+    `announce_secrets` false they say that something was generated and how to get at it, without
+    the secret (cli.py: output that is not a terminal). `clock`
     is the wall clock (tests give a TestClock); with clock.mode = "test" the app runs on its own
     stored test clock, and refuses (LiveMerchantsInTestMode) a database holding a live merchant."""
     if not __debug__:  # `python -O` strips assertions, and invariants live in them
@@ -270,13 +276,20 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.channels.load()
         await svc.risk_engine.start()
         token = await svc.merchants.ensure_admin_token(config.admin.token)
-        if token:
+        if token and announce_secrets:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
+        elif token:
+            announce("Generated an admin token (stored hashed; shown only on a terminal or with --print-secrets): "
+                     "set admin.token (APSS_ADMIN_TOKEN) and restart to choose your own")
         if config.seed.demo:
             demo = await seed_demo(db=svc.db, merchants=svc.merchants, catalog=svc.catalog,
                                    promotions=svc.promotions)
-            if demo:
+            if demo and announce_secrets:
                 announce(f"Demo merchant {demo.id} ({demo.name}, test mode); secret key (shown once): {demo.secret_key}")
+            elif demo:
+                announce(f"Demo merchant {demo.id} ({demo.name}, test mode) created; its secret key is shown only on a "
+                         f"terminal or with --print-secrets: roll it a new one with POST /v1/merchants/{demo.id}/keys "
+                         "(admin token; GET /v1/merchants lists the merchants)")
         if config.sandbox.callback_transport == "asgi":
             transport = httpx.ASGITransport(app=app)
             svc.sandbox.start(httpx.AsyncClient(transport=transport, timeout=config.sandbox.callback_timeout_s))
@@ -311,7 +324,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
-        route_handlers=[healthz, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
+        route_handlers=[healthz, metrics, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
@@ -334,5 +347,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         logging_config=None,
     )
     app.state.services = svc
+    # Around Litestar's whole handler (routing included): every answer, a 404 too, has its
+    # Request-Id and is counted (api/observability.py).
+    app.asgi_handler = RequestContext(app.asgi_handler, observe=svc.metrics.observe_request)
     return app
 

@@ -22,10 +22,10 @@ from apss.errors import ConfigInvalid, LiveMerchantsInTestMode, SchemaTooNew
 __all__ = ["main"]
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, overrides: dict[str, str] | None = None) -> Config:
     source = Path(path or os.environ.get("APSS_CONFIG") or "config.toml")
     try:
-        config = load_config(source)
+        config = load_config(source, environ={**os.environ, **(overrides or {})})
     except ConfigInvalid as exc:
         _fail(str(exc))
     if not source.exists():
@@ -44,24 +44,32 @@ def _migrate(config: Config) -> None:
     from apss.store.migrate import apply_migrations
 
     Path(config.database.path).parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(done: int, total: int, name: str) -> None:  # one line per migration applied, on stderr
+        print(f"apss: migration {done}/{total} {name} applied", file=sys.stderr, flush=True)
+
     try:
-        before, after = apply_migrations(config.database.path)
+        before, after = apply_migrations(config.database.path, progress=progress)
     except SchemaTooNew as exc:
         _fail(str(exc))
-    print(f"database {config.database.path}: schema version {before} -> {after}")
+    print(f"database {config.database.path}: schema version {before} -> {after}", flush=True)
 
 
-def _serve(config: Config) -> None:
+def _serve(config: Config, *, print_secrets: bool) -> None:
     import uvicorn
 
+    from apss.api.observability import configure_logging
     from apss.app import create_app
 
     listener = _listen(config.server.host, config.server.port)  # a busy port fails before anything else
     _migrate(config)
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_format=config.log.format, level=config.server.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider or callback request is noise
+    # The once-only secrets (a generated admin token, the demo merchant's key) go to a person at a
+    # terminal, never into a file or a log collector, unless asked for with --print-secrets.
+    show_secrets = print_secrets or sys.stdout.isatty()
     try:
-        app = create_app(config, announce=lambda line: print(line, flush=True))
+        app = create_app(config, announce=lambda line: print(line, flush=True), announce_secrets=show_secrets)
     except LiveMerchantsInTestMode as exc:
         _fail(str(exc))
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
@@ -72,7 +80,7 @@ def _serve(config: Config) -> None:
     # app's shutdown gives the writer most of the rest to finish its queue (app.py).
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, loop="uvloop", http="httptools",
-        log_level=config.server.log_level, access_log=False,
+        log_level=config.server.log_level, access_log=False, log_config=None,  # uvicorn logs through ours
         timeout_graceful_shutdown=config.server.shutdown_deadline_s * _REQUESTS_SHARE))
     server.run(sockets=[listener])
     print("APSS stopped", flush=True)
@@ -113,7 +121,8 @@ def _ledger_check(config: Config) -> None:
         db = Database(config.database.path, read_connections_max=1)
         await db.start()
         try:
-            result = await Ledger(db=db, clock=None, config=config.finance).check()
+            result = await Ledger(db=db, clock=None, config=config.finance).check(
+                progress=lambda step: print(f"apss: ledger check {step}", file=sys.stderr, flush=True))
         finally:
             await db.close()
         print(f"ledger: {result.transactions} transactions, {result.entries} entries: "
@@ -143,9 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="apss", description="APSS, the Automated Payment & Settlement System for "
                                      "virtual goods.", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,migrate,ledger}")
-    commands.add_parser("serve", parents=[common], help="apply migrations and start the server",
-                        description="Apply migrations and start the server (what `python run.py` does). "
-                                    "SIGTERM stops it in order within server.shutdown_deadline_s.")
+    serve = commands.add_parser("serve", parents=[common], help="apply migrations and start the server",
+                                description="Apply migrations and start the server (what `python run.py` does). "
+                                            "SIGTERM stops it in order within server.shutdown_deadline_s.")
+    serve.add_argument("--host", help="listen on this address (server.host)")
+    serve.add_argument("--port", type=int, help="listen on this port (server.port)")
+    serve.add_argument("--print-secrets", action="store_true",
+                       help="print a generated admin token and the demo merchant's key even when the output is not "
+                            "a terminal (they are printed once, at the first start)")
     commands.add_parser("migrate", parents=[common], help="apply migrations and exit",
                         description="Apply the database migrations and exit; prints the schema version before and after.")
     ledger = commands.add_parser("ledger", parents=[common], help="ledger tools",
@@ -154,13 +168,19 @@ def main(argv: list[str] | None = None) -> None:
                                              "reads the database, never migrates it.")
     ledger.add_argument("action", choices=["check"], help="check: prove the ledger balances")
     args = parser.parse_args(argv)
-    config = _load(getattr(args, "config", None))
+    overrides = {}
+    if args.command == "serve":  # flags win over the environment and the file
+        if args.host is not None:
+            overrides["APSS_SERVER_HOST"] = args.host
+        if args.port is not None:
+            overrides["APSS_SERVER_PORT"] = str(args.port)
+    config = _load(getattr(args, "config", None), overrides=overrides)
     if args.command == "migrate":
         _migrate(config)
     elif args.command == "ledger":
         _ledger_check(config)
     else:
-        _serve(config)
+        _serve(config, print_secrets=args.print_secrets)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,15 @@ class ServerConfig(_Section):
     # SIGTERM: stop accepting, finish in-flight requests and the queued writes, fail the rest with
     # 503 not_ready 'shutting down', close the database and exit 0, all within this long.
     shutdown_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    # /metrics (Prometheus) asks for the admin token unless this is true (e.g. a scraper on a
+    # private network that cannot send one).
+    metrics_public: bool = False
+
+
+class LogConfig(_Section):
+    # "text": one readable line per record; "json": one JSON object per line (time, level, logger,
+    # message, request_id), for a log collector. Both on stderr; the level is server.log_level.
+    format: Literal["text", "json"] = "text"
 
 
 class DatabaseConfig(_Section):
@@ -208,6 +217,7 @@ class SeedConfig(_Section):
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
     database: DatabaseConfig = DatabaseConfig()
     admin: AdminConfig = AdminConfig()
     security: SecurityConfig = SecurityConfig()

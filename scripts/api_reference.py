@@ -78,6 +78,8 @@ def _example(schema: dict, document: dict, name: str = "", depth: int = 0):
 def _auth(operation: dict, path: str) -> str:
     if not operation.get("security"):
         return "public"
+    if path == "/metrics":
+        return "admin token (none with `server.metrics_public = true`)"
     if path.startswith("/v1/admin") or path.startswith("/v1/merchants"):
         return "admin token"
     return "merchant secret key"
@@ -86,7 +88,7 @@ def _auth(operation: dict, path: str) -> str:
 def _curl(method: str, path: str, operation: dict, document: dict) -> str:
     auth = _auth(operation, path)
     parts = [f"curl -s -X {method.upper()} \"$API{path}\""]
-    if auth == "admin token":
+    if auth.startswith("admin token"):
         parts.append('-H "Authorization: Bearer $ADMIN"')
     elif auth == "merchant secret key":
         parts.append('-H "Authorization: Bearer $KEY"')

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None,
+                 announce_secrets: bool = True) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.clock = clock
@@ -46,7 +47,8 @@ class RunningServer:
         }
         self.config = load_config("/nonexistent-config.toml", environ=environ)
         self.announced: list[str] = []
-        self.app = create_app(self.config, clock=clock, announce=self.announced.append)
+        self.app = create_app(self.config, clock=clock, announce=self.announced.append,
+                              announce_secrets=announce_secrets)
         # Keep-alive longer than any pause in a test: with uvicorn's 5 s, a pooled connection the
         # server has just closed makes httpx fail a POST with "Server disconnected" (a client race).
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
@@ -188,11 +190,13 @@ def some_services(**given: Any) -> Services:
     return services
 
 
-def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float = 30) -> subprocess.Popen:
-    """`python run.py` as a process of its own (its output in `log`: a file, not a pipe, since a
-    full pipe would block the server's logging), returned once /healthz answers 200."""
+def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float = 30,
+                 args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python run.py [args]` as a process of its own (its output in `log`: a file, not a pipe, since
+    a full pipe would block the server's logging; not a terminal either, so the once-only secrets
+    are printed only with `--print-secrets`), returned once /healthz answers 200."""
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "run.py"], cwd=Path(__file__).resolve().parents[1],
+        process = subprocess.Popen([sys.executable, "run.py", *args], cwd=Path(__file__).resolve().parents[1],
                                    env={**os.environ, **env, "APSS_SERVER_PORT": str(port)}, stdout=sink, stderr=sink)
 
     def healthy() -> bool:

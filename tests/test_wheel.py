@@ -11,10 +11,10 @@ import sys
 import venv
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, free_port, wait_for
+from tests.conftest import ADMIN_TOKEN, free_port
+from tests.installed import sell_and_pay_one, wait_until_serving
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,23 +47,8 @@ def test_the_wheel_installs_migrates_and_sells_from_any_folder(tmp_path):
         server = subprocess.Popen([str(env_dir / "bin" / "apss"), "serve"], cwd=elsewhere, env=env, stdout=sink, stderr=sink)
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            assert server.poll() is None, log.read_text()
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout_s=60)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
-            key = admin.post("/v1/merchants", json={"name": "Wheel Studio"}).json()["secret_key"]
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
-            product = client.post("/v1/products", json={"sku": "gem", "name": "Gem", "category": "item",
-                                                        "prices": {"USD": 100}}).json()
-            order = client.post("/v1/orders", json={"player_id": "p1", "currency": "USD",
-                                                    "items": [{"product_id": product["id"], "quantity": 1}]}).json()
-            assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
-            wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled", timeout_s=30)
+        wait_until_serving(server, base, log)
+        assert sell_and_pay_one(base, admin_token=ADMIN_TOKEN)["status"] == "fulfilled"
     finally:
         server.terminate()
         server.wait(timeout=30)

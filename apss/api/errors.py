@@ -114,7 +114,8 @@ def _undecodable(request: Request, exc: Exception) -> Response:
 
 
 def _bug(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # The route template, not the path: a path holds player ids and link tokens, never logged.
+    log.exception("unhandled error on %s %s", request.method, request.scope.get("path_template") or "(no route)")
     detail = ErrorDetail(type="api_error", code="internal_error", message="An internal error occurred; it has been logged.")
     return _response(500, _encoder.encode(ErrorBody(error=detail)))
 

@@ -99,7 +99,7 @@ def refine(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
         params = handler.parsed_fn_signature.parameters
         idempotent = bool(handler.opt.get("idempotent"))
         statuses = ["400", "503"]
-        if "merchant" in params or "admin" in params:
+        if "merchant" in params or "admin" in params or handler.opt.get("admin_unless_public"):
             statuses.append("401")
         if "merchant" in params:
             statuses.append("429")

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+import msgspec
 
 from apss.clock import Clock
 
-__all__ = ["Scheduler"]
+__all__ = ["JobStats", "Scheduler"]
 
 log = logging.getLogger("apss.jobs")
 
@@ -34,6 +37,16 @@ _DRAIN_RUNS_MAX = 20  # runs of one job at one step while its data says it still
 _STEPS_MAX = 1_000_000  # a bound on one advance's steps (the step rule keeps them far fewer)
 
 DueMs = Callable[[], Awaitable[int | None]]
+
+
+class JobStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as /metrics shows it."""
+
+    name: str
+    runs: int  # runs that ended, failed ones included
+    failures: int  # runs that raised
+    lag_s: float  # how long after it was due the last run started (0: on time, or poked early)
+    duration_s: float  # how long the last run took (wall time)
 
 
 class _Job:
@@ -50,6 +63,9 @@ class _Job:
         self.poked = asyncio.Event()
         self.lock = asyncio.Lock()
         self.runs = 0
+        self.failures = 0
+        self.lag_ms = 0
+        self.duration_s = 0.0
         self.completed_as_of_ms = -1  # clock time at the start of the last completed run
 
 
@@ -76,6 +92,11 @@ class Scheduler:
 
     def runs(self, name: str) -> int:
         return self._jobs[name].runs
+
+    def stats(self) -> list[JobStats]:
+        """Every job's counters (read at /metrics scrape time; cheap: no locks, no I/O)."""
+        return [JobStats(name=job.name, runs=job.runs, failures=job.failures, lag_s=job.lag_ms / 1000,
+                         duration_s=job.duration_s) for job in self._jobs.values()]
 
     def completed_as_of_ms(self, name: str) -> int:
         """The clock time a completed run of the job started at: a run that saw `t` is done."""
@@ -110,8 +131,10 @@ class Scheduler:
     async def _run(self, job: _Job) -> object:
         async with job.lock:
             started_ms = self._clock.now_ms()
+            job.lag_ms = max(0, started_ms - job.next_due_ms) if job.started_ms >= 0 else 0
             job.started_ms = started_ms
             job.next_due_ms = started_ms + job.interval_ms
+            began = time.perf_counter()
             try:
                 result = await job.fn()
                 job.completed_as_of_ms = max(job.completed_as_of_ms, started_ms)
@@ -119,9 +142,11 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                job.failures += 1
                 log.exception("job %s failed; it runs again at its next turn", job.name)
                 return None
             finally:
+                job.duration_s = time.perf_counter() - began
                 job.runs += 1
 
     # -- test-clock advances -------------------------------------------------------------------

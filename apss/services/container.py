@@ -27,6 +27,7 @@ from apss.services.money.reports import Reports
 from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.ops.metrics import Metrics
 from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
 from apss.services.orders.queries import OrderQueries
@@ -102,6 +103,7 @@ class Services:
     scheduler: JobRunner
     clock_control: ClockControl
     rate_limiter: RateLimiter
+    metrics: Metrics
     provider_http: httpx.AsyncClient
 
     __slots__ = tuple(__annotations__)

@@ -34,6 +34,7 @@ each, so no other write waits behind one huge transaction (services/money/settle
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import math
@@ -49,7 +50,7 @@ import aiosqlite
 
 from apss.errors import NotReady
 
-__all__ = ["Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
+__all__ = ["BATCH_SIZE_BUCKETS", "Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
@@ -154,6 +155,9 @@ class _Job(Generic[T]):
         self.loop = loop
 
 
+# Upper bounds of the committed batch sizes counted per bucket (/metrics shows them as a histogram).
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
 _STOP = object()  # wakes an idle writer for close()
 _IDLE_POLL_S = 1.0  # an idle writer re-reads the stop flag this often
 _JOIN_GRACE_S = 2.0  # after the deadline, time for the writer to fail the rest and close
@@ -220,7 +224,10 @@ class Database:
         self._stopping = False  # close() began: new writes are refused at once
         self._stop_deadline = math.inf  # monotonic: queued writes not begun by then fail instead
         self._unavailable: str | None = None  # set once the writer took its last write: why
-        self.batches_committed = 0  # observability: group-commit efficiency in benchmarks
+        # Observability (benchmarks, /metrics): written by the writer thread only, read as they are.
+        self.batches_committed = 0
+        self.batch_members_committed = 0  # transaction functions in those batches
+        self.batch_size_counts = [0] * (len(BATCH_SIZE_BUCKETS) + 1)  # per bucket (the last: larger)
         self.event_sink = event_sink  # the merchant webhook outbox (app.py); tests may run without
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -237,6 +244,11 @@ class Database:
             await reader.execute("PRAGMA query_only=1")
             self._reader_list.append(reader)
             self._readers.put_nowait(reader)
+
+    @property
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer (approximate: the queue moves while it is read)."""
+        return self._queue.qsize()
 
     @property
     def writer_alive(self) -> bool:
@@ -380,7 +392,7 @@ class Database:
                 return False
             if outcome is not None:
                 results, callbacks = outcome
-                self.batches_committed += 1
+                self._count_batch(len(batch))
                 self._deliver(batch, {**failed, **results}, callbacks)
                 return True
             # A member failed after writing: `failed` grew; replay the batch without it.
@@ -413,6 +425,11 @@ class Database:
                 return None
         conn.execute("COMMIT")
         return results, callbacks
+
+    def _count_batch(self, size: int) -> None:
+        self.batches_committed += 1
+        self.batch_members_committed += size
+        self.batch_size_counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, size)] += 1
 
     def _rollback_quietly(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from apss.errors import SchemaTooNew
@@ -38,9 +39,11 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
-def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, int]:
+def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
+                     progress: Callable[[int, int, str], None] | None = None) -> tuple[int, int]:
     """Bring the database at `path` to the newest schema. Returns (version before, after).
-    Raises SchemaTooNew when the database was written by a newer APSS."""
+    `progress(done, total, file name)` hears of each migration applied (all commit together at
+    the end). Raises SchemaTooNew when the database was written by a newer APSS."""
     migrations = known_migrations(directory)
     latest = migrations[-1][0] if migrations else 0
     conn = sqlite3.connect(path, isolation_level=None)
@@ -56,12 +59,13 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, 
                 f"database {path} has schema version {current}, but this APSS knows only up to "
                 f"{latest}: upgrade APSS (or restore a backup) before starting it"
             )
-        for version, file in migrations:
-            if version <= current:
-                continue
+        pending = [(version, file) for version, file in migrations if version > current]
+        for done, (version, file) in enumerate(pending, 1):
             for statement in split_statements(file.read_text()):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            if progress is not None:
+                progress(done, len(pending), file.name)
         conn.execute("COMMIT")
         return current, max(current, latest)
     except BaseException:

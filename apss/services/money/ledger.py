@@ -4,6 +4,8 @@ accounts and the rules). Balances are derived from the entries; `check` proves i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from apss.clock import Clock
@@ -205,14 +207,19 @@ class Ledger:
         return fee_for(amount, currency, FeeSchedule(percent_bps=schedule.percent_bps, fixed=dict(schedule.fixed)))
 
     # -- reads -------------------------------------------------------------------------------
-    async def check(self) -> LedgerCheck:
+    async def check(self, *, progress: Callable[[str], None] | None = None) -> LedgerCheck:
+        """`progress` hears of each of the three passes as it begins (each reads the whole ledger)."""
+        say = progress or (lambda step: None)
+        say("1/3 counting transactions and entries")
         counts = await store.ledger_counts(self._db)
         problem = None
+        say(f"2/3 checking that each of {counts['transactions']} transactions balances")
         unbalanced = await store.unbalanced_transaction(self._db)
         if unbalanced is not None:
             problem = (f"transaction {unbalanced['transaction_id']} is unbalanced in {unbalanced['currency']}: "
                        f"debits {unbalanced['debits']}, credits {unbalanced['credits']} (entry #{unbalanced['first_seq']})")
         else:
+            say(f"3/3 checking every account balance against its {counts['entries']} entries")
             mismatch = await store.balance_mismatch(self._db)
             if mismatch is not None:
                 problem = (f"account {mismatch['account']} {mismatch['currency']}: entries say "
