@@ -23,10 +23,12 @@ from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
+from apss.api.audit import AuditMiddleware
 from apss.api.common import current_merchant
 from apss.api.errors import ErrorBody, exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
+from apss.api.privacy import AuditController, PlayerPrivacyController, PrivacyKeysController
 from apss.api.merchants import MerchantController
 from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.orders import OrderController
@@ -55,7 +57,7 @@ from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
-from apss.crypto import Keyring
+from apss.crypto import Keyring, PersonalData
 from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
@@ -84,6 +86,7 @@ from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
+from apss.services.players.privacy import AuditLog, ErasureJournal, Privacy, write_private_json
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
@@ -96,7 +99,7 @@ from apss.store.migrate import apply_migrations
 from apss.store.test_clock import read_start_state
 from apss.web import WEB_HANDLERS
 
-__all__ = ["create_app", "load_keyring"]
+__all__ = ["create_app", "load_keyring", "load_personal_data"]
 
 log = logging.getLogger("apss")
 # Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
@@ -116,6 +119,24 @@ def load_keyring(config: Config) -> Keyring:
             json.dump({"primary": kid, "keys": {kid: base64.b64encode(os.urandom(32)).decode()}}, handle)
     stored = json.loads(path.read_text())
     return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
+
+
+def load_personal_data(config: Config) -> tuple[PersonalData, Path | None]:
+    """The personal data keys and pseudonym key from config (`privacy.keys`), or from
+    `<database>.privacy` (generated 0600 at first start; returned so rotation can add keys)."""
+    privacy = config.privacy
+    if privacy.keys:
+        keys = {kid: base64.b64decode(value) for kid, value in privacy.keys.items()}
+        return PersonalData(keys, primary=privacy.primary_key_id,
+                            pseudonym_key=base64.b64decode(privacy.pseudonym_key)), None
+    path = Path(f"{config.database.path}.privacy")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private_json(path, {"primary": "p1", "keys": {"p1": base64.b64encode(os.urandom(32)).decode()},
+                                  "pseudonym_key": base64.b64encode(os.urandom(32)).decode()})
+    stored = json.loads(path.read_text())
+    keys = {kid: base64.b64decode(value) for kid, value in stored["keys"].items()}
+    return PersonalData(keys, primary=stored["primary"], pseudonym_key=base64.b64decode(stored["pseudonym_key"])), path
 
 
 def _test_clock(config: Config, wall_clock: Clock) -> TestClock | None:
@@ -143,6 +164,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                   read_connections_max=config.database.read_connections_max,
                   busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
     keyring = load_keyring(config)
+    personal, personal_keys_path = load_personal_data(config)
     merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
     sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
@@ -204,6 +226,11 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
         provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=players, sandbox=sandbox, scheduler=scheduler,
+        privacy=Privacy(db=db, clock=clock, personal=personal, config=config.privacy, idempotency=idempotency,
+                        journal=ErasureJournal(Path(f"{config.database.path}.erasures")),
+                        keys_path=personal_keys_path, chunk_rows_max=config.database.chunk_rows_max,
+                        wake_rotation=lambda: scheduler.poke("privacy_rotation")),
+        audit=AuditLog(db=db, clock=clock, personal=personal),
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
@@ -226,6 +253,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
                         config.database.synchronous)
         await svc.db.start()
+        reapplied = await svc.privacy.start()  # erasures recorded beside the database, applied again
+        if reapplied:
+            log.warning("applied %d recorded erasure(s) again (a restored backup, or a cut-off erasure)", reapplied)
         await svc.clock_control.start()
         await svc.merchants.load()
         await svc.channels.load()
@@ -275,13 +305,15 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,
                         ClockController, PromotionController, QuoteController, SubscriptionController,
-                        SubscriptionReportController,
+                        SubscriptionReportController, PlayerPrivacyController, AuditController,
+                        PrivacyKeysController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[swagger_ui_bundle.swagger_ui_path],
                                                    include_in_schema=False)],
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
+        middleware=[AuditMiddleware],
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=openapi,

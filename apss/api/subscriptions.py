@@ -46,6 +46,7 @@ class SubscriptionController(Controller):
     @post("/", summary="Subscribe a player to a plan: its first order is paid like any order")
     async def create(self, data: SubscriptionCreate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
+        data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
         return outcome_response(await svc.subscriptions.create(merchant=merchant, command=data, idem=idem))
 
@@ -56,7 +57,8 @@ class SubscriptionController(Controller):
         player_id: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")] = None,
     ) -> Response[SubscriptionList]:
         items, has_more = await svc.subscriptions.list(merchant=merchant, after_id=cursor, limit=limit,
-                                                       status=status.value if status else None, player_id=player_id)
+                                                       status=status.value if status else None,
+                                                       player_id=svc.privacy.resolve(merchant.id, player_id) if player_id else None)
         return list_response(items, has_more)
 
     @get("/{subscription_id:str}", summary="Retrieve a subscription")
@@ -86,6 +88,7 @@ class SubscriptionController(Controller):
           summary="Change plan: a dearer plan is prorated and charged now, a cheaper one applies at the next renewal")
     async def change(self, subscription_id: str, data: SubscriptionChange, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
+        data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
         return outcome_response(await svc.subscriptions.change(merchant=merchant, subscription_id=subscription_id,
                                                                command=data, idem=idem))
