@@ -144,8 +144,11 @@ class AuditMiddleware:
                 actor, merchant_id = "merchant", svc.merchants.authenticate(token).id
             except ApssError:
                 return
+        object_id = _object_id(scope, held, svc, merchant_id)
+        if actor == "admin" and merchant_id is None and object_id and object_id.startswith("mch_"):
+            merchant_id = object_id  # the merchant an admin created
         await self._write(svc, scope, actor=actor, merchant_id=merchant_id, ref=key_ref(token, actor=actor),
-                          action=action, object_id=_object_id(scope, held, svc, merchant_id), status=status)
+                          action=action, object_id=object_id, status=status)
 
     @staticmethod
     async def _write(svc: Any, scope: Scope, *, actor: str, merchant_id: str | None, ref: str, action: str,

@@ -158,7 +158,7 @@ def erase_player_chunk_tx(tx: Tx, entry: PlayerColumn, *, merchant_id: str, play
         params += [player_id, pseudonym]
     cursor = tx.execute(
         f"UPDATE {entry.table} SET {', '.join(sets)} WHERE {entry.key} IN"
-        f" (SELECT {entry.key} FROM {entry.table} WHERE {entry.scope} AND {entry.column} = ? LIMIT ?)",
+        f" (SELECT {entry.key.strip('()')} FROM {entry.table} WHERE {entry.scope} AND {entry.column} = ? LIMIT ?)",
         (*params, merchant_id, player_id, limit))
     return cursor.rowcount
 

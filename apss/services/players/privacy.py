@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ class Privacy:
         else:
             pseudonym = self.personal.pseudonym(merchant_id, player_id)
         # The request hash covers the pseudonymous path: a stored hash never derives from the id.
+        if idempotency_key is not None and pseudonym != player_id:  # a key naming the player is stored pseudonymous
+            idempotency_key = idempotency_key.replace(player_id, pseudonym)
         request = None if idempotency_key is None else IdempotencyRequest(
             key=idempotency_key, request_hash=request_hash(method="POST", path=f"/v1/players/{pseudonym}/erase", body=None))
         if (merchant_id, pseudonym) not in self._journaled:
@@ -226,8 +229,9 @@ class Privacy:
             decoded = decode_blob(raw)
             new_value, own = scrub_json(decoded, player_id, pseudonym) if decoded is not None else (None, False)
             key_text = None
-            if blob.key_text and own and player_id in row["_k"]:
-                key_text = row["_k"].replace(player_id, pseudonym)
+            if blob.key_text and player_id in row["_k"]:
+                replaced = row["_k"].replace(player_id, pseudonym) if own else names_id(row["_k"], player_id, pseudonym)
+                key_text = replaced if replaced != row["_k"] else None
             if not own and key_text is None:
                 continue
             encoded: Any = msgspec.json.encode(new_value)
@@ -358,6 +362,13 @@ class Privacy:
     @property
     def rotation_pending(self) -> bool:
         return self._rotation_primary != self.personal.primary or bool(self._rotation_after)
+
+
+def names_id(text: str, player_id: str, pseudonym: str) -> str:
+    """`text` with the id replaced where it stands alone (not inside a longer letter-digit run:
+    `order-p1-0` names p1, `order-p10-0` does not)."""
+    pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(player_id)}(?![A-Za-z0-9])")
+    return pattern.sub(pseudonym, text)
 
 
 def write_private_json(path: Path, value: dict) -> None:
