@@ -88,7 +88,6 @@ class SubscriptionController(Controller):
           summary="Change plan: a dearer plan is prorated and charged now, a cheaper one applies at the next renewal")
     async def change(self, subscription_id: str, data: SubscriptionChange, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
-        data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
         return outcome_response(await svc.subscriptions.change(merchant=merchant, subscription_id=subscription_id,
                                                                command=data, idem=idem))
