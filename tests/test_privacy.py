@@ -6,6 +6,7 @@ rotation re-sealing and the retention of IPs (raw rows); the audit hook's route 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -268,3 +269,21 @@ def test_every_changing_route_is_audited_or_listed_as_not_audited(server):
     assert missing == [], "add the route to api/audit.py ACTIONS (or NOT_AUDITED)"
     stale = sorted(k for k in list(ACTIONS) + list(NOT_AUDITED) if k[0] != "GET" and k not in found)
     assert stale == []
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_runs_between_batches_and_empties_the_wal(tmp_path):
+    from apss.store.db import Database
+
+    database = Database(str(tmp_path / "wal.sqlite"))
+    await database.start()
+    try:
+        await database.write(lambda tx: tx.execute("CREATE TABLE t (v TEXT)"))
+        writes = [database.write(lambda tx, i=i: tx.execute("INSERT INTO t VALUES (?)", (f"row{i}",))) for i in range(50)]
+        results = await asyncio.gather(*writes, database.checkpoint_truncate())  # queued among the writes
+        assert results[-1] is True
+        assert (await database.fetch_one("SELECT count(*) AS n FROM t"))["n"] == 50
+        assert await database.checkpoint_truncate() is True
+        assert Path(f"{tmp_path / 'wal.sqlite'}-wal").stat().st_size == 0
+    finally:
+        await database.close()

@@ -220,7 +220,7 @@ class Database:
         self._reader_list: list[aiosqlite.Connection] = []
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None  # the writer's; touched by the writer thread only
-        self._held: _Job | None = None  # a bare job met while collecting a batch: it runs next, alone
+        self._bare_next: _Job | None = None  # a bare job met while collecting a batch: it runs next, alone
         self._in_hand: list[_Job] = []  # the batch the writer runs: failed too if the writer dies
         self._stopping = False  # close() began: new writes are refused at once
         self._stop_deadline = math.inf  # monotonic: queued writes not begun by then fail instead
@@ -366,7 +366,7 @@ class Database:
 
     def _next_batch(self) -> list[_Job] | None:
         """Up to write_batch_max queued jobs; None once stopping and the queue is drained."""
-        first, self._held = (self._held, None) if self._held is not None else (self._take_first(), None)
+        first, self._bare_next = (self._bare_next, None) if self._bare_next is not None else (self._take_first(), None)
         if first is None:
             return None
         batch = [first]
@@ -378,7 +378,7 @@ class Database:
             if item is _STOP:
                 continue
             if item.bare:
-                self._held = item
+                self._bare_next = item
                 break
             batch.append(item)
         return batch
@@ -488,9 +488,9 @@ class Database:
     def _fail_queued(self) -> None:
         """Answer everything still queued (the writer is gone or going): nobody else will."""
         jobs: list[_Job] = []
-        if self._held is not None:
-            jobs.append(self._held)
-            self._held = None
+        if self._bare_next is not None:
+            jobs.append(self._bare_next)
+            self._bare_next = None
         while True:
             try:
                 item = self._queue.get_nowait()
