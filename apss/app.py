@@ -20,6 +20,7 @@ from apss import __version__
 from apss.api.account import account, update_account
 from apss.api.alerts import AlertController
 from apss.api.aml import AmlController, MinorLimitController, PlayerKycController
+from apss.api.audit import AuditMiddleware
 from apss.api.browser import CheckoutSessionController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
@@ -39,6 +40,11 @@ from apss.api.openapi import RefinedJsonPlugin, RefinedSwaggerPlugin
 from apss.api.orders import OrderController
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
+from apss.api.privacy import (
+    AuditController,
+    PlayerPrivacyController,
+    PrivacyKeysController,
+)
 from apss.api.products import ProductController
 from apss.api.promotions import PromotionController
 from apss.api.provider_callbacks import provider_callback
@@ -63,7 +69,7 @@ from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
-from apss.crypto import Keyring
+from apss.crypto import Keyring, PersonalData
 from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
@@ -97,6 +103,12 @@ from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
+from apss.services.players.privacy import (
+    AuditLog,
+    ErasureJournal,
+    Privacy,
+    write_private_json,
+)
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
@@ -114,7 +126,7 @@ from apss.store.migrate import apply_migrations
 from apss.store.test_clock import read_start_state
 from apss.web import WEB_HANDLERS
 
-__all__ = ["create_app", "load_keyring"]
+__all__ = ["create_app", "load_keyring", "load_personal_data"]
 
 log = logging.getLogger("apss")
 # Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
@@ -135,6 +147,24 @@ def load_keyring(config: Config) -> Keyring:
             json.dump({"primary": kid, "keys": {kid: base64.b64encode(os.urandom(32)).decode()}}, handle)
     stored = json.loads(path.read_text())
     return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
+
+
+def load_personal_data(config: Config) -> tuple[PersonalData, Path | None]:
+    """The personal data keys and pseudonym key from config (`privacy.keys`), or from
+    `<database>.privacy` (generated 0600 at first start; returned so rotation can add keys)."""
+    privacy = config.privacy
+    if privacy.keys:
+        keys = {kid: base64.b64decode(value) for kid, value in privacy.keys.items()}
+        return PersonalData(keys, primary=privacy.primary_key_id,
+                            pseudonym_key=base64.b64decode(privacy.pseudonym_key)), None
+    path = Path(f"{config.database.path}.privacy")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private_json(path, {"primary": "p1", "keys": {"p1": base64.b64encode(os.urandom(32)).decode()},
+                                  "pseudonym_key": base64.b64encode(os.urandom(32)).decode()})
+    stored = json.loads(path.read_text())
+    keys = {kid: base64.b64decode(value) for kid, value in stored["keys"].items()}
+    return PersonalData(keys, primary=stored["primary"], pseudonym_key=base64.b64decode(stored["pseudonym_key"])), path
 
 
 def _test_clock(config: Config, wall_clock: Clock) -> TestClock | None:
@@ -162,6 +192,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                   read_connections_max=config.database.read_connections_max,
                   busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
     keyring = load_keyring(config)
+    personal, personal_keys_path = load_personal_data(config)
     merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
     sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
@@ -243,6 +274,11 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
         provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=players, sandbox=sandbox, scheduler=scheduler,
+        privacy=Privacy(db=db, clock=clock, personal=personal, config=config.privacy, idempotency=idempotency,
+                        journal=ErasureJournal(Path(f"{config.database.path}.erasures")),
+                        keys_path=personal_keys_path, chunk_rows_max=config.database.chunk_rows_max,
+                        wake_rotation=lambda: scheduler.poke("privacy_rotation")),
+        audit=AuditLog(db=db, clock=clock, personal=personal),
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         risk_engine=risk_engine, prechecks=prechecks,
@@ -271,6 +307,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
                         config.database.synchronous)
         await svc.db.start()
+        reapplied = await svc.privacy.start()  # erasures recorded beside the database, applied again
+        if reapplied:
+            log.warning("applied %d recorded erasure(s) again (a restored backup, or a cut-off erasure)", reapplied)
         await svc.clock_control.start()
         await svc.merchants.load()
         await svc.channels.load()
@@ -333,6 +372,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                         SubscriptionReportController, RiskController, OrderRiskController, AmlController,
                         PlayerKycController, MinorLimitController,
                         DisputeController, DisputePolicyController, SandboxDisputeController,
+                        PlayerPrivacyController, AuditController, PrivacyKeysController,
                         *WEB_HANDLERS,
                         create_static_files_router(path=assets, directories=[_SWAGGER_UI],
                                                    include_in_schema=False)],
@@ -340,6 +380,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
         before_request=refuse_publishable_key,  # a pk_ key opens the browser endpoints only
+        middleware=[AuditMiddleware],
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=openapi,

@@ -5,6 +5,8 @@ names the key; run.py turns that into exit code 2.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -74,6 +76,23 @@ class SecurityConfig(_Section):
     # start into `<database path>.keys` (mode 0600), beside the database it protects.
     data_key: str = ""
     data_key_id: str = "k1"
+
+
+class PrivacyConfig(_Section):
+    # Keys sealing personal data (emails, IPs, device ids...): {"p1": "<base64 of 32 bytes>"}, and
+    # which one seals new values. Empty: generated at first start into `<database path>.privacy`
+    # (mode 0600; `POST /v1/admin/privacy/keys/rotate` adds a new primary there). Env:
+    # APSS_PRIVACY_KEYS='{"p1": "..."}', APSS_PRIVACY_PRIMARY_KEY_ID=p1.
+    keys: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")], str] = {}
+    primary_key_id: str = ""
+    # Base64 of >= 32 bytes keying the pseudonyms of erased players (with keys; else generated).
+    pseudonym_key: str = ""
+    # IP addresses and device ids older than this are erased by the retention job.
+    retention_days: Annotated[int, Meta(ge=1, le=3650)] = 90
+    retention_interval_s: Annotated[float, Meta(gt=0)] = 3600.0
+    # The rotation job re-seals at most this many values per transaction, every interval.
+    rotation_batch_max: Annotated[int, Meta(ge=1, le=100_000)] = 500
+    rotation_interval_s: Annotated[float, Meta(gt=0)] = 10.0
 
 
 class OrdersConfig(_Section):
@@ -221,6 +240,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     database: DatabaseConfig = DatabaseConfig()
     admin: AdminConfig = AdminConfig()
     security: SecurityConfig = SecurityConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     orders: OrdersConfig = OrdersConfig()
     sandbox: SandboxConfig = SandboxConfig()
     channels: ChannelsConfig = ChannelsConfig()
@@ -245,12 +265,12 @@ _PATH_RE = re.compile(r"\$\.?(.*)")
 
 
 def _list_or_text(name: str, value: str) -> object:
-    if not value.lstrip().startswith("["):
+    if not value.lstrip().startswith(("[", "{")):
         return value
     try:
         return json.loads(value)
     except json.JSONDecodeError:
-        raise ConfigInvalid(f"environment variable {name}: a list must be JSON, e.g. [300, 3600]") from None
+        raise ConfigInvalid(f"environment variable {name}: a list or table must be JSON, e.g. [300, 3600]") from None
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -304,12 +324,29 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
     if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
         raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")
+    privacy = config.privacy
+    if privacy.keys and privacy.primary_key_id not in privacy.keys:
+        raise ConfigInvalid("config key privacy.primary_key_id: must name one of privacy.keys")
+    if bool(privacy.keys) != bool(privacy.pseudonym_key):
+        raise ConfigInvalid("config key privacy.pseudonym_key: give it together with privacy.keys")
+    for kid, value in privacy.keys.items():
+        if len(_base64_or_empty(value)) != 32:
+            raise ConfigInvalid(f"config key privacy.keys.{kid}: must be base64 of 32 bytes")
+    if privacy.pseudonym_key and len(_base64_or_empty(privacy.pseudonym_key)) < 32:
+        raise ConfigInvalid("config key privacy.pseudonym_key: must be base64 of at least 32 bytes")
     days = config.subscriptions.retry_days
     if any(a >= b for a, b in zip(days, days[1:])):
         raise ConfigInvalid("config key subscriptions.retry_days: days after the first failure, strictly increasing")
     for index, host in enumerate(config.channels.api_base_hosts_allowed):
         if ":" in host and not _is_ipv6(host.strip("[]")):  # a port would never match: hosts compare alone
             raise ConfigInvalid(f"config key channels.api_base_hosts_allowed[{index}]: a host without a port")
+
+
+def _base64_or_empty(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _is_ipv6(text: str) -> bool:

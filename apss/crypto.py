@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "Keyring",
+    "PersonalData",
     "SignatureHeader",
     "hash_secret",
+    "key_id_of",
     "hmac_sha256_hex",
     "parse_signature_header",
     "random_token",
@@ -108,6 +110,14 @@ class Keyring:
     def __repr__(self) -> str:  # secrets never reach a log
         return f"Keyring(ids={sorted(self._keys)}, primary={self._primary!r})"
 
+    @property
+    def primary(self) -> str:
+        return self._primary
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
     def seal(self, plaintext: str, *, context: str) -> str:
         """Encrypt; `context` (e.g. the row id) is authenticated so sealed values cannot be swapped."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -125,3 +135,65 @@ class Keyring:
             return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context.encode()).decode()
         except InvalidTag as exc:
             raise ValueError("sealed value does not open under its key and context") from exc
+
+
+def key_id_of(sealed: str) -> str:
+    """The id of the key a sealed value names (`<kid>:...`)."""
+    kid, sep, _ = sealed.partition(":")
+    assert sep, "a sealed value names its key id"
+    return kid
+
+
+class PersonalData:
+    """Personal data at rest: AES-256-GCM under a key id (`<kid>:<base64 nonce|ciphertext>`, the
+    row and column as associated data), and keyed-hash pseudonyms of player ids.
+
+    The store seals every personal column with `seal` and opens it with `open`; a new primary key
+    (`rotate`) seals new values at once, and the rotation job re-seals the old ones in batches
+    (`is_current` tells which). `pseudonym` is HMAC-SHA256 under a key of its own, so the id of an
+    erased player can be recognised (restores, later requests) but not recovered."""
+
+    def __init__(self, keys: dict[str, bytes], *, primary: str, pseudonym_key: bytes) -> None:
+        assert len(pseudonym_key) >= 32, "the pseudonym key has at least 256 bits"
+        self._keyring = Keyring(keys, primary=primary)
+        self._raw = dict(keys)
+        self._pseudonym_key = pseudonym_key
+
+    def __repr__(self) -> str:  # keys never reach a log
+        return f"PersonalData(ids={sorted(self._raw)}, primary={self.primary!r})"
+
+    @property
+    def primary(self) -> str:
+        return self._keyring.primary
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return self._keyring.key_ids
+
+    def seal(self, value: str, *, context: str) -> str:
+        return self._keyring.seal(value, context=context)
+
+    def open(self, sealed: str, *, context: str) -> str:
+        return self._keyring.open(sealed, context=context)
+
+    def is_current(self, sealed: str) -> bool:
+        return key_id_of(sealed) == self._keyring.primary
+
+    def reseal(self, sealed: str, *, context: str) -> str:
+        """The value sealed again under the primary key (a no-op when it already is)."""
+        if self.is_current(sealed):
+            return sealed
+        return self._keyring.seal(self._keyring.open(sealed, context=context), context=context)
+
+    def rotate(self, kid: str, key: bytes) -> None:
+        """Add `key` as the new primary; old keys stay to open what they sealed."""
+        assert kid not in self._raw, f"key id {kid!r} is taken"
+        self._raw[kid] = key
+        self._keyring = Keyring(self._raw, primary=kid)
+
+    def pseudonym(self, merchant_id: str, player_id: str) -> str:
+        """`anon_` + 32 hex of HMAC-SHA256(key, merchant id NUL player id): stable per merchant and
+        player, a valid player id itself, and not reversible without guessing the id."""
+        assert merchant_id and player_id
+        digest = hmac.new(self._pseudonym_key, f"{merchant_id}\0{player_id}".encode(), hashlib.sha256).hexdigest()
+        return f"anon_{digest[:32]}"

@@ -21,7 +21,7 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 # RFC 4648 base32 (A-Z2-7, in value order) -> Crockford's alphabet, lower case: sorts by value.
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 PREFIXES = frozenset({"mch", "prd", "ord", "pay", "rfd", "evt", "stl", "dlv", "wtx", "alr", "ltx", "we", "wd", "rcn", "rpt", "prm", "sub", "rli",
-                      "dsp", "amc"})
+                      "dsp", "amc", "aud"})
 
 
 _lock = threading.Lock()

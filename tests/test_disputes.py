@@ -130,9 +130,9 @@ def test_a_lost_dispute_keeps_the_chargeback_and_the_policy_can_keep_the_goods(m
         assert before - _payable(client) == 200
         assert client.get("/v1/players/dsp-bob/wallet").json()["balances"] == {"GEMS": 20}, "the policy kept the goods"
         events = client.get(f"/v1/disputes/{dispute['id']}/events").json()["data"]
-        assert [(e["type"], e["detail"]) for e in events if e["type"] == "player_blocked"] == [
-            ("player_blocked", "blocked_players: dsp-bob")]
         [entry] = client.get("/v1/risk/lists/blocked_players/items").json()["data"]
+        assert [(e["type"], e["detail"]) for e in events if e["type"] == "player_blocked"] == [
+            ("player_blocked", f"blocked_players: {entry['id']}")]
         assert (entry["value"], entry["reason"]) == ("dsp-bob", f"dispute {dispute['id']}")
         again = merchant.order(client, order["items"][0]["product_id"], player_id="dsp-bob").json()
         assert again["status"] == "failed" and again["payment"]["failure_code"] == "risk_blocked", "the list blocks them"

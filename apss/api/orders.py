@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
@@ -30,6 +31,8 @@ class OrderController(Controller):
 
     @post("/", summary="Create an order: prices it, reserves stock, creates its payment", idempotent=True)
     async def create(self, data: OrderCreate, request: Request, merchant: Merchant, svc: Services) -> Response[OrderView]:
+        # An erased player's id is stored (and hashed) as the pseudonym its records carry.
+        data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
         return outcome_response(await svc.checkout.create(merchant=merchant, command=data, idem=idem))
 
@@ -40,7 +43,8 @@ class OrderController(Controller):
         player_id: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")] = None,
     ) -> Response[OrderList]:
         items, has_more = await svc.orders.list(merchant_id=merchant.id, after_id=cursor, limit=limit,
-                                                  status=status.value if status else None, player_id=player_id)
+                                                  status=status.value if status else None,
+                                                  player_id=svc.privacy.resolve(merchant.id, player_id) if player_id else None)
         return list_response(items, has_more)
 
     @get("/{order_id:str}", summary="Retrieve an order")

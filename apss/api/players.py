@@ -24,14 +24,15 @@ class PlayerController(Controller):
 
     @get("/inventory", summary="Items, active memberships and entitlements a player owns")
     async def inventory(self, player_id: PlayerId, merchant: Merchant, svc: Services) -> InventoryView:
-        return await svc.players.inventory(merchant_id=merchant.id, player_id=player_id)
+        return await svc.players.inventory(merchant_id=merchant.id, player_id=svc.privacy.resolve(merchant.id, player_id))
 
     @get("/wallet", summary="Virtual currency balances")
     async def wallet(self, player_id: PlayerId, merchant: Merchant, svc: Services) -> WalletView:
-        return await svc.players.wallet(merchant_id=merchant.id, player_id=player_id)
+        return await svc.players.wallet(merchant_id=merchant.id, player_id=svc.privacy.resolve(merchant.id, player_id))
 
     @post("/wallet/debit", summary="Spend virtual currency in the game; never below zero", idempotent=True)
     async def debit(self, player_id: PlayerId, data: WalletDebit, request: Request, merchant: Merchant,
                     svc: Services) -> Response[WalletDebitView]:
         idem = idempotency_request(request, data)
+        player_id = svc.privacy.resolve(merchant.id, player_id)  # an erased player's records carry the pseudonym
         return outcome_response(await svc.players.debit(merchant_id=merchant.id, player_id=player_id, command=data, idem=idem))

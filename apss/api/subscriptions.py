@@ -53,6 +53,7 @@ class SubscriptionController(Controller):
     @post("/", summary="Subscribe a player to a plan: its first order is paid like any order", idempotent=True)
     async def create(self, data: SubscriptionCreate, request: Request, merchant: Merchant,
                      svc: Services) -> Response[SubscriptionView]:
+        data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
         return outcome_response(await svc.subscriptions.create(merchant=merchant, command=data, idem=idem))
 
@@ -63,7 +64,8 @@ class SubscriptionController(Controller):
         player_id: Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")] = None,
     ) -> Response[SubscriptionList]:
         items, has_more = await svc.subscriptions.list(merchant=merchant, after_id=cursor, limit=limit,
-                                                       status=status.value if status else None, player_id=player_id)
+                                                       status=status.value if status else None,
+                                                       player_id=svc.privacy.resolve(merchant.id, player_id) if player_id else None)
         return list_response(items, has_more)
 
     @get("/{subscription_id:str}", summary="Retrieve a subscription")

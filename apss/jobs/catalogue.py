@@ -30,6 +30,10 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         ("game_deliveries", 30.0, svc.deliveries.push_due),
         ("subscriptions", config.subscriptions.renewal_interval_s, svc.subscriptions.renew_due),
         ("risk_counter_prune", 3600.0, svc.risk_engine.prune),
+        # Privacy: IPs and device ids past privacy.retention_days erased; values an older key
+        # sealed re-sealed under the primary, in bounded batches (services/players/privacy.py).
+        ("privacy_retention", config.privacy.retention_interval_s, svc.privacy.expire_retained),
+        ("privacy_rotation", config.privacy.rotation_interval_s, svc.privacy.reseal_due),
     ]
     due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms}
     queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited

@@ -37,6 +37,7 @@ from apss.services.payments.channels import ChannelAccess
 from apss.services.payments.gateway import PaymentGateway
 from apss.services.payments.janitor import PaymentJanitor
 from apss.services.players.game_deliveries import Deliveries
+from apss.services.players.privacy import AuditLog, Privacy
 from apss.services.players.wallets import Players
 from apss.services.promotions.promotions import Promotions
 from apss.services.promotions.quotes import Quotes
@@ -97,6 +98,8 @@ class Services:
     subscriptions: Subscriptions
     alerts: Alerts
     players: Players
+    privacy: Privacy
+    audit: AuditLog
     promotions: Promotions
     quotes: Quotes
     sandbox: SandboxProvider

@@ -147,12 +147,14 @@ class Tx:
 
 
 class _Job(Generic[T]):
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "bare")
 
-    def __init__(self, fn: Callable[[Tx], T], future: asyncio.Future[T], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: Callable[[Tx], T], future: asyncio.Future[T], loop: asyncio.AbstractEventLoop,
+                 bare: bool = False) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.bare = bare  # runs alone, outside any transaction, on the writer's connection (a checkpoint)
 
 
 # Upper bounds of the committed batch sizes counted per bucket (/metrics shows them as a histogram).
@@ -193,6 +195,8 @@ def open_connection(path: str, *, synchronous: str, busy_timeout_ms: int) -> sql
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    # Deleted and overwritten content is zeroed, so freed pages keep no erased personal data.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -220,6 +224,7 @@ class Database:
         self._reader_list: list[aiosqlite.Connection] = []
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None  # the writer's; touched by the writer thread only
+        self._bare_next: _Job | None = None  # a bare job met while collecting a batch: it runs next, alone
         self._in_hand: list[_Job] = []  # the batch the writer runs: failed too if the writer dies
         self._stopping = False  # close() began: new writes are refused at once
         self._stop_deadline = math.inf  # monotonic: queued writes not begun by then fail instead
@@ -301,8 +306,24 @@ class Database:
         except TimeoutError:
             raise StoreUnavailable(f"the writer did not answer within {timeout_s} s") from None
 
+    async def checkpoint_truncate(self, *, attempts_max: int = 50) -> bool:
+        """Copy the whole WAL into the database file and truncate the WAL to zero bytes, on the
+        writer between two batches (after an erasure: no old page image is left in the WAL).
+        True once a checkpoint completed (readers holding an old snapshot make it retry)."""
+        assert attempts_max >= 1
+        for _ in range(attempts_max):
+            busy = await self._submit(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0],
+                                      bare=True)
+            if busy == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a write transaction on the writer thread; return once it is committed."""
+        return await self._submit(fn, bare=False)
+
+    async def _submit(self, fn: Callable[[Any], T], *, bare: bool) -> T:
         assert self._thread is not None, "database not started"
         if self._stopping:
             raise StoreUnavailable("the database is shutting down; retry shortly")
@@ -311,7 +332,7 @@ class Database:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         try:
-            self._queue.put_nowait(_Job(fn, future, loop))
+            self._queue.put_nowait(_Job(fn, future, loop, bare))
         except queue.Full:
             raise StoreUnavailable("the write queue is full; retry shortly") from None
         if self._unavailable is not None:  # the writer stopped between the check and the put: answer here
@@ -346,6 +367,10 @@ class Database:
                 self._fail(batch, "the database is shutting down: the write could not finish before the deadline")
                 continue
             self._in_hand = batch
+            if batch[0].bare:
+                self._run_bare(batch[0])
+                self._in_hand = []
+                continue
             committed_or_answered = self._run_batch(batch)
             self._in_hand = []
             if not committed_or_answered and not self._reopen():
@@ -353,18 +378,34 @@ class Database:
 
     def _next_batch(self) -> list[_Job] | None:
         """Up to write_batch_max queued jobs; None once stopping and the queue is drained."""
-        first = self._take_first()
+        first, self._bare_next = (self._bare_next, None) if self._bare_next is not None else (self._take_first(), None)
         if first is None:
             return None
         batch = [first]
-        while len(batch) < self._batch_max:
+        while not first.bare and len(batch) < self._batch_max:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
-                batch.append(item)
+            if item is _STOP:
+                continue
+            if item.bare:
+                self._bare_next = item
+                break
+            batch.append(item)
         return batch
+
+    def _run_bare(self, job: _Job) -> None:
+        """A job outside any transaction (a WAL checkpoint): its result or error to its caller."""
+        try:
+            conn = self._conn
+            if conn is None:
+                raise sqlite3.OperationalError("the writer has no connection")
+            assert not conn.in_transaction
+            outcome: Any = job.fn(conn)
+        except Exception as exc:
+            outcome = exc
+        self._deliver([job], {0: outcome}, {})
 
     def _take_first(self) -> _Job | None:
         while True:
@@ -464,6 +505,9 @@ class Database:
     def _fail_queued(self) -> None:
         """Answer everything still queued (the writer is gone or going): nobody else will."""
         jobs: list[_Job] = []
+        if self._bare_next is not None:
+            jobs.append(self._bare_next)
+            self._bare_next = None
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 from apss.store.db import Database, Tx
+from apss.store.privacy import ERASED_REQUEST_HASH
 
-__all__ = ["finish_key", "get_key_tx", "insert_key", "prune_keys", "running_keys"]
+__all__ = ["ERASED_REQUEST_HASH", "finish_key", "get_key_tx", "insert_key", "prune_keys", "running_keys"]
 
 
 def get_key_tx(tx: Tx, *, merchant_id: str, key: str) -> sqlite3.Row | None:

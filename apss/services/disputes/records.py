@@ -126,12 +126,13 @@ def request_player_block(tx: Tx, dispute: Row, *, now_ms: int) -> None:
     """The merchant's policy puts the disputing player on the `blocked_players` risk list (their
     next order is blocked by the rule `block if player_id in @blocked_players`); the dispute's
     timeline says so."""
+    item_id = new_id("rli")
     risk_store.insert_list_item(tx, {
-        "id": new_id("rli"), "merchant_id": dispute["merchant_id"], "list": "blocked_players",
+        "id": item_id, "merchant_id": dispute["merchant_id"], "list": "blocked_players",
         "value": dispute["player_id"], "display": dispute["player_id"], "reason": f"dispute {dispute['id']}",
         "created_by": "dispute", "expires_at_ms": None, "created_at_ms": now_ms})
     store.insert_event(tx, dispute_id=dispute["id"], type="player_blocked", from_status=None, to_status=None,
-                       cause="policy", detail=f"blocked_players: {dispute['player_id']}", now_ms=now_ms)
+                       cause="policy", detail=f"blocked_players: {item_id}", now_ms=now_ms)
 
 
 class DisputeRecords:

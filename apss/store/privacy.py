@@ -1,0 +1,295 @@
+"""Privacy: the one registry of where a player's data lives, and the SQL that exports, erases,
+expires and re-seals it; the erasure records; the audit log.
+
+A table joins privacy by adding one entry here:
+- `PLAYER_COLUMNS`: a column holding a player id (renamed to the pseudonym on erasure; `clear`
+  columns set to a value, `rewrite` columns get the id replaced inside their text);
+- `LINKED`: rows that belong to a player through another table (exported with them);
+- `PLAYER_BLOBS`: JSON copies that may name the player (webhook payloads, stored idempotent
+  responses, game delivery payloads, sandbox callbacks): every string equal to the id becomes the
+  pseudonym, and in an object whose `player_id` is the player the `PERSONAL_JSON_KEYS` are cleared;
+- `CLEARED`: columns of rows linked to the player's orders that hold personal values in the clear
+  (the risk check's IP and device): set to NULL on erasure, and after the retention period;
+- `SEALED_COLUMNS`: personal values sealed with crypto.PersonalData (the rotation job re-seals
+  them; `retained` ones, IPs and device ids, are erased after `privacy.retention_days`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from apss.domain.privacy import PERSONAL_JSON_KEYS
+from apss.store.db import Database, Tx
+
+__all__ = [
+    "CLEARED",
+    "ERASED_REQUEST_HASH",
+    "ClearedColumns",
+    "LINKED",
+    "PERSONAL_JSON_KEYS",
+    "PLAYER_BLOBS",
+    "PLAYER_COLUMNS",
+    "SEALED_COLUMNS",
+    "PlayerBlob",
+    "PlayerColumn",
+    "SealedColumn",
+]
+
+# The request hash of a stored idempotent response of an erased player: the original hash was
+# computed over a body naming the player; a retry with the key replays the pseudonymous answer.
+ERASED_REQUEST_HASH = "erased"
+_ORDERS_OF_MERCHANT = "order_id IN (SELECT id FROM orders WHERE merchant_id = ?)"
+
+
+@dataclass(frozen=True)
+class PlayerColumn:
+    table: str
+    column: str = "player_id"
+    scope: str = "merchant_id = ?"          # selects the merchant's rows (one `?`)
+    key: str = "rowid"                      # unique per row: chunks of the erasure take rows by it
+    clear: dict[str, str] = field(default_factory=dict)   # column -> SQL value on erasure
+    rewrite: tuple[str, ...] = ()           # text columns: the id replaced by the pseudonym inside
+    export: bool = True
+
+
+@dataclass(frozen=True)
+class LinkedTable:
+    table: str
+    where: str                              # `?` = merchant id, then player id
+
+
+@dataclass(frozen=True)
+class ClearedColumns:
+    table: str
+    key: str                                # the row's unique column
+    columns: tuple[str, ...]                # set to NULL
+    order_column: str = "order_id"          # the order the row belongs to (its time for retention)
+
+
+@dataclass(frozen=True)
+class PlayerBlob:
+    table: str
+    column: str
+    cursor: str                             # a unique, ordered column to page by
+    scope: str = "merchant_id = ?"
+    key_text: str | None = None             # a text column (idempotency key) that may hold the id
+    request_hash: str | None = None         # set to ERASED_REQUEST_HASH when the row was the player's
+    export_as: str | None = None            # exported under this name (None: not exported)
+
+
+@dataclass(frozen=True)
+class SealedColumn:
+    table: str
+    column: str
+    id_column: str                          # the row id: part of the associated data
+    time_column: str
+    retained: bool                          # an IP or device id: erased after the retention period
+
+    def context(self, row_id: object) -> str:
+        return f"{self.table}.{self.column}:{row_id}"
+
+
+# Order matters: tables scoped through orders come before orders are renamed.
+PLAYER_COLUMNS: tuple[PlayerColumn, ...] = (
+    PlayerColumn("order_promotions", scope=_ORDERS_OF_MERCHANT, key="(order_id, position)"),
+    PlayerColumn("orders", clear={"metadata": "'{}'"}, rewrite=("merchant_order_ref", "return_url")),
+    PlayerColumn("inventory_items", key="(merchant_id, player_id, sku)"),
+    PlayerColumn("memberships", key="(merchant_id, player_id, sku)"),
+    PlayerColumn("entitlements", key="(merchant_id, player_id, sku)"),
+    PlayerColumn("wallet_balances", key="(merchant_id, player_id, currency)"),
+    PlayerColumn("wallet_transactions", rewrite=("reason",)),
+    PlayerColumn("deliveries"),
+    PlayerColumn("subscriptions", clear={"metadata": "'{}'"}),
+    PlayerColumn("risk_players", key="(merchant_id, player_id)"),
+    PlayerColumn("risk_list_items", column="value", scope="merchant_id = ? AND list = 'blocked_players'", key="id",
+                 rewrite=("display",)),
+    PlayerColumn("disputes", key="id"),
+    PlayerColumn("aml_cases", key="id"),
+    PlayerColumn("player_kyc", key="(merchant_id, player_id)", clear={"birth_date_sealed": "NULL"}),
+    PlayerColumn("minor_spend", key="order_id"),
+    PlayerColumn("kyc_holds", key="order_id"),
+)
+
+_PLAYER_ORDERS = "order_id IN (SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?)"
+LINKED: tuple[LinkedTable, ...] = (
+    LinkedTable("order_items", _PLAYER_ORDERS),
+    LinkedTable("order_events", _PLAYER_ORDERS),
+    LinkedTable("payments", _PLAYER_ORDERS),
+    LinkedTable("refunds", _PLAYER_ORDERS),
+    LinkedTable("risk_order_facts", _PLAYER_ORDERS),
+    LinkedTable("subscription_events",
+                "subscription_id IN (SELECT id FROM subscriptions WHERE merchant_id = ? AND player_id = ?)"),
+)
+
+CLEARED: tuple[ClearedColumns, ...] = (
+    ClearedColumns("risk_order_facts", key="order_id", columns=("ip", "device_id", "email_hash", "email_domain")),
+)
+
+PLAYER_BLOBS: tuple[PlayerBlob, ...] = (
+    PlayerBlob("risk_decisions", "attributes", cursor="seq", export_as="risk_decisions"),
+    PlayerBlob("webhook_events", "payload", cursor="id", export_as="webhook_events"),
+    PlayerBlob("idempotency_keys", "response_body", cursor="key", key_text="key", request_hash="request_hash"),
+    PlayerBlob("deliveries", "payload", cursor="id"),
+    PlayerBlob("sandbox_callbacks", "body", cursor="seq"),
+)
+
+SEALED_COLUMNS: tuple[SealedColumn, ...] = (
+    SealedColumn("audit_log", "ip_sealed", id_column="id", time_column="created_at_ms", retained=True),
+)
+
+
+# -- export ---------------------------------------------------------------------------------------
+def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in row.keys():
+        value = row[name]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        out[name] = value
+    return out
+
+
+async def player_rows(db: Database, entry: PlayerColumn, *, merchant_id: str, player_id: str,
+                      limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(f"SELECT * FROM {entry.table} WHERE {entry.scope} AND {entry.column} = ? LIMIT ?",
+                              (merchant_id, player_id, limit))
+    return [_row_dict(r) for r in rows]
+
+
+async def linked_rows(db: Database, entry: LinkedTable, *, merchant_id: str, player_id: str,
+                      limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(f"SELECT * FROM {entry.table} WHERE {entry.where} LIMIT ?", (merchant_id, player_id, limit))
+    return [_row_dict(r) for r in rows]
+
+
+async def blob_rows(db: Database, entry: PlayerBlob, *, merchant_id: str, needle: str,
+                    limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(
+        f"SELECT * FROM {entry.table} WHERE {entry.scope} AND instr(CAST({entry.column} AS BLOB), CAST(? AS BLOB)) > 0"
+        f" ORDER BY {entry.cursor} LIMIT ?", (merchant_id, needle, limit))
+    return [_row_dict(r) for r in rows]
+
+
+# -- erasure --------------------------------------------------------------------------------------
+def erase_player_chunk_tx(tx: Tx, entry: PlayerColumn, *, merchant_id: str, player_id: str, pseudonym: str,
+                          limit: int) -> int:
+    """Rename up to `limit` of the player's rows in one table; returns how many."""
+    assert player_id != pseudonym and limit >= 1
+    sets = [f"{entry.column} = ?"] + [f"{c} = {v}" for c, v in entry.clear.items()]
+    params: list[Any] = [pseudonym]
+    for column in entry.rewrite:
+        sets.append(f"{column} = replace({column}, ?, ?)")
+        params += [player_id, pseudonym]
+    cursor = tx.execute(
+        f"UPDATE {entry.table} SET {', '.join(sets)} WHERE {entry.key} IN"
+        f" (SELECT {entry.key.strip('()')} FROM {entry.table} WHERE {entry.scope} AND {entry.column} = ? LIMIT ?)",
+        (*params, merchant_id, player_id, limit))
+    return cursor.rowcount
+
+
+def clear_linked_chunk_tx(tx: Tx, entry: ClearedColumns, *, merchant_id: str, player_id: str | None,
+                          before_ms: int | None = None, limit: int) -> int:
+    """NULL the columns of up to `limit` rows: of the player's orders (erasure), or of orders made
+    before `before_ms` (retention). Returns how many rows changed."""
+    orders = ("SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?" if player_id is not None
+              else "SELECT id FROM orders WHERE created_at_ms < ?")
+    params: tuple[Any, ...] = (merchant_id, player_id) if player_id is not None else (before_ms,)
+    held = " OR ".join(f"{c} IS NOT NULL" for c in entry.columns)
+    cursor = tx.execute(
+        f"UPDATE {entry.table} SET {', '.join(f'{c} = NULL' for c in entry.columns)} WHERE {entry.key} IN"
+        f" (SELECT {entry.key} FROM {entry.table} WHERE {entry.order_column} IN ({orders}) AND ({held}) LIMIT ?)",
+        (*params, limit))
+    return cursor.rowcount
+
+
+def candidate_blobs_tx(tx: Tx, entry: PlayerBlob, *, merchant_id: str, needle: str, after: Any,
+                       limit: int) -> list[sqlite3.Row]:
+    """The merchant's rows (after `after`, cursor order) whose blob or key text holds the needle."""
+    condition = f"instr(CAST({entry.column} AS BLOB), CAST(? AS BLOB)) > 0"
+    params: list[Any] = [merchant_id, after, needle]
+    select = f"SELECT {entry.cursor} AS _c, {entry.column} AS _v"
+    if entry.key_text:
+        condition = f"({condition} OR instr({entry.key_text}, ?) > 0)"
+        params.append(needle)
+        select += f", {entry.key_text} AS _k"
+    return tx.all(f"{select} FROM {entry.table} WHERE {entry.scope} AND {entry.cursor} > ? AND {condition}"
+                  f" ORDER BY {entry.cursor} LIMIT ?", (*params, limit))
+
+
+def update_blob_tx(tx: Tx, entry: PlayerBlob, *, merchant_id: str, cursor_value: Any, value: Any,
+                   key_text: str | None, erased_hash: bool) -> None:
+    sets = [f"{entry.column} = ?"]
+    params: list[Any] = [value]
+    if entry.request_hash and erased_hash:
+        sets.append(f"{entry.request_hash} = ?")
+        params.append(ERASED_REQUEST_HASH)
+    if entry.key_text and key_text is not None:
+        sets.append(f"{entry.key_text} = ?")
+        params.append(key_text)
+    tx.execute(f"UPDATE OR REPLACE {entry.table} SET {', '.join(sets)} WHERE {entry.scope} AND {entry.cursor} = ?",
+               (*params, merchant_id, cursor_value))
+
+
+# -- erasure records --------------------------------------------------------------------------------
+def record_erasure_tx(tx: Tx, *, merchant_id: str, pseudonym: str, now_ms: int) -> None:
+    tx.execute("INSERT INTO erasures (merchant_id, pseudonym, status, requested_at_ms) VALUES (?, ?, 'running', ?)"
+               " ON CONFLICT (merchant_id, pseudonym) DO UPDATE SET status = 'running', completed_at_ms = NULL",
+               (merchant_id, pseudonym, now_ms))
+
+
+def finish_erasure_tx(tx: Tx, *, merchant_id: str, pseudonym: str, now_ms: int) -> None:
+    cursor = tx.execute("UPDATE erasures SET status = 'done', completed_at_ms = ? WHERE merchant_id = ? AND pseudonym = ?",
+                        (now_ms, merchant_id, pseudonym))
+    assert cursor.rowcount == 1, "finished an erasure that was not recorded"
+
+
+async def erasures(db: Database) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT merchant_id, pseudonym, status FROM erasures")
+
+
+async def distinct_players(db: Database, entry: PlayerColumn, *, merchant_id: str, after: str,
+                           limit: int) -> list[str]:
+    """The merchant's distinct player ids in one table, in order after `after` (start-up rescans)."""
+    rows = await db.fetch_all(
+        f"SELECT DISTINCT {entry.column} AS p FROM {entry.table} WHERE {entry.scope} AND {entry.column} > ?"
+        f" ORDER BY {entry.column} LIMIT ?", (merchant_id, after, limit))
+    return [r["p"] for r in rows]
+
+
+# -- sealed columns: rotation and retention ---------------------------------------------------------
+def sealed_chunk_tx(tx: Tx, entry: SealedColumn, *, after: str, limit: int) -> list[sqlite3.Row]:
+    return tx.all(f"SELECT {entry.id_column} AS id, {entry.column} AS v FROM {entry.table} WHERE {entry.id_column} > ?"
+                  f" AND {entry.column} IS NOT NULL ORDER BY {entry.id_column} LIMIT ?", (after, limit))
+
+
+def set_sealed_tx(tx: Tx, entry: SealedColumn, *, row_id: Any, value: str | None) -> None:
+    tx.execute(f"UPDATE {entry.table} SET {entry.column} = ? WHERE {entry.id_column} = ?", (value, row_id))
+
+
+def expire_sealed_tx(tx: Tx, entry: SealedColumn, *, before_ms: int, limit: int) -> int:
+    assert entry.retained
+    cursor = tx.execute(
+        f"UPDATE {entry.table} SET {entry.column} = NULL WHERE {entry.id_column} IN (SELECT {entry.id_column} FROM"
+        f" {entry.table} WHERE {entry.time_column} < ? AND {entry.column} IS NOT NULL LIMIT ?)", (before_ms, limit))
+    return cursor.rowcount
+
+
+# -- the audit log ----------------------------------------------------------------------------------
+def insert_audit(tx: Tx, row: dict[str, Any]) -> None:
+    tx.execute("INSERT INTO audit_log (id, actor, merchant_id, key_ref, action, object_id, status_code, ip_sealed,"
+               " created_at_ms) VALUES (:id, :actor, :merchant_id, :key_ref, :action, :object_id, :status_code,"
+               " :ip_sealed, :created_at_ms)", row)
+
+
+async def list_audit(db: Database, *, after_id: str | None, limit: int, merchant_id: str | None, action: str | None,
+                     actor: str | None, object_id: str | None, since_ms: int | None,
+                     until_ms: int | None) -> list[sqlite3.Row]:
+    return await db.fetch_all(
+        "SELECT * FROM audit_log WHERE (? IS NULL OR id < ?) AND (? IS NULL OR merchant_id = ?)"
+        " AND (? IS NULL OR action = ?) AND (? IS NULL OR actor = ?) AND (? IS NULL OR object_id = ?)"
+        " AND (? IS NULL OR created_at_ms >= ?) AND (? IS NULL OR created_at_ms < ?) ORDER BY id DESC LIMIT ?",
+        (after_id, after_id, merchant_id, merchant_id, action, action, actor, actor, object_id, object_id,
+         since_ms, since_ms, until_ms, until_ms, limit))
+
