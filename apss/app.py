@@ -145,7 +145,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     db = Database(config.database.path, synchronous=config.database.synchronous,
                   write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
                   read_connections_max=config.database.read_connections_max,
-                  busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
+                  busy_timeout_ms=config.database.busy_timeout_ms, page_count_max=config.database.page_count_max,
+                  event_sink=outbox.sink)
     keyring = load_keyring(config)
     merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)

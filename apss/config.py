@@ -53,6 +53,9 @@ class DatabaseConfig(_Section):
     # Long work on the writer (settling a period) runs in transactions of at most this many rows,
     # so that no write waits behind it for long; it resumes after a crash where it stopped.
     chunk_rows_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    # A cap on the file's size in pages (page size 4096): beyond it writes answer 503 not_ready as
+    # on a full disk, reads go on. 0: no cap but the disk's.
+    page_count_max: Annotated[int, Meta(ge=0)] = 0
 
 
 class AdminConfig(_Section):
