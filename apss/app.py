@@ -21,7 +21,7 @@ from apss.api.account import account
 from apss.api.alerts import AlertController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
-from apss.api.common import current_merchant
+from apss.api.common import authenticate_first, current_merchant, strict_json_body
 from apss.api.errors import exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
@@ -64,7 +64,7 @@ from apss.services.container import Services
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.demo import seed_demo
 from apss.services.merchants.keys import Merchants
-from apss.services.merchants.rate_limit import RateLimiter
+from apss.services.merchants.rate_limit import AdminThrottle, RateLimiter
 from apss.services.money.finance import FinanceService
 from apss.services.money.fx import FxRates
 from apss.services.money.ledger import Ledger
@@ -104,6 +104,7 @@ __all__ = ["create_app", "load_keyring"]
 log = logging.getLogger("apss")
 # Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
 _WRITER_SHUTDOWN_SHARE = 0.4
+_ADMIN_TOKEN_ADVISED_LEN = 32  # config.py refuses under 16; between the two the server warns at start
 _SWAGGER_UI = Path(__file__).parent / "web" / "static" / "swagger-ui"
 
 
@@ -148,7 +149,10 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                   busy_timeout_ms=config.database.busy_timeout_ms, page_count_max=config.database.page_count_max,
                   event_sink=outbox.sink)
     keyring = load_keyring(config)
-    merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
+    throttle = AdminThrottle(failures_max=config.admin.auth_failures_max, window_ms=config.admin.auth_window_s * 1000,
+                             lockout_ms=config.admin.auth_lockout_s * 1000)
+    merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None,
+                          admin_throttle=throttle)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
     sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
                               idempotency=idempotency, wake=lambda: scheduler.poke("sandbox_callbacks"))
@@ -243,6 +247,10 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.merchants.load()
         await svc.channels.load()
         await svc.risk_engine.start()
+        if config.admin.token and len(config.admin.token) < _ADMIN_TOKEN_ADVISED_LEN:
+            log.warning("admin.token is %d characters: use at least %d random ones (e.g. `python3 -c "
+                        "'import secrets; print(secrets.token_urlsafe(32))'`)", len(config.admin.token),
+                        _ADMIN_TOKEN_ADVISED_LEN)
         token = await svc.merchants.ensure_admin_token(config.admin.token)
         if token:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
@@ -298,6 +306,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
+        guards=[authenticate_first, strict_json_body],
         on_startup=[start],
         on_shutdown=[stop],
         openapi_config=openapi,

@@ -59,8 +59,14 @@ class DatabaseConfig(_Section):
 
 
 class AdminConfig(_Section):
-    # Empty: a token is generated at first start, stored hashed, printed once.
+    # Empty: a token is generated at first start, stored hashed, printed once. A configured one
+    # needs 16 characters; under 32 the server warns at start.
     token: str = ""
+    # Guessing the token: after this many failed admin authentications from one address within
+    # auth_window_s, every admin authentication from it answers 429 for auth_lockout_s.
+    auth_failures_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 5
+    auth_window_s: Annotated[int, Meta(ge=1, le=86_400)] = 60
+    auth_lockout_s: Annotated[int, Meta(ge=1, le=86_400)] = 60
 
 
 class SecurityConfig(_Section):

@@ -24,7 +24,7 @@ from apss.clock import TestClock
 from apss.config import load_config
 from apss.services.container import Services
 
-ADMIN_TOKEN = "adm_test_token_0123456789abcdef"
+ADMIN_TOKEN = "adm_test_token_0123456789abcdef_0123456789"  # 32+ characters: no warning
 
 
 def free_port() -> int:
@@ -42,6 +42,9 @@ class RunningServer:
         environ = {
             "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(self.port), "APSS_ADMIN_TOKEN": ADMIN_TOKEN,
             "APSS_SEED_DEMO": "false", "APSS_SCHEDULER_TICK_MS": "20", "APSS_SERVER_LOG_LEVEL": "warning",
+            # Many tests try wrong admin tokens from 127.0.0.1 on a clock that rarely moves: the
+            # guessing throttle has its own test (tests/test_hostile_input.py).
+            "APSS_ADMIN_AUTH_FAILURES_MAX": "1000000",
             **(env or {}),
         }
         self.config = load_config("/nonexistent-config.toml", environ=environ)
