@@ -55,10 +55,11 @@ from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
-from apss.crypto import Keyring
+from apss.crypto import Keyring, keyring_from_file
 from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
+from apss.services.backups.backups import Backups
 from apss.services.catalog.products import Catalog
 from apss.services.container import Services
 from apss.services.idempotency import Idempotency
@@ -94,6 +95,7 @@ from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
+from apss.store.backup import ServingLock
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from apss.store.test_clock import read_start_state
@@ -119,8 +121,7 @@ def load_keyring(config: Config) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump({"primary": kid, "keys": {kid: base64.b64encode(os.urandom(32)).decode()}}, handle)
-    stored = json.loads(path.read_text())
-    return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
+    return keyring_from_file(path)
 
 
 def _test_clock(config: Config, wall_clock: Clock) -> TestClock | None:
@@ -224,6 +225,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         risk=RiskControl(db=db, clock=clock, engine=risk_engine, refunds=refunds, idempotency=idempotency,
                          game_delivery=deliveries.create_delivery, public_url=config.public_url),
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
+        backups=Backups(config=config, clock=clock),
     )
     schedule_jobs(scheduler, services)
     return services
@@ -237,7 +239,14 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
     svc = _build_services(config, clock or SystemClock())
 
+    serving: list[ServingLock] = []
+
     async def start(app: Litestar) -> None:
+        # Held while serving: `apss restore` refuses while any server holds it (store/backup.py).
+        lock = ServingLock.shared(config.database.path)
+        if lock is None:
+            raise RuntimeError(f"a restore is replacing {config.database.path}: start the server once it is done")
+        serving.append(lock)
         apply_migrations(config.database.path)
         if config.database.synchronous != "FULL":
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
@@ -280,6 +289,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its
         # queue in most of the rest, and what cannot finish fails with 503 'shutting down'.
         await svc.db.close(deadline_s=config.server.shutdown_deadline_s * _WRITER_SHUTDOWN_SHARE)
+        while serving:
+            serving.pop().release()
 
     # The schema UI is Swagger UI 5 (it reads OpenAPI 3.1), vendored in web/static/swagger-ui with
     # its licence and served by APSS itself: no CDN.

@@ -193,6 +193,21 @@ class ClockConfig(_Section):
     step_s: Annotated[int, Meta(ge=1, le=86_400)] = 3600
 
 
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class BackupConfig(_Section):
+    # Scheduled backups: every `every` ("30m", "6h", "1d") a checked copy of the database in
+    # `dir` (empty: none), keeping the newest `keep`. The data key is never copied there.
+    dir: str = ""
+    every: Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,5}[smhd]$")] = "1d"
+    keep: Annotated[int, Meta(ge=1, le=10_000)] = 7
+
+    @property
+    def every_ms(self) -> int:
+        return int(self.every[:-1]) * _DURATION_UNITS_S[self.every[-1]] * 1000
+
+
 class SeedConfig(_Section):
     # Seed a demo test merchant with products on a fresh database.
     demo: bool = True
@@ -213,6 +228,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     api: ApiConfig = ApiConfig()
     clock: ClockConfig = ClockConfig()
+    backup: BackupConfig = BackupConfig()
     seed: SeedConfig = SeedConfig()
 
     @property
@@ -283,6 +299,8 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key server.public_url: must start with http:// or https://")
     if config.admin.token and len(config.admin.token) < 16:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
+    if config.backup.dir and Path(config.backup.dir).resolve() == Path(config.database.path).resolve().parent:
+        raise ConfigInvalid("config key backup.dir: must not be the database's own folder (its data key lives there)")
     if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
         raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")
     days = config.subscriptions.retry_days

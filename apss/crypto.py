@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,6 +20,7 @@ __all__ = [
     "Keyring",
     "SignatureHeader",
     "hash_secret",
+    "keyring_from_file",
     "hmac_sha256_hex",
     "parse_signature_header",
     "random_token",
@@ -125,3 +128,9 @@ class Keyring:
             return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context.encode()).decode()
         except InvalidTag as exc:
             raise ValueError("sealed value does not open under its key and context") from exc
+
+
+def keyring_from_file(path: str | Path) -> Keyring:
+    """The keyring stored in a data key file: `{"primary": kid, "keys": {kid: base64}}`."""
+    stored = json.loads(Path(path).read_text())
+    return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])

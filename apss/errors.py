@@ -175,7 +175,7 @@ class AdminAuthThrottled(RateLimited):
 
     code = "admin_auth_throttled"
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
         super().__init__(message)
         assert retry_after_s >= 1
         self.retry_after_s = retry_after_s

@@ -29,6 +29,8 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         ("game_deliveries", 30.0, svc.deliveries.push_due),
         ("subscriptions", config.subscriptions.renewal_interval_s, svc.subscriptions.renew_due),
         ("risk_counter_prune", 3600.0, svc.risk_engine.prune),
+        # Checks whether a backup is due (backup.every); does nothing without backup.dir.
+        ("backup", 60.0, svc.backups.run_due),
     ]
     due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms}
     queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited

@@ -12,6 +12,7 @@ import httpx
 
 from apss.clock import Clock
 from apss.config import Config
+from apss.services.backups.backups import Backups
 from apss.services.catalog.products import Catalog
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.keys import Merchants
@@ -90,6 +91,7 @@ class Services:
     scheduler: JobRunner
     clock_control: ClockControl
     rate_limiter: RateLimiter
+    backups: Backups
     provider_http: httpx.AsyncClient
 
     __slots__ = tuple(__annotations__)
