@@ -119,3 +119,20 @@ def test_a_configured_admin_token_under_32_characters_warns_and_under_16_is_refu
         running.stop()
     warnings = [r.getMessage() for r in caplog.records if "admin.token is 20 characters" in r.getMessage()]
     assert warnings and "b" * 20 not in warnings[0]
+
+
+def test_the_dashboard_login_counts_the_same_failures(throttled):
+    import httpx
+
+    with httpx.Client(base_url=throttled.base_url, timeout=30) as browser:
+        def attempt(token: str) -> httpx.Response:
+            page = browser.get("/admin/login")
+            csrf = re.search(r"name=csrf value='([^']+)'", page.text).group(1)
+            return browser.post("/admin/login", data={"csrf": csrf, "token": token})
+
+        assert [attempt(f"wrong-token-{n:02d}-0123456789").status_code for n in range(5)] == [401] * 5
+        assert attempt(ADMIN_TOKEN).status_code == 429, "locked: the right token too"
+        with throttled.admin() as admin:
+            assert admin.get("/v1/merchants").status_code == 429, "one lock for the API and the dashboard"
+        throttled.clock.advance(seconds=60)
+        assert attempt(ADMIN_TOKEN).status_code in (200, 303)
