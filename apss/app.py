@@ -24,7 +24,12 @@ from apss.api.audit import AuditMiddleware
 from apss.api.browser import CheckoutSessionController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
-from apss.api.common import current_merchant, refuse_publishable_key
+from apss.api.common import (
+    authenticate_first,
+    current_merchant,
+    refuse_publishable_key,
+    strict_json_body,
+)
 from apss.api.disputes import (
     DisputeController,
     DisputePolicyController,
@@ -69,10 +74,11 @@ from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
-from apss.crypto import Keyring, PersonalData
+from apss.crypto import Keyring, PersonalData, keyring_from_file
 from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
+from apss.services.backups.backups import Backups
 from apss.services.catalog.products import Catalog
 from apss.services.container import Services
 from apss.services.disputes.evidence import DisputeEvidenceService
@@ -81,7 +87,7 @@ from apss.services.idempotency import Idempotency
 from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.demo import seed_demo
 from apss.services.merchants.keys import Merchants
-from apss.services.merchants.rate_limit import RateLimiter
+from apss.services.merchants.rate_limit import AdminThrottle, RateLimiter
 from apss.services.money.finance import FinanceService
 from apss.services.money.fx import FxRates
 from apss.services.money.ledger import Ledger
@@ -121,6 +127,7 @@ from apss.services.risk.precheck import Prechecks
 from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
+from apss.store.backup import ServingLock
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
 from apss.store.test_clock import read_start_state
@@ -131,6 +138,7 @@ __all__ = ["create_app", "load_keyring", "load_personal_data"]
 log = logging.getLogger("apss")
 # Of server.shutdown_deadline_s, for the writer to finish its queue (requests had 0.5, cli.py).
 _WRITER_SHUTDOWN_SHARE = 0.4
+_ADMIN_TOKEN_ADVISED_LEN = 32  # config.py refuses under 16; between the two the server warns at start
 _SWAGGER_UI = Path(__file__).parent / "web" / "static" / "swagger-ui"
 
 
@@ -145,8 +153,7 @@ def load_keyring(config: Config) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump({"primary": kid, "keys": {kid: base64.b64encode(os.urandom(32)).decode()}}, handle)
-    stored = json.loads(path.read_text())
-    return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])
+    return keyring_from_file(path)
 
 
 def load_personal_data(config: Config) -> tuple[PersonalData, Path | None]:
@@ -190,10 +197,14 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     db = Database(config.database.path, synchronous=config.database.synchronous,
                   write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
                   read_connections_max=config.database.read_connections_max,
-                  busy_timeout_ms=config.database.busy_timeout_ms, event_sink=outbox.sink)
+                  busy_timeout_ms=config.database.busy_timeout_ms, page_count_max=config.database.page_count_max,
+                  event_sink=outbox.sink)
     keyring = load_keyring(config)
     personal, personal_keys_path = load_personal_data(config)
-    merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None)
+    throttle = AdminThrottle(failures_max=config.admin.auth_failures_max, window_ms=config.admin.auth_window_s * 1000,
+                             lockout_ms=config.admin.auth_lockout_s * 1000)
+    merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None,
+                          admin_throttle=throttle)
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
     sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
                               idempotency=idempotency, wake=lambda: scheduler.poke("sandbox_callbacks"))
@@ -285,6 +296,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         risk=risk, aml=aml, kyc=kyc,
         rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
         metrics=Metrics(db=db, clock=clock, job_stats=scheduler.stats),
+        backups=Backups(config=config, clock=clock),
     )
     schedule_jobs(scheduler, services)
     return services
@@ -301,7 +313,14 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
     svc = _build_services(config, clock or SystemClock())
 
+    serving: list[ServingLock] = []
+
     async def start(app: Litestar) -> None:
+        # Held while serving: `apss restore` refuses while any server holds it (store/backup.py).
+        lock = ServingLock.shared(config.database.path)
+        if lock is None:
+            raise RuntimeError(f"a restore is replacing {config.database.path}: start the server once it is done")
+        serving.append(lock)
         apply_migrations(config.database.path)
         if config.database.synchronous != "FULL":
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
@@ -314,6 +333,10 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.merchants.load()
         await svc.channels.load()
         await svc.risk_engine.start()
+        if config.admin.token and len(config.admin.token) < _ADMIN_TOKEN_ADVISED_LEN:
+            log.warning("admin.token is %d characters: use at least %d random ones (e.g. `python3 -c "
+                        "'import secrets; print(secrets.token_urlsafe(32))'`)", len(config.admin.token),
+                        _ADMIN_TOKEN_ADVISED_LEN)
         token = await svc.merchants.ensure_admin_token(config.admin.token)
         if token and announce_secrets:
             announce(f"Generated admin token (shown once, stored hashed): {token}")
@@ -350,6 +373,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         # Requests had their share of server.shutdown_deadline_s (cli.py); the writer finishes its
         # queue in most of the rest, and what cannot finish fails with 503 'shutting down'.
         await svc.db.close(deadline_s=config.server.shutdown_deadline_s * _WRITER_SHUTDOWN_SHARE)
+        while serving:
+            serving.pop().release()
 
     # The schema UI is Swagger UI 5 (it reads OpenAPI 3.1), vendored in web/static/swagger-ui with
     # its licence and served by APSS itself: no CDN.
@@ -379,7 +404,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         dependencies={"svc": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
                       "merchant": Provide(current_merchant)},
         exception_handlers=exception_handlers,
-        before_request=refuse_publishable_key,  # a pk_ key opens the browser endpoints only
+        # Guards run before anything of the request is read: a publishable key is refused off the
+        # browser endpoints, then the key is checked, then a JSON body is decoded strictly.
+        guards=[refuse_publishable_key, authenticate_first, strict_json_body],
         middleware=[AuditMiddleware],
         on_startup=[start],
         on_shutdown=[stop],

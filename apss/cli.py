@@ -1,5 +1,5 @@
-"""The `apss` command: `apss serve`, `apss migrate`, `apss ledger check` (and `python run.py`, which
-is `apss serve`).
+"""The `apss` command: `apss serve`, `apss migrate`, `apss ledger check`, `apss backup PATH`,
+`apss restore PATH` (and `python run.py`, which is `apss serve`).
 
 The config file is found in this order: `--config PATH`, `$APSS_CONFIG`, `./config.toml`; without
 one the built-in defaults apply, and the command says so and where the data goes."""
@@ -142,6 +142,48 @@ def _ledger_check(config: Config) -> None:
         raise SystemExit(1)
 
 
+def _counts(checked) -> str:
+    return ", ".join(f"{n} {table}" for table, n in checked.counts.items())
+
+
+def _backup(config: Config, target: str, key_target: str | None) -> None:
+    import asyncio
+
+    from apss.services.backups.backups import (
+        BackupRefused,
+        copy_key,
+        key_file,
+        take_backup,
+    )
+
+    try:  # SQLite's online backup API: safe while a server writes to the file (WAL)
+        checked = asyncio.run(take_backup(source=config.database.path, target=target, config=config))
+        if key_target is not None:
+            copy_key(config, backup=target, key_target=key_target)
+    except BackupRefused as exc:
+        _fail(str(exc))
+    print(f"backup {target}: integrity ok, ledger balances ({checked.ledger_transactions} transactions); {_counts(checked)}")
+    keys = key_file(config)
+    if key_target is not None:
+        print(f"data key written to {key_target} (mode 0600): keep it apart from the backup")
+    elif keys is not None:
+        print(f"the data key ({keys}) is not in the backup: back it up separately (--with-key PATH), "
+              "without it the backup's sealed secrets and personal data cannot be opened")
+
+
+def _restore(config: Config, source: str, key_source: str | None) -> None:
+    import asyncio
+
+    from apss.services.backups.backups import BackupRefused, restore
+
+    try:
+        checked = asyncio.run(restore(backup=source, config=config, key_source=key_source))
+    except BackupRefused as exc:
+        _fail(str(exc))
+    print(f"restored {source} to {config.database.path}: integrity ok, ledger balances "
+          f"({checked.ledger_transactions} transactions); {_counts(checked)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     if not __debug__:
         print("apss: refusing to run with python -O: assertions guard the invariants", file=sys.stderr)
@@ -151,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help=config_help)
     parser = argparse.ArgumentParser(prog="apss", description="APSS, the Automated Payment & Settlement System for "
                                      "virtual goods.", parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,migrate,ledger}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,migrate,ledger,backup,restore}")
     serve = commands.add_parser("serve", parents=[common], help="apply migrations and start the server",
                                 description="Apply migrations and start the server (what `python run.py` does). "
                                             "SIGTERM stops it in order within server.shutdown_deadline_s.")
@@ -167,6 +209,18 @@ def main(argv: list[str] | None = None) -> None:
                                              "every balance equals its entries (exit 1 naming the first bad entry); "
                                              "reads the database, never migrates it.")
     ledger.add_argument("action", choices=["check"], help="check: prove the ledger balances")
+    backup = commands.add_parser("backup", parents=[common], help="copy the database (also while it serves) and check the copy",
+                                 description="Copy the database with SQLite's online backup API (safe while a server "
+                                             "writes), then check the copy: integrity_check, foreign keys and the ledger "
+                                             "check. The data key is not copied unless --with-key names where.")
+    backup.add_argument("path", help="the new backup file (never overwritten)")
+    backup.add_argument("--with-key", metavar="KEY_PATH", help="also write the data key here (not in the backup's folder)")
+    restore = commands.add_parser("restore", parents=[common], help="put a checked backup in place of the database",
+                                  description="Check the backup (integrity, foreign keys, ledger, that the data key "
+                                              "opens it), then put it in place of database.path. Refused while a server "
+                                              "runs on that file.")
+    restore.add_argument("path", help="the backup file")
+    restore.add_argument("--with-key", metavar="KEY_PATH", help="the data key the backup was taken with")
     args = parser.parse_args(argv)
     overrides = {}
     if args.command == "serve":  # flags win over the environment and the file
@@ -179,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         _migrate(config)
     elif args.command == "ledger":
         _ledger_check(config)
+    elif args.command == "backup":
+        _backup(config, args.path, args.with_key)
+    elif args.command == "restore":
+        _restore(config, args.path, args.with_key)
     else:
         _serve(config, print_secrets=args.print_secrets)
 

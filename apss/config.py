@@ -64,11 +64,20 @@ class DatabaseConfig(_Section):
     # Long work on the writer (settling a period) runs in transactions of at most this many rows,
     # so that no write waits behind it for long; it resumes after a crash where it stopped.
     chunk_rows_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    # A cap on the file's size in pages (page size 4096): beyond it writes answer 503 not_ready as
+    # on a full disk, reads go on. 0: no cap but the disk's.
+    page_count_max: Annotated[int, Meta(ge=0)] = 0
 
 
 class AdminConfig(_Section):
-    # Empty: a token is generated at first start, stored hashed, printed once.
+    # Empty: a token is generated at first start, stored hashed, printed once. A configured one
+    # needs 16 characters; under 32 the server warns at start.
     token: str = ""
+    # Guessing the token: after this many failed admin authentications from one address within
+    # auth_window_s, every admin authentication from it answers 429 for auth_lockout_s.
+    auth_failures_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 5
+    auth_window_s: Annotated[int, Meta(ge=1, le=86_400)] = 60
+    auth_lockout_s: Annotated[int, Meta(ge=1, le=86_400)] = 60
 
 
 class SecurityConfig(_Section):
@@ -229,6 +238,21 @@ class AmlConfig(_Section):
     kyc_30d_threshold: Annotated[int, Meta(ge=0)] = 0
 
 
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class BackupConfig(_Section):
+    # Scheduled backups: every `every` ("30m", "6h", "1d") a checked copy of the database in
+    # `dir` (empty: none), keeping the newest `keep`. The data key is never copied there.
+    dir: str = ""
+    every: Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,5}[smhd]$")] = "1d"
+    keep: Annotated[int, Meta(ge=1, le=10_000)] = 7
+
+    @property
+    def every_ms(self) -> int:
+        return int(self.every[:-1]) * _DURATION_UNITS_S[self.every[-1]] * 1000
+
+
 class SeedConfig(_Section):
     # Seed a demo test merchant with products on a fresh database.
     demo: bool = True
@@ -251,6 +275,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     api: ApiConfig = ApiConfig()
     clock: ClockConfig = ClockConfig()
+    backup: BackupConfig = BackupConfig()
     seed: SeedConfig = SeedConfig()
     aml: AmlConfig = AmlConfig()
 
@@ -322,6 +347,8 @@ def _check_relations(config: Config) -> None:
         raise ConfigInvalid("config key server.public_url: must start with http:// or https://")
     if config.admin.token and len(config.admin.token) < 16:
         raise ConfigInvalid("config key admin.token: must be at least 16 characters")
+    if config.backup.dir and Path(config.backup.dir).resolve() == Path(config.database.path).resolve().parent:
+        raise ConfigInvalid("config key backup.dir: must not be the database's own folder (its data key lives there)")
     if config.orders.idempotency_running_max_s <= config.channels.provider_timeout_s:
         raise ConfigInvalid("config key orders.idempotency_running_max_s: must exceed channels.provider_timeout_s")
     privacy = config.privacy

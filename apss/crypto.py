@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,6 +22,7 @@ __all__ = [
     "SignatureHeader",
     "hash_secret",
     "key_id_of",
+    "keyring_from_file",
     "hmac_sha256_hex",
     "parse_signature_header",
     "random_token",
@@ -197,3 +200,9 @@ class PersonalData:
         assert merchant_id and player_id
         digest = hmac.new(self._pseudonym_key, f"{merchant_id}\0{player_id}".encode(), hashlib.sha256).hexdigest()
         return f"anon_{digest[:32]}"
+
+
+def keyring_from_file(path: str | Path) -> Keyring:
+    """The keyring stored in a data key file: `{"primary": kid, "keys": {kid: base64}}`."""
+    stored = json.loads(Path(path).read_text())
+    return Keyring({k: base64.b64decode(v) for k, v in stored["keys"].items()}, primary=stored["primary"])

@@ -7,6 +7,7 @@ types. Programmer errors are `assert`s, never these.
 from __future__ import annotations
 
 __all__ = [
+    "AdminAuthThrottled",
     "AmlCaseTransitionInvalid",
     "ApssError",
     "AuthenticationFailed",
@@ -186,6 +187,19 @@ class IdempotencyKeyReused(ApssError):
 
 class RateLimited(ApssError):
     code = "rate_limited"
+    retry_after_s: int = 1
+
+
+class AdminAuthThrottled(RateLimited):
+    """Too many failed admin authentications from one address: every admin authentication from it
+    is refused until `retry_after_s` has passed (a right token too, or the answer would tell)."""
+
+    code = "admin_auth_throttled"
+
+    def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
+        super().__init__(message)
+        assert retry_after_s >= 1
+        self.retry_after_s = retry_after_s
 
 
 class NotReady(ApssError):

@@ -5,7 +5,9 @@ need their own; every test makes its own merchant, so they cannot see each other
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +26,70 @@ from apss.clock import TestClock
 from apss.config import load_config
 from apss.services.container import Services
 
-ADMIN_TOKEN = "adm_test_token_0123456789abcdef"
+ADMIN_TOKEN = "adm_test_token_0123456789abcdef_0123456789"  # 32+ characters: no warning
+
+
+# -- secrets and personal data never in logs: what the tests planted, searched at session end ----------
+# Values the tests planted (keys they were given, emails and IPs they sent); any secret-looking
+# token is a leak too, planted or not. run.py's once-only lines ("shown once") are its purpose.
+PLANTED: set[str] = {ADMIN_TOKEN}
+SUBPROCESS_OUTPUTS: list[Path] = []  # run.py outputs the tests read (start_run_py)
+_SECRET_RE = re.compile(r"\b(?:sk_(?:test|live)_[A-Za-z0-9_-]{16,}|whsec_[A-Za-z0-9_-]{16,}|adm_[A-Za-z0-9_-]{16,})")
+_ONCE_ONLY = "(shown once"
+
+
+def plant(*values: object) -> None:
+    """Remember secret or personal values a test sends or receives: the session fails if a log has one."""
+    PLANTED.update(str(v) for v in values if isinstance(v, str) and len(v) >= 6)
+
+
+def leaks_in(lines: list[str], planted: set[str]) -> list[str]:
+    """The lines holding a planted value or a secret-looking token (each cut to 200 characters)."""
+    found = []
+    plain = sorted(v for v in planted if not _SECRET_RE.fullmatch(v))
+    for line in lines:
+        if _ONCE_ONLY in line:
+            continue
+        if _SECRET_RE.search(line) or any(value in line for value in plain):
+            found.append(line[:200])
+    return found
+
+
+class _LogSink(logging.Handler):
+    """Every log record of the session, as text (message and traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.extend(self.format(record).splitlines())
+        except Exception:  # a record that cannot be formatted is logging's own problem
+            self.lines.append(f"{record.name} unformattable record {record.msg!r}")
+
+
+_SINK = _LogSink()
+
+
+def pytest_configure(config) -> None:
+    logging.getLogger().addHandler(_SINK)
+    logging.getLogger("apss").setLevel(logging.INFO)  # info lines are searched too
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    lines = list(_SINK.lines)
+    for output in SUBPROCESS_OUTPUTS:
+        if output.exists():
+            lines += output.read_text(errors="replace").splitlines()
+    leaked = leaks_in(lines, PLANTED)
+    if leaked:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "secrets or personal data in the logs:\n  " + "\n  ".join(leaked[:20])
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:
@@ -43,6 +108,9 @@ class RunningServer:
         environ = {
             "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(self.port), "APSS_ADMIN_TOKEN": ADMIN_TOKEN,
             "APSS_SEED_DEMO": "false", "APSS_SCHEDULER_TICK_MS": "20", "APSS_SERVER_LOG_LEVEL": "warning",
+            # Many tests try wrong admin tokens from 127.0.0.1 on a clock that rarely moves: the
+            # guessing throttle has its own test (tests/test_hostile_input.py).
+            "APSS_ADMIN_AUTH_FAILURES_MAX": "1000000",
             **(env or {}),
         }
         self.config = load_config("/nonexistent-config.toml", environ=environ)
@@ -85,6 +153,7 @@ class RunningServer:
             response = client.post("/v1/merchants", json={"name": name, "mode": mode})
         assert response.status_code == 201, response.text
         body = response.json()
+        plant(body["secret_key"])
         return Merchant(self, body["id"], body["secret_key"])
 
 
@@ -113,6 +182,7 @@ class Merchant:
 
     def order(self, client: httpx.Client, product_id: str, *, player_id: str = "player-1", quantity: int = 1,
               currency: str = "USD", **fields) -> httpx.Response:
+        plant(fields.get("email"), fields.get("ip"))
         return client.post("/v1/orders", json={"player_id": player_id, "currency": currency,
                                                "items": [{"product_id": product_id, "quantity": quantity}], **fields})
 
@@ -195,6 +265,7 @@ def start_run_py(*, port: int, log: Path, env: dict[str, str], timeout_s: float 
     """`python run.py [args]` as a process of its own (its output in `log`: a file, not a pipe, since
     a full pipe would block the server's logging; not a terminal either, so the once-only secrets
     are printed only with `--print-secrets`), returned once /healthz answers 200."""
+    SUBPROCESS_OUTPUTS.append(log)
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "run.py", *args], cwd=Path(__file__).resolve().parents[1],
                                    env={**os.environ, **env, "APSS_SERVER_PORT": str(port)}, stdout=sink, stderr=sink)

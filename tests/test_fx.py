@@ -113,7 +113,7 @@ def test_convert_equals_the_exact_value_rounded_half_even(amount, source, target
 class _Admin:
     """The merchants service as admin_guard sees it: one valid admin token."""
 
-    def check_admin(self, token: str) -> None:
+    def check_admin(self, token: str, *, address: str) -> None:
         if token != ADMIN:
             raise AuthenticationFailed("Invalid admin token provided.")
 

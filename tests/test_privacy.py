@@ -22,9 +22,8 @@ import pytest
 
 from apss.api.audit import ACTIONS, NOT_AUDITED, route_key
 from apss.clock import TestClock
-from tests.conftest import ADMIN_TOKEN, RunningServer, wait_for
+from tests.conftest import ADMIN_TOKEN, RunningServer, free_port, wait_for
 from tests.test_webhooks import Receiver, _serve
-from tests.conftest import free_port
 
 WORKTREE = Path(__file__).resolve().parents[1]
 

@@ -280,15 +280,55 @@ async def test_a_failed_commit_fails_the_batch_and_the_writer_reopens(flaky):
     assert database.writer_alive
 
 
-async def test_when_reopening_fails_the_writer_stops_taking_writes(flaky):
+async def test_while_reopening_fails_writes_fail_at_once_and_recover_when_it_works(flaky):
     database, connections = flaky
     connections.opened[0].fail_next_commit = True
     connections.refuse_opening = True
     with pytest.raises(StoreUnavailable):
         await _settled(database.write(_insert("lost", 1)))
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailable, match="cannot be opened"):
         await _settled(database.write(_insert("later", 2)))
-    assert not database.writer_alive
+    connections.refuse_opening = False  # the file can be opened again: no restart needed
+    assert await _settled(database.write(_insert("after", 3))) == "after"
+    assert await _rows(database) == {"after": 3}
+    assert database.writer_alive
+
+
+async def test_an_error_of_the_database_inside_a_function_fails_the_whole_batch(db):
+    """SQLITE_READONLY leaves SQLite's transaction open: the function's caller would see a raw
+    sqlite3 error (a 500) and the others would commit. The batch fails as a whole instead."""
+    await db.write(_insert("before", 1))
+    def readonly(tx):
+        tx.execute("INSERT INTO t VALUES ('half', 1)")
+        raise sqlite3.OperationalError("attempt to write a readonly database")  # no errorcode: a bug, not the store
+    with pytest.raises(sqlite3.OperationalError):
+        await db.write(readonly)
+    db.set_read_only(True)
+    results = await asyncio.gather(*(db.write(_insert(f"ro{i}", i)) for i in range(5)), db.ping(),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert await _rows(db) == {"before": 1}, "reads go on, nothing was written"
+    db.set_read_only(False)
+    assert await db.write(_insert("after", 2)) == "after"
+    await db.ping()
+    assert await _rows(db) == {"before": 1, "after": 2}
+
+
+async def test_sqlite_full_from_the_page_cap_fails_the_batch_and_lifting_it_recovers(db):
+    raw = sqlite3.connect(db.path)
+    try:
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        raw.close()
+    db.set_page_count_max(pages)
+    big = "x" * 3000  # every row needs a new page soon
+    results = await asyncio.gather(*(db.write(_insert(f"{big}{i}", i)) for i in range(20)), return_exceptions=True)
+    full = [r for r in results if isinstance(r, StoreUnavailable)]
+    assert full and all(isinstance(r, (str, StoreUnavailable)) for r in results), results
+    committed = {k for k in await _rows(db)}
+    assert committed == {r for r in results if isinstance(r, str)}, "exactly the answered writes are in the file"
+    db.set_page_count_max(0)
+    assert await db.write(_insert("after", 1)) == "after"
 
 
 async def _blocked_writer(database: Database) -> threading.Event:

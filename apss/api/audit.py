@@ -165,10 +165,9 @@ class AuditMiddleware:
                 await self._write(svc, scope, actor="admin", merchant_id=None, ref="adm_session", action=action,
                                   object_id=_object_id(scope, held, svc, None), status=status)
             return
-        try:
-            svc.merchants.check_admin(token)
+        if svc.merchants.is_admin_token(token):
             actor, merchant_id = "admin", scope.get("path_params", {}).get("merchant_id")
-        except ApssError:
+        else:
             try:
                 actor, merchant_id = "merchant", svc.merchants.authenticate(token).id
             except ApssError:

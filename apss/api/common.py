@@ -3,10 +3,13 @@ the rate limit, Idempotency-Key handling, and list pagination."""
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.params import Parameter
 
 from apss.errors import AuthenticationFailed, InvalidRequest
@@ -22,8 +25,10 @@ __all__ = [
     "PUBLISHABLE_KEY_OPT",
     "Services",
     "admin_guard",
+    "authenticate_first",
     "bearer_token",
     "current_merchant",
+    "strict_json_body",
     "idempotency_request",
     "list_response",
     "outcome_response",
@@ -34,8 +39,8 @@ Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page.", max_length=64)]
 
 
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+def bearer_token(connection: ASGIConnection) -> str:
+    header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Provide your key as 'Authorization: Bearer <key>'.")
@@ -46,25 +51,62 @@ def bearer_token(request: Request) -> str:
 PUBLISHABLE_KEY_OPT = "publishable_key"
 
 
-async def refuse_publishable_key(request: Request) -> None:
-    """App-wide, before anything of the request is read (query, body): a publishable key is
-    refused everywhere but the browser endpoints, with 401, whatever else is wrong."""
-    if request.route_handler.opt.get(PUBLISHABLE_KEY_OPT):
+def refuse_publishable_key(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
+    """App guard, the first: before anything of the request is read (query, body), a publishable
+    key is refused everywhere but the browser endpoints, with 401, whatever else is wrong."""
+    if route_handler.opt.get(PUBLISHABLE_KEY_OPT):
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip().startswith(PUBLISHABLE_KEY_PREFIX):
         raise AuthenticationFailed("A publishable key works only for the checkout's browser endpoints "
                                    "(/v1/checkout/...); use a secret key here.", code="publishable_key_not_allowed")
 
 
-async def current_merchant(request: Request, svc: Services) -> Merchant:
-    merchant = svc.merchants.authenticate(bearer_token(request))
-    svc.rate_limiter.take(merchant.id)
+def _client_address(connection: ASGIConnection) -> str:
+    return connection.client.host if connection.client is not None else "unknown"
+
+
+_MERCHANT_STATE = "apss_merchant"
+_ADMIN_STATE = "apss_admin"
+
+
+def _authenticate_merchant(connection: ASGIConnection, svc: Services) -> Merchant:
+    merchant = connection.scope["state"].get(_MERCHANT_STATE)
+    if merchant is None:
+        merchant = svc.merchants.authenticate(bearer_token(connection))
+        svc.rate_limiter.take(merchant.id)
+        connection.scope["state"][_MERCHANT_STATE] = merchant
     return merchant
 
 
+def _authenticate_admin(connection: ASGIConnection, svc: Services) -> None:
+    if not connection.scope["state"].get(_ADMIN_STATE):
+        svc.merchants.check_admin(bearer_token(connection), address=_client_address(connection))
+        connection.scope["state"][_ADMIN_STATE] = True
+
+
+async def current_merchant(request: Request, svc: Services) -> Merchant:
+    return _authenticate_merchant(request, svc)
+
+
 async def admin_guard(request: Request, svc: Services) -> None:
-    svc.merchants.check_admin(bearer_token(request))
+    _authenticate_admin(request, svc)
+
+
+def authenticate_first(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
+    """App guard: a handler that takes `admin` or `merchant` authenticates before anything of
+    the request is read (guards run before Litestar parses the body), so an unauthenticated
+    request with a malformed body is 401, never a parser's message. The dependencies then reuse
+    the result."""
+    parameters = route_handler.parsed_fn_signature.parameters
+    if "admin" not in parameters and "merchant" not in parameters:
+        return
+    svc = connection.app.state.services
+    connection.scope.setdefault("state", {})
+    if "admin" in parameters:
+        _authenticate_admin(connection, svc)
+    if "merchant" in parameters:
+        _authenticate_merchant(connection, svc)
 
 
 def idempotency_request(request: Request, body: Any) -> IdempotencyRequest | None:
@@ -86,3 +128,54 @@ def outcome_response(outcome: Outcome) -> Response:
 def list_response(items: list[Any], has_more: bool) -> Response:
     body = {"data": items, "has_more": has_more, "next_cursor": items[-1].id if has_more and items else None}
     return Response(content=encode(body), status_code=200, media_type="application/json")
+
+
+# Per handler function (Litestar passes guards a copy of the handler each time): its body type.
+_BODY_TYPES: dict[Any, Any] = {}
+_NO_STRICT_CHECK = object()
+
+
+def _struct_body_type(route_handler: BaseRouteHandler) -> Any:
+    """The `data` annotation when it is a msgspec Struct (or one or None), else _NO_STRICT_CHECK."""
+    found = _BODY_TYPES.get(route_handler.fn)
+    if found is None:
+        parameter = route_handler.parsed_fn_signature.parameters.get("data")
+        found = _NO_STRICT_CHECK
+        if parameter is not None:
+            annotation = parameter.annotation
+            while typing.get_origin(annotation) is Annotated:
+                annotation = typing.get_args(annotation)[0]
+            members = typing.get_args(annotation) or (annotation,)
+            if all(m is type(None) or (isinstance(m, type) and issubclass(m, msgspec.Struct)) for m in members):
+                found = annotation
+        _BODY_TYPES[route_handler.fn] = found
+    return found
+
+
+async def strict_json_body(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
+    """App guard, after authentication: a JSON body is decoded strictly against the handler's
+    Struct first. Litestar converts bodies leniently ("1" and 1.0 become the integer 1); an
+    amount or a quantity must be a JSON integer (400 parameter_invalid naming the field). Bodies
+    that are not JSON at all are left to Litestar's own parsing (400 body_malformed)."""
+    body_type = _struct_body_type(route_handler)
+    if body_type is _NO_STRICT_CHECK or not isinstance(connection, Request):
+        return
+    body = await connection.body()
+    if not body.strip():
+        return
+    try:
+        msgspec.json.decode(body, type=body_type, strict=True)
+    except msgspec.ValidationError as exc:
+        try:  # a type error found before the end of a body that is not JSON at all (trailing junk)
+            msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return
+        message, _, where = str(exc).partition(" - at `")
+        path = where.rstrip("`").removeprefix("$").removeprefix(".").replace("[...]", "")  # [...]: a dict's key
+        found = message.split("`")[1] if "field" in message and "`" in message else None
+        if found:
+            path = f"{path}.{found}" if path else found
+        code = "parameter_missing" if "missing required" in message else "parameter_invalid"
+        raise InvalidRequest(message, code=code, param=path or None) from None
+    except msgspec.DecodeError:
+        return  # not JSON: Litestar's parser answers body_malformed

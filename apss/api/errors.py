@@ -70,7 +70,8 @@ def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -
 
 def _apss_error(request: Request, exc: e.ApssError) -> Response:
     status, body = render_error(exc)
-    headers = {"Retry-After": "1"} if status in (409, 429, 503) and not isinstance(exc, e.Conflict) else None
+    retry_after_s = getattr(exc, "retry_after_s", 1)
+    headers = {"Retry-After": str(retry_after_s)} if status in (409, 429, 503) and not isinstance(exc, e.Conflict) else None
     return _response(status, body, headers)
 
 

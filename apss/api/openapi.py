@@ -34,7 +34,8 @@ _WHY = {
            "first request with the key runs.",
     "413": "The body is over the size limit (`body_too_large`).",
     "422": "The Idempotency-Key was used with another body (`idempotency_key_reused`).",
-    "429": "Over the merchant's request rate (`rate_limited`); retry after the `Retry-After` seconds.",
+    "429": "Over the merchant's request rate (`rate_limited`), or too many failed admin authentications from "
+           "this address (`admin_auth_throttled`); retry after the `Retry-After` seconds.",
     "503": "Not ready: the database is not writable or the server is shutting down (`not_ready`).",
 }
 
@@ -99,11 +100,12 @@ def refine(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
         params = handler.parsed_fn_signature.parameters
         idempotent = bool(handler.opt.get("idempotent"))
         statuses = ["400", "503"]
-        if "merchant" in params or "admin" in params or handler.opt.get("admin_unless_public"):
+        keyed = "merchant" in params or "admin" in params or "browser" in params  # browser: a publishable key
+        if keyed or handler.opt.get("admin_unless_public"):
             statuses.append("401")
-        if "merchant" in params:
+        if keyed:  # admin: the token's guessing throttle
             statuses.append("429")
-        if "{" in path:
+        if "{" in path or "merchant" in params or "browser" in params:  # a request may name an object in its body
             statuses.append("404")
         if method != "get":
             statuses += ["409", "413"]

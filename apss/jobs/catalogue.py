@@ -34,6 +34,8 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         # sealed re-sealed under the primary, in bounded batches (services/players/privacy.py).
         ("privacy_retention", config.privacy.retention_interval_s, svc.privacy.expire_retained),
         ("privacy_rotation", config.privacy.rotation_interval_s, svc.privacy.reseal_due),
+        # Checks whether a backup is due (backup.every); does nothing without backup.dir.
+        ("backup", 60.0, svc.backups.run_due),
     ]
     due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms}
     queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited

@@ -12,6 +12,7 @@ import httpx
 
 from apss.clock import Clock
 from apss.config import Config
+from apss.services.backups.backups import Backups
 from apss.services.catalog.products import Catalog
 from apss.services.disputes.evidence import DisputeEvidenceService
 from apss.services.disputes.records import DisputeRecords
@@ -107,6 +108,7 @@ class Services:
     clock_control: ClockControl
     rate_limiter: RateLimiter
     metrics: Metrics
+    backups: Backups
     provider_http: httpx.AsyncClient
 
     __slots__ = tuple(__annotations__)

@@ -15,10 +15,14 @@ Failure semantics (DESIGN.md), what each caller sees:
 - `fn` issues BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE through the Tx: refused with
   TransactionControlRefused before it runs (a StoreBug: 500). If the transaction ended anyway
   (around the Tx, or SQLite aborted it), the batch fails as a whole: half a batch never commits.
-- The batch itself fails (COMMIT, disk full, I/O error, busy): every member gets StoreUnavailable
-  (503 not_ready), and the writer fails closed: it rolls back if it can, closes its connection
-  and takes the next batch on a fresh one (same pragmas). If none can be opened it stops taking
-  writes: every write then fails at once with StoreUnavailable, and `writer_alive` is false.
+- The batch itself fails (COMMIT, disk full, I/O error, busy, a read-only file): every member
+  gets StoreUnavailable (503 not_ready), and the writer fails closed: it rolls back if it can,
+  closes its connection and takes the next batch on a fresh one (same pragmas). A function that
+  meets such an error (SQLITE_FULL, IOERR, READONLY, ... : the database's state, not the
+  function's fault) fails the batch the same way, even if SQLite left the transaction open. If no
+  connection can be opened, each later batch fails at once with StoreUnavailable and the writer
+  tries again with the next one: when space returns (or the file is writable again) writes
+  succeed without a restart. `ping()` proves writability with a one-page write (healthz).
 - The writer thread dies (a bug of its own): the batch in hand, everything queued and every later
   write fail with StoreUnavailable at once; nothing waits forever. healthz answers 503.
 - No future resolves and no `after_commit` callback runs before COMMIT returned.
@@ -43,6 +47,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -50,7 +55,8 @@ import aiosqlite
 
 from apss.errors import NotReady
 
-__all__ = ["BATCH_SIZE_BUCKETS", "Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted", "TransactionControlRefused", "Tx"]
+__all__ = ["BATCH_SIZE_BUCKETS", "Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted",
+           "TransactionControlRefused", "Tx", "is_store_failure"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
@@ -185,9 +191,32 @@ def _call(fn: Callable[[Tx], Any], tx: Tx, results: dict[int, Any], index: int) 
     return None
 
 
-def open_connection(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    """A connection with our pragmas; autocommit mode: we issue BEGIN ourselves."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+# Primary SQLite result codes that say the database cannot take writes now, whoever asks:
+# BUSY, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_STORE_RESULT_CODES = frozenset({5, 7, 8, 10, 11, 13, 14, 15, 26})
+_CAUSE_DEPTH_MAX = 8
+
+
+def is_store_failure(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) is SQLite saying the database itself cannot take the
+    write (disk full, read-only, I/O error...), as opposed to a rule the function broke."""
+    for _ in range(_CAUSE_DEPTH_MAX):
+        if error is None:
+            return False
+        if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF in _STORE_RESULT_CODES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def open_connection(path: str, *, synchronous: str, busy_timeout_ms: int, read_only: bool = False) -> sqlite3.Connection:
+    """A connection with our pragmas; autocommit mode: we issue BEGIN ourselves. `read_only`
+    opens the file with SQLite's `mode=ro`, which refuses writes even to root (chmod does not)."""
+    if read_only:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     # journal_mode and foreign_keys must be set outside a transaction.
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -210,10 +239,12 @@ class Database:
         write_queue_max: int = 10_000,
         read_connections_max: int = 4,
         busy_timeout_ms: int = 5000,
+        page_count_max: int = 0,
         event_sink: EventSink | None = None,
     ) -> None:
         assert synchronous in ("FULL", "NORMAL")
         assert 1 <= write_batch_max <= write_queue_max
+        assert page_count_max >= 0
         self.path = path
         self._synchronous = synchronous
         self._batch_max = write_batch_max
@@ -229,6 +260,11 @@ class Database:
         self._stopping = False  # close() began: new writes are refused at once
         self._stop_deadline = math.inf  # monotonic: queued writes not begun by then fail instead
         self._unavailable: str | None = None  # set once the writer took its last write: why
+        # What the writer's connection is opened with; a change takes effect at the next batch.
+        self._page_count_max = page_count_max  # 0: SQLite's own limit
+        self._read_only = False
+        self._opened_with: tuple[int, bool] | None = None
+        self._open_error: str | None = None  # why the last attempt to open the writer's connection failed
         # Observability (benchmarks, /metrics): written by the writer thread only, read as they are.
         self.batches_committed = 0
         self.batch_members_committed = 0  # transaction functions in those batches
@@ -261,6 +297,17 @@ class Database:
         or stopped for shutdown (healthz answers 503 then)."""
         return (self._thread is not None and self._thread.is_alive() and self._unavailable is None
                 and not self._stopping)
+
+    def set_page_count_max(self, pages: int) -> None:
+        """Cap the file at `pages` pages (0: SQLite's own limit) from the next batch on: beyond it
+        SQLite answers SQLITE_FULL, as on a full disk (database.page_count_max; tests use it)."""
+        assert pages >= 0
+        self._page_count_max = pages
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Open the writer's connection read-only (`mode=ro`) from the next batch on, or writable
+        again: every write then fails with 503 not_ready, reads go on (tests and maintenance)."""
+        self._read_only = read_only
 
     async def close(self, *, deadline_s: float = 10.0) -> None:
         """Refuse new writes at once, let the writer finish the ones it accepted while `deadline_s`
@@ -300,9 +347,14 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------
     async def ping(self, *, timeout_s: float = 5.0) -> None:
-        """Prove the database takes a write (BEGIN IMMEDIATE takes the write lock) in time."""
+        """Prove the database takes a write in time: BEGIN IMMEDIATE takes the write lock, and
+        rewriting the header's user_version (unused by APSS) writes one page, which a read-only
+        file or a full disk refuses."""
+        def probe(tx: Tx) -> None:
+            version = tx.one("PRAGMA user_version")[0]
+            tx.execute(f"PRAGMA user_version = {int(version)}")
         try:
-            await asyncio.wait_for(self.write(lambda tx: tx.execute("SELECT 1")), timeout=timeout_s)
+            await asyncio.wait_for(self.write(probe), timeout=timeout_s)
         except TimeoutError:
             raise StoreUnavailable(f"the writer did not answer within {timeout_s} s") from None
 
@@ -341,7 +393,13 @@ class Database:
 
     # -- the writer thread -------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        return open_connection(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms)
+        settings = (self._page_count_max, self._read_only)
+        conn = open_connection(self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms,
+                               **({"read_only": True} if settings[1] else {}))
+        if settings[0]:
+            conn.execute(f"PRAGMA max_page_count = {int(settings[0])}")
+        self._opened_with = settings
+        return conn
 
     def _run(self) -> None:
         reason = "the database is shutting down"
@@ -358,7 +416,7 @@ class Database:
             self._fail_queued()
 
     def _serve(self) -> str:
-        """Take batches until close() (or until no connection can be opened); return why writes stop."""
+        """Take batches until close(); return why writes stop."""
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -366,6 +424,10 @@ class Database:
             if self._stopping and time.monotonic() > self._stop_deadline:
                 self._fail(batch, "the database is shutting down: the write could not finish before the deadline")
                 continue
+            if self._conn is None or self._opened_with != (self._page_count_max, self._read_only):
+                if not self._reopen():  # still cannot open: this batch fails, the next one tries again
+                    self._fail(batch, f"the database cannot be opened for writing: {self._open_error}")
+                    continue
             self._in_hand = batch
             if batch[0].bare:
                 self._run_bare(batch[0])
@@ -373,8 +435,8 @@ class Database:
                 continue
             committed_or_answered = self._run_batch(batch)
             self._in_hand = []
-            if not committed_or_answered and not self._reopen():
-                return "the database connection failed and could not be reopened; APSS needs a restart"
+            if not committed_or_answered:
+                self._reopen()
 
     def _next_batch(self) -> list[_Job] | None:
         """Up to write_batch_max queued jobs; None once stopping and the queue is drained."""
@@ -460,6 +522,8 @@ class Database:
             if error is None:
                 callbacks[index] = tx._after_commit
                 continue
+            if is_store_failure(error):  # the database's state, not this function's: the batch fails
+                raise error
             failed[index] = error
             if conn.total_changes != changes_before:
                 conn.execute("ROLLBACK")
@@ -489,13 +553,19 @@ class Database:
 
     def _reopen(self) -> bool:
         """After a failed batch the connection may be broken in ways SQLite does not say (a failed
-        COMMIT, an I/O error): fail closed, take the next batch on a fresh connection."""
+        COMMIT, an I/O error): fail closed, take the next batch on a fresh connection. If none can
+        be opened the writer stays without one; the next batch tries again."""
         self._close_connection()
         try:
             self._conn = self._connect()
-        except Exception:
-            log.critical("the writer could not reopen %s; it takes no more writes", self.path, exc_info=True)
+        except Exception as exc:
+            if self._open_error is None:  # once per outage, not once per refused batch
+                log.critical("the writer cannot open %s (%s); writes fail until it can", self.path, exc)
+            self._open_error = str(exc) or type(exc).__name__
             return False
+        if self._open_error is not None:
+            log.warning("the writer reopened %s; writes are taken again", self.path)
+            self._open_error = None
         return True
 
     def _fail(self, jobs: list[_Job], reason: str) -> None:

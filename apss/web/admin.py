@@ -79,6 +79,11 @@ async def admin_login_page(request: Request, svc: Services) -> Response:
     return _login_page(svc)
 
 
+def client_address(request: Request) -> str:
+    """The peer's address (the admin token's guessing throttle counts per address)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 @post("/admin/login", include_in_schema=False, status_code=200)
 async def admin_login(request: Request, svc: Services) -> Response:
     form = await request.form()
@@ -86,9 +91,10 @@ async def admin_login(request: Request, svc: Services) -> Response:
         return forbidden()
     try:
         svc.rate_limiter.take("admin_login")
-        svc.merchants.check_admin(str(form.get("token") or ""))
+        svc.merchants.check_admin(str(form.get("token") or ""), address=client_address(request))
     except ApssError as error:
-        return _login_page(svc, error=error.message, status=401 if error.code != "rate_limited" else 429)
+        return _login_page(svc, error=error.message,
+                           status=401 if error.code not in ("rate_limited", "admin_auth_throttled") else 429)
     token, _ = await svc.admin_sessions.create()
     return Redirect("/admin", status_code=303, cookies=[
         cookie(svc, SESSION_COOKIE, token, path="/admin", max_age=None),

@@ -639,6 +639,8 @@ async def test_other_event_types(harness: Harness) -> None:
     ("https://paypal.com/cert", False),
     ("https://api.paypal.com.evil.example/cert", False),
     ("https://evilpaypal.com/cert", False),
+    ("https://www.paypal.com/v1/notifications/certs/CERT-1", False),
+    ("https://api.paypal.com/v1/oauth2/token", False),
     ("https://api.paypal.com:8443/cert", False),
     ("https://user@api.paypal.com/cert", False),
     ("file:///etc/passwd", False),

@@ -27,6 +27,7 @@ replayed later. PayPal retries unacknowledged webhooks for 3 days, each retry si
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import zlib
@@ -80,6 +81,12 @@ _HTTP_TIMEOUT_S = 10.0
 _TOKEN_MARGIN_S = 120  # refresh this long before PayPal's expires_in runs out
 _TOKEN_CACHE_MAX = 256
 _CERT_CACHE_MAX = 16
+# A certificate URL is fetched at most once per this long, whatever the answer: a flood of forged
+# callbacks naming one URL costs one download, and a failure is remembered as long as a success.
+_CERT_FETCH_PERIOD_S = 3600.0
+# The hosts PayPal documents for PAYPAL-CERT-URL (live and sandbox), and the certificates' path.
+_CERT_HOSTS = frozenset({"api.paypal.com", "api-m.paypal.com", "api.sandbox.paypal.com", "api-m.sandbox.paypal.com"})
+_CERT_PATH_PREFIX = "/v1/notifications/certs/"
 _CERT_BYTES_MAX = 64 * 1024
 # Capture refusals that mean "this instrument was declined", not "PayPal could not be asked".
 _CAPTURE_DECLINES = frozenset({"INSTRUMENT_DECLINED", "TRANSACTION_REFUSED", "PAYER_CANNOT_PAY"})
@@ -101,13 +108,16 @@ def signed_message(*, transmission_id: str, transmission_time: str, webhook_id: 
 
 
 def check_cert_url(url: str) -> None:
-    """Only https URLs on a *.paypal.com host may name the signing certificate."""
+    """Only https URLs on PayPal's documented API hosts, under its certificates path, may name the
+    signing certificate (nothing else is ever fetched for a callback)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if parts.scheme != "https" or not host.endswith(".paypal.com") or parts.username or parts.password:
-        raise CallbackRejected("PAYPAL-CERT-URL is not an https URL on a paypal.com host")
+    if parts.scheme != "https" or host not in _CERT_HOSTS or parts.username or parts.password:
+        raise CallbackRejected("PAYPAL-CERT-URL is not an https URL on PayPal's API host")
     if parts.port not in (None, 443):
         raise CallbackRejected("PAYPAL-CERT-URL names an unexpected port")
+    if not parts.path.startswith(_CERT_PATH_PREFIX) or parts.query or parts.fragment or ".." in parts.path:
+        raise CallbackRejected("PAYPAL-CERT-URL is not a PayPal webhook certificate path")
 
 
 def check_paypal_cert(cert: x509.Certificate, *, now: datetime) -> None:
@@ -127,21 +137,42 @@ class PayPalCertFetcher:
     rests on the TLS-authenticated download from a *.paypal.com host instead.
     """
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, now_s: Callable[[], float] = time.monotonic,
+                 period_s: float = _CERT_FETCH_PERIOD_S) -> None:
+        assert period_s > 0
         self._http = http
-        self._cache: dict[str, x509.Certificate] = {}
+        self._now_s = now_s
+        self._period_s = period_s
+        # url -> (fetched at, the certificate or the error the fetch ended with)
+        self._cache: dict[str, tuple[float, x509.Certificate | Exception]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # one fetch per URL at a time
+        self.fetches = 0  # observability: downloads started
 
     async def __call__(self, url: str) -> x509.Certificate:
-        check_cert_url(url)
-        cert = self._cache.get(url)
-        if cert is None:
-            cert = await self._download(url)
-            if len(self._cache) >= _CERT_CACHE_MAX:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[url] = cert
+        check_cert_url(url)  # before any lookup: a URL off PayPal's host is never fetched or cached
+        lock = self._locks.setdefault(url, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(url)
+            if cached is None or self._now_s() - cached[0] >= self._period_s:
+                cached = (self._now_s(), await self._fetch(url))
+                if url not in self._cache and len(self._cache) >= _CERT_CACHE_MAX:
+                    oldest = next(iter(self._cache))
+                    self._cache.pop(oldest)
+                    self._locks.pop(oldest, None)
+                self._cache[url] = cached
+        outcome = cached[1]
+        if isinstance(outcome, Exception):
+            raise type(outcome)(*outcome.args)  # a fresh exception each time: no shared traceback
         # Re-checked on every use: a cached certificate can expire.
-        check_paypal_cert(cert, now=datetime.now(UTC))
-        return cert
+        check_paypal_cert(outcome, now=datetime.now(UTC))
+        return outcome
+
+    async def _fetch(self, url: str) -> x509.Certificate | Exception:
+        self.fetches += 1
+        try:
+            return await self._download(url)
+        except (ChannelUnavailable, CallbackRejected) as exc:
+            return exc
 
     async def _download(self, url: str) -> x509.Certificate:
         try:

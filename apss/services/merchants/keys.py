@@ -21,6 +21,7 @@ from apss.crypto import Keyring, hash_secret, random_token
 from apss.domain.origins import normalise_origins
 from apss.errors import AuthenticationFailed, LiveModeUnavailable, NotFound
 from apss.ids import new_id
+from apss.services.merchants.rate_limit import AdminThrottle
 from apss.services.paging import page_of
 from apss.services.views import (
     AccountView,
@@ -61,7 +62,8 @@ PUBLISHABLE_PREFIX = "pk_"
 
 
 class Merchants:
-    def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, live_mode_allowed: bool) -> None:
+    def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, live_mode_allowed: bool,
+                 admin_throttle: AdminThrottle | None = None) -> None:
         """`live_mode_allowed` is false when the clock is a test clock: live money never runs on one."""
         self._db = db
         self._live_mode_allowed = live_mode_allowed
@@ -74,6 +76,7 @@ class Merchants:
         self._publishable_of: dict[str, str] = {}  # merchant id -> its active publishable key
         self._origins_of: dict[str, tuple[str, ...]] = {}
         self._origins_anywhere: frozenset[str] = frozenset()  # listed by some merchant: preflights
+        self._admin_throttle = admin_throttle or AdminThrottle()
 
     # -- cache -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -149,10 +152,21 @@ class Merchants:
         self._admin_hash = stored or hash_secret(generated)
         return None if stored else generated
 
-    def check_admin(self, token: str) -> None:
+    def check_admin(self, token: str, *, address: str) -> None:
+        """Raises AuthenticationFailed for a wrong token, AdminAuthThrottled (429) while `address`
+        (the client's) is locked out after too many failures (rate_limit.AdminThrottle)."""
         assert self._admin_hash is not None, "admin token not initialised"
+        now_ms = self._clock.now_ms()
+        self._admin_throttle.check(address, now_ms=now_ms)
         if len(token) < 16 or not hmac.compare_digest(hash_secret(token), self._admin_hash):
+            self._admin_throttle.failed(address, now_ms=now_ms)
             raise AuthenticationFailed("Invalid admin token provided.")
+
+    def is_admin_token(self, token: str) -> bool:
+        """Whether `token` is the admin token, for naming who acted (the audit log); not an
+        authentication, so it neither counts nor checks the guessing throttle."""
+        assert self._admin_hash is not None, "admin token not initialised"
+        return len(token) >= 16 and hmac.compare_digest(hash_secret(token), self._admin_hash)
 
     # -- merchants ---------------------------------------------------------------------------
     async def create(self, *, name: str, mode: str, currency: str = "USD") -> MerchantCreatedView:
