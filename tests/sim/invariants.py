@@ -17,7 +17,7 @@ __all__ = ["ORDER_EVENT_TYPES", "Violation", "check_final", "check_step", "diges
 
 ORDER_EVENT_TYPES = frozenset({"order.paid", "order.delivering", "order.fulfilled", "order.expired", "order.canceled",
                                "order.failed", "order.partially_refunded", "order.refunded", "order.in_review"})
-_DELIVERED = ("fulfilled", "partially_refunded")  # an order whose items the player holds
+_DELIVERED = ("delivering", "fulfilled", "partially_refunded")  # orders whose items the player holds
 
 
 class Violation(AssertionError):
@@ -64,7 +64,8 @@ async def check_step(sim: Sim) -> None:
                         "SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'succeeded') ORDER BY o.id"):
         _fail(f"order {row['id']} is {row['status']} without a succeeded payment")
     # Delivered once: each status reached at most once, items held = items of the delivered orders.
-    for row in sim.rows("SELECT order_id, to_status, COUNT(*) AS n FROM order_events GROUP BY order_id, to_status "
+    for row in sim.rows("SELECT order_id, to_status, COUNT(*) AS n FROM order_events WHERE to_status IN ('paid', 'delivering', "
+                        "'fulfilled', 'refunded') GROUP BY order_id, to_status "
                         "HAVING n > 1 ORDER BY order_id"):
         _fail(f"order {row['order_id']} entered {row['to_status']} {row['n']} times")
     expected: Counter = Counter()
@@ -149,7 +150,10 @@ async def check_final(sim: Sim) -> None:
         _fail(f"idempotency keys still running after the recovery windows: {[r['key'] for r in running][:5]}")
     for row in sim.rows("SELECT sku, reserved FROM products WHERE reserved != 0"):
         _fail(f"product {row['sku']}: {row['reserved']} units still reserved after every order expired")
-    unknown = sim.rows("SELECT id FROM payments WHERE status = 'unknown' ORDER BY id")
+    # Unknown after the last query is allowed only as documented: with a payment_unresolved alert
+    # for a person (never guessed), and never for a payment the provider charged (checked above).
+    unknown = sim.rows("SELECT id FROM payments p WHERE status = 'unknown' AND NOT EXISTS (SELECT 1 FROM alerts a "
+                       "WHERE a.kind = 'payment_unresolved' AND a.object_id = p.id) ORDER BY id")
     if unknown:
         _fail(f"payments still unknown after the janitor's last query: {[r['id'] for r in unknown][:5]}")
     _check_settlements(sim)

@@ -220,12 +220,17 @@ class Sim:
     async def _retry_in_doubt(self) -> None:
         """A client whose request a crash cut off sends it again, with the same Idempotency-Key."""
         pending, self.in_doubt = self.in_doubt, []
-        for method, path, body, key in pending:
-            response = await self._call(method, path, body, key=key, retry=True)
-            if self.crashed:
-                return
-            if response is not None and response.status_code == 409 and key is not None:
-                self.in_doubt.append((method, path, body, key))  # still running: the completer finishes it
+        self.in_recovery = True
+        try:
+            for index, (method, path, body, key) in enumerate(pending):
+                response = await self._call(method, path, body, key=key, retry=True)
+                if self.crashed:
+                    self.in_doubt.extend(pending[index + 1:])
+                    return
+                if response is not None and response.status_code == 409 and key is not None:
+                    self.in_doubt.append((method, path, body, key))  # still running: the completer finishes it
+        finally:
+            self.in_recovery = False
 
     # -- HTTP ----------------------------------------------------------------------------------
     async def _call(self, method: str, path: str, body: dict | None = None, *, key: str | None = None,
@@ -305,20 +310,42 @@ class Sim:
             await self._call("POST", "/v1/orders", body, key=key, retry=True)  # a client retry: replayed
 
     async def op_burst(self) -> None:
-        """Several orders whose first writes share one group commit (the writer is held while they
-        queue, one after another, so the batch and its order are the seed's)."""
+        """Several one-transaction requests (wallet debits, sandbox payer actions, cancels) whose
+        writes share one group commit: the writer is held while they queue, one after another, so
+        the batch and its order are the seed's. (Orders take two transactions around a provider
+        call, whose interleaving after the batch would be thread timing's: they stay one at a time.)"""
+        candidates = [("POST", f"/v1/players/{w['player_id']}/wallet/debit",
+                       {"currency": "GEMS", "amount": max(1, w["balance"] // 2), "reason": "burst"})
+                      for w in self.rows("SELECT player_id, balance FROM wallet_balances WHERE currency = 'GEMS' "
+                                         "AND balance > 0 ORDER BY player_id")]
+        candidates += [("POST", f"/v1/sandbox/payments/{p['id']}/succeed", None) for p in self.rows(
+            "SELECT id FROM payments WHERE status = 'requires_action' AND channel = 'sandbox' ORDER BY id")]
+        candidates += [("POST", f"/v1/orders/{o['id']}/cancel", None)
+                       for o in self.rows("SELECT id FROM orders WHERE status = 'pending' ORDER BY id")]
+        if len(candidates) < 2:
+            return
+        chosen = [self.rng.choice(candidates) for _ in range(self.rng.randint(2, 4))]
         db = self.svc.db
-        gate = threading.Event()
-        blocker = asyncio.ensure_future(db.write(lambda tx: gate.wait(10)))
-        await self._until(lambda: db._queue.qsize() == 0 and not blocker.done(), polls=WAIT_POLLS_MAX)
+        gate, entered = threading.Event(), threading.Event()
+
+        def hold(tx) -> None:
+            entered.set()
+            gate.wait(10)
+
+        blocker = asyncio.ensure_future(db.write(hold))
         tasks = []
-        count = self.rng.randint(2, 4)
-        self.note(f"burst of {count} orders in one group commit")
-        for n in range(count):
-            body = self._order_body()
-            tasks.append(asyncio.ensure_future(self._call("POST", "/v1/orders", body, key=self._key())))
-            await self._until(lambda: tasks[-1].done() or db._queue.qsize() == n + 1, polls=WAIT_POLLS_MAX)
-        gate.set()
+        try:
+            await self._until(lambda: entered.is_set() or blocker.done(), polls=WAIT_POLLS_MAX)
+            self.note(f"burst of {len(chosen)} requests in one group commit")
+            if self.crash_at is None and self.rng.random() < 0.3:
+                self.crash_at, self.crash_after_commit = self.writes + 2, self.rng.random() < 0.5  # the burst's batch
+            for method, path, body in chosen:
+                queued = db._queue.qsize()
+                task = asyncio.ensure_future(self._call(method, path, body, key=self._key()))
+                tasks.append(task)
+                await self._until(lambda: task.done() or db._queue.qsize() > queued, polls=WAIT_POLLS_MAX)
+        finally:
+            gate.set()
         results = await asyncio.gather(blocker, *tasks, return_exceptions=True)
         for result in results[1:]:
             if isinstance(result, invariants.Violation):
@@ -473,6 +500,7 @@ class Sim:
             seconds = 86_400  # settlement cut-offs, the janitor's last query
         self.clock.advance(seconds=seconds)
         self.note(f"clock +{seconds}s")
+        self._stripe_expires_sessions()
         if seconds >= 300:
             await self.op_jobs(every=True)
 
@@ -491,6 +519,16 @@ class Sim:
            ("stripe_refunds_settle", 2), ("refund", 8), ("debit", 4), ("ack", 4), ("cancel", 2), ("advance", 10),
            ("jobs", 6))
 
+    def _stripe_expires_sessions(self) -> None:
+        """Stripe expires an open Checkout Session at its `expires_at`, canceling its PaymentIntent."""
+        now_s = self.clock.now_ms() // 1000
+        for session_id, session in sorted(self.stripe.sessions.items()):
+            if session["status"] == "open" and session["expires_at"] <= now_s:
+                self.stripe.expire_by_time(session_id)
+                intent = self.stripe.intents.get(session["payment_intent"] or "")
+                if intent is not None and intent["status"] != "succeeded":
+                    intent["status"] = "canceled"
+
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> Result:
         await self._boot(crashes=False)
@@ -504,7 +542,13 @@ class Sim:
                     self._schedule_crash(recovery=False)
                 name = self.rng.choices(names, weights)[0]
                 self.result.operations[name] += 1
-                await getattr(self, f"op_{name}")()
+                try:
+                    await getattr(self, f"op_{name}")()
+                except invariants.Violation:
+                    raise
+                except Exception:
+                    if not self.crashed:  # after a kill, what the dead process was doing fails: expected
+                        raise
                 if self.crashed:
                     await self._restart()
                     continue
@@ -530,6 +574,7 @@ class Sim:
         await self._retry_in_doubt()
         for _ in range(60):
             self.clock.advance(seconds=1800)
+            self._stripe_expires_sessions()
             for refund in [r for _, r in sorted(self.stripe.refunds.items()) if r["status"] == "pending"]:
                 refund["status"] = "succeeded"
                 self._stripe_event("refund.updated", refund)
