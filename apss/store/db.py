@@ -56,7 +56,7 @@ import aiosqlite
 from apss.errors import NotReady
 
 __all__ = ["BATCH_SIZE_BUCKETS", "Database", "EventSink", "Row", "StoreBug", "StoreUnavailable", "TransactionAborted",
-           "TransactionControlRefused", "Tx", "is_store_failure"]
+           "TransactionControlRefused", "Tx", "is_store_failure", "set_fault_hook"]
 
 log = logging.getLogger("apss.store")
 T = TypeVar("T")
@@ -150,6 +150,21 @@ class Tx:
         """Run `callback` on the event loop once this transaction is durable (cache updates,
         waking delivery jobs). Never runs if the transaction does not commit."""
         self._after_commit.append(callback)
+
+
+# Fault injection for the simulator (tests/sim): None in production, and then it costs one global
+# read per batch. When set, the writer calls it once before and once after each batch's COMMIT as
+# `hook(database, batch_size, committed)`; an exception it raises fails the batch as a COMMIT error
+# would (before: nothing of the batch is durable; after: it is durable but no caller hears of it),
+# which is how the simulator stands in for kill -9 at a chosen write.
+FaultHook = Callable[["Database", int, bool], None]
+_fault_hook: FaultHook | None = None
+
+
+def set_fault_hook(hook: FaultHook | None) -> None:
+    """Install (or with None remove) the writer's fault hook: tests only."""
+    global _fault_hook
+    _fault_hook = hook
 
 
 class _Job(Generic[T]):
@@ -528,7 +543,12 @@ class Database:
             if conn.total_changes != changes_before:
                 conn.execute("ROLLBACK")
                 return None
+        hook = _fault_hook
+        if hook is not None:
+            hook(self, len(batch), False)
         conn.execute("COMMIT")
+        if hook is not None:
+            hook(self, len(batch), True)
         return results, callbacks
 
     def _count_batch(self, size: int) -> None:
