@@ -17,6 +17,7 @@ import pytest
 
 from apss.channels.stripe.mapping import REFUND_ID_KEY, to_stripe_amount
 from apss.clock import TestClock
+from apss.domain.refunds import resend_delay_s
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import RunningServer, free_port, wait_for
 from tests.test_channels_e2e import _Served
@@ -280,3 +281,31 @@ def test_a_refund_that_never_reaches_stripe_fails_after_the_last_attempt_with_on
         assert _stripe_refunds_of(stand_in, refund["id"]) == [] and _ledger_postings(server, refund["id"]) == []
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
     _ledger_ok(server)
+
+
+# -- the cap when a send may have reached the provider: never a guessed `failed` ---------------------
+def test_a_refund_answered_5xx_on_every_send_stays_pending_for_the_janitor(retry_server, standin, door):
+    server, (stand_in, _) = retry_server, standin
+    merchant = _stripe_merchant(server, door.url)
+    with merchant.client() as client:
+        order = _paid_stripe_order(server, stand_in, merchant, client, player_id="always-5xx")
+        stand_in.fail_next = [503] * (len(BACKOFF_S) + 1)
+        refund = client.post(f"/v1/orders/{order['id']}/refunds", json={}).json()
+        for n, wait_s in enumerate(BACKOFF_S, start=2):
+            _run_sender_after(server, wait_s + 1)
+            wait_for(lambda n=n: len(_refund_attempts(client, order["payment"]["id"])) == n)
+        assert _refund_attempts(client, order["payment"]["id"]) == [("unknown", "channel_unavailable")] * (len(BACKOFF_S) + 1)
+        assert client.get(f"/v1/refunds/{refund['id']}").json()["status"] == "pending", "it may have gone through"
+        assert _alerts(client, "refund_failed", refund["id"]) == []
+        server.clock.advance(seconds=server.config.channels.janitor_interval_s + 1)
+        server.wait_job("payment_janitor")
+        attempts = client.get(f"/v1/payments/{order['payment']['id']}").json()["attempts"]
+        assert "query_refund" in [a["operation"] for a in attempts], "handed to the janitor's status queries"
+        assert len(_refund_attempts(client, order["payment"]["id"])) == len(BACKOFF_S) + 1, "and never sent again"
+    _ledger_ok(server)
+
+
+def test_the_backoff_schedule():
+    delays = [resend_delay_s(n, backoff_s=BACKOFF_S, sends_max=8) for n in range(1, 9)]
+    assert delays == [60, 300, 1800, 7200, 21600, 21600, 21600, None], "the last wait repeats, then no more sends"
+    assert resend_delay_s(1, backoff_s=BACKOFF_S, sends_max=1) is None
