@@ -225,7 +225,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     risk_engine = RiskEngine(db=db, clock=clock, keyring=keyring, fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"),
-                      risk=risk_engine)
+                      risk=risk_engine, config=config.refunds)
     # Webhooks get their own clients, whose every connection obeys the SSRF rules after DNS.
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=TargetClients(),
                         wake=lambda: scheduler.poke("webhooks"), events=events,

@@ -142,6 +142,18 @@ class ChannelsConfig(_Section):
     api_base_hosts_allowed: Annotated[tuple[Host, ...], Meta(max_length=100)] = ()
 
 
+class RefundsConfig(_Section):
+    # A refund whose provider call never got through (connection refused) or whose outcome is
+    # unknown (timeout after sending, 5xx) is sent again under the same idempotency key after
+    # these waits, the last one repeating (keep their sum within the providers' idempotency
+    # windows: Stripe keeps a key 24 h)...
+    retry_backoff_s: Annotated[tuple[Annotated[int, Meta(ge=1, le=86_400)], ...], Meta(min_length=1, max_length=20)] = (
+        60, 300, 1800, 7200, 21_600)
+    # ...up to this many sends in all. Then a refund that never reached the provider is `failed`
+    # (a `refund_failed` alert); one that may have reached it stays `pending` for the janitor.
+    send_attempts_max: Annotated[int, Meta(ge=1, le=50)] = 6
+
+
 class FeeScheduleConfig(_Section):
     percent_bps: Annotated[int, Meta(ge=0, le=10_000)] = 0
     fixed: dict[str, Annotated[int, Meta(ge=0)]] = {}  # per currency, minor units
@@ -269,6 +281,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sandbox: SandboxConfig = SandboxConfig()
     channels: ChannelsConfig = ChannelsConfig()
     finance: FinanceConfig = FinanceConfig()
+    refunds: RefundsConfig = RefundsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     reconciliation: ReconciliationConfig = ReconciliationConfig()
     scheduler: SchedulerConfig = SchedulerConfig()

@@ -78,8 +78,6 @@ def _example(schema: dict, document: dict, name: str = "", depth: int = 0):
 def _auth(operation: dict, path: str) -> str:
     if not operation.get("security"):
         return "public"
-    if path == "/metrics":
-        return "admin token (none with `server.metrics_public = true`)"
     if path.startswith("/v1/admin") or path.startswith("/v1/merchants"):
         return "admin token"
     return "merchant secret key"

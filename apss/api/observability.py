@@ -120,8 +120,10 @@ def configure_logging(*, log_format: Literal["text", "json"], level: str) -> Non
 
 
 # -- /metrics ----------------------------------------------------------------------------------
-@get("/metrics", tags=["health"], summary="Prometheus metrics (admin token unless server.metrics_public)",
-     security=[{"bearer": []}], media_type=MediaType.TEXT, opt={"admin_unless_public": True},
+# Not in the OpenAPI document: it is Prometheus' endpoint, not the JSON API's (README "Operations"
+# documents it), and with it in the document Swagger UI 5.35 rendered only the first few operations
+# (tests/browser/test_schema_ui.py; the cause inside the UI is not understood yet).
+@get("/metrics", include_in_schema=False, media_type=MediaType.TEXT, opt={"admin_unless_public": True},
      description="Requests by route template and status, latencies, write batches, the writer queue, orders by "
                  "status, payments by channel and status, the webhook backlog, open alerts, scheduler jobs. "
                  "Prometheus text format 0.0.4.")

@@ -37,7 +37,8 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         # Checks whether a backup is due (backup.every); does nothing without backup.dir.
         ("backup", 60.0, svc.backups.run_due),
     ]
-    due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms}
+    due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms,
+           "refund_sender": svc.refunds.next_send_ms}
     queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited
     for name, interval_s, fn in jobs:
         scheduler.add(name, interval_s=interval_s, fn=fn, due_ms=due.get(name), stepped=name not in queued)

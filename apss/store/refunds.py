@@ -19,6 +19,9 @@ __all__ = [
     "record_check",
     "queued",
     "dequeue",
+    "next_send_ms",
+    "record_send",
+    "requeue",
 ]
 
 
@@ -63,7 +66,7 @@ def finish_refund(tx: Tx, *, refund_id: str, from_status: str, status: str, fail
     """The guarded status write (`... AND status = :from`); False when the refund moved meanwhile."""
     cursor = tx.execute(
         "UPDATE refunds SET status = ?, failure_code = ?, clawback = coalesce(?, clawback), updated_at_ms = ?,"
-        " next_check_at_ms = NULL WHERE id = ? AND status = ?",
+        " next_check_at_ms = NULL, queued = 0, next_send_at_ms = NULL WHERE id = ? AND status = ?",
         (status, failure_code, clawback, now_ms, refund_id, from_status),
     )
     assert cursor.rowcount <= 1
@@ -86,11 +89,36 @@ def record_check(tx: Tx, *, refund_id: str, checks_done: int, next_check_at_ms: 
                (checks_done, next_check_at_ms, refund_id))
 
 
-async def queued(db: Database, *, limit: int) -> list[sqlite3.Row]:
-    """Refunds APSS decided by itself (a late payment it cannot accept), not yet sent."""
-    return await db.fetch_all("SELECT id, merchant_id FROM refunds WHERE queued = 1 ORDER BY created_at_ms LIMIT ?",
-                              (limit,))
+async def queued(db: Database, *, now_ms: int, limit: int) -> list[sqlite3.Row]:
+    """Refunds waiting to be sent whose send is due: the ones APSS decided by itself (a late
+    payment it cannot accept), and the ones to send again (never got through, or unknown)."""
+    return await db.fetch_all(
+        "SELECT id, merchant_id FROM refunds WHERE queued = 1 AND status = 'pending' AND coalesce(next_send_at_ms, 0) <= ?"
+        " ORDER BY created_at_ms LIMIT ?",
+        (now_ms, limit),
+    )
+
+
+async def next_send_ms(db: Database) -> int | None:
+    """When the next queued refund is due (the refund sender's due time in a test-clock advance)."""
+    row = await db.fetch_one(
+        "SELECT min(coalesce(next_send_at_ms, created_at_ms)) AS due FROM refunds WHERE queued = 1 AND status = 'pending'")
+    return row["due"] if row else None
 
 
 def dequeue(tx: Tx, *, refund_id: str) -> bool:
     return tx.execute("UPDATE refunds SET queued = 0 WHERE id = ? AND queued = 1", (refund_id,)).rowcount == 1
+
+
+def record_send(tx: Tx, *, refund_id: str, maybe_sent: bool) -> int:
+    """Count one send of the refund to its provider; returns the sends so far. `maybe_sent` (the
+    outcome was not a connection that never got through) sticks once set."""
+    row = tx.one("UPDATE refunds SET send_attempts = send_attempts + 1, maybe_sent = max(maybe_sent, ?) WHERE id = ?"
+                 " RETURNING send_attempts", (int(maybe_sent), refund_id))
+    return row["send_attempts"]
+
+
+def requeue(tx: Tx, *, refund_id: str, next_send_at_ms: int, now_ms: int) -> bool:
+    """Queue a still-pending refund to be sent again at `next_send_at_ms` (the guarded write)."""
+    return tx.execute("UPDATE refunds SET queued = 1, next_send_at_ms = ?, updated_at_ms = ? WHERE id = ? AND status = 'pending'",
+                      (next_send_at_ms, now_ms, refund_id)).rowcount == 1

@@ -35,6 +35,12 @@ def test_swagger_ui_shows_every_operation_of_the_document(server):
             page.on("pageerror", lambda error: problems.append(str(error)))
             page.goto(f"{server.base_url}/schema/swagger")
             page.wait_for_selector(".opblock", timeout=20_000)
+            # the UI renders the operations tag by tag: wait for all of them (or time out and compare)
+            try:
+                page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {len(operations)}",
+                                       timeout=30_000)
+            except playwright_api.TimeoutError:
+                pass
             shown = page.evaluate("""() => [...document.querySelectorAll('.opblock')].map(block => [
                 block.querySelector('.opblock-summary-method').textContent.trim(),
                 block.querySelector('.opblock-summary-path').getAttribute('data-path')])""")
@@ -43,5 +49,5 @@ def test_swagger_ui_shows_every_operation_of_the_document(server):
         finally:
             chromium.close()
     assert "valid version field" not in body
-    assert {(method, path) for method, path in shown} == operations
+    assert {(method, path) for method, path in shown} == operations, (len(shown), len(operations), problems[:3])
     assert foreign == [] and problems == []

@@ -7,8 +7,9 @@ means (Saleor's payment facade, Hyperswitch's flows):
 - failed: a definite refusal, nothing was done at the provider (ProviderDeclined with the
   provider's code, or a request the channel cannot take: InvalidRequest, an unsupported flow);
 - unknown: the provider may have done it (timeout, 5xx, an unreadable answer, any other
-  exception). Unknown is never guessed: payments stay `unknown`, refunds `pending`, and the
-  janitor asks the provider later.
+  exception). Unknown is never guessed: payments stay `unknown` and the janitor asks the
+  provider later; refunds stay `pending` and are sent again under their idempotency key (so are
+  refunds whose connection never got through: services/refunds).
 Every call is recorded: the intent before it (the payment `unknown` or refund `pending` row the
 caller's first transaction wrote), and the attempt after it (`record`, in the caller's next
 transaction, with every provider id the answer named). Failures that say something about the

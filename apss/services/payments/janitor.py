@@ -8,8 +8,9 @@ path, under an event id nobody can guess), and the janitor checks that it was ap
 that could not be (an anomaly, a clash) raises an alert. A payment still `unknown` after the last
 query raises a critical alert: a person must look, the system never guesses.
 
-Refunds: one whose outcome was unknown stays `pending`; the janitor asks the provider at the same
-ages and applies the answer (a success after `failed` too, with an alert).
+Refunds: one `pending` at its provider, or whose resends (services/refunds) ran out after one may
+have reached the provider, is asked about at the same ages and the answer applied (a success
+after `failed` too, with an alert). Refunds queued to be sent again are the refund sender's.
 
 Closing: an order that ended unpaid (expired, canceled) asks for its payment to be closed at the
 provider (`close_state = pending`); the closer sends the void/close through the gateway and

@@ -6,7 +6,13 @@ Like an order, a refund takes two write transactions with the provider call betw
 2. the channel refunds (outside any transaction);
 3. record the outcome. A `succeeded` refund, now or later by callback, posts the ledger
    reversal, takes back what was delivered, and moves the order to `partially_refunded` or
-   `refunded`, in one transaction.
+   `refunded`, in one transaction. A send that never got through (`channel_unreachable`) or whose
+   outcome is unknown keeps the refund `pending` and queues it for the refund sender job, which
+   sends it again after a backoff (`refunds.retry_backoff_s`) under the same idempotency key (the
+   refund id, which every adapter passes to its provider): a resend of a refund the provider did
+   carry out answers that one, so nothing is refunded or booked twice. After
+   `refunds.send_attempts_max` sends, a refund that never reached the provider is `failed` (with
+   its alert); one that may have stays `pending` and the janitor asks the provider about it.
 
 What is taken back: virtual currency in proportion to the money refunded so far (floor, computed
 cumulatively so that a full refund takes back exactly what was granted); items, memberships and
@@ -26,6 +32,7 @@ from msgspec import Meta
 
 from apss.channels.base import RefundRequest, RefundResult
 from apss.clock import Clock, format_rfc3339
+from apss.config import RefundsConfig
 from apss.domain.catalog import (
     CurrencyGrant,
     EntitlementGrant,
@@ -36,7 +43,7 @@ from apss.domain.catalog import (
 from apss.domain.ledger import over_refund_entries, reversal_entries
 from apss.domain.orders import REFUNDABLE, OrderEvent, OrderStatus
 from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
-from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus
+from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus, resend_delay_s
 from apss.errors import (
     Conflict,
     InvalidRequest,
@@ -105,8 +112,10 @@ def refund_view(row: Row) -> RefundView:
 
 class Refunds:
     def __init__(self, *, db: Database, clock: Clock, idempotency: Idempotency, gateway: PaymentGateway, ledger: Ledger,
-                 merchants: Merchants, batch_max: int, wake_sender: Callable[[], None], risk: RiskEngine) -> None:
+                 merchants: Merchants, batch_max: int, wake_sender: Callable[[], None], risk: RiskEngine,
+                 config: RefundsConfig) -> None:
         self._db = db
+        self._config = config
         self._clock = clock
         self._idempotency = idempotency
         self._gateway = gateway
@@ -183,17 +192,20 @@ class Refunds:
         return await self._db.write(record)
 
     def record_outcome(self, tx: Tx, *, refund_id: str, payment_id: str, attempt: Attempt) -> str:
-        """What the provider said of a refund: succeeded (now, or `pending` at the provider),
-        a definite refusal (`failed`), or unknown: then it stays `pending` and the janitor asks;
-        it is never booked failed on a guess (the money may have gone back)."""
+        """What the provider said of a refund: succeeded (now, or `pending` at the provider), a
+        definite refusal (`failed`), or no answer: a connection that never got through, or an
+        unknown outcome. Then it stays `pending`, queued to be sent again after its backoff (the
+        refund id is the provider's idempotency key); it is never booked failed on a guess (the
+        money may have gone back)."""
         refund = store.get_refund_tx(tx, refund_id=refund_id)
         merchant_id = refund["merchant_id"]
         self._gateway.record(tx, attempt, payment_id=payment_id, merchant_id=merchant_id)
         store.dequeue(tx, refund_id=refund_id)
-        if attempt.outcome == "unknown":
-            log.warning("refund %s: %s (%s); it stays pending until the provider says", refund_id, attempt.outcome,
-                        attempt.error_code)
-            return "pending"
+        never_sent = attempt.outcome == "failed" and attempt.error_code == "channel_unreachable"
+        if attempt.outcome == "unknown" or never_sent:
+            sends = store.record_send(tx, refund_id=refund_id, maybe_sent=not never_sent)
+            return self._send_again(tx, refund_id=refund_id, sends=sends, attempt=attempt)
+        store.record_send(tx, refund_id=refund_id, maybe_sent=True)
         if attempt.outcome == "failed":
             return self.apply_failed(tx, refund_id=refund_id, failure_code=attempt.provider_code or attempt.error_code or "refund_failed")
         result: RefundResult = attempt.value
@@ -203,6 +215,26 @@ class Refunds:
             return self.apply_succeeded(tx, refund_id=refund_id, cause=f"refund:{refund_id}")
         if result.status == "failed":
             return self.apply_failed(tx, refund_id=refund_id, failure_code=result.failure_code or "refund_failed")
+        return "pending"
+
+    def _send_again(self, tx: Tx, *, refund_id: str, sends: int, attempt: Attempt) -> str:
+        """No answer from the provider: queue the refund for its next send, or, after the last one,
+        book it `failed` if no send ever reached the provider, else leave it to the janitor."""
+        refund = store.get_refund_tx(tx, refund_id=refund_id)
+        if refund["status"] != RefundStatus.PENDING.value:  # a callback or the janitor settled it meanwhile
+            return refund["status"]
+        now_ms = self._clock.now_ms()
+        delay_s = resend_delay_s(sends, backoff_s=self._config.retry_backoff_s, sends_max=self._config.send_attempts_max)
+        if delay_s is not None:
+            store.requeue(tx, refund_id=refund_id, next_send_at_ms=now_ms + delay_s * 1000, now_ms=now_ms)
+            log.warning("refund %s: %s (%s) on send %d; sent again in %d s", refund_id, attempt.outcome, attempt.error_code,
+                        sends, delay_s)
+            return "pending"
+        if not refund["maybe_sent"]:  # every send was refused before it left: no money moved
+            return self.apply_failed(tx, refund_id=refund_id, failure_code=attempt.error_code or "refund_failed")
+        log.warning("refund %s: %s (%s) on its last send; it stays pending until the provider says", refund_id,
+                    attempt.outcome, attempt.error_code)
+        store.record_check(tx, refund_id=refund_id, checks_done=max(refund["checks_done"], 0), next_check_at_ms=now_ms)
         return "pending"
 
     async def resume(self, *, merchant: Merchant, refund_id: str, idem_key: str) -> None:
@@ -237,13 +269,17 @@ class Refunds:
         return refund_id
 
     async def send_queued(self) -> int:
-        """The refund sender job: send each queued refund through the gateway."""
+        """The refund sender job: send each queued refund that is due through the gateway."""
         sent = 0
-        for row in await store.queued(self._db, limit=self._batch_max):
+        for row in await store.queued(self._db, now_ms=self._clock.now_ms(), limit=self._batch_max):
             merchant = self._merchants.by_id(row["merchant_id"])
             await self._call_channel(merchant=merchant, refund_id=row["id"], idem_key=None)
             sent += 1
         return sent
+
+    async def next_send_ms(self) -> int | None:
+        """When the next queued refund is due (the sender's due time in a test-clock advance)."""
+        return await store.next_send_ms(self._db)
 
     # -- outcomes (now, or later by callback) -------------------------------------------------
     def apply_chargeback(self, tx: Tx, *, payment: Row, amount: int | None, event_id: str, revoke: bool = True) -> str | None:
