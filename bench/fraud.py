@@ -7,7 +7,8 @@ The traffic comes from `scripts/fraud_data.py`'s simulation with a parameter set
 held out from training: HELD_OUT's rates, sizes and timing with another seed, scaled so that
 about `--orders` orders fall in the labelled days (the week of warm-up before them is replayed
 too, unlabelled, so that the counters and the players' first orders are there, as they are for
-the model's features). Starts `python run.py` (temp database, clock.mode = "test", sandbox
+the model's features), after one first order of each player older than the simulation at the
+time it joined (up to 400 days before), so that APSS's account age is the player's. Starts `python run.py` (temp database, clock.mode = "test", sandbox
 callbacks in process), creates a test merchant that keeps the DEFAULT rule set, and for each
 order in time order: moves the test clock to the order's time, creates it with `player_id`,
 `ip`, `device_id`, `email`, `billing_country` (the simulation's ids mapped to addresses in the
@@ -160,10 +161,25 @@ def replay(base: str, orders: list[fraud_data.Order], labelled_from: int) -> tup
                    for price in PRICES]
     clock_now = check(admin.get("/v1/admin/clock"), 200)["now"]
     now_s = int(time.mktime(time.strptime(clock_now[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone)
-    offset = now_s + 60 - orders[0].ts  # the world's first order a minute after the clock's now
+    # The players older than the simulated stretch first bought long before it (up to 400 days):
+    # one small order each at that time, so that APSS's account age (days since it first saw the
+    # player) is what the model learnt, not the few days of the replay.
+    first: dict[str, int] = {}
+    for o in orders:
+        if o.first_seen is not None:
+            first.setdefault(o.player, o.first_seen)
+    history = sorted((ts, player) for player, ts in first.items())
+    offset = now_s + 60 - min([orders[0].ts, *(ts for ts, _ in history)])  # a minute after the clock's now
+    for index, (ts, player) in enumerate(history):
+        if ts + offset > now_s:
+            check(admin.post("/v1/admin/clock/advance", json={"seconds": ts + offset - now_s}), 200)
+            now_s = ts + offset
+        body = {"player_id": player, "currency": "USD", "items": lines_of(99, product_ids)}
+        order = check(client.post("/v1/orders", json=body, headers={"Idempotency-Key": f"bench-history-{index}"}), 201)
+        check(client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed"), 202)
     addresses = Addresses()
     labelled: dict[str, fraud_data.Order] = {}
-    seen = collections.Counter()
+    seen = collections.Counter({"history": len(history)})
     for index, o in enumerate(orders):
         at = o.ts + offset
         if at > now_s:
@@ -241,6 +257,8 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=1500, help="about this many labelled orders (plus a week of warm-up)")
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--step-s", type=int, default=3600, help="clock.step_s")
+    parser.add_argument("--labels", type=Path, help="write each labelled order's id, kind and actions to this CSV")
+    parser.add_argument("--keep", type=Path, help="copy the database file here at the end (for a look at the decisions)")
     args = parser.parse_args()
     orders, labelled_from = simulate(bench_params(args.orders, args.seed))
     kinds = collections.Counter(o.kind for o in orders if o.ts >= labelled_from)
@@ -254,12 +272,25 @@ def main() -> None:
             labelled, statuses = replay(f"http://127.0.0.1:{port}", orders, labelled_from)
             elapsed = time.perf_counter() - started
             seen = outcomes(Path(tmp) / "apss.sqlite", labelled)
+            if args.keep:
+                args.keep.unlink(missing_ok=True)
+                con = sqlite3.connect(Path(tmp) / "apss.sqlite")
+                con.execute("VACUUM INTO ?", (str(args.keep),))
+                con.close()
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"replayed {len(orders)} orders over {(orders[-1].ts - orders[0].ts) / 86400:.1f} simulated days in "
-          f"{elapsed:.1f} s ({len(orders) / elapsed:.0f} orders/s); at creation: {statuses}")
+    history = statuses.pop("history")
+    print(f"replayed {len(orders)} orders over {(orders[-1].ts - orders[0].ts) / 86400:.1f} simulated days, after "
+          f"{history} first orders of the older players over the year before, in {elapsed:.1f} s "
+          f"({(len(orders) + history) / elapsed:.0f} orders/s); at creation: {statuses}")
     report(labelled, seen)
+    if args.labels:
+        with args.labels.open("w") as out:
+            out.write("order_id,kind,fraud,declined,actions,status\n")
+            for order_id, o in labelled.items():
+                s = seen[order_id]
+                out.write(f"{order_id},{o.kind},{int(o.fraud)},{int(o.declined)},{'+'.join(sorted(s['actions']))},{s['status']}\n")
 
 
 if __name__ == "__main__":
