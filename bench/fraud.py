@@ -19,7 +19,7 @@ stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it.
 
 Prints, read back from the database file (risk_decisions, orders, payments): the share of the
 fraudulent orders stopped before delivery (a decision of `block`, `review` or `require_3ds` at
-creation or at the callback), per attack kind, and checks that none of the stopped ones was
+creation, `block` or `review` at the callback), per attack kind, and checks that none of the stopped ones was
 delivered; the share of legitimate orders touched (any such decision), per profile; orders
 replayed and wall time. Figures on synthetic data; asserts nothing about them.
 """
@@ -54,7 +54,6 @@ import httpx  # noqa: E402
 ADMIN_TOKEN = "adm_bench_token_0123456789abcdef"
 FRAUD_KINDS = ("card_testing", "velocity", "takeover", "structuring")
 LEGIT_KINDS = ("casual", "regular", "whale")
-STOPPING = ("block", "review", "require_3ds")
 # Per country, a block of the shipped IP-country table (apss/domain/risk/ip_country.py) that the
 # simulation's addresses of that country are drawn from; BR, TR, IN and AU addresses come from an
 # unlisted block (no ip_country), as most real addresses do.
@@ -209,9 +208,9 @@ def outcomes(db_path: Path, labelled: dict[str, fraud_data.Order]) -> dict[str, 
     """Per labelled order, from the database file: the risk actions, the order's status, the failure."""
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     out: dict[str, dict] = {oid: {"actions": set(), "status": None, "failure": None} for oid in labelled}
-    for order_id, action in con.execute("SELECT order_id, action FROM risk_decisions"):
+    for order_id, stage, action in con.execute("SELECT order_id, stage, action FROM risk_decisions"):
         if order_id in out:
-            out[order_id]["actions"].add(action)
+            out[order_id]["actions"].add(f"{stage}:{action}")
     for order_id, status in con.execute("SELECT id, status FROM orders"):
         if order_id in out:
             out[order_id]["status"] = status
@@ -229,7 +228,8 @@ def report(labelled: dict[str, fraud_data.Order], seen: dict[str, dict]) -> None
         s = seen[order_id]
         if not s["actions"]:
             unassessed += 1
-        stopped = bool(s["actions"] & set(STOPPING))
+        # 3-D Secure stops an order at creation only: at the callback the payment is made
+        stopped = bool(s["actions"] & {"order:block", "order:review", "order:require_3ds", "callback:block", "callback:review"})
         by_kind[o.kind][0] += stopped
         by_kind[o.kind][1] += 1
         if o.fraud and stopped and s["status"] == "fulfilled":
