@@ -86,6 +86,9 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     ("card_testing_ip", "block if declines_per_ip_1h >= 10"),
     ("many_players_one_device", "review if players_per_device_1d >= 5"),
     ("many_players_one_ip", "review if players_per_ip_1h >= 20"),
+    # A second player on one device within the hour: card testers rotate accounts on their one
+    # device faster than the declines pile up (bench/fraud.py); a family sharing a tablet passes.
+    ("players_sharing_device_3ds", "require_3ds if players_per_device_1h >= 2"),
     ("high_score_3ds", "require_3ds if risk_score >= 65"),
     ("very_high_score", "block if risk_score >= 90"),
 )
