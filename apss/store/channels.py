@@ -64,11 +64,15 @@ async def list_refs(db: Database, *, payment_id: str) -> list[str]:
 
 
 async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, oldest_ms: int, limit: int) -> list[sqlite3.Row]:
-    """Payments whose outcome is not final at our side and whose next status query is due."""
+    """Payments whose outcome is not final at our side and whose next status query is due.
+    `oldest_ms` only bounds the payments never checked that are not `unknown`: a payment whose
+    outcome is unknown, or whose next check is pending, is queried however late the janitor runs
+    (after days down), so its schedule ends in an answer or the `payment_unresolved` alert."""
     return await db.fetch_all(
         "SELECT p.*, coalesce(c.checks_done, 0) AS checks_done FROM payments p"
         " LEFT JOIN payment_checks c ON c.payment_id = p.id"
-        " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled') AND p.created_at_ms >= ?"
+        " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled')"
+        " AND (p.created_at_ms >= ? OR p.status = 'unknown' OR c.next_check_at_ms IS NOT NULL)"
         " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
         " ORDER BY p.created_at_ms LIMIT ?",
         (oldest_ms, first_check_ms, now_ms, limit),
