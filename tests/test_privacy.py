@@ -236,7 +236,8 @@ def test_key_rotation_reseals_in_the_background_and_retention_erases_old_ips(own
     merchant = server.new_merchant()
     with merchant.client() as client:
         for _ in range(3):
-            merchant.product(client)
+            product = merchant.product(client)
+        order = merchant.order(client, product["id"], player_id="kept", ip="81.2.69.160", device_id="dev-kept").json()
     with server.admin() as admin:
         rotated = admin.post("/v1/admin/privacy/keys/rotate")
         assert rotated.status_code == 200, rotated.text
@@ -255,6 +256,8 @@ def test_key_rotation_reseals_in_the_background_and_retention_erases_old_ips(own
               (server.clock.now_ms() - 90 * 86_400_000,))
     assert old[0]["n"] == 0
     assert raw(server.db_path, "SELECT count(*) AS n FROM audit_log")[0]["n"] >= 4, "the entries stay, without IPs"
+    facts = raw(server.db_path, "SELECT ip, device_id FROM risk_order_facts WHERE order_id = ?", (order["id"],))
+    assert [tuple(f) for f in facts] == [(None, None)], "the risk check's IP and device are erased too"
 
 
 def test_every_changing_route_is_audited_or_listed_as_not_audited(server):

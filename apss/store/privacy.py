@@ -189,13 +189,14 @@ def erase_player_chunk_tx(tx: Tx, entry: PlayerColumn, *, merchant_id: str, play
     return cursor.rowcount
 
 
-def clear_linked_chunk_tx(tx: Tx, entry: ClearedColumns, *, merchant_id: str, player_id: str | None,
-                          before_ms: int | None = None, limit: int) -> int:
-    """NULL the columns of up to `limit` rows: of the player's orders (erasure), or of orders made
-    before `before_ms` (retention). Returns how many rows changed."""
-    orders = ("SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?" if player_id is not None
+def clear_linked_chunk_tx(tx: Tx, entry: ClearedColumns, *, limit: int, player: tuple[str, str] | None = None,
+                          before_ms: int | None = None) -> int:
+    """NULL the columns of up to `limit` rows: of the orders of `player` (merchant id, player id:
+    erasure), or of orders made before `before_ms` (retention). Returns how many rows changed."""
+    assert (player is None) != (before_ms is None)
+    orders = ("SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?" if player is not None
               else "SELECT id FROM orders WHERE created_at_ms < ?")
-    params: tuple[Any, ...] = (merchant_id, player_id) if player_id is not None else (before_ms,)
+    params: tuple[Any, ...] = player if player is not None else (before_ms,)
     held = " OR ".join(f"{c} IS NOT NULL" for c in entry.columns)
     cursor = tx.execute(
         f"UPDATE {entry.table} SET {', '.join(f'{c} = NULL' for c in entry.columns)} WHERE {entry.key} IN"

@@ -213,7 +213,7 @@ class Privacy:
         assert player_id != pseudonym
         for cleared in store.CLEARED:  # before the orders are renamed: they find the rows
             while await self._db.write(lambda tx, c=cleared: store.clear_linked_chunk_tx(
-                    tx, c, merchant_id=merchant_id, player_id=player_id, limit=self._chunk)) >= self._chunk:
+                    tx, c, player=(merchant_id, player_id), limit=self._chunk)) >= self._chunk:
                 pass
         for entry in store.PLAYER_COLUMNS:
             while True:
@@ -315,7 +315,7 @@ class Privacy:
         for cleared in store.CLEARED:
             while True:
                 changed = await self._db.write(lambda tx, c=cleared: store.clear_linked_chunk_tx(
-                    tx, c, merchant_id="", player_id=None, before_ms=before_ms, limit=self._chunk))
+                    tx, c, before_ms=before_ms, limit=self._chunk))
                 total += changed
                 if changed < self._chunk:
                     break
