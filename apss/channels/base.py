@@ -338,7 +338,7 @@ class SubmitsDisputeEvidence(Channel, Protocol):
         ...
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     CREATE_PAYMENT = "create_payment"
     VERIFY_CALLBACK = "verify_callback"
     REFUND = "refund"

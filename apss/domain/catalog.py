@@ -28,7 +28,7 @@ VirtualCurrency = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9_]{1,15}$")]
 GRANT_QUANTITY_MAX = 1_000_000_000
 
 
-class ProductCategory(str, enum.Enum):
+class ProductCategory(enum.StrEnum):
     ITEM = "item"
     CURRENCY_PACK = "currency_pack"
     MEMBERSHIP = "membership"

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class DisputeStatus(str, enum.Enum):
+class DisputeStatus(enum.StrEnum):
     NEEDS_RESPONSE = "needs_response"
     UNDER_REVIEW = "under_review"
     WON = "won"

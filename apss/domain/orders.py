@@ -9,7 +9,7 @@ from apss.errors import InvalidTransition
 __all__ = ["ACTIVE_FOR_LIMITS", "PAID_OR_LATER", "REFUNDABLE", "OrderEvent", "OrderStatus", "TRANSITIONS", "transition"]
 
 
-class OrderStatus(str, enum.Enum):
+class OrderStatus(enum.StrEnum):
     PENDING = "pending"
     PAID = "paid"
     DELIVERING = "delivering"
@@ -22,7 +22,7 @@ class OrderStatus(str, enum.Enum):
     IN_REVIEW = "in_review"  # paid, held for a risk review (or a KYC check) before delivery
 
 
-class OrderEvent(str, enum.Enum):
+class OrderEvent(enum.StrEnum):
     PAYMENT_SUCCEEDED = "payment_succeeded"
     PAYMENT_FAILED = "payment_failed"
     EXPIRE = "expire"

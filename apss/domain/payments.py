@@ -9,7 +9,7 @@ from apss.errors import InvalidTransition
 __all__ = ["CallbackKind", "PaymentStatus", "TERMINAL_PAYMENT_STATUSES", "WALLET_CHANNEL", "payment_transition"]
 
 
-class PaymentStatus(str, enum.Enum):
+class PaymentStatus(enum.StrEnum):
     REQUIRES_ACTION = "requires_action"
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
@@ -18,7 +18,7 @@ class PaymentStatus(str, enum.Enum):
     UNKNOWN = "unknown"  # the outcome is not known yet (a crash or timeout); never guessed
 
 
-class CallbackKind(str, enum.Enum):
+class CallbackKind(enum.StrEnum):
     PAYMENT_APPROVED = "payment.approved"  # the payer approved; the merchant must capture (PayPal)
     PAYMENT_SUCCEEDED = "payment.succeeded"
     PAYMENT_FAILED = "payment.failed"

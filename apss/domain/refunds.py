@@ -15,7 +15,7 @@ from apss.errors import InvalidTransition
 __all__ = ["REFUND_TRANSITIONS", "RefundStatus", "refund_transition", "resend_delay_s"]
 
 
-class RefundStatus(str, enum.Enum):
+class RefundStatus(enum.StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

@@ -41,7 +41,7 @@ _DAY_MS = 86_400_000
 INTERVAL_COUNT_MAX = 366
 
 
-class Interval(str, enum.Enum):
+class Interval(enum.StrEnum):
     DAY = "day"
     WEEK = "week"
     MONTH = "month"
@@ -87,7 +87,7 @@ def period_bounds_ms(anchor_ms: int, billing: Billing, index: int) -> tuple[int,
     return start, end
 
 
-class SubscriptionStatus(str, enum.Enum):
+class SubscriptionStatus(enum.StrEnum):
     INCOMPLETE = "incomplete"
     ACTIVE = "active"
     PAST_DUE = "past_due"
@@ -95,7 +95,7 @@ class SubscriptionStatus(str, enum.Enum):
     INCOMPLETE_EXPIRED = "incomplete_expired"
 
 
-class SubscriptionEvent(str, enum.Enum):
+class SubscriptionEvent(enum.StrEnum):
     FIRST_PAID = "first_paid"
     FIRST_UNPAID = "first_unpaid"  # the first order expired, was canceled or failed
     RENEWED = "renewed"

@@ -49,7 +49,7 @@ DEPTH_MAX = 32  # nesting of parentheses and `not`: a bound on the recursion
 STRING_LENGTH_MAX = 256
 
 
-class AttrType(str, enum.Enum):
+class AttrType(enum.StrEnum):
     INT = "int"
     STR = "str"
     STRS = "strs"  # a set of strings: `in` is true when any member is in the list
