@@ -104,13 +104,25 @@ def _curl(method: str, path: str, operation: dict, document: dict) -> str:
     return " \\\n  ".join(parts)
 
 
-def _parameters(operation: dict) -> list[str]:
+def _type_text(schema: dict, document: dict) -> str:
+    """A parameter's type for a reader: `string`, `integer`, or `one of: a, b` for an enum (null,
+    which only marks the parameter optional, is left out: the required column says that)."""
+    schema = _resolve(schema, document)
+    options = schema.get("oneOf") or schema.get("anyOf")
+    if options:
+        return " or ".join(_type_text(s, document) for s in options if s.get("type") != "null")
+    if "enum" in schema:
+        return "one of: " + ", ".join(f"`{v}`" for v in schema["enum"] if v is not None)
+    kind = schema.get("type", "?")
+    return "/".join(k for k in kind if k != "null") if isinstance(kind, list) else kind
+
+
+def _parameters(operation: dict, document: dict) -> list[str]:
     rows = []
     for p in operation.get("parameters", []):
         if p["in"] == "path":
             continue
-        schema = p.get("schema", {})
-        kind = schema.get("type") or "/".join(s.get("type", "?") for s in schema.get("oneOf", []))
+        kind = _type_text(p.get("schema", {}), document)
         rows.append(f"| `{p['name']}` | {p['in']} | {kind} | {'yes' if p.get('required') else 'no'} | "
                     f"{(p.get('description') or '').replace('|', '/')} |")
     if not rows:
@@ -158,7 +170,7 @@ def endpoints_markdown(document: dict) -> str:
                 content = response.get("content", {})
                 answers.append(f"{status} {_schema_name(content)}" if status.startswith("2") else status)
             lines += ["Answers: " + ", ".join(answers) + ".", ""]
-            lines += _parameters(operation)
+            lines += _parameters(operation, document)
             lines += ["```sh", _curl(method, path, operation, document), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
