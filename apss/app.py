@@ -204,7 +204,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     throttle = AdminThrottle(failures_max=config.admin.auth_failures_max, window_ms=config.admin.auth_window_s * 1000,
                              lockout_ms=config.admin.auth_lockout_s * 1000)
     merchants = Merchants(db=db, clock=clock, keyring=keyring, live_mode_allowed=test_clock is None,
-                          admin_throttle=throttle)
+                          admin_throttle=throttle,
+                          rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max))
     idempotency = Idempotency(render_error=render_error, clock_now_ms=clock.now_ms)
     sandbox = SandboxProvider(db=db, clock=clock, wall_clock=wall_clock, config=config, merchants=merchants,
                               idempotency=idempotency, wake=lambda: scheduler.poke("sandbox_callbacks"))
@@ -294,7 +295,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
         risk_engine=risk_engine, prechecks=prechecks,
         risk=risk, aml=aml, kyc=kyc,
-        rate_limiter=RateLimiter(rate_per_s=config.api.requests_per_s_max, burst=config.api.burst_max),
+        rate_limiter=merchants.rate_limiter,
         metrics=Metrics(db=db, clock=clock, job_stats=scheduler.stats),
         backups=Backups(config=config, clock=clock),
     )

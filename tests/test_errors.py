@@ -4,6 +4,7 @@ status API.md gives it; malformed requests of every kind never answer 500."""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import httpx
 import pytest
@@ -360,6 +361,49 @@ def test_a_key_over_its_rate_limit_gets_429(tmp_path):
             assert refused.json()["error"]["type"] == "rate_limit_error" and refused.headers["retry-after"] == "1"
     finally:
         limited.stop()
+
+
+def test_the_admin_gives_a_merchant_its_own_rate_limit_which_survives_a_restart(tmp_path):
+    """A flash sale through one game-server key: the admin raises that merchant's limit (others keep
+    the default), lowers it, resets it with null; the stored limit is applied again after a restart."""
+    from apss.clock import TestClock
+    from tests.conftest import RunningServer
+
+    env = {"APSS_API_REQUESTS_PER_S_MAX": "1", "APSS_API_BURST_MAX": "3"}
+    db_path = tmp_path / "own-rate.sqlite"
+    limited = RunningServer(db_path=db_path, clock=TestClock(), env=env).start()
+    try:
+        flash, other = limited.new_merchant("Flash"), limited.new_merchant("Other")
+        with limited.admin() as admin:
+            answer = admin.patch(f"/v1/merchants/{flash.id}", json={"rate_limit": {"requests_per_s": 1, "burst": 50}})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["rate_limit"] == {"requests_per_s": 1, "burst": 50, "default": False}
+            assert admin.get(f"/v1/merchants/{other.id}").json()["rate_limit"] == {"requests_per_s": 1, "burst": 3,
+                                                                                     "default": True}
+            assert_error(admin.patch(f"/v1/merchants/{flash.id}", json={"rate_limit": {"requests_per_s": -1, "burst": 5}}),
+                         400, "invalid_request_error", "parameter_invalid", "rate_limit.requests_per_s")
+        with flash.client() as client:
+            assert [client.get("/v1/account").status_code for _ in range(40)] == [200] * 40
+        with other.client() as client:
+            assert 429 in [client.get("/v1/account").status_code for _ in range(6)]
+    finally:
+        limited.stop()
+    with sqlite3.connect(db_path) as conn:  # what was stored, read from the file itself
+        assert conn.execute("SELECT rate_limit_per_s, rate_limit_burst FROM merchants WHERE id = ?",
+                            (flash.id,)).fetchone() == (1, 50)
+    restarted = RunningServer(db_path=db_path, clock=TestClock(), env=env).start()
+    try:
+        with flash.client() as client:
+            client.base_url = restarted.base_url
+            assert [client.get("/v1/account").status_code for _ in range(20)] == [200] * 20
+        with restarted.admin() as admin:
+            reset = admin.patch(f"/v1/merchants/{flash.id}", json={"rate_limit": None})
+            assert reset.json()["rate_limit"] == {"requests_per_s": 1, "burst": 3, "default": True}
+        with flash.client() as client:
+            client.base_url = restarted.base_url
+            assert 429 in [client.get("/v1/account").status_code for _ in range(6)]
+    finally:
+        restarted.stop()
 
 
 def test_a_database_that_cannot_take_writes_answers_503_not_ready(tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Controller, Response, get, patch, post, put
 from litestar.di import Provide
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from apss.api.account import Origins
 from apss.api.common import Cursor, Limit, Services, admin_guard, list_response
@@ -32,8 +32,15 @@ class MerchantCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
 
 
+class RateLimitIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    requests_per_s: Annotated[int, Meta(ge=0, le=1_000_000)]  # 0: unlimited
+    burst: Annotated[int, Meta(ge=1, le=10_000_000)]
+
+
 class MerchantUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    allowed_origins: Origins  # the merchant's embedding sites (README "Embedding the checkout")
+    allowed_origins: Origins | UnsetType = UNSET  # the merchant's embedding sites (README "Embedding the checkout")
+    # The merchant's own API rate limit; null: back to the server's [api] defaults.
+    rate_limit: RateLimitIn | None | UnsetType = UNSET
 
 
 class MerchantKycIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,9 +72,13 @@ class MerchantController(Controller):
     async def roll_key(self, merchant_id: str, svc: Services, admin: None) -> SecretKeyView:
         return await svc.merchants.rotate_key(merchant_id)
 
-    @patch("/{merchant_id:str}", summary="Set the merchant's embedding sites, allowed_origins (admin)")
+    @patch("/{merchant_id:str}", summary="Set the merchant's embedding sites (allowed_origins) or its own API rate limit (admin)")
     async def update(self, merchant_id: str, data: MerchantUpdate, svc: Services, admin: None) -> MerchantView:
-        await svc.merchants.set_allowed_origins(merchant_id, data.allowed_origins)
+        if data.allowed_origins is not UNSET:
+            await svc.merchants.set_allowed_origins(merchant_id, data.allowed_origins)
+        if data.rate_limit is not UNSET:
+            limit = None if data.rate_limit is None else (data.rate_limit.requests_per_s, data.rate_limit.burst)
+            await svc.merchants.set_rate_limit(merchant_id, limit)
         return await svc.merchants.get(merchant_id)
 
     @post("/{merchant_id:str}/publishable_keys", status_code=201,

@@ -35,6 +35,7 @@ __all__ = [
     "PaymentDetailView",
     "PaymentView",
     "ProductView",
+    "RateLimitView",
     "PublishableKeyView",
     "SandboxActionView",
     "SecretKeyView",
@@ -247,6 +248,12 @@ class MerchantList(_Page):
     data: list[MerchantView]
 
 
+class RateLimitView(_View):
+    requests_per_s: int  # sustained, per merchant (all its secret keys); 0: unlimited
+    burst: int  # at once
+    default: bool  # the server's [api] defaults, not the merchant's own
+
+
 class MerchantView(_View):
     id: str
     name: str
@@ -255,6 +262,7 @@ class MerchantView(_View):
     publishable_key: str | None  # public: it only opens and starts checkouts (README "Embedding the checkout")
     allowed_origins: list[str]
     kyc_status: Literal["unverified", "pending", "verified", "rejected"]  # payouts wait for verified
+    rate_limit: RateLimitView
     created_at: str
 
 

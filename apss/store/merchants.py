@@ -20,6 +20,7 @@ __all__ = [
     "revoke_keys",
     "revoke_publishable_keys",
     "set_allowed_origins",
+    "set_rate_limit",
     "set_merchant_kyc",
     "set_setting",
 ]
@@ -74,6 +75,13 @@ async def active_publishable_keys(db: Database) -> list[sqlite3.Row]:
 def set_allowed_origins(tx: Tx, *, merchant_id: str, origins_json: str) -> None:
     cursor = tx.execute("UPDATE merchants SET allowed_origins = ? WHERE id = ?", (origins_json, merchant_id))
     assert cursor.rowcount == 1, merchant_id
+
+
+def set_rate_limit(tx: Tx, *, merchant_id: str, per_s: int | None, burst: int | None) -> bool:
+    """The merchant's own API rate limit; NULLs: the server's default. False: no such merchant."""
+    cursor = tx.execute("UPDATE merchants SET rate_limit_per_s = ?, rate_limit_burst = ? WHERE id = ?",
+                        (per_s, burst, merchant_id))
+    return cursor.rowcount == 1
 
 
 def get_merchant_tx(tx: Tx, merchant_id: str) -> sqlite3.Row | None:

@@ -21,13 +21,14 @@ from apss.crypto import Keyring, hash_secret, random_token
 from apss.domain.origins import normalise_origins
 from apss.errors import AuthenticationFailed, LiveModeUnavailable, NotFound
 from apss.ids import new_id
-from apss.services.merchants.rate_limit import AdminThrottle
+from apss.services.merchants.rate_limit import AdminThrottle, RateLimiter
 from apss.services.paging import page_of
 from apss.services.views import (
     AccountView,
     MerchantCreatedView,
     MerchantView,
     PublishableKeyView,
+    RateLimitView,
     SecretKeyView,
 )
 from apss.store import merchants as store
@@ -63,7 +64,7 @@ PUBLISHABLE_PREFIX = "pk_"
 
 class Merchants:
     def __init__(self, *, db: Database, clock: Clock, keyring: Keyring, live_mode_allowed: bool,
-                 admin_throttle: AdminThrottle | None = None) -> None:
+                 admin_throttle: AdminThrottle | None = None, rate_limiter: RateLimiter | None = None) -> None:
         """`live_mode_allowed` is false when the clock is a test clock: live money never runs on one."""
         self._db = db
         self._live_mode_allowed = live_mode_allowed
@@ -77,12 +78,15 @@ class Merchants:
         self._origins_of: dict[str, tuple[str, ...]] = {}
         self._origins_anywhere: frozenset[str] = frozenset()  # listed by some merchant: preflights
         self._admin_throttle = admin_throttle or AdminThrottle()
+        self.rate_limiter = rate_limiter or RateLimiter(rate_per_s=0, burst=1)
 
     # -- cache -------------------------------------------------------------------------------
     async def load(self) -> None:
         for row in await store.all_merchants(self._db):
             self._by_id[row["id"]] = self._merchant(row)
             self._origins_of[row["id"]] = tuple(msgspec.json.decode(row["allowed_origins"], type=list[str]))
+            if row["rate_limit_per_s"] is not None:
+                self.rate_limiter.set_limit(row["id"], (row["rate_limit_per_s"], row["rate_limit_burst"]))
         self._origins_anywhere = frozenset(o for origins in self._origins_of.values() for o in origins)
         for row in await store.active_keys(self._db):
             self._by_key_hash[row["key_hash"]] = self._by_id[row["merchant_id"]]
@@ -261,6 +265,17 @@ class Merchants:
         assert self._origins_of[merchant_id] == tuple(normalised), "after_commit ran before the write returned"
         return tuple(normalised)
 
+    async def set_rate_limit(self, merchant_id: str, limit: tuple[int, int] | None) -> None:
+        """The merchant's own (requests per second, burst), or None for the server's default; the
+        next request is judged by it."""
+        def transaction(tx: Tx) -> None:
+            per_s, burst = limit if limit is not None else (None, None)
+            if not store.set_rate_limit(tx, merchant_id=merchant_id, per_s=per_s, burst=burst):
+                raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+            tx.after_commit(lambda: self.rate_limiter.set_limit(merchant_id, limit))
+
+        await self._db.write(transaction)
+
     async def set_kyc(self, merchant_id: str, *, status: str) -> MerchantView:
         """The admin's KYC decision on a merchant (payouts wait for `verified`)."""
         assert status in ("unverified", "pending", "verified", "rejected"), status
@@ -293,4 +308,8 @@ class Merchants:
         return MerchantView(id=row["id"], name=row["name"], mode=row["mode"], currency=row["currency"],
                             publishable_key=self._publishable_of.get(row["id"]),
                             allowed_origins=list(self._origins_of.get(row["id"], ())), kyc_status=row["kyc_status"],
-                            created_at=format_rfc3339(row["created_at_ms"]))
+                            rate_limit=self._rate_limit_view(row["id"]), created_at=format_rfc3339(row["created_at_ms"]))
+
+    def _rate_limit_view(self, merchant_id: str) -> RateLimitView:
+        per_s, burst = self.rate_limiter.limit_of(merchant_id)
+        return RateLimitView(requests_per_s=per_s, burst=burst, default=not self.rate_limiter.has_own(merchant_id))

@@ -1,5 +1,6 @@
 """The per-key rate limit: a token bucket per merchant, `api.requests_per_s_max` sustained and
-`api.burst_max` at once (0 disables it); and the admin token's guard against guessing: the 6th
+`api.burst_max` at once (0 disables it), unless the admin gave the merchant its own (PATCH
+/v1/merchants/{id} `rate_limit`, e.g. for a flash sale through one game-server key); and the admin token's guard against guessing: the 6th
 failed admin authentication from one address within 60 s locks that address out for 60 s."""
 
 from __future__ import annotations
@@ -24,21 +25,40 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per API key hash: `rate_per_s` sustained, `burst` at once; 0 disables."""
+    """A token bucket per merchant: `rate_per_s` sustained, `burst` at once, or the merchant's own
+    pair set with `set_limit`; a rate of 0 disables it."""
 
     def __init__(self, *, rate_per_s: int, burst: int) -> None:
-        self._rate = rate_per_s
-        self._burst = burst
+        assert rate_per_s >= 0 and burst >= 1
+        self.default = (rate_per_s, burst)
+        self._own: dict[str, tuple[int, int]] = {}
         self._buckets: dict[str, _Bucket] = {}
 
+    def limit_of(self, who: str) -> tuple[int, int]:
+        """(requests per second, burst) that apply to `who`."""
+        return self._own.get(who, self.default)
+
+    def has_own(self, who: str) -> bool:
+        return who in self._own
+
+    def set_limit(self, who: str, limit: tuple[int, int] | None) -> None:
+        """Give `who` its own limit, or None: back to the default. Takes effect on the next request."""
+        if limit is None:
+            self._own.pop(who, None)
+        else:
+            assert limit[0] >= 0 and limit[1] >= 1, limit
+            self._own[who] = limit
+        self._buckets.pop(who, None)  # a fresh bucket, full at the new burst
+
     def take(self, who: str) -> None:
-        if self._rate == 0:
+        rate, burst = self._own.get(who, self.default)
+        if rate == 0:
             return
         bucket = self._buckets.get(who)
         if bucket is None:
-            bucket = self._buckets[who] = _Bucket(self._burst)
+            bucket = self._buckets[who] = _Bucket(burst)
         now_s = time.monotonic()
-        bucket.tokens = min(self._burst, bucket.tokens + (now_s - bucket.updated_s) * self._rate)
+        bucket.tokens = min(burst, bucket.tokens + (now_s - bucket.updated_s) * rate)
         bucket.updated_s = now_s
         if bucket.tokens < 1:
             raise RateLimited("Too many requests; slow down and retry.")
