@@ -263,6 +263,15 @@ class CreatesPayments(Channel, Protocol):
 
 
 @runtime_checkable
+class CreatesPaymentsLocally(Channel, Protocol):
+    def create_payment_locally(self, request: PaymentRequest, credentials: Credentials) -> PaymentCreated:
+        """Create the payment without any I/O (a provider living in this process: the sandbox),
+        so checkout can do it inside the order's own write transaction. Same answers and errors
+        as `create_payment`."""
+        ...
+
+
+@runtime_checkable
 class VerifiesCallbacks(Channel, Protocol):
     async def verify_callback(self, request: CallbackRequest, credentials: Credentials) -> list[CallbackEvent]:
         """Check signature and timestamp before anything else; raises CallbackRejected."""
@@ -340,6 +349,7 @@ class SubmitsDisputeEvidence(Channel, Protocol):
 
 class Capability(enum.StrEnum):
     CREATE_PAYMENT = "create_payment"
+    CREATE_PAYMENT_LOCALLY = "create_payment_locally"
     VERIFY_CALLBACK = "verify_callback"
     REFUND = "refund"
     CAPTURE = "capture"
@@ -353,6 +363,7 @@ class Capability(enum.StrEnum):
 
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.CREATE_PAYMENT: CreatesPayments,
+    Capability.CREATE_PAYMENT_LOCALLY: CreatesPaymentsLocally,
     Capability.VERIFY_CALLBACK: VerifiesCallbacks,
     Capability.REFUND: Refunds,
     Capability.CAPTURE: Captures,

@@ -21,7 +21,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import Channel, PaymentCreated, PaymentRequest
+from apss.channels.base import Capability, Channel, PaymentCreated, PaymentRequest
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
@@ -145,6 +145,8 @@ class Checkout:
         reserved = await self._db.write(lambda tx: self._begin_order(tx, merchant=merchant, command=command, idem=idem,
                                                                      channel=candidates[0].name, facts=facts,
                                                                      on_reserved=on_reserved))
+        # A channel that creates payments in this process (the sandbox) did it in that same
+        # transaction; a provider is called between two (services/payments/gateway.py).
         if isinstance(reserved, Outcome):
             return reserved
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
@@ -171,14 +173,33 @@ class Checkout:
             tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
             fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=channel,
                                           on_reserved=on_reserved, facts=facts, minor_check=True))
-        if isinstance(made, Outcome) or not made.blocked:
+        if isinstance(made, Outcome):
             return made
+        if not made.blocked:  # (a subscription's first order keeps the two steps: its hook wrote more than `made` holds)
+            local = on_reserved is None and self._pay_locally(tx, merchant=merchant, reserved=made, channel=channel, idem=idem)
+            return local or made
         # Blocked by a risk rule: the order is already failed; the request ends in this transaction.
         outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=made.order["id"]),
                                                              public_url=self.public_url)))
         if idem is not None:
             self._idempotency.finish(tx, merchant_id=merchant.id, key=idem.key, outcome=outcome)
         return outcome
+
+    def _pay_locally(self, tx: Tx, *, merchant: Merchant, reserved: _Reserved, channel: str,
+                     idem: IdempotencyRequest | None) -> Outcome | None:
+        """Create the payment inside the reserve transaction when the channel can do it without
+        I/O, and end the request there: one write instead of two. None (the two-step path, with
+        its fallback to other channels) when it cannot or its attempt did not succeed."""
+        if not self._gateway.supports(channel, Capability.CREATE_PAYMENT_LOCALLY):
+            return None
+        request = self._payment_request(reserved.order, reserved.lines, channel, reserved.three_ds)
+        attempt = self._gateway.create_payment_locally(merchant, channel, request, on_commit=tx.after_commit)
+        if not attempt.succeeded:
+            return None
+        payment = {"id": reserved.order["payment_id"], "merchant_id": merchant.id, "provider_ref": None}
+        return self._record_payment(tx, merchant=merchant, order_id=reserved.order["id"], attempts=[attempt],
+                                    lines=reserved.lines, idem_key=idem.key if idem else None,
+                                    current=reserved.order, payment=payment)
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
@@ -374,10 +395,12 @@ class Checkout:
                                                                     attempts=attempts, lines=lines, idem_key=idem_key))
 
     def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, attempts: list[Attempt],
-                        lines: list[Mapping], idem_key: str | None) -> Outcome:
+                        lines: list[Mapping], idem_key: str | None, current: Mapping | None = None,
+                        payment: Mapping | None = None) -> Outcome:
+        """`current` and `payment` are read here unless the caller wrote them in this transaction."""
         now_ms = self._clock.now_ms()
-        current = orders.get_order_tx(tx, order_id=order_id)
-        payment = orders.get_payment_tx(tx, payment_id=current["payment_id"])
+        current = current if current is not None else orders.get_order_tx(tx, order_id=order_id)
+        payment = payment if payment is not None else orders.get_payment_tx(tx, payment_id=current["payment_id"])
         last = self._usable_attempt(tx, payment, attempts[-1])
         for attempt in [*attempts[:-1], last]:
             self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant.id)

@@ -38,8 +38,6 @@ from apss.channels.base import (
 from apss.clock import Clock
 from apss.errors import (
     ApssError,
-    ChannelTimeout,
-    ChannelUnavailable,
     ChannelUnreachable,
     InvalidRequest,
     ProviderDeclined,
@@ -101,6 +99,22 @@ class PaymentGateway:
         return await self._call(merchant, channel, Capability.CREATE_PAYMENT.value,
                                 lambda credentials: adapter.create_payment(request, credentials))
 
+    def create_payment_locally(self, merchant: Merchant, channel: str, request: PaymentRequest,
+                               on_commit: Callable[[Callable[[], None]], None]) -> Attempt:
+        """`create_payment` for a channel that creates payments in this process, called inside a
+        write transaction (no I/O, no await); `on_commit` is the transaction's `after_commit`: the
+        breaker, which lives on the event loop, hears of the attempt once it is durable."""
+        adapter = self._channels.registry.capable(channel, Capability.CREATE_PAYMENT_LOCALLY)
+        operation = Capability.CREATE_PAYMENT.value
+        try:
+            value = adapter.create_payment_locally(request, self._channels.credentials(merchant, self._channels.registry.get(channel)))
+        except Exception as error:
+            attempt = self._failed(channel, operation, error)
+        else:
+            attempt = Attempt(channel=channel, operation=operation, outcome="succeeded", value=value)
+        on_commit(lambda: self._feed_breaker(merchant, attempt))
+        return attempt
+
     async def refund(self, merchant: Merchant, channel: str, request: RefundRequest) -> Attempt:
         return await self._optional(merchant, channel, Capability.REFUND, "refund",
                                     lambda adapter, credentials: adapter.refund(request, credentials))
@@ -147,20 +161,8 @@ class PaymentGateway:
         try:
             credentials = self._channels.credentials(merchant, self._channels.registry.get(channel))
             value = await call(credentials)
-        except ProviderDeclined as error:
-            attempt = Attempt(channel=channel, operation=operation, outcome="failed", error_code=error.code,
-                              provider_code=error.provider_code)
-        except (InvalidRequest, ProviderFlowNotSupported) as error:  # e.g. a currency it does not take
-            attempt = Attempt(channel=channel, operation=operation, outcome="failed", error_code=error.code)
-        except ChannelUnreachable as error:  # never sent: nothing was done, but the provider is unhealthy
-            attempt = Attempt(channel=channel, operation=operation, outcome="failed", error_code=error.code)
-        except (ChannelTimeout, ChannelUnavailable) as error:
-            attempt = Attempt(channel=channel, operation=operation, outcome="unknown", error_code=error.code)
-        except ApssError as error:  # any other typed error of an adapter: it may have done the work
-            attempt = Attempt(channel=channel, operation=operation, outcome="unknown", error_code=error.code)
-        except Exception as error:  # a bug or an odd answer in an adapter: never a 500, never a guess
-            log.exception("%s %s raised %s", channel, operation, type(error).__name__)
-            attempt = Attempt(channel=channel, operation=operation, outcome="unknown", error_code="provider_error")
+        except Exception as error:
+            attempt = self._failed(channel, operation, error)
         else:
             attempt = Attempt(channel=channel, operation=operation, outcome="succeeded", value=value)
         self._feed_breaker(merchant, attempt)
@@ -169,6 +171,23 @@ class PaymentGateway:
             log.warning("%s %s for %s: %s (%s, %d ms)", channel, operation, merchant.id, attempt.outcome,
                         attempt.error_code, elapsed_ms)
         return attempt
+
+    @staticmethod
+    def _failed(channel: str, operation: str, error: Exception) -> Attempt:
+        """What an adapter's exception says about the provider: `failed` when nothing was done,
+        `unknown` when it may have done the work."""
+        if isinstance(error, ProviderDeclined):
+            return Attempt(channel=channel, operation=operation, outcome="failed", error_code=error.code,
+                           provider_code=error.provider_code)
+        # InvalidRequest (e.g. a currency it does not take), ProviderFlowNotSupported, and
+        # ChannelUnreachable (never sent: nothing was done, but the provider is unhealthy)
+        if isinstance(error, InvalidRequest | ProviderFlowNotSupported | ChannelUnreachable):
+            return Attempt(channel=channel, operation=operation, outcome="failed", error_code=error.code)
+        if isinstance(error, ApssError):  # a timeout, a 5xx, any other typed error: it may have done the work
+            return Attempt(channel=channel, operation=operation, outcome="unknown", error_code=error.code)
+        # a bug or an odd answer in an adapter: never a 500, never a guess
+        log.error("%s %s raised %s", channel, operation, type(error).__name__, exc_info=error)
+        return Attempt(channel=channel, operation=operation, outcome="unknown", error_code="provider_error")
 
     def _feed_breaker(self, merchant: Merchant, attempt: Attempt) -> None:
         if attempt.succeeded:
