@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import datetime, timezone
@@ -49,7 +50,14 @@ class TestClock:
 def format_rfc3339(ms: int) -> str:
     """`2026-11-25T15:04:05Z` (seconds precision, as API.md shows)."""
     assert ms >= 0
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_second(ms // 1000)
+
+
+@functools.lru_cache(maxsize=8192)
+def _format_second(second: int) -> str:
+    # Cached: a request renders the same few seconds (created_at, expires_at...) again and again,
+    # and formatting one costs about 50 times the cache lookup.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def parse_rfc3339(text: str) -> int:

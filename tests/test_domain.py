@@ -304,3 +304,17 @@ def test_keyring_repr_shows_no_key_material():
     for material in (key, KEY_2):
         for encoded in (material.hex(), base64.b64encode(material).decode(), repr(material)):
             assert encoded not in text
+
+
+def test_rfc3339_formatting_matches_datetime_on_seeded_times():
+    """format_rfc3339 caches per second: its text must be datetime's for any millisecond."""
+    import random
+    from datetime import datetime, timezone
+
+    from apss.clock import format_rfc3339, parse_rfc3339
+
+    rng = random.Random(3339)
+    for ms in [0, 999, 1000, 951_782_400_000, *(rng.randrange(0, 4_102_444_800_000) for _ in range(5000))]:
+        text = format_rfc3339(ms)
+        assert text == datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), ms
+        assert parse_rfc3339(text) == ms // 1000 * 1000
