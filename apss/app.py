@@ -25,10 +25,8 @@ from apss.api.browser import CheckoutSessionController
 from apss.api.channels import ChannelController
 from apss.api.clock import ClockController
 from apss.api.common import (
-    authenticate_first,
     current_merchant,
-    refuse_publishable_key,
-    strict_json_body,
+    request_guard,
 )
 from apss.api.disputes import (
     DisputeController,
@@ -407,7 +405,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         exception_handlers=exception_handlers,
         # Guards run before anything of the request is read: a publishable key is refused off the
         # browser endpoints, then the key is checked, then a JSON body is decoded strictly.
-        guards=[refuse_publishable_key, authenticate_first, strict_json_body],
+        guards=[request_guard],
         middleware=[AuditMiddleware],
         on_startup=[start],
         on_shutdown=[stop],

@@ -114,7 +114,7 @@ class CheckoutSessionController(Controller):
     path = BROWSER_PATH
     tags = ["checkout (browser)"]
     middleware = [browser_cors]
-    opt = {PUBLISHABLE_KEY_OPT: True}  # the only routes app.py's refuse_publishable_key lets a pk_ key reach
+    opt = {PUBLISHABLE_KEY_OPT: True}  # the only routes api/common.py's refuse_publishable_key lets a pk_ key reach
     dependencies = {"browser": Provide(browser_merchant)}
     security = [{"bearer": []}]
 

@@ -33,6 +33,7 @@ __all__ = [
     "list_response",
     "outcome_response",
     "refuse_publishable_key",
+    "request_guard",
 ]
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]
@@ -179,3 +180,12 @@ async def strict_json_body(connection: ASGIConnection, route_handler: BaseRouteH
         raise InvalidRequest(message, code=code, param=path or None) from None
     except msgspec.DecodeError:
         return  # not JSON: Litestar's parser answers body_malformed
+
+
+async def request_guard(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
+    """The app's one guard, the three checks above in their order. One async guard, not three:
+    Litestar copies the handler for each guard it calls, and runs a plain (sync) guard in a
+    worker thread, a thread hop per guard per request."""
+    refuse_publishable_key(connection, route_handler)
+    authenticate_first(connection, route_handler)
+    await strict_json_body(connection, route_handler)

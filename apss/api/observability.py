@@ -8,6 +8,7 @@ only)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -44,7 +45,12 @@ def _request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
             if _SAFE_ID_RE.match(value):
                 return value.decode("ascii")
             break
-    return f"req_{secrets.token_hex(12)}"
+    # Unique, not secret: a random prefix per process and a counter (no system call per request).
+    return f"req_{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+_ID_PREFIX = secrets.token_hex(6)
+_id_counter = itertools.count(1)
 
 
 class RequestContext:
