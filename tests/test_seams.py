@@ -458,3 +458,28 @@ def test_no_assert_runs_a_write():
                     if name.startswith(writes) or (in_tx and not reads):
                         offenders.append(f"{path.name}:{node.lineno} {name}")
     assert offenders == []
+
+
+def test_a_provider_id_another_payment_holds_is_reported_not_reassigned(tmp_path):
+    """store.orders.acquire_refs: a new id is the payment's; one another payment holds is returned
+    as a clash (the gateway raises a provider_ref_conflict alert) and stays with its first owner."""
+    import sqlite3
+
+    from apss.store.db import Tx
+    from apss.store.migrate import apply_migrations
+    from apss.store.orders import acquire_refs
+
+    path = str(tmp_path / "refs.sqlite")
+    apply_migrations(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("BEGIN")
+    tx = Tx(conn)
+    assert acquire_refs(tx, channel="stripe", payment_id="pay_a", refs=["pi_1", "pi_1", ""], now_ms=1) == []
+    assert acquire_refs(tx, channel="stripe", payment_id="pay_a", refs=["pi_1", "ch_1"], now_ms=2) == []
+    assert acquire_refs(tx, channel="stripe", payment_id="pay_b", refs=["pi_2", "ch_1"], now_ms=3) == ["ch_1"]
+    assert acquire_refs(tx, channel="paypal", payment_id="pay_b", refs=["ch_1"], now_ms=4) == []  # per channel
+    conn.execute("COMMIT")
+    owners = conn.execute("SELECT channel, provider_ref, payment_id FROM payment_refs ORDER BY channel, provider_ref").fetchall()
+    assert [tuple(r) for r in owners] == [("paypal", "ch_1", "pay_b"), ("stripe", "ch_1", "pay_a"),
+                                          ("stripe", "pi_1", "pay_a"), ("stripe", "pi_2", "pay_b")]

@@ -10,12 +10,13 @@ Players appear only by pseudonym; requests that fail authentication are not reco
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from apss.api.common import authenticated_merchant
 from apss.errors import ApssError
 from apss.services.players.privacy import key_ref
 
@@ -165,7 +166,10 @@ class AuditMiddleware:
                 await self._write(svc, scope, actor="admin", merchant_id=None, ref="adm_session", action=action,
                                   object_id=_object_id(scope, held, svc, None), status=status)
             return
-        if svc.merchants.is_admin_token(token):
+        known = authenticated_merchant(scope)  # the guard's: no second lookup of the key
+        if known is not None:
+            actor, merchant_id = "merchant", known.id
+        elif svc.merchants.is_admin_token(token):
             actor, merchant_id = "admin", scope.get("path_params", {}).get("merchant_id")
         else:
             try:
@@ -197,10 +201,17 @@ def _object_id(scope: Scope, held: list[Message], svc: Any, merchant_id: str | N
         if name.endswith("_id") and name != "merchant_id":
             return str(params[name])
     body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
-    try:
-        decoded = json.loads(body) if body else None
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict) and isinstance(decoded.get("id"), str):
-        return decoded["id"]
+    try:  # only the top-level "id": the rest of the answer is skipped, not built
+        made = _made_decoder.decode(body) if body else None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        made = None
+    if made is not None and made.id is not None:
+        return made.id
     return params.get("merchant_id") or params.get("channel")
+
+
+class _Made(msgspec.Struct):
+    id: str | None = None
+
+
+_made_decoder = msgspec.json.Decoder(_Made)

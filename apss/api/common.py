@@ -26,6 +26,7 @@ __all__ = [
     "Services",
     "admin_guard",
     "authenticate_first",
+    "authenticated_merchant",
     "bearer_token",
     "current_merchant",
     "strict_json_body",
@@ -84,6 +85,11 @@ def _authenticate_admin(connection: ASGIConnection, svc: Services) -> None:
     if not connection.scope["state"].get(_ADMIN_STATE):
         svc.merchants.check_admin(bearer_token(connection), address=_client_address(connection))
         connection.scope["state"][_ADMIN_STATE] = True
+
+
+def authenticated_merchant(scope: Any) -> Merchant | None:
+    """The merchant this request's guard authenticated, if it did (the audit hook reuses it)."""
+    return (scope.get("state") or {}).get(_MERCHANT_STATE)
 
 
 async def current_merchant(request: Request, svc: Services) -> Merchant:

@@ -199,7 +199,7 @@ class Checkout:
         payment = {"id": reserved.order["payment_id"], "merchant_id": merchant.id, "provider_ref": None}
         return self._record_payment(tx, merchant=merchant, order_id=reserved.order["id"], attempts=[attempt],
                                     lines=reserved.lines, idem_key=idem.key if idem else None,
-                                    current=reserved.order, payment=payment)
+                                    current=reserved.order, payment=payment, key_held_here=True)
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
@@ -396,15 +396,16 @@ class Checkout:
 
     def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, attempts: list[Attempt],
                         lines: list[Mapping], idem_key: str | None, current: Mapping | None = None,
-                        payment: Mapping | None = None) -> Outcome:
-        """`current` and `payment` are read here unless the caller wrote them in this transaction."""
+                        payment: Mapping | None = None, key_held_here: bool = False) -> Outcome:
+        """`current` and `payment` are read here unless the caller wrote them in this transaction;
+        `key_held_here`: so was the idempotency key (nobody else can have finished it)."""
         now_ms = self._clock.now_ms()
         current = current if current is not None else orders.get_order_tx(tx, order_id=order_id)
         payment = payment if payment is not None else orders.get_payment_tx(tx, payment_id=current["payment_id"])
         last = self._usable_attempt(tx, payment, attempts[-1])
         for attempt in [*attempts[:-1], last]:
             self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant.id)
-        stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key) if idem_key else None
+        stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key) if idem_key and not key_held_here else None
         if stored is not None:  # the completer gave up on this request meanwhile: its answer stands
             if last.succeeded:
                 orders.set_payment_details(tx, payment_id=payment["id"], now_ms=now_ms,
