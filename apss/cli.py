@@ -158,14 +158,13 @@ def _backup(config: Config, target: str, key_target: str | None) -> None:
 
     try:  # SQLite's online backup API: safe while a server writes to the file (WAL)
         checked = asyncio.run(take_backup(source=config.database.path, target=target, config=config))
-        if key_target is not None:
-            copy_key(config, backup=target, key_target=key_target)
+        written = copy_key(config, backup=target, key_target=key_target) if key_target is not None else []
     except BackupRefused as exc:
         _fail(str(exc))
     print(f"backup {target}: integrity ok, ledger balances ({checked.ledger_transactions} transactions); {_counts(checked)}")
     keys = key_file(config)
-    if key_target is not None:
-        print(f"data key written to {key_target} (mode 0600): keep it apart from the backup")
+    if written:
+        print(f"keys written to {', '.join(written)} (mode 0600): keep them apart from the backup")
     elif keys is not None:
         print(f"the data key ({keys}) is not in the backup: back it up separately (--with-key PATH), "
               "without it the backup's sealed secrets and personal data cannot be opened")

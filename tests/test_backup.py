@@ -88,6 +88,8 @@ async def test_a_backup_under_load_restores_consistent(tmp_path):
         assert before > 0 and after > before, (before, after)
         assert not list(backup.parent.glob("*.keys")), "the data key is never beside the copy"
         assert key.read_bytes() == Path(f"{live}.keys").read_bytes() and oct(key.stat().st_mode & 0o777) == "0o600"
+        personal = Path(f"{key}.privacy")  # the personal-data keys travel with --with-key too
+        assert personal.read_bytes() == Path(f"{live}.privacy").read_bytes() and oct(personal.stat().st_mode & 0o777) == "0o600"
 
         in_copy = _consistent(backup, product["id"])
         assert set(created[:before]) <= in_copy <= set(created), "the copy is one moment: everything answered before it"
@@ -121,6 +123,13 @@ async def test_a_backup_under_load_restores_consistent(tmp_path):
             account = client.get("/v1/account")
             assert account.status_code == 200 and account.json()["sandbox_webhook_secret"].startswith("whsec_")
             assert client.get(f"/v1/products/{product['id']}").json()["stock"] == STOCK - len(in_copy)
+        # and its sealed personal data opens with the restored personal-data keys: the audit rows'
+        # client addresses, sealed before the copy, read back in clear
+        assert Path(f"{fresh}.privacy").read_bytes() == Path(f"{key}.privacy").read_bytes()
+        with again.admin() as admin:
+            audit = admin.get("/v1/admin/audit", params={"merchant_id": merchant.id, "action": "order.create"})
+            assert audit.status_code == 200, audit.text
+            assert audit.json()["data"] and {e["ip"] for e in audit.json()["data"]} == {"127.0.0.1"}
     finally:
         again.stop()
 

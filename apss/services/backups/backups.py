@@ -4,10 +4,12 @@
 A copy counts only once it is checked: the integrity check, the foreign keys, and the ledger
 check (every transaction balances, every balance equals its entries) on the copy itself.
 
-The data key (`<database>.keys`, or `security.data_key` in config) seals secrets and personal data
-inside the database. A copy beside its key is a copy anyone who finds it can open, so the key is
-never written next to a copy: `--with-key PATH` writes it where the operator says (refused in the
-copy's own folder), and scheduled backups copy only the database.
+The data key (`<database>.keys`, or `security.data_key` in config) seals secrets inside the
+database, the personal-data keys (`<database>.privacy`, or `privacy.keys` in config) its players'
+personal data. A copy beside its keys is a copy anyone who finds it can open, so the keys are
+never written next to a copy: `--with-key PATH` writes the data key to PATH and the personal-data
+keys to `PATH.privacy` where the operator says (refused in the copy's own folder), and scheduled
+backups copy only the database.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from apss.store import backup as store
 from apss.store.db import Database
 from apss.store.migrate import schema_versions
 
-__all__ = ["BackupCheck", "BackupRefused", "Backups", "check_copy", "copy_key", "key_file", "restore", "take_backup"]
+__all__ = ["BackupCheck", "BackupRefused", "Backups", "check_copy", "copy_key", "key_file", "personal_key_file", "restore",
+           "take_backup"]
 
 _NAME_RE = re.compile(r"^apss-(\d{8}T\d{6}\d{3}Z)\.sqlite$")
 
@@ -93,19 +96,32 @@ def key_file(config: Config) -> Path | None:
     return None if config.security.data_key else Path(f"{config.database.path}.keys")
 
 
-def copy_key(config: Config, *, backup: str, key_target: str) -> None:
-    """Write the data key to `key_target`, never in the backup's own folder."""
+def personal_key_file(config: Config) -> Path | None:
+    """The personal-data keys' file, or None when the keys are in config (privacy.keys)."""
+    return None if config.privacy.keys else Path(f"{config.database.path}.privacy")
+
+
+def copy_key(config: Config, *, backup: str, key_target: str) -> list[str]:
+    """Write the data key to `key_target` and the personal-data keys (when kept in their file) to
+    `key_target.privacy`, never in the backup's own folder; returns the files written."""
     source = key_file(config)
     if source is None:
         raise BackupRefused("the data key is in config (security.data_key): back up the config instead")
     if Path(key_target).resolve().parent == Path(backup).resolve().parent:
         raise BackupRefused("the data key must not be written beside the copy it opens: choose another folder")
-    if Path(key_target).exists():
-        raise BackupRefused(f"{key_target} exists")
+    personal = personal_key_file(config)
+    pairs = [(source, Path(key_target))]
+    if personal is not None and personal.exists():
+        pairs.append((personal, Path(f"{key_target}.privacy")))
+    for _, target in pairs:
+        if target.exists():
+            raise BackupRefused(f"{target} exists")
     Path(key_target).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(source.read_bytes())
+    for origin, target in pairs:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(origin.read_bytes())
+    return [str(target) for _, target in pairs]
 
 
 def configured_keyring(config: Config) -> Keyring:
@@ -152,6 +168,7 @@ async def restore(*, backup: str, config: Config, key_source: str | None = None)
                 staged.unlink()
                 raise BackupRefused(f"the key in {key_source} does not open the backup's sealed data")
             os.replace(staged, keys)
+            _restore_personal_keys(config, Path(f"{key_source}.privacy"))
         elif key_file(config) is None or key_file(config).exists():
             if not key_opens(configured_keyring(config), backup):
                 raise BackupRefused("this server's data key does not open the backup's sealed data: "
@@ -163,6 +180,19 @@ async def restore(*, backup: str, config: Config, key_source: str | None = None)
         return checked
     finally:
         lock.release()
+
+
+def _restore_personal_keys(config: Config, source: Path) -> None:
+    """Put the personal-data keys written beside the data key (`--with-key PATH` wrote
+    `PATH.privacy`) in place, when this config keeps them in their file."""
+    target = personal_key_file(config)
+    if target is None or not source.is_file():
+        return
+    staged = Path(f"{target}.restoring")
+    staged.unlink(missing_ok=True)
+    shutil.copyfile(source, staged)
+    os.chmod(staged, 0o600)
+    os.replace(staged, target)
 
 
 class Backups:
