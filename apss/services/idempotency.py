@@ -97,7 +97,8 @@ class Idempotency:
               resume: Callable[[T], str]) -> Outcome | T:
         """The first transaction of a two-step request (an order, a refund): a replay, or `fn(tx)`
         with the key held `running` (finished by `finish`, or at restart by its `resume` step),
-        or `fn`'s business refusal stored as the key's answer."""
+        or `fn`'s business refusal stored as the key's answer. An Outcome from `fn` means the
+        request ended in this transaction: it is stored as the key's answer at once."""
         if request is not None:
             replay = self.lookup(tx, merchant_id=merchant_id, request=request)
             if replay is not None:
@@ -111,7 +112,9 @@ class Idempotency:
             outcome = self.render_error(error)
             self.store(tx, merchant_id=merchant_id, request=request, outcome=outcome)
             return outcome
-        if request is not None:
+        if request is not None and isinstance(made, Outcome):
+            self.store(tx, merchant_id=merchant_id, request=request, outcome=made)
+        elif request is not None:
             self.hold(tx, merchant_id=merchant_id, request=request, resume=resume(made))
         return made
 

@@ -169,24 +169,25 @@ class Checkout:
 
     def _begin_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None,
                      channel: str, facts: RiskFacts | None, on_reserved: OnReserved | None) -> Outcome | _Reserved:
-        made = self._idempotency.begin(
+        return self._idempotency.begin(
             tx, merchant_id=merchant.id, request=idem, resume=lambda made: f"order:{made.order['id']}",
-            fn=lambda tx: self.reserve_in(tx, merchant=merchant, command=command, channel=channel,
-                                          on_reserved=on_reserved, facts=facts, minor_check=True))
-        if isinstance(made, Outcome):
-            return made
-        if not made.blocked:  # (a subscription's first order keeps the two steps: its hook wrote more than `made` holds)
-            local = on_reserved is None and self._pay_locally(tx, merchant=merchant, reserved=made, channel=channel, idem=idem)
-            return local or made
-        # Blocked by a risk rule: the order is already failed; the request ends in this transaction.
-        outcome = Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=made.order["id"]),
-                                                             public_url=self.public_url)))
-        if idem is not None:
-            self._idempotency.finish(tx, merchant_id=merchant.id, key=idem.key, outcome=outcome)
-        return outcome
+            fn=lambda tx: self._reserve_order(tx, merchant=merchant, command=command, channel=channel, facts=facts,
+                                              on_reserved=on_reserved))
 
-    def _pay_locally(self, tx: Tx, *, merchant: Merchant, reserved: _Reserved, channel: str,
-                     idem: IdempotencyRequest | None) -> Outcome | None:
+    def _reserve_order(self, tx: Tx, *, merchant: Merchant, command: OrderCreate, channel: str,
+                       facts: RiskFacts | None, on_reserved: OnReserved | None) -> Outcome | _Reserved:
+        """The reserve step of an order request; an Outcome when the request ends here (its key
+        stores it): a risk rule blocked the order, or the channel made the payment in process."""
+        made = self.reserve_in(tx, merchant=merchant, command=command, channel=channel, on_reserved=on_reserved,
+                               facts=facts, minor_check=True)
+        if made.blocked:  # the order is already failed
+            return Outcome(status=201, body=encode(order_view(orders.get_order_view_tx(tx, order_id=made.order["id"]),
+                                                              public_url=self.public_url)))
+        # (a subscription's first order keeps the two steps: its hook wrote more than `made` holds)
+        local = self._pay_locally(tx, merchant=merchant, reserved=made, channel=channel) if on_reserved is None else None
+        return local or made
+
+    def _pay_locally(self, tx: Tx, *, merchant: Merchant, reserved: _Reserved, channel: str) -> Outcome | None:
         """Create the payment inside the reserve transaction when the channel can do it without
         I/O, and end the request there: one write instead of two. None (the two-step path, with
         its fallback to other channels) when it cannot or its attempt did not succeed."""
@@ -198,8 +199,7 @@ class Checkout:
             return None
         payment = {"id": reserved.order["payment_id"], "merchant_id": merchant.id, "provider_ref": None}
         return self._record_payment(tx, merchant=merchant, order_id=reserved.order["id"], attempts=[attempt],
-                                    lines=reserved.lines, idem_key=idem.key if idem else None,
-                                    current=reserved.order, payment=payment, key_held_here=True)
+                                    lines=reserved.lines, idem_key=None, current=reserved.order, payment=payment)
 
     def _check_shape(self, command: OrderCreate) -> None:
         limits = self._config.orders
@@ -396,16 +396,16 @@ class Checkout:
 
     def _record_payment(self, tx: Tx, *, merchant: Merchant, order_id: str, attempts: list[Attempt],
                         lines: list[Mapping], idem_key: str | None, current: Mapping | None = None,
-                        payment: Mapping | None = None, key_held_here: bool = False) -> Outcome:
-        """`current` and `payment` are read here unless the caller wrote them in this transaction;
-        `key_held_here`: so was the idempotency key (nobody else can have finished it)."""
+                        payment: Mapping | None = None) -> Outcome:
+        """`current` and `payment` are read here unless the caller wrote them in this transaction.
+        Without `idem_key` the caller stores the answer (services/idempotency.py `begin`)."""
         now_ms = self._clock.now_ms()
         current = current if current is not None else orders.get_order_tx(tx, order_id=order_id)
         payment = payment if payment is not None else orders.get_payment_tx(tx, payment_id=current["payment_id"])
         last = self._usable_attempt(tx, payment, attempts[-1])
         for attempt in [*attempts[:-1], last]:
             self._gateway.record(tx, attempt, payment_id=payment["id"], merchant_id=merchant.id)
-        stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key) if idem_key and not key_held_here else None
+        stored = self._idempotency.finished(tx, merchant_id=merchant.id, key=idem_key) if idem_key else None
         if stored is not None:  # the completer gave up on this request meanwhile: its answer stands
             if last.succeeded:
                 orders.set_payment_details(tx, payment_id=payment["id"], now_ms=now_ms,
