@@ -397,3 +397,48 @@ def test_the_default_rules_score_with_the_shipped_model(server):
         attrs = risk["attributes"]
         assert risk["score"] == score({**attrs, "account_age_s": 0, "hour_of_day": int(risk["created_at"][11:13]),
                                        **{f"amount_usd_per_player_{w}": attrs[f"amount_per_player_{w}"] for w in ("1h", "1d", "7d")}})
+
+
+def test_window_counts_of_several_keys_in_one_statement_match_a_brute_force_sum(tmp_path):
+    """store.risk reads all of an order's counters in one statement: each (dimension, key) gets
+    exactly the sums (and distinct counts) a per-row scan in Python gives, absent keys zeros."""
+    import random
+
+    from apss.store import risk as risk_store
+    from apss.store.db import Tx
+    from apss.store.migrate import apply_migrations
+
+    path = str(tmp_path / "windows.sqlite")
+    apply_migrations(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    rng = random.Random(7)
+    now_s = 1_800_000_000
+    keys = [(d, k) for d in ("orders:ip", "amount:player") for k in ("a", "b", "c")]
+    conn.execute("BEGIN")
+    tx = Tx(conn)
+    for _ in range(400):
+        dimension, key = rng.choice(keys)
+        at_s = now_s - rng.randrange(0, 9 * 86_400)
+        merchant = rng.choice(("mch_1", "mch_2"))
+        risk_store.bump_counters(tx, merchant_id=merchant, increments=[(dimension, key, rng.randint(1, 50))], now_s=at_s)
+        risk_store.add_distinct(tx, merchant_id=merchant, members=[(dimension, key, rng.choice("uvwxyz"))], now_s=at_s)
+    asked = [*keys, ("orders:ip", "never-seen"), keys[0]]  # an absent key, and a repeated one
+    sums = risk_store.counter_sums_tx(tx, merchant_id="mch_1", keys=asked, now_s=now_s)
+    distinct = risk_store.distinct_counts_tx(tx, merchant_id="mch_1", keys=asked, now_s=now_s)
+    m1, d1, w1 = now_s // 60 - 59, now_s // 3600 - 23, now_s // 3600 - 167
+    for dimension, key in asked:
+        rows = conn.execute("SELECT grain_s, bucket, value FROM risk_counters WHERE merchant_id = 'mch_1' AND dimension = ?"
+                            " AND key = ?", (dimension, key)).fetchall()
+        expected = (sum(r["value"] for r in rows if r["grain_s"] == 60 and r["bucket"] >= m1),
+                    sum(r["value"] for r in rows if r["grain_s"] == 3600 and r["bucket"] >= d1),
+                    sum(r["value"] for r in rows if r["grain_s"] == 3600 and r["bucket"] >= w1))
+        assert sums[(dimension, key)] == expected, (dimension, key)
+        members = conn.execute("SELECT grain_s, bucket, member FROM risk_distinct WHERE merchant_id = 'mch_1' AND"
+                               " dimension = ? AND key = ?", (dimension, key)).fetchall()
+        expected_distinct = (len({r["member"] for r in members if r["grain_s"] == 60 and r["bucket"] >= m1}),
+                             len({r["member"] for r in members if r["grain_s"] == 3600 and r["bucket"] >= d1}),
+                             len({r["member"] for r in members if r["grain_s"] == 3600 and r["bucket"] >= w1}))
+        assert distinct[(dimension, key)] == expected_distinct, (dimension, key)
+    assert sums[("orders:ip", "never-seen")] == (0, 0, 0) and any(v != (0, 0, 0) for v in sums.values())
+    conn.execute("ROLLBACK")

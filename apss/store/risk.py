@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable
 
@@ -132,43 +133,54 @@ def add_distinct(tx: Tx, *, merchant_id: str, members: list[tuple[str, str, str]
                    " VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
-def _window_sql(table: str, value: str) -> str:
-    # Minute buckets give the last hour; hour buckets the last day and week (to the hour).
-    return (f"SELECT dimension, key, "
-            f"{value.format(cond='grain_s = 60 AND bucket >= :m1')} AS h1, "
-            f"{value.format(cond='grain_s = 3600 AND bucket >= :d1')} AS d1, "
-            f"{value.format(cond='grain_s = 3600 AND bucket >= :w1')} AS w1 "
-            f"FROM {table} WHERE merchant_id = :merchant AND dimension = :dimension AND key = :key"
-            f" AND ((grain_s = 60 AND bucket >= :m1) OR (grain_s = 3600 AND bucket >= :w1))")
+def _window_sql(table: str, value: str, keys: int) -> str:
+    # Minute buckets give the last hour; hour buckets the last day and week (to the hour). All the
+    # (dimension, key) pairs of one order in one statement, each an index range on the primary key.
+    # The pairs are a VALUES table joined on the primary key's prefix: one index seek per pair.
+    pairs = ", ".join(f"(?{5 + 2 * i}, ?{6 + 2 * i})" for i in range(keys))
+    return (f"SELECT c.dimension, c.key, "
+            f"{value.format(cond='c.grain_s = 60 AND c.bucket >= ?1')} AS h1, "
+            f"{value.format(cond='c.grain_s = 3600 AND c.bucket >= ?2')} AS d1, "
+            f"{value.format(cond='c.grain_s = 3600 AND c.bucket >= ?3')} AS w1 "
+            f"FROM (VALUES {pairs}) AS k CROSS JOIN {table} AS c ON c.merchant_id = ?4 AND c.dimension = k.column1"
+            f" AND c.key = k.column2 AND ((c.grain_s = 60 AND c.bucket >= ?1) OR (c.grain_s = 3600 AND c.bucket >= ?3))"
+            f" GROUP BY c.dimension, c.key")
 
 
-_COUNTER_SQL = _window_sql("risk_counters", "coalesce(sum(CASE WHEN {cond} THEN value END), 0)")
-_DISTINCT_SQL = _window_sql("risk_distinct", "count(DISTINCT CASE WHEN {cond} THEN member END)")
+_SUM = "coalesce(sum(CASE WHEN {cond} THEN c.value END), 0)"
+_DISTINCT = "count(DISTINCT CASE WHEN {cond} THEN c.member END)"
 
 
-def _windows(now_s: int) -> dict[str, int]:
+@functools.lru_cache(maxsize=64)
+def _window_statement(table: str, keys: int) -> str:
+    return _window_sql(table, _SUM if table == "risk_counters" else _DISTINCT, keys)
+
+
+def _windows(now_s: int) -> tuple[int, int, int]:
     # The current bucket counts whole: the hour window is 60 minute buckets, the day 24 hour buckets.
-    return {"m1": now_s // 60 - 59, "d1": now_s // 3600 - 23, "w1": now_s // 3600 - 167}
+    return now_s // 60 - 59, now_s // 3600 - 23, now_s // 3600 - 167
 
 
-def _window_counts_tx(tx: Tx, sql: str, *, merchant_id: str, keys: list[tuple[str, str]],
+def _window_counts_tx(tx: Tx, table: str, *, merchant_id: str, keys: list[tuple[str, str]],
                       now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
-    windows = _windows(now_s)
-    out = {}
-    for dimension, key in keys:
-        row = tx.one(sql, {**windows, "merchant": merchant_id, "dimension": dimension, "key": key})
-        out[(dimension, key)] = (row["h1"], row["d1"], row["w1"]) if row and row["dimension"] else (0, 0, 0)
+    out = dict.fromkeys(keys, (0, 0, 0))
+    if not keys:
+        return out
+    unique = list(dict.fromkeys(keys))
+    params = (*_windows(now_s), merchant_id, *(part for pair in unique for part in pair))
+    for row in tx.all(_window_statement(table, len(unique)), params):
+        out[(row["dimension"], row["key"])] = (row["h1"], row["d1"], row["w1"])
     return out
 
 
 def counter_sums_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
     """(dimension, key) -> (last hour, last day, last week)."""
-    return _window_counts_tx(tx, _COUNTER_SQL, merchant_id=merchant_id, keys=keys, now_s=now_s)
+    return _window_counts_tx(tx, "risk_counters", merchant_id=merchant_id, keys=keys, now_s=now_s)
 
 
 def distinct_counts_tx(tx: Tx, *, merchant_id: str, keys: list[tuple[str, str]], now_s: int) -> dict[tuple[str, str], tuple[int, int, int]]:
     """(dimension, key) -> distinct members in (last hour, last day, last week)."""
-    return _window_counts_tx(tx, _DISTINCT_SQL, merchant_id=merchant_id, keys=keys, now_s=now_s)
+    return _window_counts_tx(tx, "risk_distinct", merchant_id=merchant_id, keys=keys, now_s=now_s)
 
 
 def window_sum_tx(tx: Tx, *, merchant_id: str, dimension: str, key: str, grain_s: int, buckets: int,
