@@ -9,7 +9,6 @@ random UUIDs (DESIGN.md), and ids double as pagination cursors.
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import threading
@@ -18,8 +17,10 @@ import time
 __all__ = ["PREFIXES", "new_id", "new_token"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-# RFC 4648 base32 (A-Z2-7, in value order) -> Crockford's alphabet, lower case: sorts by value.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# Two Crockford characters for each 10-bit value: an id is 13 table lookups (base64.b32encode is
+# pure Python on 3.11, and about three times slower).
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_SHIFTS = tuple(range(120, -1, -10))
 PREFIXES = frozenset({"mch", "prd", "ord", "pay", "rfd", "evt", "stl", "dlv", "wtx", "alr", "ltx", "we", "wd", "rcn", "rpt", "prm", "sub", "rli",
                       "dsp", "amc", "aud"})
 
@@ -39,9 +40,9 @@ def new_id(prefix: str) -> str:
             now_ms = max(now_ms, _last[0] + 1) if now_ms <= _last[0] else now_ms
             random_part = int.from_bytes(os.urandom(10), "big")
         _last[0], _last[1] = now_ms, random_part
-    # 128 bits, left-aligned in 26 base32 characters (the last 2 bits are zero): encoded in C.
-    text = base64.b32encode((now_ms << 80 | random_part).to_bytes(16, "big")).translate(_TO_CROCKFORD)
-    return f"{prefix}_{text[:26].decode()}"
+    # 128 bits, left-aligned in 26 base32 characters (the last 2 bits are zero).
+    value = (now_ms << 80 | random_part) << 2
+    return prefix + "_" + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_token() -> str:
