@@ -85,8 +85,8 @@ async def test_create_payment_and_verify_callbacks(harness):
 # -- capabilities: what each adapter says it can do is what it does ----------------------------
 
 EXPECTED_CAPABILITIES = {
-    "sandbox": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
-                "cancel_payment", "charge_saved_method", "submit_dispute_evidence"},
+    "sandbox": {"create_payment", "create_payment_locally", "verify_callback", "refund", "query_status", "query_refund",
+                "parse_statement", "cancel_payment", "charge_saved_method", "submit_dispute_evidence"},
     "stripe": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                "cancel_payment", "charge_saved_method", "submit_dispute_evidence"},
     "paypal": {"create_payment", "verify_callback", "refund", "capture", "query_status", "query_refund",
