@@ -83,6 +83,98 @@ function done(summary, latency, requests)
 end
 """
 
+# The start of the scripts that time each request themselves (purchase.py, flash.py): wrk's Lua
+# has no connection identity, so a request is matched to its answer by the Request-Id APSS echoes
+# (`<kind>-<unique>`); each answer is counted and timed under `<kind>_<status>`. done() prints
+# `LUA_COUNTS kind_status=n ...`, `LUA_LATENCIES kind_status@ms=n ...` (a histogram in 0.1 ms
+# steps: wrk hands a thread's flat tables to done(), and crashes copying nested ones) and
+# `LUA_WINDOW_MS` (first request sent to last answer but a `filler` one, over all threads), which
+# parse_wrk keeps.
+TIMED_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local timespec = ffi.new("bench_timespec")
+local CLOCK_MONOTONIC = 1
+
+function now_ms()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
+  return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
+end
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+counts = {}
+latencies = {}
+started = {}  -- request id -> when it was sent, until its answer
+
+function track(request_id)
+  local t = now_ms()
+  started[request_id] = t
+  first_ms = first_ms or t
+end
+
+function tally(status, headers)
+  local t = now_ms()
+  local request_id = headers["request-id"] or "unknown-"
+  local kind = string.match(request_id, "^(%a+)-") or "unknown"
+  local key = kind .. "_" .. status
+  counts[key] = (counts[key] or 0) + 1
+  if started[request_id] then
+    local bucket = key .. "@" .. string.format("%.1f", t - started[request_id])
+    latencies[bucket] = (latencies[bucket] or 0) + 1
+    started[request_id] = nil
+  end
+  if kind ~= "filler" then last_ms = t end
+  return kind
+end
+
+function pairs_text(counts)
+  local parts = {}
+  for key, n in pairs(counts) do table.insert(parts, key .. "=" .. n) end
+  table.sort(parts)
+  return table.concat(parts, " ")
+end
+
+function done(summary, latency, requests)
+  local total, histogram, first, last = {}, {}, nil, nil
+  for _, thread in ipairs(threads) do
+    for key, n in pairs(thread:get("counts") or {}) do total[key] = (total[key] or 0) + n end
+    for bucket, n in pairs(thread:get("latencies") or {}) do histogram[bucket] = (histogram[bucket] or 0) + n end
+    local f, l = thread:get("first_ms"), thread:get("last_ms")
+    if f and (not first or f < first) then first = f end
+    if l and (not last or l > last) then last = l end
+  end
+  io.write("LUA_COUNTS " .. pairs_text(total) .. "\n")
+  io.write("LUA_LATENCIES " .. pairs_text(histogram) .. "\n")
+  io.write("LUA_WINDOW_MS " .. string.format("%.1f", (last or 0) - (first or 0)) .. "\n")
+end
+"""
+
+
+def timed_counts(result: dict) -> dict[str, int]:
+    """TIMED_LUA's `LUA_COUNTS order_201=5 pay_202=4` as {"order_201": 5, "pay_202": 4}."""
+    return {key: int(n) for key, n in (part.split("=") for part in result.get("counts", "").split())}
+
+
+def timed_latencies(result: dict, key: str) -> list[float]:
+    """TIMED_LUA's latencies (ms, to 0.1 ms) of the answers counted under `key` (e.g. "order_201")."""
+    values: list[float] = []
+    for part in result.get("latencies", "").split():
+        bucket, n = part.split("=")
+        name, ms = bucket.split("@")
+        if name == key:
+            values.extend([float(ms)] * int(n))
+    return values
+
+
 # A product every benchmark sells: one unit grants 500 GEMS, so an order is delivered (fulfilled)
 # in the transaction that applies its payment.
 GEM_PACK = {"sku": "gem_pack", "name": "Gem pack", "category": "currency_pack", "prices": {"USD": 499, "EUR": 459},
