@@ -42,7 +42,9 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from apss.config import load_config  # noqa: E402
 from bench._harness import (  # noqa: E402
+    REPO,
     TIMED_LUA,
     apss_server,
     bench_echo,
@@ -237,10 +239,17 @@ def report(result: dict, echo: dict, held: dict, args: argparse.Namespace) -> No
           flush=True)
     print(line("echo", echo), flush=True)
     print(f"sale/echo: {rate / echo['rps']:.0%} of the echo's req/s (aim >= 60%); p99 {percentile(every, 0.99) / echo['p99']:.1f}x "
-          f"the echo's (aim <= 4x); rate limit {'on (defaults)' if args.rate_limit else 'off'}: "
-          f"{answered.get('sale_429', 0):,} answered 429", flush=True)
+          f"the echo's (aim <= 4x); rate limit {rate_limit(args)}: {answered.get('sale_429', 0):,} answered 429", flush=True)
     print(f"database: {held['orders']:,} orders for the product ({held['players']:,} players, {held['units']:,} units); "
           f"product stock {held['stock']}, reserved {held['reserved']}, sold {held['sold']}", flush=True)
+
+
+def rate_limit(args: argparse.Namespace) -> str:
+    """The per-key limit the sale ran with, as the server reads it (config.toml, APSS_API_* variables)."""
+    if not args.rate_limit:
+        return "off"
+    api = load_config(REPO / "config.toml").api
+    return f"{api.requests_per_s_max}/s sustained, burst {api.burst_max}" if api.requests_per_s_max else "off (configured 0)"
 
 
 def main() -> None:
@@ -260,7 +269,7 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="apss-bench-flash-"))
     print(f"flash bench: {args.buyers:,} buyers, {args.stock:,} units, one API key, wrk -t{args.threads} "
           f"-c{args.connections}; echo for {args.echo_duration}s (+{args.warmup}s warm-up each); rate limit "
-          f"{'default' if args.rate_limit else 'off'}; {os.cpu_count()} CPUs, server and wrk on this machine", flush=True)
+          f"{rate_limit(args)}; {os.cpu_count()} CPUs, server and wrk on this machine", flush=True)
     try:
         result, db_path, product = bench_sale(args, directory)
         problems, held = verify(db_path, product, timed_counts(result), args)
