@@ -229,8 +229,8 @@ def report(result: dict, echo: dict, held: dict, args: argparse.Namespace) -> No
           f"(timed by the Lua, first request to last answer)", flush=True)
     for key in ("sale_201", "sale_409", "sale_429"):
         ms = timed_latencies(result, key)
-        print(f"  {key[5:]}: {answered.get(key, 0):,} answers, p50 {percentile(ms, 0.5):.1f} ms, "
-              f"p99 {percentile(ms, 0.99):.1f} ms", flush=True)
+        timing = f", p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms" if ms else ""
+        print(f"  {key[5:]}: {answered.get(key, 0):,} answers{timing}", flush=True)
     print(f"  out_of_stock among the 409s: {answered.get('sale_409_out_of_stock', 0):,}; buyers retried after "
           f"{_RETRY_AFTER_MS / 1000:.0f} s unanswered: {answered.get('sale_retried', 0)} (first attempts answered "
           f"late: {answered.get('sale_answered_twice', 0)}); fillers (GET /healthz, not counted): "
