@@ -1,14 +1,22 @@
 """Benchmark: the order-creation write transaction through the single writer (group commit)
-against a bare sqlite3 loop doing exactly the same statements on the same disk.
+against bare sqlite3 loops doing exactly the same statements on the same disk: one on the
+project's schema, one on a lean schema (the same tables and columns, no foreign keys, no CHECKs,
+only the primary keys, idempotency's unique key among them).
 
     python bench/writer.py [TRANSACTIONS] [--tasks 64] [--per-commit 100] [--sync FULL,NORMAL] [--repeat 3] [--dir DIR]
+                           [--costs] [--cost-transactions 10000]
 
-Prints figures only; asserts nothing about speed. The transaction is the realistic 8-statement
-order creation of apss.services.orders.checkout (reserve step), built from the real store functions:
+Prints figures only; asserts nothing about speed (it exits non-zero if a run wrote the wrong rows).
+The transaction is the realistic 8-statement order creation of apss.services.orders.checkout
+(reserve step), built from the real store functions:
   reads:  idempotency key lookup, product row
   writes: conditional stock UPDATE (reserve), order, order_items, payment, order_events,
           idempotency key (state 'running')
 with the same Python work per transaction as checkout._reserve (ids, token, price decode).
+
+`--costs` then measures what each foreign key, CHECK, UNIQUE, STRICT and secondary index of the
+hot tables costs: the project-schema loop on a scratch copy of the schema without it, against the
+unchanged copy in the same run (bench/schema_variants.py; the real schema is never changed).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import inspect
 import itertools
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -29,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 
-from apss.ids import new_token  # noqa: E402
-from apss.ids import new_id  # noqa: E402
-from apss.store import catalog, idempotency as keys, merchants, orders  # noqa: E402
+from apss.ids import new_id, new_token  # noqa: E402
+from apss.store import catalog, merchants, orders  # noqa: E402
+from apss.store import idempotency as keys  # noqa: E402
 from apss.store.db import Database, Tx, open_connection  # noqa: E402
 from apss.store.migrate import apply_migrations  # noqa: E402
+from bench.schema_variants import Item, Schema, items, lean, read_schema, without  # noqa: E402
 
 MERCHANT_ID = "mch_bench"
 PRODUCT_ID = "prd_bench"
@@ -42,14 +52,30 @@ STOCK = 10**12  # effectively unlimited, but still a conditional decrement (the 
 
 def seed(path: str) -> None:
     apply_migrations(path)
+    seed_rows(path, with_merchant=True)
+
+
+def seed_copy(path: str, schema: Schema) -> None:
+    """A fresh file holding `schema` (a scratch copy of the project's, or the lean one)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in schema.ddl():
+            conn.execute(statement)
+    finally:
+        conn.close()
+    seed_rows(path, with_merchant="merchants" in schema.tables)
+
+
+def seed_rows(path: str, *, with_merchant: bool) -> None:
     conn = open_connection(path, synchronous="FULL", busy_timeout_ms=5000)
     now_ms = int(time.time() * 1000)
     conn.execute("BEGIN IMMEDIATE")
-    merchant = {"merchant_id": MERCHANT_ID, "name": "Bench Studio", "mode": "test", "sandbox_secret_sealed": None,
-                "now_ms": now_ms}
-    if "currency" in inspect.signature(merchants.insert_merchant).parameters:  # the schema is still growing
-        merchant["currency"] = "USD"
-    merchants.insert_merchant(Tx(conn), **merchant)
+    if with_merchant:  # the lean schema has no merchants table (nor a foreign key to it)
+        merchant = {"merchant_id": MERCHANT_ID, "name": "Bench Studio", "mode": "test", "sandbox_secret_sealed": None,
+                    "now_ms": now_ms}
+        if "currency" in inspect.signature(merchants.insert_merchant).parameters:  # the schema is still growing
+            merchant["currency"] = "USD"
+        merchants.insert_merchant(Tx(conn), **merchant)
     catalog.insert_product(Tx(conn), {
         "id": PRODUCT_ID, "merchant_id": MERCHANT_ID, "sku": "gem_pack", "name": "Gem pack", "category": "currency_pack",
         "prices": '{"USD":499,"EUR":459}', "stock": STOCK, "purchase_limit": None,
@@ -145,14 +171,111 @@ def fresh_db(directory: str, name: str) -> str:
     return path
 
 
+def remove_db(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+
+
+def timed_bare(path: str, total: int, per_commit: int, synchronous: str) -> float:
+    """One bare-loop run on a seeded file, checked, then removed."""
+    gc.collect()
+    elapsed = run_bare(path, total, per_commit, synchronous)
+    check(path, total)
+    remove_db(path)
+    return elapsed
+
+
+def timed_writer(path: str, total: int, tasks: int, synchronous: str, loop_factory) -> tuple[float, float]:
+    """One writer run on a seeded file, checked, then removed: (seconds, average batch)."""
+    gc.collect()
+    loop = loop_factory()
+    try:
+        elapsed, batches = loop.run_until_complete(run_writer(path, total, tasks, synchronous))
+    finally:
+        loop.close()
+    check(path, total)
+    remove_db(path)
+    return elapsed, total / max(batches, 1)
+
+
+def compare(directory: str, args: argparse.Namespace, synchronous: str, lean_schema: Schema, loop_factory) -> None:
+    """The writer, the project-schema loop and the lean loop, interleaved; the best of each."""
+    project_times, lean_times, writer_times, batch_sizes = [], [], [], []
+    for attempt in range(args.repeat):  # interleaved; the best of each is the least disturbed
+        project_times.append(timed_bare(fresh_db(directory, f"project-{synchronous}-{attempt}.sqlite"),
+                                        args.transactions, args.per_commit, synchronous))
+        lean_path = os.path.join(directory, f"lean-{synchronous}-{attempt}.sqlite")
+        seed_copy(lean_path, lean_schema)
+        lean_times.append(timed_bare(lean_path, args.transactions, args.per_commit, synchronous))
+        writer_s, batch = timed_writer(fresh_db(directory, f"writer-{synchronous}-{attempt}.sqlite"),
+                                       args.transactions, args.tasks, synchronous, loop_factory)
+        writer_times.append(writer_s)
+        batch_sizes.append(batch)
+
+    def rates(times: list[float]) -> str:
+        return "/".join(f"{args.transactions / t / 1000:.1f}k" for t in times)
+
+    project_rate, lean_rate, writer_rate = (args.transactions / min(t) for t in (project_times, lean_times, writer_times))
+    label = f"synchronous={synchronous:6}"
+    print(f"{label} writer:       {writer_rate:9,.0f} tx/s  avg batch {sum(batch_sizes) / len(batch_sizes):5.1f} tx/commit  "
+          f"(runs: {rates(writer_times)})", flush=True)
+    print(f"{label} project loop: {project_rate:9,.0f} tx/s  {args.per_commit:5d} tx/commit            "
+          f"(runs: {rates(project_times)})   writer/project = {writer_rate / project_rate:.0%}", flush=True)
+    print(f"{label} lean loop:    {lean_rate:9,.0f} tx/s  {args.per_commit:5d} tx/commit            "
+          f"(runs: {rates(lean_times)})   writer/lean = {writer_rate / lean_rate:.0%}   "
+          f"project/lean = {project_rate / lean_rate:.0%}", flush=True)
+
+
+def variants(schema: Schema) -> list[tuple[str, Schema]]:
+    """The unchanged copy first (the reference), then each item removed alone, then by kind."""
+    found = items(schema)
+    chosen = [("(nothing: the project schema, copied)", schema)]
+    chosen += [(f"{item.kind} {item.label}", without(schema, [item])) for item in found]
+
+    def of(*kinds: str) -> list[Item]:
+        return [item for item in found if item.kind in kinds]
+
+    chosen += [("every FK of the hot tables", without(schema, of("FK"))),
+               ("every CHECK of the hot tables", without(schema, of("CHECK"))),
+               ("every UNIQUE and secondary index of the hot tables", without(schema, of("UNIQUE", "index"))),
+               ("every STRICT of the hot tables", without(schema, of("STRICT"))),
+               ("all of them but STRICT (the lean schema's constraints)", lean(schema))]
+    return chosen
+
+
+def cost_table(directory: str, args: argparse.Namespace, synchronous: str, schema: Schema) -> None:
+    """What each constraint and index of the hot tables costs the project-schema loop."""
+    chosen = variants(schema)
+    total = args.cost_transactions
+    times: list[list[float]] = [[] for _ in chosen]
+    for attempt in range(args.repeat):  # every variant once per round: a slow spell hits them all
+        for index, (_, variant) in enumerate(chosen):
+            path = os.path.join(directory, f"cost-{index}.sqlite")
+            seed_copy(path, variant)
+            times[index].append(timed_bare(path, total, args.per_commit, synchronous))
+    rates = [total / min(t) for t in times]
+    reference = rates[0]
+    print(f"\ncost of each constraint and index, synchronous={synchronous}: the project-schema loop on a scratch copy "
+          f"without it, {total} tx, best of {args.repeat}; the reference is the unchanged copy in the same run "
+          f"({reference:,.0f} tx/s, {1e6 / reference:.1f} us/tx)\n")
+    print("| removed | tx/s | vs reference | us/tx saved |")
+    print("|---|---|---|---|")
+    for (label, _), rate in zip(chosen, rates, strict=True):
+        print(f"| {label} | {rate:,.0f} | {rate / reference:.0%} | {1e6 / reference - 1e6 / rate:+.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("transactions", nargs="?", type=int, default=20_000)
     parser.add_argument("--tasks", type=int, default=64, help="asyncio tasks feeding the writer")
-    parser.add_argument("--per-commit", type=int, default=100, help="transactions per commit in the bare loop")
+    parser.add_argument("--per-commit", type=int, default=100, help="transactions per commit in the bare loops")
     parser.add_argument("--sync", default="FULL,NORMAL", help="synchronous settings to measure, comma separated")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs each way; the best run counts")
     parser.add_argument("--dir", default=None, help="directory for the temp databases (default: system temp dir)")
+    parser.add_argument("--costs", action="store_true",
+                        help="then the cost of each constraint and index (first --sync setting; minutes)")
+    parser.add_argument("--cost-transactions", type=int, default=10_000, help="transactions per --costs run")
     args = parser.parse_args()
     try:
         import uvloop  # the server's loop (apss serve uses loop="uvloop")
@@ -163,42 +286,18 @@ def main() -> None:
 
     directory = tempfile.mkdtemp(prefix="apss-bench-writer-", dir=args.dir)
     print(f"writer bench: {args.transactions} order transactions each way (8 statements each), writer fed by "
-          f"{args.tasks} {loop_name} tasks, bare loop {args.per_commit} tx/commit, WAL, best of {args.repeat}, db in {directory}", flush=True)
+          f"{args.tasks} {loop_name} tasks, bare loops {args.per_commit} tx/commit, WAL, best of {args.repeat}, "
+          f"db in {directory}", flush=True)
     try:
-        for synchronous in [s.strip().upper() for s in args.sync.split(",") if s.strip()]:
+        schema = read_schema(fresh_db(directory, "schema.sqlite"))
+        settings = [s.strip().upper() for s in args.sync.split(",") if s.strip()]
+        for synchronous in settings:
             # warm-up (imports, statement caches, page cache) on a throwaway file, not measured
-            warm = fresh_db(directory, f"warm-{synchronous}.sqlite")
-            run_bare(warm, min(2000, args.transactions), args.per_commit, synchronous)
-
-            bare_times, writer_times, batch_sizes = [], [], []
-            for attempt in range(args.repeat):  # interleaved; the best of each is the least disturbed
-                bare_path = fresh_db(directory, f"bare-{synchronous}-{attempt}.sqlite")
-                gc.collect()
-                bare_times.append(run_bare(bare_path, args.transactions, args.per_commit, synchronous))
-                check(bare_path, args.transactions)
-
-                writer_path = fresh_db(directory, f"writer-{synchronous}-{attempt}.sqlite")
-                gc.collect()
-                loop = loop_factory()
-                try:
-                    writer_s, batches = loop.run_until_complete(
-                        run_writer(writer_path, args.transactions, args.tasks, synchronous))
-                finally:
-                    loop.close()
-                check(writer_path, args.transactions)
-                writer_times.append(writer_s)
-                batch_sizes.append(args.transactions / max(batches, 1))
-                os.remove(bare_path), os.remove(writer_path)
-
-            def rates(times: list[float]) -> str:
-                return "/".join(f"{args.transactions / t / 1000:.1f}k" for t in times)
-
-            bare_rate = args.transactions / min(bare_times)
-            writer_rate = args.transactions / min(writer_times)
-            print(f"synchronous={synchronous:6} writer: {writer_rate:9,.0f} tx/s  avg batch "
-                  f"{sum(batch_sizes) / len(batch_sizes):5.1f} tx/commit   (runs: {rates(writer_times)})", flush=True)
-            print(f"synchronous={synchronous:6} bare:   {bare_rate:9,.0f} tx/s  {args.per_commit:5d}     tx/commit   "
-                  f"(runs: {rates(bare_times)})   writer/bare = {writer_rate / bare_rate:.0%}", flush=True)
+            timed_bare(fresh_db(directory, f"warm-{synchronous}.sqlite"), min(2000, args.transactions),
+                       args.per_commit, synchronous)
+            compare(directory, args, synchronous, lean(schema), loop_factory)
+        if args.costs:
+            cost_table(directory, args, settings[0], schema)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

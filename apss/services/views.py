@@ -13,7 +13,7 @@ from apss.domain.catalog import Grant
 from apss.domain.orders import OrderStatus
 from apss.domain.payments import PaymentStatus
 from apss.domain.subscriptions import Billing
-from apss.store.db import Row
+from apss.store.db import Row, Tx
 
 __all__ = [
     "AccountView",
@@ -42,6 +42,8 @@ __all__ = [
     "WalletDebitView",
     "WalletView",
     "encode",
+    "keep_order_view",
+    "kept_order_view",
     "order_view",
     "order_view_of",
     "payment_view",
@@ -185,6 +187,24 @@ def order_view(row: Row, *, public_url: str) -> OrderView:
                                next_action=row["p_next_action"], failure_code=row["p_failure_code"])
     return order_view_of(row, items=items, payment=payment, public_url=public_url,
                          promotions=msgspec.json.decode(row["promotions_json"] or "[]"))
+
+
+# The order view a webhook event of this transaction function rendered last (outbox.py), with
+# the row-change count it was true at: no row written since, it is still the order's view.
+_KEPT_ORDER_VIEW = "views.order_view"
+
+
+def keep_order_view(tx: Tx, view: OrderView) -> None:
+    """Keep `view` as the order's view while this transaction function writes no other row."""
+    tx.memo[_KEPT_ORDER_VIEW] = (view.id, tx.changes, view)
+
+
+def kept_order_view(tx: Tx, order_id: str) -> OrderView | None:
+    """The view of the order kept by `keep_order_view`, if no row was written since."""
+    kept = tx.memo.get(_KEPT_ORDER_VIEW)
+    if kept is None or kept[0] != order_id or kept[1] != tx.changes:
+        return None
+    return kept[2]
 
 
 def payment_view(*, payment_id: str, channel: str, status: str, next_action: str | None,

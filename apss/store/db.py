@@ -112,12 +112,17 @@ def _refuse_transaction_control(sql: str) -> None:
 class Tx:
     """One transaction function's handle on the writer connection."""
 
-    __slots__ = ("_conn", "_after_commit", "_sink")
+    __slots__ = ("_conn", "_after_commit", "_sink", "memo")
 
     def __init__(self, conn: sqlite3.Connection, sink: EventSink | None = None) -> None:
         self._conn = conn
         self._after_commit: list[Callable[[], None]] = []
         self._sink = sink
+        # What this transaction function already read or rendered, so it does it once (a
+        # merchant's webhook endpoints, asked for by every event it emits). Gone with the Tx: a
+        # replayed batch starts empty. Each entry's owner says how long it holds: dropped where its
+        # rows are written (store/webhooks.py), or stamped with `changes` (services/views.py).
+        self.memo: dict[str, Any] = {}
 
     def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         _refuse_transaction_control(sql)
@@ -280,6 +285,7 @@ class Database:
         self._read_only = False
         self._opened_with: tuple[int, bool] | None = None
         self._open_error: str | None = None  # why the last attempt to open the writer's connection failed
+        self._statement_trace: Callable[[str], None] | None = None  # set_statement_trace (tests)
         # Observability (benchmarks, /metrics): written by the writer thread only, read as they are.
         self.batches_committed = 0
         self.batch_members_committed = 0  # transaction functions in those batches
@@ -386,6 +392,15 @@ class Database:
             await asyncio.sleep(0.05)
         return False
 
+    async def set_statement_trace(self, callback: Callable[[str], None] | None) -> None:
+        """Call `callback(sql)` on the writer thread for each statement its connection runs, from
+        the next batch on (None: stop); a reopened connection keeps it. Tests count with it the
+        statements of a transaction (tests/sql_trace.py)."""
+        def install(conn: sqlite3.Connection) -> None:
+            self._statement_trace = callback
+            conn.set_trace_callback(callback)
+        await self._submit(install, bare=True)
+
     async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in a write transaction on the writer thread; return once it is committed."""
         return await self._submit(fn, bare=False)
@@ -413,6 +428,8 @@ class Database:
                                **({"read_only": True} if settings[1] else {}))
         if settings[0]:
             conn.execute(f"PRAGMA max_page_count = {int(settings[0])}")
+        if self._statement_trace is not None:
+            conn.set_trace_callback(self._statement_trace)
         self._opened_with = settings
         return conn
 

@@ -186,12 +186,12 @@ def acquire_refs(tx: Tx, *, channel: str, payment_id: str, refs: list[str], now_
     already (an anomaly the caller reports)."""
     clashes = []
     for ref in dict.fromkeys(r for r in refs if r):
-        inserted = tx.one("INSERT INTO payment_refs (channel, provider_ref, payment_id, created_at_ms) VALUES (?, ?, ?, ?)"
-                          " ON CONFLICT DO NOTHING RETURNING payment_id", (channel, ref, payment_id, now_ms))
-        if inserted is not None:
-            continue  # new: ours (the common case, one statement)
+        # Read first: a callback names ids the payment mostly holds already (one statement then).
         owner = tx.one("SELECT payment_id FROM payment_refs WHERE channel = ? AND provider_ref = ?", (channel, ref))
-        if owner["payment_id"] != payment_id:
+        if owner is None:
+            tx.execute("INSERT INTO payment_refs (channel, provider_ref, payment_id, created_at_ms) VALUES (?, ?, ?, ?)",
+                       (channel, ref, payment_id, now_ms))
+        elif owner["payment_id"] != payment_id:
             clashes.append(ref)
     return clashes
 

@@ -44,8 +44,14 @@ _ENDPOINT_FIELDS = {"url", "events", "status", "disabled_reason", "secret_sealed
                     "previous_secret_expires_at_ms"}
 
 
+# Enabled endpoints by merchant, read once per transaction function (every event it emits asks):
+# every write to webhook_endpoints below drops them.
+_ENABLED_MEMO = "webhooks.enabled_endpoints"
+
+
 # -- endpoints ---------------------------------------------------------------------------------
 def insert_endpoint(tx: Tx, row: dict) -> None:
+    tx.memo.pop(_ENABLED_MEMO, None)
     tx.execute(
         "INSERT INTO webhook_endpoints (id, merchant_id, url, events, secret_sealed, status, created_at_ms, updated_at_ms)"
         " VALUES (:id, :merchant_id, :url, :events, :secret_sealed, 'enabled', :created_at_ms, :created_at_ms)",
@@ -72,12 +78,18 @@ async def list_endpoints(db: Database, *, merchant_id: str, after_id: str | None
     )
 
 
-def enabled_endpoints_tx(tx: Tx, *, merchant_id: str) -> list[sqlite3.Row]:
-    return tx.all("SELECT id, events FROM webhook_endpoints WHERE merchant_id = ? AND status = 'enabled'", (merchant_id,))
+def enabled_endpoints_tx(tx: Tx, *, merchant_id: str) -> tuple[sqlite3.Row, ...]:
+    by_merchant = tx.memo.setdefault(_ENABLED_MEMO, {})
+    endpoints = by_merchant.get(merchant_id)
+    if endpoints is None:
+        endpoints = by_merchant[merchant_id] = tuple(tx.all(
+            "SELECT id, events FROM webhook_endpoints WHERE merchant_id = ? AND status = 'enabled'", (merchant_id,)))
+    return endpoints
 
 
 def update_endpoint(tx: Tx, *, endpoint_id: str, fields: dict, now_ms: int) -> None:
     assert set(fields) <= _ENDPOINT_FIELDS, set(fields) - _ENDPOINT_FIELDS
+    tx.memo.pop(_ENABLED_MEMO, None)
     assignments = "".join(f"{name} = :{name}, " for name in fields)
     tx.execute(f"UPDATE webhook_endpoints SET {assignments}updated_at_ms = :now_ms WHERE id = :id",
                {**fields, "now_ms": now_ms, "id": endpoint_id})
@@ -85,6 +97,7 @@ def update_endpoint(tx: Tx, *, endpoint_id: str, fields: dict, now_ms: int) -> N
 
 def disable_endpoint(tx: Tx, *, endpoint_id: str, reason: str, now_ms: int) -> bool:
     """Disable once; False if it already was."""
+    tx.memo.pop(_ENABLED_MEMO, None)
     cursor = tx.execute(
         "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = ?, updated_at_ms = ?"
         " WHERE id = ? AND status = 'enabled'", (reason, now_ms, endpoint_id))

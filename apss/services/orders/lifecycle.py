@@ -24,6 +24,7 @@ from apss.domain.payments import PaymentStatus, payment_transition
 from apss.errors import InvalidTransition
 from apss.ids import new_id
 from apss.services.subscriptions import periods as subscription_periods
+from apss.services.views import keep_order_view, kept_order_view
 from apss.store import alerts, catalog, orders, players
 from apss.store import promotions as promotion_store
 from apss.store.db import Row, Tx
@@ -38,11 +39,19 @@ def move(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int) -> O
     """Apply `event` to the order (InvalidTransition if illegal) and record it with its cause."""
     current = OrderStatus(order["status"])
     target = transition(current, event)
+    view = kept_order_view(tx, order["id"])  # rendered for the webhook of a move just before this one
     orders.set_order_status(tx, order_id=order["id"], from_status=current.value, to_status=target.value, now_ms=now_ms)
     orders.insert_event(tx, event_id=new_id("evt"), order_id=order["id"], type=f"order.{target.value}",
                         from_status=current.value, to_status=target.value, cause=cause, now_ms=now_ms)
+    if view is not None:  # this move changed only the status: the event's webhook needs no new render
+        keep_order_view(tx, msgspec.structs.replace(view, status=target.value))
     tx.emit(merchant_id=order["merchant_id"], type=f"order.{target.value}", kind="order", object_id=order["id"])
     return target
+
+
+def _moved(order: Row, status: OrderStatus, *, now_ms: int) -> Row:
+    """The order row as `move` (orders.set_order_status) leaves it, without reading it again."""
+    return {**order, "status": status.value, "updated_at_ms": now_ms}
 
 
 def end_unpaid(tx: Tx, order: Row, event: OrderEvent, *, cause: str, now_ms: int) -> None:
@@ -112,7 +121,7 @@ def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
     else:
         promotion_store.retake_released(tx, order_id=order["id"])
     move(tx, order, OrderEvent.PAYMENT_SUCCEEDED, cause=cause, now_ms=now_ms)
-    paid = orders.get_order_tx(tx, order_id=order["id"])
+    paid = _moved(order, OrderStatus.PAID, now_ms=now_ms)
     if hold:
         move(tx, paid, OrderEvent.HOLD_FOR_REVIEW, cause="risk", now_ms=now_ms)
         return
@@ -121,16 +130,18 @@ def pay(tx: Tx, order: Row, items: list[Row], *, cause: str, now_ms: int,
 
 def deliver_paid(tx: Tx, order: Row, items: list[Row], *, now_ms: int, game_delivery: GameDelivery | None,
                  cause: str = "delivery") -> None:
-    """Deliver a paid (or approved `in_review`) order's goods and move it on."""
+    """Deliver a paid (or approved `in_review`) order's goods and move it on. The move comes
+    before the goods (one transaction: nobody sees the order between them), so that it directly
+    follows the payment's move and its webhook reuses that view (`move`)."""
     assert order["status"] in (OrderStatus.PAID.value, OrderStatus.IN_REVIEW.value), order["status"]
-    deliver(tx, order, items, now_ms=now_ms)
-    if any(isinstance(g, GameGrant) for item in items for g in _grants_decoder.decode(item["grants"])):
-        assert game_delivery is not None, "game deliveries are wired by app.py"
-        move(tx, order, OrderEvent.START_DELIVERY, cause=cause, now_ms=now_ms)
+    by_game = any(isinstance(g, GameGrant) for item in items for g in _grants_decoder.decode(item["grants"]))
+    assert game_delivery is not None or not by_game, "game deliveries are wired by app.py"
+    move(tx, order, OrderEvent.START_DELIVERY if by_game else OrderEvent.DELIVER, cause=cause, now_ms=now_ms)
+    link = subscription_periods.order_link_tx(tx, order["id"])
+    deliver(tx, order, items, now_ms=now_ms, period_end_ms=subscription_periods.membership_until(link))
+    if by_game:
         game_delivery(tx, order_row=order, items_rows=items, now_ms=now_ms)
-    else:
-        move(tx, order, OrderEvent.DELIVER, cause=cause, now_ms=now_ms)
-    subscription_periods.on_order_paid(tx, order, now_ms=now_ms)
+    subscription_periods.on_order_paid(tx, order, link, now_ms=now_ms)
 
 
 def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
@@ -140,10 +151,10 @@ def deliver_acknowledged(tx: Tx, order_id: str, *, now_ms: int) -> None:
         move(tx, order, OrderEvent.DELIVER, cause="delivery_ack", now_ms=now_ms)
 
 
-def deliver(tx: Tx, order: Row, items: list[Row], *, now_ms: int) -> None:
-    """Grant what each unit of each line delivers (grants frozen on the line at purchase)."""
+def deliver(tx: Tx, order: Row, items: list[Row], *, now_ms: int, period_end_ms: int | None) -> None:
+    """Grant what each unit of each line delivers (grants frozen on the line at purchase); a
+    plan's order (`period_end_ms`: subscription_periods.membership_until) to its period end."""
     merchant_id, player_id = order["merchant_id"], order["player_id"]
-    period_end_ms = subscription_periods.membership_until_tx(tx, order["id"])  # a plan's order: to its period end
     for item in items:
         quantity = item["quantity"]
         assert quantity >= 1

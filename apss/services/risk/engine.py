@@ -220,10 +220,10 @@ class RiskEngine:
         return self._assess(tx, merchant_id=merchant_id, merchant_currency=merchant_currency, base=base, extra=extra)
 
     def assess_callback_tx(self, tx: Tx, *, order: Row, items: list[Row], merchant_currency: str,
-                           card: Mapping[str, str | None]) -> Assessment | None:
-        """The decision again when the provider's callback adds facts (card), before delivery.
-        None for an order that was never assessed (a wallet order, one older than risk control)."""
-        facts = store.get_facts_tx(tx, order_id=order["id"])
+                           card: Mapping[str, str | None], facts: Row | None) -> Assessment | None:
+        """The decision again when the provider's callback adds facts (card), before delivery
+        (`facts`: the order's, from store.get_facts_tx). None for an order that was never assessed
+        (a wallet order, one older than risk control)."""
         if facts is None and not store.has_decision_tx(tx, order_id=order["id"]):
             return None
         base = {
@@ -340,8 +340,11 @@ class RiskEngine:
     def count_tx(self, tx: Tx, *, order: Row, event: str, card_fingerprint: str | None = None) -> None:
         """A later event of an order in the counters: `declines` (a failed payment), `refunds`,
         `disputes`, `cards` (the card a payment used, when the provider names it)."""
+        self._count_tx(tx, order=order, facts=store.get_facts_tx(tx, order_id=order["id"]), event=event,
+                       card_fingerprint=card_fingerprint)
+
+    def _count_tx(self, tx: Tx, *, order: Row, facts: Row | None, event: str, card_fingerprint: str | None) -> None:
         assert event in ("declines", "refunds", "disputes", "cards")
-        facts = store.get_facts_tx(tx, order_id=order["id"])
         keys = self._keys({"player_id": order["player_id"], "ip": facts["ip"] if facts else None,
                            "device_id": facts["device_id"] if facts else None})
         now_s = self._clock.now_ms() // 1000
@@ -359,12 +362,13 @@ class RiskEngine:
         """Rules again at a successful payment's callback, before delivery. The money is captured
         by now, so a block here holds the order in review, as a review does; so does a review
         decided at creation. False for an order never assessed."""
-        assessment = self.assess_callback_tx(tx, order=order, items=items, merchant_currency=merchant_currency, card=card)
+        facts = store.get_facts_tx(tx, order_id=order["id"])  # read once: nothing written below changes it
+        assessment = self.assess_callback_tx(tx, order=order, items=items, merchant_currency=merchant_currency, card=card,
+                                             facts=facts)
         if assessment is None:
             return False
         self.record_tx(tx, order_id=order["id"], merchant_id=order["merchant_id"], stage="callback", assessment=assessment)
-        self.count_tx(tx, order=order, event="cards", card_fingerprint=card.get("fingerprint"))
-        facts = store.get_facts_tx(tx, order_id=order["id"])
+        self._count_tx(tx, order=order, facts=facts, event="cards", card_fingerprint=card.get("fingerprint"))
         hold = assessment.decision.action in ("block", "review") or bool(facts and facts["hold"])
         if facts is not None and hold != bool(facts["hold"]):
             store.set_facts_flags(tx, order_id=order["id"], hold=hold)

@@ -26,8 +26,8 @@ from apss.store import catalog, players
 from apss.store import subscriptions as store
 from apss.store.db import Row, Tx
 
-__all__ = ["WEBHOOK_EVENTS", "billing_of", "membership_skus", "membership_until_tx", "move", "on_order_ended",
-           "on_order_paid", "record", "renewal_charge_failed", "set_memberships"]
+__all__ = ["WEBHOOK_EVENTS", "billing_of", "membership_skus", "membership_until", "move", "on_order_ended",
+           "on_order_paid", "order_link_tx", "record", "renewal_charge_failed", "set_memberships"]
 
 # Every subscription event is also a merchant webhook of the same type.
 WEBHOOK_EVENTS = frozenset(f"subscription.{name}" for name in (
@@ -82,27 +82,32 @@ def set_memberships(tx: Tx, subscription: Mapping, *, expires_at_ms: int, now_ms
                                       sku=sku, expires_at_ms=expires_at_ms, now_ms=now_ms)
 
 
-def membership_until_tx(tx: Tx, order_id: str) -> int | None:
-    """For an order of a subscription, the end of the period it pays for: its membership grants
-    run to that time instead of adding the product's `duration_days`."""
-    row = store.subscription_order_of_tx(tx, order_id=order_id)
-    return None if row is None else row["period_end_ms"]
+def order_link_tx(tx: Tx, order_id: str) -> Row | None:
+    """The order's link to its subscription (its kind and the period it pays for); None for an
+    order that belongs to no subscription. Read once by the delivery of a paid order, which both
+    `membership_until` and `on_order_paid` need."""
+    return store.subscription_order_of_tx(tx, order_id=order_id)
 
 
-def _subscription_of(tx: Tx, order: Mapping) -> tuple[Row, Row, SubscriptionStatus] | None:
+def membership_until(link: Row | None) -> int | None:
+    """For an order of a subscription (`link`, from order_link_tx), the end of the period it pays
+    for: its membership grants run to that time instead of adding the product's `duration_days`."""
+    return None if link is None else link["period_end_ms"]
+
+
+def _subscription_of(tx: Tx, link: Row | None) -> tuple[Row, Row, SubscriptionStatus] | None:
     """The order's link to its subscription, the subscription and its status; None for an order
     that belongs to no subscription."""
-    row = store.subscription_order_of_tx(tx, order_id=order["id"])
-    if row is None:
+    if link is None:
         return None
-    subscription = store.get_subscription_tx(tx, subscription_id=row["subscription_id"])
-    return row, subscription, SubscriptionStatus(subscription["status"])
+    subscription = store.get_subscription_tx(tx, subscription_id=link["subscription_id"])
+    return link, subscription, SubscriptionStatus(subscription["status"])
 
 
-def on_order_paid(tx: Tx, order: Mapping, *, now_ms: int) -> None:
+def on_order_paid(tx: Tx, order: Mapping, link: Row | None, *, now_ms: int) -> None:
     """The first order activates the subscription; a renewal renews it for its period; a
-    proration order switches the plan."""
-    found = _subscription_of(tx, order)
+    proration order switches the plan (`link`: order_link_tx)."""
+    found = _subscription_of(tx, link)
     if found is None:
         return
     row, subscription, status = found
@@ -153,7 +158,7 @@ def on_order_ended(tx: Tx, order: Mapping, *, now_ms: int) -> None:
     subscription is still live (the renewal service cancels first when retries run out, and a
     failed charge is `renewal_charge_failed`'s; this is an expiry or a cancel of the order):
     canceled, membership ending now."""
-    found = _subscription_of(tx, order)
+    found = _subscription_of(tx, order_link_tx(tx, order["id"]))
     if found is None:
         return
     row, subscription, status = found
