@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from apss.clock import format_rfc3339
+from apss.domain.orders import PAID_OR_LATER
 from apss.errors import NotFound
 from apss.services.paging import page_of
 from apss.services.views import (
@@ -66,6 +67,22 @@ class OrderQueries:
         rows = await orders.list_order_views(self._db, merchant_id=merchant_id, after_id=after_id, limit=limit + 1,
                                              status=status, player_id=player_id)
         return page_of(rows, limit, lambda r: order_view(r, public_url=self.public_url))
+
+    async def created_since(self, *, merchant_id: str, since_ms: int, until_ms: int) -> tuple[int, int]:
+        """(orders created in [since, until), how many of them are paid or later), in one SQL count."""
+        row = await orders.count_created(self._db, merchant_id=merchant_id, from_ms=since_ms, to_ms=until_ms,
+                                         statuses=tuple(sorted(s.value for s in PAID_OR_LATER)))
+        return row["orders"], row["in_statuses"]
+
+    async def created_per_day(self, *, merchant_id: str, from_ms: int, days: int, day_ms: int) -> list[int]:
+        """Orders created on each of `days` days from `from_ms`."""
+        counts = await orders.created_per_day(self._db, merchant_id=merchant_id, from_ms=from_ms,
+                                              to_ms=from_ms + days * day_ms, day_ms=day_ms)
+        return [counts.get(day, 0) for day in range(days)]
+
+    async def count_status(self, *, merchant_id: str, status: str, limit: int) -> int:
+        """Orders in `status`, counted up to `limit`."""
+        return await orders.count_status(self._db, merchant_id=merchant_id, status=status, limit=limit)
 
     async def events(self, *, merchant_id: str, order_id: str) -> list[OrderEventView]:
         await self.get(merchant_id=merchant_id, order_id=order_id)  # 404 for another merchant's order
