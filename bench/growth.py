@@ -504,10 +504,22 @@ async def orders_and_callbacks(server: Server, shop: Shop, *, count: int, concur
                                       headers=headers)).status_code
 
         callback_rate, callback_lat, statuses = await _drive(orders, concurrency, callback)
+        await webhooks_sent(client)
     return {"create": (create_rate, percentile(create_lat, 0.5), percentile(create_lat, 0.99), count - len(orders)),
             "callback": (callback_rate, percentile(callback_lat, 0.5), percentile(callback_lat, 0.99),
                          sum(s != 200 for s in statuses)),
             "order_id": orders[-1]["id"], "player_id": orders[-1]["player_id"]}
+
+
+async def webhooks_sent(client: httpx.AsyncClient) -> None:
+    """Wait until the webhooks of the orders just paid are delivered, so that the reads measured
+    next do not share the server with the webhook sender."""
+    for _ in range(600):
+        answer = await client.get("/v1/webhook_deliveries", params={"status": "pending", "limit": 1})
+        if not answer.json()["data"]:
+            return
+        await asyncio.sleep(0.5)
+    raise SystemExit("growth: webhooks still pending after 300 s")
 
 
 def admin_client(server: Server) -> httpx.Client:
@@ -519,30 +531,44 @@ def admin_client(server: Server) -> httpx.Client:
     return client
 
 
-def read_paths(shop: Shop, *, order_id: str, player_id: str) -> list[tuple[str, str]]:
-    """(who, path) of the list endpoints, the overview and the report reads."""
+def read_paths(shop: Shop, *, order_id: str, player_id: str) -> list[tuple[str, str, str]]:
+    """(who, label, path) of the list endpoints, the overview and the report reads."""
     today_ms = int(time.time() * 1000) // DAY_MS * DAY_MS
+    now = format_rfc3339(int(time.time() * 1000))
     day = f"from={format_rfc3339(today_ms - DAY_MS)}&to={format_rfc3339(today_ms)}"
+    fortnight = f"from={format_rfc3339(today_ms - 14 * DAY_MS)}&to={now}"
     m = f"merchant={shop.merchant_id}"
-    return [
+    paths = [
         ("api", "/v1/orders?limit=100"), ("api", "/v1/orders?limit=100&status=fulfilled"),
         ("api", "/v1/orders?limit=100&status=pending"), ("api", "/v1/orders?limit=100&status=refunded"),
         ("api", f"/v1/orders?limit=100&player_id={player_id}"), ("api", f"/v1/orders/{order_id}/events"),
         ("api", f"/v1/orders/{order_id}/refunds"), ("api", "/v1/deliveries?limit=100"),
-        ("api", "/v1/webhook_deliveries?limit=100"), ("api", f"/v1/webhook_endpoints/{shop.endpoint_id}/deliveries?limit=100"),
+        ("api", "/v1/webhook_deliveries?limit=100"), ("api", "/v1/webhook_deliveries?limit=100&status=failed"),
+        ("api", f"/v1/webhook_endpoints/{shop.endpoint_id}/deliveries?limit=100"),
         ("api", "/v1/ledger/balances"), ("api", "/v1/settlements?limit=100"), ("api", "/v1/alerts?limit=100"),
-        ("api", "/v1/disputes?limit=100"), ("api", "/v1/reports?limit=100"), ("api", f"/v1/reports/summary?{day}"),
+        ("api", "/v1/disputes?limit=100"), ("api", "/v1/reports?limit=100"),
         ("admin", f"/admin?{m}"), ("admin", f"/admin/live.json?{m}"), ("admin", f"/admin/orders?{m}"),
         ("admin", f"/admin/reports?{m}"), ("admin", f"/admin/settlements?{m}"), ("admin", f"/admin/webhooks?{m}"),
     ]
+    labelled = [(who, _label(path), path) for who, path in paths]
+    return labelled + [("api", "/v1/reports/summary (yesterday)", f"/v1/reports/summary?{day}"),
+                       ("api", "/v1/reports/summary (14 days to now)", f"/v1/reports/summary?{fortnight}")]
 
 
-def read_latencies(server: Server, shop: Shop, paths: list[tuple[str, str]], repeat: int = 5) -> dict[str, float]:
+def _label(path: str) -> str:
+    """The path with ids as {ord} / {we}, and the status or player filter kept."""
+    base, _, query = path.partition("?")
+    base = re.sub(r"/(ord|we)_[0-9a-z]{26}", r"/{\1}", base)
+    kept = [p for p in query.split("&") if p.startswith(("status=", "player_id="))]
+    return f"{base}?{kept[0].split('=')[0]}={kept[0].split('=')[1][:12]}" if kept else base
+
+
+def read_latencies(server: Server, shop: Shop, paths: list[tuple[str, str, str]], repeat: int = 5) -> dict[str, float]:
     """Median ms of `repeat` GETs of each path (each answer must be 200)."""
     api = httpx.Client(base_url=server.base, headers=shop.headers, timeout=120)
     admin = admin_client(server)
     out = {}
-    for who, path in paths:
+    for who, label, path in paths:
         client = api if who == "api" else admin
         samples = []
         for _ in range(repeat):
@@ -551,17 +577,10 @@ def read_latencies(server: Server, shop: Shop, paths: list[tuple[str, str]], rep
             samples.append(time.perf_counter() - started)
             if answer.status_code != 200:
                 raise SystemExit(f"growth: GET {path} answered {answer.status_code}: {answer.text[:300]}")
-        label = re.sub(r"/(ord|we)_[0-9a-z]{26}", r"/{\1}", path.split("?")[0])
-        out[label + _query_label(path)] = statistics.median(samples) * 1000
+        out[label] = statistics.median(samples) * 1000
     api.close()
     admin.close()
     return out
-
-
-def _query_label(path: str) -> str:
-    query = path.partition("?")[2]
-    kept = [p for p in query.split("&") if p.startswith(("status=", "player_id="))]
-    return f"?{kept[0].split('=')[0]}={kept[0].split('=')[1][:12]}" if kept else ""
 
 
 def settle(server: Server, shop: Shop, *, expected_payments: int) -> tuple[float, int, int]:
@@ -634,12 +653,12 @@ def count_orders(db_path: Path) -> int:
 def print_table(results: list[dict]) -> None:
     base = results[0]
     heads = [f"{r['orders']:,} orders" for r in results]
-    print(f"\n{'':42}" + "".join(f"{h:>20}" for h in heads) + f"{'last/first':>12}")
+    print(f"\n{'':52}" + "".join(f"{h:>20}" for h in heads) + f"{'last/first':>12}")
 
     def row(label: str, values: list, fmt: str, ratio: bool = True) -> None:
         cells = "".join(f"{format(v, fmt) if v is not None else '-':>20}" for v in values)
         tail = f"{values[-1] / values[0]:>12.0%}" if ratio and values[0] and values[-1] is not None else ""
-        print(f"{label:42}{cells}{tail}")
+        print(f"{label:52}{cells}{tail}")
 
     row("POST /v1/orders req/s", [r["create"][0] for r in results], ",.0f")
     row("  p50 / p99 ms", [f"{r['create'][1]:.1f} / {r['create'][2]:.1f}" for r in results], "", ratio=False)

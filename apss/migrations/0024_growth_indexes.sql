@@ -7,5 +7,7 @@ CREATE INDEX orders_created ON orders (merchant_id, created_at_ms);
 -- without it a rare status walks every order of the merchant. Moves with each status change.
 CREATE INDEX orders_status ON orders (merchant_id, status, id);
 -- GET /v1/webhook_deliveries (store/webhooks.py list_deliveries) walked every merchant's
--- deliveries newest first; this takes one merchant's. Written once per delivery.
+-- deliveries newest first; the first takes one merchant's (written once per delivery), the second
+-- serves ?status=pending|failed (moves once per delivery, when it succeeds or fails for good).
 CREATE INDEX webhook_deliveries_merchant ON webhook_deliveries (merchant_id, id);
+CREATE INDEX webhook_deliveries_status ON webhook_deliveries (merchant_id, status, id);
