@@ -123,3 +123,29 @@ def test_filtered_order_lists_equal_the_full_list_filtered(growth_server):
                     break
                 cursor = page["next_cursor"]
             assert [o["id"] for o in pages] == [o["id"] for o in everything if keep(o)], params
+
+
+def _order_points(overview: str) -> dict[str, int]:
+    chart = overview[overview.index("<svg id='orders'"):]
+    return {label: int(value) for label, value in re.findall(r"data-label='([^']+)' data-value='(\d+)'", chart)}
+
+
+def test_the_orders_chart_counts_each_day_as_raw_sql_does_and_today_moves(growth_server):
+    server = growth_server
+    merchant = server.new_merchant("Chart Studio")
+    sword = _three_days(server, merchant)
+    with sqlite3.connect(server.db_path) as db:
+        per_day = dict(db.execute(
+            "SELECT strftime('%Y-%m-%d', created_at_ms / 1000, 'unixepoch'), count(*) FROM orders WHERE merchant_id = ?"
+            " GROUP BY 1", (merchant.id,)).fetchall())
+    admin = _admin(server)
+    try:
+        first = _order_points(admin.get("/admin", params={"merchant": merchant.id}).text)
+        assert {day: n for day, n in first.items() if n} == per_day
+        with merchant.client() as client:  # today's count is read again; the days before are remembered
+            merchant.order(client, sword["id"], player_id="late")
+        today = format_rfc3339(server.clock.now_ms())[:10]
+        again = _order_points(admin.get("/admin", params={"merchant": merchant.id}).text)
+        assert again == {**first, today: first[today] + 1}
+    finally:
+        admin.close()

@@ -153,7 +153,8 @@ async def _charts(svc: Services, page: Page) -> str:
     for index, start in enumerate(starts):  # past days from their stored daily reports (Reports.summary)
         for row in await svc.reports.summary(merchant_id=merchant.id, from_ms=start, to_ms=start + _DAY_MS):
             revenue.setdefault(row.currency, [0] * _DAYS)[index] += row.gross
-    counts = await svc.orders.created_per_day(merchant_id=merchant.id, from_ms=first_ms, days=_DAYS, day_ms=_DAY_MS)
+    counts = await svc.orders.created_per_day(merchant_id=merchant.id, from_ms=first_ms, days=_DAYS, day_ms=_DAY_MS,
+                                              now_ms=now_ms)
     parts = []
     for currency, values in sorted(revenue.items() or [(merchant.currency, [0] * _DAYS)]):
         chart = bar_chart(points=list(zip(labels, values)), title=f"Gross revenue (before refunds, {currency}) per day, UTC",
