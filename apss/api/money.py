@@ -53,7 +53,7 @@ class MoneyController(Controller):
     async def summary(self, merchant: Merchant, svc: Services, start: Annotated[str, Parameter(query="from")],
                       end: Annotated[str, Parameter(query="to")]) -> Response[SummaryList]:
         from_ms, to_ms = _period(start, end)
-        return list_response(await svc.ledger.summary(merchant_id=merchant.id, from_ms=from_ms, to_ms=to_ms), False)
+        return list_response(await svc.reports.summary(merchant_id=merchant.id, from_ms=from_ms, to_ms=to_ms), False)
 
     @get("/v1/account/finance", summary="Revenue share and refund clawback policy")
     async def finance(self, merchant: Merchant, svc: Services) -> Finance:

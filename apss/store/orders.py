@@ -7,6 +7,9 @@ import sqlite3
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "count_created",
+    "count_status",
+    "created_per_day",
     "fetch_items",
     "fetch_payment",
     "fetch_order",
@@ -251,11 +254,41 @@ async def get_order_view_by_token(db: Database, *, checkout_token: str) -> sqlit
 async def list_order_views(
     db: Database, *, merchant_id: str, after_id: str | None, limit: int, status: str | None, player_id: str | None
 ) -> list[sqlite3.Row]:
-    return await db.fetch_all(
-        f"{_ORDER_VIEW_SELECT} WHERE o.merchant_id = ? AND (? IS NULL OR o.id < ?)"
-        " AND (? IS NULL OR o.status = ?) AND (? IS NULL OR o.player_id = ?) ORDER BY o.id DESC LIMIT ?",
-        (merchant_id, after_id, after_id, status, status, player_id, player_id, limit),
-    )
+    # Only the filters given are in the WHERE clause: `? IS NULL OR o.status = ?` would keep the
+    # planner off orders_status and orders_player, and a rare status would walk every order.
+    where, params = ["o.merchant_id = ?"], [merchant_id]
+    for condition, value in (("o.id < ?", after_id), ("o.status = ?", status), ("o.player_id = ?", player_id)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    return await db.fetch_all(f"{_ORDER_VIEW_SELECT} WHERE {' AND '.join(where)} ORDER BY o.id DESC LIMIT ?",
+                              (*params, limit))
+
+
+async def count_created(db: Database, *, merchant_id: str, from_ms: int, to_ms: int, statuses: tuple[str, ...]) -> sqlite3.Row:
+    """Orders created in [from, to) (`orders`), and how many of them are now in one of `statuses`
+    (`in_statuses`)."""
+    assert statuses
+    return await db.fetch_one(
+        f"SELECT count(*) AS orders, coalesce(sum(status IN ({', '.join('?' * len(statuses))})), 0) AS in_statuses"
+        " FROM orders WHERE merchant_id = ? AND created_at_ms >= ? AND created_at_ms < ?",
+        (*statuses, merchant_id, from_ms, to_ms))
+
+
+async def created_per_day(db: Database, *, merchant_id: str, from_ms: int, to_ms: int, day_ms: int) -> dict[int, int]:
+    """Orders created in [from, to), per `day_ms` step from `from_ms` (0 = the first day)."""
+    rows = await db.fetch_all(
+        "SELECT (created_at_ms - ?) / ? AS day, count(*) AS orders FROM orders"
+        " WHERE merchant_id = ? AND created_at_ms >= ? AND created_at_ms < ? GROUP BY day",
+        (from_ms, day_ms, merchant_id, from_ms, to_ms))
+    return {row["day"]: row["orders"] for row in rows}
+
+
+async def count_status(db: Database, *, merchant_id: str, status: str, limit: int) -> int:
+    """How many of the merchant's orders are in `status`, counting no further than `limit`."""
+    row = await db.fetch_one("SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE merchant_id = ? AND status = ? LIMIT ?)",
+                             (merchant_id, status, limit))
+    return row["n"]
 
 
 async def fetch_order(db: Database, *, order_id: str) -> sqlite3.Row | None:

@@ -8,6 +8,7 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "channel_totals",
+    "daily_reports_within",
     "existing_starts",
     "fetch_report",
     "insert_report",
@@ -43,6 +44,14 @@ async def channel_totals(db: Database, *, merchant_id: str, from_ms: int, to_ms:
         " WHERE t.merchant_id = ? AND t.created_at_ms >= ? AND t.created_at_ms < ?"
         " AND (substr(e.account, 1, 18) = 'provider_clearing:' OR substr(e.account, 1, 13) = 'fees_expense:')"
         " GROUP BY t.kind, channel_account, e.currency ORDER BY channel_account, e.currency, t.kind",
+        (merchant_id, from_ms, to_ms))
+
+
+async def daily_reports_within(db: Database, *, merchant_id: str, from_ms: int, to_ms: int) -> list[sqlite3.Row]:
+    """Stored daily reports whose day lies wholly in [from, to), in day order: start, end, body."""
+    return await db.fetch_all(
+        "SELECT period_start_ms, period_end_ms, body FROM reports WHERE merchant_id = ? AND period = 'daily'"
+        " AND period_start_ms >= ? AND period_end_ms <= ? ORDER BY period_start_ms",
         (merchant_id, from_ms, to_ms))
 
 

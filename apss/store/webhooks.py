@@ -157,10 +157,15 @@ async def get_delivery(db: Database, *, merchant_id: str, delivery_id: str) -> s
 
 async def list_deliveries(db: Database, *, merchant_id: str, endpoint_id: str | None, event_id: str | None,
                           status: str | None, after_id: str | None, limit: int) -> list[sqlite3.Row]:
-    return await db.fetch_all(
-        f"{_DELIVERY_SQL} WHERE d.merchant_id = ? AND (? IS NULL OR d.endpoint_id = ?) AND (? IS NULL OR d.event_id = ?)"
-        " AND (? IS NULL OR d.status = ?) AND (? IS NULL OR d.id < ?) ORDER BY d.id DESC LIMIT ?",
-        (merchant_id, endpoint_id, endpoint_id, event_id, event_id, status, status, after_id, after_id, limit))
+    # Only the filters given are in the WHERE clause, so the planner can take the index of the one
+    # given (`? IS NULL OR d.status = ?` would walk every delivery of the merchant for a rare status).
+    where, params = ["d.merchant_id = ?"], [merchant_id]
+    for condition, value in (("d.endpoint_id = ?", endpoint_id), ("d.event_id = ?", event_id), ("d.status = ?", status),
+                             ("d.id < ?", after_id)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    return await db.fetch_all(f"{_DELIVERY_SQL} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?", (*params, limit))
 
 
 def record_success(tx: Tx, *, delivery_id: str, endpoint_id: str, status_code: int, now_ms: int) -> bool:

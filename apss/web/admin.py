@@ -18,8 +18,8 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.response import Redirect
 
-from apss.clock import format_rfc3339, parse_rfc3339
-from apss.domain.orders import PAID_OR_LATER, REFUNDABLE, OrderStatus
+from apss.clock import format_rfc3339
+from apss.domain.orders import REFUNDABLE, OrderStatus
 from apss.errors import ApssError, NotFound
 from apss.services.catalog.products import ProductUpdate
 from apss.services.container import Services
@@ -53,8 +53,8 @@ _LOGIN_CSRF_COOKIE = "apss_login_csrf"
 _DAY_MS = 86_400_000
 _DAYS = 14
 _PAGE = 50
-_ORDER_PAGES_MAX = 50  # the overview walks at most 5,000 recent orders
 _COUNT_PAGES_MAX = 10
+_COUNT_MAX = _COUNT_PAGES_MAX * 100  # counters show "1000+" beyond
 _LIVE_REFRESH_MS = 5000
 _PLAYER_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -112,20 +112,6 @@ async def admin_logout(request: Request, svc: Services) -> Response:
 
 
 # -- overview ----------------------------------------------------------------------------------
-async def _orders_since(svc: Services, merchant_id: str, since_ms: int) -> list:
-    found, after = [], None
-    for _ in range(_ORDER_PAGES_MAX):
-        page, more = await svc.orders.list(merchant_id=merchant_id, after_id=after, limit=100, status=None, player_id=None)
-        for order in page:  # newest first
-            if parse_rfc3339(order.created_at) < since_ms:
-                return found
-            found.append(order)
-        if not more:
-            break
-        after = page[-1].id
-    return found
-
-
 async def _count(list_page, **filters) -> str:
     """How many items a paged list holds, up to a bound ("1000+" beyond it)."""
     total, after = 0, None
@@ -143,17 +129,17 @@ async def _live(svc: Services, page: Page) -> dict[str, str]:
     assert merchant is not None
     now_ms = svc.clock.now_ms()
     today_ms = now_ms - now_ms % _DAY_MS
-    today = await _orders_since(svc, merchant.id, today_ms)
-    summary = await svc.ledger.summary(merchant_id=merchant.id, from_ms=today_ms, to_ms=now_ms + 1)
+    orders_today, paid_today = await svc.orders.created_since(merchant_id=merchant.id, since_ms=today_ms, until_ms=now_ms + 1)
+    summary = await svc.reports.summary(merchant_id=merchant.id, from_ms=today_ms, to_ms=now_ms + 1)
     nothing = page.cash(0, merchant.currency)
     gross = ", ".join(page.cash(s.gross, s.currency) for s in summary if s.gross) or nothing
     net = ", ".join(page.cash(s.gross - s.refunds - s.chargebacks, s.currency) for s in summary
                     if s.gross or s.refunds or s.chargebacks) or nothing
-    pending = await _count(lambda **kw: svc.orders.list(merchant_id=merchant.id, status="pending", player_id=None, **kw))
+    pending = await svc.orders.count_status(merchant_id=merchant.id, status="pending", limit=_COUNT_MAX + 1)
     alerts = await _count(lambda **kw: svc.alerts.list(merchant_id=merchant.id, resolved=False, kind=None, **kw))
-    return {"orders_today": str(len(today)), "paid_today": str(sum(o.status in PAID_OR_LATER for o in today)),
-            "revenue_today": gross, "net_revenue_today": net, "pending": pending, "open_alerts": alerts,
-            "as_of": format_rfc3339(now_ms)}
+    return {"orders_today": str(orders_today), "paid_today": str(paid_today), "revenue_today": gross,
+            "net_revenue_today": net, "pending": str(pending) if pending <= _COUNT_MAX else f"{_COUNT_MAX}+",
+            "open_alerts": alerts, "as_of": format_rfc3339(now_ms)}
 
 
 async def _charts(svc: Services, page: Page) -> str:
@@ -164,12 +150,11 @@ async def _charts(svc: Services, page: Page) -> str:
     starts = [first_ms + i * _DAY_MS for i in range(_DAYS)]
     labels = [format_rfc3339(s)[:10] for s in starts]
     revenue: dict[str, list[int]] = {}
-    for index, start in enumerate(starts):
-        for row in await svc.ledger.summary(merchant_id=merchant.id, from_ms=start, to_ms=start + _DAY_MS):
+    for index, start in enumerate(starts):  # past days from their stored daily reports (Reports.summary)
+        for row in await svc.reports.summary(merchant_id=merchant.id, from_ms=start, to_ms=start + _DAY_MS):
             revenue.setdefault(row.currency, [0] * _DAYS)[index] += row.gross
-    counts = [0] * _DAYS
-    for order in await _orders_since(svc, merchant.id, first_ms):
-        counts[(parse_rfc3339(order.created_at) - first_ms) // _DAY_MS] += 1
+    counts = await svc.orders.created_per_day(merchant_id=merchant.id, from_ms=first_ms, days=_DAYS, day_ms=_DAY_MS,
+                                              now_ms=now_ms)
     parts = []
     for currency, values in sorted(revenue.items() or [(merchant.currency, [0] * _DAYS)]):
         chart = bar_chart(points=list(zip(labels, values)), title=f"Gross revenue (before refunds, {currency}) per day, UTC",

@@ -210,7 +210,7 @@ async def _live_summary(page: Page, svc: Services, request: Request) -> str:
     if start is None or end is None or end < start:
         result = "<p class='notice error' id=summary-error>Choose a from day on or before the to day.</p>"
     else:
-        lines = await svc.ledger.summary(merchant_id=page.merchant.id, from_ms=start, to_ms=end + _DAY_MS)
+        lines = await svc.reports.summary(merchant_id=page.merchant.id, from_ms=start, to_ms=end + _DAY_MS)
         result = (f"<p class=muted id=summary-period>{esc(format_rfc3339(start))} to {esc(format_rfc3339(end + _DAY_MS))} "
                   f"(live, from the ledger)</p><table id=summary class=compact>{_SUMMARY_HEAD}{_summary_rows(page, lines)}</table>")
     return f"<div class='card scroll'><h2>Live summary</h2>{form}{result}{_NET_NOTE}</div>"
