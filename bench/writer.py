@@ -4,7 +4,7 @@ project's schema, one on a lean schema (the same tables and columns, no foreign 
 only the primary keys, idempotency's unique key among them).
 
     python bench/writer.py [TRANSACTIONS] [--tasks 64] [--per-commit 100] [--sync FULL,NORMAL] [--repeat 3] [--dir DIR]
-                           [--costs] [--cost-transactions 10000]
+                           [--costs] [--cost-transactions 2000] [--cost-repeat 5]
 
 Prints figures only; asserts nothing about speed (it exits non-zero if a run wrote the wrong rows).
 The transaction is the realistic 8-statement order creation of apss.services.orders.checkout
@@ -16,7 +16,9 @@ with the same Python work per transaction as checkout._reserve (ids, token, pric
 
 `--costs` then measures what each foreign key, CHECK, UNIQUE, STRICT and secondary index of the
 hot tables costs: the project-schema loop on a scratch copy of the schema without it, against the
-unchanged copy in the same run (bench/schema_variants.py; the real schema is never changed).
+unchanged copy run just before or after it (bench/schema_variants.py; the real schema is never
+changed), in CPU time per transaction, which other work on a shared machine disturbs less than
+wall time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -59,8 +62,10 @@ def seed_copy(path: str, schema: Schema) -> None:
     """A fresh file holding `schema` (a scratch copy of the project's, or the lean one)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        conn.execute("BEGIN")  # one commit for the whole schema, not one per statement
         for statement in schema.ddl():
             conn.execute(statement)
+        conn.execute("COMMIT")
     finally:
         conn.close()
     seed_rows(path, with_merchant="merchants" in schema.tables)
@@ -126,10 +131,12 @@ def check(path: str, expected: int) -> None:
         raise SystemExit(f"bench: wrong row counts {counts}, reserved {reserved}; expected {expected} each")
 
 
-def run_bare(path: str, total: int, per_commit: int, synchronous: str) -> float:
+def run_bare(path: str, total: int, per_commit: int, synchronous: str) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds): on a shared machine the CPU time is what the
+    statements cost, whatever else runs (it leaves out the fsync waits, the same for every schema)."""
     conn = open_connection(path, synchronous=synchronous, busy_timeout_ms=5000)
     counter = itertools.count()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     done = 0
     while done < total:
         size = min(per_commit, total - done)
@@ -138,9 +145,9 @@ def run_bare(path: str, total: int, per_commit: int, synchronous: str) -> float:
             order_transaction(Tx(conn), next(counter))
         conn.execute("COMMIT")
         done += size
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
     conn.close()
-    return elapsed
+    return elapsed, cpu
 
 
 async def run_writer(path: str, total: int, tasks: int, synchronous: str) -> tuple[float, int]:
@@ -177,13 +184,13 @@ def remove_db(path: str) -> None:
             os.remove(path + suffix)
 
 
-def timed_bare(path: str, total: int, per_commit: int, synchronous: str) -> float:
-    """One bare-loop run on a seeded file, checked, then removed."""
+def timed_bare(path: str, total: int, per_commit: int, synchronous: str) -> tuple[float, float]:
+    """One bare-loop run on a seeded file, checked, then removed: (wall, CPU) seconds."""
     gc.collect()
-    elapsed = run_bare(path, total, per_commit, synchronous)
+    times = run_bare(path, total, per_commit, synchronous)
     check(path, total)
     remove_db(path)
-    return elapsed
+    return times
 
 
 def timed_writer(path: str, total: int, tasks: int, synchronous: str, loop_factory) -> tuple[float, float]:
@@ -204,10 +211,10 @@ def compare(directory: str, args: argparse.Namespace, synchronous: str, lean_sch
     project_times, lean_times, writer_times, batch_sizes = [], [], [], []
     for attempt in range(args.repeat):  # interleaved; the best of each is the least disturbed
         project_times.append(timed_bare(fresh_db(directory, f"project-{synchronous}-{attempt}.sqlite"),
-                                        args.transactions, args.per_commit, synchronous))
+                                        args.transactions, args.per_commit, synchronous)[0])
         lean_path = os.path.join(directory, f"lean-{synchronous}-{attempt}.sqlite")
         seed_copy(lean_path, lean_schema)
-        lean_times.append(timed_bare(lean_path, args.transactions, args.per_commit, synchronous))
+        lean_times.append(timed_bare(lean_path, args.transactions, args.per_commit, synchronous)[0])
         writer_s, batch = timed_writer(fresh_db(directory, f"writer-{synchronous}-{attempt}.sqlite"),
                                        args.transactions, args.tasks, synchronous, loop_factory)
         writer_times.append(writer_s)
@@ -245,24 +252,38 @@ def variants(schema: Schema) -> list[tuple[str, Schema]]:
 
 
 def cost_table(directory: str, args: argparse.Namespace, synchronous: str, schema: Schema) -> None:
-    """What each constraint and index of the hot tables costs the project-schema loop."""
+    """What each constraint and index of the hot tables costs the project-schema loop, in CPU
+    time per transaction: each variant runs in pairs with the unchanged copy, one just after the
+    other (their order alternating), so that a slow spell of the machine hits both; the median of
+    the pairs' differences counts, and their spread says how far to trust it."""
     chosen = variants(schema)
     total = args.cost_transactions
-    times: list[list[float]] = [[] for _ in chosen]
-    for attempt in range(args.repeat):  # every variant once per round: a slow spell hits them all
-        for index, (_, variant) in enumerate(chosen):
-            path = os.path.join(directory, f"cost-{index}.sqlite")
-            seed_copy(path, variant)
-            times[index].append(timed_bare(path, total, args.per_commit, synchronous))
-    rates = [total / min(t) for t in times]
-    reference = rates[0]
+
+    def cpu_us(variant: Schema) -> float:
+        path = os.path.join(directory, "cost.sqlite")
+        seed_copy(path, variant)
+        return timed_bare(path, total, args.per_commit, synchronous)[1] / total * 1e6
+
+    references: list[float] = []
+    rows = []
+    for label, variant in chosen[1:]:
+        saved = []
+        for attempt in range(args.cost_repeat):
+            if attempt % 2:
+                removed, reference = cpu_us(variant), cpu_us(schema)
+            else:
+                reference, removed = cpu_us(schema), cpu_us(variant)
+            references.append(reference)
+            saved.append(reference - removed)
+        rows.append((label, statistics.median(saved), min(saved), max(saved)))
+    reference = statistics.median(references)
     print(f"\ncost of each constraint and index, synchronous={synchronous}: the project-schema loop on a scratch copy "
-          f"without it, {total} tx, best of {args.repeat}; the reference is the unchanged copy in the same run "
-          f"({reference:,.0f} tx/s, {1e6 / reference:.1f} us/tx)\n")
-    print("| removed | tx/s | vs reference | us/tx saved |")
+          f"without it against the unchanged copy, {args.cost_repeat} pairs of {total} tx each; the unchanged copy "
+          f"takes {reference:.1f} us CPU/tx (median of its {len(references)} runs)\n")
+    print("| removed | CPU saved, us/tx (median) | pairs' spread | share of the transaction |")
     print("|---|---|---|---|")
-    for (label, _), rate in zip(chosen, rates, strict=True):
-        print(f"| {label} | {rate:,.0f} | {rate / reference:.0%} | {1e6 / reference - 1e6 / rate:+.2f} |", flush=True)
+    for label, median, low, high in rows:
+        print(f"| {label} | {median:+.1f} | {low:+.1f} .. {high:+.1f} | {median / reference:.0%} |", flush=True)
 
 
 def main() -> None:
@@ -275,7 +296,8 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="directory for the temp databases (default: system temp dir)")
     parser.add_argument("--costs", action="store_true",
                         help="then the cost of each constraint and index (first --sync setting; minutes)")
-    parser.add_argument("--cost-transactions", type=int, default=10_000, help="transactions per --costs run")
+    parser.add_argument("--cost-transactions", type=int, default=2_000, help="transactions per --costs run")
+    parser.add_argument("--cost-repeat", type=int, default=5, help="pairs (variant, unchanged copy) per --costs variant")
     args = parser.parse_args()
     try:
         import uvloop  # the server's loop (apss serve uses loop="uvloop")
