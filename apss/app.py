@@ -76,7 +76,7 @@ from apss.crypto import Keyring, PersonalData, keyring_from_file
 from apss.errors import LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
-from apss.services.backups.backups import Backups
+from apss.services.backups.backups import Backups, key_file, personal_key_file
 from apss.services.catalog.products import Catalog
 from apss.services.container import Services
 from apss.services.disputes.evidence import DisputeEvidenceService
@@ -145,7 +145,8 @@ def load_keyring(config: Config) -> Keyring:
     kid = config.security.data_key_id
     if config.security.data_key:
         return Keyring({kid: base64.b64decode(config.security.data_key)}, primary=kid)
-    path = Path(f"{config.database.path}.keys")
+    path = key_file(config)
+    assert path is not None, "the key is not in config"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -162,7 +163,8 @@ def load_personal_data(config: Config) -> tuple[PersonalData, Path | None]:
         keys = {kid: base64.b64decode(value) for kid, value in privacy.keys.items()}
         return PersonalData(keys, primary=privacy.primary_key_id,
                             pseudonym_key=base64.b64decode(privacy.pseudonym_key)), None
-    path = Path(f"{config.database.path}.privacy")
+    path = personal_key_file(config)
+    assert path is not None, "the keys are not in config"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private_json(path, {"primary": "p1", "keys": {"p1": base64.b64encode(os.urandom(32)).decode()},

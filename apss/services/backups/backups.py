@@ -129,7 +129,7 @@ def configured_keyring(config: Config) -> Keyring:
     if config.security.data_key:
         return Keyring({config.security.data_key_id: base64.b64decode(config.security.data_key)},
                        primary=config.security.data_key_id)
-    return keyring_from_file(Path(f"{config.database.path}.keys"))
+    return keyring_from_file(key_file(config))
 
 
 def key_opens(keyring: Keyring, path: str) -> bool:
