@@ -194,9 +194,10 @@ class Checkout:
         if not self._gateway.supports(channel, Capability.CREATE_PAYMENT_LOCALLY):
             return None
         request = self._payment_request(reserved.order, reserved.lines, channel, reserved.three_ds)
-        attempt = self._gateway.create_payment_locally(merchant, channel, request, on_commit=tx.after_commit)
-        if not attempt.succeeded:
+        attempt = self._gateway.create_payment_locally(merchant, channel, request)
+        if not attempt.succeeded:  # the two-step path asks again and reports that attempt
             return None
+        tx.after_commit(lambda: self._gateway.feed_breaker(merchant, attempt))
         payment = {"id": reserved.order["payment_id"], "merchant_id": merchant.id, "provider_ref": None}
         return self._record_payment(tx, merchant=merchant, order_id=reserved.order["id"], attempts=[attempt],
                                     lines=reserved.lines, idem_key=None, current=reserved.order, payment=payment)

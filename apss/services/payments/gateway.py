@@ -99,11 +99,10 @@ class PaymentGateway:
         return await self._call(merchant, channel, Capability.CREATE_PAYMENT.value,
                                 lambda credentials: adapter.create_payment(request, credentials))
 
-    def create_payment_locally(self, merchant: Merchant, channel: str, request: PaymentRequest,
-                               on_commit: Callable[[Callable[[], None]], None]) -> Attempt:
+    def create_payment_locally(self, merchant: Merchant, channel: str, request: PaymentRequest) -> Attempt:
         """`create_payment` for a channel that creates payments in this process, called inside a
-        write transaction (no I/O, no await); `on_commit` is the transaction's `after_commit`: the
-        breaker, which lives on the event loop, hears of the attempt once it is durable."""
+        write transaction (no I/O, no await). The breaker lives on the event loop: the caller
+        hands it the attempt it uses after commit (`feed_breaker`)."""
         adapter = self._channels.registry.capable(channel, Capability.CREATE_PAYMENT_LOCALLY)
         operation = Capability.CREATE_PAYMENT.value
         try:
@@ -112,7 +111,6 @@ class PaymentGateway:
             attempt = self._failed(channel, operation, error)
         else:
             attempt = Attempt(channel=channel, operation=operation, outcome="succeeded", value=value)
-        on_commit(lambda: self._feed_breaker(merchant, attempt))
         return attempt
 
     async def refund(self, merchant: Merchant, channel: str, request: RefundRequest) -> Attempt:
@@ -165,7 +163,7 @@ class PaymentGateway:
             attempt = self._failed(channel, operation, error)
         else:
             attempt = Attempt(channel=channel, operation=operation, outcome="succeeded", value=value)
-        self._feed_breaker(merchant, attempt)
+        self.feed_breaker(merchant, attempt)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if not attempt.succeeded:
             log.warning("%s %s for %s: %s (%s, %d ms)", channel, operation, merchant.id, attempt.outcome,
@@ -189,7 +187,7 @@ class PaymentGateway:
         log.error("%s %s raised %s", channel, operation, type(error).__name__, exc_info=error)
         return Attempt(channel=channel, operation=operation, outcome="unknown", error_code="provider_error")
 
-    def _feed_breaker(self, merchant: Merchant, attempt: Attempt) -> None:
+    def feed_breaker(self, merchant: Merchant, attempt: Attempt) -> None:
         if attempt.succeeded:
             self._channels.record_success(merchant.id, attempt.channel)
         elif attempt.outcome == "unknown" or attempt.error_code == "channel_unreachable":
