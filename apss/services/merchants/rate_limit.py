@@ -1,7 +1,8 @@
 """The per-key rate limit: a token bucket per merchant, `api.requests_per_s_max` sustained and
 `api.burst_max` at once (0 disables it), unless the admin gave the merchant its own (PATCH
-/v1/merchants/{id} `rate_limit`, e.g. for a flash sale through one game-server key); and the admin token's guard against guessing: the 6th
-failed admin authentication from one address within 60 s locks that address out for 60 s."""
+/v1/merchants/{id} `rate_limit`, e.g. for a flash sale through one game-server key); and the
+admin token's guard against guessing: the 6th failed admin authentication from one address
+within 60 s locks that address out for 60 s."""
 
 from __future__ import annotations
 
