@@ -158,6 +158,34 @@ def test_sandbox_dispute_refusals(merchant):
                      "status")
 
 
+def test_the_sandbox_refuses_to_refund_a_disputed_payment_until_the_dispute_is_won(merchant, server):
+    """As card providers do (Stripe's `charge_disputed`): while the bank holds a dispute, a refund
+    would pay the payer twice. The sandbox's own book is the witness: its refund rows."""
+    with merchant.client() as client:
+        order = _paid(merchant, client, player_id="dsp-gus", grants=[{"type": "currency", "currency": "GEMS", "amount": 5}])
+        payment_id = order["payment"]["id"]
+        assert client.post(f"/v1/sandbox/payments/{payment_id}/dispute", json={"amount": 200}).status_code == 202
+        dispute = _one_dispute(client, order["id"])
+        assert dispute["amount"] == 200
+
+        refused = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 100})
+        assert refused.status_code in (200, 201, 202), refused.text
+        refund = wait_for(lambda: (r := client.get(f"/v1/refunds/{refused.json()['id']}").json())["status"] != "pending" and r)
+        assert (refund["status"], refund["failure_code"]) == ("failed", "charge_disputed")
+        with sqlite3.connect(server.db_path) as db:
+            book = db.execute("SELECT status, failure_code FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)).fetchall()
+        assert book == [("failed", "charge_disputed")], "the sandbox kept the refund refused"
+
+        assert client.post(f"/v1/sandbox/disputes/{dispute['id']}/close", json={"outcome": "won"}).status_code == 202
+        _one_dispute(client, order["id"], status="won")
+        allowed = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 100})
+        assert wait_for(lambda: client.get(f"/v1/refunds/{allowed.json()['id']}").json()["status"] == "succeeded")
+        with sqlite3.connect(server.db_path) as db:
+            book = sorted(db.execute("SELECT status FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)).fetchall())
+        assert book == [("failed",), ("succeeded",)]
+        _ledger_ok(server)
+
+
 @pytest.fixture(scope="module")
 def stripe(server):
     standin = StripeStandIn(secret_key=SECRET_KEY, webhook_secret=WEBHOOK_SECRET, now_s=lambda: server.clock.now_ms() // 1000)
@@ -247,6 +275,13 @@ def test_a_stripe_dispute_closed_before_its_created_event_is_booked_then_lost(se
         assert (dispute["status"], dispute["amount"]) == ("lost", 400)
         assert before - _payable(client) == 400
         assert_error(client.post(f"/v1/disputes/{dispute['id']}/submit", json={}), 409, "conflict_error", "invalid_state")
+        # Stripe refuses to refund a charged-back charge (`charge_disputed`): the refund fails, nothing is booked twice
+        refused = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 100})
+        assert refused.status_code in (200, 201, 202), refused.text
+        refund = wait_for(lambda: (r := client.get(f"/v1/refunds/{refused.json()['id']}").json())["status"] != "pending" and r)
+        assert refund["status"] == "failed" and refund["failure_code"] == "charge_disputed", refund
+        assert not [r for r in standin.refunds.values() if r["payment_intent"] == intent["id"]], "Stripe executed no refund"
+        assert before - _payable(client) == 400
         _ledger_ok(server)
 
 

@@ -167,6 +167,11 @@ def sandbox_dispute_tx(tx: Tx, *, dispute_id: str) -> sqlite3.Row | None:
     return tx.one("SELECT * FROM sandbox_disputes WHERE id = ?", (dispute_id,))
 
 
+def sandbox_payment_disputed(tx: Tx, *, payment_id: str) -> bool:
+    """Whether the payer's bank disputes the payment (a dispute open, or lost)."""
+    return tx.one("SELECT 1 FROM sandbox_disputes WHERE payment_id = ? AND status != 'won'", (payment_id,)) is not None
+
+
 async def fetch_sandbox_dispute(db: Database, *, dispute_id: str) -> sqlite3.Row | None:
     return await db.fetch_one("SELECT * FROM sandbox_disputes WHERE id = ?", (dispute_id,))
 

@@ -44,6 +44,9 @@ _INTENT_KEYS = {"amount", "currency", "customer", "payment_method", "off_session
 # The stand-in's test cards: an off-session charge of these wire amounts is declined with this code
 # (`authentication_required` is the bank asking for 3DS, which an absent payer cannot do).
 OFF_SESSION_DECLINES = {4002: "insufficient_funds", 4041: "stolen_card", 4043: "lost_card", 4065: "authentication_required"}
+# Dispute statuses under which Stripe refuses a refund (`charge_disputed`): the bank took the money
+# back, or holds it while it decides. An inquiry (`warning_*`) took nothing: a refund closes it.
+_CHARGED_BACK = ("needs_response", "under_review", "lost")
 _SESSION_EXPIRY_S = (30 * 60, 24 * 3600)  # Stripe's window for expires_at, from the request's time
 _METADATA_RE = re.compile(r"^(metadata|payment_intent_data\[metadata\])\[([A-Za-z0-9_]{1,40})\]$")
 
@@ -284,6 +287,9 @@ class StripeStandIn:
         intent = self._get(self.intents, form.get("payment_intent", ""))
         if intent["status"] != "succeeded":
             raise _invalid("This PaymentIntent has no successful charge to refund.", code="charge_not_refundable")
+        if any(d["payment_intent"] == intent["id"] and d["status"] in _CHARGED_BACK for d in self.disputes.values()):
+            raise _invalid(f"Charge {intent['latest_charge']} has been charged back; cannot issue a refund.",
+                           code="charge_disputed")
         refunded = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent["id"] and r["status"] != "failed")
         amount = _check_amount(form.get("amount", str(intent["amount_received"] - refunded)), intent["currency"])
         if amount > intent["amount_received"] - refunded:

@@ -3,7 +3,8 @@ spirit of TigerBeetle's VOPR.
 
 One seed (random.Random(seed)) drives a workload of players ordering (alone, or in bursts whose
 writes share one group commit), paying, failing, refunding in full and in part, spending wallet
-currency, acknowledging game deliveries and canceling; the providers answer with seeded faults
+currency, acknowledging game deliveries and canceling, and their banks disputing paid charges
+(sandbox and Stripe disputes, closed won or lost); the providers answer with seeded faults
 (Stripe's API: refused connections, timeouts before and after it did the work, 5xx, malformed
 bodies; its webhooks lost, delayed, duplicated, reordered; refunds that settle late; the
 sandbox's callbacks refused, timed out after being applied, duplicated, plus its own magic

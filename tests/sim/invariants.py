@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tests.sim.world import Sim
 
-__all__ = ["ORDER_EVENT_TYPES", "Violation", "check_final", "check_step", "digest"]
+__all__ = ["ORDER_EVENT_TYPES", "Violation", "check_final", "check_step", "digest", "provider_disputes", "provider_paid"]
 
 ORDER_EVENT_TYPES = frozenset({"order.paid", "order.delivering", "order.fulfilled", "order.expired", "order.canceled",
                                "order.failed", "order.partially_refunded", "order.refunded", "order.in_review"})
@@ -28,13 +28,25 @@ def _fail(text: str) -> None:
     raise Violation(text)
 
 
-def _provider_paid(sim: Sim) -> dict[str, str]:
+def provider_paid(sim: Sim) -> dict[str, str]:
     """payment id -> channel, for every payment the provider says it charged."""
     paid = {i["metadata"]["apss_payment_id"]: "stripe" for i in sim.stripe.intents.values()
             if i["status"] == "succeeded" and "apss_payment_id" in i["metadata"]}
     for row in sim.rows("SELECT payment_id FROM sandbox_payments WHERE outcome = 'succeeded'"):
         paid[row["payment_id"]] = "sandbox"
     return paid
+
+
+def provider_disputes(sim: Sim) -> dict[tuple[str, str], dict]:
+    """(channel, the provider's dispute id) -> {payment_id, amount, status} as the provider holds
+    it: the Stripe stand-in's disputes (their PaymentIntent's apss_payment_id), the sandbox's
+    sandbox_disputes."""
+    by_intent = {i["id"]: i["metadata"].get("apss_payment_id") for i in sim.stripe.intents.values()}
+    held = {("stripe", d["id"]): {"payment_id": by_intent[d["payment_intent"]], "amount": d["amount"],
+                                  "status": d["status"]} for d in sim.stripe.disputes.values()}
+    for row in sim.rows("SELECT id, payment_id, amount, status FROM sandbox_disputes"):
+        held[("sandbox", row["id"])] = {"payment_id": row["payment_id"], "amount": row["amount"], "status": row["status"]}
+    return held
 
 
 def _provider_refunds(sim: Sim) -> dict[str, tuple[int, str]]:
@@ -55,7 +67,7 @@ async def check_step(sim: Sim) -> None:
         if total != sim.initial_stock[row["id"]]:
             _fail(f"product {row['sku']}: stock + reserved + sold = {total}, created with {sim.initial_stock[row['id']]}")
     # Paid here => charged by the provider.
-    paid = _provider_paid(sim)
+    paid = provider_paid(sim)
     for row in sim.rows("SELECT id, channel, order_id FROM payments WHERE status = 'succeeded' ORDER BY id"):
         if row["channel"] in ("stripe", "sandbox") and row["id"] not in paid:
             _fail(f"payment {row['id']} ({row['channel']}) is succeeded here but the provider never charged it")
@@ -88,17 +100,43 @@ async def check_step(sim: Sim) -> None:
             _fail(f"wallet {row['player_id']} {row['currency']}: balance {row['balance']}, history {row['history']}")
     # Refunds: booked succeeded => executed by the provider; never more than was captured.
     executed = _provider_refunds(sim)
-    for row in sim.rows("SELECT id, amount FROM refunds WHERE status = 'succeeded' ORDER BY id"):
+    for row in sim.rows("SELECT id, amount FROM refunds WHERE status = 'succeeded' AND reason IS NOT 'chargeback' ORDER BY id"):
         if executed.get(row["id"], (None, None))[1] != "succeeded":
             _fail(f"refund {row['id']} is succeeded here; the provider holds {executed.get(row['id'])}")
     for row in sim.rows("SELECT p.id, p.amount, SUM(r.amount) AS refunded FROM payments p JOIN refunds r ON "
                         "r.payment_id = p.id WHERE r.status != 'failed' GROUP BY p.id HAVING refunded > p.amount"):
         _fail(f"payment {row['id']}: refunds {row['refunded']} exceed the capture {row['amount']}")
+    _check_disputes(sim)
     # The ledger: every transaction balances, every balance equals its entries.
     check = await sim.svc.ledger.check()
     if not check.ok:
         _fail(f"ledger check: {check.problem}")
     _check_outbox(sim)
+
+
+def _check_disputes(sim: Sim) -> None:
+    """Each dispute here is one the provider opened, for its payment and amount; its chargeback
+    is a refund of exactly that amount booked once; a closed one closed as the provider says; a
+    won one reversed once, a lost one never. Every chargeback belongs to a dispute."""
+    held = provider_disputes(sim)
+    for row in sim.rows("SELECT d.id, d.channel, d.provider_dispute_id, d.payment_id, d.amount, d.status, d.refund_id, "
+                        "r.amount AS refund_amount, r.status AS refund_status FROM disputes d LEFT JOIN refunds r "
+                        "ON r.id = d.refund_id ORDER BY d.id"):
+        theirs = held.get((row["channel"], row["provider_dispute_id"]))
+        if theirs is None or (theirs["payment_id"], theirs["amount"]) != (row["payment_id"], row["amount"]):
+            _fail(f"dispute {row['id']} ({row['payment_id']}, {row['amount']}): the provider holds {theirs}")
+        if row["status"] in ("won", "lost") and theirs["status"] != row["status"]:
+            _fail(f"dispute {row['id']} is {row['status']} here; the provider says {theirs['status']}")
+        if (row["refund_amount"], row["refund_status"]) != (row["amount"], "succeeded"):
+            _fail(f"dispute {row['id']} of {row['amount']}: its chargeback is {row['refund_amount']} {row['refund_status']}")
+        kinds = Counter(r["kind"] for r in sim.rows(
+            "SELECT kind FROM ledger_transactions WHERE reference = ?", (row["refund_id"],)))
+        wanted = Counter({"chargeback": 1, **({"chargeback_reversed": 1} if row["status"] == "won" else {})})
+        if kinds != wanted:
+            _fail(f"dispute {row['id']} ({row['status']}): the ledger holds {dict(kinds)} under {row['refund_id']}")
+    for row in sim.rows("SELECT id FROM refunds r WHERE reason = 'chargeback' AND NOT EXISTS "
+                        "(SELECT 1 FROM disputes d WHERE d.refund_id = r.id) ORDER BY id"):
+        _fail(f"chargeback {row['id']} belongs to no dispute")
 
 
 def _check_outbox(sim: Sim) -> None:
@@ -107,11 +145,13 @@ def _check_outbox(sim: Sim) -> None:
                     sim.rows("SELECT order_id, to_status FROM order_events WHERE to_status != 'pending'"))
     refunds = Counter((r["id"], f"refund.{r['status']}") for r in
                       sim.rows("SELECT id, status FROM refunds WHERE status != 'pending'"))
+    disputes = Counter((r["dispute_id"], r["type"]) for r in
+                       sim.rows("SELECT dispute_id, type FROM dispute_events WHERE type LIKE 'dispute.%'"))
     sent: Counter = Counter()
     for row in sim.rows("SELECT type, payload FROM webhook_events ORDER BY id"):
-        if row["type"] in ORDER_EVENT_TYPES or row["type"].startswith("refund."):
+        if row["type"] in ORDER_EVENT_TYPES or row["type"].startswith(("refund.", "dispute.")):
             sent[(json.loads(row["payload"])["data"]["object"]["id"], row["type"])] += 1
-    wanted = moves + refunds
+    wanted = moves + refunds + disputes
     if sent != wanted:
         missing, extra = wanted - sent, sent - wanted
         _fail(f"outbox differs from what was committed: missing {sorted(missing)[:4]}, extra {sorted(extra)[:4]}")
@@ -119,7 +159,8 @@ def _check_outbox(sim: Sim) -> None:
 
 async def check_final(sim: Sim) -> None:
     """After the quiet phase (every recovery window passed)."""
-    paid = _provider_paid(sim)
+    paid = provider_paid(sim)
+    executed = _provider_refunds(sim)
     for payment_id in sorted(paid):
         row = sim.rows("SELECT p.status, o.id AS order_id, o.status AS order_status FROM payments p JOIN orders o "
                        "ON o.id = p.order_id WHERE p.id = ?", (payment_id,))
@@ -130,11 +171,13 @@ async def check_final(sim: Sim) -> None:
             _fail(f"the provider charged payment {payment_id}; here it is {row['status']}")
         if row["order_status"] in PAID_STATES:
             continue
-        late = sim.rows("SELECT status, amount FROM refunds WHERE payment_id = ? AND reason = 'late_payment'", (payment_id,))
+        late = sim.rows("SELECT id, status, amount FROM refunds WHERE payment_id = ? AND reason = 'late_payment'", (payment_id,))
+        if late and late[0]["status"] == "failed" and executed.get(late[0]["id"], (None, None))[1] == "failed" and sim.rows(
+                "SELECT 1 FROM alerts WHERE kind = 'refund_failed' AND object_id = ?", (late[0]["id"],)):
+            continue  # the provider declined the refund (the sandbox's `refund_fails`): a person was alerted
         if not late or late[0]["status"] != "succeeded":
             _fail(f"order {row['order_id']} ({row['order_status']}): charged by the provider, neither delivered nor "
                   f"refunded by the late-payment policy ({[dict(r) for r in late]})")
-    executed = _provider_refunds(sim)
     for refund_id, (amount, status) in sorted(executed.items()):
         if status != "succeeded":
             continue
@@ -145,6 +188,11 @@ async def check_final(sim: Sim) -> None:
                           (refund_id,))[0]["n"]
         if booked != 1:
             _fail(f"refund {refund_id} executed by the provider is booked {booked} times")
+    ours = {(r["channel"], r["provider_dispute_id"]): r["status"] for r in
+            sim.rows("SELECT channel, provider_dispute_id, status FROM disputes")}
+    for key, theirs in sorted(provider_disputes(sim).items()):
+        if ours.get(key) != theirs["status"]:
+            _fail(f"the provider's dispute {key} is {theirs['status']}; here: {ours.get(key)}")
     running = sim.rows("SELECT key FROM idempotency_keys WHERE state = 'running' ORDER BY key")
     if running:
         _fail(f"idempotency keys still running after the recovery windows: {[r['key'] for r in running][:5]}")
@@ -163,12 +211,13 @@ PAID_STATES = ("fulfilled", "partially_refunded", "refunded", "in_review", "deli
 
 
 def _check_settlements(sim: Sim) -> None:
-    """Every settlement batch's gross and refunds equal the ledger's captures and refunds of its period."""
-    for row in sim.rows("SELECT id, currency, period_start_ms, period_end_ms, gross, refunds FROM settlements "
+    """Every settlement batch's gross, refunds and chargebacks equal the ledger's of its period."""
+    for row in sim.rows("SELECT id, currency, period_start_ms, period_end_ms, gross, refunds, chargebacks FROM settlements "
                         "ORDER BY id"):
         ledger = sim.rows(
             "SELECT t.kind, SUM(e.debit) AS debits, SUM(e.credit) AS credits FROM ledger_transactions t JOIN ledger_entries e "
-            "ON e.transaction_id = t.id WHERE t.kind IN ('payment_captured', 'refund') AND e.currency = ? "
+            "ON e.transaction_id = t.id WHERE t.kind IN ('payment_captured', 'refund', 'chargeback', 'chargeback_reversed') "
+            "AND e.currency = ? "
             "AND e.account LIKE 'provider_clearing:%' AND t.created_at_ms >= ? AND t.created_at_ms < ? GROUP BY t.kind",
             (row["currency"], row["period_start_ms"], row["period_end_ms"]))
         fees = sim.rows(
@@ -179,9 +228,12 @@ def _check_settlements(sim: Sim) -> None:
         by_kind = {r["kind"]: r for r in ledger}
         gross = (by_kind["payment_captured"]["debits"] if "payment_captured" in by_kind else 0) + fees
         refunded = by_kind["refund"]["credits"] if "refund" in by_kind else 0
-        if (row["gross"], row["refunds"]) != (gross, refunded):
-            _fail(f"settlement {row['id']}: gross {row['gross']}, refunds {row['refunds']}; the ledger's period says "
-                  f"gross {gross}, refunds {refunded}")
+        charged_back = sum(by_kind[k]["credits"] - by_kind[k]["debits"] for k in ("chargeback", "chargeback_reversed")
+                           if k in by_kind)
+        if (row["gross"], row["refunds"], row["chargebacks"]) != (gross, refunded, charged_back):
+            _fail(f"settlement {row['id']}: gross {row['gross']}, refunds {row['refunds']}, chargebacks "
+                  f"{row['chargebacks']}; the ledger's period says gross {gross}, refunds {refunded}, "
+                  f"chargebacks {charged_back}")
 
 
 def digest(sim: Sim) -> str:

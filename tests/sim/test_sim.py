@@ -4,6 +4,8 @@ that a seed is the whole story."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from tests.sim.world import run_seed
@@ -40,6 +42,9 @@ def test_the_seeds_killed_and_injected_faults():
     kinds = {kind for r in _results for kind in r.faults}
     assert kills >= 5 and sum(r.kills_in_group_commit for r in _results) >= 1, [r.report() for r in _results]
     assert len(kinds) >= 8, kinds
+    disputes = sum((r.disputes for r in _results), Counter())
+    assert {channel for channel, _ in disputes} == {"sandbox", "stripe"}, disputes
+    assert {"won", "lost"} <= {status for _, status in disputes}, disputes
 
 
 def test_a_seed_replays_identically(tmp_path):
@@ -64,3 +69,20 @@ def test_a_broken_invariant_is_reported_with_its_seed_and_step(tmp_path, monkeyp
     result = run_seed(0, steps=5, workdir=tmp_path)
     assert result.violation is not None and "stock + reserved + sold" in result.violation
     assert result.violation_step == 1 and "seed 0" in result.report() and "--start 0" in result.report()
+
+
+def test_a_dispute_the_provider_holds_otherwise_is_reported(tmp_path, monkeypatch):
+    """The dispute checks read the provider's records: a Stripe dispute whose amount the
+    provider holds differently from what its event said is caught."""
+    import tests.sim.world as world
+
+    original = world.Sim.op_dispute
+
+    async def dispute_then_tamper(self):
+        await original(self)
+        for dispute in self.stripe.disputes.values():
+            dispute["amount"] += 1  # the event already went out with the amount before
+
+    monkeypatch.setattr(world.Sim, "op_dispute", dispute_then_tamper)
+    result = run_seed(1, steps=STEPS, workdir=tmp_path)
+    assert result.violation is not None and "the provider holds" in result.violation, result.report()

@@ -53,6 +53,7 @@ class Result:
     kills: int = 0
     kills_in_group_commit: int = 0
     kills_in_recovery: int = 0
+    disputes: Counter = field(default_factory=Counter)  # (channel, final status) of the disputes recorded
     violation: str | None = None
     violation_step: int | None = None
     trace: list[str] = field(default_factory=list)
@@ -61,7 +62,8 @@ class Result:
     def report(self) -> str:
         lines = [f"seed {self.seed}: {self.steps} steps, {sum(self.operations.values())} operations, "
                  f"{self.kills} kills ({self.kills_in_group_commit} in a group commit, {self.kills_in_recovery} in "
-                 f"recovery), {sum(self.faults.values())} faults, violations {0 if self.violation is None else 1}"]
+                 f"recovery), {sum(self.faults.values())} faults, {sum(self.disputes.values())} disputes, "
+                 f"violations {0 if self.violation is None else 1}"]
         if self.violation is not None:
             lines.append(f"VIOLATION at step {self.violation_step}: {self.violation}")
             lines.append(f"replay: python -m tests.sim --seeds 1 --start {self.seed} --steps {self.steps}")
@@ -273,7 +275,8 @@ class Sim:
                                                          "api_base": STRIPE_BASE})
         await self._call("PUT", "/v1/account/settlement_schedule", {"cycle": "daily", "cutoff_time": "00:00",
                                                                      "timezone": "UTC"})
-        events = sorted(invariants.ORDER_EVENT_TYPES | {"refund.succeeded", "refund.failed"})
+        events = sorted(invariants.ORDER_EVENT_TYPES | {"refund.succeeded", "refund.failed", "dispute.created", "dispute.updated",
+                                                            "dispute.closed"})
         hook = await self._call("POST", "/v1/webhook_endpoints", {"url": "https://hooks.sim.test/apss", "events": events})
         assert hook.status_code == 201, hook.text
         specs = {
@@ -385,13 +388,16 @@ class Sim:
             self._stripe_event("checkout.session.completed", self.stripe.public_session(sessions[0]))
         self._stripe_event(kind, intent)
 
-    def _stripe_event(self, event_type: str, obj: dict) -> None:
-        """Stripe queues a webhook: maybe lost, maybe delayed, maybe sent twice."""
+    def _stripe_event(self, event_type: str, obj: dict, *, losable: bool = True) -> None:
+        """Stripe queues a webhook: maybe lost, maybe delayed, maybe sent twice. A lost payment
+        event stands for one Stripe never sends (the janitor's status queries find the truth);
+        dispute events are never lost for good (APSS does not poll disputes; Stripe retries a
+        webhook for three days), only delayed, duplicated and reordered."""
         seq = next(self.stripe_event_seq)
         event = {"seq": seq, "id": f"evt_sim_{seq}", "type": event_type, "obj": json.loads(json.dumps(obj)),
                  "at": self.clock.now_ms(), "attempts": 0}
         roll = self.rng.random() if self.faults_on[0] else 1.0
-        if roll < 0.08:
+        if roll < 0.08 and losable:
             self.result.faults["stripe_callback:lost"] += 1
             self.note(f"Stripe loses {event_type} {event['id']}")
             return
@@ -485,10 +491,49 @@ class Sim:
             await self._call("POST", f"/v1/orders/{self.rng.choice(pending)['id']}/cancel", key=self._key())
 
     async def op_dispute(self) -> None:
-        """The place for disputes (being added on another branch): a chargeback the provider
-        reports on a paid order, then its invariant (booked once, goods taken back) in
-        invariants.py. Not in the operation mix until then."""
-        raise NotImplementedError
+        """The payer's bank disputes a charge both sides hold as paid, for at most what no refund
+        took back, on an order that was paid (not one canceled and paid late, whose automatic
+        refund a dispute would refuse: that case is not simulated). The sandbox raises it through
+        its endpoint (its signed `dispute.created` follows), Stripe queues
+        `charge.dispute.created`. One dispute per charge, as at Stripe."""
+        charged = invariants.provider_paid(self)
+        disputed = {d["payment_id"] for d in invariants.provider_disputes(self).values()}
+        payments = [p for p in self.rows(
+            "SELECT p.id, p.channel, p.amount, p.provider_ref, (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r "
+            "WHERE r.payment_id = p.id AND r.status != 'failed') AS refunded FROM payments p JOIN orders o ON "
+            f"o.id = p.order_id WHERE p.status = 'succeeded' AND p.channel IN ('sandbox', 'stripe') AND o.status IN "
+            f"{PAID_LIKE} ORDER BY p.id")
+            if p["id"] in charged and p["id"] not in disputed and p["amount"] > p["refunded"]]
+        if not payments:
+            return
+        payment = self.rng.choice(payments)
+        left = payment["amount"] - payment["refunded"]
+        amount = left if self.rng.random() < 0.6 else self.rng.randint(1, left)
+        if payment["channel"] == "sandbox":
+            await self._call("POST", f"/v1/sandbox/payments/{payment['id']}/dispute", {"amount": amount},
+                             key=self._key())
+            return
+        intent = next(i for _, i in sorted(self.stripe.intents.items())
+                      if i["metadata"].get("apss_payment_id") == payment["id"])
+        dispute = self.stripe.open_dispute(intent, amount=amount)
+        self.note(f"the bank disputes {amount} of Stripe payment {payment['id']}: {dispute['id']}")
+        self._stripe_event("charge.dispute.created", dispute, losable=False)
+
+    async def op_dispute_close(self) -> None:
+        """The bank decides an open dispute: won (the money comes back) or lost."""
+        open_ = [(key, d) for key, d in sorted(invariants.provider_disputes(self).items())
+                 if d["status"] in ("needs_response", "under_review")]
+        if not open_:
+            return
+        (channel, dispute_id), _ = self.rng.choice(open_)
+        outcome = "won" if self.rng.random() < 0.5 else "lost"
+        if channel == "sandbox":
+            await self._call("POST", f"/v1/sandbox/disputes/{dispute_id}/close", {"outcome": outcome}, key=self._key())
+            return
+        dispute = self.stripe.disputes[dispute_id]
+        dispute["status"] = outcome
+        self.note(f"the bank closes Stripe dispute {dispute_id}: {outcome}")
+        self._stripe_event("charge.dispute.closed", dispute, losable=False)
 
     async def op_advance(self) -> None:
         roll = self.rng.random()
@@ -518,8 +563,8 @@ class Sim:
                     return
 
     OPS = (("order", 24), ("burst", 3), ("pay", 20), ("sandbox_callbacks", 8), ("stripe_webhooks", 8),
-           ("stripe_refunds_settle", 2), ("refund", 8), ("debit", 4), ("ack", 4), ("cancel", 2), ("advance", 10),
-           ("jobs", 6))
+           ("stripe_refunds_settle", 2), ("refund", 8), ("debit", 4), ("ack", 4), ("cancel", 2), ("dispute", 4),
+           ("dispute_close", 3), ("advance", 10), ("jobs", 6))
 
     def _stripe_expires_sessions(self) -> None:
         """Stripe expires an open Checkout Session at its `expires_at`, canceling its PaymentIntent."""
@@ -558,6 +603,7 @@ class Sim:
             self.step = self.steps + 1
             await self._quiesce()
             await invariants.check_final(self)
+            self.result.disputes.update((r["channel"], r["status"]) for r in self.rows("SELECT channel, status FROM disputes"))
         except invariants.Violation as violation:
             self.result.violation = str(violation)
             self.result.violation_step = self.step

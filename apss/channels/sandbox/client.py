@@ -58,7 +58,8 @@ class SandboxBook(Protocol):
         ...
 
     async def record_refund(self, request: RefundRequest, result: RefundResult) -> RefundResult:
-        """Keep the refund executed for `request`; the one first kept for its refund id wins."""
+        """Keep the refund executed for `request`; the one first kept for its refund id wins. A
+        refund of a payment whose dispute is open or lost is kept failed, `charge_disputed`."""
         ...
 
     async def refund_of(self, refund_id: str) -> RefundResult | None: ...
@@ -118,8 +119,9 @@ class SandboxChannel:
         return CallbackReply(status_code=200, body=b'{"received":true}', media_type="application/json")
 
     async def refund(self, request: RefundRequest, credentials: Credentials) -> RefundResult:
-        """Refunds settle at once, unless the order's magic value says `refund_fails`; a retry
-        under the same refund id answers what the first one did (the provider's idempotency)."""
+        """Refunds settle at once, unless the order's magic value says `refund_fails` or the
+        book finds the payment disputed (`charge_disputed`); a retry under the same refund id
+        answers what the first one did (the provider's idempotency)."""
         assert request.amount > 0
         ref = f"sbxre_{random_token(16)}"
         if request.metadata.get(MAGIC_KEY) == "refund_fails":

@@ -146,11 +146,17 @@ class SandboxProvider:
         def transaction(tx: Tx) -> RefundResult:
             first = store.refund(tx, refund_id=request.refund_id)
             if first is None:
+                kept = result
+                if result.status == "succeeded" and dispute_store.sandbox_payment_disputed(tx, payment_id=request.payment_id):
+                    # As card providers do (Stripe's `charge_disputed`): the payer's bank already
+                    # took the money back, or is deciding whether to.
+                    kept = RefundResult(provider_refund_ref=result.provider_refund_ref, status="failed",
+                                        failure_code="charge_disputed")
                 store.insert_refund(tx, refund_id=request.refund_id, payment_id=request.payment_id,
-                                    provider_refund_ref=result.provider_refund_ref, amount=request.amount,
-                                    currency=request.currency, status=result.status, failure_code=result.failure_code,
+                                    provider_refund_ref=kept.provider_refund_ref, amount=request.amount,
+                                    currency=request.currency, status=kept.status, failure_code=kept.failure_code,
                                     now_ms=self._clock.now_ms())
-                return result
+                return kept
             assert (first["payment_id"], first["amount"]) == (request.payment_id, request.amount), "one refund id, one refund"
             return _refund_result(first)
 
