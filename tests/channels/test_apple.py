@@ -310,3 +310,24 @@ def test_bad_notifications_are_refused_and_unknown_ones_recorded(shop) -> None:
     with _db(merchant) as conn:
         rows = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?", (merchant.id,)).fetchall()
         assert sorted((r["kind"], r["result"]) for r in rows) == [("SOMETHING_NEW", "unmatched"), ("TEST", "recorded")]
+
+
+def test_family_shared_copy_moves_no_money_and_revoke_takes_the_goods_back(shop) -> None:
+    merchant, client, gems = shop
+    shared = SIGNER.transaction(productId=gems["sku"], inAppOwnershipType="FAMILY_SHARED")
+    order = _buy(client, SIGNER.sign(shared), player_id="carol").json()
+    assert (order["status"], order["amount"]) == ("fulfilled", 0)
+    assert client.get("/v1/players/carol/wallet").json()["balances"] == {"GEMS": 500}
+    revoked = {**shared, "revocationDate": int(time.time() * 1000)}
+    body = SIGNER.notification("REVOKE", revoked)
+    assert _notify(merchant, client, body).status_code == 200
+    assert _notify(merchant, client, SIGNER.notification("REVOKE", revoked)).status_code == 200  # another UUID: stale
+    assert client.get("/v1/players/carol/wallet").json()["balances"] == {"GEMS": 0}
+    assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
+    with _db(merchant) as conn:
+        rows = conn.execute("SELECT result FROM provider_events WHERE merchant_id = ? AND kind = 'REVOKE'",
+                            (merchant.id,)).fetchall()
+        assert sorted(r["result"] for r in rows) == ["applied", "stale"]
+        assert conn.execute("SELECT count(*) FROM ledger_transactions WHERE merchant_id = ? AND kind = 'payment_captured'",
+                            (merchant.id,)).fetchone()[0] == 0
+    _ledger_ok(merchant)
