@@ -22,7 +22,10 @@ import uuid
 
 import pytest
 from appstoreserverlibrary.models.Environment import Environment
-from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier, VerificationException
+from appstoreserverlibrary.signed_data_verifier import (
+    SignedDataVerifier,
+    VerificationException,
+)
 
 from apss.channels.apple import AppleChannel
 from apss.channels.apple.client import load_roots, verify_jws

@@ -42,6 +42,7 @@ from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.ledger import Ledger
 from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
+from apss.services.players.wallets import PLAYER_ID_PATTERN
 from apss.services.refunds.refunds import Refunds
 from apss.services.views import OrderView, encode, order_view
 from apss.store import catalog, iap, orders
@@ -50,13 +51,12 @@ from apss.store.db import Database, Row, Tx
 __all__ = ["StoreOrderView", "StorePurchaseIn", "StorePurchases"]
 
 log = logging.getLogger("apss.iap")
-PlayerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
 # The notifications that carry a purchase to deliver (to the player of its original transaction).
 _DELIVERING = frozenset({"DID_RENEW", "SUBSCRIBED", "ONE_TIME_CHARGE", "OFFER_REDEEMED"})
 
 
 class StorePurchaseIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    player_id: PlayerId
+    player_id: Annotated[str, Meta(pattern=PLAYER_ID_PATTERN)]
     signed_transaction: Annotated[str, Meta(min_length=1, max_length=65_536)]
 
 
