@@ -36,6 +36,7 @@ from apss.api.disputes import (
 from apss.api.errors import exception_handlers, render_error
 from apss.api.fx import FxController
 from apss.api.health import healthz
+from apss.api.iap import IapController
 from apss.api.merchants import MerchantController
 from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.observability import RequestContext, metrics
@@ -65,6 +66,7 @@ from apss.api.webhook_endpoints import (
     WebhookEndpointController,
 )
 from apss.channels.alipay import AlipayChannel
+from apss.channels.apple import AppleChannel
 from apss.channels.base import ChannelRegistry
 from apss.channels.paypal import PayPalChannel
 from apss.channels.sandbox import SandboxChannel
@@ -81,6 +83,7 @@ from apss.services.catalog.products import Catalog
 from apss.services.container import Services
 from apss.services.disputes.evidence import DisputeEvidenceService
 from apss.services.disputes.records import DisputeRecords
+from apss.services.iap.purchases import StorePurchases
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.demo import seed_demo
@@ -219,6 +222,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     registry.register(PayPalChannel(public_url=config.public_url, http=provider_http))
     registry.register(AlipayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
+    registry.register(AppleChannel(clock=wall_clock))  # signatures are checked at real time (as PaymentEvents')
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
@@ -257,6 +261,9 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                                    merchants=merchants, ledger=ledger, refunds=refunds,
                                    game_delivery=deliveries.create_delivery, risk=risk_engine, disputes=disputes,
                                    aml=aml)
+    store_purchases = StorePurchases(db=db, clock=clock, wall_clock=wall_clock, channels=channels, merchants=merchants,
+                                     ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery,
+                                     public_url=config.public_url)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
                              payment_events=payment_events, refunds=refunds)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
@@ -280,7 +287,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         catalog=Catalog(db=db, clock=clock, idempotency=idempotency), checkout=checkout,
         browser_checkout=BrowserCheckout(db=db, checkout=checkout, merchants=merchants, orders=order_queries),
         orders=order_queries, fx=FxRates(db=db, clock=clock), disputes=disputes, dispute_evidence=dispute_evidence,
-        payment_events=payment_events, janitor=janitor, ledger=ledger, refunds=refunds,
+        payment_events=payment_events, store_purchases=store_purchases, janitor=janitor, ledger=ledger, refunds=refunds,
         gateway=gateway, completer=completer,
         finance=FinanceService(db=db, clock=clock, ledger=ledger), webhooks=webhooks, deliveries=deliveries,
         reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
@@ -390,7 +397,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     )
     app = Litestar(
         route_handlers=[healthz, metrics, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
-                        PlayerController, SandboxController, ChannelController, FxController, AlertController,
+                        PlayerController, SandboxController, ChannelController, IapController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,
                         ReconciliationController, ReportController, SettlementController, AdminSettlementController,

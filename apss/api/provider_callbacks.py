@@ -16,6 +16,10 @@ async def provider_callback(channel: str, merchant_id: str, request: Request, sv
     body = await request.body()
     headers = {name.lower(): value for name, value in request.headers.items()}
     query = {name: value for name, value in request.query_params.items()}
+    if svc.store_purchases.handles(channel):  # an app store's server notifications (services/iap)
+        reply = await svc.store_purchases.handle_notification(channel_name=channel, merchant_id=merchant_id,
+                                                              headers=headers, body=body)
+        return Response(content=reply.body, status_code=reply.status_code, media_type=reply.media_type)
     reply = await svc.payment_events.handle_callback(channel_name=channel, merchant_id=merchant_id, headers=headers,
                                                      body=body, query=query)
     return Response(content=reply.body, status_code=reply.status_code, media_type=reply.media_type)

@@ -51,8 +51,11 @@ __all__ = [
     "Refunds",
     "Setting",
     "StatementLine",
+    "StoreNotification",
+    "StorePurchase",
     "SubmitsDisputeEvidence",
     "VerifiesCallbacks",
+    "VerifiesStorePurchases",
     "capabilities_of",
     "flow_not_supported",
     "load_entry_points",
@@ -347,6 +350,53 @@ class SubmitsDisputeEvidence(Channel, Protocol):
         ...
 
 
+class StorePurchase(_Neutral):
+    """One app-store transaction, verified offline (Apple's signed transaction), in neutral terms."""
+
+    transaction_id: str  # the store's id of this purchase (a renewal has its own)
+    original_transaction_id: str  # the first purchase's id: shared by a subscription's renewals
+    product_id: str  # the store's product id, the sku of the merchant's product
+    app_id: str  # the app it was bought in (Apple's bundleId)
+    environment: str  # the store's environment (Apple: Production | Sandbox)
+    type: str  # the store's product type (Apple: Consumable, Non-Consumable, Auto-Renewable Subscription...)
+    quantity: int
+    amount: int | None  # minor units charged, None when the store did not say
+    currency: str | None
+    purchased_at_ms: int
+    signed_at_ms: int
+    reason: str | None = None  # PURCHASE | RENEWAL (Apple's transactionReason)
+    expires_at_ms: int | None = None  # subscriptions
+    revoked_at_ms: int | None = None  # refunded or revoked by the store
+    revocation_reason: int | None = None
+    ownership: str | None = None  # PURCHASED | FAMILY_SHARED
+
+
+class StoreNotification(_Neutral):
+    """A verified store server notification (Apple's App Store Server Notifications v2)."""
+
+    notification_id: str  # notificationUUID: applied once per merchant
+    type: str  # REFUND, REVOKE, DID_RENEW, EXPIRED, ... as the store names them
+    subtype: str | None
+    signed_at_ms: int
+    purchase: StorePurchase | None = None  # the transaction it is about, verified the same way
+
+
+@runtime_checkable
+class VerifiesStorePurchases(Channel, Protocol):
+    """An app store (Apple): purchases are made and paid in the store's app UI, APSS verifies what
+    the app hands it and the store's signed notifications; it never creates a payment."""
+
+    def verify_purchase(self, signed: str, credentials: Credentials) -> StorePurchase:
+        """Verify a signed transaction (signature chain, app, environment); raises CallbackRejected."""
+        ...
+
+    def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
+        """Verify a store notification the same way; raises CallbackRejected."""
+        ...
+
+    def callback_reply(self, *, accepted: bool) -> CallbackReply: ...
+
+
 class Capability(enum.StrEnum):
     CREATE_PAYMENT = "create_payment"
     CREATE_PAYMENT_LOCALLY = "create_payment_locally"
@@ -359,6 +409,7 @@ class Capability(enum.StrEnum):
     CHARGE_SAVED_METHOD = "charge_saved_method"
     CANCEL_PAYMENT = "cancel_payment"
     SUBMIT_DISPUTE_EVIDENCE = "submit_dispute_evidence"
+    VERIFY_STORE_PURCHASE = "verify_store_purchase"
 
 
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
@@ -373,8 +424,10 @@ CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.CHARGE_SAVED_METHOD: ChargesSavedMethods,
     Capability.CANCEL_PAYMENT: CancelsPayments,
     Capability.SUBMIT_DISPUTE_EVIDENCE: SubmitsDisputeEvidence,
+    Capability.VERIFY_STORE_PURCHASE: VerifiesStorePurchases,
 }
-# Every channel must take payments and their callbacks; the rest is optional.
+# Every channel must take payments and their callbacks; the rest is optional. An app store
+# (VERIFY_STORE_PURCHASE) takes neither: the store's own app takes the payment.
 REQUIRED_CAPABILITIES = frozenset({Capability.CREATE_PAYMENT, Capability.VERIFY_CALLBACK})
 
 
@@ -401,7 +454,7 @@ class ChannelRegistry:
             raise ValueError(f"a channel named {channel.name!r} is already registered")
         capabilities = capabilities_of(channel)
         missing = REQUIRED_CAPABILITIES - capabilities
-        if missing:
+        if missing and Capability.VERIFY_STORE_PURCHASE not in capabilities:
             raise ValueError(f"channel {channel.name!r} lacks {sorted(c.value for c in missing)}")
         self._channels[channel.name] = channel
         self._capabilities[channel.name] = capabilities

@@ -16,6 +16,7 @@ from apss.services.backups.backups import Backups
 from apss.services.catalog.products import Catalog
 from apss.services.disputes.evidence import DisputeEvidenceService
 from apss.services.disputes.records import DisputeRecords
+from apss.services.iap.purchases import StorePurchases
 from apss.services.idempotency import Idempotency
 from apss.services.merchants.admin_sessions import AdminSessions
 from apss.services.merchants.keys import Merchants
@@ -79,6 +80,7 @@ class Services:
     orders: OrderQueries
     fx: FxRates
     payment_events: PaymentEvents
+    store_purchases: StorePurchases
     janitor: PaymentJanitor
     completer: Completer
     ledger: Ledger

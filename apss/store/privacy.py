@@ -110,6 +110,7 @@ PLAYER_COLUMNS: tuple[PlayerColumn, ...] = (
     PlayerColumn("player_kyc", key="(merchant_id, player_id)", clear={"birth_date_sealed": "NULL"}),
     PlayerColumn("minor_spend", key="order_id"),
     PlayerColumn("kyc_holds", key="order_id"),
+    PlayerColumn("store_transactions", key="(merchant_id, store, transaction_id)"),
 )
 
 _PLAYER_ORDERS = "order_id IN (SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?)"

@@ -17,6 +17,7 @@ from apss.domain.ledger import (
     Split,
     account_type,
     allocate,
+    capture_entries,
     check_balanced,
     deferral_entries,
     discount_entries,
@@ -112,6 +113,24 @@ class Ledger:
             store.bump_balance(tx, account=entry.account, currency=entry.currency, debit=entry.debit, credit=entry.credit)
         store.insert_entries(tx, [(transaction_id, e.account, e.currency, e.debit, e.credit) for e in entries])
         return True
+
+    def post_capture(self, tx: Tx, *, payment: Row, fee: int) -> int:
+        """The money is at the provider (or the store), whatever becomes of the order: post it
+        with the provider's fee. Returns the merchant's share."""
+        finance = self.finance(tx, payment["merchant_id"])
+        entries = capture_entries(merchant_id=payment["merchant_id"], channel=payment["channel"], gross=payment["amount"],
+                                  fee=fee, currency=payment["currency"], commission_bps=finance.commission_bps,
+                                  splits=finance.splits)
+        if entries:
+            self.post(tx, merchant_id=payment["merchant_id"], kind="payment_captured", reference=payment["id"],
+                      entries=entries)
+        return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
+
+    def store_fee(self, *, tier: str | None, amount: int) -> int:
+        """An app store's commission on a sale of `amount` (half-even), by the merchant's tier."""
+        assert tier in (None, "standard", "reduced"), tier
+        bps = self._config.store_fee_reduced_bps if tier == "reduced" else self._config.store_fee_standard_bps
+        return fee_for(amount, "", FeeSchedule(percent_bps=bps, fixed={}))
 
     def post_discount(self, tx: Tx, *, order: Row, items: list[Row], reference: str) -> None:
         """The promotions' discount of a paid order, as a memo pair (domain/ledger.discount_entries),

@@ -32,7 +32,6 @@ from apss.channels.base import (
     PaymentReport,
 )
 from apss.clock import Clock
-from apss.domain.ledger import capture_entries
 from apss.domain.orders import OrderEvent, OrderStatus
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import CallbackRejected, ChannelUnavailable, NotFound
@@ -249,17 +248,8 @@ class PaymentEvents:
         return "anomaly"
 
     def _post_capture(self, tx: Tx, payment: Row) -> int:
-        """The money is at the provider, whatever becomes of the order: post it. Returns the
-        merchant's share."""
-        finance = self._ledger.finance(tx, payment["merchant_id"])
         fee = self._ledger.fee(channel=payment["channel"], amount=payment["amount"], currency=payment["currency"])
-        entries = capture_entries(merchant_id=payment["merchant_id"], channel=payment["channel"], gross=payment["amount"],
-                                  fee=fee, currency=payment["currency"], commission_bps=finance.commission_bps,
-                                  splits=finance.splits)
-        if entries:
-            self._ledger.post(tx, merchant_id=payment["merchant_id"], kind="payment_captured", reference=payment["id"],
-                              entries=entries)
-        return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
+        return self._ledger.post_capture(tx, payment=payment, fee=fee)
 
     def _failed(self, tx: Tx, payment: Row, event: CallbackEvent, *, now_ms: int) -> str:
         if payment["status"] == PaymentStatus.FAILED.value:

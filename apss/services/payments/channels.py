@@ -148,6 +148,8 @@ class ChannelAccess:
             raise ChannelNotAvailable(f"No such channel: '{name}'.", param=param)
         if channel.test_only and merchant.mode != "test":
             raise ChannelNotAvailable(f"The {name} channel is for test merchants only.", param=param)
+        if not self.registry.supports(name, Capability.CREATE_PAYMENT):  # an app store: its app takes the payment
+            raise ChannelNotAvailable(f"The {name} channel takes in-app purchases only (POST /v1/iap/{name}).", param=param)
         if not channel.test_only and (merchant.id, name) not in self._settings:
             raise ChannelNotAvailable(f"The {name} channel is not configured for this merchant.", param=param)
         return channel

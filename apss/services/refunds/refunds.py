@@ -310,6 +310,30 @@ class Refunds:
         assert applied == "applied", "a new refund row moves once"
         return refund_id
 
+    def record_store_refund(self, tx: Tx, *, payment: Row, cause: str) -> str | None:
+        """The store refunded a purchase itself (Apple's REFUND notification): the rest of the
+        payment, booked now as a succeeded refund, goods taken back under the `debt` policy (the
+        money is already back with the player: the refund cannot be refused). None when nothing
+        is left to refund (refunded before)."""
+        left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
+        if payment["status"] != PaymentStatus.SUCCEEDED.value or left <= 0:
+            return None
+        refund_id = new_id("rfd")
+        store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
+                                 "payment_id": payment["id"], "amount": left, "currency": payment["currency"],
+                                 "status": "pending", "reason": "store_refund", "created_at_ms": self._clock.now_ms()})
+        applied = self.apply_succeeded(tx, refund_id=refund_id, cause=cause, policy="debt")
+        assert applied == "applied", "a new refund row moves once"
+        return refund_id
+
+    def revoke_goods(self, tx: Tx, *, order: Row) -> Clawback:
+        """The store withdrew what an order delivered without moving money (Apple's REVOKE: a
+        Family Sharing copy ended): everything it granted is taken back as by a full refund,
+        under the `debt` policy. The order's status stays: it was not refunded."""
+        plan = self._plan(tx, order, gross=1, before=0, amount=1, policy="debt")
+        self._take_back(tx, order, plan, refund_id=f"revoke:{order['id']}", now_ms=self._clock.now_ms())
+        return plan
+
     def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None,
                         revoke: bool = True) -> str:
         refund = store.get_refund_tx(tx, refund_id=refund_id)

@@ -1,0 +1,1 @@
+"""In-app purchases from the app stores (Apple): verified offline, delivered once."""
