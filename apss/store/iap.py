@@ -1,4 +1,4 @@
-"""In-app purchases: the store transactions each merchant delivered (migration 0027)."""
+"""In-app purchases: the store transactions each merchant delivered (migration 0026)."""
 
 from __future__ import annotations
 
