@@ -666,9 +666,9 @@ async def test_fetch_trade_bill_from_standin_and_parse(harness: hw.Harness) -> N
 
 def test_time_expire_is_rfc3339_in_beijing_time() -> None:
     assert mapping.time_expire(NOW_S) == "2025-11-25T23:04:05+08:00"
-    body = mapping.native_pay_body(msgspec.structs.replace(_payment(), expires_at_s=NOW_S + 900), appid="wx1", mchid="1")
+    body = mapping.pay_body(msgspec.structs.replace(_payment(), expires_at_s=NOW_S + 900), appid="wx1", mchid="1")
     assert body["time_expire"] == "2025-11-25T23:19:05+08:00"
-    assert "time_expire" not in mapping.native_pay_body(_payment(), appid="wx1", mchid="1")
+    assert "time_expire" not in mapping.pay_body(_payment(), appid="wx1", mchid="1")
 
 
 @pytest.mark.anyio
