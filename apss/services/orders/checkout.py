@@ -562,10 +562,11 @@ def _flow_candidates(command: OrderCreate, candidates: list[Channel]) -> list[Ch
         takes = f"it takes {', '.join(sorted(flows))}" if flows else "it takes no channel_options"
         raise InvalidRequest(f"The {chosen} channel has no '{options.flow}' flow: {takes}.",
                              code="channel_flow_not_supported", param="channel_options.flow")
-    if (options.flow == "jsapi") != (options.openid is not None):
-        message = ("The jsapi flow needs the payer's openid." if options.flow == "jsapi"
-                   else f"The {options.flow} flow takes no openid (jsapi only).")
-        raise InvalidRequest(message, code="openid_required" if options.flow == "jsapi" else "openid_not_applicable",
+    if options.flow == "jsapi" and options.openid is None:
+        raise InvalidRequest("The jsapi flow needs the payer's openid.", code="openid_required",
+                             param="channel_options.openid")
+    if options.flow != "jsapi" and options.openid is not None:
+        raise InvalidRequest(f"The {options.flow} flow takes no openid (jsapi only).", code="openid_not_applicable",
                              param="channel_options.openid")
     if options.flow == "h5" and command.ip is None:
         raise InvalidRequest("The h5 flow needs the payer's IP address in `ip` (WeChat asks for it).",
