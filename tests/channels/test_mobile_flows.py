@@ -324,3 +324,16 @@ def test_malformed_channel_options_are_400_naming_the_field(shop, options, param
         response = merchant.order(client, product["id"], currency="CNY", channel="wechatpay", channel_options=options)
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param, response.json()
+
+
+def test_the_openid_is_erased_with_the_player(server, shop, wechat):
+    merchant, product = shop
+    openid = "oErase" + secrets.token_hex(11)
+    with merchant.client() as client:
+        order = _order(merchant, client, product, channel="wechatpay", player_id="erased-1",
+                       channel_options={"flow": "jsapi", "openid": openid}, metadata={"note": "x"})
+        erased = client.post("/v1/players/erased-1/erase", headers={"Idempotency-Key": secrets.token_hex(8)})
+        assert erased.status_code == 200, erased.text
+        assert client.get(f"/v1/orders/{order['id']}").json()["channel_options"] == {"flow": "jsapi"}
+    raw = b"".join(path.read_bytes() for path in server.db_path.parent.glob(server.db_path.name + "*"))
+    assert openid.encode() not in raw, "no byte of the openid is left in the database files"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gzip
 import re
-from urllib.parse import quote
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+from urllib.parse import quote
 
 import msgspec
 

@@ -21,7 +21,13 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import Capability, Channel, PaymentCreated, PaymentRequest, flows_of
+from apss.channels.base import (
+    Capability,
+    Channel,
+    PaymentCreated,
+    PaymentRequest,
+    flows_of,
+)
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
