@@ -34,6 +34,7 @@ import httpx
 import msgspec
 
 from apss.crypto import verify_timestamped
+from apss.domain.payments import ChannelOptions
 from apss.services.orders.checkout import OrderCreate, OrderLine
 from apss.services.players.game_deliveries import DeliveryList, DeliveryView
 from apss.services.players.wallets import WalletDebit
@@ -55,6 +56,7 @@ from apss.services.views import (
 __all__ = [
     "ApssError",
     "AsyncClient",
+    "ChannelOptions",
     "Client",
     "CouponEntered",
     "Event",

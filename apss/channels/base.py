@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from apss.domain.payments import CallbackKind, PaymentStatus
+from apss.domain.payments import FLOWS, CallbackKind, PaymentStatus
 from apss.errors import ProviderFlowNotSupported
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "VerifiesStorePurchases",
     "capabilities_of",
     "flow_not_supported",
+    "flows_of",
     "load_entry_points",
 ]
 
@@ -86,16 +87,21 @@ class Setting(_Neutral):
 
 
 class NextAction(_Neutral):
-    """What the payer is sent to: API.md's `next_action` (exactly one of url, data, value)."""
+    """What the payer is sent to: API.md's `next_action` (exactly one of url, data, value, params).
+    `sdk_params`: what the provider's client SDK takes, signed (WeChat's JSAPI and APP parameters,
+    Alipay's app order string)."""
 
-    type: Literal["redirect", "qr_code", "client_secret"]
+    type: Literal["redirect", "qr_code", "client_secret", "sdk_params"]
     url: str | None = None
     data: str | None = None
     value: str | None = None
+    params: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        present = {"redirect": self.url, "qr_code": self.data, "client_secret": self.value}
+        present = {"redirect": self.url, "qr_code": self.data, "client_secret": self.value,
+                   "sdk_params": self.params}
         assert present[self.type], f"next_action {self.type} needs its field"
+        assert sum(v is not None for v in present.values()) == 1, "a next_action carries one field"
 
 
 class PaymentRequest(_Neutral):
@@ -118,6 +124,12 @@ class PaymentRequest(_Neutral):
     # A risk rule asked for 3-D Secure (Stripe: payment_method_options.card.request_three_d_secure
     # = any; the sandbox shows a challenge step). Channels without card payments ignore it.
     three_ds: bool = False
+    # The order's `channel_options.flow` (None: the channel's default flow), only ever one of the
+    # channel's `flows` (checkout checks it), with what the flow needs: the payer's WeChat openid
+    # (jsapi) and IP address (WeChat h5's scene_info.payer_client_ip).
+    flow: str | None = None
+    openid: str | None = None
+    payer_ip: str | None = None
 
 
 class PaymentCreated(_Neutral):
@@ -434,6 +446,15 @@ REQUIRED_CAPABILITIES = frozenset({Capability.CREATE_PAYMENT, Capability.VERIFY_
 def capabilities_of(channel: Channel) -> frozenset[Capability]:
     """What `channel` implements: each capability whose protocol's methods it has."""
     return frozenset(cap for cap, protocol in CAPABILITY_PROTOCOLS.items() if isinstance(channel, protocol))
+
+
+def flows_of(channel: Channel) -> frozenset[str]:
+    """The `channel_options.flow` values a channel takes: its optional `flows` attribute (a
+    frozenset of apss.domain.payments.FLOWS). A channel without it takes none: its one flow is
+    its default, and an order naming a flow is refused before anything is reserved."""
+    flows = getattr(channel, "flows", frozenset())
+    assert isinstance(flows, frozenset) and flows <= set(FLOWS), (channel.name, flows)
+    return flows
 
 
 def flow_not_supported(channel: str, flow: str) -> ProviderFlowNotSupported:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import enum
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
 
 from apss.errors import InvalidTransition
 
-__all__ = ["CallbackKind", "PaymentStatus", "TERMINAL_PAYMENT_STATUSES", "WALLET_CHANNEL", "payment_transition"]
+__all__ = ["CallbackKind", "ChannelOptions", "FLOWS", "Flow", "PaymentStatus", "TERMINAL_PAYMENT_STATUSES",
+           "WALLET_CHANNEL", "payment_transition"]
 
 
 class PaymentStatus(enum.StrEnum):
@@ -54,3 +59,19 @@ def payment_transition(current: PaymentStatus, target: PaymentStatus) -> Payment
 # Orders priced in a virtual currency are paid from the player's wallet, in the order's own
 # write transaction: no provider, so this channel is not in the channel registry.
 WALLET_CHANNEL = "wallet"
+
+
+# How the payer's side completes a payment (API.md "More channels"): `native` a QR code (WeChat
+# Native, Alipay precreate), `jsapi` inside WeChat or a mini-program (needs the payer's openid),
+# `app` the provider's SDK in a mobile app, `h5` a mobile browser outside WeChat, `page` Alipay's
+# desktop cashier, `wap` Alipay's mobile cashier.
+Flow = Literal["native", "jsapi", "app", "h5", "page", "wap"]
+FLOWS: tuple[str, ...] = Flow.__args__  # type: ignore[attr-defined]
+
+
+class ChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """An order's `channel_options`: the flow its payment is created with, and what it needs."""
+
+    flow: Flow
+    # WeChat's per-app id of the payer (28 characters today); jsapi only.
+    openid: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,128}$")] | None = None

@@ -9,7 +9,9 @@ from typing import Any
 __all__ = ["PERSONAL_JSON_KEYS", "decode_blob", "scrub_json"]
 
 # Keys of a player's own JSON objects that hold personal data: cleared on erasure.
-PERSONAL_JSON_KEYS: dict[str, Any] = {"metadata": {}, "email": None, "ip": None, "device_id": None}
+# `channel_options` of an order holds the payer's WeChat openid (jsapi).
+PERSONAL_JSON_KEYS: dict[str, Any] = {"metadata": {}, "email": None, "ip": None, "device_id": None,
+                                      "channel_options": None}
 
 
 def scrub_json(value: Any, player_id: str, pseudonym: str) -> tuple[Any, bool]:

@@ -11,7 +11,7 @@ import msgspec
 from apss.clock import format_rfc3339
 from apss.domain.catalog import Grant
 from apss.domain.orders import OrderStatus
-from apss.domain.payments import PaymentStatus
+from apss.domain.payments import ChannelOptions, PaymentStatus
 from apss.domain.subscriptions import Billing
 from apss.store.db import Row, Tx
 
@@ -95,10 +95,12 @@ def product_view(row: Row) -> ProductView:
 
 
 class NextActionView(_View, omit_defaults=True):
-    type: Literal["redirect", "qr_code", "client_secret"]
+    type: Literal["redirect", "qr_code", "client_secret", "sdk_params"]
     url: str | None = None
     data: str | None = None
     value: str | None = None
+    # sdk_params: what the provider's client SDK takes, signed (README "Mobile flows")
+    params: dict[str, str] | None = None
 
 
 class PaymentView(_View):
@@ -164,6 +166,8 @@ class OrderView(_View):
     amount: int
     currency: str
     channel: str
+    # The flow the order's payment was made with, as the order asked (null: the channel's default).
+    channel_options: ChannelOptions | None
     promotions: list[str]  # the promotions applied, in the order they were applied
     merchant_order_ref: str | None
     metadata: dict[str, str]
@@ -222,13 +226,18 @@ def order_view_of(row: Mapping[str, Any], *, items: list[OrderItemView], payment
     return OrderView(
         id=row["id"], status=row["status"], player_id=row["player_id"], items=items,
         subtotal=row["amount"] + discount, discount=discount, amount=row["amount"], currency=row["currency"],
-        channel=row["channel"], promotions=list(promotions or []),
+        channel=row["channel"], channel_options=_channel_options(row), promotions=list(promotions or []),
         merchant_order_ref=row["merchant_order_ref"],
         metadata=msgspec.json.decode(row["metadata"], type=dict[str, str]),
         expires_at=format_rfc3339(row["expires_at_ms"]), created_at=format_rfc3339(row["created_at_ms"]),
         checkout_url=f"{public_url}/checkout/{row['checkout_token']}", payment=payment, fx=_fx_view(row["fx"]),
         subscription_id=row["subscription_id"] if "subscription_id" in row.keys() else None,
     )
+
+
+def _channel_options(row: Mapping[str, Any]) -> ChannelOptions | None:
+    flow = row["payment_flow"] if "payment_flow" in row.keys() else None
+    return ChannelOptions(flow=flow, openid=row["payer_openid"]) if flow is not None else None
 
 
 def _fx_view(stored: str | None) -> FxView | None:

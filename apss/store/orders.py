@@ -61,9 +61,9 @@ def insert_order(tx: Tx, row: dict) -> None:
     tx.execute(
         "INSERT INTO orders (id, merchant_id, player_id, status, amount, currency, channel,"
         " merchant_order_ref, metadata, return_url, checkout_token, payment_id, expires_at_ms,"
-        " created_at_ms, updated_at_ms, fx) VALUES (:id, :merchant_id, :player_id, :status, :amount,"
-        " :currency, :channel, :merchant_order_ref, :metadata, :return_url, :checkout_token,"
-        " :payment_id, :expires_at_ms, :created_at_ms, :created_at_ms, :fx)",
+        " created_at_ms, updated_at_ms, fx, payment_flow, payer_openid) VALUES (:id, :merchant_id, :player_id,"
+        " :status, :amount, :currency, :channel, :merchant_order_ref, :metadata, :return_url, :checkout_token,"
+        " :payment_id, :expires_at_ms, :created_at_ms, :created_at_ms, :fx, :payment_flow, :payer_openid)",
         row,
     )
 

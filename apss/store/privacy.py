@@ -126,6 +126,8 @@ LINKED: tuple[LinkedTable, ...] = (
 
 CLEARED: tuple[ClearedColumns, ...] = (
     ClearedColumns("risk_order_facts", key="order_id", columns=("ip", "device_id", "email_hash", "email_domain")),
+    # The payer's WeChat openid of a jsapi order (channel_options.openid).
+    ClearedColumns("orders", key="id", columns=("payer_openid",), order_column="id"),
 )
 
 PLAYER_BLOBS: tuple[PlayerBlob, ...] = (

@@ -1,7 +1,8 @@
 """A local stand-in for Alipay's gateway (https://openapi.alipay.com/gateway.do), as plain ASGI.
 
-It speaks what the channel uses: alipay.trade.precreate, alipay.trade.page.pay (the buyer's GET),
-alipay.trade.query and alipay.trade.refund. It checks each request's RSA2 sign with the APP
+It speaks what the channel uses: alipay.trade.precreate, alipay.trade.page.pay and
+alipay.trade.wap.pay (the buyer's GET of the cashier), alipay.trade.app.pay (the order string the
+Alipay SDK in an app submits: `app_pay`), alipay.trade.query and alipay.trade.refund. It checks each request's RSA2 sign with the APP
 public key (its own string building, not the channel's), keeps trades in memory, answers JSON
 signed with the ALIPAY private key over the exact `<method>_response` text, and produces the
 signed form-encoded notifies Alipay would POST to notify_url.
@@ -32,6 +33,8 @@ __all__ = ["AlipayStandin", "Keys", "generate_keys", "sign_notify", "standin_sig
 _CST = timezone(timedelta(hours=8))
 _AMOUNT_RE = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
 _TIMESTAMP_SKEW_S_MAX = 15 * 60
+_PRODUCT_CODES = {"alipay.trade.page.pay": "FAST_INSTANT_TRADE_PAY", "alipay.trade.wap.pay": "QUICK_WAP_PAY",
+                  "alipay.trade.app.pay": "QUICK_MSECURITY_PAY"}
 
 
 @dataclass(frozen=True)
@@ -208,19 +211,37 @@ class AlipayStandin:
         return f'{{"{name}":{inner},"sign":"{sign}"}}'
 
     async def _cashier(self, send, params: dict[str, str]) -> None:  # noqa: ANN001
-        """The buyer's browser lands here with alipay.trade.page.pay's signed query string."""
-        problem = (
-            self.check_request(params)
-            if params.get("method") == "alipay.trade.page.pay"
-            else {"sub_code": "x"}
-        )
+        """The buyer's browser lands here with alipay.trade.page.pay's or wap.pay's signed query."""
+        problem = self._client_request(params, ("alipay.trade.page.pay", "alipay.trade.wap.pay"))
         if problem is not None:
             return await _respond(
                 send, 400, json.dumps(problem, ensure_ascii=False).encode(), "application/json"
             )
-        biz = json.loads(params["biz_content"])
-        self._create(biz, params.get("notify_url", ""))
         await _respond(send, 200, "<html>支付宝收银台</html>".encode(), "text/html;charset=utf-8")
+
+    def app_pay(self, order_string: str) -> Trade:
+        """What the Alipay SDK in an app does with the order string: submits it to the gateway,
+        which checks it like any request and shows the payer the trade."""
+        params = dict(parse_qsl(order_string, keep_blank_values=True, strict_parsing=True, encoding="utf-8"))
+        assert order_string == urlencode(params), "an order string is form-encoded once"
+        self.requests.append(params)
+        problem = self._client_request(params, ("alipay.trade.app.pay",))
+        assert problem is None, problem
+        return self.trades[json.loads(params["biz_content"])["out_trade_no"]]
+
+    def _client_request(self, params: dict[str, str], methods: tuple[str, ...]) -> dict[str, str] | None:
+        """A signed request the payer's side carries (cashier URL, app order string): checked,
+        then its trade is made. None when all is well, else the refusal."""
+        if params.get("method") not in methods:
+            return {"sub_code": "isv.invalid-method"}
+        problem = self.check_request(params)
+        if problem is not None:
+            return problem
+        biz = json.loads(params["biz_content"])
+        if biz.get("product_code") != _PRODUCT_CODES[params["method"]]:
+            return {"sub_code": "ACQ.PRODUCT_CODE_ERROR"}
+        made = self._create(biz, params.get("notify_url", ""))
+        return made if isinstance(made, dict) else None
 
     # --- business ---
 

@@ -5,7 +5,9 @@ way WeChat does (the `WECHATPAY2-SHA256-RSA2048` Authorization signed with the m
 serial is configured, the `Wechatpay-Serial` public key id), answers with WeChat's documented JSON
 shapes signed with the "platform" key the test generated, and keeps payments and refunds in
 memory so query, refund and the trade bill agree. It also builds the signed, encrypted callbacks
-WeChat would send. Deliberately written against `cryptography` directly, not the channel's code.
+WeChat would send. Orders are placed in every flow (native, jsapi, app, h5); the payer's side of
+jsapi and app is `pay_with_client_params` (WeChat's client checks the merchant's paySign / sign
+over the prepay_id, as WeixinJSBridge and the Open SDK do), of h5 `pay_h5`. Deliberately written against `cryptography` directly, not the channel's code.
 """
 
 from __future__ import annotations
@@ -118,10 +120,11 @@ def build_callback(*, key: rsa.RSAPrivateKey, public_key_id: str, apiv3_key: str
 
 
 def transaction_plaintext(*, mchid: str, appid: str, out_trade_no: str, trade_state: str, total: int,
-                          currency: str = "CNY", transaction_id: str | None = None) -> dict[str, Any]:
+                          currency: str = "CNY", transaction_id: str | None = None,
+                          trade_type: str = "NATIVE") -> dict[str, Any]:
     paid = trade_state in ("SUCCESS", "REFUND")
     plaintext: dict[str, Any] = {
-        "mchid": mchid, "appid": appid, "out_trade_no": out_trade_no, "trade_type": "NATIVE",
+        "mchid": mchid, "appid": appid, "out_trade_no": out_trade_no, "trade_type": trade_type,
         "trade_state": trade_state, "trade_state_desc": {"SUCCESS": "支付成功"}.get(trade_state, "未支付"),
         "bank_type": "OTHERS", "attach": "", "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
         "amount": {"total": total, "payer_total": total if paid else 0, "currency": currency,
@@ -180,7 +183,8 @@ class StandIn:
         payment = self.payments[out_trade_no]
         plaintext = transaction_plaintext(mchid=self.mchid, appid=self.appid, out_trade_no=out_trade_no,
                                           trade_state=payment["trade_state"], total=payment["total"],
-                                          transaction_id=payment.get("transaction_id"))
+                                          transaction_id=payment.get("transaction_id"),
+                                          trade_type=payment.get("trade_type", "NATIVE"))
         return build_callback(key=self.platform_key, public_key_id=self.public_key_id, apiv3_key=self.apiv3_key,
                               event_id=event_id, event_type="TRANSACTION.SUCCESS", summary="支付成功",
                               plaintext=plaintext, timestamp_s=timestamp_s, original_type="transaction")
@@ -237,8 +241,8 @@ class StandIn:
             payload = json.loads(body) if body else {}
         except ValueError:
             return _error(400, "PARAM_ERROR", "请求体不是JSON")
-        if method == "POST" and route == "/v3/pay/transactions/native":
-            return self._native(payload)
+        if method == "POST" and route in _TRADE_TYPES:
+            return self._order(route.rsplit("/", 1)[1], payload)
         if method == "GET" and route.startswith("/v3/pay/transactions/out-trade-no/"):
             return self._query(route.rsplit("/", 1)[1], params)
         if method == "POST" and route.startswith("/v3/pay/transactions/out-trade-no/") and route.endswith("/close"):
@@ -278,7 +282,7 @@ class StandIn:
             return "signature"
         return None
 
-    def _native(self, payload: dict[str, Any]) -> tuple[int, bytes, str]:
+    def _order(self, flow: str, payload: dict[str, Any]) -> tuple[int, bytes, str]:
         amount = payload.get("amount") or {}
         otn = payload.get("out_trade_no", "")
         if payload.get("appid") != self.appid or payload.get("mchid") != self.mchid:
@@ -294,18 +298,63 @@ class StandIn:
         time_expire = payload.get("time_expire")
         if time_expire is not None and not _TIME_EXPIRE_RE.fullmatch(time_expire):
             return _error(400, "PARAM_ERROR", "time_expire")
+        problem = _flow_problem(flow, payload)
+        if problem:
+            return _error(400, "PARAM_ERROR", problem)
         existing = self.payments.get(otn)
         if existing is not None:
             if existing["trade_state"] != "NOTPAY":
                 return _error(403, "ORDERPAID", "该订单已支付")
-            first = (existing["total"], existing["description"], existing["notify_url"])
-            if first != (total, description, notify_url):
+            first = (existing["total"], existing["description"], existing["notify_url"], existing["trade_type"],
+                     existing["payer"], existing["scene_info"])
+            if first != (total, description, notify_url, _TRADE_TYPES[f"/v3/pay/transactions/{flow}"],
+                         payload.get("payer"), payload.get("scene_info")):
                 return _error(400, "INVALID_REQUEST", "201 商户订单号重复")
-            return _ok({"code_url": existing["code_url"]})
-        code_url = "weixin://wxpay/bizpayurl?pr=" + secrets.token_urlsafe(6)
+            return _ok(existing["answer"])
+        prepay_id = "wx" + secrets.token_hex(16)
+        answer = {"native": {"code_url": "weixin://wxpay/bizpayurl?pr=" + secrets.token_urlsafe(6)},
+                  "h5": {"h5_url": f"https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id={prepay_id}"
+                                   "&package=2150917749"}}.get(flow, {"prepay_id": prepay_id})
         self.payments[otn] = {"total": total, "description": description, "notify_url": notify_url,
-                              "trade_state": "NOTPAY", "code_url": code_url, "time_expire": time_expire}
-        return _ok({"code_url": code_url})
+                              "trade_state": "NOTPAY", "time_expire": time_expire, "prepay_id": prepay_id,
+                              "trade_type": _TRADE_TYPES[f"/v3/pay/transactions/{flow}"], "answer": answer,
+                              "payer": payload.get("payer"), "scene_info": payload.get("scene_info"),
+                              "code_url": answer.get("code_url")}
+        return _ok(answer)
+
+    # the payer's side of the flows
+
+    def pay_with_client_params(self, flow: str, params: dict[str, str]) -> str:
+        """What WeChat's client does with the parameters a jsapi page or an app hands it: checks
+        the merchant's signature over the prepay_id, then the payer pays. The out_trade_no paid."""
+        if flow == "jsapi":
+            assert set(params) == {"appId", "timeStamp", "nonceStr", "package", "signType", "paySign"}, params
+            assert params["signType"] == "RSA" and params["package"].startswith("prepay_id=")
+            appid, prepay_id, signature = params["appId"], params["package"][len("prepay_id="):], params["paySign"]
+            lines = (params["appId"], params["timeStamp"], params["nonceStr"], params["package"])
+        else:
+            assert flow == "app" and set(params) == {"appid", "partnerid", "prepayid", "package", "noncestr",
+                                                     "timestamp", "sign"}, params
+            assert params["package"] == "Sign=WXPay" and params["partnerid"] == self.mchid
+            appid, prepay_id, signature = params["appid"], params["prepayid"], params["sign"]
+            lines = (params["appid"], params["timestamp"], params["noncestr"], params["prepayid"])
+        assert appid == self.appid, "signed for another app"
+        message = "".join(f"{line}\n" for line in lines).encode()
+        self.merchant_public_key.verify(base64.b64decode(signature), message, padding.PKCS1v15(), SHA256())
+        return self._pay_prepay(prepay_id, trade_type=flow.upper())
+
+    def pay_h5(self, url: str) -> str:
+        """The payer's mobile browser opens the h5_url (WeChat checks the Referer domain, which a
+        test cannot show) and pays. The out_trade_no paid."""
+        query = parse_qs(url.partition("?")[2])
+        assert url.startswith("https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?"), url
+        return self._pay_prepay(query["prepay_id"][0], trade_type="MWEB")
+
+    def _pay_prepay(self, prepay_id: str, *, trade_type: str) -> str:
+        otn = next(o for o, p in self.payments.items() if p["prepay_id"] == prepay_id)
+        assert self.payments[otn]["trade_type"] == trade_type, "paid in another flow than ordered"
+        self.pay(otn)
+        return otn
 
     def _query(self, otn: str, params: dict[str, str]) -> tuple[int, bytes, str]:
         if params.get("mchid") != self.mchid:
@@ -315,7 +364,8 @@ class StandIn:
             return _error(404, "ORDER_NOT_EXIST", "订单不存在")
         return _ok(transaction_plaintext(mchid=self.mchid, appid=self.appid, out_trade_no=otn,
                                          trade_state=payment["trade_state"], total=payment["total"],
-                                         transaction_id=payment.get("transaction_id")))
+                                         transaction_id=payment.get("transaction_id"),
+                                         trade_type=payment["trade_type"]))
 
     def _close(self, otn: str, payload: dict[str, Any]) -> tuple[int, bytes, str]:
         if payload != {"mchid": self.mchid}:
@@ -404,6 +454,27 @@ def _bill_row(transaction_id: str, otn: str, state: str, settled: str, refund_id
               out_refund_no, refund, "0.00", refund_type, refund_status, description, "", fee, "0.60%",
               order_amount, applied, ""]
     return ",".join("`" + v for v in values)
+
+
+_TRADE_TYPES = {"/v3/pay/transactions/native": "NATIVE", "/v3/pay/transactions/jsapi": "JSAPI",
+                "/v3/pay/transactions/app": "APP", "/v3/pay/transactions/h5": "MWEB"}
+
+
+def _flow_problem(flow: str, payload: dict[str, Any]) -> str | None:
+    """What WeChat refuses in a flow's own fields (jsapi's payer, h5's scene_info)."""
+    payer, scene = payload.get("payer"), payload.get("scene_info")
+    if flow == "jsapi":
+        if not isinstance(payer, dict) or not re.fullmatch(r"[A-Za-z0-9_\-]{1,128}", str(payer.get("openid", ""))):
+            return "payer.openid"
+    elif payer is not None:
+        return "payer"
+    if flow == "h5":
+        h5_info = scene.get("h5_info") if isinstance(scene, dict) else None
+        if not isinstance(h5_info, dict) or h5_info.get("type") not in ("iOS", "Android", "Wap"):
+            return "scene_info.h5_info.type"
+        if not re.fullmatch(r"[0-9a-fA-F.:]{2,45}", str(scene.get("payer_client_ip", ""))):
+            return "scene_info.payer_client_ip"
+    return None
 
 
 _TIME_EXPIRE_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d")

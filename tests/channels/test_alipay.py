@@ -34,6 +34,7 @@ from apss.errors import (
     ChannelUnreachable,
     CurrencyNotSupported,
     ProviderDeclined,
+    ProviderFlowNotSupported,
 )
 from tests.channels.harness_alipay import API_BASE, APP_ID, make_harness
 from tests.channels.standin_alipay import AlipayStandin, generate_keys, sign_notify
@@ -485,6 +486,35 @@ async def test_page_flow_redirects_with_a_signed_url_the_gateway_accepts(keys):
     cashier = await channel._http.get(url)
     assert cashier.status_code == 200, cashier.text
     assert standin.trades[PAYMENT_ID].total_amount == "19.99"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("flow", "method", "product_code"), [
+    ("page", "alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
+    ("wap", "alipay.trade.wap.pay", "QUICK_WAP_PAY"),
+    ("app", "alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+])
+async def test_client_flows_sign_what_the_sdk_signs_and_call_nothing(keys, flow, method, product_code):
+    standin = _standin(keys)
+    created = await _channel(standin).create_payment(_payment(flow=flow, expires_at_s=1_764_083_945),
+                                                     _credentials(keys))
+    assert standin.requests == []
+    action = created.next_action
+    signed = action.params["order_string"] if flow == "app" else action.url.split("?", 1)[1]
+    assert (action.type, flow == "app") in (("sdk_params", True), ("redirect", False))
+    query = dict(parse_qsl(signed))
+    biz = json.loads(query["biz_content"])
+    assert (query["method"], biz["product_code"], biz["time_expire"]) == (method, product_code, "2025-11-25 23:19:05")
+    assert "timeout_express" not in biz
+    assert signed == _sdk_as_merchant(keys).sign_data({k: v for k, v in query.items() if k != "sign"})
+
+
+@pytest.mark.anyio
+async def test_a_flow_alipay_lacks_is_refused_before_any_call(keys):
+    standin = _standin(keys)
+    with pytest.raises(ProviderFlowNotSupported):
+        await _channel(standin).create_payment(_payment(flow="jsapi", openid="o1"), _credentials(keys))
+    assert standin.requests == []
 
 
 @pytest.mark.anyio

@@ -42,6 +42,7 @@ from apss.errors import (
     ChannelUnreachable,
     CurrencyNotSupported,
     ProviderDeclined,
+    ProviderFlowNotSupported,
 )
 from tests.channels import harness_wechatpay as hw
 from tests.channels import standin_wechatpay as standin
@@ -164,6 +165,43 @@ async def test_create_payment_request_is_byte_identical_to_sdk_pay(frozen: hw.Ha
         "notify_url": request.callback_url, "description": "大乐透 钻石包 x10", "out_trade_no": PAYMENT_ID,
         "amount": {"total": 1999, "currency": "CNY"}, "appid": hw.APPID, "mchid": hw.MCHID}
     assert created.provider_ref == PAYMENT_ID
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("flow", "sdk_type", "extra"), [
+    ("jsapi", WeChatPayType.JSAPI, {"payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}}),
+    ("app", WeChatPayType.APP, {}),
+    ("h5", WeChatPayType.H5, {"scene_info": {"payer_client_ip": "203.0.113.7", "h5_info": {"type": "Wap"}}}),
+])
+async def test_mobile_flow_requests_are_byte_identical_to_sdk_pay(frozen: hw.Harness, sdk_recorder: _SdkRecorder,
+                                                                  flow: str, sdk_type: WeChatPayType,
+                                                                  extra: dict[str, Any]) -> None:
+    request = msgspec.structs.replace(_payment(), flow=flow, openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" if flow == "jsapi"
+                                      else None, payer_ip="203.0.113.7" if flow == "h5" else None)
+    created = await frozen.channel.create_payment(request, frozen.credentials)
+    _sdk().pay(description=request.description, out_trade_no=PAYMENT_ID, amount={"total": 1999, "currency": "CNY"},
+               notify_url=request.callback_url, pay_type=sdk_type, **extra)
+    ours = frozen.standin.requests[-1]
+    _assert_same_request(sdk_recorder.calls[-1], ours)
+    assert ours.path == f"/v3/pay/transactions/{flow}"
+    prepay_id = frozen.standin.payments[PAYMENT_ID]["prepay_id"]
+    assert created.next_action is not None
+    if flow == "h5":
+        assert created.next_action.type == "redirect" and f"prepay_id={prepay_id}" in (created.next_action.url or "")
+        return
+    params = created.next_action.params or {}
+    assert created.next_action.type == "sdk_params" and (params.get("package"), params.get("prepayid")) in (
+        (f"prepay_id={prepay_id}", None), ("Sign=WXPay", prepay_id))
+    signed = ([params["appId"], str(NOW_S), NONCE, f"prepay_id={prepay_id}"] if flow == "jsapi"
+              else [params["appid"], str(NOW_S), NONCE, prepay_id])
+    assert params["paySign" if flow == "jsapi" else "sign"] == _sdk().sign(signed)
+
+
+@pytest.mark.anyio
+async def test_a_flow_the_channel_lacks_is_refused_before_any_call(harness: hw.Harness) -> None:
+    with pytest.raises(ProviderFlowNotSupported):
+        await harness.channel.create_payment(msgspec.structs.replace(_payment(), flow="wap"), harness.credentials)
+    assert harness.standin.requests == []
 
 
 @pytest.mark.anyio
@@ -666,9 +704,9 @@ async def test_fetch_trade_bill_from_standin_and_parse(harness: hw.Harness) -> N
 
 def test_time_expire_is_rfc3339_in_beijing_time() -> None:
     assert mapping.time_expire(NOW_S) == "2025-11-25T23:04:05+08:00"
-    body = mapping.native_pay_body(msgspec.structs.replace(_payment(), expires_at_s=NOW_S + 900), appid="wx1", mchid="1")
+    body = mapping.pay_body(msgspec.structs.replace(_payment(), expires_at_s=NOW_S + 900), appid="wx1", mchid="1")
     assert body["time_expire"] == "2025-11-25T23:19:05+08:00"
-    assert "time_expire" not in mapping.native_pay_body(_payment(), appid="wx1", mchid="1")
+    assert "time_expire" not in mapping.pay_body(_payment(), appid="wx1", mchid="1")
 
 
 @pytest.mark.anyio

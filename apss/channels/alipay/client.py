@@ -1,8 +1,12 @@
 """The Alipay Open Platform channel: RSA2-signed gateway calls and RSA2-verified notifies.
 
-Flows: `alipay.trade.precreate` (QR code, the default; it expires after `timeout_express`
-minutes) or `alipay.trade.page.pay` (redirect to the cashier, metadata `alipay_flow=page`; it
-expires at `time_expire`, Beijing time), `alipay.trade.refund`, `alipay.trade.query`,
+Flows (an order's `channel_options.flow`): `native`, `alipay.trade.precreate` (QR code, the
+default; it expires after `timeout_express` minutes); `page`, `alipay.trade.page.pay` (redirect to
+the desktop cashier; also metadata `alipay_flow=page`); `wap`, `alipay.trade.wap.pay` (redirect to
+the mobile cashier); `app`, `alipay.trade.app.pay` (the signed order string the Alipay SDK takes,
+as `sdk_params.order_string`). The last three expire at `time_expire`, Beijing time, and are
+never sent by us: the payer's browser or the SDK carries the signed request to the gateway. Then
+`alipay.trade.refund`, `alipay.trade.refund`, `alipay.trade.query`,
 `alipay.trade.close` and `alipay.trade.fastpay.refund.query`. Every request is signed with the
 app private key; every response's `<method>_response` object is verified, byte for byte as
 received, with the Alipay public key.
@@ -48,6 +52,7 @@ from apss.channels.base import (
     RefundResult,
     Setting,
     StatementLine,
+    flow_not_supported,
 )
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import PaymentStatus
@@ -67,6 +72,7 @@ __all__ = [
     "load_public_key",
     "rsa2_sign",
     "rsa2_verify",
+    "signed_query",
 ]
 
 DEFAULT_API_BASE = "https://openapi.alipay.com/gateway.do"
@@ -131,6 +137,14 @@ def rsa2_sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
     return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode("ascii")
 
 
+def signed_query(params: Mapping[str, str]) -> str:
+    """A signed request as one form-encoded string: sorted, `sign` last, values quote_plus'ed.
+    The query of a page/wap cashier URL and the app SDK's order string (python-alipay-sdk's
+    sign_data builds the same)."""
+    ordered = sorted((key, value) for key, value in params.items() if key != "sign")
+    return urlencode([*ordered, ("sign", params["sign"])])
+
+
 def rsa2_verify(key: rsa.RSAPublicKey, message: bytes, sign: str) -> bool:
     try:
         signature = base64.b64decode(sign, validate=True)
@@ -175,6 +189,7 @@ class _Settings:
 class AlipayChannel:
     name = "alipay"
     test_only = False
+    flows = mapping.FLOWS
     settings = {
         "app_id": Setting(secret=False), "app_private_key": Setting(secret=True),
         "alipay_public_key": Setting(secret=False), "api_base": Setting(secret=False, required=False),
@@ -280,34 +295,41 @@ class AlipayChannel:
         if request.currency != mapping.ALIPAY_CURRENCY:
             raise CurrencyNotSupported(f"alipay takes CNY only, not {request.currency}", param="currency")
         assert request.amount > 0, request.amount
+        # The older way to ask for the cashier page, metadata alipay_flow=page, still works.
+        flow = request.flow or ("page" if request.metadata.get("alipay_flow") == "page" else "native")
+        if flow not in self.flows:  # checkout refuses such an order first
+            raise flow_not_supported(self.name, f"the {flow} flow")
         settings = _Settings(credentials)
-        page = request.metadata.get("alipay_flow") == "page"
         biz_content = {
             "out_trade_no": request.payment_id,
             "total_amount": mapping.minor_to_decimal(request.amount, request.currency),
             "subject": (request.description or request.order_id)[:_SUBJECT_CHARS_MAX],
-            "product_code": "FAST_INSTANT_TRADE_PAY" if page else "FACE_TO_FACE_PAYMENT",
+            "product_code": mapping.PRODUCT_CODES[flow],
         }
         if request.expires_at_s is not None:  # each API documents its own expiry field
-            if page:
-                biz_content["time_expire"] = mapping.time_expire(request.expires_at_s)
-            else:
+            if flow == "native":
                 biz_content["timeout_express"] = mapping.timeout_express(request.expires_at_s,
                                                                          now_s=self._clock.now_ms() // 1000)
+            else:
+                biz_content["time_expire"] = mapping.time_expire(request.expires_at_s)
+        if flow == "wap" and request.return_url:
+            biz_content["quit_url"] = request.return_url  # where a payer who gives up goes back to
         extra = {"notify_url": request.callback_url}
-        if page:
-            extra["return_url"] = request.return_url or ""
-            params = self.signed_params(
-                settings, method="alipay.trade.page.pay", biz_content=biz_content, extra=extra
-            )
-            # The buyer's browser carries the signed request to the gateway: no call from us.
-            # Sorted, sign last: the same string python-alipay-sdk's sign_data builds.
-            ordered = sorted((key, value) for key, value in params.items() if key != "sign")
-            url = f"{settings.api_base}?{urlencode([*ordered, ('sign', params['sign'])])}"
-            action = NextAction(type="redirect", url=url)
-            return PaymentCreated(
-                provider_ref=request.payment_id, status=PaymentStatus.REQUIRES_ACTION, next_action=action
-            )
+        if flow == "native":
+            action = await self._precreate(settings, request, biz_content=biz_content, extra=extra)
+        else:
+            if flow in ("page", "wap"):
+                extra["return_url"] = request.return_url or ""
+            # Nothing is sent from here: the buyer's browser (page, wap) or the Alipay SDK in the
+            # game's app carries the signed request to the gateway.
+            query = signed_query(self.signed_params(settings, method=mapping.CLIENT_METHODS[flow],
+                                                    biz_content=biz_content, extra=extra))
+            action = (NextAction(type="sdk_params", params={"order_string": query}) if flow == "app"
+                      else NextAction(type="redirect", url=f"{settings.api_base}?{query}"))
+        return PaymentCreated(provider_ref=request.payment_id, status=PaymentStatus.REQUIRES_ACTION, next_action=action)
+
+    async def _precreate(self, settings: _Settings, request: PaymentRequest, *, biz_content: Mapping[str, str],
+                         extra: Mapping[str, str]) -> NextAction:
         params = self.signed_params(
             settings, method="alipay.trade.precreate", biz_content=biz_content, extra=extra
         )
@@ -317,10 +339,7 @@ class AlipayChannel:
         _raise_unless_success("alipay.trade.precreate", answer)
         if answer.out_trade_no != request.payment_id or not answer.qr_code:
             raise ChannelUnavailable("alipay.trade.precreate answered for another trade or without a qr_code")
-        action = NextAction(type="qr_code", data=answer.qr_code)
-        return PaymentCreated(
-            provider_ref=request.payment_id, status=PaymentStatus.REQUIRES_ACTION, next_action=action
-        )
+        return NextAction(type="qr_code", data=answer.qr_code)
 
     async def verify_callback(
         self, request: CallbackRequest, credentials: Credentials

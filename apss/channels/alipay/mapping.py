@@ -27,6 +27,9 @@ from apss.errors import InvalidRequest
 
 __all__ = [
     "ALIPAY_CURRENCY",
+    "CLIENT_METHODS",
+    "FLOWS",
+    "PRODUCT_CODES",
     "SHANGHAI",
     "CloseResponse",
     "PrecreateResponse",
@@ -57,6 +60,21 @@ ALIPAY_CURRENCY = "CNY"
 # needs no tz database.
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 SUCCESS_CODE = "10000"
+
+# The flows (channel_options.flow), the product code each is sold under, and the method the
+# payer's side carries to the gateway (native is precreated by us, client.py).
+PRODUCT_CODES: dict[str, str] = {
+    "native": "FACE_TO_FACE_PAYMENT",
+    "page": "FAST_INSTANT_TRADE_PAY",
+    "wap": "QUICK_WAP_PAY",
+    "app": "QUICK_MSECURITY_PAY",
+}
+FLOWS = frozenset(PRODUCT_CODES)
+CLIENT_METHODS: dict[str, str] = {
+    "page": "alipay.trade.page.pay",
+    "wap": "alipay.trade.wap.pay",
+    "app": "alipay.trade.app.pay",
+}
 
 _OUR_PAYMENT_ID_RE = re.compile(r"^pay_[0-9a-z]{26}$")
 _DECIMAL_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")

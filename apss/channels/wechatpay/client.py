@@ -1,5 +1,11 @@
 """WeChat Pay API v3: request signing, response and callback verification, HTTP calls.
 
+Flows (an order's `channel_options.flow`): `native` (the default: `code_url`, a QR code), `jsapi`
+(inside WeChat or a mini-program: a prepay_id for the payer's openid, handed to the page as the
+signed `paySign` parameters), `app` (a prepay_id for the Open SDK's PayReq, signed `sign`) and
+`h5` (a mobile browser outside WeChat: a redirect to `h5_url`). The client parameters are signed
+with the merchant key like a request: RSA-SHA256 over their lines, each followed by LF.
+
 Public-key mode only: responses and callbacks are verified with the WeChat Pay public key
 (`platform_public_key`, id `platform_public_key_id` = `PUB_KEY_ID_...`); the older platform
 certificate mode (serial numbers, /v3/certificates downloads) is not spoken.
@@ -56,6 +62,7 @@ from apss.channels.base import (
     RefundResult,
     Setting,
     StatementLine,
+    flow_not_supported,
 )
 from apss.channels.wechatpay import mapping
 from apss.clock import Clock, SystemClock
@@ -74,6 +81,7 @@ __all__ = [
     "WechatPayChannel",
     "build_authorization",
     "decrypt_resource",
+    "sign_lines",
     "verify_signature",
 ]
 
@@ -97,6 +105,13 @@ def _new_nonce() -> str:
     return secrets.token_hex(16).upper()
 
 
+def sign_lines(private_key: rsa.RSAPrivateKey, *lines: str) -> str:
+    """WeChat's merchant signature: base64 RSA-SHA256 over the lines, each followed by LF."""
+    assert lines
+    message = "".join(f"{line}\n" for line in lines).encode()
+    return base64.b64encode(private_key.sign(message, padding.PKCS1v15(), SHA256())).decode()
+
+
 def build_authorization(
     *, method: str, path: str, body: str, timestamp_s: int, nonce: str, mchid: str, serial_no: str,
     private_key: rsa.RSAPrivateKey,
@@ -104,8 +119,7 @@ def build_authorization(
     """The Authorization header: RSA-SHA256 over `METHOD\\nPATH?QUERY\\nTS\\nNONCE\\nBODY\\n`."""
     assert path.startswith("/"), path
     assert method in ("GET", "POST"), method
-    message = f"{method}\n{path}\n{timestamp_s}\n{nonce}\n{body}\n".encode()
-    signature = base64.b64encode(private_key.sign(message, padding.PKCS1v15(), SHA256())).decode()
+    signature = sign_lines(private_key, method, path, str(timestamp_s), nonce, body)
     return (
         f'{AUTH_SCHEMA} mchid="{mchid}",nonce_str="{nonce}",signature="{signature}",'
         f'timestamp="{timestamp_s}",serial_no="{serial_no}"'
@@ -225,10 +239,11 @@ class _Settings:
 
 
 class WechatPayChannel:
-    """WeChat Pay v3 Native pay (QR code), refunds, queries and trade bills."""
+    """WeChat Pay v3 Native, JSAPI, APP and H5 pay, refunds, queries and trade bills."""
 
     name = "wechatpay"
     test_only = False
+    flows = mapping.FLOWS
     settings = {
         "mchid": Setting(secret=False), "appid": Setting(secret=False),
         "merchant_private_key": Setting(secret=True), "merchant_serial_no": Setting(secret=False),
@@ -251,18 +266,38 @@ class WechatPayChannel:
         if request.currency != mapping.CURRENCY:
             raise CurrencyNotSupported(f"wechatpay takes {mapping.CURRENCY} only, not {request.currency}",
                                        param="currency")
+        flow = request.flow or "native"
+        if flow not in self.flows:  # checkout refuses such an order first
+            raise flow_not_supported(self.name, f"the {flow} flow")
         settings = _Settings(credentials, outgoing=True)
-        body = mapping.native_pay_body(request, appid=settings.appid, mchid=settings.mchid)
-        # WeChat answers the same out_trade_no with the same parameters with the same code_url,
-        # so a retry after a timeout finds the first payment.
-        answer = await self._call(settings, "POST", "/v3/pay/transactions/native", body,
-                                  mapping.NativePayResponse)
-        assert answer.code_url
-        return PaymentCreated(
-            provider_ref=request.payment_id,
-            status=PaymentStatus.REQUIRES_ACTION,
-            next_action=NextAction(type="qr_code", data=answer.code_url),
-        )
+        body = mapping.pay_body(request, appid=settings.appid, mchid=settings.mchid, flow=flow)
+        return PaymentCreated(provider_ref=request.payment_id, status=PaymentStatus.REQUIRES_ACTION,
+                              next_action=await self._place(settings, flow, body, return_url=request.return_url))
+
+    async def _place(self, settings: _Settings, flow: str, body: dict[str, Any], *,
+                     return_url: str | None) -> NextAction:
+        """Place the order in its flow; what the payer's side is given. WeChat answers the same
+        out_trade_no with the same parameters with the same code_url / prepay_id / h5_url, so a
+        retry after a timeout finds the first payment."""
+        path = mapping.PAY_PATHS[flow]
+        if flow == "native":
+            native = await self._call(settings, "POST", path, body, mapping.NativePayResponse)
+            return NextAction(type="qr_code", data=native.code_url)
+        if flow == "h5":
+            h5 = await self._call(settings, "POST", path, body, mapping.H5PayResponse)
+            try:
+                return NextAction(type="redirect", url=mapping.h5_redirect_url(h5.h5_url, return_url))
+            except ValueError as exc:
+                raise ChannelUnavailable(f"wechatpay answered an unusable h5_url: {exc}") from exc
+        prepay = await self._call(settings, "POST", path, body, mapping.PrepayResponse)
+        if not prepay.prepay_id:
+            raise ChannelUnavailable("wechatpay answered no prepay_id")
+        assert settings.private_key is not None
+        params, signature_name, lines = mapping.client_params(
+            flow, appid=settings.appid, mchid=settings.mchid, prepay_id=prepay.prepay_id,
+            timestamp_s=self._clock.now_ms() // 1000, nonce=_new_nonce())
+        params[signature_name] = sign_lines(settings.private_key, *lines)
+        return NextAction(type="sdk_params", params=params)
 
     async def verify_callback(self, request: CallbackRequest, credentials: Credentials) -> list[CallbackEvent]:
         settings = _Settings(credentials, outgoing=False)

@@ -11,6 +11,7 @@ import gzip
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+from urllib.parse import quote
 
 import msgspec
 
@@ -36,7 +37,11 @@ __all__ = [
     "callback_kind_for_status",
     "bill_text",
     "decimal_to_minor",
-    "native_pay_body",
+    "FLOWS",
+    "PAY_PATHS",
+    "client_params",
+    "h5_redirect_url",
+    "pay_body",
     "parse_trade_bill",
     "payment_report",
     "payment_status",
@@ -119,6 +124,16 @@ class RefundResponse(_Wire, kw_only=True):
 
 class NativePayResponse(_Wire, kw_only=True):
     code_url: str
+
+
+class PrepayResponse(_Wire, kw_only=True):
+    """The answer to a JSAPI or APP order: the prepay_id the payer's client SDK pays."""
+
+    prepay_id: str
+
+
+class H5PayResponse(_Wire, kw_only=True):
+    h5_url: str
 
 
 class Resource(_Wire, kw_only=True):
@@ -204,22 +219,74 @@ def time_expire(expires_at_s: int) -> str:
     return datetime.fromtimestamp(expires_at_s, tz=_BEIJING).isoformat()
 
 
-def native_pay_body(request: PaymentRequest, *, appid: str, mchid: str) -> dict[str, Any]:
-    """POST /v3/pay/transactions/native; keys in wechatpayv3's order so bodies match byte for byte.
-    `time_expire` is the reservation end: WeChat refuses the payer after it."""
+# The flows (channel_options.flow) and where each order is placed. Native is the default.
+PAY_PATHS: dict[str, str] = {
+    "native": "/v3/pay/transactions/native",  # code_url, shown as a QR code
+    "jsapi": "/v3/pay/transactions/jsapi",  # prepay_id for WeixinJSBridge / wx.requestPayment
+    "app": "/v3/pay/transactions/app",  # prepay_id for the Open SDK's PayReq
+    "h5": "/v3/pay/transactions/h5",  # h5_url, opened in the payer's mobile browser
+}
+FLOWS = frozenset(PAY_PATHS)
+# h5_info.type: "Wap" is a mobile web page (the other values, iOS and Android, name native apps
+# that open the page, and are paid with APP instead).
+_H5_TYPE = "Wap"
+
+
+def pay_body(request: PaymentRequest, *, appid: str, mchid: str, flow: str = "native") -> dict[str, Any]:
+    """POST /v3/pay/transactions/{flow}; keys in wechatpayv3's order so bodies match byte for
+    byte. `time_expire` is the reservation end: WeChat refuses the payer after it."""
     assert request.currency == CURRENCY, request.currency
-    assert request.amount > 0
+    assert request.amount > 0 and flow in FLOWS, flow
     body: dict[str, Any] = {
         "notify_url": request.callback_url,
         "description": request.description[:_DESCRIPTION_CHARS_MAX] or request.payment_id,
         "out_trade_no": request.payment_id,
         "amount": {"total": request.amount, "currency": CURRENCY},
     }
+    if flow == "jsapi":
+        assert request.openid, "checkout refuses jsapi without an openid"
+        body["payer"] = {"openid": request.openid}
+    if flow == "h5":
+        assert request.payer_ip, "checkout refuses h5 without the payer's ip"
+        body["scene_info"] = {"payer_client_ip": request.payer_ip, "h5_info": {"type": _H5_TYPE}}
     if request.expires_at_s is not None:
         body["time_expire"] = time_expire(request.expires_at_s)
     body["appid"] = appid
     body["mchid"] = mchid
     return body
+
+
+def client_params(flow: str, *, appid: str, mchid: str, prepay_id: str, timestamp_s: int,
+                  nonce: str) -> tuple[dict[str, str], str, tuple[str, ...]]:
+    """What the payer's client SDK takes for a prepay_id, unsigned: (params, the name of the
+    signature parameter, the lines the merchant key signs, each followed by LF when signed).
+
+    jsapi (WeixinJSBridge getBrandWCPayRequest, mini-programs' wx.requestPayment): appId,
+    timeStamp, nonceStr, package=prepay_id=..., signType=RSA, paySign over appId, timeStamp,
+    nonceStr, package. app (the Open SDK's PayReq): appid, partnerid (the mchid), prepayid,
+    package=Sign=WXPay, noncestr, timestamp, sign over appid, timestamp, noncestr, prepayid.
+    """
+    assert prepay_id and timestamp_s > 0 and nonce
+    timestamp = str(timestamp_s)
+    if flow == "jsapi":
+        package = f"prepay_id={prepay_id}"
+        params = {"appId": appid, "timeStamp": timestamp, "nonceStr": nonce, "package": package, "signType": "RSA"}
+        return params, "paySign", (appid, timestamp, nonce, package)
+    assert flow == "app", flow
+    params = {"appid": appid, "partnerid": mchid, "prepayid": prepay_id, "package": "Sign=WXPay",
+              "noncestr": nonce, "timestamp": timestamp}
+    return params, "sign", (appid, timestamp, nonce, prepay_id)
+
+
+def h5_redirect_url(h5_url: str, return_url: str | None) -> str:
+    """Where the payer's browser goes: the h5_url, with WeChat's `redirect_url` (URL-encoded,
+    as WeChat asks) when the order has a return_url, so the payer comes back after paying."""
+    if not h5_url.startswith("https://") and not h5_url.startswith("http://"):
+        raise ValueError("an h5_url is a web address")
+    if not return_url:
+        return h5_url
+    separator = "&" if "?" in h5_url else "?"
+    return f"{h5_url}{separator}redirect_url={quote(return_url, safe='')}"
 
 
 def refund_body(request: RefundRequest, *, total: int, notify_url: str | None) -> dict[str, Any]:

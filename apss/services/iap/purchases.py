@@ -141,7 +141,7 @@ class StorePurchases:
             "metadata": encode({f"{channel}_transaction_id": purchase.transaction_id,
                                 f"{channel}_original_transaction_id": purchase.original_transaction_id}).decode(),
             "return_url": None, "checkout_token": new_token(), "payment_id": payment_id, "expires_at_ms": now_ms,
-            "created_at_ms": now_ms, "fx": None,
+            "created_at_ms": now_ms, "fx": None, "payment_flow": None, "payer_openid": None,
         }
         orders.insert_order(tx, order)
         unit_amount = -(-amount // quantity)  # a line's unit price, never below its share

@@ -21,13 +21,19 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from apss.channels.base import Capability, Channel, PaymentCreated, PaymentRequest
+from apss.channels.base import (
+    Capability,
+    Channel,
+    PaymentCreated,
+    PaymentRequest,
+    flows_of,
+)
 from apss.clock import Clock
 from apss.config import Config
 from apss.domain.fx import Quote, convert
 from apss.domain.money import is_iso_currency, is_virtual_price_code, minor_units_max
 from apss.domain.orders import ACTIVE_FOR_LIMITS, OrderEvent, OrderStatus
-from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
+from apss.domain.payments import WALLET_CHANNEL, ChannelOptions, PaymentStatus
 from apss.domain.promotions import Pricing
 from apss.errors import (
     ChannelNotAvailable,
@@ -92,6 +98,8 @@ class OrderCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     device_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     email: Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$", max_length=320)] | None = None
     billing_country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] | None = None
+    # The flow of the payment (a mobile flow of WeChat Pay or Alipay) and what it needs (API.md).
+    channel_options: ChannelOptions | None = None
 
 
 OnReserved = Callable[[Tx, dict], None]
@@ -135,10 +143,13 @@ class Checkout:
         if not is_iso_currency(command.currency):  # a virtual currency: paid from the wallet, now
             if command.channel not in (None, WALLET_CHANNEL):
                 raise ChannelNotAvailable(f"An order in {command.currency} is paid from the wallet.", param="channel")
+            if command.channel_options is not None:
+                raise InvalidRequest("An order paid from the wallet has no payment flow.",
+                                     code="channel_flow_not_supported", param="channel_options.flow")
             return await self._idempotency.run(self._db, merchant_id=merchant.id, request=idem, success_status=201,
                                                fn=lambda tx: self._wallet_order(tx, merchant=merchant, command=command))
-        candidates = self._channels.candidates(merchant, currency=command.currency, country=command.country,
-                                               requested=command.channel)
+        candidates = _flow_candidates(command, self._channels.candidates(
+            merchant, currency=command.currency, country=command.country, requested=command.channel))
 
         # Subscription orders (on_reserved) are not assessed by the risk rules yet.
         facts = await self._risk_facts(merchant, command) if on_reserved is None else None
@@ -151,7 +162,7 @@ class Checkout:
             return reserved
         return await self._create_payment(merchant=merchant, candidates=candidates, order=reserved.order,
                                           lines=reserved.lines, idem_key=idem.key if idem else None,
-                                          three_ds=reserved.three_ds)
+                                          three_ds=reserved.three_ds, payer_ip=command.ip)
 
     async def _risk_facts(self, merchant: Merchant, command: OrderCreate) -> RiskFacts:
         """The payer's facts for the rules, with the merchant's pre-payment check's answer when it
@@ -277,6 +288,8 @@ class Checkout:
             "return_url": command.return_url, "checkout_token": new_token(), "payment_id": payment_id,
             "expires_at_ms": now_ms + self._config.orders.reservation_ttl_s * 1000, "created_at_ms": now_ms,
             "fx": encode(quote.record()).decode() if quote is not None else None,
+            "payment_flow": command.channel_options.flow if command.channel_options else None,
+            "payer_openid": command.channel_options.openid if command.channel_options else None,
         }
         orders.insert_order(tx, order)
         if not blocked:
@@ -367,7 +380,8 @@ class Checkout:
     def payment_request(self, order: Mapping, items: list[Mapping], channel: str) -> PaymentRequest:
         return self._payment_request(order, items, channel)
 
-    def _payment_request(self, order: Mapping, items: list[Mapping], channel: str, three_ds: bool = False) -> PaymentRequest:
+    def _payment_request(self, order: Mapping, items: list[Mapping], channel: str, three_ds: bool = False,
+                         payer_ip: str | None = None) -> PaymentRequest:
         summary = ", ".join(f"{item['sku']} x{item['quantity']}" for item in items)
         return PaymentRequest(
             payment_id=order["payment_id"], order_id=order["id"], merchant_id=order["merchant_id"],
@@ -379,16 +393,20 @@ class Checkout:
             # A subscription's order saves the payment method for its renewals, where the channel can.
             save_method="subscription_id" in order.keys() and order["subscription_id"] is not None,
             three_ds=three_ds,
+            flow=order["payment_flow"], openid=order["payer_openid"],
+            payer_ip=payer_ip if order["payment_flow"] == "h5" else None,
         )
 
     async def _create_payment(self, *, merchant: Merchant, candidates: list[Channel], order: Mapping,
-                              lines: list[Mapping], idem_key: str | None, three_ds: bool = False) -> Outcome:
+                              lines: list[Mapping], idem_key: str | None, three_ds: bool = False,
+                              payer_ip: str | None = None) -> Outcome:
         """Ask each candidate channel in turn, through the gateway, until one creates the
         payment (fallback). Whatever a channel does, the request ends in the record transaction."""
         attempts: list[Attempt] = []
         for channel in candidates:
             attempt = await self._gateway.create_payment(merchant, channel.name,
-                                                         self._payment_request(order, lines, channel.name, three_ds))
+                                                         self._payment_request(order, lines, channel.name, three_ds,
+                                                                               payer_ip))
             attempts.append(attempt)
             if attempt.succeeded:
                 break
@@ -477,7 +495,7 @@ class Checkout:
         channel = self._channels.registry.get(order["channel"])
         three_ds = await self._risk.three_ds_requested(order_id=order_id)
         await self._create_payment(merchant=merchant, candidates=[channel], order=order, lines=items, idem_key=idem_key,
-                                   three_ds=three_ds)
+                                   three_ds=three_ds, payer_ip=await self._risk.payer_ip(order_id=order_id))
 
     async def abandon(self, *, merchant: Merchant, order_id: str, idem_key: str) -> Outcome:
         """Finish an order request whose key stayed `running` too long without a crash (an
@@ -535,3 +553,30 @@ class Checkout:
             return expired
 
         return await self._db.write(transaction)
+
+
+def _flow_candidates(command: OrderCreate, candidates: list[Channel]) -> list[Channel]:
+    """The channels that may make the payment in the order's `channel_options.flow`: the chosen
+    one (the first candidate) must take the flow, and fallbacks that do not are left out (they
+    would hand the game's client another kind of next action than the one it asked for)."""
+    options = command.channel_options
+    if options is None:
+        return candidates
+    assert candidates, "routing always names a channel"
+    chosen, flows = candidates[0].name, flows_of(candidates[0])
+    if options.flow not in flows:
+        takes = f"it takes {', '.join(sorted(flows))}" if flows else "it takes no channel_options"
+        raise InvalidRequest(f"The {chosen} channel has no '{options.flow}' flow: {takes}.",
+                             code="channel_flow_not_supported", param="channel_options.flow")
+    if options.flow == "jsapi" and options.openid is None:
+        raise InvalidRequest("The jsapi flow needs the payer's openid.", code="openid_required",
+                             param="channel_options.openid")
+    if options.flow != "jsapi" and options.openid is not None:
+        raise InvalidRequest(f"The {options.flow} flow takes no openid (jsapi only).", code="openid_not_applicable",
+                             param="channel_options.openid")
+    if options.flow == "h5" and command.ip is None:
+        raise InvalidRequest("The h5 flow needs the payer's IP address in `ip` (WeChat asks for it).",
+                             code="payer_ip_required", param="ip")
+    usable = [channel for channel in candidates if options.flow in flows_of(channel)]
+    assert usable[0].name == chosen
+    return usable

@@ -382,6 +382,12 @@ class RiskEngine:
         facts = await store.fetch_facts(self._db, order_id=order_id)
         return bool(facts and facts["three_ds"])
 
+    async def payer_ip(self, *, order_id: str) -> str | None:
+        """The IP address the order was made with (its `ip`), for a payment created again after a
+        crash (WeChat h5 sends it); None when none was given or it was erased."""
+        facts = await store.fetch_facts(self._db, order_id=order_id)
+        return facts["ip"] if facts else None
+
     async def prune(self) -> int:
         """Counter buckets older than a week and an hour go (the retention job); the AML day
         buckets after 31 days."""
