@@ -8,6 +8,7 @@ from __future__ import annotations
 from litestar import Request, Response, post
 
 from apss.api.common import Services
+from apss.errors import NotFound
 
 __all__ = ["pix_callback", "provider_callback"]
 
@@ -29,8 +30,12 @@ async def provider_callback(channel: str, merchant_id: str, request: Request, sv
     return await _handle(channel, merchant_id, request, svc)
 
 
-@post("/v1/channels/pix/webhook/{merchant_id:str}/pix", tags=["channels"], status_code=200,
+# A template, not the literal /v1/channels/pix/...: a static "pix" segment would shadow
+# PUT /v1/channels/{channel} for pix in the router.
+@post("/v1/channels/{channel:str}/webhook/{merchant_id:str}/pix", tags=["channels"], status_code=200,
       summary="PIX callback (the PSP appends /pix to the registered webhook URL)",
       request_max_body_size=_CALLBACK_BYTES_MAX)
-async def pix_callback(merchant_id: str, request: Request, svc: Services) -> Response[bytes]:
+async def pix_callback(channel: str, merchant_id: str, request: Request, svc: Services) -> Response[bytes]:
+    if channel != "pix":
+        raise NotFound(f"No such route for the {channel} channel", param="channel")
     return await _handle("pix", merchant_id, request, svc)
