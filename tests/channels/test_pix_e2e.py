@@ -54,6 +54,14 @@ def _order(merchant, client, *, stock: int = 5, price: int = 1999, player_id: st
     return response.json()
 
 
+def _paid(standin: PixStandIn, merchant, client, *, player_id: str, valor: str | None = None) -> tuple[dict, dict]:
+    """An order whose charge the stand-in's payer paid (`valor`: another amount), the PSP's notice delivered."""
+    order = _order(merchant, client, player_id=player_id)
+    entry = standin.pay(mapping.txid_for(order["payment"]["id"]), valor=valor)
+    assert standin.deliver(entry).status_code == 200
+    return order, entry
+
+
 def _inventory(client, player_id: str) -> list:
     return client.get(f"/v1/players/{player_id}/inventory").json()["items"]
 
@@ -127,10 +135,8 @@ def test_a_pix_of_another_amount_is_not_fulfilled(pix_merchant, pix):
     standin, _ = pix
     merchant = pix_merchant
     with merchant.client() as client:
-        order = _order(merchant, client, player_id="jogador-menos")
-        txid = mapping.txid_for(order["payment"]["id"])
-        entry = standin.pay(txid, valor="1.00")  # the PSP took less than the order (a PSP that allows it)
-        assert standin.deliver(entry).status_code == 200
+        # The PSP took less than the order (a PSP that allows it).
+        order, _ = _paid(standin, merchant, client, player_id="jogador-menos", valor="1.00")
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] != "fulfilled"
         assert _inventory(client, "jogador-menos") == []
         alerts = client.get("/v1/alerts").json()["data"]
@@ -143,10 +149,7 @@ def test_a_partial_return_is_made_at_the_psp_and_booked_once(pix_merchant, pix):
     standin, _ = pix
     merchant = pix_merchant
     with merchant.client() as client:
-        order = _order(merchant, client, player_id="jogador-devolucao")
-        txid = mapping.txid_for(order["payment"]["id"])
-        entry = standin.pay(txid)
-        assert standin.deliver(entry).status_code == 200
+        order, entry = _paid(standin, merchant, client, player_id="jogador-devolucao")
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
         created = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 500, "reason": "goodwill"})
         assert created.status_code == 201, created.text
