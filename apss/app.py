@@ -51,7 +51,7 @@ from apss.api.privacy import (
 )
 from apss.api.products import ProductController
 from apss.api.promotions import PromotionController
-from apss.api.provider_callbacks import provider_callback
+from apss.api.provider_callbacks import pix_callback, provider_callback
 from apss.api.quotes import QuoteController
 from apss.api.reconciliation import ReconciliationController
 from apss.api.refunds import RefundController
@@ -69,6 +69,7 @@ from apss.channels.alipay import AlipayChannel
 from apss.channels.apple import AppleChannel
 from apss.channels.base import ChannelRegistry
 from apss.channels.paypal import PayPalChannel
+from apss.channels.pix import PixChannel
 from apss.channels.sandbox import SandboxChannel
 from apss.channels.stripe import StripeChannel
 from apss.channels.wechatpay import WechatPayChannel
@@ -217,12 +218,13 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     registry = ChannelRegistry()
     registry.register(SandboxChannel(public_url=config.public_url, book=sandbox,
                                      tolerance_s=config.sandbox.webhook_tolerance_s))
-    # The expiries Stripe, Alipay and WeChat Pay are sent are times on our clock.
+    # The expiries Stripe, Alipay, WeChat Pay and PIX are sent are times on our clock.
     registry.register(StripeChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(PayPalChannel(public_url=config.public_url, http=provider_http))
     registry.register(AlipayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(AppleChannel(clock=wall_clock))  # signatures are checked at real time (as PaymentEvents')
+    registry.register(PixChannel(public_url=config.public_url, http=provider_http, clock=clock))
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
@@ -396,7 +398,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
     app = Litestar(
-        route_handlers=[healthz, metrics, account, update_account, CheckoutSessionController, provider_callback, MerchantController, ProductController, OrderController,
+        route_handlers=[healthz, metrics, account, update_account, CheckoutSessionController, provider_callback, pix_callback, MerchantController, ProductController, OrderController,
                         PlayerController, SandboxController, ChannelController, IapController, FxController, AlertController,
                         PaymentController, RefundController, MoneyController, AdminMoneyController,
                         WebhookEndpointController, WebhookDeliveryController, DeliveryController,

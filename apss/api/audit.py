@@ -99,6 +99,7 @@ ACTIONS: dict[tuple[str, str], str] = {
 # Changing routes that are not merchant or admin actions on money, rules, keys or personal data.
 NOT_AUDITED: frozenset[tuple[str, str]] = frozenset({
     ("POST", "/v1/channels/{channel}/webhook/{merchant_id}"),  # providers' callbacks (signed by them)
+    ("POST", "/v1/channels/{channel}/webhook/{merchant_id}/pix"),  # PIX callbacks (confirmed by a query)
     ("POST", "/v1/quotes"),                                    # prices only, changes nothing
     ("POST", "/v1/reports"),                                   # builds a report
     ("POST", "/v1/alerts/{alert_id}/resolve"),

@@ -1,6 +1,6 @@
 """The payment channel Protocol, the neutral types that cross it, and the registry.
 
-Every provider (sandbox, stripe, paypal, alipay, wechatpay) is one package under channels/ with
+Every provider (sandbox, stripe, paypal, alipay, wechatpay, pix) is one package under channels/ with
 a `client.py` (I/O, auth, signatures) and a `mapping.py` (pure wire conversion, every provider
 status listed plus an `unknown` fallback). Services speak only these neutral types; no provider
 type leaks past a channel package. Channels never touch the database.
@@ -84,6 +84,8 @@ class Setting(_Neutral):
 
     secret: bool  # sealed at rest, never returned or logged after it is saved
     required: bool = True
+    required_live: bool = False  # required for live merchants only (PIX's mTLS pair)
+    chars_max: int | None = None  # the provider's own limit (PIX's merchant_name: 25)
 
 
 class NextAction(_Neutral):

@@ -122,15 +122,15 @@ def check_webhook_url(url: str, *, https_required: bool, private_allowed: bool) 
                                code="url_not_allowed", param="url")
 
 
-def check_api_base(url: str, *, live: bool, hosts_allowed: Iterable[str]) -> None:
-    """When a channel's `api_base` is saved: the provider's secret goes there."""
-    scheme, host = _url_parts(url, param="api_base")
+def check_api_base(url: str, *, live: bool, hosts_allowed: Iterable[str], param: str = "api_base") -> None:
+    """When a channel's `api_base` (or PIX's `token_url`) is saved: the provider's secret goes there."""
+    scheme, host = _url_parts(url, param=param)
     if not live:
         return  # test credentials, pointed at a stand-in or a mock on the developer's machine
     if scheme != "https" or host not in {normalize_host(h) for h in hosts_allowed}:
         raise TargetNotAllowed(
-            "A live merchant's api_base must be https to a host listed in channels.api_base_hosts_allowed; "
-            "leave it out to use the provider's own.", code="api_base_not_allowed", param="api_base")
+            f"A live merchant's {param} must be https to a host listed in channels.api_base_hosts_allowed; "
+            "leave it out to use the provider's own.", code="api_base_not_allowed", param=param)
 
 
 async def _system_resolver(host: str, port: int) -> list[str]:

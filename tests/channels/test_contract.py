@@ -24,7 +24,7 @@ from apss.errors import CallbackRejected
 from apss.ids import new_id
 
 pytestmark = pytest.mark.anyio
-CHANNELS = ["sandbox", "stripe", "paypal", "alipay", "wechatpay"]
+CHANNELS = ["sandbox", "stripe", "paypal", "alipay", "wechatpay", "pix"]
 
 
 @pytest.fixture(params=CHANNELS)
@@ -95,6 +95,7 @@ EXPECTED_CAPABILITIES = {
                "cancel_payment"},
     "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                   "cancel_payment"},
+    "pix": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "cancel_payment"},
 }
 
 

@@ -40,6 +40,8 @@ ChannelName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 ChannelOrder = Annotated[list[ChannelName], Meta(max_length=10)]
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _SETTING_VALUE_MAX = 16_384
+# Settings that are URLs APSS sends the merchant's provider credentials to (PIX's OAuth token_url).
+_URL_SETTINGS = frozenset({"api_base", "token_url"})
 
 
 class RoutingIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -249,13 +251,15 @@ def _split_settings(channel: Channel, settings: dict[str, str], *, live: bool,
             raise InvalidRequest(f"The {channel.name} channel has no setting '{key}'.", code="setting_unknown", param=key)
         if not isinstance(value, str) or not value.strip() or len(value) > _SETTING_VALUE_MAX:
             raise InvalidRequest(f"'{key}' must be a non-empty string.", code="setting_invalid", param=key)
-        if key == "api_base":
+        if spec.chars_max is not None and len(value) > spec.chars_max:
+            raise InvalidRequest(f"'{key}' takes at most {spec.chars_max} characters.", code="setting_invalid", param=key)
+        if key in _URL_SETTINGS:
             if not value.startswith(("https://", "http://")):
-                raise InvalidRequest("api_base must be an http(s) URL.", code="setting_invalid", param=key)
+                raise InvalidRequest(f"{key} must be an http(s) URL.", code="setting_invalid", param=key)
             # Every request to it carries the merchant's provider secret (SSRF rules, outbound.py).
-            check_api_base(value, live=live, hosts_allowed=api_base_hosts_allowed)
+            check_api_base(value, live=live, hosts_allowed=api_base_hosts_allowed, param=key)
         (secrets if spec.secret else public)[key] = value
     for key, spec in channel.settings.items():
-        if spec.required and key not in settings:
+        if (spec.required or (live and spec.required_live)) and key not in settings:
             raise InvalidRequest(f"The {channel.name} channel needs '{key}'.", code="setting_missing", param=key)
     return public, secrets
