@@ -309,30 +309,18 @@ class Privacy:
     async def expire_retained(self) -> int:
         """Erase IPs and device ids older than privacy.retention_days (chunked); returns how many."""
         before_ms = self._clock.now_ms() - self._config.retention_days * 86_400_000
+        chunks: list[Callable[[Tx], int]] = [
+            *(lambda tx, e=e: store.expire_sealed_tx(tx, e, before_ms=before_ms, limit=self._chunk)
+              for e in store.SEALED_COLUMNS if e.retained),
+            *(lambda tx, c=c: store.clear_linked_chunk_tx(tx, c, before_ms=before_ms, limit=self._chunk)
+              for c in store.CLEARED),
+            *(lambda tx, r=r: store.expire_rows_tx(tx, r, before_ms=before_ms, limit=self._chunk)
+              for r in store.RETAINED_ROWS)]
         total = 0
-        for entry in store.SEALED_COLUMNS:
-            if not entry.retained:
-                continue
-            while True:
-                changed = await self._db.write(lambda tx, e=entry: store.expire_sealed_tx(
-                    tx, e, before_ms=before_ms, limit=self._chunk))
+        for chunk in chunks:  # each until a chunk comes back short
+            while (changed := await self._db.write(chunk)) >= self._chunk:
                 total += changed
-                if changed < self._chunk:
-                    break
-        for cleared in store.CLEARED:
-            while True:
-                changed = await self._db.write(lambda tx, c=cleared: store.clear_linked_chunk_tx(
-                    tx, c, before_ms=before_ms, limit=self._chunk))
-                total += changed
-                if changed < self._chunk:
-                    break
-        for rows in store.RETAINED_ROWS:
-            while True:
-                changed = await self._db.write(lambda tx, r=rows: store.expire_rows_tx(
-                    tx, r, before_ms=before_ms, limit=self._chunk))
-                total += changed
-                if changed < self._chunk:
-                    break
+            total += changed
         if total:
             await self._db.checkpoint_truncate()
         return total
