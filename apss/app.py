@@ -229,7 +229,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                              config=config.channels)
     gateway = PaymentGateway(channels=channels, clock=clock)
     ledger = Ledger(db=db, clock=clock, config=config.finance)
-    risk_engine = RiskEngine(db=db, clock=clock, keyring=keyring, fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
+    risk_engine = RiskEngine(db=db, clock=clock, keyring=keyring, personal=personal,
+                             fx_rate_age_max_s=config.orders.fx_rate_age_max_s)
     refunds = Refunds(db=db, clock=clock, idempotency=idempotency, gateway=gateway, ledger=ledger, merchants=merchants,
                       batch_max=config.channels.janitor_batch_max, wake_sender=lambda: scheduler.poke("refund_sender"),
                       risk=risk_engine, config=config.refunds)
@@ -258,7 +259,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     disputes = DisputeRecords(db=db, clock=clock, ledger=ledger, refunds=refunds, idempotency=idempotency)
     outbox.register("dispute", disputes.view_tx)
     order_queries = OrderQueries(db=db, public_url=config.public_url)
-    dispute_evidence = DisputeEvidenceService(db=db, clock=clock, records=disputes, orders=order_queries, gateway=gateway)
+    dispute_evidence = DisputeEvidenceService(db=db, clock=clock, records=disputes, orders=order_queries, gateway=gateway,
+                                              risk=risk_engine)
     payment_events = PaymentEvents(db=db, clock=clock, wall_clock=wall_clock, channels=channels, gateway=gateway,
                                    merchants=merchants, ledger=ledger, refunds=refunds,
                                    game_delivery=deliveries.create_delivery, risk=risk_engine, disputes=disputes,

@@ -1,7 +1,7 @@
 """Benchmark: the default risk rules against a scripted mix of attacks and legitimate traffic,
 replayed through the real server over HTTP on a test clock.
 
-    python bench/fraud.py [--orders 1500] [--seed 4242] [--step-s 3600]
+    python bench/fraud.py [--orders 1500] [--seed 4242] [--step-s 3600] [--world held_out|train]
 
 The traffic comes from `scripts/fraud_data.py`'s simulation with a parameter set of its own,
 held out from training: HELD_OUT's rates, sizes and timing with another seed, scaled so that
@@ -16,6 +16,10 @@ IP-country table's blocks for the countries it covers) and the sandbox magic val
 fingerprint; `declined` where the simulation declines; a fraudster fails 3-D Secure,
 `three_ds_fails`, a player passes it, `three_ds_frictionless`), then pays it as the player's
 stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it.
+
+`--world train` replays TRAIN's world instead (the model's training parameters, another seed):
+the world to try rule changes on, so that the default rules are not fitted to the held-out one
+the figures are reported on.
 
 Prints, read back from the database file (risk_decisions, orders, payments): the share of the
 fraudulent orders stopped before delivery (a decision of `block`, `review` or `require_3ds` at
@@ -41,7 +45,6 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import ipaddress  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
 import socket  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
@@ -66,14 +69,23 @@ PRICES = (10_000, 100, 1)
 BASE_LABELLED = 1430
 
 
-def bench_params(orders: int, seed: int) -> fraud_data.Params:
+def bench_params(orders: int, seed: int, world: str = "held_out") -> fraud_data.Params:
     """HELD_OUT's world (rates, sizes, timing, mix) with another seed, over 3 labelled days,
-    with the players and the number of attacks scaled to about `orders` labelled orders."""
+    with the players and the number of attacks scaled to about `orders` labelled orders (TRAIN's
+    for `world == "train"`, its attacks in its own proportion to its players)."""
     scale = orders / BASE_LABELLED
 
     def n(base: int) -> int:
         return max(1, round(base * scale))
 
+    if world == "train":
+        p = fraud_data.TRAIN
+        players = n(700)  # TRAIN's players buy less often: about as many labelled orders
+        ratio = players / p.players
+        return dataclasses.replace(p, seed=seed, days=3, players=players, card_testers=max(1, round(p.card_testers * ratio)),
+                                   velocity_bursts=max(1, round(p.velocity_bursts * ratio)),
+                                   takeovers=max(1, round(p.takeovers * ratio)),
+                                   structurers=max(1, round(p.structurers * ratio)))
     return dataclasses.replace(fraud_data.HELD_OUT, seed=seed, days=3, players=n(500), card_testers=n(6),
                                velocity_bursts=n(5), takeovers=n(15), structurers=n(6))
 
@@ -256,11 +268,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=1500, help="about this many labelled orders (plus a week of warm-up)")
     parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--world", choices=("held_out", "train"), default="held_out",
+                        help="the held-out world the figures are reported on, or TRAIN's, to try rules on")
     parser.add_argument("--step-s", type=int, default=3600, help="clock.step_s")
     parser.add_argument("--labels", type=Path, help="write each labelled order's id, kind and actions to this CSV")
     parser.add_argument("--keep", type=Path, help="copy the database file here at the end (for a look at the decisions)")
     args = parser.parse_args()
-    orders, labelled_from = simulate(bench_params(args.orders, args.seed))
+    orders, labelled_from = simulate(bench_params(args.orders, args.seed, args.world))
     kinds = collections.Counter(o.kind for o in orders if o.ts >= labelled_from)
     print(f"world: {len(orders)} orders ({len(orders) - sum(kinds.values())} warm-up, {sum(kinds.values())} labelled: "
           + ", ".join(f"{k} {kinds[k]}" for k in (*FRAUD_KINDS, *LEGIT_KINDS)) + ")", flush=True)

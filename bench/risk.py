@@ -42,7 +42,7 @@ REPO = _BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 
 from apss.clock import TestClock  # noqa: E402
-from apss.crypto import Keyring  # noqa: E402
+from apss.crypto import Keyring, PersonalData  # noqa: E402
 from apss.services.risk.engine import RiskEngine, RiskFacts  # noqa: E402
 from apss.store.db import Tx  # noqa: E402
 from apss.store.migrate import apply_migrations  # noqa: E402
@@ -129,7 +129,9 @@ def bench_evaluator(args: argparse.Namespace, directory: Path) -> None:
     path = str(directory / "risk.db")
     apply_migrations(path)
     clock = TestClock(1_800_000_000_000)
-    engine = RiskEngine(db=None, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"), fx_rate_age_max_s=86_400)
+    engine = RiskEngine(db=None, clock=clock, keyring=Keyring({"k1": os.urandom(32)}, primary="k1"),
+                        personal=PersonalData({"p1": os.urandom(32)}, primary="p1", pseudonym_key=os.urandom(32)),
+                        fx_rate_age_max_s=86_400)
     engine._hash_key = os.urandom(32)  # what start() unseals; no Database in this bench
     merchant_id = "mch_bench"
     seed_counters(path, merchant_id=merchant_id, past_orders=args.past_orders, now_s=clock.now_ms() // 1000,

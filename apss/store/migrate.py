@@ -49,6 +49,9 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        # A migration may remove personal data (0028: IPs copied into risk decisions): the bytes
+        # it frees are zeroed, and the checkpoint below leaves no old page in the WAL.
+        conn.execute("PRAGMA secure_delete=ON")
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -67,6 +70,8 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
             if progress is not None:
                 progress(done, len(pending), file.name)
         conn.execute("COMMIT")
+        if pending:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return current, max(current, latest)
     except BaseException:
         if conn.in_transaction:

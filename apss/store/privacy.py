@@ -8,10 +8,14 @@ A table joins privacy by adding one entry here:
 - `PLAYER_BLOBS`: JSON copies that may name the player (webhook payloads, stored idempotent
   responses, game delivery payloads, sandbox callbacks): every string equal to the id becomes the
   pseudonym, and in an object whose `player_id` is the player the `PERSONAL_JSON_KEYS` are cleared;
-- `CLEARED`: columns of rows linked to the player's orders that hold personal values in the clear
-  (the risk check's IP and device): set to NULL on erasure, and after the retention period;
+- `CLEARED`: columns of rows linked to the player's orders that hold personal values (the risk
+  check's sealed IP and device, and their clear columns of before migration 0028): set to NULL on
+  erasure, and after the retention period (by the order's time);
 - `SEALED_COLUMNS`: personal values sealed with crypto.PersonalData (the rotation job re-seals
-  them; `retained` ones, IPs and device ids, are erased after `privacy.retention_days`).
+  them, and seals what a `legacy` clear column still holds; `retained` ones, IPs, are erased after
+  `privacy.retention_days` by their row's time);
+- `RETAINED_ROWS`: rows derived from IPs and device ids (keyed hashes), deleted once not seen for
+  `privacy.retention_days`.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ __all__ = [
     "PERSONAL_JSON_KEYS",
     "PLAYER_BLOBS",
     "PLAYER_COLUMNS",
+    "RETAINED_ROWS",
     "SEALED_COLUMNS",
     "PlayerBlob",
     "PlayerColumn",
+    "RetainedRows",
     "SealedColumn",
 ]
 
@@ -52,6 +58,7 @@ class PlayerColumn:
     clear: dict[str, str] = field(default_factory=dict)   # column -> SQL value on erasure
     rewrite: tuple[str, ...] = ()           # text columns: the id replaced by the pseudonym inside
     export: bool = True
+    delete: bool = False                    # the rows are deleted on erasure, not renamed
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,9 @@ class SealedColumn:
     table: str
     column: str
     id_column: str                          # the row id: part of the associated data
-    time_column: str
-    retained: bool                          # an IP or device id: erased after the retention period
+    time_column: str | None = None
+    retained: bool = False                  # erased after the retention period (by time_column)
+    legacy: str | None = None               # the clear column it replaces: the rotation job seals what it holds
 
     def context(self, row_id: object) -> str:
         return f"{self.table}.{self.column}:{row_id}"
@@ -103,6 +111,7 @@ PLAYER_COLUMNS: tuple[PlayerColumn, ...] = (
     PlayerColumn("deliveries"),
     PlayerColumn("subscriptions", clear={"metadata": "'{}'"}),
     PlayerColumn("risk_players", key="(merchant_id, player_id)"),
+    PlayerColumn("risk_player_marks", key="(merchant_id, player_id, kind, mark)", export=False, delete=True),
     PlayerColumn("risk_list_items", column="value", scope="merchant_id = ? AND list = 'blocked_players'", key="id",
                  rewrite=("display",)),
     PlayerColumn("disputes", key="id"),
@@ -125,7 +134,8 @@ LINKED: tuple[LinkedTable, ...] = (
 )
 
 CLEARED: tuple[ClearedColumns, ...] = (
-    ClearedColumns("risk_order_facts", key="order_id", columns=("ip", "device_id", "email_hash", "email_domain")),
+    ClearedColumns("risk_order_facts", key="order_id",
+                   columns=("ip_sealed", "device_id_sealed", "ip", "device_id", "email_hash", "email_domain")),
     # The payer's WeChat openid of a jsapi order (channel_options.openid).
     ClearedColumns("orders", key="id", columns=("payer_openid",), order_column="id"),
 )
@@ -140,6 +150,21 @@ PLAYER_BLOBS: tuple[PlayerBlob, ...] = (
 
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn("audit_log", "ip_sealed", id_column="id", time_column="created_at_ms", retained=True),
+    # The risk check's IP and device (their retention and erasure: CLEARED, by the order).
+    SealedColumn("risk_order_facts", "ip_sealed", id_column="order_id", legacy="ip"),
+    SealedColumn("risk_order_facts", "device_id_sealed", id_column="order_id", legacy="device_id"),
+)
+
+
+@dataclass(frozen=True)
+class RetainedRows:
+    table: str
+    key: str                                # unique per row
+    time_column: str                        # when it was last seen, ms
+
+
+RETAINED_ROWS: tuple[RetainedRows, ...] = (
+    RetainedRows("risk_player_marks", key="(merchant_id, player_id, kind, mark)", time_column="last_seen_ms"),
 )
 
 
@@ -180,15 +205,16 @@ def erase_player_chunk_tx(tx: Tx, entry: PlayerColumn, *, merchant_id: str, play
                           limit: int) -> int:
     """Rename up to `limit` of the player's rows in one table; returns how many."""
     assert player_id != pseudonym and limit >= 1
+    chosen = (f"{entry.key} IN (SELECT {entry.key.strip('()')} FROM {entry.table} WHERE {entry.scope}"
+              f" AND {entry.column} = ? LIMIT ?)")
+    if entry.delete:
+        return tx.execute(f"DELETE FROM {entry.table} WHERE {chosen}", (merchant_id, player_id, limit)).rowcount
     sets = [f"{entry.column} = ?"] + [f"{c} = {v}" for c, v in entry.clear.items()]
     params: list[Any] = [pseudonym]
     for column in entry.rewrite:
         sets.append(f"{column} = replace({column}, ?, ?)")
         params += [player_id, pseudonym]
-    cursor = tx.execute(
-        f"UPDATE {entry.table} SET {', '.join(sets)} WHERE {entry.key} IN"
-        f" (SELECT {entry.key.strip('()')} FROM {entry.table} WHERE {entry.scope} AND {entry.column} = ? LIMIT ?)",
-        (*params, merchant_id, player_id, limit))
+    cursor = tx.execute(f"UPDATE {entry.table} SET {', '.join(sets)} WHERE {chosen}", (*params, merchant_id, player_id, limit))
     return cursor.rowcount
 
 
@@ -264,16 +290,27 @@ async def distinct_players(db: Database, entry: PlayerColumn, *, merchant_id: st
 
 # -- sealed columns: rotation and retention ---------------------------------------------------------
 def sealed_chunk_tx(tx: Tx, entry: SealedColumn, *, after: str, limit: int) -> list[sqlite3.Row]:
-    return tx.all(f"SELECT {entry.id_column} AS id, {entry.column} AS v FROM {entry.table} WHERE {entry.id_column} > ?"
-                  f" AND {entry.column} IS NOT NULL ORDER BY {entry.id_column} LIMIT ?", (after, limit))
+    """Rows (id, v: the sealed value, l: the legacy clear value or NULL) holding either, after `after`."""
+    legacy = entry.legacy or "NULL"
+    return tx.all(f"SELECT {entry.id_column} AS id, {entry.column} AS v, {legacy} AS l FROM {entry.table}"
+                  f" WHERE {entry.id_column} > ? AND ({entry.column} IS NOT NULL OR {legacy} IS NOT NULL)"
+                  f" ORDER BY {entry.id_column} LIMIT ?", (after, limit))
 
 
 def set_sealed_tx(tx: Tx, entry: SealedColumn, *, row_id: Any, value: str | None) -> None:
-    tx.execute(f"UPDATE {entry.table} SET {entry.column} = ? WHERE {entry.id_column} = ?", (value, row_id))
+    """The sealed value written (and the legacy clear column emptied)."""
+    legacy = f", {entry.legacy} = NULL" if entry.legacy else ""
+    tx.execute(f"UPDATE {entry.table} SET {entry.column} = ?{legacy} WHERE {entry.id_column} = ?", (value, row_id))
+
+
+def expire_rows_tx(tx: Tx, entry: RetainedRows, *, before_ms: int, limit: int) -> int:
+    """Delete up to `limit` rows last seen before `before_ms`; returns how many."""
+    return tx.execute(f"DELETE FROM {entry.table} WHERE {entry.key} IN (SELECT {entry.key.strip('()')} FROM"
+                      f" {entry.table} WHERE {entry.time_column} < ? LIMIT ?)", (before_ms, limit)).rowcount
 
 
 def expire_sealed_tx(tx: Tx, entry: SealedColumn, *, before_ms: int, limit: int) -> int:
-    assert entry.retained
+    assert entry.retained and entry.time_column
     cursor = tx.execute(
         f"UPDATE {entry.table} SET {entry.column} = NULL WHERE {entry.id_column} IN (SELECT {entry.id_column} FROM"
         f" {entry.table} WHERE {entry.time_column} < ? AND {entry.column} IS NOT NULL LIMIT ?)", (before_ms, limit))

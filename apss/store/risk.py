@@ -32,10 +32,12 @@ __all__ = [
     "list_in_review",
     "list_items",
     "list_values_tx",
+    "marks_seen_tx",
     "prune_counters",
     "prune_day_counters",
     "replace_rules",
     "rules_tx",
+    "see_marks",
     "see_player",
     "set_facts_flags",
     "upsert_precheck",
@@ -219,11 +221,37 @@ def first_seen_tx(tx: Tx, *, merchant_id: str, player_id: str) -> int | None:
     return row["first_seen_ms"] if row else None
 
 
+_DAY_MS = 86_400_000
+
+
+def marks_seen_tx(tx: Tx, *, merchant_id: str, player_id: str, device: str | None,
+                  country: str | None) -> sqlite3.Row:
+    """(device_seen, country_seen, any_country): whether the player was seen with this device's
+    mark, this IP country's mark, any IP country (1 or NULL; three primary-key seeks)."""
+    return tx.one(
+        "SELECT (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2 AND kind = 'device'"
+        " AND mark = ?3) AS device_seen, (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
+        " AND kind = 'ip_country' AND mark = ?4) AS country_seen, (SELECT 1 FROM risk_player_marks WHERE"
+        " merchant_id = ?1 AND player_id = ?2 AND kind = 'ip_country' LIMIT 1) AS any_country",
+        (merchant_id, player_id, device, country))
+
+
+def see_marks(tx: Tx, *, merchant_id: str, player_id: str, marks: list[tuple[str, str]], now_ms: int) -> None:
+    """The player seen with each (kind, mark) now; last_seen_ms moves at most once a day (an
+    index entry moved per mark and day, not per order)."""
+    assert all(kind in ("device", "ip_country") for kind, _ in marks)
+    tx.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms) VALUES (?, ?, ?, ?, ?)"
+                   " ON CONFLICT (merchant_id, player_id, kind, mark) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
+                   f" WHERE excluded.last_seen_ms >= last_seen_ms + {_DAY_MS}",
+                   [(merchant_id, player_id, kind, mark, now_ms) for kind, mark in marks])
+
+
 # -- an order's facts and decisions ----------------------------------------------------------------
 def insert_facts(tx: Tx, row: dict) -> None:
-    tx.execute("INSERT INTO risk_order_facts (order_id, merchant_id, ip, device_id, email_hash, email_domain, billing_country,"
-               " three_ds, hold) VALUES (:order_id, :merchant_id, :ip, :device_id, :email_hash, :email_domain,"
-               " :billing_country, :three_ds, :hold)", row)
+    tx.execute("INSERT INTO risk_order_facts (order_id, merchant_id, ip_sealed, device_id_sealed, email_hash, email_domain,"
+               " billing_country, three_ds, hold, new_device, new_ip_country) VALUES (:order_id, :merchant_id, :ip_sealed,"
+               " :device_id_sealed, :email_hash, :email_domain, :billing_country, :three_ds, :hold, :new_device,"
+               " :new_ip_country)", row)
 
 
 def get_facts_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:

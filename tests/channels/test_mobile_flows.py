@@ -11,6 +11,8 @@ callback, and the order must be paid and delivered exactly once, with the ledger
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import secrets
 from urllib.parse import parse_qs, parse_qsl, urlsplit
@@ -191,6 +193,9 @@ def test_wechat_h5_redirects_to_h5_url_with_the_payers_ip_and_return_url(server,
         assert placed["scene_info"] == {"payer_client_ip": PAYER_IP, "h5_info": {"type": "Wap"}}
         assert action["url"].startswith(placed["answer"]["h5_url"] + "&redirect_url=")
         assert parse_qs(urlsplit(action["url"]).query)["redirect_url"] == ["https://game.example/paid?order=1"]
+        # The payer's IP a payment made again after a crash sends (Checkout.resume) is read from
+        # the order's sealed risk facts, which hold it only encrypted.
+        assert asyncio.run(server.services.risk_engine.payer_ip(order_id=order["id"])) == PAYER_IP
         _wechat_paid(server, merchant, wechat, wechat.pay_h5(action["url"]))
         _assert_delivered_once(server, merchant, client, order, "h5-1")
 

@@ -5,14 +5,16 @@
     expr       := conj ("or" conj)*
     conj       := neg ("and" neg)*
     neg        := "not" neg | atom
-    atom       := "(" expr ")" | "is_missing" "(" NAME ")" | operand compare
+    atom       := "(" expr ")" | "is_missing" "(" NAME ")" | BOOLNAME | operand compare
     compare    := ("==" | "!=" | "<" | "<=" | ">" | ">=") operand
                 | ["not"] "in" (list | "@" LISTNAME)
     operand    := NAME | INTEGER | STRING
     list       := "[" literal ("," literal)* "]"
 
-Names are attributes from a typed table (`int`, `str`, or `strs`, a set of strings such as the
-product ids of an order). A comparison needs at least one attribute, and both sides of one type;
+Names are attributes from a typed table (`int`, `str`, `strs`, a set of strings such as the
+product ids of an order, or `bool`). A `bool` attribute stands alone as a condition
+(`new_device`, `not new_device`): true when it holds true, false when false or missing; it takes
+no comparison. A comparison needs at least one attribute, and both sides of one type;
 `<`..`>=` are for integers; `in` on a `strs` attribute is true when any of its members is in the
 list. A comparison that reads a missing attribute is false (test it with `is_missing(x)`).
 
@@ -53,6 +55,7 @@ class AttrType(enum.StrEnum):
     INT = "int"
     STR = "str"
     STRS = "strs"  # a set of strings: `in` is true when any member is in the list
+    BOOL = "bool"  # stands alone as a condition
 
 
 class RuleError(ValueError):
@@ -228,6 +231,11 @@ class _Parser:
             name = operand.name
             return lambda a, l: a.get(name) is None
         left = self.operand()
+        if left.type is AttrType.BOOL:
+            if self.is_word("in") or self.is_word("not") or (self.tok.kind == "op" and self.tok.text in _COMPARE):
+                raise self.error(f"'{left.name}' is a bool: it stands alone ({left.name}, not {left.name})")
+            name = left.name
+            return lambda a, l: a.get(name) is True
         if self.is_word("in"):
             self.take()
             return self.membership(left, negate=False)
@@ -260,6 +268,8 @@ class _Parser:
 
     def comparison(self, left: _Operand, op: _Tok) -> Predicate:
         right = self.operand()
+        if right.type is AttrType.BOOL:
+            raise self.error(f"'{right.name}' is a bool: it stands alone ({right.name}, not {right.name})", right.token)
         if left.name is None and right.name is None:
             raise self.error("a comparison needs an attribute", left.token)
         if AttrType.STRS in (left.type, right.type):

@@ -38,6 +38,7 @@ from apss.services.merchants.keys import Merchant
 from apss.services.orders.queries import OrderQueries
 from apss.services.payments.gateway import PaymentGateway
 from apss.services.risk.control import DecisionView, decision_view
+from apss.services.risk.engine import Network, RiskEngine
 from apss.services.views import OrderEventView, OrderView
 from apss.store import disputes as store
 from apss.store import orders as order_store
@@ -108,18 +109,15 @@ class EvidenceBundle(msgspec.Struct, frozen=True, kw_only=True):
     risk_decision: DecisionView | None
 
 
-async def network_seen(db: Database, *, order_id: str) -> NetworkSeen:
-    """The IP and device the order came from, as the risk check recorded them."""
-    facts = await risk_store.fetch_facts(db, order_id=order_id)
-    if facts is None:
-        return NetworkSeen()
-    return NetworkSeen(ips=[facts["ip"]] if facts["ip"] else [], devices=[facts["device_id"]] if facts["device_id"] else [])
+def network_seen(network: Network) -> NetworkSeen:
+    """The IP and device the order came from, as the risk check recorded them (opened)."""
+    return NetworkSeen(ips=[network.ip] if network.ip else [], devices=[network.device_id] if network.device_id else [])
 
 
-async def risk_decision_of(db: Database, *, order_id: str) -> DecisionView | None:
+async def risk_decision_of(db: Database, *, order_id: str, network: Network) -> DecisionView | None:
     """The latest risk decision of the order, as `GET /v1/orders/{id}/risk` shows it."""
     rows = await risk_store.list_decisions(db, order_id=order_id)
-    return decision_view(rows[0]) if rows else None
+    return decision_view(rows[0], network) if rows else None
 
 
 def _time(ms: int | None) -> str | None:
@@ -128,12 +126,13 @@ def _time(ms: int | None) -> str | None:
 
 class DisputeEvidenceService:
     def __init__(self, *, db: Database, clock: Clock, records: DisputeRecords, orders: OrderQueries,
-                 gateway: PaymentGateway) -> None:
+                 gateway: PaymentGateway, risk: RiskEngine) -> None:
         self._db = db
         self._clock = clock
         self._records = records
         self._orders = orders
         self._gateway = gateway
+        self._risk = risk
 
     async def bundle(self, *, merchant_id: str, dispute_id: str) -> EvidenceBundle:
         row = await self._records.get_row(merchant_id=merchant_id, dispute_id=dispute_id)
@@ -143,6 +142,7 @@ class DisputeEvidenceService:
         delivery = await store.delivery_of(self._db, order_id=row["order_id"])
         wallet = await store.wallet_lines_of_order(self._db, merchant_id=merchant_id, order_id=row["order_id"],
                                                    limit=_HISTORY_MAX)
+        network = await self._risk.network(order_id=row["order_id"])
         return EvidenceBundle(
             dispute=dispute_view(row),
             dispute_events=await self._records.events(merchant_id=merchant_id, dispute_id=dispute_id),
@@ -157,8 +157,8 @@ class DisputeEvidenceService:
                 wallet=[WalletLine(currency=w["currency"], amount=w["amount"], reason=w["reason"],
                                    created_at=format_rfc3339(w["created_at_ms"])) for w in wallet]),
             player=await self._history(merchant_id=merchant_id, player_id=row["player_id"]),
-            network=await network_seen(self._db, order_id=row["order_id"]),
-            risk_decision=await risk_decision_of(self._db, order_id=row["order_id"]),
+            network=network_seen(network),
+            risk_decision=await risk_decision_of(self._db, order_id=row["order_id"], network=network),
         )
 
     async def _history(self, *, merchant_id: str, player_id: str) -> PlayerHistory:

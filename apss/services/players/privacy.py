@@ -288,37 +288,39 @@ class Privacy:
         return msgspec.json.encode(body)
 
     def _opened(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows with their sealed personal columns opened (the export is the player's own data)."""
+        """Rows with their sealed personal columns opened (the export is the player's own data); a
+        column that replaced a clear one is shown under the clear one's name."""
         sealed = [s for s in store.SEALED_COLUMNS if s.table == table]
         if not sealed:
             return rows
         for row in rows:
             for column in sealed:
-                if row.get(column.column):
-                    row[column.column] = self.personal.open(row[column.column], context=column.context(row[column.id_column]))
+                value = row.get(column.column)
+                if value:
+                    value = self.personal.open(value, context=column.context(row[column.id_column]))
+                if column.legacy:
+                    row.pop(column.column, None)
+                    row[column.legacy] = value or row.get(column.legacy)
+                else:
+                    row[column.column] = value
         return rows
 
     # -- retention -------------------------------------------------------------------------------
     async def expire_retained(self) -> int:
         """Erase IPs and device ids older than privacy.retention_days (chunked); returns how many."""
         before_ms = self._clock.now_ms() - self._config.retention_days * 86_400_000
+        chunks: list[Callable[[Tx], int]] = [
+            *(lambda tx, e=e: store.expire_sealed_tx(tx, e, before_ms=before_ms, limit=self._chunk)
+              for e in store.SEALED_COLUMNS if e.retained),
+            *(lambda tx, c=c: store.clear_linked_chunk_tx(tx, c, before_ms=before_ms, limit=self._chunk)
+              for c in store.CLEARED),
+            *(lambda tx, r=r: store.expire_rows_tx(tx, r, before_ms=before_ms, limit=self._chunk)
+              for r in store.RETAINED_ROWS)]
         total = 0
-        for entry in store.SEALED_COLUMNS:
-            if not entry.retained:
-                continue
-            while True:
-                changed = await self._db.write(lambda tx, e=entry: store.expire_sealed_tx(
-                    tx, e, before_ms=before_ms, limit=self._chunk))
+        for chunk in chunks:  # each until a chunk comes back short
+            while (changed := await self._db.write(chunk)) >= self._chunk:
                 total += changed
-                if changed < self._chunk:
-                    break
-        for cleared in store.CLEARED:
-            while True:
-                changed = await self._db.write(lambda tx, c=cleared: store.clear_linked_chunk_tx(
-                    tx, c, before_ms=before_ms, limit=self._chunk))
-                total += changed
-                if changed < self._chunk:
-                    break
+            total += changed
         if total:
             await self._db.checkpoint_truncate()
         return total
@@ -345,34 +347,47 @@ class Privacy:
 
     async def reseal_due(self) -> int:
         """Re-seal, in transactions of at most privacy.rotation_batch_max values, what an older key
-        sealed; one pass over each sealed column per primary key. Returns how many it re-sealed."""
+        sealed, and seal what a legacy clear column still holds (rows written before the column
+        was sealed: the first pass after an upgrade); one pass over each sealed column per primary
+        key. Returns how many it re-sealed or sealed. After sealing clear values the WAL is
+        checkpointed, so no copy of them stays in it."""
         primary = self.personal.primary
         if self._rotation_primary != primary:
             self._rotation_primary = primary
             self._rotation_after = {(e.table, e.column): "" for e in store.SEALED_COLUMNS}
         batch = self._config.rotation_batch_max
-        total = 0
+        total, sealed_clear = 0, 0
         for entry in store.SEALED_COLUMNS:
             slot = (entry.table, entry.column)
             if slot not in self._rotation_after:
                 continue
 
-            def chunk(tx: Tx, e: store.SealedColumn = entry, after: str = self._rotation_after[slot]) -> tuple[int, str | None]:
+            def chunk(tx: Tx, e: store.SealedColumn = entry,
+                      after: str = self._rotation_after[slot]) -> tuple[int, int, str | None]:
                 rows = store.sealed_chunk_tx(tx, e, after=after, limit=batch)
-                count = 0
+                count, clear = 0, 0
                 for row in rows:
-                    if not self.personal.is_current(row["v"]):
-                        store.set_sealed_tx(tx, e, row_id=row["id"],
-                                            value=self.personal.reseal(row["v"], context=e.context(row["id"])))
-                        count += 1
-                return count, (rows[-1]["id"] if len(rows) == batch else None)
+                    context = e.context(row["id"])
+                    if row["v"] is None:  # only the legacy clear value
+                        value = self.personal.seal(row["l"], context=context)
+                        clear += 1
+                    elif row["l"] is not None or not self.personal.is_current(row["v"]):
+                        value = self.personal.reseal(row["v"], context=context)
+                    else:
+                        continue
+                    store.set_sealed_tx(tx, e, row_id=row["id"], value=value)
+                    count += 1
+                return count, clear, (rows[-1]["id"] if len(rows) == batch else None)
 
-            count, after = await self._db.write(chunk)
+            count, clear, after = await self._db.write(chunk)
             total += count
+            sealed_clear += clear
             if after is None:
                 del self._rotation_after[slot]  # this column is done for this primary
             else:
                 self._rotation_after[slot] = after
+        if sealed_clear and not await self._db.checkpoint_truncate():
+            log.warning("the WAL could not be truncated after sealing clear values (readers busy); the next pass retries")
         return total
 
     @property

@@ -18,7 +18,7 @@ from apss.services.merchants.keys import Merchant
 from apss.services.orders import lifecycle
 from apss.services.paging import page_of
 from apss.services.refunds.refunds import Refunds
-from apss.services.risk.engine import DEFAULT_RULES, RiskEngine, fired_of
+from apss.services.risk.engine import DEFAULT_RULES, Network, RiskEngine, fired_of
 from apss.services.views import order_view
 from apss.store import catalog, orders
 from apss.store import refunds as refund_store
@@ -112,10 +112,14 @@ def _item_view(row: Row) -> ListItemView:
                         expires_at=format_rfc3339(row["expires_at_ms"]) if row["expires_at_ms"] is not None else None)
 
 
-def decision_view(row: Row) -> DecisionView:
+def decision_view(row: Row, network: Network) -> DecisionView:
+    """A stored decision; `network`: the order's IP and device id (RiskEngine.network), which the
+    rules saw and the stored attributes do not copy (personal data, sealed in the order's facts)."""
+    attributes = msgspec.json.decode(row["attributes"])
+    attributes.update((k, v) for k, v in msgspec.structs.asdict(network).items() if v is not None)
     return DecisionView(stage=row["stage"], score=row["score"], action=row["action"],
                         rules_fired=[msgspec.to_builtins(f) for f in fired_of(row["rules_fired"])],
-                        attributes=msgspec.json.decode(row["attributes"]), created_at=format_rfc3339(row["created_at_ms"]))
+                        attributes=attributes, created_at=format_rfc3339(row["created_at_ms"]))
 
 
 class RiskControl:
@@ -216,7 +220,8 @@ class RiskControl:
         if not rows:
             raise NotFound(f"Order '{order_id}' has no risk decision (wallet and subscription orders are not assessed).",
                            param="id")
-        latest, *earlier = [decision_view(r) for r in rows]
+        network = await self._engine.network(order_id=order_id)
+        latest, *earlier = [decision_view(r, network) for r in rows]
         return OrderRiskView(order_id=order_id, stage=latest.stage, score=latest.score, action=latest.action,
                              rules_fired=latest.rules_fired, attributes=latest.attributes, created_at=latest.created_at,
                              history=earlier)

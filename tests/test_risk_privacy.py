@@ -1,0 +1,281 @@
+"""IPs and device ids at rest, through the real server: the risk facts seal them (a byte scan of
+the database file, its -wal and -shm finds neither, raw rows hold `<key id>:` values) while the
+counters, the callback's re-assessment, the lists, dispute evidence, the export and key rotation
+still read them; rows written before the seal (a database of before migration 0028, made by
+writing clear values back with the server stopped) are sealed by the rotation job; the migration
+strips the copies earlier decisions held; the retention job on a moved clock erases them and the
+player's marks. The new_device and new_ip_country attributes at both stages, in rules, and
+erased with the player."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import uuid
+
+import pytest
+
+from apss.clock import TestClock
+from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
+from tests.conftest import RunningServer, assert_error, plant, wait_for
+from tests.test_privacy import byte_scan, raw
+
+US_IP, DE_IP, JP_IP = "3.14.15.92", "53.58.97.93", "126.23.84.62"  # ip_country US, DE, JP (shipped table)
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    running = RunningServer(db_path=tmp_path / "apss.sqlite", clock=TestClock()).start()
+    yield running
+    running.stop()
+
+
+def _rules(client, *rules: tuple[str, str]) -> None:
+    response = client.put("/v1/risk/rules", json={"rules": [{"name": n, "rule": r} for n, r in rules]})
+    assert response.status_code == 200, response.text
+
+
+def _status(client, order_id: str, wanted: str) -> dict:
+    return wait_for(lambda: (o := client.get(f"/v1/orders/{order_id}").json())["status"] == wanted and o)
+
+
+def _risk(client, order_id: str) -> dict:
+    response = client.get(f"/v1/orders/{order_id}/risk")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _unique_ip() -> str:
+    n = uuid.uuid4().int
+    return f"198.51.{n % 200 + 10}.{n // 200 % 200 + 10}"
+
+
+def _facts(server, order_id: str) -> sqlite3.Row:
+    return raw(server.db_path, "SELECT * FROM risk_order_facts WHERE order_id = ?", (order_id,))[0]
+
+
+def _ledger_ok(server) -> None:
+    with server.admin() as admin:
+        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
+
+
+def test_ips_and_devices_are_sealed_at_rest_and_what_reads_them_still_works(own_server):
+    server = own_server
+    merchant = server.new_merchant()
+    ip, device = _unique_ip(), f"dev-{uuid.uuid4().hex[:12]}"
+    player = f"sealed-{uuid.uuid4().hex[:8]}"
+    plant(ip, device)
+    with merchant.client() as client:
+        product = merchant.product(client, stock=20)
+        _rules(client, ("shared_ip", "review if players_per_ip_1h >= 1 and player_id == 'second'"),
+               ("declined_device", "block if declines_per_device_1h >= 1 and player_id == 'third'"))
+        first = merchant.order(client, product["id"], player_id=player, ip=ip, device_id=device).json()
+        assert client.post(f"/v1/sandbox/payments/{first['payment']['id']}/succeed").status_code == 202
+        _status(client, first["id"], "fulfilled")
+        risk = _risk(client, first["id"])  # the callback's decision read the sealed facts
+        assert risk["stage"] == "callback" and risk["attributes"]["ip"] == ip and risk["attributes"]["device_id"] == device
+        assert [h["attributes"]["ip"] for h in risk["history"]] == [ip]
+
+        # The counters: players per IP, then a decline counted per device (read from the sealed facts).
+        second = merchant.order(client, product["id"], player_id="second", ip=ip, device_id=device).json()
+        assert _risk(client, second["id"])["attributes"]["players_per_ip_1h"] == 1
+        assert [r["name"] for r in _risk(client, second["id"])["rules_fired"]] == ["shared_ip"]
+        assert client.post(f"/v1/sandbox/payments/{second['payment']['id']}/fail").status_code == 202
+        _status(client, second["id"], "failed")
+        third = merchant.order(client, product["id"], player_id="third", ip=ip, device_id=device).json()
+        assert third["status"] == "failed" and _risk(client, third["id"])["attributes"]["declines_per_device_1h"] == 1
+
+        # A CIDR entered after the order was created blocks it at the callback: the IP was opened.
+        held = merchant.order(client, product["id"], player_id=player, ip=ip, device_id=device).json()
+        cidr = ".".join(ip.split(".")[:3]) + ".0/24"
+        assert client.post("/v1/risk/lists/blocked_ips/items", json={"value": cidr}).status_code == 201
+        assert client.post(f"/v1/sandbox/payments/{held['payment']['id']}/succeed").status_code == 202
+        _status(client, held["id"], "in_review")
+        assert [r["name"] for r in _risk(client, held["id"])["rules_fired"]] == ["blocked_ips"]
+
+        # Dispute evidence: the IPs and devices seen.
+        assert client.post(f"/v1/sandbox/payments/{first['payment']['id']}/dispute", json={}).status_code == 202
+        dispute = wait_for(lambda: next((d for d in client.get("/v1/disputes").json()["data"]
+                                         if d["order_id"] == first["id"]), None))
+        bundle = client.get(f"/v1/disputes/{dispute['id']}/evidence").json()
+        assert bundle["network"] == {"ips": [ip], "devices": [device]}
+        assert bundle["risk_decision"]["attributes"]["ip"] == ip
+
+        # The export is the player's own data: opened.
+        facts = client.get(f"/v1/players/{player}/export").json()["risk_order_facts"]
+        assert sorted((f["order_id"], f["ip"], f["device_id"]) for f in facts) == sorted(
+            [(first["id"], ip, device), (held["id"], ip, device)])
+        assert all("ip_sealed" not in f for f in facts)
+    _ledger_ok(server)
+
+    rows = raw(server.db_path, "SELECT * FROM risk_order_facts WHERE merchant_id = ?", (merchant.id,))
+    assert len(rows) == 4
+    assert all(r["ip"] is None and r["device_id"] is None for r in rows), "the clear columns stay empty"
+    assert all(r["ip_sealed"].startswith("p1:") and r["device_id_sealed"].startswith("p1:") for r in rows)
+    decisions = raw(server.db_path, "SELECT attributes FROM risk_decisions WHERE merchant_id = ?", (merchant.id,))
+    assert decisions and not any('"ip"' in d["attributes"] or '"device_id"' in d["attributes"] for d in decisions)
+    assert byte_scan(server.db_path, [player]), "the scan finds what is stored in the clear (it can fail)"
+    assert byte_scan(server.db_path, [ip, device]) == []
+
+    # Key rotation re-seals them; they still open.
+    with server.admin() as admin:
+        assert admin.post("/v1/admin/privacy/keys/rotate").status_code == 200
+    kids = lambda: {r["ip_sealed"][:3] for r in raw(server.db_path, "SELECT ip_sealed FROM risk_order_facts")}  # noqa: E731
+    wait_for(lambda: kids() == {"p2:"})
+    with merchant.client() as client:
+        assert _risk(client, first["id"])["attributes"]["device_id"] == device
+    assert byte_scan(server.db_path, [ip, device]) == []
+
+
+def _write_back_in_clear(db_path, order_id: str, *, ip: str, device: str) -> None:
+    """The facts row as a database of before migration 0028 holds it: the IP and device in clear."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE risk_order_facts SET ip = ?, device_id = ?, ip_sealed = NULL, device_id_sealed = NULL"
+                     " WHERE order_id = ?", (ip, device, order_id))
+    assert byte_scan(db_path, [ip, device]), "the clear values are in the file"
+
+
+def test_rows_written_before_the_seal_are_sealed_by_the_rotation_job(tmp_path):
+    db = tmp_path / "apss.sqlite"
+    server = RunningServer(db_path=db, clock=TestClock()).start()
+    ip, device = _unique_ip(), f"dev-old-{uuid.uuid4().hex[:10]}"
+    plant(ip, device)
+    try:
+        merchant = server.new_merchant()
+        with merchant.client() as client:
+            product = merchant.product(client)
+            order = merchant.order(client, product["id"], player_id="old-player", ip=ip, device_id=device).json()
+    finally:
+        server.stop()
+    _write_back_in_clear(db, order["id"], ip=ip, device=device)
+    restarted = RunningServer(db_path=db, clock=TestClock(server.clock.now_ms())).start()
+    try:
+        wait_for(lambda: _facts(restarted, order["id"])["ip"] is None and _facts(restarted, order["id"])["device_id"] is None)
+        facts = _facts(restarted, order["id"])
+        assert facts["ip_sealed"].startswith("p1:") and facts["device_id_sealed"].startswith("p1:")
+        wait_for(lambda: byte_scan(db, [ip, device]) == [])  # the WAL checkpointed after the pass
+        with restarted.admin() as admin:
+            assert admin.get("/v1/merchants").status_code == 200
+        with merchant.client() as client:  # the merchant's key works against the restarted server
+            client.base_url = restarted.base_url
+            attributes = _risk(client, order["id"])["attributes"]
+            assert (attributes["ip"], attributes["device_id"]) == (ip, device)
+    finally:
+        restarted.stop()
+
+
+def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in MIGRATIONS_DIR.glob("00*.sql"):
+        if int(path.name[:4]) < 28:
+            shutil.copy(path, before / path.name)
+    db = tmp_path / "old.sqlite"
+    assert apply_migrations(str(db), before)[1] == 27
+    ip, device = _unique_ip(), f"dev-decision-{uuid.uuid4().hex[:8]}"
+    with sqlite3.connect(db) as conn:  # foreign keys are off on this plain connection: no order needed
+        for seq, attributes in enumerate([f'{{"ip": "{ip}", "device_id": "{device}", "amount": 500}}',
+                                          '{"amount": 700, "ip_country": "DE"}'], 1):
+            conn.execute("INSERT INTO risk_decisions (seq, order_id, merchant_id, stage, score, action, rules_fired,"
+                         " attributes, created_at_ms) VALUES (?, 'ord_x', 'mch_x', 'order', 5, 'allow', '[]', ?, 1)",
+                         (seq, attributes))
+    assert byte_scan(db, [ip, device])
+    assert apply_migrations(str(db)) == (27, 28)
+    kept = [r["attributes"] for r in raw(db, "SELECT attributes FROM risk_decisions ORDER BY seq")]
+    assert kept == ['{"amount":500}', '{"amount": 700, "ip_country": "DE"}']
+    assert byte_scan(db, [ip, device]) == [], "no freed byte nor WAL frame keeps them"
+
+
+def test_retention_erases_ips_devices_and_marks_everywhere_after_the_period(tmp_path):
+    db = tmp_path / "apss.sqlite"
+    server = RunningServer(db_path=db, clock=TestClock()).start()
+    ip, device, old_device = US_IP, f"dev-ret-{uuid.uuid4().hex[:10]}", f"dev-legacy-{uuid.uuid4().hex[:8]}"
+    plant(device, old_device)
+    try:
+        merchant = server.new_merchant()
+        with merchant.client() as client:
+            product = merchant.product(client, stock=10)
+            kept = merchant.order(client, product["id"], player_id="ret-player", ip=ip, device_id=device).json()
+            assert client.post(f"/v1/sandbox/payments/{kept['payment']['id']}/succeed").status_code == 202
+            _status(client, kept["id"], "fulfilled")
+            legacy = merchant.order(client, product["id"], player_id="ret-legacy", ip=DE_IP, device_id=old_device).json()
+    finally:
+        server.stop()
+    assert len(raw(db, "SELECT * FROM risk_player_marks WHERE merchant_id = ?", (merchant.id,))) == 4
+    _write_back_in_clear(db, legacy["id"], ip=DE_IP, device=old_device)
+    restarted = RunningServer(db_path=db, clock=TestClock(server.clock.now_ms())).start()
+    try:
+        restarted.clock.advance(seconds=91 * 86_400)
+        restarted.wait_job("privacy_retention")
+        for order in (kept, legacy):
+            facts = _facts(restarted, order["id"])
+            assert [facts[c] for c in ("ip", "device_id", "ip_sealed", "device_id_sealed")] == [None] * 4
+        assert raw(db, "SELECT * FROM risk_player_marks WHERE merchant_id = ?", (merchant.id,)) == []
+        decisions = raw(db, "SELECT attributes FROM risk_decisions WHERE order_id IN (?, ?)", (kept["id"], legacy["id"]))
+        assert len(decisions) == 3 and all('"ip"' not in d["attributes"] for d in decisions)
+        with merchant.client() as client:
+            client.base_url = restarted.base_url
+            for order in (kept, legacy):
+                attributes = _risk(client, order["id"])["attributes"]
+                assert "ip" not in attributes and "device_id" not in attributes and attributes["amount"] == order["amount"]
+        wait_for(lambda: byte_scan(db, [device, old_device, DE_IP]) == [])
+        with restarted.admin() as admin:
+            assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
+    finally:
+        restarted.stop()
+
+
+def test_new_device_and_new_ip_country_at_creation_and_callback(merchant, server):
+    player = f"travel-{uuid.uuid4().hex[:8]}"
+    home, other = f"dev-home-{uuid.uuid4().hex[:6]}", f"dev-other-{uuid.uuid4().hex[:6]}"
+    plant(home, other)
+    with merchant.client() as client:
+        product = merchant.product(client, stock=20)
+        bad = client.put("/v1/risk/rules", json={"rules": [{"name": "x", "rule": "review if new_device == 1"}]})
+        message = assert_error(bad, 400, "invalid_request_error", "rule_invalid", "rules[0].rule")["message"]
+        assert "bool" in message and "position 22" in message, message
+        _rules(client, ("takeover", "review if new_device and new_ip_country"),
+               ("known", "require_3ds if not new_device and player_id == 'nobody'"))
+
+        def seen(device: str | None, ip: str | None) -> tuple[dict, dict]:
+            fields = {k: v for k, v in (("device_id", device), ("ip", ip)) if v}
+            order = merchant.order(client, product["id"], player_id=player, **fields).json()
+            return order, _risk(client, order["id"])
+
+        def flags(risk: dict) -> tuple:
+            return risk["attributes"].get("new_device"), risk["attributes"].get("new_ip_country")
+
+        first, risk = seen(home, US_IP)
+        assert flags(risk) == (True, False) and risk["action"] == "allow", "no country seen before: not new"
+        assert risk["attributes"]["ip_country"] == "US"
+        _, risk = seen(home, DE_IP)
+        assert flags(risk) == (False, True) and risk["action"] == "allow"
+        _, risk = seen(home, US_IP)
+        assert flags(risk) == (False, False)
+        _, risk = seen(None, "45.1.2.3")  # no device, an address the table does not know
+        assert flags(risk) == (None, None)
+        taken, risk = seen(other, JP_IP)
+        assert flags(risk) == (True, True) and risk["action"] == "review"
+        assert [r["name"] for r in risk["rules_fired"]] == ["takeover"]
+        _, risk = seen(other, JP_IP)
+        assert flags(risk) == (False, False), "seen now, the blocked-or-not order counted"
+
+        # At the callback: as of the order's creation (its own device and country were marked then).
+        assert client.post(f"/v1/sandbox/payments/{taken['payment']['id']}/succeed").status_code == 202
+        _status(client, taken["id"], "in_review")
+        risk = _risk(client, taken["id"])
+        assert risk["stage"] == "callback" and flags(risk) == (True, True) and risk["action"] == "review"
+        assert flags({"attributes": risk["history"][0]["attributes"]}) == (True, True)
+
+        marks = raw(server.db_path, "SELECT kind, mark FROM risk_player_marks WHERE merchant_id = ? AND player_id = ?",
+                    (merchant.id, player))
+        assert sorted(k for k, _ in marks) == ["device", "device", "ip_country", "ip_country", "ip_country"]
+        assert not {home, other, "US", "DE", "JP"} & {m for _, m in marks}, "keyed hashes only"
+        assert byte_scan(server.db_path, [home, other]) == []
+
+        assert client.post(f"/v1/players/{player}/erase").status_code == 200
+        assert raw(server.db_path, "SELECT count(*) AS n FROM risk_player_marks WHERE merchant_id = ?",
+                   (merchant.id,))[0]["n"] == 0
+        again = merchant.order(client, product["id"], player_id=player, device_id=home, ip=US_IP).json()
+        assert flags(_risk(client, again["id"])) == (True, False), "an erased player's marks are gone"
+    assert first["status"] == "pending"
