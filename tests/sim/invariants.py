@@ -197,6 +197,11 @@ async def check_final(sim: Sim) -> None:
     for key, theirs in sorted(provider_disputes(sim).items()):
         if ours.get(key) != theirs["status"]:
             _fail(f"the provider's dispute {key} is {theirs['status']}; here: {ours.get(key)}")
+    # Every callback a provider sent was acknowledged in the end: one that is always refused (a
+    # signature or shape the channel cannot take) would otherwise hide behind the janitor's queries.
+    unanswered = [(e["provider"], e["type"], e["id"]) for e in sim.outbox]
+    if unanswered:
+        _fail(f"provider callbacks never acknowledged after the quiet phase: {unanswered[:5]}")
     running = sim.rows("SELECT key FROM idempotency_keys WHERE state = 'running' ORDER BY key")
     if running:
         _fail(f"idempotency keys still running after the recovery windows: {[r['key'] for r in running][:5]}")

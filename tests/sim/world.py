@@ -56,6 +56,8 @@ __all__ = ["Result", "Sim", "run_seed"]
 ADMIN = "adm_sim_token_0123456789abcdef"
 START_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z, a Monday
 CHANNELS = ("sandbox", "stripe", "paypal", "alipay", "wechatpay")
+# How often an order goes to each: the sandbox and Stripe, whose charges the banks dispute here, more.
+CHANNEL_WEIGHTS = (3, 3, 2, 2, 2)
 CNY_CHANNELS = ("alipay", "wechatpay")  # they take CNY only; the others are sold in USD here
 PAID_LIKE = ("paid", "delivering", "fulfilled", "partially_refunded", "refunded", "in_review")
 SANDBOX_MAGIC = (None, None, None, "delay_callback:120", "duplicate_callback", "lost_callback", "refund_fails")
@@ -75,6 +77,7 @@ class Result:
     # per channel, from the provider's own records at the end: payments it charged, refunds it executed
     charged: Counter = field(default_factory=Counter)
     refunded: Counter = field(default_factory=Counter)
+    acknowledged: Counter = field(default_factory=Counter)  # per provider: its callbacks APSS acknowledged
     violation: str | None = None
     violation_step: int | None = None
     trace: list[str] = field(default_factory=list)
@@ -333,7 +336,7 @@ class Sim:
         lines = []
         for name in self.rng.sample(names, self.rng.choice((1, 1, 2))):
             lines.append({"product_id": self.products[name], "quantity": self.rng.randint(1, 2)})
-        channel = self.rng.choice(CHANNELS)
+        channel = self.rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0]
         body: dict[str, Any] = {"player_id": f"p{self.rng.randint(1, 6)}", "items": lines, "channel": channel,
                                 "currency": "CNY" if channel in CNY_CHANNELS else "USD"}
         magic = self.rng.choice(SANDBOX_MAGIC)
@@ -475,6 +478,7 @@ class Sim:
                     event["at"] = now + 60_000
                 else:
                     self.outbox.remove(event)
+                self.result.acknowledged[provider.name] += 1
             else:
                 event["attempts"] += 1
                 event["at"] = now + 60_000 * 2 ** min(event["attempts"], 6)
