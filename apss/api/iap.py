@@ -9,7 +9,11 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from apss.api.common import Services
 from apss.channels.base import StoreReceipt
-from apss.services.iap.purchases import GooglePurchaseIn, StoreOrderView, StorePurchaseIn
+from apss.services.iap.purchases import (
+    GooglePurchaseIn,
+    StoreOrderView,
+    StorePurchaseIn,
+)
 from apss.services.merchants.keys import Merchant
 
 __all__ = ["IapController"]

@@ -210,7 +210,7 @@ class StorePurchases:
         credentials = self._channels.credentials(merchant, store)
         request = CallbackRequest(headers=headers, body=body, now_s=self._wall_clock.now_ms() // 1000)
         try:
-            notification = store.verify_notification(request, credentials)
+            notification = await store.verify_notification(request, credentials)
         except ApssError as rejected:
             log.warning("notification %s/%s rejected: %s", store.name, merchant.id, rejected.code)
             return store.callback_reply(accepted=False)
