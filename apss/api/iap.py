@@ -8,7 +8,6 @@ from litestar import Controller, Response, post
 from litestar.openapi.datastructures import ResponseSpec
 
 from apss.api.common import Services
-from apss.channels.base import StoreReceipt
 from apss.services.iap.purchases import (
     GooglePurchaseIn,
     StoreOrderView,
@@ -31,10 +30,7 @@ class IapController(Controller):
           responses={200: ResponseSpec(data_container=StoreOrderView,
                                        description="Seen before: the order of the first time, `seen_before: true`.")})
     async def apple(self, data: StorePurchaseIn, merchant: Merchant, svc: Services) -> Response[StoreOrderView]:
-        status, body = await svc.store_purchases.purchase(merchant=merchant, channel_name="apple",
-                                                          player_id=data.player_id,
-                                                          receipt=StoreReceipt(token=data.signed_transaction),
-                                                          param="signed_transaction")
+        status, body = await svc.store_purchases.purchase(merchant=merchant, channel_name="apple", command=data)
         return Response(content=body, status_code=status, media_type="application/json")
 
     @post("/google", status_code=201, summary="Deliver a Google Play purchase (purchase token), once",
@@ -47,8 +43,5 @@ class IapController(Controller):
           responses={200: ResponseSpec(data_container=StoreOrderView,
                                        description="Seen before: the order of the first time, `seen_before: true`.")})
     async def google(self, data: GooglePurchaseIn, merchant: Merchant, svc: Services) -> Response[StoreOrderView]:
-        receipt = StoreReceipt(token=data.purchase_token, product_id=data.product_id)
-        status, body = await svc.store_purchases.purchase(merchant=merchant, channel_name="google",
-                                                          player_id=data.player_id, receipt=receipt,
-                                                          param="purchase_token")
+        status, body = await svc.store_purchases.purchase(merchant=merchant, channel_name="google", command=data)
         return Response(content=body, status_code=status, media_type="application/json")

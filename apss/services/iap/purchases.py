@@ -105,10 +105,14 @@ class StorePurchases:
         return self._channels.registry.capable(channel_name, Capability.VERIFY_STORE_PURCHASE)
 
     # -- POST /v1/iap/{store} ------------------------------------------------------------------
-    async def purchase(self, *, merchant: Merchant, channel_name: str, player_id: str, receipt: StoreReceipt,
-                       param: str) -> tuple[int, bytes]:
-        """(201, the new fulfilled order) or (200, the first order with `seen_before`). `param`:
-        the request field refusals name (the signed transaction, the purchase token)."""
+    async def purchase(self, *, merchant: Merchant, channel_name: str,
+                       command: StorePurchaseIn | GooglePurchaseIn) -> tuple[int, bytes]:
+        """(201, the new fulfilled order) or (200, the first order with `seen_before`)."""
+        player_id = command.player_id
+        if isinstance(command, GooglePurchaseIn):
+            receipt, param = StoreReceipt(token=command.purchase_token, product_id=command.product_id), "purchase_token"
+        else:
+            receipt, param = StoreReceipt(token=command.signed_transaction), "signed_transaction"
         store = self._store(channel_name)
         credentials = self._channels.credentials(merchant, store)  # 400 channel_not_available
         tier = credentials.get("fee_tier")
