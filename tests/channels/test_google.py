@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import httpx
 import jwt
@@ -29,6 +28,7 @@ from apss.channels.google.mapping import service_account
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected, ChannelUnavailable
 from tests.channels.standin_google import GooglePlayStandIn
+from tests.channels.test_apple import _db, _ledger_ok
 from tests.conftest import assert_error, unique_sku
 from tests.test_channels_e2e import _Served
 
@@ -174,17 +174,6 @@ def play():
     standin.url = served.url
     yield standin
     served.stop()
-
-
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 @pytest.fixture
@@ -369,3 +358,19 @@ def test_unconfigured_merchant_and_orders_through_google_are_refused(merchant) -
         product = merchant.product(client)
         assert_error(merchant.order(client, product["id"], channel="google"), 400, "invalid_request_error",
                      "channel_not_available", "channel")
+
+
+def test_a_quantity_based_partial_refund_refunds_those_units(shop, play) -> None:
+    merchant, client, gems = shop
+    token = play.buy(gems["sku"], quantity=3)
+    order = _buy(client, gems["sku"], token, player_id="dave").json()
+    assert order["amount"] == 1497
+    voided = play.void(token, quantity=1)
+    body = play.push({"voidedPurchaseNotification": {"purchaseToken": token, "orderId": voided["orderId"],
+                                                     "productType": 2, "refundType": 2}})
+    assert _notify(merchant, client, body).status_code == 200
+    refunds = client.get(f"/v1/orders/{order['id']}/refunds").json()["data"]
+    assert [(r["amount"], r["status"]) for r in refunds] == [(499, "succeeded")]
+    assert client.get("/v1/players/dave/wallet").json()["balances"] == {"GEMS": 1000}
+    assert client.get(f"/v1/orders/{order['id']}").json()["status"] != "refunded"
+    _ledger_ok(merchant)
