@@ -29,7 +29,7 @@ from apss.clock import SystemClock
 from apss.errors import CallbackRejected, ChannelUnavailable
 from tests.channels.standin_google import GooglePlayStandIn
 from tests.channels.test_apple import _db, _ledger_ok
-from tests.conftest import assert_error, unique_sku
+from tests.conftest import assert_error, plant, unique_sku
 from tests.test_channels_e2e import _Served
 
 PACKAGE = "com.example.game"
@@ -172,6 +172,7 @@ def play():
     standin = GooglePlayStandIn(package_name=PACKAGE)
     served = _Served(standin)
     standin.url = served.url
+    plant(json.loads(standin.service_account())["private_key"])  # never in a log line (conftest's check)
     yield standin
     served.stop()
 
