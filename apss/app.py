@@ -68,6 +68,7 @@ from apss.api.webhook_endpoints import (
 from apss.channels.alipay import AlipayChannel
 from apss.channels.apple import AppleChannel
 from apss.channels.base import ChannelRegistry
+from apss.channels.google import GoogleChannel
 from apss.channels.paypal import PayPalChannel
 from apss.channels.pix import PixChannel
 from apss.channels.sandbox import SandboxChannel
@@ -224,6 +225,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     registry.register(AlipayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(AppleChannel(clock=wall_clock))  # signatures are checked at real time (as PaymentEvents')
+    registry.register(GoogleChannel(http=provider_http, clock=wall_clock))  # its JWTs are on Google's (real) time
     registry.register(PixChannel(public_url=config.public_url, http=provider_http, clock=clock))
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)

@@ -177,8 +177,9 @@ class FinanceConfig(_Section):
     # Provider fee schedules per channel: percent (basis points) plus a fixed part per currency.
     fees: dict[str, FeeScheduleConfig] = msgspec.field(default_factory=_default_fees)
     # App store commission, kept by the store from each in-app sale and booked as the channel's
-    # fee: the standard rate, and the reduced one (Apple's Small Business Program, subscriptions
-    # after their first year) for merchants whose apple channel has `fee_tier` = "reduced".
+    # fee: the standard rate, and the reduced one (Apple's Small Business Program, Google's first
+    # USD 1M a year, subscriptions) for merchants whose apple or google channel has `fee_tier` =
+    # "reduced".
     store_fee_standard_bps: Annotated[int, Meta(ge=0, le=10_000)] = 3000
     store_fee_reduced_bps: Annotated[int, Meta(ge=0, le=10_000)] = 1500
 
