@@ -79,6 +79,21 @@ class DatabaseConfig(_Section):
         """Whether `url` selects PostgreSQL (else SQLite at `path`)."""
         return self.url.startswith(_POSTGRESQL_SCHEMES)
 
+    @property
+    def target(self) -> str:
+        """What migrations and the database open: the PostgreSQL URL, or the SQLite file's path."""
+        return self.url if self.postgresql else self.path
+
+    @property
+    def display(self) -> str:
+        """The database as messages and logs may name it: the file, or the PostgreSQL host, port
+        and database name (never the user, password or parameters)."""
+        if not self.postgresql:
+            return self.path
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or "(socket)"
+        return f"postgresql://{host}{f':{parts.port}' if parts.port else ''}/{parts.path.strip('/')}"
+
 
 class AdminConfig(_Section):
     # Empty: a token is generated at first start, stored hashed, printed once. A configured one

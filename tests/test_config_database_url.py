@@ -9,7 +9,6 @@ from apss.config import load_config
 from apss.errors import ConfigInvalid
 
 
-
 def test_empty_url_keeps_sqlite_at_database_path():
     config = load_config("/nonexistent/config.toml", environ={"APSS_DATABASE_PATH": "/tmp/x.sqlite"})
     assert (config.database.postgresql, config.database.path) == (False, "/tmp/x.sqlite")
