@@ -77,7 +77,7 @@ from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
 from apss.crypto import Keyring, PersonalData, keyring_from_file
-from apss.errors import LiveMerchantsInTestMode
+from apss.errors import ConfigInvalid, LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
 from apss.services.backups.backups import Backups, key_file, personal_key_file
@@ -325,6 +325,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     stored test clock, and refuses (LiveMerchantsInTestMode) a database holding a live merchant."""
     if not __debug__:  # `python -O` strips assertions, and invariants live in them
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
+    if config.database.postgresql:  # never a silent SQLite beside the database that was asked for
+        raise ConfigInvalid("config key database.url: the server does not run on PostgreSQL yet (`apss migrate` "
+                            "does; docs/postgresql.md says what runs there today)")
     svc = _build_services(config, clock or SystemClock())
 
     serving: list[ServingLock] = []
