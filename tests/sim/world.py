@@ -379,8 +379,8 @@ class Sim:
         try:
             await self._until(lambda: entered.is_set() or blocker.done(), polls=WAIT_POLLS_MAX)
             self.note(f"burst of {len(chosen)} requests in one group commit")
-            if self.crash_at is None and self.rng.random() < 0.3:
-                self.crash_at, self.crash_after_commit = self.writes + 2, self.rng.random() < 0.5  # the burst's batch
+            if self.rng.random() < 0.5:  # the kill moves into the burst's batch (a group commit)
+                self.crash_at, self.crash_after_commit = self.writes + 2, self.rng.random() < 0.5
             for method, path, body in chosen:
                 queued = db._queue.qsize()
                 task = asyncio.ensure_future(self._call(method, path, body, key=self._key()))
