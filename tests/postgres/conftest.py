@@ -1,6 +1,6 @@
 """The PostgreSQL pass: one throwaway server for the session (tests/postgres/server.py), a fresh
 database per test. Without a PostgreSQL server installed locally these tests skip with one line;
-CI installs Debian's postgresql and sets APSS_REQUIRE_POSTGRESQL=1, and then a missing server fails."""
+CI installs Debian's postgresql and sets REQUIRE_POSTGRESQL=1, and then a missing server fails."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ NO_SERVER = "no PostgreSQL server installed locally (apt-get install postgresql)
 def pg_server() -> Iterator[PostgresServer]:
     binaries = server_binaries()
     if binaries is None:
-        if os.environ.get("APSS_REQUIRE_POSTGRESQL") == "1":
-            pytest.fail("APSS_REQUIRE_POSTGRESQL=1 but no PostgreSQL server binary is installed")
+        if os.environ.get("REQUIRE_POSTGRESQL") == "1":
+            pytest.fail("REQUIRE_POSTGRESQL=1 but no PostgreSQL server binary is installed")
         pytest.skip(NO_SERVER)
     server = PostgresServer(binaries)
     server.start()
