@@ -164,14 +164,20 @@ def test_rows_written_before_the_seal_are_sealed_by_the_rotation_job(tmp_path):
         restarted.stop()
 
 
-def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
+def _database_at(tmp_path, version: int):
+    """A database file migrated up to `version` only (the migrations after it not applied yet)."""
     before = tmp_path / "migrations"
     before.mkdir()
     for path in MIGRATIONS_DIR.glob("00*.sql"):
-        if int(path.name[:4]) < 28:
+        if int(path.name[:4]) <= version:
             shutil.copy(path, before / path.name)
     db = tmp_path / "old.sqlite"
-    assert apply_migrations(str(db), before)[1] == 27
+    assert apply_migrations(str(db), before)[1] == version
+    return db
+
+
+def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
+    db = _database_at(tmp_path, 27)
     ip, device = _unique_ip(), f"dev-decision-{uuid.uuid4().hex[:8]}"
     with sqlite3.connect(db) as conn:  # foreign keys are off on this plain connection: no order needed
         for seq, attributes in enumerate([f'{{"ip": "{ip}", "device_id": "{device}", "amount": 500}}',
@@ -325,13 +331,7 @@ def test_device_age_counts_from_the_players_first_order_on_the_device(own_server
 
 
 def test_marks_from_before_device_age_count_from_the_players_first_order(tmp_path):
-    before = tmp_path / "migrations"
-    before.mkdir()
-    for path in MIGRATIONS_DIR.glob("00*.sql"):
-        if int(path.name[:4]) < 30:
-            shutil.copy(path, before / path.name)
-    db = tmp_path / "old.sqlite"
-    assert apply_migrations(str(db), before)[1] == 29
+    db = _database_at(tmp_path, 29)
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO risk_players (merchant_id, player_id, first_seen_ms) VALUES ('mch_x', 'p1', 1000)")
         conn.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms) VALUES (?, ?, ?, ?, ?)",
