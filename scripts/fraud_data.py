@@ -13,7 +13,10 @@ mostly declined, on new accounts), velocity bursts (one IP, many new players), a
 (an old account on a new device in another country buying big, fast) and structuring (repeated
 payments just under a reporting threshold).
 
-`Params` holds every rate, size and timing; `TRAIN` and `HELD_OUT` differ in all of them.
+`Params` holds every rate, size and timing; `TRAIN` and `HELD_OUT` differ in all of them;
+`jittered(TRAIN, seed=...)` makes more training worlds around TRAIN's. An order's `ip_country` is
+what the rules engine's shipped table would find for its address (`ADDRESS_BLOCKS`): none for the
+countries the table does not cover.
 Pure Python and seeded (random.Random): the same seed gives the same stream.
 """
 
