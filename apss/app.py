@@ -68,6 +68,7 @@ from apss.api.webhook_endpoints import (
 from apss.channels.alipay import AlipayChannel
 from apss.channels.apple import AppleChannel
 from apss.channels.base import ChannelRegistry
+from apss.channels.google import GoogleChannel
 from apss.channels.paypal import PayPalChannel
 from apss.channels.pix import PixChannel
 from apss.channels.sandbox import SandboxChannel
@@ -76,7 +77,7 @@ from apss.channels.wechatpay import WechatPayChannel
 from apss.clock import Clock, SystemClock, TestClock
 from apss.config import Config
 from apss.crypto import Keyring, PersonalData, keyring_from_file
-from apss.errors import LiveMerchantsInTestMode
+from apss.errors import ConfigInvalid, LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
 from apss.jobs.scheduler import Scheduler
 from apss.services.backups.backups import Backups, key_file, personal_key_file
@@ -224,6 +225,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     registry.register(AlipayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(WechatPayChannel(public_url=config.public_url, http=provider_http, clock=clock))
     registry.register(AppleChannel(clock=wall_clock))  # signatures are checked at real time (as PaymentEvents')
+    registry.register(GoogleChannel(http=provider_http, clock=wall_clock))  # its JWTs are on Google's (real) time
     registry.register(PixChannel(public_url=config.public_url, http=provider_http, clock=clock))
     channels = ChannelAccess(registry=registry, db=db, clock=clock, keyring=keyring, public_url=config.public_url,
                              config=config.channels)
@@ -323,6 +325,9 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     stored test clock, and refuses (LiveMerchantsInTestMode) a database holding a live merchant."""
     if not __debug__:  # `python -O` strips assertions, and invariants live in them
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
+    if config.database.postgresql:  # never a silent SQLite beside the database that was asked for
+        raise ConfigInvalid("config key database.url: the server does not run on PostgreSQL yet (`apss migrate` "
+                            "does; docs/postgresql.md says what runs there today)")
     svc = _build_services(config, clock or SystemClock())
 
     serving: list[ServingLock] = []

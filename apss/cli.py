@@ -43,16 +43,21 @@ def _fail(message: str) -> NoReturn:
 def _migrate(config: Config) -> None:
     from apss.store.migrate import apply_migrations
 
-    Path(config.database.path).parent.mkdir(parents=True, exist_ok=True)
+    if not config.database.postgresql:
+        Path(config.database.path).parent.mkdir(parents=True, exist_ok=True)
 
     def progress(done: int, total: int, name: str) -> None:  # one line per migration applied, on stderr
         print(f"apss: migration {done}/{total} {name} applied", file=sys.stderr, flush=True)
 
     try:
-        before, after = apply_migrations(config.database.path, progress=progress)
+        before, after = apply_migrations(config.database.target, progress=progress)
     except SchemaTooNew as exc:
         _fail(str(exc))
-    print(f"database {config.database.path}: schema version {before} -> {after}", flush=True)
+    except Exception as exc:  # PostgreSQL unreachable, refused, ...: psycopg's first line, without the URL
+        if not config.database.postgresql or type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        _fail(f"database {config.database.display}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    print(f"database {config.database.display}: schema version {before} -> {after}", flush=True)
 
 
 def _serve(config: Config, *, print_secrets: bool) -> None:
@@ -70,7 +75,7 @@ def _serve(config: Config, *, print_secrets: bool) -> None:
     show_secrets = print_secrets or sys.stdout.isatty()
     try:
         app = create_app(config, announce=lambda line: print(line, flush=True), announce_secrets=show_secrets)
-    except LiveMerchantsInTestMode as exc:
+    except (LiveMerchantsInTestMode, ConfigInvalid) as exc:
         _fail(str(exc))
     print(f"APSS listening on http://{config.server.host}:{config.server.port} (public URL {config.public_url})", flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has stopped, and the process would die of it

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,6 +55,11 @@ class LogConfig(_Section):
 
 class DatabaseConfig(_Section):
     path: str = "data/apss.sqlite"
+    # Which database: empty (SQLite at `path`), "sqlite:///relative/file.sqlite" or
+    # "sqlite:////absolute/file.sqlite" (SQLite at that file: `path` follows it), or
+    # "postgresql://user:password@host:5432/dbname?sslmode=require" (PostgreSQL, for several
+    # instances on one database; libpq's URL form, its query parameters passed on as given).
+    url: str = ""
     # FULL: an acknowledged write survives power loss (on storage that honours fsync).
     # NORMAL (WAL) still survives a killed process; the server warns loudly when it is lowered.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -67,6 +73,26 @@ class DatabaseConfig(_Section):
     # A cap on the file's size in pages (page size 4096): beyond it writes answer 503 not_ready as
     # on a full disk, reads go on. 0: no cap but the disk's.
     page_count_max: Annotated[int, Meta(ge=0)] = 0
+
+    @property
+    def postgresql(self) -> bool:
+        """Whether `url` selects PostgreSQL (else SQLite at `path`)."""
+        return self.url.startswith(_POSTGRESQL_SCHEMES)
+
+    @property
+    def target(self) -> str:
+        """What migrations and the database open: the PostgreSQL URL, or the SQLite file's path."""
+        return self.url if self.postgresql else self.path
+
+    @property
+    def display(self) -> str:
+        """The database as messages and logs may name it: the file, or the PostgreSQL host, port
+        and database name (never the user, password or parameters)."""
+        if not self.postgresql:
+            return self.path
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or "(socket)"
+        return f"postgresql://{host}{f':{parts.port}' if parts.port else ''}/{parts.path.strip('/')}"
 
 
 class AdminConfig(_Section):
@@ -177,8 +203,9 @@ class FinanceConfig(_Section):
     # Provider fee schedules per channel: percent (basis points) plus a fixed part per currency.
     fees: dict[str, FeeScheduleConfig] = msgspec.field(default_factory=_default_fees)
     # App store commission, kept by the store from each in-app sale and booked as the channel's
-    # fee: the standard rate, and the reduced one (Apple's Small Business Program, subscriptions
-    # after their first year) for merchants whose apple channel has `fee_tier` = "reduced".
+    # fee: the standard rate, and the reduced one (Apple's Small Business Program, Google's first
+    # USD 1M a year, subscriptions) for merchants whose apple or google channel has `fee_tier` =
+    # "reduced".
     store_fee_standard_bps: Annotated[int, Meta(ge=0, le=10_000)] = 3000
     store_fee_reduced_bps: Annotated[int, Meta(ge=0, le=10_000)] = 1500
 
@@ -307,6 +334,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 _SECTIONS = {name for name in Config.__struct_fields__}
+_POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+_SQLITE_SCHEME = "sqlite:///"
 _PATH_RE = re.compile(r"\$\.?(.*)")
 
 
@@ -357,7 +386,39 @@ def load_config(path: str | Path | None = None, *, environ: dict[str, str] | Non
             field = message.split("`")[1]
             key = f"{key}.{field}" if key else field
         raise ConfigInvalid(f"config key {key or '<root>'}: {message}") from None
+    config = _resolve_database_url(config)
     _check_relations(config)
+    return config
+
+
+def _resolve_database_url(config: Config) -> Config:
+    """Check database.url; a sqlite URL becomes database.path (which the rest of APSS reads).
+    Errors never repeat the URL: it may hold a password."""
+    database = config.database
+    url = database.url
+    if not url:
+        return config
+    if url.startswith(_SQLITE_SCHEME):
+        path = urllib.parse.unquote(url[len(_SQLITE_SCHEME):].partition("?")[0])
+        if not path.strip("/"):
+            raise ConfigInvalid("config key database.url: sqlite:/// needs a file, e.g. sqlite:///data/apss.sqlite")
+        if database.path not in (DatabaseConfig().path, path):
+            raise ConfigInvalid("config key database.url: names another file than database.path: give one of them")
+        return msgspec.structs.replace(config, database=msgspec.structs.replace(database, path=path))
+    if not url.startswith(_POSTGRESQL_SCHEMES):
+        raise ConfigInvalid("config key database.url: must start with sqlite:///, postgresql:// or postgres://")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        raise ConfigInvalid("config key database.url: the port must be a number from 1 to 65535") from None
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    if not parts.hostname and not query.get("host"):
+        raise ConfigInvalid("config key database.url: names no host (postgresql://user:password@host:5432/dbname)")
+    if not parts.path.strip("/") and not query.get("dbname"):
+        raise ConfigInvalid("config key database.url: names no database (postgresql://user:password@host:5432/dbname)")
+    if parts.fragment:
+        raise ConfigInvalid("config key database.url: a fragment (#...) has no meaning in a database URL")
     return config
 
 

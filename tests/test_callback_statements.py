@@ -58,7 +58,8 @@ def test_a_kept_order_view_lasts_until_a_row_is_written():
 
 
 _ORDER_VIEW = {"status": "paid", "player_id": "p", "items": [], "subtotal": 0, "discount": 0, "amount": 0,
-               "currency": "USD", "channel": "sandbox", "promotions": [], "merchant_order_ref": None, "metadata": {},
+               "currency": "USD", "channel": "sandbox", "channel_options": None, "promotions": [],
+               "merchant_order_ref": None, "metadata": {},
                "expires_at": "2026-12-03T00:00:00Z", "created_at": "2026-12-03T00:00:00Z",
                "checkout_url": "http://x/checkout/t", "payment": None}
 

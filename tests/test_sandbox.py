@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
+import threading
+from collections.abc import Iterator
 
 import httpx
+import msgspec
+import pytest
 
-from tests.conftest import wait_for
+from apss.clock import TestClock
+from tests.conftest import Merchant, RunningServer, wait_for
 
 
 def _order(merchant, client, *, player_id, metadata=None, stock=3):
@@ -134,3 +140,102 @@ def test_the_root_points_a_person_at_the_dashboard_and_the_docs(server):
     assert {"/admin", "/schema/swagger"} <= hrefs
     for href in hrefs - {"/admin"}:  # each link answers (the dashboard redirects to its login)
         assert httpx.get(server.base_url + href).status_code == 200, href
+
+
+# -- the callback sender: continuous, bounded, retried with backoff ----------------------------------
+class _Receiver(httpx.AsyncBaseTransport):
+    """Between the sandbox's sender and the real server: forwards each callback over HTTP, except
+    that it holds the callbacks of `held` payments until `release` is set, and answers 503 to the
+    first `refuse[payment]` callbacks of a payment (the server never sees those)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.held: set[str] = set()
+        self.holding = threading.Event()  # a held callback has arrived
+        self.release = threading.Event()
+        self.refuse: dict[str, int] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        payment_id = msgspec.json.decode(request.content)["data"]["payment_id"]
+        if payment_id in self.held:
+            self.holding.set()
+            while not self.release.is_set():  # the test sets it at its end, whatever happened
+                await asyncio.sleep(0.01)
+        if self.refuse.get(payment_id, 0) > 0:
+            self.refuse[payment_id] -= 1
+            return httpx.Response(503)
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+def receiver(tmp_path) -> Iterator[tuple[Merchant, _Receiver]]:
+    """Its own server (the sender's client is replaced), with callbacks given up after 3 attempts."""
+    server = RunningServer(db_path=tmp_path / "apss.sqlite", clock=TestClock(),
+                           env={"APSS_SANDBOX_CALLBACK_ATTEMPTS_MAX": "3"}).start()
+    transport = _Receiver()
+    server.services.sandbox.client = httpx.AsyncClient(transport=transport, timeout=30)
+    try:
+        yield server.new_merchant(), transport
+    finally:
+        transport.release.set()
+        server.stop()
+
+
+def _callbacks(merchant) -> dict[str, tuple]:
+    """payment id -> (attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error), from the raw file."""
+    with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT body, attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error"
+                          " FROM sandbox_callbacks WHERE merchant_id = ?", (merchant.id,)).fetchall()
+    return {msgspec.json.decode(row[0])["data"]["payment_id"]: tuple(row[1:]) for row in rows}
+
+
+def _paid(merchant, client, player_id: str) -> dict:
+    _, order = _order(merchant, client, player_id=player_id)
+    assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
+    return order
+
+
+def test_a_slow_callback_holds_up_only_its_own_slot(receiver):
+    """Callbacks queued while an earlier one waits for its answer are sent and applied meanwhile
+    (a sender working in passes would send them only once the held one is answered)."""
+    merchant, transport = receiver
+    with merchant.client() as client:
+        first = _order(merchant, client, player_id="held")[1]
+        transport.held.add(first["payment"]["id"])
+        assert client.post(f"/v1/sandbox/payments/{first['payment']['id']}/succeed").status_code == 202
+        wait_for(transport.holding.is_set)
+        later = [_paid(merchant, client, f"later-{n}") for n in range(3)]
+        wait_for(lambda: all(_status(client, order["id"])["status"] == "fulfilled" for order in later), timeout_s=20)
+        assert _status(client, first["id"])["status"] == "pending", "its callback is still held"
+        transport.release.set()
+        wait_for(lambda: _status(client, first["id"])["status"] == "fulfilled")
+    sent = _callbacks(merchant)
+    assert len(sent) == 4
+    assert all(attempts == 1 and delivered is not None and gave_up is None
+               for attempts, _, delivered, gave_up, _ in sent.values()), sent
+
+
+def test_a_refused_callback_is_retried_with_backoff_and_given_up_at_the_attempts_max(receiver):
+    merchant, transport = receiver
+    clock = merchant.server.clock
+    with merchant.client() as client:
+        once = _order(merchant, client, player_id="refused-once")[1]
+        never = _order(merchant, client, player_id="refused-always")[1]
+        transport.refuse.update({once["payment"]["id"]: 1, never["payment"]["id"]: 100})
+        for order in (once, never):
+            assert client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed").status_code == 202
+        now_ms = clock.now_ms()
+        wait_for(lambda: all(row[0] == 1 for row in _callbacks(merchant).values()))
+        for payment_id in (once["payment"]["id"], never["payment"]["id"]):
+            assert _callbacks(merchant)[payment_id] == (1, now_ms + 2_000, None, None, "HTTP 503")
+
+        clock.advance(seconds=2)  # the first retry: 2 s after the first attempt
+        wait_for(lambda: _status(client, once["id"])["status"] == "fulfilled")
+        wait_for(lambda: _callbacks(merchant)[never["payment"]["id"]][0] == 2)
+        assert _callbacks(merchant)[never["payment"]["id"]] == (2, now_ms + 2_000 + 4_000, None, None, "HTTP 503")
+        assert _callbacks(merchant)[once["payment"]["id"]][:2] == (2, now_ms + 2_000)
+
+        clock.advance(seconds=4)  # the third attempt is the last (callback_attempts_max = 3)
+        wait_for(lambda: _callbacks(merchant)[never["payment"]["id"]][3] is not None)
+        assert _callbacks(merchant)[never["payment"]["id"]] == (3, now_ms + 6_000, None, now_ms + 6_000, "HTTP 503")
+        assert _status(client, never["id"])["status"] == "pending"

@@ -41,6 +41,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/orders/{order_id}/refunds"): "refund.create",
     ("POST", "/v1/players/{player_id}/wallet/debit"): "wallet.debit",
     ("POST", "/v1/iap/apple"): "iap.apple_purchase",
+    ("POST", "/v1/iap/google"): "iap.google_purchase",
     ("POST", "/v1/subscriptions"): "subscription.create",
     ("POST", "/v1/subscriptions/{subscription_id}/cancel"): "subscription.cancel",
     ("POST", "/v1/subscriptions/{subscription_id}/resume"): "subscription.resume",

@@ -1,7 +1,7 @@
 """The payment channel Protocol, the neutral types that cross it, and the registry.
 
-Every provider (sandbox, stripe, paypal, alipay, wechatpay, pix) is one package under channels/ with
-a `client.py` (I/O, auth, signatures) and a `mapping.py` (pure wire conversion, every provider
+Every provider (sandbox, stripe, paypal, alipay, wechatpay, pix, apple, google) is one package
+under channels/ with a `client.py` (I/O, auth, signatures) and a `mapping.py` (pure wire conversion, every provider
 status listed plus an `unknown` fallback). Services speak only these neutral types; no provider
 type leaks past a channel package. Channels never touch the database.
 """
@@ -19,6 +19,7 @@ from apss.domain.payments import FLOWS, CallbackKind, PaymentStatus
 from apss.errors import ProviderFlowNotSupported
 
 __all__ = [
+    "AcknowledgesStorePurchases",
     "CAPABILITY_PROTOCOLS",
     "CallbackEvent",
     "CallbackReply",
@@ -51,8 +52,10 @@ __all__ = [
     "Refunds",
     "Setting",
     "StatementLine",
+    "StoreAction",
     "StoreNotification",
     "StorePurchase",
+    "StoreReceipt",
     "SubmitsDisputeEvidence",
     "VerifiesCallbacks",
     "VerifiesStorePurchases",
@@ -364,51 +367,84 @@ class SubmitsDisputeEvidence(Channel, Protocol):
         ...
 
 
-class StorePurchase(_Neutral):
-    """One app-store transaction, verified offline (Apple's signed transaction), in neutral terms."""
+class StoreReceipt(_Neutral):
+    """What a game's app hands over for one store purchase (POST /v1/iap/{store})."""
 
-    transaction_id: str  # the store's id of this purchase (a renewal has its own)
+    token: str  # Apple: the signed transaction (JWS); Google: the purchase token
+    product_id: str | None = None  # Google: the product id it was bought as (its API is addressed by it)
+    subscription: bool = False  # Google: a subscription (purchases.subscriptionsv2), else a one-time product
+
+
+class StorePurchase(_Neutral):
+    """One app-store purchase as the store vouches for it (Apple's signed transaction, verified
+    offline; Google's purchase resource, read from its API), in neutral terms."""
+
+    transaction_id: str  # the store's id of this purchase (a renewal has its own): delivered once
     original_transaction_id: str  # the first purchase's id: shared by a subscription's renewals
     product_id: str  # the store's product id, the sku of the merchant's product
-    app_id: str  # the app it was bought in (Apple's bundleId)
-    environment: str  # the store's environment (Apple: Production | Sandbox)
-    type: str  # the store's product type (Apple: Consumable, Non-Consumable, Auto-Renewable Subscription...)
+    app_id: str  # the app it was bought in (Apple's bundleId, Google's packageName)
+    environment: str  # the store's environment (Apple: Production | Sandbox; Google: Production | Test)
+    type: str  # the store's product type (Apple: Consumable, ... Auto-Renewable Subscription; Google: product | subscription)
     quantity: int
-    amount: int | None  # minor units charged, None when the store did not say
+    # Minor units charged, None when the store did not say: then the merchant's own price of the
+    # product in `currency` (Google's resources carry no price), or refused without a currency.
+    amount: int | None
     currency: str | None
     purchased_at_ms: int
     signed_at_ms: int
     reason: str | None = None  # PURCHASE | RENEWAL (Apple's transactionReason)
     expires_at_ms: int | None = None  # subscriptions
-    revoked_at_ms: int | None = None  # refunded or revoked by the store
+    revoked_at_ms: int | None = None  # refunded, revoked or canceled by the store
     revocation_reason: int | None = None
     ownership: str | None = None  # PURCHASED | FAMILY_SHARED
+    # purchased; pending (not paid yet: Google's slow payment methods); inactive (a subscription
+    # expired, on hold or paused): only a purchased one is delivered the first time.
+    state: Literal["purchased", "pending", "inactive"] = "purchased"
+    acknowledged: bool = True  # False: the store wants it acknowledged after delivery (Google, 3 days)
+    order_ref: str | None = None  # the store's order id when it is not the transaction id (Google's orderId)
+
+
+# What a store notification asks of APSS (each store's mapping names its own types' actions).
+StoreAction = Literal["deliver", "refund", "revoke", "refund_reversed", "record"]
 
 
 class StoreNotification(_Neutral):
-    """A verified store server notification (Apple's App Store Server Notifications v2)."""
+    """A verified store server notification (Apple's App Store Server Notifications v2; Google's
+    real-time developer notifications, confirmed by its API)."""
 
-    notification_id: str  # notificationUUID: applied once per merchant
-    type: str  # REFUND, REVOKE, DID_RENEW, EXPIRED, ... as the store names them
+    notification_id: str  # notificationUUID, Pub/Sub messageId: applied once per merchant
+    type: str  # REFUND, DID_RENEW, SUBSCRIPTION_RENEWED, VOIDED_PURCHASE, ... as the store names them
     subtype: str | None
     signed_at_ms: int
-    purchase: StorePurchase | None = None  # the transaction it is about, verified the same way
+    action: StoreAction = "record"
+    purchase: StorePurchase | None = None  # the purchase it is about, as the store vouches for it
+    refund_quantity: int | None = None  # a refund of that many units only (Google's quantity-based partial refunds)
 
 
 @runtime_checkable
 class VerifiesStorePurchases(Channel, Protocol):
-    """An app store (Apple): purchases are made and paid in the store's app UI, APSS verifies what
-    the app hands it and the store's signed notifications; it never creates a payment."""
+    """An app store (Apple, Google): purchases are made and paid in the store's app UI, APSS
+    verifies what the app hands it and the store's notifications; it never creates a payment."""
 
-    def verify_purchase(self, signed: str, credentials: Credentials) -> StorePurchase:
-        """Verify a signed transaction (signature chain, app, environment); raises CallbackRejected."""
+    async def verify_purchase(self, receipt: StoreReceipt, credentials: Credentials) -> StorePurchase:
+        """The purchase as the store vouches for it (signature chain or the store's API, app,
+        environment); raises CallbackRejected with a `store_*` code."""
         ...
 
-    def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
-        """Verify a store notification the same way; raises CallbackRejected."""
+    async def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
+        """Verify a store notification (its signature, or by asking the store); raises CallbackRejected."""
         ...
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply: ...
+
+
+@runtime_checkable
+class AcknowledgesStorePurchases(Channel, Protocol):
+    """A store that refunds a purchase nobody acknowledged (Google Play: within 3 days)."""
+
+    async def acknowledge_purchase(self, receipt: StoreReceipt, credentials: Credentials) -> None:
+        """Acknowledge a delivered purchase; one acknowledged before is a success."""
+        ...
 
 
 class Capability(enum.StrEnum):
@@ -424,6 +460,7 @@ class Capability(enum.StrEnum):
     CANCEL_PAYMENT = "cancel_payment"
     SUBMIT_DISPUTE_EVIDENCE = "submit_dispute_evidence"
     VERIFY_STORE_PURCHASE = "verify_store_purchase"
+    ACKNOWLEDGE_STORE_PURCHASE = "acknowledge_store_purchase"
 
 
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
@@ -439,6 +476,7 @@ CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.CANCEL_PAYMENT: CancelsPayments,
     Capability.SUBMIT_DISPUTE_EVIDENCE: SubmitsDisputeEvidence,
     Capability.VERIFY_STORE_PURCHASE: VerifiesStorePurchases,
+    Capability.ACKNOWLEDGE_STORE_PURCHASE: AcknowledgesStorePurchases,
 }
 # Every channel must take payments and their callbacks; the rest is optional. An app store
 # (VERIFY_STORE_PURCHASE) takes neither: the store's own app takes the payment.

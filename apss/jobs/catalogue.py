@@ -29,6 +29,8 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
         ("admin_session_prune", 3600.0, svc.admin_sessions.prune),
         ("game_deliveries", 30.0, svc.deliveries.push_due),
         ("subscriptions", config.subscriptions.renewal_interval_s, svc.subscriptions.renew_due),
+        # Google Play purchases whose acknowledgement failed at delivery, tried again with backoff.
+        ("store_acknowledgements", 60.0, svc.store_purchases.acknowledge_due),
         ("risk_counter_prune", 3600.0, svc.risk_engine.prune),
         # Privacy: IPs and device ids past privacy.retention_days erased; values an older key
         # sealed re-sealed under the primary, in bounded batches (services/players/privacy.py).

@@ -4,7 +4,9 @@
 -- which no mark can predate: their devices count as old as the account, never as new ones.
 ALTER TABLE risk_player_marks ADD COLUMN first_seen_ms INTEGER;
 UPDATE risk_player_marks SET first_seen_ms = coalesce(
-    (SELECT min(p.first_seen_ms, risk_player_marks.last_seen_ms) FROM risk_players AS p
+    (SELECT CASE WHEN p.first_seen_ms < risk_player_marks.last_seen_ms THEN p.first_seen_ms
+                 ELSE risk_player_marks.last_seen_ms END
+       FROM risk_players AS p
       WHERE p.merchant_id = risk_player_marks.merchant_id AND p.player_id = risk_player_marks.player_id),
     last_seen_ms);
 -- The order's device_age_s at its creation, which the callback's decision reads (as new_device).

@@ -22,7 +22,7 @@ __all__ = [
 def upsert_settings(tx: Tx, *, merchant_id: str, channel: str, secrets_sealed: str, public_settings: str, now_ms: int) -> None:
     tx.execute(
         "INSERT INTO channel_settings (merchant_id, channel, secrets_sealed, public_settings, updated_at_ms)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET secrets_sealed = excluded.secrets_sealed,"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (merchant_id, channel) DO UPDATE SET secrets_sealed = excluded.secrets_sealed,"
         " public_settings = excluded.public_settings, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, channel, secrets_sealed, public_settings, now_ms),
     )
@@ -35,7 +35,7 @@ async def all_settings(db: Database) -> list[sqlite3.Row]:
 def set_routing(tx: Tx, *, merchant_id: str, routing: str, now_ms: int) -> None:
     tx.execute(
         "INSERT INTO channel_routing (merchant_id, routing, updated_at_ms) VALUES (?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET routing = excluded.routing, updated_at_ms = excluded.updated_at_ms",
+        " ON CONFLICT (merchant_id) DO UPDATE SET routing = excluded.routing, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, routing, now_ms),
     )
 
@@ -82,7 +82,7 @@ async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, o
 def record_check(tx: Tx, *, payment_id: str, checks_done: int, next_check_at_ms: int | None, last_status: str, now_ms: int) -> None:
     tx.execute(
         "INSERT INTO payment_checks (payment_id, checks_done, next_check_at_ms, gave_up_at_ms, last_status)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET checks_done = excluded.checks_done,"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (payment_id) DO UPDATE SET checks_done = excluded.checks_done,"
         " next_check_at_ms = excluded.next_check_at_ms, gave_up_at_ms = excluded.gave_up_at_ms,"
         " last_status = excluded.last_status",
         (payment_id, checks_done, next_check_at_ms, now_ms if next_check_at_ms is None else None, last_status),

@@ -113,6 +113,9 @@ class Tx:
     """One transaction function's handle on the writer connection."""
 
     __slots__ = ("_conn", "_after_commit", "_sink", "memo")
+    # The one dialect hook: a statement that differs between the engines asks `tx.dialect` (or
+    # `db.dialect`). Almost none does: store/pg_db.py rewrites the mechanical differences.
+    dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, sink: EventSink | None = None) -> None:
         self._conn = conn
@@ -250,6 +253,8 @@ def open_connection(path: str, *, synchronous: str, busy_timeout_ms: int, read_o
 
 
 class Database:
+    dialect = "sqlite"
+
     def __init__(
         self,
         path: str,

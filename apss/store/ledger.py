@@ -38,7 +38,7 @@ def set_finance(tx: Tx, *, merchant_id: str, commission_bps: int, splits: str, c
     tx.execute(
         "INSERT INTO merchant_finance (merchant_id, commission_bps, splits, clawback_policy, late_payment, updated_at_ms)"
         " VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET commission_bps = excluded.commission_bps, splits = excluded.splits,"
+        " ON CONFLICT (merchant_id) DO UPDATE SET commission_bps = excluded.commission_bps, splits = excluded.splits,"
         " clawback_policy = excluded.clawback_policy, late_payment = excluded.late_payment,"
         " updated_at_ms = excluded.updated_at_ms",
         (merchant_id, commission_bps, splits, clawback_policy, late_payment, now_ms),
@@ -54,7 +54,8 @@ def move_vc_pool(tx: Tx, *, merchant_id: str, vc: str, currency: str, units: int
     if units >= 0 and deferred >= 0:
         tx.execute(
             "INSERT INTO vc_pools (merchant_id, vc, currency, units, deferred) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET units = units + excluded.units, deferred = deferred + excluded.deferred",
+            " ON CONFLICT (merchant_id, vc, currency) DO UPDATE SET units = vc_pools.units + excluded.units,"
+            " deferred = vc_pools.deferred + excluded.deferred",
             (merchant_id, vc, currency, units, deferred),
         )
         return
@@ -92,7 +93,8 @@ def insert_entries(tx: Tx, rows: list[tuple[str, str, str, int, int]]) -> None:
 def bump_balance(tx: Tx, *, account: str, currency: str, debit: int, credit: int) -> None:
     tx.execute(
         "INSERT INTO ledger_balances (account, currency, debits, credits) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET debits = debits + excluded.debits, credits = credits + excluded.credits",
+        " ON CONFLICT (account, currency) DO UPDATE SET debits = ledger_balances.debits + excluded.debits,"
+        " credits = ledger_balances.credits + excluded.credits",
         (account, currency, debit, credit),
     )
 

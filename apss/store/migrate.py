@@ -1,5 +1,10 @@
 """Numbered, forward-only SQL migrations (migrations/NNNN_name.sql), applied in order inside one
-transaction, statement by statement (`executescript` would commit an open transaction)."""
+transaction, statement by statement (`executescript` would commit an open transaction).
+
+The same files migrate a PostgreSQL database (`apply_migrations` given a postgresql:// URL): each
+statement goes through store/pg_schema.py's translator; the whole run is one transaction under an
+advisory lock, so instances starting at once migrate one after the other (the later ones find
+nothing to do)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,24 @@ from pathlib import Path
 
 from apss.errors import SchemaTooNew
 
-__all__ = ["MIGRATIONS_DIR", "apply_migrations", "known_migrations", "schema_versions", "split_statements"]
+__all__ = ["MIGRATIONS_DIR", "apply_migrations", "is_postgresql", "known_migrations", "schema_versions",
+           "split_statements"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"  # apss/migrations, shipped in the wheel
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT"
+_MIGRATE_LOCK = 0x41505353  # 'APSS': the advisory lock key migrations take on PostgreSQL
+
+
+def is_postgresql(target: str) -> bool:
+    """Whether a database target (a file path or database.url) is a PostgreSQL URL."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def _too_new(target: str, current: int, latest: int) -> SchemaTooNew:
+    where = "the PostgreSQL database" if is_postgresql(target) else f"database {target}"
+    return SchemaTooNew(f"{where} has schema version {current}, but this APSS knows only up to "
+                        f"{latest}: upgrade APSS (or restore a backup) before starting it")
 
 
 def known_migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
@@ -43,7 +62,10 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
                      progress: Callable[[int, int, str], None] | None = None) -> tuple[int, int]:
     """Bring the database at `path` to the newest schema. Returns (version before, after).
     `progress(done, total, file name)` hears of each migration applied (all commit together at
-    the end). Raises SchemaTooNew when the database was written by a newer APSS."""
+    the end). Raises SchemaTooNew when the database was written by a newer APSS. `path` may be a
+    postgresql:// URL."""
+    if is_postgresql(path):
+        return _apply_postgresql(path, directory, progress)
     migrations = known_migrations(directory)
     latest = migrations[-1][0] if migrations else 0
     conn = sqlite3.connect(path, isolation_level=None)
@@ -53,15 +75,12 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
         # it frees are zeroed, and the checkpoint below leaves no old page in the WAL.
         conn.execute("PRAGMA secure_delete=ON")
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        conn.execute(_SCHEMA_VERSION_DDL)
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         current = row[0] or 0
         if current > latest:
             conn.execute("ROLLBACK")
-            raise SchemaTooNew(
-                f"database {path} has schema version {current}, but this APSS knows only up to "
-                f"{latest}: upgrade APSS (or restore a backup) before starting it"
-            )
+            raise _too_new(path, current, latest)
         pending = [(version, file) for version, file in migrations if version > current]
         for done, (version, file) in enumerate(pending, 1):
             for statement in split_statements(file.read_text()):
@@ -79,6 +98,31 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
         raise
     finally:
         conn.close()
+
+
+def _apply_postgresql(url: str, directory: Path,
+                      progress: Callable[[int, int, str], None] | None) -> tuple[int, int]:
+    import psycopg  # the `postgres` extra: only a PostgreSQL setup needs it
+
+    from apss.store.pg_schema import translate_migration, translate_statement
+
+    migrations = known_migrations(directory)
+    latest = migrations[-1][0] if migrations else 0
+    with psycopg.connect(url, autocommit=False) as conn:  # one transaction: DDL is transactional here
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        conn.execute(translate_statement(_SCHEMA_VERSION_DDL))
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        if current > latest:
+            raise _too_new(url, current, latest)
+        pending = [(version, file) for version, file in migrations if version > current]
+        for done, (version, file) in enumerate(pending, 1):
+            for statement in translate_migration(version, split_statements(file.read_text())):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            if progress is not None:
+                progress(done, len(pending), file.name)
+        conn.commit()
+    return current, max(current, latest)
 
 
 def schema_versions(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, int]:

@@ -286,8 +286,8 @@ async def created_per_day(db: Database, *, merchant_id: str, from_ms: int, to_ms
 
 async def count_status(db: Database, *, merchant_id: str, status: str, limit: int) -> int:
     """How many of the merchant's orders are in `status`, counting no further than `limit`."""
-    row = await db.fetch_one("SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE merchant_id = ? AND status = ? LIMIT ?)",
-                             (merchant_id, status, limit))
+    row = await db.fetch_one("SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE merchant_id = ? AND status = ?"
+                             " LIMIT ?) AS limited", (merchant_id, status, limit))
     return row["n"]
 
 

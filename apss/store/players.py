@@ -28,7 +28,7 @@ def add_items(tx: Tx, *, merchant_id: str, player_id: str, sku: str, quantity: i
     assert quantity > 0
     tx.execute(
         "INSERT INTO inventory_items (merchant_id, player_id, sku, quantity, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity, updated_at_ms = excluded.updated_at_ms",
+        " ON CONFLICT (merchant_id, player_id, sku) DO UPDATE SET quantity = inventory_items.quantity + excluded.quantity, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, quantity, now_ms),
     )
 
@@ -70,7 +70,8 @@ def extend_membership(tx: Tx, *, merchant_id: str, player_id: str, sku: str, dur
     assert duration_ms > 0
     tx.execute(
         "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET expires_at_ms = max(expires_at_ms, excluded.updated_at_ms) + ?,"
+        " ON CONFLICT (merchant_id, player_id, sku) DO UPDATE SET"
+        " expires_at_ms = max(memberships.expires_at_ms, excluded.updated_at_ms) + ?,"
         " updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, now_ms + duration_ms, now_ms, duration_ms),
     )
@@ -80,7 +81,8 @@ def extend_membership_to(tx: Tx, *, merchant_id: str, player_id: str, sku: str, 
     """A subscription's membership runs to the end of the period paid for (never shortened here)."""
     tx.execute(
         "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET expires_at_ms = max(expires_at_ms, excluded.expires_at_ms),"
+        " ON CONFLICT (merchant_id, player_id, sku) DO UPDATE SET"
+        " expires_at_ms = max(memberships.expires_at_ms, excluded.expires_at_ms),"
         " updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, until_ms, now_ms),
     )
@@ -90,7 +92,7 @@ def set_membership_expiry(tx: Tx, *, merchant_id: str, player_id: str, sku: str,
     """End (or keep) a subscription's membership at exactly `expires_at_ms` (cancel, grace, retries)."""
     tx.execute(
         "INSERT INTO memberships (merchant_id, player_id, sku, expires_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+        " ON CONFLICT (merchant_id, player_id, sku) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
         (merchant_id, player_id, sku, expires_at_ms, now_ms),
     )
 
@@ -126,7 +128,8 @@ def apply_wallet_change(
     assert amount != 0
     row = tx.one(
         "INSERT INTO wallet_balances (merchant_id, player_id, currency, balance, updated_at_ms) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET balance = balance + excluded.balance, updated_at_ms = excluded.updated_at_ms"
+        " ON CONFLICT (merchant_id, player_id, currency) DO UPDATE SET balance = wallet_balances.balance + excluded.balance,"
+        " updated_at_ms = excluded.updated_at_ms"
         " RETURNING balance",
         (merchant_id, player_id, currency, amount, now_ms),
     )

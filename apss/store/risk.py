@@ -124,7 +124,7 @@ def bump_counters(tx: Tx, *, merchant_id: str, increments: list[tuple[str, str, 
     rows = [(merchant_id, dimension, key, grain, now_s // grain, amount)
             for dimension, key, amount in increments for grain in grains_s]
     tx.executemany("INSERT INTO risk_counters (merchant_id, dimension, key, grain_s, bucket, value) VALUES (?, ?, ?, ?, ?, ?)"
-                   " ON CONFLICT (merchant_id, dimension, key, grain_s, bucket) DO UPDATE SET value = value + excluded.value",
+                   " ON CONFLICT (merchant_id, dimension, key, grain_s, bucket) DO UPDATE SET value = risk_counters.value + excluded.value",
                    rows)
 
 
@@ -244,7 +244,7 @@ def see_marks(tx: Tx, *, merchant_id: str, player_id: str, marks: list[tuple[str
     tx.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, first_seen_ms, last_seen_ms)"
                    " VALUES (?, ?, ?, ?, ?, ?)"
                    " ON CONFLICT (merchant_id, player_id, kind, mark) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
-                   f" WHERE excluded.last_seen_ms >= last_seen_ms + {_DAY_MS}",
+                   f" WHERE excluded.last_seen_ms >= risk_player_marks.last_seen_ms + {_DAY_MS}",
                    [(merchant_id, player_id, kind, mark, now_ms, now_ms) for kind, mark in marks])
 
 

@@ -45,6 +45,6 @@ def save_now(tx: Tx, *, now_ms: int) -> None:
     assert now_ms >= 0
     tx.execute(
         "INSERT INTO test_clock (id, now_ms) VALUES (1, ?)"
-        " ON CONFLICT (id) DO UPDATE SET now_ms = max(now_ms, excluded.now_ms)",
+        " ON CONFLICT (id) DO UPDATE SET now_ms = max(test_clock.now_ms, excluded.now_ms)",
         (now_ms,),
     )

@@ -124,13 +124,17 @@ async def _count(list_page, **filters) -> str:
     return f"{total}+"
 
 
-async def _live(svc: Services, page: Page) -> dict[str, str]:
+async def _today(svc: Services, page: Page, now_ms: int) -> list:
+    """Today's summary so far (summed from today's ledger: no stored report holds it yet)."""
+    today_ms = now_ms - now_ms % _DAY_MS
+    return await svc.reports.summary(merchant_id=page.merchant.id, from_ms=today_ms, to_ms=now_ms + 1)
+
+
+async def _live(svc: Services, page: Page, *, now_ms: int, summary: list) -> dict[str, str]:
     merchant = page.merchant
     assert merchant is not None
-    now_ms = svc.clock.now_ms()
     today_ms = now_ms - now_ms % _DAY_MS
     orders_today, paid_today = await svc.orders.created_since(merchant_id=merchant.id, since_ms=today_ms, until_ms=now_ms + 1)
-    summary = await svc.reports.summary(merchant_id=merchant.id, from_ms=today_ms, to_ms=now_ms + 1)
     nothing = page.cash(0, merchant.currency)
     gross = ", ".join(page.cash(s.gross, s.currency) for s in summary if s.gross) or nothing
     net = ", ".join(page.cash(s.gross - s.refunds - s.chargebacks, s.currency) for s in summary
@@ -142,16 +146,18 @@ async def _live(svc: Services, page: Page) -> dict[str, str]:
             "open_alerts": alerts, "as_of": format_rfc3339(now_ms)}
 
 
-async def _charts(svc: Services, page: Page) -> str:
+async def _charts(svc: Services, page: Page, *, now_ms: int, today: list) -> str:
+    """`today`: today's summary, the last day's bar (the live counters' figures, summed once)."""
     merchant = page.merchant
     assert merchant is not None
-    now_ms = svc.clock.now_ms()
     first_ms = now_ms - now_ms % _DAY_MS - (_DAYS - 1) * _DAY_MS
     starts = [first_ms + i * _DAY_MS for i in range(_DAYS)]
     labels = [format_rfc3339(s)[:10] for s in starts]
     revenue: dict[str, list[int]] = {}
     for index, start in enumerate(starts):  # past days from their stored daily reports (Reports.summary)
-        for row in await svc.reports.summary(merchant_id=merchant.id, from_ms=start, to_ms=start + _DAY_MS):
+        day = today if index == _DAYS - 1 else await svc.reports.summary(merchant_id=merchant.id, from_ms=start,
+                                                                          to_ms=start + _DAY_MS)
+        for row in day:
             revenue.setdefault(row.currency, [0] * _DAYS)[index] += row.gross
     counts = await svc.orders.created_per_day(merchant_id=merchant.id, from_ms=first_ms, days=_DAYS, day_ms=_DAY_MS,
                                               now_ms=now_ms)
@@ -184,12 +190,15 @@ async def admin_overview(request: Request, svc: Services) -> Response:
     if isinstance(page, Response):
         return page
     merchant = page.merchant
-    live = await _live(svc, page)
+    now_ms = svc.clock.now_ms()
+    today = await _today(svc, page, now_ms)
+    live = await _live(svc, page, now_ms=now_ms, summary=today)
     counters = "".join(f"<div class=counter><span class=muted>{label}</span><b data-counter={key} id=counter-{key}>"
                        f"{live[key]}</b></div>" for key, label in _COUNTERS)
     body = (f"<h1 id=merchant-name>{esc(merchant.name)}</h1><div class=counters data-live='{page.url('/admin/live.json')}'>"
             f"{counters}</div><p class=muted>Live counters refresh every {_LIVE_REFRESH_MS // 1000} s; days are UTC. "
-            f"Net of refunds = gross − refunds − chargebacks (before fees and commission).</p>{await _charts(svc, page)}")
+            f"Net of refunds = gross − refunds − chargebacks (before fees and commission).</p>"
+            f"{await _charts(svc, page, now_ms=now_ms, today=today)}")
     return layout(page, title="Overview", body=body, active="overview", script=_LIVE_SCRIPT)
 
 
@@ -201,7 +210,9 @@ async def admin_live(request: Request, svc: Services) -> Response:
             return Response(content={"error": {"type": "authentication_error", "code": "session_required",
                                                "message": "Log in to the dashboard."}}, status_code=401)
         return Response(content={}, status_code=200)
-    return Response(content=await _live(svc, page), headers={"Cache-Control": "no-store"})
+    now_ms = svc.clock.now_ms()
+    live = await _live(svc, page, now_ms=now_ms, summary=await _today(svc, page, now_ms))
+    return Response(content=live, headers={"Cache-Control": "no-store"})
 
 
 # -- orders ------------------------------------------------------------------------------------

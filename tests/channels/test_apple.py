@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -30,7 +31,7 @@ from appstoreserverlibrary.signed_data_verifier import (
 from apss.channels.apple import AppleChannel
 from apss.channels.apple.client import load_roots, verify_jws
 from apss.channels.apple.mapping import milliunits_to_minor
-from apss.channels.base import CallbackRequest
+from apss.channels.base import CallbackRequest, StoreReceipt
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected
 from tests.channels.apple_chain import APP_APPLE_ID, BUNDLE_ID, AppleSigner
@@ -46,6 +47,10 @@ def _apple(signer: AppleSigner = SIGNER, *, environment: Environment = Environme
 def _ours(signer: AppleSigner = SIGNER, environment: str = "Sandbox") -> tuple[AppleChannel, dict]:
     return AppleChannel(clock=SystemClock()), {"bundle_id": BUNDLE_ID, "environment": environment,
                                                "root_certificates": signer.root_pem, "app_apple_id": str(APP_APPLE_ID)}
+
+
+def _verify(channel: AppleChannel, jws: str, credentials: dict):
+    return asyncio.run(channel.verify_purchase(StoreReceipt(token=jws), credentials))
 
 
 def _tamper(jws: str) -> str:
@@ -88,7 +93,7 @@ def test_our_verifier_agrees_with_apples(case: str) -> None:
         apple_accepts = False
     channel, credentials = _ours()
     try:
-        purchase = channel.verify_purchase(jws, credentials)
+        purchase = _verify(channel, jws, credentials)
         ours_accepts = True
     except CallbackRejected:
         ours_accepts = False
@@ -120,14 +125,14 @@ def test_notifications_agree_with_apples(mutate: str) -> None:
     request = CallbackRequest(headers={}, body=body.encode(), now_s=int(time.time()))
     if mutate == "none":
         decoded = _apple().verify_and_decode_notification(signed)
-        ours = channel.verify_notification(request, credentials)
+        ours = asyncio.run(channel.verify_notification(request, credentials))
         assert (ours.notification_id, ours.type) == (decoded.notificationUUID, decoded.rawNotificationType)
         assert ours.purchase is not None and ours.purchase.revoked_at_ms is not None
         return
     with pytest.raises(VerificationException):
         _apple().verify_and_decode_notification(signed)
     with pytest.raises(CallbackRejected):
-        channel.verify_notification(request, credentials)
+        asyncio.run(channel.verify_notification(request, credentials))
 
 
 def test_apples_root_ships_as_the_default_and_refuses_test_chains() -> None:
@@ -138,7 +143,7 @@ def test_apples_root_ships_as_the_default_and_refuses_test_chains() -> None:
         "63343ABFB89A6A03EBB57E9B3F5FA7BE7C4F5C756F3017B3A8C488C3653E9179")  # Apple's published fingerprint
     channel = AppleChannel(clock=SystemClock())
     with pytest.raises(CallbackRejected) as refused:
-        channel.verify_purchase(SIGNER.sign(SIGNER.transaction()), {"bundle_id": BUNDLE_ID, "environment": "Sandbox"})
+        _verify(channel, SIGNER.sign(SIGNER.transaction()), {"bundle_id": BUNDLE_ID, "environment": "Sandbox"})
     assert refused.value.code == "store_signature_invalid"
 
 

@@ -96,6 +96,9 @@ EXPECTED_CAPABILITIES = {
     "wechatpay": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "parse_statement",
                   "cancel_payment"},
     "pix": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "cancel_payment"},
+    # App stores: the store's own app takes the payment (no create_payment, no callbacks).
+    "apple": {"verify_store_purchase"},
+    "google": {"verify_store_purchase", "acknowledge_store_purchase"},
 }
 
 
@@ -146,3 +149,21 @@ async def test_each_declared_query_and_close_answers_in_neutral_terms(harness):
         assert await channel.cancel_payment(query, harness.credentials) is None, "closing a closed payment is a success"
     else:
         assert not hasattr(channel, "cancel_payment")
+
+
+def _store_channels() -> list[Channel]:
+    import httpx
+
+    from apss.channels.apple import AppleChannel
+    from apss.channels.google import GoogleChannel
+    from apss.clock import SystemClock
+    return [AppleChannel(clock=SystemClock()), GoogleChannel(http=httpx.AsyncClient(), clock=SystemClock())]
+
+
+async def test_store_channels_say_the_truth_and_have_no_stubs():
+    for channel in _store_channels():
+        assert isinstance(channel, Channel)
+        assert {c.value for c in capabilities_of(channel)} == EXPECTED_CAPABILITIES[channel.name]
+        stubs = [name for name in sorted(_capability_methods())
+                 if name in vars(type(channel)) and _is_stub(vars(type(channel))[name])]
+        assert stubs == [], channel.name

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     operations: Counter = Counter()
     faults: Counter = Counter()
+    charged: Counter = Counter()
+    refunded: Counter = Counter()
     kills = group = recovery = 0
     failed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="apss-sim-") as tmp:
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  faults {dict(sorted(result.faults.items()))}")
             operations.update(result.operations)
             faults.update(result.faults)
+            charged.update(result.charged)
+            refunded.update(result.refunded)
             kills += result.kills
             group += result.kills_in_group_commit
             recovery += result.kills_in_recovery
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
           f"violations {len(failed)}{' (seeds ' + ', '.join(map(str, failed)) + ')' if failed else ''}")
     print(f"operations: {dict(sorted(operations.items()))}")
     print(f"faults: {dict(sorted(faults.items()))}")
+    print(f"charged by the provider, per channel: {dict(sorted(charged.items()))}; "
+          f"refunds it executed: {dict(sorted(refunded.items()))}")
     return 1 if failed else 0
 
 

@@ -1,6 +1,7 @@
 """One simulated world: the real APSS app (apss/app.py) driven over ASGI on a real SQLite file, a
-moved test clock, seeded providers (the sandbox, and the Stripe stand-in of tests/channels with a
-webhook sender the simulation plays), and crashes at seeded write transactions.
+moved test clock, seeded providers (the sandbox, and the Stripe, PayPal, Alipay and WeChat Pay
+stand-ins of tests/channels with the payers and callback senders the simulation plays, see
+tests/sim/providers.py), and crashes at seeded write transactions.
 
 Everything is decided by one random.Random(seed) and driven one request at a time (a burst of
 orders forms one group commit deterministically: the writer is held while they queue, in order),
@@ -25,20 +26,39 @@ import httpx
 
 import apss.ids
 import apss.services.sandbox.provider as sandbox_provider
+import tests.channels.standin_paypal as standin_paypal
 import tests.channels.standin_stripe as standin_module
+import tests.channels.standin_wechatpay as standin_wechatpay
 from apss.app import create_app
+from apss.channels.paypal.client import PayPalCertFetcher
 from apss.clock import TestClock
 from apss.config import load_config
 from apss.store import db as store_db
-from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.sim import invariants
-from tests.sim.faults import CALLBACK_FAULTS, PROVIDER_FAULTS, FaultyTransport, SimulatedCrash
+from tests.sim.faults import (
+    CALLBACK_FAULTS,
+    PROVIDER_FAULTS,
+    FaultyTransport,
+    SimulatedCrash,
+)
+from tests.sim.providers import (
+    AlipaySim,
+    HostRouter,
+    PayPalSim,
+    SeededRandomness,
+    SimProvider,
+    StripeSim,
+    WechatPaySim,
+)
 
 __all__ = ["Result", "Sim", "run_seed"]
 
 ADMIN = "adm_sim_token_0123456789abcdef"
 START_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z, a Monday
-STRIPE_BASE = "https://api.stripe.standin.test"
+CHANNELS = ("sandbox", "stripe", "paypal", "alipay", "wechatpay")
+# How often an order goes to each: the sandbox and Stripe, whose charges the banks dispute here, more.
+CHANNEL_WEIGHTS = (3, 3, 2, 2, 2)
+CNY_CHANNELS = ("alipay", "wechatpay")  # they take CNY only; the others are sold in USD here
 PAID_LIKE = ("paid", "delivering", "fulfilled", "partially_refunded", "refunded", "in_review")
 SANDBOX_MAGIC = (None, None, None, "delay_callback:120", "duplicate_callback", "lost_callback", "refund_fails")
 WAIT_POLLS_MAX = 5000  # a bound on waiting for a burst's writes to queue (real time, never an outcome)
@@ -54,6 +74,10 @@ class Result:
     kills_in_group_commit: int = 0
     kills_in_recovery: int = 0
     disputes: Counter = field(default_factory=Counter)  # (channel, final status) of the disputes recorded
+    # per channel, from the provider's own records at the end: payments it charged, refunds it executed
+    charged: Counter = field(default_factory=Counter)
+    refunded: Counter = field(default_factory=Counter)
+    acknowledged: Counter = field(default_factory=Counter)  # per provider: its callbacks APSS acknowledged
     violation: str | None = None
     violation_step: int | None = None
     trace: list[str] = field(default_factory=list)
@@ -101,10 +125,14 @@ class Sim:
         self.trace: deque[str] = deque(maxlen=200)
         self.faults_on = [True]
         self.db_path = workdir / "sim.sqlite"
-        self.stripe = StripeStandIn(secret_key="sk_test_sim_0123456789", webhook_secret="whsec_sim_0123456789",
-                                    pi_on_create=True, now_s=lambda: self.clock.now_ms() // 1000)
-        self.stripe_events: list[dict[str, Any]] = []  # Stripe's webhook outbox: it survives our crashes
-        self.stripe_event_seq = itertools.count(1)
+        now_s = lambda: self.clock.now_ms() // 1000  # noqa: E731
+        self.providers: dict[str, SimProvider] = {p.name: p for p in (
+            StripeSim(self.rng, now_s=now_s), PayPalSim(self.rng), AlipaySim(self.rng, now_s=now_s),
+            WechatPaySim(self.rng, now_s=now_s))}
+        self.stripe = self.providers["stripe"].standin  # disputes are raised on it directly
+        self.outbox: list[dict[str, Any]] = []  # the providers' callbacks to send: they survive our crashes
+        self.event_seq = itertools.count(1)
+        self.unrouted: list[str] = []  # provider hosts the app called that no stand-in serves
         self.initial_stock: dict[str, int] = {}
         self.products: dict[str, str] = {}  # name -> id
         self.key = ""
@@ -193,9 +221,17 @@ class Sim:
         svc.sandbox.client = httpx.AsyncClient(transport=FaultyTransport(
             httpx.ASGITransport(app=app), rng=self.rng, rate=self.fault_rate, faults=CALLBACK_FAULTS,
             counter=self.result.faults, label="sandbox_callback", enabled=self.faults_on), timeout=10)
-        svc.provider_http._transport = FaultyTransport(
-            httpx.ASGITransport(app=self.stripe), rng=self.rng, rate=self.fault_rate, faults=PROVIDER_FAULTS,
-            counter=self.result.faults, label="stripe_api", enabled=self.faults_on)
+        routes: dict[str, httpx.AsyncBaseTransport] = {}
+        for provider in self.providers.values():
+            faulty = FaultyTransport(httpx.ASGITransport(app=provider.app), rng=self.rng, rate=self.fault_rate,
+                                     faults=PROVIDER_FAULTS, counter=self.result.faults, label=f"{provider.name}_api",
+                                     enabled=self.faults_on)
+            routes.update(dict.fromkeys(provider.hosts, faulty))
+        svc.provider_http._transport = HostRouter(routes, self.unrouted)  # every channel's calls, the cert too
+        # PayPal's certificate cache counts its period (a failed fetch is remembered as long as a
+        # good one) on the monotonic clock; here it runs on the simulated one, as time does.
+        paypal = svc.channels.registry.get("paypal")
+        paypal._cert_fetcher = PayPalCertFetcher(svc.provider_http, now_s=lambda: self.clock.now_ms() / 1000)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://apss.sim", timeout=30)
         if crashes and self.crash_at is None:
             self._schedule_crash(recovery=False)
@@ -270,9 +306,9 @@ class Sim:
     async def _setup(self) -> None:
         merchant = (await self._call("POST", "/v1/merchants", {"name": "Sim Studio", "mode": "test"}, admin=True)).json()
         self.key, self.merchant_id = merchant["secret_key"], merchant["id"]
-        await self._call("PUT", "/v1/channels/stripe", {"secret_key": self.stripe.secret_key,
-                                                         "webhook_secret": self.stripe.webhook_secret,
-                                                         "api_base": STRIPE_BASE})
+        for provider in self.providers.values():
+            response = await self._call("PUT", f"/v1/channels/{provider.name}", provider.settings())
+            assert response.status_code == 200, response.text
         await self._call("PUT", "/v1/account/settlement_schedule", {"cycle": "daily", "cutoff_time": "00:00",
                                                                      "timezone": "UTC"})
         events = sorted(invariants.ORDER_EVENT_TYPES | {"refund.succeeded", "refund.failed", "dispute.created", "dispute.updated",
@@ -280,11 +316,11 @@ class Sim:
         hook = await self._call("POST", "/v1/webhook_endpoints", {"url": "https://hooks.sim.test/apss", "events": events})
         assert hook.status_code == 201, hook.text
         specs = {
-            "sword": {"category": "item", "prices": {"USD": 500}, "stock": 20},
-            "egg": {"category": "item", "prices": {"USD": 1999}, "stock": 4},
-            "gems": {"category": "currency_pack", "prices": {"USD": 499},
+            "sword": {"category": "item", "prices": {"USD": 500, "CNY": 3500}, "stock": 20},
+            "egg": {"category": "item", "prices": {"USD": 1999, "CNY": 12800}, "stock": 4},
+            "gems": {"category": "currency_pack", "prices": {"USD": 499, "CNY": 3000},
                      "grants": [{"type": "currency", "currency": "GEMS", "amount": 500}]},
-            "chest": {"category": "item", "prices": {"USD": 300}, "stock": 30,
+            "chest": {"category": "item", "prices": {"USD": 300, "CNY": 1800}, "stock": 30,
                       "grants": [{"type": "game", "sku": "chest"}]},
         }
         for name, spec in specs.items():
@@ -300,8 +336,9 @@ class Sim:
         lines = []
         for name in self.rng.sample(names, self.rng.choice((1, 1, 2))):
             lines.append({"product_id": self.products[name], "quantity": self.rng.randint(1, 2)})
-        body: dict[str, Any] = {"player_id": f"p{self.rng.randint(1, 6)}", "currency": "USD", "items": lines,
-                                "channel": self.rng.choice(("sandbox", "stripe"))}
+        channel = self.rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0]
+        body: dict[str, Any] = {"player_id": f"p{self.rng.randint(1, 6)}", "items": lines, "channel": channel,
+                                "currency": "CNY" if channel in CNY_CHANNELS else "USD"}
         magic = self.rng.choice(SANDBOX_MAGIC)
         if magic is not None and body["channel"] == "sandbox":
             body["metadata"] = {"sandbox_outcome": magic}
@@ -377,78 +414,86 @@ class Sim:
             await self._call("POST", f"/v1/sandbox/payments/{payment['id']}/{'succeed' if succeed else 'fail'}",
                              key=self._key())
             return
-        sessions = [s for s, v in sorted(self.stripe.sessions.items())
-                    if v["metadata"].get("apss_payment_id") == payment["id"] and v["status"] == "open"]
-        if not sessions:
-            return
-        intent = self.stripe.pay(sessions[0], succeeded=succeed)
-        self.note(f"payer {'pays' if succeed else 'fails'} Stripe session of {payment['id']}")
-        kind = "payment_intent.succeeded" if succeed else "payment_intent.payment_failed"
-        if succeed and self.rng.random() < 0.3:
-            self._stripe_event("checkout.session.completed", self.stripe.public_session(sessions[0]))
-        self._stripe_event(kind, intent)
+        provider = self.providers[payment["channel"]]
+        events = provider.pay(payment["id"], succeed=succeed)
+        if events is None:
+            return  # the provider shows this payer nothing to pay (expired, closed)
+        self.note(f"payer {'pays' if succeed else 'fails'} {provider.name} payment {payment['id']}")
+        for event_type, obj in events:
+            self._queue(provider, event_type, obj)
 
-    def _stripe_event(self, event_type: str, obj: dict, *, losable: bool = True) -> None:
-        """Stripe queues a webhook: maybe lost, maybe delayed, maybe sent twice. A lost payment
-        event stands for one Stripe never sends (the janitor's status queries find the truth);
-        dispute events are never lost for good (APSS does not poll disputes; Stripe retries a
-        webhook for three days), only delayed, duplicated and reordered."""
-        seq = next(self.stripe_event_seq)
-        event = {"seq": seq, "id": f"evt_sim_{seq}", "type": event_type, "obj": json.loads(json.dumps(obj)),
-                 "at": self.clock.now_ms(), "attempts": 0}
+    def _observe(self) -> None:
+        """Each provider announces what it did on APSS's calls (captures, refunds) by callback."""
+        for provider in self.providers.values():
+            for event_type, obj in provider.observe():
+                self._queue(provider, event_type, obj)
+
+    def _queue(self, provider: SimProvider, event_type: str, obj: Any, *, losable: bool = True) -> None:
+        """A provider queues a callback: maybe lost, maybe delayed, maybe sent twice. A lost payment
+        or refund callback stands for one the provider never sends (the janitor's status queries
+        find the truth); dispute events are never lost for good (APSS does not poll disputes; Stripe
+        retries a webhook for three days), only delayed, duplicated and reordered."""
+        seq = next(self.event_seq)
+        event = {"seq": seq, "provider": provider.name, "id": provider.event_id(seq), "type": event_type,
+                 "obj": json.loads(json.dumps(obj)), "at": self.clock.now_ms(), "attempts": 0}
+        label = f"{provider.name}_callback"
         roll = self.rng.random() if self.faults_on[0] else 1.0
         if roll < 0.08 and losable:
-            self.result.faults["stripe_callback:lost"] += 1
-            self.note(f"Stripe loses {event_type} {event['id']}")
+            self.result.faults[f"{label}:lost"] += 1
+            self.note(f"{provider.name} loses {event_type} {event['id']}")
             return
         if roll < 0.25:
             event["at"] += self.rng.randint(1, 900) * 1000
-            self.result.faults["stripe_callback:delayed"] += 1
-        self.stripe_events.append(event)
+            self.result.faults[f"{label}:delayed"] += 1
+        self.outbox.append(event)
         if self.faults_on[0] and self.rng.random() < 0.1:
-            self.result.faults["stripe_callback:duplicated"] += 1
-            self.stripe_events.append({**event, "seq": next(self.stripe_event_seq)})
+            self.result.faults[f"{label}:duplicated"] += 1
+            self.outbox.append({**event, "seq": next(self.event_seq)})
 
-    async def op_stripe_webhooks(self) -> None:
+    async def op_callbacks(self) -> None:
+        """Every provider sends its due callbacks (maybe reordered), signed as it signs them, to
+        its channel's endpoint; one not acknowledged is retried with backoff, one whose answer was
+        lost is sent again."""
         now = self.clock.now_ms()
-        due = sorted((e for e in self.stripe_events if e["at"] <= now), key=lambda e: e["seq"])
+        due = sorted((e for e in self.outbox if e["at"] <= now), key=lambda e: e["seq"])
         if len(due) > 1 and self.faults_on[0] and self.rng.random() < 0.5:
             self.rng.shuffle(due)
-            self.result.faults["stripe_callback:reordered"] += 1
+            self.result.faults["callbacks:reordered"] += 1
         for event in due:
-            request = signed_callback_request(event["type"], event["obj"], secret=self.stripe.webhook_secret,
-                                              now_s=self.clock.now_ms() // 1000, event_id=event["id"])
+            provider = self.providers[event["provider"]]
+            headers, body = provider.signed(event, now_s=now // 1000)
             assert self.client is not None
-            response = await self.client.post(f"/v1/channels/stripe/webhook/{self.merchant_id}", content=request.body,
-                                              headers=request.headers)
+            response = await self.client.post(f"/v1/channels/{provider.name}/webhook/{self.merchant_id}",
+                                              content=body, headers=headers)
             if self.crashed:
-                self.note(f"Stripe webhook {event['id']} cut off by the kill")
+                self.note(f"{provider.name} callback {event['id']} cut off by the kill")
                 return
-            if response.status_code >= 500 and response.status_code != 503:
-                raise invariants.Violation(f"Stripe webhook {event['type']} answered {response.status_code}: "
-                                           f"{response.text[:300]}")
-            self.note(f"Stripe sends {event['type']} {event['id']} -> {response.status_code}")
-            if 200 <= response.status_code < 300:
-                if self.faults_on[0] and self.rng.random() < 0.05:  # the answer was lost: Stripe sends it again
-                    self.result.faults["stripe_callback:answer_lost"] += 1
+            if response.status_code >= 500 and not _retry_answer(response):
+                raise invariants.Violation(f"{provider.name} callback {event['type']} answered "
+                                           f"{response.status_code}: {response.text[:300]}")
+            self.note(f"{provider.name} sends {event['type']} {event['id']} -> {response.status_code}")
+            if provider.acknowledged(response):
+                if self.faults_on[0] and self.rng.random() < 0.05:  # the answer was lost: sent again
+                    self.result.faults[f"{provider.name}_callback:answer_lost"] += 1
                     event["at"] = now + 60_000
                 else:
-                    self.stripe_events.remove(event)
+                    self.outbox.remove(event)
+                self.result.acknowledged[provider.name] += 1
             else:
                 event["attempts"] += 1
                 event["at"] = now + 60_000 * 2 ** min(event["attempts"], 6)
 
-    async def op_stripe_refunds_settle(self) -> None:
-        """Stripe settles a pending refund late (a success, sometimes a failure), and says so."""
-        pending = [r for _, r in sorted(self.stripe.refunds.items()) if r["status"] == "pending"]
+    async def op_refunds_settle(self) -> None:
+        """A provider settles a pending refund late (a success, sometimes a failure), and says so."""
+        pending = [(provider, key) for provider in self.providers.values() for key in provider.pending_refunds()]
         if not pending:
             return
-        refund = self.rng.choice(pending)
-        refund["status"] = "succeeded" if self.rng.random() < 0.85 else "failed"
-        if refund["status"] == "failed":
-            refund["failure_reason"] = "expired_or_canceled_card"
-        self.note(f"Stripe settles refund {refund['id']} late: {refund['status']}")
-        self._stripe_event("refund.updated", refund)
+        provider, key = self.rng.choice(pending)
+        succeeded = self.rng.random() < 0.85
+        self.result.faults[f"{provider.name}_refund:settled_late"] += 1
+        self.note(f"{provider.name} settles refund {key} late: {'succeeded' if succeeded else 'failed'}")
+        for event_type, obj in provider.settle_refund(key, succeeded=succeeded):
+            self._queue(provider, event_type, obj)
 
     async def op_sandbox_callbacks(self) -> None:
         await self.svc.sandbox.deliver_due()
@@ -466,7 +511,8 @@ class Sim:
             body["amount"] = self.rng.randint(1, left - 1)
         elif self.rng.random() < 0.1:
             body["amount"] = left + 1  # too much: refused, nothing moves
-        self.stripe.refund_status = "pending" if self.rng.random() < 0.25 else "succeeded"
+        for provider in self.providers.values():
+            provider.before_refund()
         await self._call("POST", f"/v1/orders/{order['id']}/refunds", body, key=self._key())
 
     async def op_debit(self) -> None:
@@ -517,7 +563,7 @@ class Sim:
                       if i["metadata"].get("apss_payment_id") == payment["id"])
         dispute = self.stripe.open_dispute(intent, amount=amount)
         self.note(f"the bank disputes {amount} of Stripe payment {payment['id']}: {dispute['id']}")
-        self._stripe_event("charge.dispute.created", dispute, losable=False)
+        self._queue(self.providers["stripe"], "charge.dispute.created", dispute, losable=False)
 
     async def op_dispute_close(self) -> None:
         """The bank decides an open dispute: won (the money comes back) or lost."""
@@ -533,7 +579,7 @@ class Sim:
         dispute = self.stripe.disputes[dispute_id]
         dispute["status"] = outcome
         self.note(f"the bank closes Stripe dispute {dispute_id}: {outcome}")
-        self._stripe_event("charge.dispute.closed", dispute, losable=False)
+        self._queue(self.providers["stripe"], "charge.dispute.closed", dispute, losable=False)
 
     async def op_advance(self) -> None:
         roll = self.rng.random()
@@ -547,7 +593,7 @@ class Sim:
             seconds = 86_400  # settlement cut-offs, the janitor's last query
         self.clock.advance(seconds=seconds)
         self.note(f"clock +{seconds}s")
-        self._stripe_expires_sessions()
+        self._providers_tick()
         if seconds >= 300:
             await self.op_jobs(every=True)
 
@@ -562,19 +608,13 @@ class Sim:
                     self.note(f"job {name} cut off by the kill")
                     return
 
-    OPS = (("order", 24), ("burst", 3), ("pay", 20), ("sandbox_callbacks", 8), ("stripe_webhooks", 8),
-           ("stripe_refunds_settle", 2), ("refund", 8), ("debit", 4), ("ack", 4), ("cancel", 2), ("dispute", 4),
+    OPS = (("order", 24), ("burst", 3), ("pay", 20), ("sandbox_callbacks", 8), ("callbacks", 10),
+           ("refunds_settle", 3), ("refund", 8), ("debit", 4), ("ack", 4), ("cancel", 2), ("dispute", 4),
            ("dispute_close", 3), ("advance", 10), ("jobs", 6))
 
-    def _stripe_expires_sessions(self) -> None:
-        """Stripe expires an open Checkout Session at its `expires_at`, canceling its PaymentIntent."""
-        now_s = self.clock.now_ms() // 1000
-        for session_id, session in sorted(self.stripe.sessions.items()):
-            if session["status"] == "open" and session["expires_at"] <= now_s:
-                self.stripe.expire_by_time(session_id)
-                intent = self.stripe.intents.get(session["payment_intent"] or "")
-                if intent is not None and intent["status"] != "succeeded":
-                    intent["status"] = "canceled"
+    def _providers_tick(self) -> None:
+        for provider in self.providers.values():
+            provider.tick(self.clock.now_ms() // 1000)
 
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> Result:
@@ -596,6 +636,7 @@ class Sim:
                 except Exception:
                     if not self.crashed:  # after a kill, what the dead process was doing fails: expected
                         raise
+                self._observe()  # what the providers did stands, whether or not we were killed
                 if self.crashed:
                     await self._restart()
                     continue
@@ -604,6 +645,9 @@ class Sim:
             await self._quiesce()
             await invariants.check_final(self)
             self.result.disputes.update((r["channel"], r["status"]) for r in self.rows("SELECT channel, status FROM disputes"))
+            self.result.charged.update(invariants.provider_paid(self).values())
+            refunded = invariants.provider_refunds(self)
+            self.result.refunded.update(channel for channel, _, status in refunded.values() if status == "succeeded")
         except invariants.Violation as violation:
             self.result.violation = str(violation)
             self.result.violation_step = self.step
@@ -622,26 +666,44 @@ class Sim:
         await self._retry_in_doubt()
         for _ in range(60):
             self.clock.advance(seconds=1800)
-            self._stripe_expires_sessions()
-            for refund in [r for _, r in sorted(self.stripe.refunds.items()) if r["status"] == "pending"]:
-                refund["status"] = "succeeded"
-                self._stripe_event("refund.updated", refund)
-            await self.op_stripe_webhooks()
+            self._providers_tick()
+            for provider in self.providers.values():
+                for key in provider.pending_refunds():
+                    for event_type, obj in provider.settle_refund(key, succeeded=True):
+                        self._queue(provider, event_type, obj)
+            await self.op_callbacks()
             await self.op_jobs(every=True)
+            self._observe()
             await self._retry_in_doubt()
         await invariants.check_step(self)
+
+
+def _retry_answer(response: httpx.Response) -> bool:
+    """A callback answered "not now, send it again": 503 (the store is not ready), or 502
+    `channel_unavailable` (what verifying or applying it needs from the provider, PayPal's
+    signing certificate or a capture, could not be had). Any other 5xx is a defect."""
+    if response.status_code == 503:
+        return True
+    try:
+        return response.status_code == 502 and response.json()["error"]["code"] == "channel_unavailable"
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 async def _run(seed: int, steps: int, workdir: Path) -> Result:
     sim = Sim(seed, steps=steps, workdir=workdir)
     saved = (apss.ids.time, apss.ids.os, list(apss.ids._last), standin_module._new_id,
-             sandbox_provider._SEND_CONCURRENCY_MAX)
+             sandbox_provider._SEND_CONCURRENCY_MAX, standin_paypal.secrets, standin_paypal.uuid,
+             standin_wechatpay.secrets)
     ids_rng = random.Random(seed * 7919 + 1)
     shim = _Ids(sim.clock, ids_rng)
     counter = itertools.count(1)
     apss.ids.time, apss.ids.os = shim, shim
     apss.ids._last[:] = [0, 0]
     standin_module._new_id = lambda prefix: f"{prefix}_test_sim{next(counter):08d}"
+    # The PayPal and WeChat Pay stand-ins draw ids, nonces and transmission ids from these.
+    drawn = SeededRandomness(random.Random(seed * 7919 + 2))
+    standin_paypal.secrets = standin_paypal.uuid = standin_wechatpay.secrets = drawn
     sandbox_provider._SEND_CONCURRENCY_MAX = 1  # callbacks one after another: their order is the seed's
     store_db.set_fault_hook(sim._hook)
     quiet = _quiet_logs()
@@ -653,6 +715,7 @@ async def _run(seed: int, steps: int, workdir: Path) -> Result:
         apss.ids._last[:] = saved[2]
         standin_module._new_id = saved[3]
         sandbox_provider._SEND_CONCURRENCY_MAX = saved[4]
+        standin_paypal.secrets, standin_paypal.uuid, standin_wechatpay.secrets = saved[5:8]
         quiet()
 
 

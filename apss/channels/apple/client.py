@@ -44,6 +44,7 @@ from apss.channels.base import (
     Setting,
     StoreNotification,
     StorePurchase,
+    StoreReceipt,
 )
 from apss.errors import CallbackRejected
 
@@ -203,14 +204,14 @@ class AppleChannel:
                                    code="store_settings_invalid")
         return credentials["bundle_id"], environment, load_roots(credentials.get("root_certificates"))
 
-    def verify_purchase(self, signed: str, credentials: Credentials) -> StorePurchase:
+    async def verify_purchase(self, receipt: StoreReceipt, credentials: Credentials) -> StorePurchase:
         bundle_id, environment, roots = self._expect(credentials)
-        payload = verify_jws(signed, roots, now_s=self._now_s())
+        payload = verify_jws(receipt.token, roots, now_s=self._now_s())
         purchase = mapping.purchase(payload)
         mapping.check_app(purchase.app_id, purchase.environment, bundle_id=bundle_id, expected_environment=environment)
         return purchase
 
-    def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
+    async def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
         bundle_id, environment, roots = self._expect(credentials)
         if len(request.body) > _NOTIFICATION_BYTES_MAX:
             raise _refuse("the notification body is too large")

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from apss.channels.base import StoreNotification, StorePurchase
+from apss.channels.base import StoreAction, StoreNotification, StorePurchase
 from apss.domain.money import CURRENCY_EXPONENTS
 from apss.errors import CallbackRejected
 
-__all__ = ["PRODUCT_TYPES", "check_app", "milliunits_to_minor", "notification", "notification_app", "purchase"]
+__all__ = ["ACTIONS", "PRODUCT_TYPES", "check_app", "milliunits_to_minor", "notification", "notification_app", "purchase"]
 
 # Apple's `type` of a transaction, every variant (anything else is refused as unknown).
 PRODUCT_TYPES = ("Auto-Renewable Subscription", "Non-Consumable", "Consumable", "Non-Renewing Subscription")
+# What each notification type asks of APSS; every other type is acknowledged and recorded
+# (DID_FAIL_TO_RENEW, EXPIRED, GRACE_PERIOD_EXPIRED, REFUND_DECLINED, CONSUMPTION_REQUEST, TEST...).
+ACTIONS: dict[str, StoreAction] = {
+    "REFUND": "refund", "REVOKE": "revoke", "REFUND_REVERSED": "refund_reversed",
+    # A purchase to deliver, to the player of its original transaction.
+    "DID_RENEW": "deliver", "SUBSCRIBED": "deliver", "ONE_TIME_CHARGE": "deliver", "OFFER_REDEEMED": "deliver",
+}
 _QUANTITY_MAX = 1_000
 _ID_CHARS_MAX = 128
 
@@ -106,4 +113,5 @@ def notification(payload: dict[str, Any], transaction: StorePurchase | None) -> 
     kind = _text(payload, "notificationType")
     return StoreNotification(notification_id=_text(payload, "notificationUUID"), type=kind,
                              subtype=_text(payload, "subtype", required=False),
-                             signed_at_ms=_ms(payload, "signedDate"), purchase=transaction)
+                             signed_at_ms=_ms(payload, "signedDate"), action=ACTIONS.get(kind, "record"),
+                             purchase=transaction)

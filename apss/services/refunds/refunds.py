@@ -310,12 +310,14 @@ class Refunds:
         assert applied == "applied", "a new refund row moves once"
         return refund_id
 
-    def record_store_refund(self, tx: Tx, *, payment: Row, cause: str) -> str | None:
-        """The store refunded a purchase itself (Apple's REFUND notification): the rest of the
-        payment, booked now as a succeeded refund, goods taken back under the `debt` policy (the
-        money is already back with the player: the refund cannot be refused). None when nothing
-        is left to refund (refunded before)."""
+    def record_store_refund(self, tx: Tx, *, payment: Row, cause: str, amount: int | None = None) -> str | None:
+        """The store refunded a purchase itself (Apple's REFUND, Google's voided purchase): the rest
+        of the payment (or `amount` of it, at most the rest), booked now as a succeeded refund,
+        goods taken back under the `debt` policy (the money is already back with the player: the
+        refund cannot be refused). None when nothing is left to refund (refunded before)."""
         left = payment["amount"] - store.refunded_total(tx, payment_id=payment["id"], statuses=("pending", "succeeded"))
+        if amount is not None:
+            left = min(left, amount)
         if payment["status"] != PaymentStatus.SUCCEEDED.value or left <= 0:
             return None
         refund_id = new_id("rfd")

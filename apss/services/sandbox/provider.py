@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -52,7 +53,7 @@ from apss.store.db import Database, Row, Tx
 __all__ = ["SandboxDisputeClose", "SandboxDisputeCreate", "SandboxDisputeView", "SandboxProvider"]
 
 log = logging.getLogger("apss.sandbox")
-_SEND_CONCURRENCY_MAX = 16
+_SEND_CONCURRENCY_MAX = 64
 _BATCH_MAX = 200
 _BACKOFF_S_MAX = 600
 _EVIDENCE_DUE_S = 7 * 86_400  # the sandbox gives a week to answer
@@ -85,6 +86,7 @@ class SandboxProvider:
         self._merchants = merchants
         self._idempotency = idempotency
         self.wake = wake  # pokes the sender job after a commit
+        self._queued = asyncio.Event()  # a callback was queued (wakes a running sender)
         self.client: httpx.AsyncClient | None = None  # given at start (HTTP, or ASGI to the app itself)
 
     def start(self, client: httpx.AsyncClient) -> None:
@@ -230,7 +232,7 @@ class SandboxProvider:
         body = build_event(event_id=event_id, kind=kind, created_s=now_ms // 1000, payment_id=payment["id"], amount=amount,
                            currency=payment["currency"], provider_ref=payment["provider_ref"], dispute=dispute)
         store.insert_callback(tx, event_id=event_id, merchant_id=payment["merchant_id"], body=body, deliver_at_ms=now_ms)
-        tx.after_commit(self.wake)
+        tx.after_commit(self._callback_queued)
 
     async def record_dispute_evidence(self, evidence: DisputeEvidence) -> str | None:
         """SandboxBook: keep the evidence; an open dispute goes under review."""
@@ -286,7 +288,7 @@ class SandboxProvider:
         for _ in range(outcome.copies):  # `duplicate_callback` sends the same event twice
             store.insert_callback(tx, event_id=event_id, merchant_id=payment["merchant_id"], body=body,
                                   deliver_at_ms=now_ms + outcome.delay_s * 1000)
-        tx.after_commit(self.wake)
+        tx.after_commit(self._callback_queued)
         return SandboxActionView(payment_id=payment["id"], status="processing")
 
     # -- the provider sends ------------------------------------------------------------------
@@ -295,42 +297,73 @@ class SandboxProvider:
         return await store.next_callback_ms(self._db)
 
     async def deliver_due(self) -> int:
-        """Send every callback that is due; returns how many were delivered."""
+        """Send every callback that is due, `_SEND_CONCURRENCY_MAX` at a time, oldest due first;
+        returns how many were delivered. The sender is continuous: a free slot takes the next due
+        callback at once (one slow answer holds up only its own slot), and each answer is recorded
+        as it comes (delivered, or retried with backoff, or given up after
+        `sandbox.callback_attempts_max`). It returns when nothing is due and nothing is on its way;
+        callbacks queued meanwhile are taken in the same run."""
         assert self.client is not None, "sandbox HTTP client not wired"
-        due = await store.due_callbacks(self._db, now_ms=self._clock.now_ms(), limit=_BATCH_MAX)
-        if not due:
-            return 0
-        gate = asyncio.Semaphore(_SEND_CONCURRENCY_MAX)
+        waiting: deque[Row] = deque()  # fetched, due, not yet taken
+        sending: dict[asyncio.Task[bool], int] = {}  # a callback on its way (until recorded) -> its seq
+        delivered = 0
+        try:
+            while True:
+                if not waiting and len(sending) < _SEND_CONCURRENCY_MAX:
+                    self._queued.clear()  # set again by a commit that queues one after this read
+                    rows = await store.due_callbacks(self._db, now_ms=self._clock.now_ms(),
+                                                     limit=len(sending) + _BATCH_MAX)
+                    busy = set(sending.values())
+                    waiting.extend(row for row in rows if row["seq"] not in busy)
+                while waiting and len(sending) < _SEND_CONCURRENCY_MAX:
+                    row = waiting.popleft()
+                    sending[asyncio.create_task(self._send_one(row))] = row["seq"]
+                if not sending:
+                    return delivered
+                # With a slot free and nothing fetched left, a callback queued from now on is taken
+                # as soon as it commits, not after the next answer.
+                idle = not waiting and len(sending) < _SEND_CONCURRENCY_MAX
+                news = asyncio.create_task(self._queued.wait()) if idle else None
+                done, _ = await asyncio.wait([*sending, *([news] if news else [])], return_when=asyncio.FIRST_COMPLETED)
+                if news is not None:
+                    news.cancel()
+                for task in done:
+                    if task is not news:
+                        del sending[task]
+                        delivered += task.result()  # a failed record raises: the run ends, the rest is cancelled
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
 
-        async def send(row: Row) -> tuple[int, str | None]:
-            merchant = self._merchants.by_id(row["merchant_id"])
-            url = f"{self._config.public_url}/v1/channels/sandbox/webhook/{row['merchant_id']}"
-            async with gate:
-                try:
-                    status = await send_callback(client=self.client, url=url, secret=merchant.sandbox_webhook_secret,
-                                                 body=bytes(row["body"]), now_s=self._wall_clock.now_ms() // 1000)
-                except httpx.HTTPError as exc:
-                    return row["seq"], f"{type(exc).__name__}"
-            return row["seq"], None if 200 <= status < 300 else f"HTTP {status}"
+    async def _send_one(self, row: Row) -> bool:
+        """Send one callback and record the answer; True when it was delivered."""
+        merchant = self._merchants.by_id(row["merchant_id"])
+        url = f"{self._config.public_url}/v1/channels/sandbox/webhook/{row['merchant_id']}"
+        try:
+            status = await send_callback(client=self.client, url=url, secret=merchant.sandbox_webhook_secret,
+                                         body=bytes(row["body"]), now_s=self._wall_clock.now_ms() // 1000)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
 
-        results = await asyncio.gather(*(send(row) for row in due))
-        attempts = {row["seq"]: row["attempts"] for row in due}
-
-        def record(tx: Tx) -> int:
+        def record(tx: Tx) -> None:
             now_ms = self._clock.now_ms()
-            for seq, error in results:
-                tried = attempts[seq] + 1
-                retry_at = None
-                if error is not None and tried < self._config.sandbox.callback_attempts_max:
-                    retry_at = now_ms + min(2 ** tried, _BACKOFF_S_MAX) * 1000
-                store.mark_attempt(tx, seq=seq, delivered=error is None, error=error, retry_at_ms=retry_at, now_ms=now_ms)
-            return sum(1 for _, error in results if error is None)
+            tried = row["attempts"] + 1
+            retry_at = None
+            if error is not None and tried < self._config.sandbox.callback_attempts_max:
+                retry_at = now_ms + min(2 ** tried, _BACKOFF_S_MAX) * 1000
+            store.mark_attempt(tx, seq=row["seq"], delivered=error is None, error=error, retry_at_ms=retry_at, now_ms=now_ms)
 
-        delivered = await self._db.write(record)
-        for seq, error in results:
-            if error is not None:
-                log.warning("sandbox callback %s not delivered: %s", seq, error)
-        return delivered
+        await self._db.write(record)
+        if error is not None:
+            log.warning("sandbox callback %s not delivered: %s", row["seq"], error)
+        return error is None
+
+    def _callback_queued(self) -> None:
+        """After the commit of a queued callback: a running sender takes it; otherwise the job starts."""
+        self._queued.set()
+        self.wake()
 
 
 def _refund_result(row: Row) -> RefundResult:

@@ -1,2 +1,0 @@
--- Placeholder so that this branch's 0030 is contiguous (migrations must be numbered 1..n):
--- another branch owns 0029. Delete this file when merging.
