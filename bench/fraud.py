@@ -11,8 +11,9 @@ the model's features), after one first order of each player older than the simul
 time it joined (up to 400 days before), so that APSS's account age is the player's. Starts `python run.py` (temp database, clock.mode = "test", sandbox
 callbacks in process), creates a test merchant that keeps the DEFAULT rule set, and for each
 order in time order: moves the test clock to the order's time, creates it with `player_id`,
-`ip`, `device_id`, `email`, `billing_country` (the simulation's ids mapped to addresses in the
-IP-country table's blocks for the countries it covers) and the sandbox magic values (the card's
+`ip`, `device_id`, `email`, `billing_country` (the simulation's ids mapped to addresses in
+`fraud_data.ADDRESS_BLOCKS`: the IP-country table's blocks for the countries it covers, an
+unlisted block for the others) and the sandbox magic values (the card's
 fingerprint; `declined` where the simulation declines; a fraudster fails 3-D Secure,
 `three_ds_fails`, a player passes it, `three_ds_frictionless`), then pays it as the player's
 stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it.
@@ -57,12 +58,6 @@ import httpx  # noqa: E402
 ADMIN_TOKEN = "adm_bench_token_0123456789abcdef"
 FRAUD_KINDS = ("card_testing", "velocity", "takeover", "structuring")
 LEGIT_KINDS = ("casual", "regular", "whale")
-# Per country, a block of the shipped IP-country table (apss/domain/risk/ip_country.py) that the
-# simulation's addresses of that country are drawn from; BR, TR, IN and AU addresses come from an
-# unlisted block (no ip_country), as most real addresses do.
-COUNTRY_BLOCKS = {"US": "3.0.0.0/8", "GB": "25.0.0.0/8", "DE": "53.0.0.0/8", "JP": "126.0.0.0/8",
-                  "CN": "61.128.0.0/10", "KR": "211.32.0.0/11"}
-UNLISTED_BLOCK = "45.0.0.0/8"
 # The price list the amounts are made of: any amount in cents is a sum of lines of these.
 PRICES = (10_000, 100, 1)
 # About this many labelled orders at scale 1 (the parameter set below).
@@ -110,7 +105,7 @@ class Addresses:
 
     def of(self, ip_id: str, country: str | None) -> str:
         if ip_id not in self._by_id:
-            block = ipaddress.ip_network(COUNTRY_BLOCKS.get(country or "", UNLISTED_BLOCK))
+            block = ipaddress.ip_network(fraud_data.ADDRESS_BLOCKS.get(country or "", fraud_data.UNLISTED_BLOCK))
             self._next[block.exploded] += 1
             self._by_id[ip_id] = str(block.network_address + 256 + self._next[block.exploded])
         return self._by_id[ip_id]

@@ -13,7 +13,10 @@ mostly declined, on new accounts), velocity bursts (one IP, many new players), a
 (an old account on a new device in another country buying big, fast) and structuring (repeated
 payments just under a reporting threshold).
 
-`Params` holds every rate, size and timing; `TRAIN` and `HELD_OUT` differ in all of them.
+`Params` holds every rate, size and timing; `TRAIN` and `HELD_OUT` differ in all of them;
+`jittered(TRAIN, seed=...)` makes more training worlds around TRAIN's. An order's `ip_country` is
+what the rules engine's shipped table would find for its address (`ADDRESS_BLOCKS`): none for the
+countries the table does not cover.
 Pure Python and seeded (random.Random): the same seed gives the same stream.
 """
 
@@ -24,13 +27,21 @@ import dataclasses
 import random
 from collections import defaultdict
 
-__all__ = ["HELD_OUT", "TRAIN", "Order", "Params", "generate"]
+__all__ = ["ADDRESS_BLOCKS", "HELD_OUT", "TRAIN", "UNLISTED_BLOCK", "Order", "Params", "generate", "jittered"]
 
 HOUR_S = 3600
 DAY_S = 86400
 WEEK_S = 7 * DAY_S
 # country: UTC offset in hours (local time decides when players play)
 COUNTRIES = {"US": -6, "BR": -3, "GB": 0, "DE": 1, "TR": 3, "IN": 5, "CN": 8, "JP": 9, "KR": 9, "AU": 10}
+# Where a country's addresses lie: a block of the shipped IP-country table
+# (apss/domain/risk/ip_country.py) for the countries it covers; BR, TR, IN and AU addresses come
+# from an unlisted block, as most real addresses do. The rules engine finds an ip_country only for
+# an address in the table, so an order from an uncovered country has none (tests/test_fraud_score.py
+# checks these blocks against the table).
+ADDRESS_BLOCKS = {"US": "3.0.0.0/8", "GB": "25.0.0.0/8", "DE": "53.0.0.0/8", "JP": "126.0.0.0/8",
+                  "CN": "61.128.0.0/10", "KR": "211.32.0.0/11"}
+UNLISTED_BLOCK = "45.0.0.0/8"
 PRICE_POINTS_USD_CENTS = (99, 199, 299, 499, 999, 1499, 1999, 2999, 4999, 9999, 19999)
 # relative weight of each local hour for ordinary play: low at night, peak in the evening
 LOCAL_HOUR_WEIGHTS = (2, 1, 1, 1, 1, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 8, 10, 12, 12, 11, 8, 4)
@@ -104,6 +115,42 @@ HELD_OUT = Params(
 )
 
 
+_INDEX_FIELDS = ("price_index", "takeover_price_index")  # ranges of PRICE_POINTS_USD_CENTS indices
+_KEPT_FIELDS = ("seed", "days", "players", "structuring_thresholds_usd")
+
+
+def jittered(p: Params, *, seed: int, spread: float = 1.5) -> Params:
+    """`p` with every rate, size and timing moved at random, each by a factor within
+    [1/spread, spread] (ranges: each end on its own; price-index ranges by up to one price
+    point each way), and another seed: worlds around `p` for the model to train on, so that it
+    learns the patterns rather than one world's exact cut-offs. Nothing here reads HELD_OUT."""
+    r = random.Random(seed)
+
+    def factor() -> float:
+        return spread ** r.uniform(-1, 1)
+
+    def moved(value, name: str):
+        if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+            return tuple(moved(v, name) for v in value)
+        if isinstance(value, tuple):
+            if name in _INDEX_FIELDS:
+                low, high = (min(max(v + r.randint(-1, 1), 0), len(PRICE_POINTS_USD_CENTS) - 1) for v in value)
+                return (min(low, high), max(low, high))
+            if name == "profile_mix":
+                weights = [v * factor() for v in value]
+                return tuple(w / sum(weights) for w in weights)
+            if name in ("orders_per_day",):
+                return tuple(v * factor() for v in value)
+            low, high = sorted(max(1, round(v * factor())) for v in value)
+            return (low, high)
+        if isinstance(value, float):
+            return min(0.95, value * factor())
+        return max(1, round(value * factor()))
+
+    changes = {f.name: moved(getattr(p, f.name), f.name) for f in dataclasses.fields(p) if f.name not in _KEPT_FIELDS}
+    return dataclasses.replace(p, seed=seed, **changes)
+
+
 @dataclasses.dataclass(kw_only=True)
 class Order:
     ts: int
@@ -159,6 +206,7 @@ class _World:
 
     def add(self, **kw) -> None:
         ip, ip_country, billing, device = self._fields(kw.pop("ip"), kw.pop("ip_country"), kw.pop("billing"), kw.pop("device"))
+        ip_country = ip_country if ip_country in ADDRESS_BLOCKS else None  # what the engine's table finds
         self.orders.append(Order(ip=ip, ip_country=ip_country, billing_country=billing, device=device, **kw))
 
     # -- ordinary players ------------------------------------------------------------------
@@ -308,7 +356,7 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
     windows: dict[tuple[str, str], _Windows] = defaultdict(_Windows)
     members: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     first_seen: dict[str, int] = {}
-    devices_seen: dict[str, set] = defaultdict(set)
+    devices_seen: dict[str, dict[str, int]] = defaultdict(dict)  # player -> device -> its first order
     countries_seen: dict[str, set] = defaultdict(set)
     out = []
     for o in orders:
@@ -328,6 +376,7 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
         if o.device is not None:
             f["players_per_device_1d"] = _distinct(members[("device", o.device)], o.ts - DAY_S)
             f["new_device"] = o.device not in devices_seen[o.player]
+            f["device_age_s"] = o.ts - devices_seen[o.player].get(o.device, o.ts)
         f["cards_per_player_7d"] = _distinct(members[("cards", o.player)], o.ts - WEEK_S)
         if o.ip_country is not None and o.billing_country is not None:
             f["ip_country_mismatch"] = o.ip_country != o.billing_country
@@ -343,7 +392,7 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
             members[("ip", o.ip)][o.player] = o.ts
         if o.device is not None:
             members[("device", o.device)][o.player] = o.ts
-            devices_seen[o.player].add(o.device)
+            devices_seen[o.player].setdefault(o.device, o.ts)
         members[("cards", o.player)][o.card] = o.ts
         if o.ip_country is not None:
             countries_seen[o.player].add(o.ip_country)

@@ -7,6 +7,7 @@ evaluator must reach the same leaves and the same margin; XGBoost is not needed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -147,3 +148,25 @@ def test_the_cut_sends_left_exactly_what_float32_sends_left(threshold, x, near):
     except OverflowError:  # beyond float32's range: XGBoost would see inf
         as_float32 = math.copysign(math.inf, x)
     assert (x < cut) == (as_float32 < threshold), (threshold, x, cut)
+
+
+def test_the_training_worlds_addresses_are_where_the_shipped_table_says():
+    """scripts/fraud_data.py gives an order an ip_country only for the countries whose address
+    block the engine's table covers: each block resolves to its country, the unlisted one to none."""
+    import ipaddress
+
+    from apss.domain.risk.ip_country import country_of
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import fraud_data
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    for country, block in fraud_data.ADDRESS_BLOCKS.items():
+        network = ipaddress.ip_network(block)
+        assert {country_of(str(network.network_address + 257)), country_of(str(network.broadcast_address))} == {country}
+    assert country_of(str(ipaddress.ip_network(fraud_data.UNLISTED_BLOCK).network_address + 257)) is None
+    assert set(fraud_data.ADDRESS_BLOCKS) < set(fraud_data.COUNTRIES)
+    orders = fraud_data.generate(dataclasses.replace(fraud_data.TRAIN, days=2, players=200))
+    assert {o.ip_country for _, o in orders} <= {None, *fraud_data.ADDRESS_BLOCKS}
+    assert any(o.ip is not None and o.ip_country is None for _, o in orders)

@@ -164,14 +164,20 @@ def test_rows_written_before_the_seal_are_sealed_by_the_rotation_job(tmp_path):
         restarted.stop()
 
 
-def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
+def _database_at(tmp_path, version: int):
+    """A database file migrated up to `version` only (the migrations after it not applied yet)."""
     before = tmp_path / "migrations"
     before.mkdir()
     for path in MIGRATIONS_DIR.glob("00*.sql"):
-        if int(path.name[:4]) < 28:
+        if int(path.name[:4]) <= version:
             shutil.copy(path, before / path.name)
     db = tmp_path / "old.sqlite"
-    assert apply_migrations(str(db), before)[1] == 27
+    assert apply_migrations(str(db), before)[1] == version
+    return db
+
+
+def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
+    db = _database_at(tmp_path, 27)
     ip, device = _unique_ip(), f"dev-decision-{uuid.uuid4().hex[:8]}"
     with sqlite3.connect(db) as conn:  # foreign keys are off on this plain connection: no order needed
         for seq, attributes in enumerate([f'{{"ip": "{ip}", "device_id": "{device}", "amount": 500}}',
@@ -280,3 +286,57 @@ def test_new_device_and_new_ip_country_at_creation_and_callback(merchant, server
         again = merchant.order(client, product["id"], player_id=player, device_id=home, ip=US_IP).json()
         assert flags(_risk(client, again["id"])) == (True, False), "an erased player's marks are gone"
     assert first["status"] == "pending"
+
+
+def test_device_age_counts_from_the_players_first_order_on_the_device(own_server):
+    """device_age_s: seconds since the player's first order on the order's device (0 on a new
+    one, per player, missing without a device), in rules, as of the order's creation at the
+    callback, from the marks' first_seen_ms (a raw read)."""
+    merchant = own_server.new_merchant()
+    player, device = f"aging-{uuid.uuid4().hex[:8]}", f"dev-age-{uuid.uuid4().hex[:6]}"
+    plant(device)
+    with merchant.client() as client:
+        product = merchant.product(client, stock=20)
+        _rules(client, ("young_device_on_old_account", "review if device_age_s >= 600 and device_age_s < 3600"))
+
+        def seen(**fields) -> tuple[dict, dict]:
+            order = merchant.order(client, product["id"], player_id=fields.pop("player", player), **fields).json()
+            return order, _risk(client, order["id"])
+
+        _, risk = seen(device_id=device, ip=US_IP)
+        assert (risk["attributes"]["device_age_s"], risk["attributes"]["new_device"]) == (0, True)
+        assert risk["action"] == "allow"
+        first_ms = own_server.clock.now_ms()
+        own_server.clock.advance(seconds=1234)
+        held, risk = seen(device_id=device, ip=US_IP)
+        assert (risk["attributes"]["device_age_s"], risk["attributes"]["new_device"]) == (1234, False)
+        assert risk["action"] == "review" and [r["name"] for r in risk["rules_fired"]] == ["young_device_on_old_account"]
+        _, other = seen(device_id=device, ip=US_IP, player=f"{player}-sibling")  # another player: new to them
+        assert other["attributes"]["device_age_s"] == 0 and other["action"] == "allow"
+        marks = raw(own_server.db_path, "SELECT first_seen_ms, last_seen_ms FROM risk_player_marks WHERE merchant_id = ?"
+                    " AND player_id = ? AND kind = 'device'", (merchant.id, player))
+        assert [(m["first_seen_ms"], m["last_seen_ms"]) for m in marks] == [(first_ms, first_ms)]
+        assert _facts(own_server, held["id"])["device_age_s"] == 1234
+
+        own_server.clock.advance(seconds=4000)  # the callback later: still the age at the order's creation
+        assert client.post(f"/v1/sandbox/payments/{held['payment']['id']}/succeed").status_code == 202
+        _status(client, held["id"], "in_review")
+        risk = _risk(client, held["id"])
+        assert risk["stage"] == "callback" and risk["attributes"]["device_age_s"] == 1234 and risk["action"] == "review"
+        _, risk = seen(device_id=device)
+        assert risk["attributes"]["device_age_s"] == 5234 and risk["action"] == "allow"
+
+        _, bare = seen()  # neither IP nor device: no device age
+        assert "device_age_s" not in bare["attributes"] and "new_device" not in bare["attributes"]
+    _ledger_ok(own_server)
+
+
+def test_marks_from_before_device_age_count_from_the_players_first_order(tmp_path):
+    db = _database_at(tmp_path, 29)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO risk_players (merchant_id, player_id, first_seen_ms) VALUES ('mch_x', 'p1', 1000)")
+        conn.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms) VALUES (?, ?, ?, ?, ?)",
+                         [("mch_x", "p1", "device", "m1", 90_000), ("mch_x", "p2", "device", "m2", 70_000)])
+    assert apply_migrations(str(db)) == (29, 30)
+    rows = raw(db, "SELECT player_id, first_seen_ms FROM risk_player_marks ORDER BY player_id")
+    assert [(r["player_id"], r["first_seen_ms"]) for r in rows] == [("p1", 1000), ("p2", 70_000)]

@@ -226,32 +226,34 @@ _DAY_MS = 86_400_000
 
 def marks_seen_tx(tx: Tx, *, merchant_id: str, player_id: str, device: str | None,
                   country: str | None) -> sqlite3.Row:
-    """(device_seen, country_seen, any_country): whether the player was seen with this device's
-    mark, this IP country's mark, any IP country (1 or NULL; three primary-key seeks)."""
+    """(device_first_seen_ms, country_seen, any_country): when the player was first seen with
+    this device's mark (NULL: never), whether with this IP country's mark and with any IP country
+    (1 or NULL; three primary-key seeks)."""
     return tx.one(
-        "SELECT (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2 AND kind = 'device'"
-        " AND mark = ?3) AS device_seen, (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
+        "SELECT (SELECT first_seen_ms FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2 AND kind = 'device'"
+        " AND mark = ?3) AS device_first_seen_ms, (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
         " AND kind = 'ip_country' AND mark = ?4) AS country_seen, (SELECT 1 FROM risk_player_marks WHERE"
         " merchant_id = ?1 AND player_id = ?2 AND kind = 'ip_country' LIMIT 1) AS any_country",
         (merchant_id, player_id, device, country))
 
 
 def see_marks(tx: Tx, *, merchant_id: str, player_id: str, marks: list[tuple[str, str]], now_ms: int) -> None:
-    """The player seen with each (kind, mark) now; last_seen_ms moves at most once a day (an
-    index entry moved per mark and day, not per order)."""
+    """The player seen with each (kind, mark) now (first_seen_ms set once); last_seen_ms moves at
+    most once a day (an index entry moved per mark and day, not per order)."""
     assert all(kind in ("device", "ip_country") for kind, _ in marks)
-    tx.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms) VALUES (?, ?, ?, ?, ?)"
+    tx.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, first_seen_ms, last_seen_ms)"
+                   " VALUES (?, ?, ?, ?, ?, ?)"
                    " ON CONFLICT (merchant_id, player_id, kind, mark) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
                    f" WHERE excluded.last_seen_ms >= risk_player_marks.last_seen_ms + {_DAY_MS}",
-                   [(merchant_id, player_id, kind, mark, now_ms) for kind, mark in marks])
+                   [(merchant_id, player_id, kind, mark, now_ms, now_ms) for kind, mark in marks])
 
 
 # -- an order's facts and decisions ----------------------------------------------------------------
 def insert_facts(tx: Tx, row: dict) -> None:
     tx.execute("INSERT INTO risk_order_facts (order_id, merchant_id, ip_sealed, device_id_sealed, email_hash, email_domain,"
-               " billing_country, three_ds, hold, new_device, new_ip_country) VALUES (:order_id, :merchant_id, :ip_sealed,"
-               " :device_id_sealed, :email_hash, :email_domain, :billing_country, :three_ds, :hold, :new_device,"
-               " :new_ip_country)", row)
+               " billing_country, three_ds, hold, new_device, new_ip_country, device_age_s) VALUES (:order_id, :merchant_id,"
+               " :ip_sealed, :device_id_sealed, :email_hash, :email_domain, :billing_country, :three_ds, :hold, :new_device,"
+               " :new_ip_country, :device_age_s)", row)
 
 
 def get_facts_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:

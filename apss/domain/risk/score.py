@@ -81,6 +81,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature(name="ip_country_mismatch", type="bool", meaning="ip_country != billing_country (missing when either is unknown)"),
     Feature(name="new_device", type="bool", meaning="this device was never seen for this player before"),
     Feature(name="new_ip_country", type="bool", meaning="this IP country was never seen for this player before"),
+    Feature(name="device_age_s", type="int",
+            meaning="seconds since this player's first order on this device (0 on a new device; missing without one)"),
     Feature(name="hour_of_day", type="int", meaning="the hour of the order, 0-23, UTC"),
 )
 # Ratios a tree cannot form from its inputs, computed here so training and scoring agree.

@@ -4,9 +4,9 @@ scored on the order's rule attributes.
 Most model features are rule attributes under the same name (the velocity counters). The rest
 are derived here from what the engine holds: `amount_usd` (the order converted to US cents),
 `account_age_s`, `amount_usd_per_player_*` (the player's amounts in the merchant's currency,
-scaled to US cents at the order's rate), `ip_country_mismatch`, `hour_of_day`. `new_device` and
-`new_ip_country` are rule attributes too (the player's marks, services/risk/engine.py), as of
-the order's creation at both stages.
+scaled to US cents at the order's rate), `ip_country_mismatch`, `hour_of_day`. `new_device`,
+`new_ip_country` and `device_age_s` are rule attributes too (the player's marks,
+services/risk/engine.py), as of the order's creation at both stages.
 
 The model learnt from what happened before each order. At the callback stage the counters already
 hold this order (it was counted when it was created), so its own share is taken out first: one
@@ -16,7 +16,8 @@ only order in the window.
 The score is missing (None: `risk_score` comparisons do not match, `is_missing(risk_score)` does)
 when the order's amount cannot be put in US cents (no rate) or the order names neither an IP nor a
 device: the model never saw the first, and the synthetic orders it learnt from almost always had
-one of the two, so its answer there is an extrapolation, not a judgement.
+one of the two, so its answer there is an extrapolation, not a judgement (checked: without either,
+a new player's first 4.99 purchase scores 65-77, with them 11-17).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_
             None if spent is None or amount_usd is None or not merchant_amount else spent * amount_usd // merchant_amount)
     ip_country, billing = attrs.get("ip_country"), attrs.get("billing_country")
     features["ip_country_mismatch"] = None if not ip_country or not billing else ip_country != billing
-    features["new_device"], features["new_ip_country"] = attrs.get("new_device"), attrs.get("new_ip_country")
+    for name in ("new_device", "new_ip_country", "device_age_s"):
+        features[name] = attrs.get(name)
     features["hour_of_day"] = (now_ms // 3_600_000) % 24
     result = score(features)
     assert 0 <= result <= 100
