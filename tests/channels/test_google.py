@@ -2,7 +2,8 @@
 
 1. The channel against the Play Developer API stand-in (tests/channels/standin_google.py): the
    service-account JWT (checked by the stand-in with `cryptography` against the key's public
-   half, and decoded again here with PyJWT: google-auth is not installed), the access token
+   half, decoded again here with PyJWT, and compared with the assertion Google's own google-auth
+   makes for the same key, whose verifier accepts ours), the access token
    cached and fetched again after a 401, Google's errors mapped to stable codes, a token_uri
    off the vetted hosts refused.
 2. Through the real server over HTTP, the stand-in on a real port: `POST /v1/iap/google`
@@ -65,6 +66,39 @@ def test_the_jwt_is_a_google_service_account_assertion() -> None:
     assert claims == {"iss": standin.client_email, "scope": SCOPE, "aud": f"{standin.url}/token",
                       "iat": 1_800_000_000, "exp": 1_800_003_600}
     assert jwt.get_unverified_header(assertion) == {"alg": "RS256", "typ": "JWT", "kid": standin.private_key_id}
+
+
+def test_the_jwt_matches_google_auths_own_assertion_and_google_auth_verifies_it() -> None:
+    """Google's own library (google-auth) as the oracle: for the same service account key, the
+    assertion it makes for a token has our header and our claims, and google-auth's verifier
+    accepts ours (signature, audience, times)."""
+    import time
+
+    from google.auth import jwt as google_jwt
+    from google.oauth2 import service_account as google_service_account
+
+    from apss.channels.google.client import GOOGLE_TOKEN_URI
+
+    standin = GooglePlayStandIn(package_name=PACKAGE)
+    info = {**json.loads(standin.service_account()), "token_uri": GOOGLE_TOKEN_URI}
+    account = service_account(json.dumps(info))
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(account.private_key.encode(), password=None)
+    ours = service_account_jwt(account, key, now_s=int(time.time()))
+    theirs = google_service_account.Credentials.from_service_account_info(
+        info, scopes=[SCOPE])._make_authorization_grant_assertion()
+    theirs = theirs.decode() if isinstance(theirs, bytes) else theirs
+    assert jwt.get_unverified_header(ours) == jwt.get_unverified_header(theirs)
+    ours_claims = jwt.decode(ours, options={"verify_signature": False})
+    theirs_claims = jwt.decode(theirs, options={"verify_signature": False})
+    assert set(ours_claims) == set(theirs_claims) == {"iss", "scope", "aud", "iat", "exp"}
+    assert {k: ours_claims[k] for k in ("iss", "scope", "aud")} == {k: theirs_claims[k] for k in ("iss", "scope", "aud")}
+    assert ours_claims["exp"] - ours_claims["iat"] == theirs_claims["exp"] - theirs_claims["iat"] == 3600
+    verified = google_jwt.decode(ours, certs=_pem_public(standin).decode(), audience=GOOGLE_TOKEN_URI)
+    assert verified["iss"] == standin.client_email
+    tampered = ours[:-4] + ("AAAA" if not ours.endswith("AAAA") else "BBBB")
+    with pytest.raises(ValueError):
+        google_jwt.decode(tampered, certs=_pem_public(standin).decode(), audience=GOOGLE_TOKEN_URI)
 
 
 @pytest.mark.anyio
