@@ -10,7 +10,6 @@ should: at zero for the refunded payment. The ledger check runs after each test.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.channels.apple_chain import BUNDLE_ID, AppleSigner
+from tests.channels.test_apple import _db, _ledger_ok
 from tests.channels.test_google import _buy as google_buy
 from tests.channels.test_google import _notify as google_notify
 from tests.channels.test_google import _voided_push, play  # noqa: F401  (the stand-in fixture)
@@ -42,17 +42,6 @@ EARNINGS_HEADER = ("Description", "Transaction Date", "Transaction Time", "Tax T
                    "Currency Conversion Rate", "Merchant Currency", "Amount (Merchant Currency)", "Base Plan ID",
                    "Offer ID", "Group ID", "First USD 1M Eligible", "Promotion ID", "Coupon Value", "Discount Rate",
                    "Featured Products ID", "Price Experiment ID")
-
-
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 def _balance(merchant, account: str) -> int:
