@@ -145,6 +145,8 @@ _FINANCIAL = {"product": "Vendor Identifier", "units": "Quantity", "proceeds": "
 IN_APP_TYPES = frozenset({"IA1", "IA9", "IAY", "IAC", "FI1"})
 _STATEMENT_ROWS_MAX = 500_000
 _DAY_S = 86_400
+_UNITS_MAX = 10**9
+_AMOUNT_MAX = 10**15
 
 
 def _pacific_offset_s(year: int, month: int, day: int) -> int:
@@ -197,6 +199,8 @@ def statement_lines(data: bytes) -> list[StatementLine]:
         if currency not in CURRENCY_EXPONENTS:
             raise ValueError(f"row {number}: the customer currency is not one APSS knows")
         units = int(row[names["units"]])
+        if abs(units) > _UNITS_MAX:
+            raise ValueError(f"row {number}: the units are out of range")
         start = _pacific_midnight_s(row[names["start"]])
         price = abs(report_decimal_to_minor(row["Customer Price"], currency))
         if row["Product Type Identifier"] not in IN_APP_TYPES or price == 0 or units == 0:
@@ -212,6 +216,8 @@ def statement_lines(data: bytes) -> list[StatementLine]:
         sign = -1 if returned else 1  # units and amounts signed as the money moves; so is the fee
         totals[key] = (count + sign * abs(units), amount + sign * abs(units) * price,
                        None if proceeds is None or kept is None else kept + sign * abs(units) * (price - proceeds))
+    if any(abs(amount) > _AMOUNT_MAX for _, amount, _ in totals.values()):
+        raise ValueError("a product's amounts add up beyond what APSS books")
     lines = []
     for (product, start, end, currency, direction), (units, amount, kept) in totals.items():
         refund = direction == "R"

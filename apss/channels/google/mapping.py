@@ -287,6 +287,7 @@ _CHARGE = {"Charge": ("payment", "amount"), "Google fee": ("payment", "fee"),
            "Charge refund": ("refund", "amount"), "Google fee refund": ("refund", "fee")}
 _ZONES = {"PST": -8 * 3600, "PDT": -7 * 3600, "UTC": 0, "GMT": 0}
 _EARNINGS_ROWS_MAX = 1_000_000
+_AMOUNT_MAX = 10**15
 
 
 def _earnings_time(date: str, time_: str) -> int:
@@ -341,6 +342,8 @@ def earnings_lines(data: bytes) -> list[StatementLine]:
             line["charged"], line["at_s"] = True, at_s
         else:
             line["fee"] -= amount  # Google's fee is negative in the report (money it kept)
+    if any(abs(line["amount"]) + abs(line["fee"]) > _AMOUNT_MAX for line in merged.values()):
+        raise ValueError("an order's amounts add up beyond what APSS books")
     lines = [StatementLine(provider_ref=order_id, kind=kind if line["charged"] else "fee", amount=line["amount"],
                            fee=line["fee"], currency=line["currency"], occurred_at_s=line["at_s"])
              for (order_id, kind), line in merged.items()]
