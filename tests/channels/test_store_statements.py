@@ -202,7 +202,8 @@ def test_a_sale_missing_from_the_report_and_a_malformed_report(apple_shop) -> No
     assert _counts(run) == {"lines": 1, "matched": 1, "missing_at_provider": 1}
     assert [i["payment_id"] for i in run["items"] if i["status"] == "missing_at_provider"] == [
         unreported["payment"]["id"]]
-    bad = [report.replace(b"4.99", b"4.9x"), b"Provider\tSKU\n", report.replace(b"USD", b"XXX", 1)]
+    huge = _sales_report([{"sku": gems["sku"], "units": 10**9, "price": "999999999.99", "proceeds": "1.00", **period}])
+    bad = [report.replace(b"4.99", b"4.9x"), b"Provider\tSKU\n", report.replace(b"USD", b"XXX", 1), huge]
     for data in bad:
         assert_error(_import(client, "apple", data), 400, "invalid_request_error", "statement_malformed", "statement")
     _ledger_ok(merchant)
