@@ -34,7 +34,8 @@ class ReconciliationController(Controller):
           summary="Import a provider statement (CSV body) and match it against our payments and refunds",
           description="The body is the statement as the provider exports it (Content-Type text/csv): the sandbox's "
                       "`type,provider_ref,payment_id,amount,fee,currency,occurred_at`, Stripe's balance-transaction "
-                      "export, PayPal, Alipay or WeChat Pay bills. 201 with the new run and its counts; the same file "
+                      "export, PayPal, Alipay or WeChat Pay bills, the App Store's Summary Sales or Financial Report "
+                      "(tab-separated), Google Play's earnings report. 201 with the new run and its counts; the same file "
                       "imported again answers 200 with the first run (nothing is stored or alerted twice), so no "
                       "Idempotency-Key is needed. Every discrepancy raises an alert `reconciliation_<status>`.")
     async def import_statement(self, channel: str, request: Request, merchant: Merchant, svc: Services,

@@ -238,10 +238,16 @@ class StatementLine(_Neutral):
     provider_ref: str
     kind: Literal["payment", "refund", "fee", "adjustment", "payout", "other"]
     amount: int  # minor units, gross, signed as the provider reports it
-    fee: int
+    fee: int | None  # positive when charged, negative when given back; None: the statement does not say
     currency: str
     occurred_at_s: int | None = None
     payment_id: str | None = None
+    # A line that totals the sales (or refunds) of one product over a period instead of naming one
+    # payment (the App Store's reports): the store product id (our sku), the units (negative for
+    # refunds, as reported) and the period [occurred_at_s, period_end_s).
+    product: str | None = None
+    quantity: int | None = None
+    period_end_s: int | None = None
 
 
 class RefundQuery(_Neutral):

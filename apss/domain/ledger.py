@@ -139,13 +139,17 @@ def capture_entries(*, merchant_id: str, channel: str, gross: int, fee: int, cur
 
 
 def reversal_entries(*, merchant_id: str, channel: str, gross: int, refunded_before: int, amount: int, currency: str,
-                     commission_bps: int, splits: list[Split]) -> list[Entry]:
+                     commission_bps: int, splits: list[Split], fee_returned: int = 0) -> list[Entry]:
     """A refund or chargeback of `amount` out of a captured `gross` of which `refunded_before` was
     already returned: the provider pays it back out of clearing; commission and shares are
     reversed in proportion, computed cumulatively (the part of all refunds so far, half-even,
     minus the part already reversed) so that a full refund in any number of steps reverses them
-    exactly; the merchant's part takes the remainder."""
+    exactly; the merchant's part takes the remainder. `fee_returned` is the capture's fee when the
+    provider gives its fee back with a refund (the app stores return their commission): its part
+    goes back the same way (fees_expense credited, clearing paying only the rest), so after a full
+    refund both the fee and the clearing account of the payment are at zero."""
     assert 0 < amount and 0 <= refunded_before and refunded_before + amount <= gross
+    assert 0 <= fee_returned <= gross
 
     def part(value: int) -> int:
         after = Decimal(value) * (refunded_before + amount) / gross
@@ -155,8 +159,10 @@ def reversal_entries(*, merchant_id: str, channel: str, gross: int, refunded_bef
     commission_back = part(share(gross, commission_bps))
     shares_back = [(s.recipient, part(share(gross, s.share_bps))) for s in splits]
     merchant_back = amount - commission_back - sum(a for _, a in shares_back)
+    fee_back = part(fee_returned)
     return _entries(currency, [
-        (f"provider_clearing:{channel}:{merchant_id}", -amount),
+        (f"provider_clearing:{channel}:{merchant_id}", -(amount - fee_back)),
+        (f"fees_expense:{channel}:{merchant_id}", -fee_back),
         (f"platform_revenue:{merchant_id}", commission_back),
         *[(f"partner_payable:{recipient}:{merchant_id}", back) for recipient, back in shares_back],
         (f"merchant_payable:{merchant_id}", merchant_back),

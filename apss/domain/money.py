@@ -9,7 +9,7 @@ import msgspec
 from apss.errors import InvalidRequest
 
 __all__ = ["CURRENCY_EXPONENTS", "CurrencyCodeReserved", "Money", "VIRTUAL_CURRENCY_RE", "format_amount", "is_iso_currency",
-           "is_virtual_price_code", "minor_units_max"]
+           "is_virtual_price_code", "minor_units_max", "report_decimal_to_minor"]
 
 # ISO 4217 minor-unit exponents for the currencies APSS accepts. Codes not listed default to 2
 # only if added here: an unknown code is refused, never guessed.
@@ -46,6 +46,23 @@ def is_iso_currency(code: str) -> bool:
 def is_virtual_price_code(code: str) -> bool:
     """A code a product may be priced in as virtual currency: 2-16 upper-case letters, not ISO 4217."""
     return bool(_VIRTUAL_PRICE_RE.match(code)) and not is_iso_currency(code)
+
+
+_REPORT_DECIMAL_RE = re.compile(r"^(-?)(\d{1,15})(?:\.(\d{1,8}))?$")
+
+
+def report_decimal_to_minor(text: str, currency: str) -> int:
+    """A report's decimal amount ("4.99", "-1.50", "120", "0.70000") in minor units, exactly;
+    ValueError for anything else, or digits beyond the currency's exponent that are not zeros."""
+    exponent = CURRENCY_EXPONENTS.get(currency)
+    match = _REPORT_DECIMAL_RE.match(text.strip())
+    if exponent is None or match is None:
+        raise ValueError("not a decimal amount in a known currency")
+    sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
+    if fraction[exponent:].strip("0"):
+        raise ValueError(f"an amount has more decimals than {currency} has")
+    minor = int(whole) * 10**exponent + int(fraction[:exponent].ljust(exponent, "0") or "0")
+    return -minor if sign else minor
 
 
 def format_amount(amount_minor: int, currency: str) -> str:

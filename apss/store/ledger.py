@@ -85,6 +85,14 @@ def insert_transaction(tx: Tx, *, transaction_id: str, merchant_id: str | None, 
     return cursor.rowcount == 1
 
 
+def capture_fee_tx(tx: Tx, *, payment_id: str) -> int:
+    """The fee the ledger recorded with a payment's capture (its fees_expense debit; 0 without)."""
+    row = tx.one("SELECT coalesce(sum(e.debit - e.credit), 0) AS fee FROM ledger_transactions t"
+                 " JOIN ledger_entries e ON e.transaction_id = t.id WHERE t.kind = 'payment_captured'"
+                 " AND t.reference = ? AND e.account LIKE 'fees\\_expense:%' ESCAPE '\\'", (payment_id,))
+    return row["fee"] if row else 0
+
+
 def insert_entries(tx: Tx, rows: list[tuple[str, str, str, int, int]]) -> None:
     """Rows of (transaction_id, account, currency, debit, credit)."""
     tx.executemany("INSERT INTO ledger_entries (transaction_id, account, currency, debit, credit) VALUES (?, ?, ?, ?, ?)", rows)

@@ -15,10 +15,13 @@ __all__ = [
     "insert_items",
     "insert_run",
     "list_runs",
+    "order_lines",
+    "order_metadata",
     "paid_not_delivered",
     "payments_by_ids",
     "payments_by_refs",
     "payments_in_span",
+    "refund_fees",
     "refunds_by_refs",
     "refunds_in_span",
     "refunds_of_payments",
@@ -60,13 +63,14 @@ async def payments_in_span(db: Database, *, merchant_id: str, channel: str, from
                            limit: int) -> list[sqlite3.Row]:
     """Succeeded payments captured (posted to the ledger) within [from, to)."""
     return await db.fetch_all(
-        f"SELECT {_PAYMENT_COLUMNS} FROM ledger_transactions t JOIN payments p ON p.id = t.reference"
+        f"SELECT {_PAYMENT_COLUMNS}, t.created_at_ms AS posted_at_ms FROM ledger_transactions t"
+        " JOIN payments p ON p.id = t.reference"
         " WHERE t.merchant_id = ? AND t.created_at_ms >= ? AND t.created_at_ms < ? AND t.kind = 'payment_captured'"
         " AND p.channel = ? AND p.status = 'succeeded' ORDER BY t.created_at_ms LIMIT ?",
         (merchant_id, from_ms, to_ms, channel, limit))
 
 
-_REFUND_COLUMNS = "r.id, r.payment_id, r.status, r.amount, r.currency, r.provider_refund_ref, r.updated_at_ms"
+_REFUND_COLUMNS = "r.id, r.payment_id, r.order_id, r.status, r.amount, r.currency, r.provider_refund_ref, r.updated_at_ms"
 
 
 async def refunds_by_refs(db: Database, *, merchant_id: str, channel: str, refs: Iterable[str]) -> list[sqlite3.Row]:
@@ -85,21 +89,42 @@ async def refunds_in_span(db: Database, *, merchant_id: str, channel: str, from_
                           limit: int) -> list[sqlite3.Row]:
     """Succeeded refunds (not chargebacks) posted to the ledger within [from, to)."""
     return await db.fetch_all(
-        f"SELECT {_REFUND_COLUMNS} FROM ledger_transactions t JOIN refunds r ON r.id = t.reference"
+        f"SELECT {_REFUND_COLUMNS}, t.created_at_ms AS posted_at_ms FROM ledger_transactions t"
+        " JOIN refunds r ON r.id = t.reference"
         " JOIN payments p ON p.id = r.payment_id"
         " WHERE t.merchant_id = ? AND t.created_at_ms >= ? AND t.created_at_ms < ? AND t.kind = 'refund'"
         " AND p.channel = ? AND r.status = 'succeeded' ORDER BY t.created_at_ms LIMIT ?",
         (merchant_id, from_ms, to_ms, channel, limit))
 
 
+async def _fees(db: Database, *, kind: str, references: Iterable[str]) -> dict[str, int]:
+    """reference -> the fees_expense debits minus credits of its `kind` ledger transaction."""
+    rows = await _fetch_in(db, references, "SELECT t.reference AS reference, coalesce(sum(CASE WHEN e.account"
+                           " LIKE 'fees\\_expense:%' ESCAPE '\\' THEN e.debit - e.credit END), 0) AS fee"
+                           " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+                           " WHERE t.kind = ? AND t.reference IN ({marks}) GROUP BY t.reference", before=(kind,))
+    return {row["reference"]: row["fee"] for row in rows}
+
+
 async def captured_fees(db: Database, *, payment_ids: Iterable[str]) -> dict[str, int]:
     """The provider fee the ledger recorded for each payment: the fees_expense debit of its
     `payment_captured` transaction (0 when the transaction has no fee entry)."""
-    rows = await _fetch_in(db, payment_ids, "SELECT t.reference AS payment_id, coalesce(sum(CASE WHEN e.account"
-                           " LIKE 'fees\\_expense:%' ESCAPE '\\' THEN e.debit - e.credit END), 0) AS fee"
-                           " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
-                           " WHERE t.kind = 'payment_captured' AND t.reference IN ({marks}) GROUP BY t.reference")
-    return {row["payment_id"]: row["fee"] for row in rows}
+    return await _fees(db, kind="payment_captured", references=payment_ids)
+
+
+async def refund_fees(db: Database, *, refund_ids: Iterable[str]) -> dict[str, int]:
+    """The fee given back with each refund (an app store returns its commission): its `refund`
+    transaction's fees_expense debits minus credits, so <= 0; 0 when none came back."""
+    return await _fees(db, kind="refund", references=refund_ids)
+
+
+async def order_lines(db: Database, *, order_ids: Iterable[str]) -> list[sqlite3.Row]:
+    """The product lines (sku, quantity) of the orders."""
+    return await _fetch_in(db, order_ids, "SELECT order_id, sku, quantity FROM order_items WHERE order_id IN ({marks})")
+
+
+async def order_metadata(db: Database, *, order_ids: Iterable[str]) -> list[sqlite3.Row]:
+    return await _fetch_in(db, order_ids, "SELECT id, metadata FROM orders WHERE id IN ({marks})")
 
 
 # -- runs and items ----------------------------------------------------------------------------

@@ -97,8 +97,8 @@ EXPECTED_CAPABILITIES = {
                   "cancel_payment"},
     "pix": {"create_payment", "verify_callback", "refund", "query_status", "query_refund", "cancel_payment"},
     # App stores: the store's own app takes the payment (no create_payment, no callbacks).
-    "apple": {"verify_store_purchase"},
-    "google": {"verify_store_purchase", "acknowledge_store_purchase"},
+    "apple": {"verify_store_purchase", "parse_statement"},
+    "google": {"verify_store_purchase", "acknowledge_store_purchase", "parse_statement"},
 }
 
 

@@ -42,11 +42,12 @@ from apss.channels.base import (
     CallbackRequest,
     Credentials,
     Setting,
+    StatementLine,
     StoreNotification,
     StorePurchase,
     StoreReceipt,
 )
-from apss.errors import CallbackRejected
+from apss.errors import CallbackRejected, InvalidRequest
 
 __all__ = ["AppleChannel", "ENVIRONMENTS", "INTERMEDIATE_OID", "LEAF_OID", "load_roots", "verify_jws"]
 
@@ -233,6 +234,15 @@ class AppleChannel:
             purchase = mapping.purchase(verify_jws(signed_transaction, roots, now_s=request.now_s))
             mapping.check_app(purchase.app_id, purchase.environment, bundle_id=bundle_id, expected_environment=environment)
         return mapping.notification(payload, purchase)
+
+    def parse_statement(self, data: bytes) -> list[StatementLine]:
+        """A Summary Sales Report or Financial Report (tab-separated, as App Store Connect
+        downloads them, unzipped): aggregate lines per product and period (mapping)."""
+        try:
+            return mapping.statement_lines(data)
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"App Store report is malformed: {exc}", code="statement_malformed",
+                                 param="statement") from None
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply:
         # Apple retries a notification that does not get HTTP 200 (up to five times, v2).

@@ -3,13 +3,21 @@ ResponseBodyV2DecodedPayload) into neutral StorePurchase / StoreNotification val
 
 from __future__ import annotations
 
+import calendar
+import datetime as _dt
 from typing import Any
 
-from apss.channels.base import StoreAction, StoreNotification, StorePurchase
-from apss.domain.money import CURRENCY_EXPONENTS
+from apss.channels.base import (
+    StatementLine,
+    StoreAction,
+    StoreNotification,
+    StorePurchase,
+)
+from apss.domain.money import CURRENCY_EXPONENTS, report_decimal_to_minor
 from apss.errors import CallbackRejected
 
-__all__ = ["ACTIONS", "PRODUCT_TYPES", "check_app", "milliunits_to_minor", "notification", "notification_app", "purchase"]
+__all__ = ["ACTIONS", "FINANCIAL_COLUMNS", "IN_APP_TYPES", "PRODUCT_TYPES", "SALES_COLUMNS", "check_app",
+           "milliunits_to_minor", "notification", "notification_app", "purchase", "statement_lines"]
 
 # Apple's `type` of a transaction, every variant (anything else is refused as unknown).
 PRODUCT_TYPES = ("Auto-Renewable Subscription", "Non-Consumable", "Consumable", "Non-Renewing Subscription")
@@ -115,3 +123,107 @@ def notification(payload: dict[str, Any], transaction: StorePurchase | None) -> 
                              subtype=_text(payload, "subtype", required=False),
                              signed_at_ms=_ms(payload, "signedDate"), action=ACTIONS.get(kind, "record"),
                              purchase=transaction)
+
+
+# --- statements: the Summary Sales Report and the Financial Report (tab-separated) ----------
+# Both total units per product and period (a day, a week, Apple's fiscal month) per storefront
+# price: they name no transaction, so each line becomes an aggregate (StatementLine.product) of
+# one product, period, currency and direction (sales or returns), matched against the orders of
+# that sku (services/money/reconciliation.py). The columns are found by their header names.
+SALES_COLUMNS = ("SKU", "Units", "Developer Proceeds", "Begin Date", "End Date", "Customer Currency",
+                 "Currency of Proceeds", "Customer Price", "Product Type Identifier")
+FINANCIAL_COLUMNS = ("Start Date", "End Date", "Vendor Identifier", "Quantity", "Partner Share",
+                     "Partner Share Currency", "Sales or Return", "Customer Price", "Customer Currency",
+                     "Product Type Identifier")
+_SALES = {"product": "SKU", "units": "Units", "proceeds": "Developer Proceeds", "start": "Begin Date",
+          "end": "End Date", "proceeds_currency": "Currency of Proceeds"}
+_FINANCIAL = {"product": "Vendor Identifier", "units": "Quantity", "proceeds": "Partner Share", "start": "Start Date",
+              "end": "End Date", "proceeds_currency": "Partner Share Currency"}
+# In-app purchase product type identifiers (IA1 purchase, IA9 non-consumable, IAY auto-renewable
+# subscription, IAC free subscription, FI1 Mac in-app purchase); the rest are app downloads and
+# updates, which APSS does not sell.
+IN_APP_TYPES = frozenset({"IA1", "IA9", "IAY", "IAC", "FI1"})
+_STATEMENT_ROWS_MAX = 500_000
+_DAY_S = 86_400
+_UNITS_MAX = 10**9
+_AMOUNT_MAX = 10**15
+
+
+def _pacific_offset_s(year: int, month: int, day: int) -> int:
+    """UTC offset of Pacific Time at midnight of a date (DST from the second Sunday of March to
+    the first Sunday of November, the US rule since 2007): Apple's reports for the Americas and
+    worldwide agreements count days in Pacific Time."""
+    def sunday(month_: int, nth: int) -> _dt.date:
+        first = _dt.date(year, month_, 1)
+        return first + _dt.timedelta(days=(6 - first.weekday()) % 7 + 7 * (nth - 1))
+
+    date = _dt.date(year, month, day)
+    return -7 * 3600 if sunday(3, 2) < date <= sunday(11, 1) else -8 * 3600
+
+
+def _pacific_midnight_s(text: str) -> int:
+    """MM/DD/YYYY -> the unix time of that day's midnight in Pacific Time."""
+    month, day, year = (int(part) for part in text.strip().split("/"))
+    return calendar.timegm((year, month, day, 0, 0, 0)) - _pacific_offset_s(year, month, day)
+
+
+def _header(line: str) -> tuple[list[str], dict[str, str]]:
+    header = [column.strip() for column in line.split("\t")]
+    for required, names in ((SALES_COLUMNS, _SALES), (FINANCIAL_COLUMNS, _FINANCIAL)):
+        if all(column in header for column in required):
+            return header, names
+    raise ValueError("the header is neither a Summary Sales Report's nor a Financial Report's")
+
+
+def statement_lines(data: bytes) -> list[StatementLine]:
+    """An App Store Summary Sales Report or Financial Report (one region's file), as aggregate
+    lines: one per product, period, customer currency and direction. Amounts are units times the
+    customer price; the fee is what Apple kept (customer price less proceeds: commission and,
+    where the price includes it, tax), or None when the proceeds are in another currency."""
+    rows = data.decode("utf-8-sig").splitlines()
+    if not rows:
+        raise ValueError("the report is empty")
+    header, names = _header(rows[0])
+    totals: dict[tuple[str, str, str, str, str], tuple[int, int, int | None]] = {}
+    others: list[StatementLine] = []
+    for number, text in enumerate(rows[1:], start=2):
+        if not text.strip():
+            break  # a Financial Report's totals (Total_Rows, Total_Amount...) follow a blank line
+        if number > _STATEMENT_ROWS_MAX:
+            raise ValueError("the report has more rows than APSS reads")
+        cells = text.split("\t")
+        if len(cells) < len(header):
+            raise ValueError(f"row {number} has {len(cells)} columns, the header {len(header)}")
+        row = dict(zip(header, (cell.strip() for cell in cells), strict=False))
+        currency = row["Customer Currency"].upper()
+        if currency not in CURRENCY_EXPONENTS:
+            raise ValueError(f"row {number}: the customer currency is not one APSS knows")
+        units = int(row[names["units"]])
+        if abs(units) > _UNITS_MAX:
+            raise ValueError(f"row {number}: the units are out of range")
+        start = _pacific_midnight_s(row[names["start"]])
+        price = abs(report_decimal_to_minor(row["Customer Price"], currency))
+        if row["Product Type Identifier"] not in IN_APP_TYPES or price == 0 or units == 0:
+            others.append(StatementLine(provider_ref=row[names["product"]], kind="other", amount=units * price, fee=None,
+                                        currency=currency, occurred_at_s=start))
+            continue
+        proceeds_currency = row[names["proceeds_currency"]].upper()
+        proceeds = abs(report_decimal_to_minor(row[names["proceeds"]], proceeds_currency)) \
+            if proceeds_currency == currency else None
+        returned = units < 0 or row.get("Sales or Return", "S") == "R"
+        key = (row[names["product"]], row[names["start"]], row[names["end"]], currency, "R" if returned else "S")
+        count, amount, kept = totals.get(key, (0, 0, 0))
+        sign = -1 if returned else 1  # units and amounts signed as the money moves; so is the fee
+        totals[key] = (count + sign * abs(units), amount + sign * abs(units) * price,
+                       None if proceeds is None or kept is None else kept + sign * abs(units) * (price - proceeds))
+    if any(abs(amount) > _AMOUNT_MAX for _, amount, _ in totals.values()):
+        raise ValueError("a product's amounts add up beyond what APSS books")
+    lines = []
+    for (product, start, end, currency, direction), (units, amount, kept) in totals.items():
+        refund = direction == "R"
+        lines.append(StatementLine(
+            provider_ref=f"{product} {start}-{end} {currency}{' returns' if refund else ''}",
+            kind="refund" if refund else "payment", amount=amount, fee=kept, currency=currency,
+            occurred_at_s=_pacific_midnight_s(start), period_end_s=_pacific_midnight_s(end) + _DAY_S,
+            product=product, quantity=units))
+    return lines + others

@@ -26,6 +26,7 @@ Errors: not reached -> ChannelUnreachable; no answer in time -> ChannelTimeout; 
 from __future__ import annotations
 
 import base64
+import csv
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ from apss.channels.base import (
     CallbackRequest,
     Credentials,
     Setting,
+    StatementLine,
     StoreNotification,
     StorePurchase,
     StoreReceipt,
@@ -56,6 +58,7 @@ from apss.errors import (
     ChannelTimeout,
     ChannelUnavailable,
     ChannelUnreachable,
+    InvalidRequest,
 )
 
 __all__ = ["DEFAULT_API_BASE", "GOOGLE_TOKEN_URI", "GoogleChannel", "SCOPE", "service_account_jwt"]
@@ -259,6 +262,14 @@ class GoogleChannel:
             params["token"] = following
         raise CallbackRejected("the Voided Purchases API does not list the voided purchase",
                                code="store_notification_unconfirmed")
+
+    def parse_statement(self, data: bytes) -> list[StatementLine]:
+        """The Play Console's earnings report (CSV): a line per order and direction (mapping)."""
+        try:
+            return mapping.earnings_lines(data)
+        except (ValueError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+            raise InvalidRequest(f"Google Play earnings report is malformed: {exc}", code="statement_malformed",
+                                 param="statement") from None
 
     def callback_reply(self, *, accepted: bool) -> CallbackReply:
         # Pub/Sub push takes any 2xx as an acknowledgement and redelivers the rest, with backoff.

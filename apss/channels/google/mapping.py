@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
+import csv
+import io
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from apss.channels.base import StoreAction, StorePurchase
+from apss.channels.base import StatementLine, StoreAction, StorePurchase
 from apss.clock import parse_rfc3339
+from apss.domain.money import report_decimal_to_minor
 from apss.errors import CallbackRejected
 
-__all__ = ["ACK_ACKNOWLEDGED", "DeveloperNotification", "ProductPurchase", "PushBody", "ServiceAccount",
+__all__ = ["ACK_ACKNOWLEDGED", "EARNINGS_COLUMNS", "DeveloperNotification", "earnings_lines", "ProductPurchase", "PushBody", "ServiceAccount",
            "SubscriptionPurchaseV2", "Token", "VoidedPurchase", "VoidedPurchases", "ApiError", "ONE_TIME_TYPES",
            "SUBSCRIPTION_TYPES", "decode_notification", "part_field", "product_purchase", "service_account", "subscription_purchase",
            "subscription_action", "voided_purchase"]
@@ -267,3 +272,79 @@ def part_field(part: dict[str, Any], name: str, kind: type) -> Any:
 
 def subscription_action(kind: str) -> StoreAction:
     return "deliver" if kind in _SUBSCRIPTION_DELIVERING else "record"
+
+
+# --- statements: the Play Console's earnings report (CSV) ------------------------------------
+# One row per money movement, each naming its order id ("Description": GPA.xxxx-xxxx-xxxx-xxxxx,
+# a renewal "..N"): the charge, Google's fee, tax Google remits, and their refunds. A charge and
+# its fee become one payment line (amount the charge, fee what Google kept); a charge refund and
+# its fee refund one refund line (negative amount, negative fee: given back). Amounts are read
+# in the merchant currency (what Google pays out). Tax rows and anything else are kept as
+# `other` lines (skipped by reconciliation).
+EARNINGS_COLUMNS = ("Description", "Transaction Date", "Transaction Time", "Transaction Type", "Merchant Currency",
+                    "Amount (Merchant Currency)")
+_CHARGE = {"Charge": ("payment", "amount"), "Google fee": ("payment", "fee"),
+           "Charge refund": ("refund", "amount"), "Google fee refund": ("refund", "fee")}
+_ZONES = {"PST": -8 * 3600, "PDT": -7 * 3600, "UTC": 0, "GMT": 0}
+_EARNINGS_ROWS_MAX = 1_000_000
+_AMOUNT_MAX = 10**15
+
+
+def _earnings_time(date: str, time_: str) -> int:
+    """("Jan 5, 2026" or "2026-01-05", "1:02:03 PM PST") -> unix seconds."""
+    clock, _, zone = time_.strip().rpartition(" ")
+    if zone not in _ZONES:
+        raise ValueError("a transaction time has no PST, PDT or UTC zone")
+    for day_format in ("%b %d, %Y", "%Y-%m-%d"):
+        try:
+            day = datetime.strptime(date.strip(), day_format)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError("a transaction date is neither 'Jan 5, 2026' nor '2026-01-05'")
+    at = datetime.strptime(clock.strip(), "%I:%M:%S %p")
+    local = calendar.timegm((day.year, day.month, day.day, at.hour, at.minute, at.second))
+    return local - _ZONES[zone]
+
+
+def earnings_lines(data: bytes) -> list[StatementLine]:
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+    header = next(reader, None)
+    if header is None or any(column not in [h.strip() for h in header] for column in EARNINGS_COLUMNS):
+        raise ValueError(f"the report lacks the columns {', '.join(EARNINGS_COLUMNS)}")
+    header = [h.strip() for h in header]
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    others: list[StatementLine] = []
+    for number, cells in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if number > _EARNINGS_ROWS_MAX:
+            raise ValueError("the report has more rows than APSS reads")
+        if len(cells) < len(EARNINGS_COLUMNS):
+            raise ValueError(f"row {number} has {len(cells)} columns, the header {len(header)}")
+        row = dict(zip(header, (cell.strip() for cell in cells), strict=False))
+        currency = row["Merchant Currency"].upper()
+        amount = report_decimal_to_minor(row["Amount (Merchant Currency)"], currency)
+        at_s = _earnings_time(row["Transaction Date"], row["Transaction Time"])
+        kind_part = _CHARGE.get(row["Transaction Type"])
+        if kind_part is None or not row["Description"]:
+            others.append(StatementLine(provider_ref=row["Description"], kind="other", amount=amount, fee=None,
+                                        currency=currency, occurred_at_s=at_s))
+            continue
+        kind, part = kind_part
+        line = merged.setdefault((row["Description"], kind), {"amount": 0, "fee": 0, "currency": currency,
+                                                              "at_s": at_s, "charged": False})
+        if line["currency"] != currency:
+            raise ValueError(f"row {number}: one order's rows are in two merchant currencies")
+        if part == "amount":
+            line["amount"] += amount
+            line["charged"], line["at_s"] = True, at_s
+        else:
+            line["fee"] -= amount  # Google's fee is negative in the report (money it kept)
+    if any(abs(line["amount"]) + abs(line["fee"]) > _AMOUNT_MAX for line in merged.values()):
+        raise ValueError("an order's amounts add up beyond what APSS books")
+    lines = [StatementLine(provider_ref=order_id, kind=kind if line["charged"] else "fee", amount=line["amount"],
+                           fee=line["fee"], currency=line["currency"], occurred_at_s=line["at_s"])
+             for (order_id, kind), line in merged.items()]
+    return lines + others

@@ -126,6 +126,10 @@ class Ledger:
                       entries=entries)
         return sum(e.credit for e in entries if e.account.startswith("merchant_payable:"))
 
+    def capture_fee(self, tx: Tx, *, payment_id: str) -> int:
+        """The fee posted with a payment's capture."""
+        return store.capture_fee_tx(tx, payment_id=payment_id)
+
     def store_fee(self, *, tier: str | None, amount: int) -> int:
         """An app store's commission on a sale of `amount` (half-even), by the merchant's tier."""
         assert tier in (None, "standard", "reduced"), tier

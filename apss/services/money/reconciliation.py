@@ -15,9 +15,22 @@ gets one status:
                         refund carries none) (warning);
 and every succeeded payment or refund of ours that the ledger posted within the statement's time
 span (its lines' first to last `occurred_at`) and that no line names is `missing_at_provider`
-(critical). Other lines (fees, payouts, adjustments) are counted as `skipped`. Every discrepancy
+(critical). A refund's fee is what the provider gave back of its fee (negative; the app stores
+return their commission), against the fees_expense credit of our refund's ledger transaction.
+Other lines (fees, payouts, adjustments) are counted as `skipped`. Every discrepancy
 raises an alert `reconciliation_<status>`. The same file (by SHA-256) imported again answers the
 first run again and raises nothing twice.
+
+A line whose reference is none of ours may still name one of our payments by the store's order
+id (Google Play's `GPA.` ids, kept in the order's metadata as `<channel>_order_id`): those of our
+payments posted in the span, and of our refunds' payments, are looked up by it.
+
+An aggregate line (`product` set: the App Store's reports total each product per day or fiscal
+period) is matched against all of our succeeded payments (or refunds) of that product (our
+sku), in its currency, posted to the ledger within its period and claimed by no other line: their
+total amount, fee and units against the line's. No such record is `missing_here`; ones in another
+currency only, `currency_mismatch`; other units or another total, `amount_mismatch`; another fee
+(the store's, taxes included, against the commission we booked), `fee_mismatch`.
 
 Checks without a statement (`checks`, a scheduler job): orders `paid` or `delivering` for longer
 than `paid_not_delivered_age_s` raise `paid_not_delivered` (critical), refunds `pending` for
@@ -118,13 +131,17 @@ class _Ours(msgspec.Struct, kw_only=True):
     fees: dict[str, int]
     span_payments: list[Row]
     span_refunds: list[Row]
+    refund_fees: dict[str, int] = {}  # refund id -> the fee given back with it (<= 0)
+    order_lines: dict[str, tuple[str | None, int]] = {}  # order id -> (its one sku, or None; units)
 
 
 def _span_ms(lines: list[StatementLine]) -> tuple[int, int] | None:
     times = [line.occurred_at_s for line in lines if line.occurred_at_s is not None]
     if not times:
         return None
-    return min(times) * 1000, (max(times) + 1) * 1000
+    ends = [line.period_end_s if line.period_end_s is not None else line.occurred_at_s + 1
+            for line in lines if line.occurred_at_s is not None]
+    return min(times) * 1000, max(ends) * 1000
 
 
 def _payment_item(index: int, line: StatementLine, ours: _Ours, seen: set[str]) -> ReconciliationItemView:
@@ -160,14 +177,59 @@ def _refund_item(index: int, line: StatementLine, ours: _Ours, seen: set[str]) -
     if refund is None:
         return ReconciliationItemView(status="missing_here", currency=line.currency, payment_id=line.payment_id,
                                       detail="no refund of ours has this reference", **theirs)
+    ours_fee = ours.refund_fees.get(refund["id"], 0)
     mine = {"payment_id": refund["payment_id"], "refund_id": refund["id"], "ours_amount": refund["amount"],
-            "ours_fee": 0, "currency": refund["currency"]}
+            "ours_fee": ours_fee, "currency": refund["currency"]}
     if refund["status"] != "succeeded":
         return ReconciliationItemView(status="missing_here", detail=f"our refund is {refund['status']}", **theirs, **mine)
     if refund["id"] in seen:
         return ReconciliationItemView(status="missing_here", detail="the statement lists this refund twice", **theirs, **mine)
     seen.add(refund["id"])
-    return ReconciliationItemView(status=_compare(refund["amount"], refund["currency"], 0, line, amount), **theirs, **mine)
+    return ReconciliationItemView(status=_compare(refund["amount"], refund["currency"], ours_fee, line, amount),
+                                  **theirs, **mine)
+
+
+_IDS_IN_DETAIL_MAX = 5
+
+
+def _aggregate_item(index: int, line: StatementLine, ours: _Ours, claimed: set[str]) -> ReconciliationItemView:
+    """A line totalling one product's sales (or refunds) over its period, against ours."""
+    assert line.product is not None and line.occurred_at_s is not None and line.period_end_s is not None
+    refund = line.kind == "refund"
+    start_ms, end_ms = line.occurred_at_s * 1000, line.period_end_s * 1000
+    covered = [r for r in (ours.span_refunds if refund else ours.span_payments)
+               if r["id"] not in claimed and start_ms <= r["posted_at_ms"] < end_ms
+               and ours.order_lines.get(r["order_id"], (None, 0))[0] == line.product]
+    same = [r for r in covered if r["currency"] == line.currency]
+    theirs_amount, theirs_units = (-line.amount if refund else line.amount), abs(line.quantity or 0)
+    theirs = {"line": index, "kind": line.kind, "provider_ref": line.provider_ref, "theirs_amount": theirs_amount,
+              "theirs_fee": line.fee, "theirs_currency": line.currency}
+    what = "refunds" if refund else "sales"
+    if not same:
+        claimed.update(r["id"] for r in covered)
+        if covered:
+            return ReconciliationItemView(status="currency_mismatch", currency=covered[0]["currency"],
+                                          ours_amount=sum(r["amount"] for r in covered),
+                                          detail=f"our {what} of {line.product} in the period are in another currency",
+                                          **theirs)
+        return ReconciliationItemView(status="missing_here", currency=line.currency,
+                                      detail=f"no {what} of ours of {line.product} in the period", **theirs)
+    claimed.update(r["id"] for r in same)
+    fees = ours.refund_fees if refund else ours.fees
+    ours_amount, ours_fee = sum(r["amount"] for r in same), sum(fees.get(r["id"], 0) for r in same)
+    units = sum(ours.order_lines[r["order_id"]][1] for r in same)
+    status = _compare(ours_amount, line.currency, ours_fee, line, theirs_amount)
+    if units != theirs_units and status in ("matched", "fee_mismatch"):
+        status = "amount_mismatch"
+    ids = [r["id"] for r in same]
+    listed = ", ".join(ids[:_IDS_IN_DETAIL_MAX]) + (f" and {len(ids) - _IDS_IN_DETAIL_MAX} more"
+                                                     if len(ids) > _IDS_IN_DETAIL_MAX else "")
+    one = same[0] if len(same) == 1 else None
+    return ReconciliationItemView(
+        status=status, currency=line.currency, ours_amount=ours_amount, ours_fee=ours_fee,
+        payment_id=(one["payment_id"] if refund else one["id"]) if one else None,
+        refund_id=one["id"] if one and refund else None,
+        detail=f"{len(same)} {what} of ours, {units} units (the statement: {theirs_units}): {listed}", **theirs)
 
 
 def _compare(ours_amount: int, ours_currency: str, ours_fee: int, line: StatementLine, theirs_amount: int) -> ItemStatus:
@@ -176,7 +238,7 @@ def _compare(ours_amount: int, ours_currency: str, ours_fee: int, line: Statemen
         return "currency_mismatch"
     if theirs_amount != ours_amount:
         return "amount_mismatch"
-    if line.fee != ours_fee:
+    if line.fee is not None and line.fee != ours_fee:
         return "fee_mismatch"
     return "matched"
 
@@ -189,14 +251,16 @@ def reconcile(lines: list[StatementLine], ours: _Ours) -> tuple[list[Reconciliat
     seen_refunds: set[str] = set()
     skipped = 0
     for index, line in enumerate(lines, start=1):
-        if line.kind == "payment":
+        if line.product is not None and line.kind in ("payment", "refund"):
+            items.append(_aggregate_item(index, line, ours, seen_refunds if line.kind == "refund" else seen_payments))
+        elif line.kind == "payment":
             items.append(_payment_item(index, line, ours, seen_payments))
         elif line.kind == "refund":
             items.append(_refund_item(index, line, ours, seen_refunds))
         else:
             skipped += 1
-    named_payments = {item.payment_id for item in items if item.kind == "payment"}
-    named_refunds = {item.refund_id for item in items if item.kind == "refund"}
+    named_payments = {item.payment_id for item in items if item.kind == "payment"} | seen_payments
+    named_refunds = {item.refund_id for item in items if item.kind == "refund"} | seen_refunds
     for payment in ours.span_payments:
         if payment["id"] not in named_payments:
             items.append(ReconciliationItemView(
@@ -272,7 +336,7 @@ class Reconciliation:
         # ProviderFlowNotSupported: this channel has no statement format
         lines = self._channels.registry.capable(channel, Capability.PARSE_STATEMENT).parse_statement(data)
         span = _span_ms(lines)
-        ours = await self._ours(merchant_id=merchant.id, channel=channel, lines=lines, span=span)
+        lines, ours = await self._ours(merchant_id=merchant.id, channel=channel, lines=lines, span=span)
         items, skipped = reconcile(lines, ours)
         row = {"id": new_id("rcn"), "merchant_id": merchant.id, "channel": channel, "source_name": source_name,
                "source_sha256": sha256, "span_start_ms": span[0] if span else None,
@@ -280,29 +344,59 @@ class Reconciliation:
         return await self._db.write(lambda tx: self._store_run(tx, row, items))
 
     async def _ours(self, *, merchant_id: str, channel: str, lines: list[StatementLine],
-                    span: tuple[int, int] | None) -> _Ours:
-        payment_refs = [line.provider_ref for line in lines if line.kind == "payment"]
-        refund_refs = [line.provider_ref for line in lines if line.kind == "refund"]
-        named_ids = [line.payment_id for line in lines if line.payment_id and line.kind in ("payment", "refund")]
-        by_ref = await store.payments_by_refs(self._db, merchant_id=merchant_id, channel=channel, refs=payment_refs)
-        by_id = await store.payments_by_ids(self._db, merchant_id=merchant_id, channel=channel, ids=named_ids)
-        refunds = await store.refunds_by_refs(self._db, merchant_id=merchant_id, channel=channel, refs=refund_refs)
-        refund_payments = [line.payment_id for line in lines if line.kind == "refund" and line.payment_id]
-        of_payments = await store.refunds_of_payments(self._db, merchant_id=merchant_id, payment_ids=refund_payments)
+                    span: tuple[int, int] | None) -> tuple[list[StatementLine], _Ours]:
+        """(the lines, with payment ids found by store order id; our side of them)."""
         span_payments, span_refunds = [], []
         if span is not None:
             span_payments = await store.payments_in_span(self._db, merchant_id=merchant_id, channel=channel,
                                                          from_ms=span[0], to_ms=span[1], limit=SPAN_RECORDS_MAX)
             span_refunds = await store.refunds_in_span(self._db, merchant_id=merchant_id, channel=channel,
                                                        from_ms=span[0], to_ms=span[1], limit=SPAN_RECORDS_MAX)
+        single = [line for line in lines if line.kind in ("payment", "refund") and line.product is None]
+        payment_refs = [line.provider_ref for line in single if line.kind == "payment"]
+        refund_refs = [line.provider_ref for line in single if line.kind == "refund"]
+        by_ref = await store.payments_by_refs(self._db, merchant_id=merchant_id, channel=channel, refs=payment_refs)
+        refunds = await store.refunds_by_refs(self._db, merchant_id=merchant_id, channel=channel, refs=refund_refs)
+        known = {p["provider_ref"] for p in by_ref} | {r["provider_refund_ref"] for r in refunds}
+        if any(line.provider_ref not in known and not line.payment_id for line in single):
+            lines = await self._by_store_order_id(channel, lines, known, span_payments, span_refunds)
+        named_ids = [line.payment_id for line in lines if line.payment_id and line.kind in ("payment", "refund")]
+        by_id = await store.payments_by_ids(self._db, merchant_id=merchant_id, channel=channel, ids=named_ids)
+        refund_payments = [line.payment_id for line in lines if line.kind == "refund" and line.payment_id]
+        of_payments = await store.refunds_of_payments(self._db, merchant_id=merchant_id, payment_ids=refund_payments)
         grouped: dict[str, list[Row]] = {}
         for refund in of_payments:
             grouped.setdefault(refund["payment_id"], []).append(refund)
         payment_ids = {p["id"] for p in (*by_ref, *by_id, *span_payments)}
-        return _Ours(payments_by_ref={p["provider_ref"]: p for p in by_ref}, payments_by_id={p["id"]: p for p in by_id},
-                     refunds_by_ref={r["provider_refund_ref"]: r for r in refunds}, refunds_by_payment=grouped,
-                     fees=await store.captured_fees(self._db, payment_ids=payment_ids),
-                     span_payments=span_payments, span_refunds=span_refunds)
+        refund_ids = {r["id"] for r in (*refunds, *of_payments, *span_refunds)}
+        order_lines: dict[str, tuple[str | None, int]] = {}
+        if any(line.product is not None for line in lines):
+            rows = await store.order_lines(self._db, order_ids={r["order_id"] for r in (*span_payments, *span_refunds)})
+            for row in rows:
+                sku, units = order_lines.get(row["order_id"], (row["sku"], 0))
+                order_lines[row["order_id"]] = (sku if sku == row["sku"] else None, units + row["quantity"])
+        return lines, _Ours(
+            payments_by_ref={p["provider_ref"]: p for p in by_ref}, payments_by_id={p["id"]: p for p in by_id},
+            refunds_by_ref={r["provider_refund_ref"]: r for r in refunds}, refunds_by_payment=grouped,
+            fees=await store.captured_fees(self._db, payment_ids=payment_ids),
+            refund_fees=await store.refund_fees(self._db, refund_ids=refund_ids),
+            span_payments=span_payments, span_refunds=span_refunds, order_lines=order_lines)
+
+    async def _by_store_order_id(self, channel: str, lines: list[StatementLine], known: set[str],
+                                 span_payments: list[Row], span_refunds: list[Row]) -> list[StatementLine]:
+        """Lines naming a store order id (metadata `<channel>_order_id`) of one of our payments in
+        the span (or of a payment refunded in it), given that payment's id."""
+        payment_of_order = {**{r["order_id"]: r["payment_id"] for r in span_refunds},
+                            **{r["order_id"]: r["id"] for r in span_payments}}
+        key = f"{channel}_order_id"
+        by_store_id: dict[str, str] = {}
+        for row in await store.order_metadata(self._db, order_ids=payment_of_order):
+            store_id = msgspec.json.decode(row["metadata"]).get(key) if row["metadata"] else None
+            if isinstance(store_id, str):
+                by_store_id[store_id] = payment_of_order[row["id"]]
+        return [msgspec.structs.replace(line, payment_id=by_store_id[line.provider_ref])
+                if line.provider_ref not in known and not line.payment_id and line.provider_ref in by_store_id
+                and line.product is None else line for line in lines]
 
     def _store_run(self, tx: Tx, row: dict, items: list[ReconciliationItemView]) -> tuple[ReconciliationRunView, bool]:
         existing = store.run_by_hash_tx(tx, merchant_id=row["merchant_id"], channel=row["channel"],

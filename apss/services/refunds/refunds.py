@@ -324,7 +324,7 @@ class Refunds:
         store.insert_refund(tx, {"id": refund_id, "merchant_id": payment["merchant_id"], "order_id": payment["order_id"],
                                  "payment_id": payment["id"], "amount": left, "currency": payment["currency"],
                                  "status": "pending", "reason": "store_refund", "created_at_ms": self._clock.now_ms()})
-        applied = self.apply_succeeded(tx, refund_id=refund_id, cause=cause, policy="debt")
+        applied = self.apply_succeeded(tx, refund_id=refund_id, cause=cause, policy="debt", fee_returned=True)
         assert applied == "applied", "a new refund row moves once"
         return refund_id
 
@@ -337,7 +337,10 @@ class Refunds:
         return plan
 
     def apply_succeeded(self, tx: Tx, *, refund_id: str, cause: str, kind: str = "refund", policy: str | None = None,
-                        revoke: bool = True) -> str:
+                        revoke: bool = True, fee_returned: bool = False) -> str:
+        """Book a refund the provider made. `fee_returned`: the provider gives back its fee in
+        proportion (the app stores return their commission on a refund), so it leaves the fee
+        expense as the money leaves clearing."""
         refund = store.get_refund_tx(tx, refund_id=refund_id)
         current = RefundStatus(refund["status"])
         if RefundStatus.SUCCEEDED not in REFUND_TRANSITIONS[current]:
@@ -356,7 +359,8 @@ class Refunds:
         elif within:
             self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=refund_id, entries=reversal_entries(
                 merchant_id=order["merchant_id"], channel=payment["channel"], gross=payment["amount"], refunded_before=before,
-                amount=within, currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits))
+                amount=within, currency=payment["currency"], commission_bps=finance.commission_bps, splits=finance.splits,
+                fee_returned=self._ledger.capture_fee(tx, payment_id=payment["id"]) if fee_returned else 0))
         if within < refund["amount"]:  # the provider returned more than was captured: book it as it happened
             self._ledger.post(tx, merchant_id=order["merchant_id"], kind=kind, reference=f"{refund_id}:over",
                               entries=over_refund_entries(merchant_id=order["merchant_id"], channel=payment["channel"],
