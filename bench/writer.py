@@ -108,6 +108,7 @@ def order_transaction(tx: Tx, n: int) -> str:
         "metadata": "{}", "return_url": None, "checkout_token": new_token(), "payment_id": payment_id,
         "expires_at_ms": now_ms + 900_000, "created_at_ms": now_ms,
         "fx": None,  # priced in its own currency: no FX quote (ignored by a schema without orders.fx)
+        "payment_flow": None, "payer_openid": None,  # no mobile flow (channel_options)
     })
     orders.insert_items(tx, [(order_id, 0, PRODUCT_ID, product["sku"], 1, unit_amount, unit_amount, product["grants"])])
     orders.insert_payment(tx, {"id": payment_id, "order_id": order_id, "merchant_id": MERCHANT_ID, "channel": "sandbox",

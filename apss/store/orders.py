@@ -184,12 +184,16 @@ def payment_by_refs(tx: Tx, *, channel: str, refs: list[str]) -> sqlite3.Row | N
     return None
 
 
-def acquire_refs(tx: Tx, *, channel: str, payment_id: str, refs: list[str], now_ms: int) -> list[str]:
+def acquire_refs(tx: Tx, *, channel: str, payment_id: str, refs: list[str], now_ms: int, fresh: bool = False) -> list[str]:
     """Record every id the provider gave this payment; returns the ids another payment holds
-    already (an anomaly the caller reports)."""
+    already (an anomaly the caller reports). `fresh`: the ids of a payment the provider just
+    created, mostly new, so they are inserted first and read only when one is held already (one
+    statement each then); otherwise (a callback names ids the payment mostly holds) read first."""
     clashes = []
     for ref in dict.fromkeys(r for r in refs if r):
-        # Read first: a callback names ids the payment mostly holds already (one statement then).
+        if fresh and tx.execute("INSERT OR IGNORE INTO payment_refs (channel, provider_ref, payment_id, created_at_ms)"
+                                " VALUES (?, ?, ?, ?)", (channel, ref, payment_id, now_ms)).rowcount == 1:
+            continue
         owner = tx.one("SELECT payment_id FROM payment_refs WHERE channel = ? AND provider_ref = ?", (channel, ref))
         if owner is None:
             tx.execute("INSERT INTO payment_refs (channel, provider_ref, payment_id, created_at_ms) VALUES (?, ?, ?, ?)",

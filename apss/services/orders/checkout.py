@@ -439,11 +439,11 @@ class Checkout:
             details = {"next_action": encode(created.next_action).decode() if created.next_action else None}
             if payment["provider_ref"] is None:
                 details["provider_ref"] = created.provider_ref
-            orders.set_payment_details(tx, payment_id=payment["id"], fields=details, now_ms=now_ms)
             # Guarded: a callback or the janitor may have moved the payment while the provider
-            # answered us; then its status stands (never backwards).
-            orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
-                                to_status=created.status.value, now_ms=now_ms)
+            # answered us; then its status stands (never backwards) and only the details are written.
+            if not orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
+                                       to_status=created.status.value, now_ms=now_ms, fields=details):
+                orders.set_payment_details(tx, payment_id=payment["id"], fields=details, now_ms=now_ms)
         elif last.outcome == "failed":  # definitely not created anywhere: the order fails now
             moved = orders.move_payment(tx, payment_id=payment["id"], from_status=PaymentStatus.UNKNOWN.value,
                                         to_status=PaymentStatus.FAILED.value, now_ms=now_ms,

@@ -205,11 +205,14 @@ class PaymentGateway:
                                      outcome=attempt.outcome, error_code=attempt.error_code,
                                      provider_code=attempt.provider_code, now_ms=now_ms)
         self.acquire(tx, channel=attempt.channel, payment_id=payment_id, merchant_id=merchant_id,
-                     refs=[*attempt.refs(), *extra_refs])
+                     refs=[*attempt.refs(), *extra_refs], fresh=isinstance(attempt.value, PaymentCreated))
 
-    def acquire(self, tx: Tx, *, channel: str, payment_id: str, merchant_id: str, refs: list[str]) -> None:
+    def acquire(self, tx: Tx, *, channel: str, payment_id: str, merchant_id: str, refs: list[str],
+                fresh: bool = False) -> None:
+        """`fresh`: the ids of a payment the provider just created (store/orders.py acquire_refs)."""
         now_ms = self._clock.now_ms()
-        for ref in orders.acquire_refs(tx, channel=channel, payment_id=payment_id, refs=refs, now_ms=now_ms):
+        for ref in orders.acquire_refs(tx, channel=channel, payment_id=payment_id, refs=refs, now_ms=now_ms,
+                                       fresh=fresh):
             lifecycle.raise_alert(tx, merchant_id=merchant_id, kind="provider_ref_conflict", severity="critical",
                                   object_id=payment_id, now_ms=now_ms,
                                   message=f"{channel} gave payment {payment_id} an id another payment holds: {ref[:64]}")
