@@ -280,8 +280,9 @@ async def count_created(db: Database, *, merchant_id: str, from_ms: int, to_ms: 
     """Orders created in [from, to) (`orders`), and how many of them are now in one of `statuses`
     (`in_statuses`)."""
     assert statuses
+    marks = ", ".join("?" * len(statuses))
     return await db.fetch_one(
-        f"SELECT count(*) AS orders, coalesce(sum(status IN ({', '.join('?' * len(statuses))})), 0) AS in_statuses"
+        f"SELECT count(*) AS orders, coalesce(sum(CASE WHEN status IN ({marks}) THEN 1 ELSE 0 END), 0) AS in_statuses"
         " FROM orders WHERE merchant_id = ? AND created_at_ms >= ? AND created_at_ms < ?",
         (*statuses, merchant_id, from_ms, to_ms))
 
