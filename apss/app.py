@@ -131,7 +131,7 @@ from apss.services.sandbox.provider import SandboxProvider
 from apss.services.subscriptions.service import Subscriptions, subscription_view_tx
 from apss.services.test_clock import ClockControl
 from apss.store.backup import ServingLock
-from apss.store.db import Database
+from apss.store.db import Database, EventSink
 from apss.store.migrate import apply_migrations
 from apss.store.test_clock import read_start_state
 from apss.web import WEB_HANDLERS
@@ -184,12 +184,26 @@ def _test_clock(config: Config, wall_clock: Clock) -> TestClock | None:
     first start). Refuses a database that holds a live merchant."""
     if config.clock.mode == "system":
         return None
-    state = read_start_state(config.database.path)
+    state = read_start_state(config.database.target)
     if state.live_merchants:
         raise LiveMerchantsInTestMode(
-            f"database {config.database.path} holds {state.live_merchants} live merchant(s): clock.mode = \"test\" "
+            f"database {config.database.display} holds {state.live_merchants} live merchant(s): clock.mode = \"test\" "
             "is for development databases only (use another database.path, or clock.mode = \"system\")")
     return TestClock(state.stored_now_ms if state.stored_now_ms is not None else wall_clock.now_ms())
+
+
+def _database(config: Config, *, event_sink: EventSink) -> Database:
+    """SQLite at database.path (one writer thread, group commit), or PostgreSQL at database.url
+    (store/pg_db.py, the same interface)."""
+    database = config.database
+    if database.postgresql:  # the `postgres` extra: only a PostgreSQL setup needs psycopg
+        from apss.store.pg_db import PgDatabase
+
+        return PgDatabase(database.url, read_connections_max=database.read_connections_max, event_sink=event_sink)
+    return Database(database.path, synchronous=database.synchronous, write_batch_max=database.write_batch_max,
+                    write_queue_max=database.write_queue_max, read_connections_max=database.read_connections_max,
+                    busy_timeout_ms=database.busy_timeout_ms, page_count_max=database.page_count_max,
+                    event_sink=event_sink)
 
 
 def _build_services(config: Config, wall_clock: Clock) -> Services:
@@ -199,11 +213,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     # The writer's event sink writes merchant webhook events in the transaction of each change.
     events = WebhookEvents(clock=clock, wake=lambda: scheduler.poke("webhooks"))
     outbox = Outbox(events=events, public_url=config.public_url)
-    db = Database(config.database.path, synchronous=config.database.synchronous,
-                  write_batch_max=config.database.write_batch_max, write_queue_max=config.database.write_queue_max,
-                  read_connections_max=config.database.read_connections_max,
-                  busy_timeout_ms=config.database.busy_timeout_ms, page_count_max=config.database.page_count_max,
-                  event_sink=outbox.sink)
+    db = _database(config, event_sink=outbox.sink)
     keyring = load_keyring(config)
     personal, personal_keys_path = load_personal_data(config)
     throttle = AdminThrottle(failures_max=config.admin.auth_failures_max, window_ms=config.admin.auth_window_s * 1000,
@@ -325,21 +335,23 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     stored test clock, and refuses (LiveMerchantsInTestMode) a database holding a live merchant."""
     if not __debug__:  # `python -O` strips assertions, and invariants live in them
         raise RuntimeError("APSS refuses to run under python -O: its invariants are assertions")
-    if config.database.postgresql:  # never a silent SQLite beside the database that was asked for
-        raise ConfigInvalid("config key database.url: the server does not run on PostgreSQL yet (`apss migrate` "
-                            "does; docs/postgresql.md says what runs there today)")
+    if config.database.postgresql and config.backup.dir:  # SQLite's backup API copies a file
+        raise ConfigInvalid("config key backup.dir: scheduled backups copy a SQLite file; on PostgreSQL back the "
+                            "database up with its own tools (pg_dump, or the provider's snapshots): leave backup.dir "
+                            "empty")
     svc = _build_services(config, clock or SystemClock())
 
     serving: list[ServingLock] = []
 
     async def start(app: Litestar) -> None:
-        # Held while serving: `apss restore` refuses while any server holds it (store/backup.py).
-        lock = ServingLock.shared(config.database.path)
-        if lock is None:
-            raise RuntimeError(f"a restore is replacing {config.database.path}: start the server once it is done")
-        serving.append(lock)
-        apply_migrations(config.database.path)
-        if config.database.synchronous != "FULL":
+        if not config.database.postgresql:
+            # Held while serving: `apss restore` refuses while any server holds it (store/backup.py).
+            lock = ServingLock.shared(config.database.path)
+            if lock is None:
+                raise RuntimeError(f"a restore is replacing {config.database.path}: start the server once it is done")
+            serving.append(lock)
+        apply_migrations(config.database.target)
+        if config.database.synchronous != "FULL" and not config.database.postgresql:
             log.warning("database.synchronous=%s: a write acknowledged just before a power loss may be lost",
                         config.database.synchronous)
         await svc.db.start()

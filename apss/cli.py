@@ -53,11 +53,22 @@ def _migrate(config: Config) -> None:
         before, after = apply_migrations(config.database.target, progress=progress)
     except SchemaTooNew as exc:
         _fail(str(exc))
-    except Exception as exc:  # PostgreSQL unreachable, refused, ...: psycopg's first line, without the URL
-        if not config.database.postgresql or type(exc).__module__.split(".")[0] != "psycopg":
-            raise
-        _fail(f"database {config.database.display}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    except Exception as exc:  # PostgreSQL unreachable, refused, ...
+        _psycopg_fail(config, exc)
     print(f"database {config.database.display}: schema version {before} -> {after}", flush=True)
+
+
+def _psycopg_fail(config: Config, exc: Exception) -> NoReturn:
+    """psycopg's first line, without the URL (which may hold a password); anything else is a bug."""
+    if not config.database.postgresql or type(exc).__module__.split(".")[0] != "psycopg":
+        raise exc
+    _fail(f"database {config.database.display}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def _refuse_on_postgresql(config: Config, command: str) -> None:
+    if config.database.postgresql:
+        _fail(f"apss {command} copies a SQLite file (its online backup API); database.url selects PostgreSQL: "
+              "back it up with PostgreSQL's own tools (pg_dump, pg_basebackup, or the provider's snapshots)")
 
 
 def _serve(config: Config, *, print_secrets: bool) -> None:
@@ -123,7 +134,12 @@ def _ledger_check(config: Config) -> None:
     from apss.store.db import Database
 
     async def check() -> bool:
-        db = Database(config.database.path, read_connections_max=1)
+        if config.database.postgresql:
+            from apss.store.pg_db import PgDatabase  # the `postgres` extra
+
+            db = PgDatabase(config.database.url, write_connections_max=1, read_connections_max=1)
+        else:
+            db = Database(config.database.path, read_connections_max=1)
         await db.start()
         try:
             result = await Ledger(db=db, clock=None, config=config.finance).check(
@@ -137,11 +153,13 @@ def _ledger_check(config: Config) -> None:
     from apss.store.migrate import schema_versions
 
     try:  # a check reads; it never creates or migrates the database it is asked about
-        current, latest = schema_versions(config.database.path)
+        current, latest = schema_versions(config.database.target)
     except FileNotFoundError:
         _fail(f"no database at {config.database.path}: nothing to check")
+    except Exception as exc:  # PostgreSQL unreachable, refused, ...
+        _psycopg_fail(config, exc)
     if current != latest:
-        _fail(f"database {config.database.path} has schema version {current}, this APSS {latest}: "
+        _fail(f"database {config.database.display} has schema version {current}, this APSS {latest}: "
               f"run `apss migrate` first (or use the APSS that wrote it)")
     if not asyncio.run(check()):
         raise SystemExit(1)
@@ -161,6 +179,7 @@ def _backup(config: Config, target: str, key_target: str | None) -> None:
         take_backup,
     )
 
+    _refuse_on_postgresql(config, "backup")
     try:  # SQLite's online backup API: safe while a server writes to the file (WAL)
         checked = asyncio.run(take_backup(source=config.database.path, target=target, config=config))
         written = copy_key(config, backup=target, key_target=key_target) if key_target is not None else []
@@ -180,6 +199,7 @@ def _restore(config: Config, source: str, key_source: str | None) -> None:
 
     from apss.services.backups.backups import BackupRefused, restore
 
+    _refuse_on_postgresql(config, "restore")
     try:
         checked = asyncio.run(restore(backup=source, config=config, key_source=key_source))
     except BackupRefused as exc:

@@ -1,6 +1,13 @@
 """Shared fixtures: a real APSS server (uvicorn, real SQLite file, real HTTP) on a free port,
 driven by a TestClock that tests move by hand. One server is shared by the tests that do not
-need their own; every test makes its own merchant, so they cannot see each other's data."""
+need their own; every test makes its own merchant, so they cannot see each other's data.
+
+Both backends: a test marked `both_backends` runs twice, as `[sqlite]` and as `[postgresql]`
+(the `backend` fixture; `server` and `merchant` follow it; a test that starts its own server
+gives it `database_env(backend)`). TEST_ALL_BACKENDS=1 runs every test that uses the shared
+server on both (a survey of what does not run on PostgreSQL yet). The PostgreSQL pass runs on one throwaway server for the
+session (tests/postgres/server.py); without a PostgreSQL server installed locally its tests skip
+with one line, and with REQUIRE_POSTGRESQL=1 (CI) a missing server fails."""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ from apss.app import create_app
 from apss.clock import TestClock
 from apss.config import load_config
 from apss.services.container import Services
+from tests.postgres.server import PostgresServer, server_binaries
 
 ADMIN_TOKEN = "adm_test_token_0123456789abcdef_0123456789"  # 32+ characters: no warning
 
@@ -234,11 +242,71 @@ def wait_for(predicate, *, timeout_s: float = 10.0, interval_s: float = 0.02):
         time.sleep(interval_s)
 
 
+# -- the backends -------------------------------------------------------------------------------------
+BACKENDS = ("sqlite", "postgresql")
+NO_POSTGRESQL = "no PostgreSQL server installed locally (apt-get install postgresql): the PostgreSQL pass is skipped"
+
+
+def pytest_generate_tests(metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("both_backends") or os.environ.get("TEST_ALL_BACKENDS") == "1"
+    if marked and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
+def pg_server() -> Iterator[PostgresServer]:
+    binaries = server_binaries()
+    if binaries is None:
+        if os.environ.get("REQUIRE_POSTGRESQL") == "1":
+            pytest.fail("REQUIRE_POSTGRESQL=1 but no PostgreSQL server binary is installed")
+        pytest.skip(NO_POSTGRESQL)
+    running = PostgresServer(binaries)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def backend(request) -> str:
+    """"sqlite", or the backend a `both_backends` test runs on."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def database_env(request) -> Callable[[str], dict[str, str]]:
+    """The environment of a server on a new database of `backend`: none on SQLite (the server's
+    db_path is its file), APSS_DATABASE_URL of a new PostgreSQL database (db_path still holds the
+    key files beside it)."""
+
+    def env(backend: str) -> dict[str, str]:
+        if backend == "sqlite":
+            return {}
+        return {"APSS_DATABASE_URL": request.getfixturevalue("pg_server").create_database()}
+
+    return env
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory) -> Iterator[RunningServer]:
     running = RunningServer(db_path=tmp_path_factory.mktemp("shared") / "apss.sqlite", clock=TestClock()).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgresql_server(tmp_path_factory, database_env) -> Iterator[RunningServer]:
+    running = RunningServer(db_path=tmp_path_factory.mktemp("shared-pg") / "apss.sqlite", clock=TestClock(),
+                            env=database_env("postgresql")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(backend: str, request) -> RunningServer:
+    """The session's shared server on the test's backend."""
+    return request.getfixturevalue(f"{backend}_server")
 
 
 @pytest.fixture

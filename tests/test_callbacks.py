@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
 from apss.domain.payments import CallbackKind
 from apss.ids import new_id
+
+pytestmark = pytest.mark.both_backends
 
 
 def _gems_order(merchant, client, *, player_id="gem-player", stock=None):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytestmark = pytest.mark.both_backends
+
 
 def test_a_business_refusal_is_stored_and_replayed(merchant):
     with merchant.client() as client:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
 from apss.domain.payments import CallbackKind
@@ -17,6 +18,7 @@ from apss.store.migrate import apply_migrations
 from tests.conftest import ADMIN_TOKEN, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.both_backends
 
 
 def _paid_order(merchant, client, *, product, player_id, quantity=1, metadata=None):

@@ -11,6 +11,8 @@ import pytest
 from apss.clock import format_rfc3339
 from tests.conftest import assert_error, unique_sku, wait_for
 
+pytestmark = pytest.mark.both_backends
+
 DAY_MS = 86_400_000
 
 

@@ -2,7 +2,8 @@
 the merchant's time zone, T+N, catch-up after a downtime, idempotent reruns, minimum payout
 carried forward, the rolling reserve, payouts posted to the ledger, CSV, isolation.
 
-Every test starts its own server with a TestClock at a known instant (cut-offs depend on it).
+Every test starts its own server with a TestClock at a known instant (cut-offs depend on it), on
+SQLite and on PostgreSQL (`both_backends`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.conftest import Merchant, RunningServer, wait_for
 JOB = "settlement"
 # sandbox card fees: 2.9% + 30; default commission 30%. A 1000 USD payment: fee 59, commission 300, net 700.
 PRICE = 1000
+pytestmark = pytest.mark.both_backends
 
 
 class Settling:
@@ -68,8 +70,8 @@ class Settling:
         self.on_loop(cancel)
 
 
-def _start(db_path, clock: TestClock) -> Settling:
-    server = RunningServer(db_path=db_path, clock=clock)
+def _start(db_path, clock: TestClock, env: dict[str, str]) -> Settling:
+    server = RunningServer(db_path=db_path, clock=clock, env=env)
     loops: list[asyncio.AbstractEventLoop] = []
 
     async def capture_loop(app) -> None:
@@ -82,11 +84,13 @@ def _start(db_path, clock: TestClock) -> Settling:
 
 
 @pytest.fixture
-def start(tmp_path) -> Iterator[Callable[..., Settling]]:
+def start(tmp_path, backend, database_env) -> Iterator[Callable[..., Settling]]:
     started: list[Settling] = []
+    databases: dict[str, dict[str, str]] = {}  # db_name -> its server's environment: a restart finds it again
 
     def make(at: str | None = None, *, clock: TestClock | None = None, db_name: str = "apss.sqlite") -> Settling:
-        running = _start(tmp_path / db_name, clock or TestClock(parse_rfc3339(at)))
+        env = databases.setdefault(db_name, database_env(backend))
+        running = _start(tmp_path / db_name, clock or TestClock(parse_rfc3339(at)), env)
         started.append(running)
         return running
 

@@ -1,6 +1,10 @@
 """A game server sells an item, the player pays in the sandbox, the item is in the inventory."""
 
+import pytest
+
 from tests.conftest import wait_for
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_item_is_delivered_after_sandbox_payment(merchant):

@@ -23,7 +23,7 @@ async def list_alerts(db: Database, *, merchant_id: str, after_id: str | None, l
                       resolved: bool | None, kind: str | None) -> list[sqlite3.Row]:
     return await db.fetch_all(
         "SELECT * FROM alerts WHERE merchant_id = ? AND (? IS NULL OR id < ?)"
-        " AND (? IS NULL OR (resolved_at_ms IS NOT NULL) = ?) AND (? IS NULL OR kind = ?) ORDER BY id DESC LIMIT ?",
+        " AND (? IS NULL OR (CASE WHEN resolved_at_ms IS NULL THEN 0 ELSE 1 END) = ?) AND (? IS NULL OR kind = ?) ORDER BY id DESC LIMIT ?",
         (merchant_id, after_id, after_id, resolved, resolved, kind, kind, limit),
     )
 

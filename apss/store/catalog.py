@@ -144,10 +144,15 @@ def take_free(tx: Tx, *, product_id: str, quantity: int) -> bool:
     return cursor.rowcount == 1
 
 
+# The grants column is a JSON array (text): each engine's own functions walk it.
+_GRANTS_CURRENCY = {
+    "sqlite": "SELECT 1 FROM products p, json_each(p.grants) g WHERE p.merchant_id = ?"
+    " AND json_extract(g.value, '$.type') = 'currency' AND json_extract(g.value, '$.currency') = ? LIMIT 1",
+    "postgresql": "SELECT 1 FROM products p, jsonb_array_elements(p.grants::jsonb) AS g(value) WHERE p.merchant_id = ?"
+    " AND g.value ->> 'type' = 'currency' AND g.value ->> 'currency' = ? LIMIT 1",
+}
+
+
 def virtual_currency_granted(tx: Tx, *, merchant_id: str, code: str) -> bool:
     """Does any product of the merchant grant virtual currency `code`?"""
-    return tx.one(
-        "SELECT 1 FROM products p, json_each(p.grants) g WHERE p.merchant_id = ?"
-        " AND json_extract(g.value, '$.type') = 'currency' AND json_extract(g.value, '$.currency') = ? LIMIT 1",
-        (merchant_id, code),
-    ) is not None
+    return tx.one(_GRANTS_CURRENCY[tx.dialect], (merchant_id, code)) is not None

@@ -74,7 +74,7 @@ async def list_disputes(db: Database, *, merchant_id: str, after_id: str | None,
 def move_dispute(tx: Tx, *, dispute_id: str, from_status: str, to_status: str, now_ms: int, closed: bool) -> bool:
     """A guarded move: False when the dispute is no longer in `from_status` (stale)."""
     cursor = tx.execute(
-        "UPDATE disputes SET status = ?, updated_at_ms = ?, closed_at_ms = CASE WHEN ? THEN ? ELSE closed_at_ms END"
+        "UPDATE disputes SET status = ?, updated_at_ms = ?, closed_at_ms = CASE WHEN ? = 1 THEN ? ELSE closed_at_ms END"
         " WHERE id = ? AND status = ?", (to_status, now_ms, closed, now_ms, dispute_id, from_status))
     assert cursor.rowcount <= 1
     return cursor.rowcount == 1

@@ -127,9 +127,17 @@ def _apply_postgresql(url: str, directory: Path,
 
 def schema_versions(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, int]:
     """(the database's schema version, the newest this APSS knows), read only: nothing is created
-    or migrated (`apss ledger check`). A file that does not exist is FileNotFoundError."""
+    or migrated (`apss ledger check`). A file that does not exist is FileNotFoundError; `path` may
+    be a PostgreSQL URL."""
     migrations = known_migrations(directory)
     latest = migrations[-1][0] if migrations else 0
+    if is_postgresql(path):
+        import psycopg  # the `postgres` extra: only a PostgreSQL setup needs it
+
+        with psycopg.connect(path, autocommit=True) as conn:
+            has_table = conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is not None
+            current = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0 if has_table else 0
+        return current, latest
     if not Path(path).exists():
         raise FileNotFoundError(path)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

@@ -46,15 +46,26 @@ __all__ = [
 ]
 
 # One query renders an order with its items and payment, for the writer and the readers alike.
-_ORDER_VIEW_SELECT = (
+# The item and promotion lists are JSON arrays (text): SQLite's json_group_array over an ordered
+# subquery; PostgreSQL's json_agg ordered inside the aggregate (and '[]' for none, as SQLite's).
+_ORDER_VIEW_HEAD = (
     "SELECT o.*, p.channel AS p_channel, p.status AS p_status, p.next_action AS p_next_action,"
     " p.failure_code AS p_failure_code,"
-    " (SELECT json_group_array(json_array(i.product_id, i.sku, i.quantity, i.unit_amount, i.amount))"
+)
+_ORDER_VIEW_SELECT = {
+    "sqlite": _ORDER_VIEW_HEAD
+    + " (SELECT json_group_array(json_array(i.product_id, i.sku, i.quantity, i.unit_amount, i.amount))"
     "  FROM (SELECT * FROM order_items WHERE order_id = o.id ORDER BY line) AS i) AS items_json,"
     " (SELECT json_group_array(op.promotion_id) FROM (SELECT promotion_id FROM order_promotions"
     "  WHERE order_id = o.id ORDER BY position) AS op) AS promotions_json"
-    " FROM orders o LEFT JOIN payments p ON p.id = o.payment_id"
-)
+    " FROM orders o LEFT JOIN payments p ON p.id = o.payment_id",
+    "postgresql": _ORDER_VIEW_HEAD
+    + " (SELECT coalesce(json_agg(json_build_array(i.product_id, i.sku, i.quantity, i.unit_amount, i.amount)"
+    "  ORDER BY i.line), '[]')::text FROM order_items i WHERE i.order_id = o.id) AS items_json,"
+    " (SELECT coalesce(json_agg(op.promotion_id ORDER BY op.position), '[]')::text FROM order_promotions op"
+    "  WHERE op.order_id = o.id) AS promotions_json"
+    " FROM orders o LEFT JOIN payments p ON p.id = o.payment_id",
+}
 
 
 def insert_order(tx: Tx, row: dict) -> None:
@@ -244,15 +255,15 @@ def set_provider_event_result(tx: Tx, *, merchant_id: str, channel: str, event_i
 
 
 def get_order_view_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:
-    return tx.one(f"{_ORDER_VIEW_SELECT} WHERE o.id = ?", (order_id,))
+    return tx.one(f"{_ORDER_VIEW_SELECT[tx.dialect]} WHERE o.id = ?", (order_id,))
 
 
 async def get_order_view(db: Database, *, merchant_id: str, order_id: str) -> sqlite3.Row | None:
-    return await db.fetch_one(f"{_ORDER_VIEW_SELECT} WHERE o.id = ? AND o.merchant_id = ?", (order_id, merchant_id))
+    return await db.fetch_one(f"{_ORDER_VIEW_SELECT[db.dialect]} WHERE o.id = ? AND o.merchant_id = ?", (order_id, merchant_id))
 
 
 async def get_order_view_by_token(db: Database, *, checkout_token: str) -> sqlite3.Row | None:
-    return await db.fetch_one(f"{_ORDER_VIEW_SELECT} WHERE o.checkout_token = ?", (checkout_token,))
+    return await db.fetch_one(f"{_ORDER_VIEW_SELECT[db.dialect]} WHERE o.checkout_token = ?", (checkout_token,))
 
 
 async def list_order_views(
@@ -265,7 +276,7 @@ async def list_order_views(
         if value is not None:
             where.append(condition)
             params.append(value)
-    return await db.fetch_all(f"{_ORDER_VIEW_SELECT} WHERE {' AND '.join(where)} ORDER BY o.id DESC LIMIT ?",
+    return await db.fetch_all(f"{_ORDER_VIEW_SELECT[db.dialect]} WHERE {' AND '.join(where)} ORDER BY o.id DESC LIMIT ?",
                               (*params, limit))
 
 
@@ -273,8 +284,9 @@ async def count_created(db: Database, *, merchant_id: str, from_ms: int, to_ms: 
     """Orders created in [from, to) (`orders`), and how many of them are now in one of `statuses`
     (`in_statuses`)."""
     assert statuses
+    marks = ", ".join("?" * len(statuses))
     return await db.fetch_one(
-        f"SELECT count(*) AS orders, coalesce(sum(status IN ({', '.join('?' * len(statuses))})), 0) AS in_statuses"
+        f"SELECT count(*) AS orders, coalesce(sum(CASE WHEN status IN ({marks}) THEN 1 ELSE 0 END), 0) AS in_statuses"
         " FROM orders WHERE merchant_id = ? AND created_at_ms >= ? AND created_at_ms < ?",
         (*statuses, merchant_id, from_ms, to_ms))
 

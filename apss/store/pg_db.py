@@ -62,7 +62,7 @@ _CAUSE_DEPTH_MAX = 8
 
 
 # -- SQL ----------------------------------------------------------------------------------------------
-_TOKEN_RE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|:[A-Za-z_]\w*|[A-Za-z_]\w*|\s+|.", re.DOTALL)
+_TOKEN_RE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?\d+|:[A-Za-z_]\w*|[A-Za-z_]\w*|\s+|.", re.DOTALL)
 _SCALAR = {"max": "greatest", "min": "least"}
 _INSERT_OR_IGNORE_RE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\b", re.IGNORECASE)
 _WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -92,10 +92,8 @@ def to_postgresql(sql: str) -> str:
     out: list[str] = []
     for i, token in enumerate(tokens):
         lower = token.lower()
-        if token == "?":
-            out.append("%s")
-        elif token.startswith(":") and len(token) > 1 and (not out or out[-1] != ":"):
-            out.append(f"%({token[1:]})s")
+        if token == "?" or token[0] == "?" or (token[0] == ":" and len(token) > 1 and (not out or out[-1] != ":")):
+            out.append(_placeholder(token, _tested_for_null(tokens, i)))
         elif token.startswith("'"):
             out.append(token.replace("%", "%%"))
         elif token == "%":
@@ -117,6 +115,18 @@ def to_postgresql(sql: str) -> str:
         head, sep, returning = text.partition(" RETURNING ")
         text = f"{head} ON CONFLICT DO NOTHING{sep}{returning}"
     return text
+
+
+def _placeholder(token: str, typed: bool) -> str:
+    """`?`, SQLite's numbered `?NNN` (a named parameter, see _params) or `:name`, for psycopg. A
+    parameter only tested for NULL (`? IS NULL OR ...`) has no type PostgreSQL can infer: text it is."""
+    name = "%s" if token == "?" else f"%(_{token[1:]})s" if token[0] == "?" else f"%({token[1:]})s"
+    return f"CAST({name} AS text)" if typed else name
+
+
+def _tested_for_null(tokens: list[str], i: int) -> bool:
+    words = [t.lower() for t in tokens[i + 1:i + 8] if not t.isspace()][:3]
+    return words[:2] == ["is", "null"] or words == ["is", "not", "null"]
 
 
 def _last_word_index(out: list[str]) -> int:
@@ -174,11 +184,18 @@ def _row_factory(cursor: Any) -> Callable[[tuple], PgRow]:
     return lambda values: PgRow(names, tuple(_value(v) for v in values))
 
 
-def _params(params: tuple | dict | list) -> tuple | dict:
-    """SQLite stores a bool as 1 or 0, and the columns that hold one are integers."""
+@functools.lru_cache(maxsize=4096)
+def _numbered(text: str) -> bool:
+    return "%(_" in text
+
+
+def _params(text: str, params: tuple | dict | list) -> tuple | dict:
+    """The parameters of the translated statement `text`: `?NNN`'s values by name (`_NNN`); a bool
+    as 1 or 0, as SQLite stores one (the columns that hold one are integers)."""
     if isinstance(params, dict):
         return {k: int(v) if isinstance(v, bool) else v for k, v in params.items()}
-    return tuple(int(v) if isinstance(v, bool) else v for v in params)
+    values = tuple(int(v) if isinstance(v, bool) else v for v in params)
+    return {f"_{i}": v for i, v in enumerate(values, 1)} if _numbered(text) else values
 
 
 # -- the transaction handle ---------------------------------------------------------------------------
@@ -194,7 +211,8 @@ class PgTx(Tx):
 
     def _run(self, sql: str, params: tuple | dict) -> psycopg.Cursor:
         _refuse_transaction_control(sql)
-        cursor = self._conn.execute(to_postgresql(sql), _params(params))
+        text = to_postgresql(sql)
+        cursor = self._conn.execute(text, _params(text, params))
         if sql.lstrip()[:6].upper() in _WRITES:
             self._changed += max(cursor.rowcount, 0)
         return cursor
@@ -205,7 +223,8 @@ class PgTx(Tx):
     def executemany(self, sql: str, rows: list) -> psycopg.Cursor:  # type: ignore[override]
         _refuse_transaction_control(sql)
         cursor = self._conn.cursor()
-        cursor.executemany(to_postgresql(sql), [_params(r) for r in rows])
+        text = to_postgresql(sql)
+        cursor.executemany(text, [_params(text, r) for r in rows])
         self._changed += max(cursor.rowcount, 0)
         return cursor
 
@@ -308,7 +327,8 @@ class PgDatabase:
         assert self._readers is not None, "database not started"
         try:
             async with self._readers.connection() as conn:
-                cursor = await conn.execute(to_postgresql(sql), _params(params))
+                text = to_postgresql(sql)
+                cursor = await conn.execute(text, _params(text, params))
                 return await cursor.fetchall()
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailable(f"the database cannot be read: {type(exc).__name__}") from exc

@@ -54,7 +54,7 @@ class PlayerColumn:
     table: str
     column: str = "player_id"
     scope: str = "merchant_id = ?"          # selects the merchant's rows (one `?`)
-    key: str = "rowid"                      # unique per row: chunks of the erasure take rows by it
+    key: str = "rowid"                      # unique per row: chunks of the erasure take rows by it (PostgreSQL: ctid)
     clear: dict[str, str] = field(default_factory=dict)   # column -> SQL value on erasure
     rewrite: tuple[str, ...] = ()           # text columns: the id replaced by the pseudonym inside
     export: bool = True
@@ -84,6 +84,7 @@ class PlayerBlob:
     key_text: str | None = None             # a text column (idempotency key) that may hold the id
     request_hash: str | None = None         # set to ERASED_REQUEST_HASH when the row was the player's
     export_as: str | None = None            # exported under this name (None: not exported)
+    binary: bool = False                    # a BLOB column (BYTEA on PostgreSQL), else TEXT
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,11 @@ CLEARED: tuple[ClearedColumns, ...] = (
 
 PLAYER_BLOBS: tuple[PlayerBlob, ...] = (
     PlayerBlob("risk_decisions", "attributes", cursor="seq", export_as="risk_decisions"),
-    PlayerBlob("webhook_events", "payload", cursor="id", export_as="webhook_events"),
-    PlayerBlob("idempotency_keys", "response_body", cursor="key", key_text="key", request_hash="request_hash"),
+    PlayerBlob("webhook_events", "payload", cursor="id", export_as="webhook_events", binary=True),
+    PlayerBlob("idempotency_keys", "response_body", cursor="key", key_text="key", request_hash="request_hash",
+               binary=True),
     PlayerBlob("deliveries", "payload", cursor="id"),
-    PlayerBlob("sandbox_callbacks", "body", cursor="seq"),
+    PlayerBlob("sandbox_callbacks", "body", cursor="seq", binary=True),
 )
 
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
@@ -192,10 +194,25 @@ async def linked_rows(db: Database, entry: LinkedTable, *, merchant_id: str, pla
     return [_row_dict(r) for r in rows]
 
 
+def _holds(entry: PlayerBlob, dialect: str) -> str:
+    """The condition "the blob holds the needle `?`", byte for byte: SQLite compares both as BLOBs;
+    PostgreSQL looks for the needle's UTF-8 bytes in a BYTEA column, for the text in a TEXT one."""
+    if dialect == "sqlite":
+        return f"instr(CAST({entry.column} AS BLOB), CAST(? AS BLOB)) > 0"
+    if entry.binary:
+        return f"position(convert_to(?, 'UTF8') IN {entry.column}) > 0"
+    return f"strpos({entry.column}, ?) > 0"
+
+
+def _key(entry: PlayerColumn, dialect: str) -> str:
+    """SQLite's rowid is PostgreSQL's ctid: the row's own address, unique, in any table."""
+    return "ctid" if entry.key == "rowid" and dialect == "postgresql" else entry.key
+
+
 async def blob_rows(db: Database, entry: PlayerBlob, *, merchant_id: str, needle: str,
                     limit: int) -> list[dict[str, Any]]:
     rows = await db.fetch_all(
-        f"SELECT * FROM {entry.table} WHERE {entry.scope} AND instr(CAST({entry.column} AS BLOB), CAST(? AS BLOB)) > 0"
+        f"SELECT * FROM {entry.table} WHERE {entry.scope} AND {_holds(entry, db.dialect)}"
         f" ORDER BY {entry.cursor} LIMIT ?", (merchant_id, needle, limit))
     return [_row_dict(r) for r in rows]
 
@@ -205,7 +222,8 @@ def erase_player_chunk_tx(tx: Tx, entry: PlayerColumn, *, merchant_id: str, play
                           limit: int) -> int:
     """Rename up to `limit` of the player's rows in one table; returns how many."""
     assert player_id != pseudonym and limit >= 1
-    chosen = (f"{entry.key} IN (SELECT {entry.key.strip('()')} FROM {entry.table} WHERE {entry.scope}"
+    key = _key(entry, tx.dialect)
+    chosen = (f"{key} IN (SELECT {key.strip('()')} FROM {entry.table} WHERE {entry.scope}"
               f" AND {entry.column} = ? LIMIT ?)")
     if entry.delete:
         return tx.execute(f"DELETE FROM {entry.table} WHERE {chosen}", (merchant_id, player_id, limit)).rowcount
@@ -237,7 +255,7 @@ def clear_linked_chunk_tx(tx: Tx, entry: ClearedColumns, *, limit: int, player: 
 def candidate_blobs_tx(tx: Tx, entry: PlayerBlob, *, merchant_id: str, needle: str, after: Any,
                        limit: int) -> list[sqlite3.Row]:
     """The merchant's rows (after `after`, cursor order) whose blob or key text holds the needle."""
-    condition = f"instr(CAST({entry.column} AS BLOB), CAST(? AS BLOB)) > 0"
+    condition = _holds(entry, tx.dialect)
     params: list[Any] = [merchant_id, after, needle]
     select = f"SELECT {entry.cursor} AS _c, {entry.column} AS _v"
     if entry.key_text:
@@ -255,10 +273,14 @@ def update_blob_tx(tx: Tx, entry: PlayerBlob, *, merchant_id: str, cursor_value:
     if entry.request_hash and erased_hash:
         sets.append(f"{entry.request_hash} = ?")
         params.append(ERASED_REQUEST_HASH)
+    replace = "OR REPLACE " if tx.dialect == "sqlite" else ""
     if entry.key_text and key_text is not None:
         sets.append(f"{entry.key_text} = ?")
         params.append(key_text)
-    tx.execute(f"UPDATE OR REPLACE {entry.table} SET {', '.join(sets)} WHERE {entry.scope} AND {entry.cursor} = ?",
+        if not replace:  # no UPDATE OR REPLACE on PostgreSQL: the row the new key names goes first
+            tx.execute(f"DELETE FROM {entry.table} WHERE {entry.scope} AND {entry.key_text} = ? AND {entry.cursor} <> ?",
+                       (merchant_id, key_text, cursor_value))
+    tx.execute(f"UPDATE {replace}{entry.table} SET {', '.join(sets)} WHERE {entry.scope} AND {entry.cursor} = ?",
                (*params, merchant_id, cursor_value))
 
 

@@ -135,16 +135,18 @@ def add_distinct(tx: Tx, *, merchant_id: str, members: list[tuple[str, str, str]
                    " VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
-def _window_sql(table: str, value: str, keys: int) -> str:
+def _window_sql(table: str, value: str, keys: int, dialect: str) -> str:
     # Minute buckets give the last hour; hour buckets the last day and week (to the hour). All the
     # (dimension, key) pairs of one order in one statement, each an index range on the primary key.
-    # The pairs are a VALUES table joined on the primary key's prefix: one index seek per pair.
+    # The pairs are a VALUES table joined on the primary key's prefix: one index seek per pair
+    # (SQLite's CROSS JOIN keeps that order; PostgreSQL's planner needs no hint and takes no ON there).
+    join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
     pairs = ", ".join(f"(?{5 + 2 * i}, ?{6 + 2 * i})" for i in range(keys))
     return (f"SELECT c.dimension, c.key, "
             f"{value.format(cond='c.grain_s = 60 AND c.bucket >= ?1')} AS h1, "
             f"{value.format(cond='c.grain_s = 3600 AND c.bucket >= ?2')} AS d1, "
             f"{value.format(cond='c.grain_s = 3600 AND c.bucket >= ?3')} AS w1 "
-            f"FROM (VALUES {pairs}) AS k CROSS JOIN {table} AS c ON c.merchant_id = ?4 AND c.dimension = k.column1"
+            f"FROM (VALUES {pairs}) AS k {join} {table} AS c ON c.merchant_id = ?4 AND c.dimension = k.column1"
             f" AND c.key = k.column2 AND ((c.grain_s = 60 AND c.bucket >= ?1) OR (c.grain_s = 3600 AND c.bucket >= ?3))"
             f" GROUP BY c.dimension, c.key")
 
@@ -154,8 +156,8 @@ _DISTINCT = "count(DISTINCT CASE WHEN {cond} THEN c.member END)"
 
 
 @functools.lru_cache(maxsize=64)
-def _window_statement(table: str, keys: int) -> str:
-    return _window_sql(table, _SUM if table == "risk_counters" else _DISTINCT, keys)
+def _window_statement(table: str, keys: int, dialect: str) -> str:
+    return _window_sql(table, _SUM if table == "risk_counters" else _DISTINCT, keys, dialect)
 
 
 def _windows(now_s: int) -> tuple[int, int, int]:
@@ -170,7 +172,7 @@ def _window_counts_tx(tx: Tx, table: str, *, merchant_id: str, keys: list[tuple[
         return out
     unique = list(dict.fromkeys(keys))
     params = (*_windows(now_s), merchant_id, *(part for pair in unique for part in pair))
-    for row in tx.all(_window_statement(table, len(unique)), params):
+    for row in tx.all(_window_statement(table, len(unique), tx.dialect), params):
         out[(row["dimension"], row["key"])] = (row["h1"], row["d1"], row["w1"])
     return out
 

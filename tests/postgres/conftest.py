@@ -1,32 +1,11 @@
-"""The PostgreSQL pass: one throwaway server for the session (tests/postgres/server.py), a fresh
-database per test. Without a PostgreSQL server installed locally these tests skip with one line;
-CI installs Debian's postgresql and sets REQUIRE_POSTGRESQL=1, and then a missing server fails."""
+"""The PostgreSQL pass of the store: a fresh database per test on the session's throwaway server
+(the `pg_server` fixture of tests/conftest.py, which the HTTP tests marked for both backends share)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
-from tests.postgres.server import PostgresServer, server_binaries
-
-NO_SERVER = "no PostgreSQL server installed locally (apt-get install postgresql): the PostgreSQL pass is skipped"
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    binaries = server_binaries()
-    if binaries is None:
-        if os.environ.get("REQUIRE_POSTGRESQL") == "1":
-            pytest.fail("REQUIRE_POSTGRESQL=1 but no PostgreSQL server binary is installed")
-        pytest.skip(NO_SERVER)
-    server = PostgresServer(binaries)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.postgres.server import PostgresServer
 
 
 @pytest.fixture

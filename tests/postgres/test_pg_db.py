@@ -126,3 +126,5 @@ def test_statements_are_translated_from_the_store_dialect():
         "UPDATE m SET e = greatest(%s, e - %s), f = max(f) + min(g)")
     assert to_postgresql("SELECT instr(a, ':') FROM t WHERE a IS NOT b OR c IS ? OR d IS NOT NULL") == (
         "SELECT strpos(a, ':') FROM t WHERE a IS DISTINCT FROM b OR c IS NOT DISTINCT FROM %s OR d IS NOT NULL")
+    assert to_postgresql("SELECT a FROM t WHERE (? IS NULL OR a < ?) AND (:k IS NOT NULL) AND b = ?2") == (
+        "SELECT a FROM t WHERE (CAST(%s AS text) IS NULL OR a < %s) AND (CAST(%(k)s AS text) IS NOT NULL) AND b = %(_2)s")

@@ -124,10 +124,3 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def test_serve_on_postgresql_is_refused_until_it_runs_there(pg_url, tmp_path):
-    done = _apss(tmp_path, "serve", "--port", str(_closed_port()), url=pg_url)
-    assert done.returncode == 2, done.stderr
-    assert "config key database.url: the server does not run on PostgreSQL yet" in done.stderr
-    assert not (tmp_path / "unused.sqlite").exists(), "no SQLite file beside the database asked for"
