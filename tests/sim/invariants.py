@@ -107,11 +107,11 @@ async def check_step(sim: Sim) -> None:
     for row in sim.rows("SELECT id, amount FROM refunds WHERE status = 'succeeded' AND reason IS NOT 'chargeback' ORDER BY id"):
         if executed.get(row["id"], (None, None, None))[2] != "succeeded":
             _fail(f"refund {row['id']} is succeeded here; the provider holds {executed.get(row['id'])}")
-    # Never more than was captured: what left (refunds the provider made, chargebacks), and what APSS
+    # Never more than was captured: what left (refunds the provider made, chargebacks not won back), and what APSS
     # asked to refund. A refund still pending when a chargeback the bank opened earlier arrives
     # may overlap it for a while: the provider refuses such a refund (no refund of a disputed
     # charge), which its query finds; check_final holds the two together once nothing is pending.
-    _check_refund_totals(sim, "r.status = 'succeeded'")
+    _check_refund_totals(sim, f"r.status = 'succeeded' AND {_NOT_WON_BACK}")
     _check_refund_totals(sim, "r.status != 'failed' AND r.reason IS NOT 'chargeback'")
     _check_disputes(sim)
     # The ledger: every transaction balances, every balance equals its entries.
@@ -119,6 +119,11 @@ async def check_step(sim: Sim) -> None:
     if not check.ok:
         _fail(f"ledger check: {check.problem}")
     _check_outbox(sim)
+
+
+# A chargeback whose dispute the merchant won came back (its reversal is booked): it no longer counts
+# as money that left.
+_NOT_WON_BACK = "NOT EXISTS (SELECT 1 FROM disputes d WHERE d.refund_id = r.id AND d.status = 'won')"
 
 
 def _check_refund_totals(sim: Sim, which: str) -> None:
@@ -194,13 +199,17 @@ async def check_final(sim: Sim) -> None:
     for refund_id, (_, amount, status) in sorted(executed.items()):
         if status != "succeeded":
             continue
-        ours = sim.rows("SELECT status, amount FROM refunds WHERE id = ?", (refund_id,))
+        ours = sim.rows("SELECT status, amount, payment_id FROM refunds WHERE id = ?", (refund_id,))
         if not ours or (ours[0]["status"], ours[0]["amount"]) != ("succeeded", amount):
             _fail(f"the provider refunded {amount} for {refund_id}; here: {[dict(r) for r in ours]}")
-        booked = sim.rows("SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'refund' AND reference = ?",
-                          (refund_id,))[0]["n"]
-        if booked != 1:
-            _fail(f"refund {refund_id} executed by the provider is booked {booked} times")
+        # Booked once: under its id, and (a refund beyond what the capture still covered, as when a
+        # chargeback arrived while it was under way) its excess under `<id>:over`, with an alert.
+        booked = Counter(r["reference"] for r in sim.rows(
+            "SELECT reference FROM ledger_transactions WHERE kind = 'refund' AND reference IN (?, ?)",
+            (refund_id, f"{refund_id}:over")))
+        over = sim.rows("SELECT 1 FROM alerts WHERE kind = 'over_refund' AND object_id = ?", (ours[0]["payment_id"],))
+        if not booked or max(booked.values()) != 1 or (f"{refund_id}:over" in booked and not over):
+            _fail(f"refund {refund_id} executed by the provider is booked {dict(booked)} (over-refund alert: {bool(over)})")
     ours = {(r["channel"], r["provider_dispute_id"]): r["status"] for r in
             sim.rows("SELECT channel, provider_dispute_id, status FROM disputes")}
     for key, theirs in sorted(provider_disputes(sim).items()):
@@ -211,7 +220,7 @@ async def check_final(sim: Sim) -> None:
     unanswered = [(e["provider"], e["type"], e["id"]) for e in sim.outbox]
     if unanswered:
         _fail(f"provider callbacks never acknowledged after the quiet phase: {unanswered[:5]}")
-    _check_refund_totals(sim, "r.status != 'failed'")
+    _check_refund_totals(sim, f"r.status != 'failed' AND {_NOT_WON_BACK}")
     running = sim.rows("SELECT key FROM idempotency_keys WHERE state = 'running' ORDER BY key")
     if running:
         _fail(f"idempotency keys still running after the recovery windows: {[r['key'] for r in running][:5]}")
