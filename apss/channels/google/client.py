@@ -50,6 +50,7 @@ from apss.channels.base import (
     StoreReceipt,
 )
 from apss.channels.google import mapping
+from apss.channels.tokens import AccessTokens
 from apss.clock import Clock
 from apss.domain.money import is_iso_currency
 from apss.errors import (
@@ -160,7 +161,8 @@ class GoogleChannel:
     def __init__(self, *, http: httpx.AsyncClient, clock: Clock) -> None:
         self._http = http
         self._clock = clock
-        self._tokens: dict[str, tuple[str, int]] = {}  # (access token, expires_at_s) by account digest
+        self._tokens = AccessTokens(now_s=lambda: self._clock.now_ms() // 1000, margin_s=_TOKEN_MARGIN_S,
+                                    entries_max=_CACHE_MAX)  # by account digest
 
     def __repr__(self) -> str:
         return "GoogleChannel()"
@@ -290,7 +292,7 @@ class GoogleChannel:
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             response = await self._request(method, url, headers=headers, **kwargs)
             if response.status_code == 401 and attempt == 0:
-                self._tokens.pop(self._token_key(settings), None)  # expired early or revoked: once more
+                self._tokens.forget(self._token_key(settings))  # expired early or revoked: once more
                 continue
             if response.status_code >= 300:
                 raise _error(response, settings)
@@ -303,11 +305,11 @@ class GoogleChannel:
         return hashlib.sha256(material.encode()).hexdigest()
 
     async def _token(self, settings: _Settings) -> str:
-        key, now_s = self._token_key(settings), self._clock.now_ms() // 1000
+        key = self._token_key(settings)
         cached = self._tokens.get(key)
-        if cached is not None and cached[1] > now_s:
-            return cached[0]
-        assertion = service_account_jwt(settings.account, settings.key, now_s=now_s)
+        if cached is not None:
+            return cached
+        assertion = service_account_jwt(settings.account, settings.key, now_s=self._clock.now_ms() // 1000)
         response = await self._request("POST", settings.account.token_uri, data={"grant_type": _JWT_GRANT,
                                                                                   "assertion": assertion},
                                        headers={"Accept": "application/json"})
@@ -319,9 +321,7 @@ class GoogleChannel:
             raise ChannelUnavailable("google token answer malformed") from None
         if token.token_type.lower() != "bearer" or not token.access_token:
             raise ChannelUnavailable("google token is not a bearer token")
-        if len(self._tokens) >= _CACHE_MAX:
-            self._tokens.clear()
-        self._tokens[key] = (token.access_token, now_s + max(0, token.expires_in - _TOKEN_MARGIN_S))
+        self._tokens.put(key, token.access_token, expires_in_s=token.expires_in)
         return token.access_token
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:

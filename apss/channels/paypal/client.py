@@ -60,6 +60,7 @@ from apss.channels.base import (
     StatementLine,
 )
 from apss.channels.paypal import mapping
+from apss.channels.tokens import AccessTokens
 from apss.clock import parse_rfc3339
 from apss.domain.payments import PaymentStatus
 from apss.errors import (
@@ -79,7 +80,6 @@ AUTH_ALGO = "SHA256withRSA"
 TRANSMISSION_TOLERANCE_S = 300
 _HTTP_TIMEOUT_S = 10.0
 _TOKEN_MARGIN_S = 120  # refresh this long before PayPal's expires_in runs out
-_TOKEN_CACHE_MAX = 256
 _CERT_CACHE_MAX = 16
 # A certificate URL is fetched at most once per this long, whatever the answer: a flood of forged
 # callbacks naming one URL costs one download, and a failure is remembered as long as a success.
@@ -206,8 +206,7 @@ class PayPalChannel:
         self._public_url = public_url.rstrip("/")
         self._http = http if http is not None else httpx.AsyncClient(timeout=_HTTP_TIMEOUT_S)
         self._cert_fetcher = cert_fetcher if cert_fetcher is not None else PayPalCertFetcher(self._http)
-        # (api_base, client_id) -> (access token, monotonic expiry); never logged or repr'd.
-        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._tokens = AccessTokens(now_s=time.monotonic, margin_s=_TOKEN_MARGIN_S)  # by (api_base, client_id)
 
     def __repr__(self) -> str:
         return f"PayPalChannel(public_url={self._public_url!r})"
@@ -382,7 +381,7 @@ class PayPalChannel:
         response = await self._send(method, _api_base(credentials) + path, headers=headers, content=content, operation=operation)
         if response.status_code == 401:
             # A revoked or rotated token: forget it so the next call fetches a new one.
-            self._tokens.pop((_api_base(credentials), credentials.get("client_id", "")), None)
+            self._tokens.forget((_api_base(credentials), credentials.get("client_id", "")))
         _raise_for_status(response, operation)
         return response
 
@@ -392,8 +391,8 @@ class PayPalChannel:
             raise ChannelUnavailable("PayPal credentials lack client_id or client_secret")
         key = (_api_base(credentials), client_id)
         cached = self._tokens.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+        if cached is not None:
+            return cached
         response = await self._send(
             "POST", key[0] + "/v1/oauth2/token", operation="get access token",
             headers={"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"},
@@ -404,9 +403,7 @@ class PayPalChannel:
             grant = msgspec.json.decode(response.content, type=_TokenGrant)
         except msgspec.DecodeError as exc:
             raise ChannelUnavailable("PayPal answered the token request with an unexpected body") from exc
-        if len(self._tokens) >= _TOKEN_CACHE_MAX:
-            self._tokens.pop(next(iter(self._tokens)))
-        self._tokens[key] = (grant.access_token, time.monotonic() + max(grant.expires_in - _TOKEN_MARGIN_S, 0))
+        self._tokens.put(key, grant.access_token, expires_in_s=grant.expires_in)
         return grant.access_token
 
     async def _send(self, method: str, url: str, *, operation: str, **kwargs: Any) -> httpx.Response:

@@ -53,6 +53,7 @@ from apss.channels.base import (
     Setting,
 )
 from apss.channels.pix import brcode, mapping
+from apss.channels.tokens import AccessTokens
 from apss.clock import Clock, SystemClock
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.errors import (
@@ -154,7 +155,8 @@ class PixChannel:
         self._mtls_client = mtls_client or (lambda context: httpx.AsyncClient(verify=context, timeout=self._http.timeout))
         self._ca_file = ca_file
         self._mtls: dict[str, httpx.AsyncClient] = {}
-        self._tokens: dict[str, tuple[str, int]] = {}  # (token, expires_at_s) by credentials digest
+        self._tokens = AccessTokens(now_s=lambda: self._clock.now_ms() // 1000, margin_s=_TOKEN_MARGIN_S,
+                                    entries_max=_CACHE_MAX)  # by credentials digest
         self._webhooks: set[tuple[str, str, str]] = set()  # (api_base, chave, url) registered
 
     def __repr__(self) -> str:
@@ -344,7 +346,7 @@ class PixChannel:
                 headers["Content-Type"] = "application/json"
             response = await self._http_call(settings, method, settings.api_base + path, headers=headers, content=body)
             if response.status_code == 401 and attempt == 0:
-                self._tokens.pop(self._token_key(settings), None)  # revoked or expired early: once more
+                self._tokens.forget(self._token_key(settings))  # revoked or expired early: once more
                 continue
             if response.status_code >= 300:
                 raise _error(response)
@@ -357,10 +359,10 @@ class PixChannel:
         return hashlib.sha256(material.encode()).hexdigest()
 
     async def _token(self, settings: _Settings) -> str:
-        key, now_s = self._token_key(settings), self._clock.now_ms() // 1000
+        key = self._token_key(settings)
         cached = self._tokens.get(key)
-        if cached is not None and cached[1] > now_s:
-            return cached[0]
+        if cached is not None:
+            return cached
         response = await self._http_call(
             settings, "POST", settings.token_url, auth=(settings.client_id, settings.client_secret),
             data={"grant_type": "client_credentials", "scope": _SCOPE}, headers={"Accept": "application/json"})
@@ -372,9 +374,7 @@ class PixChannel:
             raise ChannelUnavailable(f"pix token answer malformed: {type(exc).__name__}") from None
         if token.token_type.lower() != "bearer" or not token.access_token:
             raise ChannelUnavailable("pix token is not a bearer token")
-        if len(self._tokens) >= _CACHE_MAX:
-            self._tokens.clear()
-        self._tokens[key] = (token.access_token, now_s + max(0, token.expires_in - _TOKEN_MARGIN_S))
+        self._tokens.put(key, token.access_token, expires_in_s=token.expires_in)
         return token.access_token
 
     def _client(self, settings: _Settings) -> httpx.AsyncClient:
