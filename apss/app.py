@@ -394,6 +394,10 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
 
     async def stop(app: Litestar) -> None:
         await svc.scheduler.stop()
+        for name in svc.channels.registry.names():  # clients a channel keeps of its own (PIX's mutual TLS)
+            close = getattr(svc.channels.registry.get(name), "aclose", None)
+            if close is not None:
+                await close()
         await svc.provider_http.aclose()
         await svc.webhooks.http.aclose()
         await svc.prechecks.http.aclose()

@@ -410,6 +410,10 @@ async def test_mtls_client_certificate_is_presented_and_required(tmp_path) -> No
                                                             "private_key": client_key})
         assert created.provider_ref == TXID and standin.cobs[TXID]["status"] == "ATIVA"
         assert ("POST", "/oauth/token") in _calls(standin)
+        mtls_clients = list(channel._mtls.values())
+        assert mtls_clients and not any(c.is_closed for c in mtls_clients)
+        await channel.aclose()  # the server's shutdown closes the mutual-TLS clients the channel opened
+        assert all(c.is_closed for c in mtls_clients)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

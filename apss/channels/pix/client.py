@@ -377,6 +377,12 @@ class PixChannel:
         self._tokens.put(key, token.access_token, expires_in_s=token.expires_in)
         return token.access_token
 
+    async def aclose(self) -> None:
+        """Close the mutual-TLS clients (the server's shutdown; the shared client is closed by app.py)."""
+        clients, self._mtls = list(self._mtls.values()), {}
+        for client in clients:
+            await client.aclose()
+
     def _client(self, settings: _Settings) -> httpx.AsyncClient:
         if not settings.certificate:
             return self._http
