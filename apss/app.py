@@ -132,7 +132,7 @@ from apss.services.subscriptions.service import Subscriptions, subscription_view
 from apss.services.test_clock import ClockControl
 from apss.store.backup import ServingLock
 from apss.store.db import Database, EventSink
-from apss.store.migrate import apply_migrations
+from apss.store.migrate import apply_migrations, require_psycopg
 from apss.store.test_clock import read_start_state
 from apss.web import WEB_HANDLERS
 
@@ -197,6 +197,7 @@ def _database(config: Config, *, event_sink: EventSink) -> Database:
     (store/pg_db.py, the same interface)."""
     database = config.database
     if database.postgresql:  # the `postgres` extra: only a PostgreSQL setup needs psycopg
+        require_psycopg()
         from apss.store.pg_db import PgDatabase
 
         return PgDatabase(database.url, read_connections_max=database.read_connections_max, event_sink=event_sink)

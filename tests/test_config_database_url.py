@@ -65,3 +65,22 @@ def test_sqlite_url_naming_another_file_than_path_is_refused():
     with pytest.raises(ConfigInvalid) as caught:
         load_config("/nonexistent", environ={"APSS_DATABASE_URL": "sqlite:///a.sqlite", "APSS_DATABASE_PATH": "b.sqlite"})
     assert "config key database.url: names another file than database.path" in str(caught.value)
+
+
+def test_postgresql_without_psycopg_is_one_line_naming_the_extra(monkeypatch, tmp_path):
+    """The server and `apss migrate` on a PostgreSQL URL where the `postgres` extra is not installed:
+    one line saying how to install it, never an ImportError's traceback."""
+    import sys
+
+    from apss.app import create_app
+    from apss.store.migrate import apply_migrations
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    config = load_config("/nonexistent", environ={"APSS_DATABASE_URL": "postgresql://apss@127.0.0.1:1/apss",
+                                                   "APSS_DATABASE_PATH": str(tmp_path / "unused.sqlite")})
+    for attempt in (lambda: create_app(config, announce=lambda line: None),
+                    lambda: apply_migrations("postgresql://apss@127.0.0.1:1/apss")):
+        with pytest.raises(ConfigInvalid, match=r"database\.url: PostgreSQL needs the `postgres` extra") as raised:
+            attempt()
+        assert "127.0.0.1" not in str(raised.value)
+    assert not (tmp_path / "unused.sqlite").exists(), "no SQLite file beside the database that was asked for"

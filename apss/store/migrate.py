@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from apss.errors import SchemaTooNew
+from apss.errors import ConfigInvalid, SchemaTooNew
 
 __all__ = ["MIGRATIONS_DIR", "apply_migrations", "is_postgresql", "known_migrations", "schema_versions",
            "split_statements"]
@@ -100,8 +100,19 @@ def apply_migrations(path: str, directory: Path = MIGRATIONS_DIR, *,
         conn.close()
 
 
+def require_psycopg() -> None:
+    """PostgreSQL needs psycopg, the `postgres` extra: without it, one line saying how to get it."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise ConfigInvalid("config key database.url: PostgreSQL needs the `postgres` extra (python3 -m pip install "
+                            "'apss[postgres]', or -e '.[postgres]' in a checkout)") from None
+
+
 def _apply_postgresql(url: str, directory: Path,
                       progress: Callable[[int, int, str], None] | None) -> tuple[int, int]:
+    require_psycopg()
     import psycopg  # the `postgres` extra: only a PostgreSQL setup needs it
 
     from apss.store.pg_schema import translate_migration, translate_statement
@@ -132,6 +143,7 @@ def schema_versions(path: str, directory: Path = MIGRATIONS_DIR) -> tuple[int, i
     migrations = known_migrations(directory)
     latest = migrations[-1][0] if migrations else 0
     if is_postgresql(path):
+        require_psycopg()
         import psycopg  # the `postgres` extra: only a PostgreSQL setup needs it
 
         with psycopg.connect(path, autocommit=True) as conn:
