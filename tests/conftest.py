@@ -230,6 +230,14 @@ def unique_sku(stem: str = "sku") -> str:
     return f"{stem}_{next(_sku_counter)}"
 
 
+def assert_ledger_ok(server) -> None:
+    """The ledger check through the admin API: every transaction balances, every balance equals
+    its entries (after every money test)."""
+    with server.admin() as admin:
+        check = admin.get("/v1/admin/ledger/check").json()
+    assert check["ok"] is True, check
+
+
 def wait_for(predicate, *, timeout_s: float = 10.0, interval_s: float = 0.02):
     """Poll until `predicate()` returns something truthy (real time; never a timed assertion of speed)."""
     deadline = time.monotonic() + timeout_s

@@ -11,18 +11,13 @@ import sqlite3
 
 import httpx
 
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
 
 def _db(merchant) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 def _settings(client: httpx.Client, **values) -> dict:
@@ -82,7 +77,7 @@ def test_structuring_just_under_the_threshold_opens_one_case_and_one_alert(merch
         rows = list(csv.DictReader(io.StringIO(exported.text)))
         assert [(r["id"], r["player_id"], r["kind"], r["status"], r["hits"], r["amount_total"]) for r in rows] == [
             (case_id, "smurf", "structuring", "open", "2", "19000")]
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_the_daily_and_30_day_totals_over_their_thresholds_open_cases(merchant):
@@ -113,7 +108,7 @@ def test_the_daily_and_30_day_totals_over_their_thresholds_open_cases(merchant):
         rest = client.get("/v1/risk/aml/cases", params={"player_id": "whale", "cursor": listed["next_cursor"]}).json()
         assert {c["id"] for c in listed["data"] + rest["data"]} == {c["id"] for c in cases.values()}
         assert client.get("/v1/risk/aml/cases", params={"player_id": "nobody"}).json()["data"] == []
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_case_moves_follow_the_table_and_a_closed_case_lets_a_new_one_open(merchant):
@@ -155,4 +150,4 @@ def test_case_moves_follow_the_table_and_a_closed_case_lets_a_new_one_open(merch
             assert_error(intruder.post(path, json={"status": "closed"}), 404, "invalid_request_error", "not_found")
             assert intruder.get("/v1/risk/aml/cases").json()["data"] == []
             assert intruder.get("/v1/risk/aml/cases.csv").text.count("\r\n") == 1  # the header only
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)

@@ -14,7 +14,7 @@ import pytest
 
 from apss.clock import TestClock
 from tests.channels.standin_stripe import StripeStandIn
-from tests.conftest import RunningServer, wait_for
+from tests.conftest import RunningServer, assert_ledger_ok, wait_for
 from tests.test_channels_e2e import _Served
 
 
@@ -51,12 +51,6 @@ def _closed(server, payment_id: str) -> str:
     return wait_for(settled, timeout_s=20)
 
 
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
-
-
 def _attempts(client, payment_id: str) -> list[tuple[str, str]]:
     return [(a["operation"], a["outcome"]) for a in client.get(f"/v1/payments/{payment_id}").json()["attempts"]]
 
@@ -85,7 +79,7 @@ def test_a_canceled_sandbox_order_is_closed_and_its_payer_refused(closing_server
         stock = client.get(f"/v1/products/{product['id']}").json()
         assert (stock["stock"], stock["reserved"], stock["sold"]) == (2, 0, 0)
         assert client.get(f"/v1/payments/{order['payment']['id']}").json()["status"] == "canceled"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_an_expired_sandbox_order_is_closed_too(closing_server):
@@ -98,7 +92,7 @@ def test_an_expired_sandbox_order_is_closed_too(closing_server):
         wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "expired")
         assert _closed(server, order["payment"]["id"]) == "done"
         assert httpx.get(order["payment"]["next_action"]["url"]).status_code == 410
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_a_canceled_and_an_expired_stripe_order_have_their_sessions_expired(closing_server, stripe):
@@ -130,7 +124,7 @@ def test_a_canceled_and_an_expired_stripe_order_have_their_sessions_expired(clos
             assert client.get(f"/v1/orders/{order['id']}").json()["status"] in ("canceled", "expired")
         stock = client.get(f"/v1/products/{product['id']}").json()
         assert (stock["reserved"], stock["sold"]) == (0, 0)
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_a_paid_session_is_not_closed_and_is_left_to_the_late_payment_policy(closing_server, stripe):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 from tests.test_channels_e2e import _Served
 
 SECRET_KEY, WEBHOOK_SECRET = "sk_test_standin_disputes_01", "whsec_standin_disputes_01"
@@ -28,12 +28,6 @@ def _payable(client) -> int:
 def _merchant_payable(client) -> int:
     balances = client.get("/v1/ledger/balances").json()["data"]
     return sum(b["balance"] for b in balances if b["account"].startswith("merchant_payable:") and b["currency"] == "USD")
-
-
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
 
 
 def _ledger_kinds(server, reference: str) -> list[str]:
@@ -78,7 +72,7 @@ def test_a_sandbox_dispute_books_revokes_bundles_and_a_won_one_reverses(merchant
         assert _ledger_kinds(server, dispute["chargeback_refund_id"]) == ["chargeback"]
         assert client.get("/v1/players/dsp-alice/wallet").json()["balances"] == {"GEMS": 0}
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
-        _ledger_ok(server)
+        assert_ledger_ok(server)
 
         bundle = client.get(f"/v1/disputes/{dispute['id']}/evidence").json()
         assert bundle["order"]["id"] == order["id"] and bundle["dispute"]["id"] == dispute["id"]
@@ -107,7 +101,7 @@ def test_a_sandbox_dispute_books_revokes_bundles_and_a_won_one_reverses(merchant
         assert _payable(client) == before, "won: the chargeback is reversed"
         assert _merchant_payable(client) == payable_before
         assert _ledger_kinds(server, dispute["chargeback_refund_id"]) == ["chargeback", "chargeback_reversed"]
-        _ledger_ok(server)
+        assert_ledger_ok(server)
         assert_error(client.post(f"/v1/sandbox/disputes/{dispute['id']}/close", json={"outcome": "lost"}), 409,
                      "conflict_error", "invalid_state")
         events = [e["type"] for e in client.get(f"/v1/disputes/{dispute['id']}/events").json()["data"]]
@@ -140,7 +134,7 @@ def test_a_lost_dispute_keeps_the_chargeback_and_the_policy_can_keep_the_goods(m
         _one_dispute(client, order["id"], status="lost")
         assert before - _payable(client) == 200, "lost: the chargeback stays"
         assert _ledger_kinds(server, dispute["chargeback_refund_id"]) == ["chargeback"]
-        _ledger_ok(server)
+        assert_ledger_ok(server)
         client.put("/v1/account/dispute_policy", json={"revoke_goods": True, "block_player": False})
 
 
@@ -183,7 +177,7 @@ def test_the_sandbox_refuses_to_refund_a_disputed_payment_until_the_dispute_is_w
         with sqlite3.connect(server.db_path) as db:
             book = sorted(db.execute("SELECT status FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)).fetchall())
         assert book == [("failed",), ("succeeded",)]
-        _ledger_ok(server)
+        assert_ledger_ok(server)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +221,7 @@ def test_a_stripe_dispute_is_recorded_once_submitted_with_evidence_and_won(serve
         assert dispute["evidence_due_by"] is not None
         assert before - _payable(client) == 1999, "booked once, though created twice"
         assert client.get("/v1/players/dsp-dave/inventory").json()["items"] == [], "the sword was taken back"
-        _ledger_ok(server)
+        assert_ledger_ok(server)
 
         submitted = client.post(f"/v1/disputes/{dispute['id']}/submit", json={"text": "Delivered at once."})
         assert submitted.status_code == 200, submitted.text
@@ -253,7 +247,7 @@ def test_a_stripe_dispute_is_recorded_once_submitted_with_evidence_and_won(serve
         _post_stripe(server, merchant.id, "charge.dispute.closed", {**sent, "status": "won"})  # again: nothing twice
         assert _payable(client) == before
         assert _ledger_kinds(server, dispute["chargeback_refund_id"]) == ["chargeback", "chargeback_reversed"]
-        _ledger_ok(server)
+        assert_ledger_ok(server)
 
 
 def test_a_stripe_dispute_closed_before_its_created_event_is_booked_then_lost(server, stripe):
@@ -282,7 +276,7 @@ def test_a_stripe_dispute_closed_before_its_created_event_is_booked_then_lost(se
         assert refund["status"] == "failed" and refund["failure_code"] == "charge_disputed", refund
         assert not [r for r in standin.refunds.values() if r["payment_intent"] == intent["id"]], "Stripe executed no refund"
         assert before - _payable(client) == 400
-        _ledger_ok(server)
+        assert_ledger_ok(server)
 
 
 def test_a_won_dispute_settles_as_a_chargeback_and_its_reversal(server):
@@ -303,4 +297,4 @@ def test_a_won_dispute_settles_as_a_chargeback_and_its_reversal(server):
         refund_id = dispute["chargeback_refund_id"]
         assert sorted((line["kind"], line["reference"], line["amount"]) for line in lines if line["kind"] == "chargeback") == [
             ("chargeback", refund_id, -500), ("chargeback", f"{refund_id}:reversed", 500)]
-    _ledger_ok(server)
+    assert_ledger_ok(server)

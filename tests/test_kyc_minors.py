@@ -18,18 +18,13 @@ from pathlib import Path
 import httpx
 
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
 
 def _db(merchant) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 def _kyc(client: httpx.Client, player_id: str, **body) -> dict:
@@ -86,7 +81,7 @@ def test_a_15_year_old_under_cn_pays_50_cny_is_refused_51_and_a_fifth_50_in_the_
         # an adult of the same jurisdiction is not limited
         _kyc(client, "grown", status="verified", age=30, jurisdiction="CN")
         assert merchant.order(client, fifty_one["id"], player_id="grown", currency="CNY").status_code == 201
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_a_7_year_old_is_refused_any_payment_and_a_birth_date_gives_the_age(merchant):
@@ -212,7 +207,7 @@ def test_a_large_payment_waits_for_kyc_and_is_delivered_when_verified_or_refunde
             holds = dict(db.execute("SELECT order_id, status FROM kyc_holds WHERE merchant_id = ?", (merchant.id,)).fetchall())
             assert holds == {held["id"]: "released", two["id"]: "rejected"}
         assert _stock(merchant, small["id"]) == (3, 0, 2), "the rejected order's unit is back in stock"
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_payouts_wait_for_a_verified_merchant_kyc(server):
@@ -244,7 +239,7 @@ def test_payouts_wait_for_a_verified_merchant_kyc(server):
         assert client.get(f"/v1/settlements/{batch['id']}").json()["payout_state"] == "payable"
         paid = admin.post(f"/v1/admin/settlements/{batch['id']}/paid", json={"payout_reference": "wire-1"})
         assert paid.status_code == 200 and paid.json()["payout_state"] == "paid", paid.text
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_the_migration_makes_existing_merchants_verified(tmp_path: Path):

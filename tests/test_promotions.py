@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
 
 def _promotion(client, **fields) -> dict:
@@ -34,12 +34,6 @@ def _scan(server, sql: str, params: tuple = ()) -> list[tuple]:
     """Read the database file directly: an independent source, not the API."""
     with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
         return db.execute(sql, params).fetchall()
-
-
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
 
 
 def test_create_read_list_update_and_refusals(merchant, server):
@@ -168,7 +162,7 @@ def test_order_locks_the_price_and_records_the_promotions(merchant, server):
         # Reserved with the stock, kept on payment.
         assert _scan(server, "SELECT state, discount, units FROM order_promotions WHERE order_id = ?", (body["id"],)) == [
             ("taken", 200, 2)]
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_coupon_limits_answer_exhausted_and_automatic_ones_stop_applying(merchant):
@@ -232,7 +226,7 @@ def test_redemption_released_on_expiry_and_cancel_kept_on_payment_and_refund(mer
         assert _scan(server, "SELECT o.status, op.state FROM order_promotions op JOIN orders o ON o.id = op.order_id"
                              " WHERE op.promotion_id = ? ORDER BY o.id", (promo["id"],)) == [
             ("canceled", "released"), ("expired", "released"), ("refunded", "taken")]
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 pytestmark = pytest.mark.anyio
@@ -288,4 +282,4 @@ async def test_a_flash_sale_of_100_units_to_1000_concurrent_buyers_sells_exactly
     assert _scan(server, "SELECT count(*), sum(i.quantity) FROM order_items i JOIN orders o ON o.id = i.order_id"
                          " WHERE i.product_id = ? AND o.status = 'fulfilled' AND i.amount = 500", (sword["id"],)) == [(100, 100)]
     assert _scan(server, "SELECT stock, reserved, sold FROM products WHERE id = ?", (sword["id"],)) == [(0, 50, 100)]
-    _ledger_ok(server)
+    assert_ledger_ok(server)

@@ -19,7 +19,7 @@ from apss.channels.stripe.mapping import REFUND_ID_KEY, to_stripe_amount
 from apss.clock import TestClock
 from apss.domain.refunds import resend_delay_s
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
-from tests.conftest import RunningServer, free_port, wait_for
+from tests.conftest import RunningServer, assert_ledger_ok, free_port, wait_for
 from tests.test_channels_e2e import _Served
 
 SECRET_KEY, WEBHOOK_SECRET = "sk_test_standin_retry_0123", "whsec_standin_retry_0123"
@@ -162,12 +162,6 @@ def _ledger_postings(server, refund_id):
         return raw.execute("SELECT kind FROM ledger_transactions WHERE reference = ?", (refund_id,)).fetchall()
 
 
-def _ledger_ok(server):
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
-
-
 def _alerts(client, kind, object_id):
     return [a for a in client.get("/v1/alerts", params={"kind": kind}).json()["data"] if a["object_id"] == object_id]
 
@@ -217,7 +211,7 @@ def test_a_late_payment_refund_that_could_not_reach_stripe_is_retried_and_booked
         assert _alerts(client, "refund_failed", refund["id"]) == []
         _run_sender_after(server, sum(BACKOFF_S))  # nothing left to send: no second refund at Stripe
         assert len(_refund_posts_of(stand_in, refund["id"])) == 1
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- a merchant's refund whose outcome is unknown (Stripe did it, the answer was lost) ---------------
@@ -241,7 +235,7 @@ def test_a_merchant_refund_with_an_unknown_outcome_is_resent_under_its_key_and_r
         assert len(_stripe_refunds_of(stand_in, refund["id"])) == 1, "the resend was a replay, not a second refund"
         assert _ledger_postings(server, refund["id"]) == [("refund",)]
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "partially_refunded"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- a definite refusal is final at once -------------------------------------------------------------
@@ -257,7 +251,7 @@ def test_a_refund_stripe_refuses_is_failed_at_once_and_never_resent(retry_server
         _run_sender_after(server, BACKOFF_S[0] + 1)
         assert _refund_attempts(client, order["payment"]["id"]) == [("failed", "provider_declined")]
         assert _ledger_postings(server, refund["id"]) == []
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- the cap: a provider that stays unreachable ------------------------------------------------------
@@ -280,7 +274,7 @@ def test_a_refund_that_never_reaches_stripe_fails_after_the_last_attempt_with_on
         assert len(_refund_attempts(client, order["payment"]["id"])) == len(BACKOFF_S) + 1, "no attempt after the last"
         assert _stripe_refunds_of(stand_in, refund["id"]) == [] and _ledger_postings(server, refund["id"]) == []
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- the cap when a send may have reached the provider: never a guessed `failed` ---------------------
@@ -302,7 +296,7 @@ def test_a_refund_answered_5xx_on_every_send_stays_pending_for_the_janitor(retry
         attempts = client.get(f"/v1/payments/{order['payment']['id']}").json()["attempts"]
         assert "query_refund" in [a["operation"] for a in attempts], "handed to the janitor's status queries"
         assert len(_refund_attempts(client, order["payment"]["id"])) == len(BACKOFF_S) + 1, "and never sent again"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_the_backoff_schedule():

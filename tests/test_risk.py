@@ -10,7 +10,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
 
 def _rules(client: httpx.Client, *rules: tuple[str, str]) -> None:
@@ -23,11 +23,6 @@ def _db(merchant) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 def _pay(client: httpx.Client, order: dict, *, succeed: bool = True) -> None:
@@ -148,7 +143,7 @@ def test_velocity_from_one_ip_across_many_players_goes_to_review_then_approve_de
         assert client.get("/v1/players/farm-3/inventory").json()["items"] == [{"sku": product["sku"], "quantity": 1}]
         again = client.post(f"/v1/risk/reviews/{held['id']}/approve")
         assert_error(again, 409, "conflict_error", "invalid_state")
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_a_blacklisted_device_is_blocked_and_reject_refunds_a_held_order(merchant):
@@ -179,7 +174,7 @@ def test_a_blacklisted_device_is_blocked_and_reject_refunds_a_held_order(merchan
         with _db(merchant) as db:
             refunds = db.execute("SELECT amount, status FROM refunds WHERE order_id = ?", (held["id"],)).fetchall()
             assert [(r["amount"], r["status"]) for r in refunds] == [(held["amount"], "succeeded")]
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 @pytest.mark.parametrize("listed, ip, blocked", [
@@ -256,7 +251,7 @@ def test_three_d_secure_in_the_sandbox_passes_and_fails_as_chosen(merchant):
         assert risk["stage"] == "callback" and risk["attributes"]["card_country"] == "BR"
         assert [r["name"] for r in risk["rules_fired"]] == ["threeds", "card_check"]
         page.close()
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_orders_refuse_a_bad_ip(merchant):
@@ -366,7 +361,7 @@ def test_cards_refunds_and_disputes_per_player_count_in_the_write_path(merchant)
             dims = {r["dimension"] for r in db.execute("SELECT DISTINCT dimension FROM risk_counters WHERE merchant_id = ?",
                                                        (merchant.id,))}
             assert {"orders:player", "amount:player", "refunds:player"} <= dims, dims
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_the_default_rules_score_with_the_shipped_model(server):

@@ -17,7 +17,7 @@ import pytest
 
 from apss.clock import TestClock
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import RunningServer, assert_error, plant, wait_for
+from tests.conftest import RunningServer, assert_error, assert_ledger_ok, plant, wait_for
 from tests.test_privacy import byte_scan, raw
 
 US_IP, DE_IP, JP_IP = "3.14.15.92", "53.58.97.93", "126.23.84.62"  # ip_country US, DE, JP (shipped table)
@@ -52,11 +52,6 @@ def _unique_ip() -> str:
 
 def _facts(server, order_id: str) -> sqlite3.Row:
     return raw(server.db_path, "SELECT * FROM risk_order_facts WHERE order_id = ?", (order_id,))[0]
-
-
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
 
 
 def test_ips_and_devices_are_sealed_at_rest_and_what_reads_them_still_works(own_server):
@@ -106,7 +101,7 @@ def test_ips_and_devices_are_sealed_at_rest_and_what_reads_them_still_works(own_
         assert sorted((f["order_id"], f["ip"], f["device_id"]) for f in facts) == sorted(
             [(first["id"], ip, device), (held["id"], ip, device)])
         assert all("ip_sealed" not in f for f in facts)
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
     rows = raw(server.db_path, "SELECT * FROM risk_order_facts WHERE merchant_id = ?", (merchant.id,))
     assert len(rows) == 4
@@ -328,7 +323,7 @@ def test_device_age_counts_from_the_players_first_order_on_the_device(own_server
 
         _, bare = seen()  # neither IP nor device: no device age
         assert "device_age_s" not in bare["attributes"] and "new_device" not in bare["attributes"]
-    _ledger_ok(own_server)
+    assert_ledger_ok(own_server)
 
 
 def test_marks_from_before_device_age_count_from_the_players_first_order(tmp_path):

@@ -30,7 +30,7 @@ from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id
 from tests.channels.harness_sandbox import MemoryBook
 from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
-from tests.conftest import RunningServer, assert_error, wait_for
+from tests.conftest import RunningServer, assert_error, assert_ledger_ok, wait_for
 from tests.test_channels_e2e import _Served
 
 SECRET_KEY, WEBHOOK_SECRET = "sk_test_standin_seams_0123", "whsec_standin_seams_0123"
@@ -113,12 +113,6 @@ def _post_stripe(server, merchant_id, event_type, obj):
 
 def _session_of(standin, payment_id):
     return next(s for s, v in standin.sessions.items() if v["metadata"].get("apss_payment_id") == payment_id)
-
-
-def _ledger_ok(server):
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
 
 
 def _sandbox_callback(server, merchant, *, event_id, kind, payment_id, amount, provider_ref="sbx_x", channel="sandbox"):
@@ -207,7 +201,7 @@ def test_an_event_posted_first_to_another_merchants_route_is_still_applied_for_i
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
     with bob.client() as client:
         assert client.get("/v1/alerts", params={"kind": "callback_unmatched"}).json()["data"], "unmatched for bob"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_a_guessed_janitor_event_id_cannot_stop_the_janitor(seams_server):
@@ -226,7 +220,7 @@ def test_a_guessed_janitor_event_id_cannot_stop_the_janitor(seams_server):
             assert answer.status_code == 200, answer.text
         server.clock.advance(seconds=server.config.channels.janitor_schedule_s[0] + 1)
         wait_for(lambda: client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled")
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 def test_the_janitor_alerts_when_its_answer_was_not_applied(seams_server, monkeypatch):
@@ -265,7 +259,7 @@ def test_a_stripe_dispute_on_a_checkout_session_payment_is_applied(server, strip
         assert client.get("/v1/players/disputer/wallet").json()["balances"] == {"GEMS": 0}, "goods taken back"
         payment = client.get(f"/v1/payments/{order['payment']['id']}").json()
         assert {session_id, intent["id"]} <= set(payment["provider_refs"])
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- 3. statuses never go backwards ------------------------------------------------------------------
@@ -352,7 +346,7 @@ def test_a_request_stuck_between_its_transactions_is_completed(seams_server):
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "failed"
         again = client.post("/v1/orders", json=body, headers={"Idempotency-Key": "stuck-1"})
         assert again.json()["id"] == order["id"], "a retry never makes a second order"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- 5. a refund the provider may have executed is not booked failed -------------------------------
@@ -374,7 +368,7 @@ def test_a_refund_answered_with_a_500_stays_pending_and_its_success_is_booked(se
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
         again = client.post(f"/v1/orders/{order['id']}/refunds", json={})
         assert again.status_code == 409, "the amount cannot be refunded twice"
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- 6. chargebacks as the provider reports them -----------------------------------------------------
@@ -398,7 +392,7 @@ def test_a_chargeback_is_not_reduced_by_pending_refunds(seams_server):
         assert chargeback["amount"] == order["amount"], "booked as the provider reported it"
         alerts = client.get("/v1/alerts", params={"kind": "over_refund"}).json()["data"]
         assert alerts and alerts[0]["object_id"] == payment_id
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- 7. a late payment the order cannot take is refunded ----------------------------------------------
@@ -422,7 +416,7 @@ def test_a_late_payment_for_an_order_that_cannot_take_it_is_refunded(server):
         assert client.get("/v1/players/slow-payer/inventory").json()["items"] == []
         [alert] = client.get("/v1/alerts", params={"kind": "late_payment_out_of_stock"}).json()["data"]
         assert refunds[0]["id"] in alert["message"]
-    _ledger_ok(server)
+    assert_ledger_ok(server)
 
 
 # -- 8. an unauthenticated 500 and asserts that write ---------------------------------------------------

@@ -10,18 +10,12 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import assert_error, wait_for
+from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
 
 def _scan(server, sql: str, params: tuple = ()) -> list[tuple]:
     with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
         return db.execute(sql, params).fetchall()
-
-
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
 
 
 def _vc_balances(client) -> dict[str, int]:
@@ -96,4 +90,4 @@ async def test_50_concurrent_gem_orders_on_a_wallet_for_10_fulfil_exactly_10(mer
         assert again.status_code == 201 and again.json()["status"] == "fulfilled"
         assert client.get("/v1/players/whale/wallet").json()["balances"] == {"GEMS": 0}
         assert _vc_balances(client)["vc_deferred"] == 0
-    _ledger_ok(server)
+    assert_ledger_ok(server)

@@ -35,7 +35,7 @@ from apss.channels.base import CallbackRequest, StoreReceipt
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected
 from tests.channels.apple_chain import APP_APPLE_ID, BUNDLE_ID, AppleSigner
-from tests.conftest import assert_error, unique_sku
+from tests.conftest import assert_error, assert_ledger_ok, unique_sku
 
 SIGNER = AppleSigner()
 
@@ -162,11 +162,6 @@ def _db(merchant) -> sqlite3.Connection:
     return conn
 
 
-def _ledger_ok(merchant) -> None:
-    with merchant.server.admin() as admin:
-        assert admin.get("/v1/admin/ledger/check").json()["ok"] is True
-
-
 @pytest.fixture
 def shop(merchant):
     with merchant.client() as client:
@@ -216,7 +211,7 @@ def test_purchase_is_delivered_once(shop) -> None:
         fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id"
                             " WHERE t.merchant_id = ? AND e.account = ?", (merchant.id, f"fees_expense:apple:{merchant.id}"))
         assert [r["debit"] for r in fees] == [150]  # 30% of 499, half-even (the standard tier)
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_other_app_environment_and_product_are_refused(shop) -> None:
@@ -270,7 +265,7 @@ def test_refund_notification_books_the_refund_once(shop) -> None:
     replay = _buy(client, SIGNER.sign(refunded))
     assert replay.status_code == 200 and replay.json()["seen_before"] is True
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 0}
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
@@ -304,7 +299,7 @@ def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
                                 "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
                                 (merchant.id, f"fees_expense:apple:{merchant.id}")).fetchall()
             assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_bad_notifications_are_refused_and_unknown_ones_recorded(shop) -> None:
@@ -338,4 +333,4 @@ def test_family_shared_copy_moves_no_money_and_revoke_takes_the_goods_back(shop)
         assert sorted(r["result"] for r in rows) == ["applied", "stale"]
         assert conn.execute("SELECT count(*) FROM ledger_transactions WHERE merchant_id = ? AND kind = 'payment_captured'",
                             (merchant.id,)).fetchone()[0] == 0
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)

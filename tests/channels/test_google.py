@@ -29,8 +29,8 @@ from apss.channels.google.mapping import service_account
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected, ChannelUnavailable
 from tests.channels.standin_google import GooglePlayStandIn
-from tests.channels.test_apple import _db, _ledger_ok
-from tests.conftest import assert_error, plant, unique_sku
+from tests.channels.test_apple import _db
+from tests.conftest import assert_error, assert_ledger_ok, plant, unique_sku
 from tests.test_channels_e2e import _Served
 
 PACKAGE = "com.example.game"
@@ -266,7 +266,7 @@ def test_purchase_is_delivered_once_and_acknowledged(shop, play) -> None:
         fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id"
                             " WHERE t.merchant_id = ? AND e.account = ?", (merchant.id, f"fees_expense:google:{merchant.id}"))
         assert [r["debit"] for r in fees] == [299]  # 30% of 998, half-even (the standard tier)
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_foreign_unknown_pending_and_canceled_purchases_are_refused(shop, play) -> None:
@@ -345,7 +345,7 @@ def test_voided_purchase_refunds_once_and_a_forged_one_changes_nothing(shop, pla
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 0}
     other_app = play.push({"testNotification": {"version": "1.0"}}, package="com.example.othergame")
     assert _notify(merchant, client, other_app).status_code == 400
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_subscription_is_acknowledged_and_renewals_deliver_to_the_player(merchant, play) -> None:
@@ -384,7 +384,7 @@ def test_subscription_is_acknowledged_and_renewals_deliver_to_the_player(merchan
                                 "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
                                 (merchant.id, f"fees_expense:google:{merchant.id}")).fetchall()
             assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_unconfigured_merchant_and_orders_through_google_are_refused(merchant) -> None:
@@ -408,4 +408,4 @@ def test_a_quantity_based_partial_refund_refunds_those_units(shop, play) -> None
     assert [(r["amount"], r["status"]) for r in refunds] == [(499, "succeeded")]
     assert client.get("/v1/players/dave/wallet").json()["balances"] == {"GEMS": 1000}
     assert client.get(f"/v1/orders/{order['id']}").json()["status"] != "refunded"
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)

@@ -12,6 +12,7 @@ import pytest
 from apss.channels.pix import mapping
 from tests.channels.brcode_decoder import decode
 from tests.channels.standin_pix import PixStandIn, e2eid
+from tests.conftest import assert_ledger_ok
 from tests.test_channels_e2e import _Served
 
 CLIENT_ID = "pix-client-e2e"
@@ -39,12 +40,6 @@ def pix_merchant(merchant, pix):
         saved = client.put("/v1/channels/pix", json=_settings(url))
         assert saved.status_code == 200, saved.text
     return merchant
-
-
-def _ledger_ok(server) -> None:
-    with server.admin() as admin:
-        check = admin.get("/v1/admin/ledger/check").json()
-    assert check["ok"] is True, check
 
 
 def _order(merchant, client, *, stock: int = 5, price: int = 1999, player_id: str = "jogador-1") -> dict:
@@ -128,7 +123,7 @@ def test_a_brl_order_pays_by_br_code_confirmed_by_query_and_delivers_once(pix_me
         refused = httpx.post(_callback_url(merchant) + "/pix", content=tampered,
                              headers={"Content-Type": "application/json"})
         assert refused.status_code == 400
-    _ledger_ok(merchant.server)
+    assert_ledger_ok(merchant.server)
 
 
 def test_a_pix_of_another_amount_is_not_fulfilled(pix_merchant, pix):
@@ -142,7 +137,7 @@ def test_a_pix_of_another_amount_is_not_fulfilled(pix_merchant, pix):
         alerts = client.get("/v1/alerts").json()["data"]
         assert [a["severity"] for a in alerts if a["kind"] == "amount_mismatch"
                 and a["object_id"] == order["payment"]["id"]] == ["critical"], alerts
-    _ledger_ok(merchant.server)
+    assert_ledger_ok(merchant.server)
 
 
 def test_a_partial_return_is_made_at_the_psp_and_booked_once(pix_merchant, pix):
@@ -166,7 +161,7 @@ def test_a_partial_return_is_made_at_the_psp_and_booked_once(pix_merchant, pix):
     with sqlite3.connect(merchant.server.db_path) as raw:
         postings = raw.execute("SELECT kind FROM ledger_transactions WHERE reference = ?", (refund["id"],)).fetchall()
     assert len(postings) == 1, postings
-    _ledger_ok(merchant.server)
+    assert_ledger_ok(merchant.server)
 
 
 def test_orders_in_other_currencies_are_refused_clearly(pix_merchant):

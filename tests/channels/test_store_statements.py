@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.channels.apple_chain import BUNDLE_ID, AppleSigner
-from tests.channels.test_apple import _db, _ledger_ok
+from tests.channels.test_apple import _db
 from tests.channels.test_google import _buy as google_buy
 from tests.channels.test_google import _notify as google_notify
 from tests.channels.test_google import _voided_push, play  # noqa: F401  (the stand-in fixture)
-from tests.conftest import assert_error, unique_sku
+from tests.conftest import assert_error, assert_ledger_ok, unique_sku
 
 SIGNER = AppleSigner()
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -112,7 +112,7 @@ def test_a_store_refund_gives_the_commission_back_and_clearing_nets_to_zero(appl
                                (refund_id,)).fetchall()
     by_account = {r["account"]: (r["debit"], r["credit"]) for r in entries}
     assert by_account[clearing] == (0, 349) and by_account[fees] == (0, 150)
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def _pt_date(ms: int, days: int = 0) -> str:
@@ -188,7 +188,7 @@ def test_app_store_reports_match_per_product_and_period(apple_shop, layout) -> N
     assert sorted(a["kind"] for a in alerts if a["kind"].startswith("reconciliation_")) == [
         "reconciliation_amount_mismatch", "reconciliation_missing_here"]
     assert _import(client, "apple", report).status_code == 200  # the same file: the first run, nothing twice
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 def test_a_sale_missing_from_the_report_and_a_malformed_report(apple_shop) -> None:
@@ -206,7 +206,7 @@ def test_a_sale_missing_from_the_report_and_a_malformed_report(apple_shop) -> No
     bad = [report.replace(b"4.99", b"4.9x"), b"Provider\tSKU\n", report.replace(b"USD", b"XXX", 1), huge]
     for data in bad:
         assert_error(_import(client, "apple", data), 400, "invalid_request_error", "statement_malformed", "statement")
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
 
 
 # -- Google Play ---------------------------------------------------------------------------------
@@ -282,4 +282,4 @@ def test_google_earnings_report_matches_each_order_by_its_order_id(google_shop, 
     assert by_ref[("GPA.3300-0000-0000-99999", "payment")]["status"] == "missing_here"
     bad = report.replace(b"1:", b"13:", 1).replace(b" PST", b" CET").replace(b" PDT", b" CET")
     assert_error(_import(client, "google", bad), 400, "invalid_request_error", "statement_malformed", "statement")
-    _ledger_ok(merchant)
+    assert_ledger_ok(merchant.server)
