@@ -295,6 +295,7 @@ class Database:
         self.batches_committed = 0
         self.batch_members_committed = 0  # transaction functions in those batches
         self.batch_size_counts = [0] * (len(BATCH_SIZE_BUCKETS) + 1)  # per bucket (the last: larger)
+        self.retries = 0  # transactions run again after a serialization failure (PostgreSQL only: one writer never retries)
         self.event_sink = event_sink  # the merchant webhook outbox (app.py); tests may run without
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ literal `%` is doubled), `INSERT OR IGNORE` (ON CONFLICT DO NOTHING), the scalar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -59,6 +60,9 @@ T = TypeVar("T")
 
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _CAUSE_DEPTH_MAX = 8
+# The advisory lock the transactions that lost a serialization race take to run one at a time
+# (an arbitrary 64-bit key: b'apss' + b'cont' as ASCII).
+_CONTENDED_LOCK = 0x6170737363_6f6e74
 
 
 # -- SQL ----------------------------------------------------------------------------------------------
@@ -385,30 +389,68 @@ class PgDatabase:
 
     def _transaction(self, fn: Callable[[Tx], Any]) -> tuple[Any, list[Callable[[], None]]]:
         """(fn's result or error, its after-commit callbacks): one SERIALIZABLE transaction,
-        retried as a whole on a serialization failure or a deadlock."""
+        retried as a whole on a serialization failure or a deadlock.
+
+        The first attempt runs side by side with every other transaction. One that lost a race
+        runs its next attempts under the cluster-wide "contended" advisory lock, taken before its
+        transaction starts (a SERIALIZABLE transaction's snapshot is taken by its first statement,
+        so a lock waited for inside it would not help): the transactions that lost races then run
+        one at a time, on every instance, and each meets only the first attempts of newer ones.
+        Without it, N transactions on one hot row (a flash sale's stock) keep failing each other
+        and one of them can lose `attempts_max` times in a row."""
         assert self._writers is not None
-        for attempt in range(1, self._attempts_max + 1):
+        outcome = self._attempt(fn, None)
+        if outcome is not None:
+            return outcome
+        with self._writers.connection() as conn:
             try:
-                with self._writers.connection() as conn:
-                    tx = PgTx(conn, self.event_sink)
-                    result, error = _call(fn, tx)
-                    if error is None:
-                        conn.commit()
-                        self._count()
-                        return result, tx._after_commit
-                    conn.rollback()
-                    if _retryable(error):
-                        raise error
-                    if _unavailable(error):
-                        return StoreUnavailable(f"the database could not take the write: {type(error).__name__}"), []
-                    return error, []
-            except _RETRYABLE:
-                self.retries += 1
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+                conn.execute("SELECT pg_advisory_lock(%s)", (_CONTENDED_LOCK,))
+                conn.commit()
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
                 log.error("a PostgreSQL write failed: %s", type(exc).__name__)
-                return StoreUnavailable(f"the database could not commit: {type(exc).__name__}"), []
+                return StoreUnavailable(f"the database could not take the write: {type(exc).__name__}"), []
+            try:
+                for attempt in range(2, self._attempts_max + 1):
+                    outcome = self._attempt(fn, conn)
+                    if outcome is not None:
+                        return outcome
+                    time.sleep(random.uniform(0, min(0.01, 0.0005 * 2 ** min(attempt, 5))))
+            finally:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_CONTENDED_LOCK,))
+                    conn.commit()
+                except psycopg.Error:  # the connection broke: the server released the lock with it
+                    pass
         return StoreUnavailable(f"the write met {self._attempts_max} serialization failures in a row; retry shortly"), []
+
+    def _attempt(self, fn: Callable[[Tx], Any],
+                 held: psycopg.Connection | None) -> tuple[Any, list[Callable[[], None]]] | None:
+        """One run of `fn` in a transaction of its own (on `held`, or a connection of the pool):
+        its outcome, or None after a serialization failure or deadlock (run it again)."""
+        assert self._writers is not None
+        try:
+            with contextlib.nullcontext(held) if held is not None else self._writers.connection() as conn:
+                tx = PgTx(conn, self.event_sink)
+                result, error = _call(fn, tx)
+                if error is None:
+                    conn.commit()
+                    self._count()
+                    return result, tx._after_commit
+                conn.rollback()
+                if _retryable(error):
+                    raise error
+                if _unavailable(error):
+                    return StoreUnavailable(f"the database could not take the write: {type(error).__name__}"), []
+                return error, []
+        except _RETRYABLE:
+            if held is not None:
+                held.rollback()
+            with self._lock:
+                self.retries += 1
+            return None
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.error("a PostgreSQL write failed: %s", type(exc).__name__)
+            return StoreUnavailable(f"the database could not commit: {type(exc).__name__}"), []
 
     def _count(self) -> None:
         with self._lock:

@@ -105,6 +105,30 @@ async def test_a_serialization_failure_runs_the_function_again_as_a_whole(db):
     assert await _rows(db) == {"n": 2}
 
 
+async def test_a_transaction_that_lost_a_race_runs_again_under_the_contended_lock(db):
+    """Its next attempts hold the cluster-wide advisory lock (taken before the transaction starts),
+    so the losers of races on a hot row run one at a time instead of failing each other again."""
+    await db.write(lambda tx: tx.execute("INSERT INTO t (k, v) VALUES ('hot', 0)"))
+    both_read = threading.Barrier(2, timeout=30)
+    seen: dict[str, list[int]] = {"x": [], "y": []}
+    lock = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+
+    def increment(name: str):
+        def fn(tx):
+            seen[name].append(tx.one(lock)["n"])  # advisory locks this attempt's connection holds
+            value = tx.one("SELECT v FROM t WHERE k = 'hot'")["v"]
+            if len(seen[name]) == 1:
+                both_read.wait()
+            tx.execute("UPDATE t SET v = ? WHERE k = 'hot'", (value + 1,))
+        return fn
+
+    await asyncio.gather(db.write(increment("x")), db.write(increment("y")))
+    assert sorted(seen.values()) == [[0], [0, 1]], "first attempts run free; the retry holds the lock"
+    assert await _rows(db) == {"hot": 2}
+    with psycopg.connect(db.url) as conn:  # released after the retry committed
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+
+
 async def test_reads_are_read_only_and_a_lost_server_is_store_unavailable(pg_url):
     database = PgDatabase(pg_url, write_connections_max=1, read_connections_max=1)
     await database.start()

@@ -136,6 +136,9 @@ class _Live(Collector):
         yield HistogramMetricFamily("apss_db_write_batch_size",
                                     "Transaction functions per committed write batch (group commit: one fsync each).",
                                     buckets=buckets, sum_value=total)
+        yield CounterMetricFamily("apss_db_write_retries", "Write transactions run again after a serialization "
+                                  "failure or deadlock (PostgreSQL; always 0 on SQLite's single writer).",
+                                  value=db.retries)
 
     def _jobs(self) -> Iterator[Metric]:
         runs = CounterMetricFamily("apss_job_runs", "Scheduler job runs that ended, by job.", labels=["job"])

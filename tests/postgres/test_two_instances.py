@@ -1,0 +1,167 @@
+"""Two APSS processes on one PostgreSQL database, as a studio runs them behind a load balancer:
+every answer is checked against the database itself (a raw psycopg read), not against APSS.
+
+- 200 concurrent buyers split across both instances for 50 units get exactly 50 orders;
+- one idempotency key sent to both at once makes one order, and both answer with it;
+- an instance killed (SIGKILL) in the middle of a burst loses nothing it acknowledged, and the
+  other goes on serving the same merchant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, free_port, start_run_py
+
+pytestmark = pytest.mark.anyio
+
+
+class Instance:
+    def __init__(self, process, port: int) -> None:
+        self.process = process
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.key = ""  # the merchant's secret key (one merchant, made on the first instance)
+
+
+@pytest.fixture
+def instances(pg_url, tmp_path):
+    """Two `apss serve` processes on one PostgreSQL database, sharing the key files (the data key
+    and the personal-data keys live beside `database.path`: every instance must have the same)."""
+    env = {"APSS_DATABASE_URL": pg_url, "APSS_DATABASE_PATH": str(tmp_path / "apss.sqlite"),
+           "APSS_ADMIN_TOKEN": ADMIN_TOKEN, "APSS_SEED_DEMO": "false", "APSS_SERVER_LOG_LEVEL": "warning"}
+    started = []
+    try:
+        for name in ("a", "b"):  # one after the other: the first creates the key files
+            port = free_port()
+            started.append(Instance(start_run_py(port=port, log=tmp_path / f"{name}.log", env=env), port))
+            if name == "a":
+                key = _merchant(started[0])
+        for instance in started:
+            instance.key = key
+        yield started
+    finally:
+        for instance in started:
+            if instance.process.poll() is None:
+                instance.process.terminate()
+                instance.process.wait(timeout=30)
+
+
+def _merchant(instance: Instance) -> str:
+    made = httpx.post(f"{instance.base_url}/v1/merchants", json={"name": "Two Instances"},
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    assert made.status_code == 201, made.text
+    return made.json()["secret_key"]
+
+
+def _product(instance: Instance, key: str, **fields) -> dict:
+    made = httpx.post(f"{instance.base_url}/v1/products", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                      json={"sku": "sword", "name": "Sword", "category": "item", "prices": {"USD": 500}, **fields})
+    assert made.status_code == 201, made.text
+    return made.json()
+
+
+def _clients(instances: list[Instance], key: str, connections: int) -> list[httpx.AsyncClient]:
+    return [httpx.AsyncClient(base_url=i.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                              limits=httpx.Limits(max_connections=connections)) for i in instances]
+
+
+def _order(product_id: str, player_id: str) -> dict:
+    return {"player_id": player_id, "currency": "USD", "items": [{"product_id": product_id, "quantity": 1}]}
+
+
+def _raw(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def test_200_buyers_split_across_two_instances_get_exactly_50_units(instances, pg_url):
+    key = instances[0].key
+    sword = _product(instances[1], key, stock=50)
+    clients = _clients(instances, key, connections=25)
+    try:
+        responses = await asyncio.gather(*(clients[n % 2].post("/v1/orders", json=_order(sword["id"], f"fan-{n}"))
+                                           for n in range(200)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {201: 50, 409: 150}, (statuses, [r.text for r in responses if r.status_code not in (201, 409)][:3])
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"out_of_stock"}
+    by_instance = Counter(n % 2 for n, r in enumerate(responses) if r.status_code == 201)
+    assert set(by_instance) == {0, 1}, f"both instances sold: {by_instance}"
+    answered = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert {row[0] for row in _raw(pg_url, "SELECT id FROM orders")} == answered
+    assert _raw(pg_url, "SELECT stock, reserved FROM products WHERE id = %s", (sword["id"],)) == [(0, 50)]
+
+
+async def test_one_idempotency_key_sent_to_both_instances_at_once_makes_one_order(instances, pg_url):
+    key = instances[0].key
+    sword = _product(instances[0], key)
+    clients = _clients(instances, key, connections=20)
+    try:
+        pairs = []
+        for n in range(20):  # 20 keys, each sent to both instances at the same moment
+            headers = {"Idempotency-Key": f"buy-{n}"}
+            body = _order(sword["id"], f"player-{n}")
+            pairs.append(asyncio.gather(*(c.post("/v1/orders", json=body, headers=headers) for c in clients)))
+        answers = await asyncio.gather(*pairs)
+        for n, pair in enumerate(answers):  # one that lost the race while the other ran: 409, retried
+            for i, response in enumerate(pair):
+                while response.status_code == 409 and response.json()["error"]["code"] == "idempotency_key_in_use":
+                    await asyncio.sleep(0.05)
+                    response = await clients[i].post("/v1/orders", json=_order(sword["id"], f"player-{n}"),
+                                                      headers={"Idempotency-Key": f"buy-{n}"})
+                pair[i] = response
+    finally:
+        for client in clients:
+            await client.aclose()
+    for pair in answers:
+        assert [r.status_code for r in pair] == [201, 201], [r.text for r in pair]
+        assert pair[0].json()["id"] == pair[1].json()["id"], "both instances answer with the one order"
+    assert _raw(pg_url, "SELECT count(*), count(DISTINCT player_id) FROM orders") == [(20, 20)]
+
+
+async def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(instances, pg_url):
+    key = instances[0].key
+    sword = _product(instances[0], key)
+    victim, survivor = instances
+    clients = _clients(instances, key, connections=10)
+    acknowledged: list[str] = []
+
+    async def buyer(n: int) -> None:
+        client = clients[n % 2]
+        try:
+            response = await client.post("/v1/orders", json=_order(sword["id"], f"p-{n}"),
+                                         headers={"Idempotency-Key": f"k-{n}"})
+        except httpx.HTTPError:
+            return  # the killed instance's connection broke: no answer, nothing acknowledged
+        if response.status_code == 201:
+            acknowledged.append(response.json()["id"])
+
+    async def kill_after(count: int) -> None:
+        while len(acknowledged) < count:
+            await asyncio.sleep(0.005)
+        victim.process.send_signal(signal.SIGKILL)
+
+    try:
+        await asyncio.gather(kill_after(40), *(buyer(n) for n in range(300)))
+        assert victim.process.wait(timeout=30) == -signal.SIGKILL
+        # The survivor serves on: a buyer whose answer was lost retries there with the same key.
+        after = await clients[1].post("/v1/orders", json=_order(sword["id"], "after"), headers={"Idempotency-Key": "after"})
+        assert after.status_code == 201, after.text
+        acknowledged.append(after.json()["id"])
+    finally:
+        for client in clients:
+            await client.aclose()
+    stored = {row[0] for row in _raw(pg_url, "SELECT id FROM orders")}
+    assert set(acknowledged) <= stored, "every order an instance acknowledged is in the database"
+    assert len(acknowledged) >= 41
+    stock = _raw(pg_url, "SELECT count(*) FROM orders o JOIN payments p ON p.order_id = o.id")
+    assert stock == [(len(stored),)], "every stored order has its payment: none half-written"
+    assert survivor.process.poll() is None
