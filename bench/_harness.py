@@ -236,17 +236,22 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def apss_server(directory: Path, *, synchronous: str = "FULL", rate_limit: bool = False) -> Iterator[Server]:
-    """`python run.py` on a fresh database in `directory`: no demo seed, warnings only, and the
-    per-key rate limit off unless `rate_limit` (then the configured default applies)."""
+def apss_server(directory: Path, *, synchronous: str = "FULL", rate_limit: bool = False,
+                database_url: str = "", admin: str = "", name: str = "apss") -> Iterator[Server]:
+    """`python run.py` on a fresh database in `directory` (or on the PostgreSQL database
+    `database_url`; several servers on one URL share `directory`'s key files): no demo seed,
+    warnings only, and the per-key rate limit off unless `rate_limit` (then the configured default
+    applies)."""
     port = free_port()
-    admin = secrets.token_urlsafe(24)
+    admin = admin or secrets.token_urlsafe(24)
     db_path = directory / "apss.sqlite"
     env = {**os.environ, "APSS_DATABASE_PATH": str(db_path), "APSS_SERVER_PORT": str(port), "APSS_ADMIN_TOKEN": admin,
            "APSS_SEED_DEMO": "false", "APSS_SERVER_LOG_LEVEL": "warning", "APSS_DATABASE_SYNCHRONOUS": synchronous}
+    if database_url:
+        env["APSS_DATABASE_URL"] = database_url
     if not rate_limit:
         env["APSS_API_REQUESTS_PER_S_MAX"] = "0"
-    log_path = directory / "apss.log"
+    log_path = directory / f"{name}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "run.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
