@@ -4,7 +4,9 @@ every answer is checked against the database itself (a raw psycopg read), not ag
 - 200 concurrent buyers split across both instances for 50 units get exactly 50 orders;
 - one idempotency key sent to both at once makes one order, and both answer with it;
 - an instance killed (SIGKILL) in the middle of a burst loses nothing it acknowledged, and the
-  other goes on serving the same merchant.
+  other goes on serving the same merchant;
+- the rules that hold on SQLite because one thread writes hold across instances: a player's
+  purchase limit, bought on both at once; refunds sent to both at once never exceed the payment.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, free_port, start_run_py
+from tests.conftest import ADMIN_TOKEN, free_port, start_run_py, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +167,45 @@ async def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(instan
     stock = _raw(pg_url, "SELECT count(*) FROM orders o JOIN payments p ON p.order_id = o.id")
     assert stock == [(len(stored),)], "every stored order has its payment: none half-written"
     assert survivor.process.poll() is None
+
+
+async def test_a_purchase_limit_holds_for_one_player_buying_on_both_instances_at_once(instances, pg_url):
+    key = instances[0].key
+    potion = _product(instances[0], key, purchase_limit=1)
+    clients = _clients(instances, key, connections=10)
+    try:
+        responses = await asyncio.gather(*(clients[n % 2].post("/v1/orders", json=_order(potion["id"], "greedy"))
+                                           for n in range(20)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert Counter(r.status_code for r in responses) == {201: 1, 409: 19}, [r.text for r in responses][:3]
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"purchase_limit_exceeded"}
+    assert _raw(pg_url, "SELECT count(*) FROM orders o JOIN order_items i ON i.order_id = o.id"
+                        " WHERE i.product_id = %s", (potion["id"],)) == [(1,)]
+
+
+async def test_refunds_sent_to_both_instances_at_once_never_exceed_the_payment(instances, pg_url):
+    key = instances[0].key
+    sword = _product(instances[0], key, prices={"USD": 1000})
+    headers = {"Authorization": f"Bearer {key}"}
+    order = httpx.post(f"{instances[0].base_url}/v1/orders", json=_order(sword["id"], "refunded"), headers=headers,
+                       timeout=30).json()
+    paid = httpx.post(f"{instances[1].base_url}/v1/sandbox/payments/{order['payment']['id']}/succeed", headers=headers,
+                      timeout=30)
+    assert paid.status_code == 202, paid.text
+    wait_for(lambda: _raw(pg_url, "SELECT status FROM orders WHERE id = %s", (order["id"],)) == [("fulfilled",)],
+             timeout_s=60, interval_s=0.1)
+    clients = _clients(instances, key, connections=10)
+    try:
+        responses = await asyncio.gather(*(clients[n % 2].post(f"/v1/orders/{order['id']}/refunds", json={"amount": 600})
+                                           for n in range(10)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert Counter(r.status_code for r in responses) == {201: 1, 400: 9}, [r.text for r in responses][:3]
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 400} == {"refund_amount_too_large"}
+    assert _raw(pg_url, "SELECT count(*), sum(amount) FROM refunds WHERE order_id = %s", (order["id"],)) == [(1, 600)]
+    check = httpx.get(f"{instances[1].base_url}/v1/admin/ledger/check", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                      timeout=30).json()
+    assert check["ok"] is True, check
