@@ -1,0 +1,132 @@
+"""The hot tables' CHECKs (migration 0032): spelled with OR rather than IN on SQLite, where an IN
+list of three or more values builds a temporary index on every row written. The rules are the
+same: every allowed value is taken and anything else refused, and an upgrade keeps every row.
+The PostgreSQL schema keeps its IN lists (tests/postgres/test_schema.py compares the two)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+
+import pytest
+
+from apss.clock import TestClock
+from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
+from tests.conftest import RunningServer, assert_ledger_ok, wait_for
+
+HOT = ("orders", "payments", "payment_attempts", "risk_decisions")
+ALLOWED = {
+    ("orders", "status"): ["pending", "paid", "delivering", "fulfilled", "expired", "canceled", "failed",
+                           "partially_refunded", "refunded", "in_review"],
+    ("payments", "status"): ["requires_action", "processing", "succeeded", "failed", "canceled", "unknown"],
+    ("payments", "close_state"): ["pending", "done", "failed", None],
+    ("payment_attempts", "operation"): ["create_payment", "refund", "capture", "query_payment", "query_refund",
+                                        "cancel_payment", "charge_saved_method"],
+    ("payment_attempts", "outcome"): ["succeeded", "failed", "unknown"],
+    ("risk_decisions", "action"): ["allow", "review", "block", "require_3ds"],
+}
+_IN_LIST_RE = re.compile(r"\bIN\s*\(([^()]*)\)", re.IGNORECASE)
+
+
+def _latest(tmp_path) -> sqlite3.Connection:
+    path = tmp_path / "latest.sqlite"
+    apply_migrations(str(path))
+    return sqlite3.connect(path)
+
+
+def test_no_check_of_a_hot_table_uses_an_in_list_of_three_or_more(tmp_path):
+    conn = _latest(tmp_path)
+    for table in HOT:
+        sql = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        long_lists = [m.group(0) for m in _IN_LIST_RE.finditer(sql) if m.group(1).count(",") >= 2]
+        assert long_lists == [], f"{table}: {long_lists}"
+
+
+@pytest.mark.parametrize(("table", "column"), list(ALLOWED))
+def test_each_check_takes_every_allowed_value_and_refuses_any_other(tmp_path, table, column):
+    conn = _latest(tmp_path)
+    # Foreign keys are off on a plain connection: a row needs no parent here.
+    row = {"orders": {"id": "o", "merchant_id": "m", "player_id": "p", "status": "pending", "amount": 1,
+                      "currency": "USD", "channel": "sandbox", "metadata": "{}", "checkout_token": "t",
+                      "expires_at_ms": 0, "created_at_ms": 0, "updated_at_ms": 0},
+           "payments": {"id": "y", "order_id": "o", "merchant_id": "m", "channel": "sandbox", "status": "processing",
+                        "amount": 1, "currency": "USD", "created_at_ms": 0, "updated_at_ms": 0},
+           "payment_attempts": {"payment_id": "y", "channel": "sandbox", "operation": "refund", "outcome": "failed",
+                                "created_at_ms": 0},
+           "risk_decisions": {"order_id": "o", "merchant_id": "m", "stage": "order", "score": 1, "action": "allow",
+                              "rules_fired": "[]", "attributes": "{}", "created_at_ms": 0}}[table]
+    for n, value in enumerate(ALLOWED[(table, column)]):
+        fields = {**row, column: value}
+        if "id" in fields:
+            fields["id"] = f"{fields['id']}{n}"
+        if "checkout_token" in fields:
+            fields["checkout_token"] = f"t{n}"
+        conn.execute(f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+                     tuple(fields.values()))
+    for wrong in ("bogus", "Paid", "", "pending "):
+        fields = {**row, column: wrong, **({"id": "x"} if "id" in row else {}),
+                  **({"checkout_token": "tx"} if "checkout_token" in row else {})}
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute(f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+                         tuple(fields.values()))
+
+
+def test_the_upgrade_keeps_every_row_of_a_real_server(tmp_path):
+    """Rows a real server wrote (orders paid, refunded and expired; their payments, attempts and
+    risk decisions), copied into a database at migration 31, come through 0032 unchanged."""
+    source = tmp_path / "source.sqlite"
+    server = RunningServer(db_path=source, clock=TestClock()).start()
+    try:
+        merchant = server.new_merchant()
+        with merchant.client() as client:
+            product = merchant.product(client, prices={"USD": 800}, stock=20)
+            orders = [merchant.order(client, product["id"], player_id=f"up-{n}").json() for n in range(6)]
+            for order in orders[:4]:
+                paid = client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed")
+                assert paid.status_code == 202, paid.text
+            server.clock.advance(seconds=2)
+
+            def fulfilled() -> bool:
+                return all(client.get(f"/v1/orders/{o['id']}").json()["status"] == "fulfilled" for o in orders[:4])
+
+            wait_for(fulfilled, timeout_s=30)
+            assert client.post(f"/v1/orders/{orders[0]['id']}/refunds", json={"amount": 300}).status_code == 201
+            assert client.post(f"/v1/orders/{orders[1]['id']}/refunds", json={}).status_code == 201
+            assert client.post(f"/v1/orders/{orders[5]['id']}/cancel").status_code in (200, 409)
+        assert_ledger_ok(server)
+    finally:
+        server.stop()
+
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in MIGRATIONS_DIR.glob("00*.sql"):
+        if int(path.name[:4]) <= 31:
+            shutil.copy(path, before / path.name)
+    old = tmp_path / "old.sqlite"
+    assert apply_migrations(str(old), before) == (0, 31)
+    copied = {}
+    with sqlite3.connect(old) as conn:
+        conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+        for table in ("merchants", *HOT):
+            old_columns = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+            new_columns = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
+            columns = ", ".join(c for c in old_columns if c in new_columns)
+            conn.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM src.{table}")
+            copied[table] = (columns, conn.execute(f"SELECT {columns} FROM src.{table} ORDER BY 1").fetchall())
+        conn.commit()
+        conn.execute("DETACH DATABASE src")
+    assert len(copied["orders"][1]) == 6 and len(copied["risk_decisions"][1]) >= 6
+    assert {r[0] for r in sqlite3.connect(source).execute("SELECT status FROM orders")} >= {
+        "fulfilled", "partially_refunded", "refunded"}
+
+    assert apply_migrations(str(old))[0] == 31
+    with sqlite3.connect(old) as conn:
+        for table, (columns, rows) in copied.items():
+            assert conn.execute(f"SELECT {columns} FROM {table} ORDER BY 1").fetchall() == rows, table
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL")}
+        latest = {r[0] for r in _latest(tmp_path).execute("SELECT name FROM sqlite_schema WHERE type = 'index'"
+                                                          " AND sql IS NOT NULL")}
+        assert names == latest, "every index is back"
