@@ -236,8 +236,8 @@ def _move_to_postgres(config: Config, source: list[str], url: str) -> None:
         print(f"apss: {line}", file=sys.stderr, flush=True)
 
     try:
-        info = pg_move.inspect_source(path)
-        pg_move.refuse_nonempty(url, info)
+        pg_move.inspect_source(path)
+        pg_move.refuse_nonempty(path, url)
         _warn_key_files(config, path, say)
         apply_migrations(url, progress=lambda done, total, name: say(f"target migration {done}/{total} {name} applied"))
     except (pg_move.MoveRefused, SchemaTooNew) as exc:
@@ -251,7 +251,7 @@ def _move_to_postgres(config: Config, source: list[str], url: str) -> None:
                            "balances and every balance equals its entries" if result.ok else result.problem)
 
     try:
-        moved = pg_move.copy(info, url, verify=ledger_check, progress=lambda line: say(f"copy {line}"))
+        moved = pg_move.copy(path, url, verify=ledger_check, progress=lambda line: say(f"copy {line}"))
     except pg_move.MoveRefused as exc:
         _fail(str(exc))
     except pg_move.MoveFailed as exc:

@@ -92,14 +92,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder) / "source.sqlite")
             build_source(path, args.rows)
-            info = pg_move.inspect_source(path)
             print(f"source: {5 * args.rows} rows ({args.rows} ledger transactions with 2 entries each, "
                   f"{args.rows} wallet transactions, {args.rows} idempotent answers), batch {args.batch_rows} rows")
             figures = {}
             for method in ("insert", "copy"):  # the baseline first
                 url = new_database(args.url or server.url())
                 apply_migrations(url)
-                moved = pg_move.copy(info, url, verify=ledger_check, batch_rows=args.batch_rows, method=method)
+                moved = pg_move.copy(path, url, verify=ledger_check, batch_rows=args.batch_rows, method=method)
                 figures[method] = moved.seconds
                 print(f"{'executemany' if method == 'insert' else 'COPY':>11}: {moved.rows} rows in "
                       f"{moved.seconds:.2f} s = {moved.rows / moved.seconds:,.0f} rows/s ({moved.verified})")

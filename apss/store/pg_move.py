@@ -151,10 +151,12 @@ def _holding_rows(conn: Any, tables: list[str]) -> list[str]:
             and conn.execute(f"SELECT EXISTS (SELECT 1 FROM {_ident(t)})").fetchone()[0]]
 
 
-def refuse_nonempty(url: str, source: SourceInfo) -> None:
-    """MoveRefused when an APSS table of the target holds a row (before the target is migrated)."""
+def refuse_nonempty(path: str, url: str) -> None:
+    """MoveRefused when an APSS table (one of the source at `path`) of the target at `url` holds a
+    row (checked before the target is migrated)."""
     import psycopg  # the `postgres` extra
 
+    source = inspect_source(path)
     with psycopg.connect(url, autocommit=True) as conn:
         full = _holding_rows(conn, source.tables)
     if full:
@@ -184,18 +186,20 @@ class TxReader:
         return rows[0] if rows else None
 
 
-def copy(source: SourceInfo, url: str, *, verify: Callable[[TxReader], tuple[bool, str]],
+def copy(path: str, url: str, *, verify: Callable[[TxReader], tuple[bool, str]],
          batch_rows: int = BATCH_ROWS, method: str = "copy",
          progress: Callable[[str], None] | None = None) -> MoveResult:
-    """Copy every row of `source` into the (migrated, empty) PostgreSQL database at `url` in one
-    transaction, and commit only if the counts agree and `verify` returns (True, what it found).
-    `method="insert"` uses executemany instead of COPY (bench/pg_move.py's baseline)."""
+    """Copy every row of the SQLite database at `path` into the (migrated, empty) PostgreSQL
+    database at `url` in one transaction, and commit only if the counts agree and `verify`
+    returns (True, what it found). `method="insert"` uses executemany instead of COPY
+    (bench/pg_move.py's baseline)."""
     import psycopg  # the `postgres` extra
 
     assert method in ("copy", "insert") and batch_rows >= 1
     say = progress or (lambda line: None)
     started = time.monotonic()
     result = MoveResult()
+    source = inspect_source(path)
     src = _open_source(source.path)
     try:
         src.execute("BEGIN")  # one snapshot for every count and every row
