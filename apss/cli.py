@@ -1,5 +1,6 @@
 """The `apss` command: `apss serve`, `apss migrate`, `apss ledger check`, `apss backup PATH`,
-`apss restore PATH` (and `python run.py`, which is `apss serve`).
+`apss restore PATH`, `apss migrate-to-postgres --from sqlite PATH --to URL` (and `python run.py`,
+which is `apss serve`).
 
 The config file is found in this order: `--config PATH`, `$APSS_CONFIG`, `./config.toml`; without
 one the built-in defaults apply, and the command says so and where the data goes."""
@@ -208,6 +209,85 @@ def _restore(config: Config, source: str, key_source: str | None) -> None:
           f"({checked.ledger_transactions} transactions); {_counts(checked)}")
 
 
+def _move_to_postgres(config: Config, source: list[str], url: str) -> None:
+    """Copy a SQLite database into an empty PostgreSQL one (store/pg_move.py says the rules):
+    refusals are one line and exit 2, a copy that fails its counts or the ledger check is rolled
+    back and exits 1, a checked and committed copy prints its summary and exits 0."""
+    import asyncio
+
+    from apss.config import DatabaseConfig
+    from apss.services.money.ledger import Ledger
+    from apss.store import pg_move
+    from apss.store.migrate import apply_migrations, is_postgresql, require_psycopg
+
+    kind, path = source
+    if kind != "sqlite":
+        _fail(f"--from {kind}: only a SQLite database can be moved (--from sqlite PATH)")
+    if not is_postgresql(url):
+        _fail("--to: a PostgreSQL URL (postgresql://user:password@host:5432/dbname)")
+    display = DatabaseConfig(url=url).display  # never the user, password or parameters
+    try:
+        require_psycopg()
+    except ConfigInvalid as exc:
+        _fail(str(exc))
+    import psycopg
+
+    def say(line: str) -> None:
+        print(f"apss: {line}", file=sys.stderr, flush=True)
+
+    try:
+        pg_move.inspect_source(path)
+        pg_move.refuse_nonempty(path, url)
+        _warn_key_files(config, path, say)
+        apply_migrations(url, progress=lambda done, total, name: say(f"target migration {done}/{total} {name} applied"))
+    except (pg_move.MoveRefused, SchemaTooNew) as exc:
+        _fail(str(exc))
+    except psycopg.Error as exc:
+        _fail(f"database {display}: {_first_line(exc)}")
+
+    def ledger_check(reader: pg_move.TxReader) -> tuple[bool, str]:  # `apss ledger check`'s, on the copy
+        result = asyncio.run(Ledger(db=reader, clock=None, config=config.finance).check())
+        return result.ok, (f"{result.transactions} transactions, {result.entries} entries: every transaction "
+                           "balances and every balance equals its entries" if result.ok else result.problem)
+
+    try:
+        moved = pg_move.copy(path, url, verify=ledger_check, progress=lambda line: say(f"copy {line}"))
+    except pg_move.MoveRefused as exc:
+        _fail(str(exc))
+    except pg_move.MoveFailed as exc:
+        print(f"apss: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except psycopg.Error as exc:  # a row PostgreSQL refused, the server gone: the transaction is rolled back
+        print(f"apss: the copy to {display} failed, nothing was committed: {_first_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"moved {path} to {display}: {moved.tables} tables, {moved.rows} rows in {moved.seconds:.1f} s; "
+          f"row counts equal on both sides; {len(moved.sequences)} identity sequences moved past the copied ids; "
+          f"ledger: {moved.verified}")
+
+
+def _first_line(exc: Exception) -> str:
+    """psycopg's primary message (its DETAIL and CONTEXT lines may quote a row's values: left out)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _warn_key_files(config: Config, path: str, say) -> None:
+    """The data key and the personal-data keys are not in the database: the server on PostgreSQL
+    needs the very same ones (from config, or the files beside its database.path)."""
+    from apss.store.pg_move import key_files
+
+    found = key_files(path)
+    expected = {".keys": not config.security.data_key, ".privacy": not config.privacy.keys}
+    for suffix, wanted in expected.items():
+        if wanted and found[suffix] is None:
+            say(f"warning: no {path}{suffix} beside the source: the server on PostgreSQL needs the {suffix} file "
+                "the source was written with (a backup's is where --with-key put it), or it cannot open the "
+                "sealed secrets and personal data")
+    kept = [str(f) for f in found.values() if f is not None]
+    if kept:
+        say(f"keep {', '.join(kept)}: they are not in the database; the server on PostgreSQL reads them beside its "
+            "database.path")
+
+
 def main(argv: list[str] | None = None) -> None:
     if not __debug__:
         print("apss: refusing to run with python -O: assertions guard the invariants", file=sys.stderr)
@@ -217,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help=config_help)
     parser = argparse.ArgumentParser(prog="apss", description="APSS, the Automated Payment & Settlement System for "
                                      "virtual goods.", parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,migrate,ledger,backup,restore}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{serve,migrate,ledger,backup,restore,migrate-to-postgres}")
     serve = commands.add_parser("serve", parents=[common], help="apply migrations and start the server",
                                 description="Apply migrations and start the server (what `python run.py` does). "
                                             "SIGTERM stops it in order within server.shutdown_deadline_s.")
@@ -245,6 +326,16 @@ def main(argv: list[str] | None = None) -> None:
                                               "runs on that file.")
     restore.add_argument("path", help="the backup file")
     restore.add_argument("--with-key", metavar="KEY_PATH", help="the data key the backup was taken with")
+    move = commands.add_parser(
+        "migrate-to-postgres", parents=[common], help="copy a SQLite database into an empty PostgreSQL database",
+        description="Copy every row of a SQLite database (read-only) into an empty PostgreSQL database, migrated "
+                    "first, in one transaction: committed only once the row counts agree and the ledger check passes "
+                    "on the copy; prints tables, rows and seconds. The key files beside the SQLite file are not "
+                    "copied: the server on PostgreSQL must use the same ones.")
+    move.add_argument("--from", dest="source", nargs=2, metavar=("sqlite", "PATH"), required=True,
+                      help="the SQLite database to copy (stop its server first, or copy a backup)")
+    move.add_argument("--to", dest="url", metavar="URL", required=True,
+                      help="the PostgreSQL database (postgresql://user:password@host:5432/dbname), empty")
     args = parser.parse_args(argv)
     overrides = {}
     if args.command == "serve":  # flags win over the environment and the file
@@ -261,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         _backup(config, args.path, args.with_key)
     elif args.command == "restore":
         _restore(config, args.path, args.with_key)
+    elif args.command == "migrate-to-postgres":
+        _move_to_postgres(config, args.source, args.url)
     else:
         _serve(config, print_secrets=args.print_secrets)
 
