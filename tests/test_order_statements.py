@@ -11,18 +11,20 @@ import pytest
 
 from tests.sql_trace import traced_transactions
 
-ORDER_TRANSACTION = "Checkout.create.<locals>.<lambda>"
+ORDER_TRANSACTION = "Checkout.create.<locals>.begin"
+AUDIT_TRANSACTION = "AuditLog.record.<locals>.<lambda>"  # the audit row's own transaction (other routes)
 # What it runs, once each: the idempotency key, the product, the automatic promotions, the
 # player's KYC row; the risk reads (the player's first sighting, the velocity counters' windows,
 # the distinct counters' windows, the lists); the stock reserve, the order, its item, its payment,
 # its first event; the risk decision, the order's facts, four counter buckets (orders and amount
 # per player, minute and hour), the player's first sighting; the payment's provider id checked
 # free, the attempt, the id recorded (inserted first: one statement, was a read and an insert),
-# the payment's details and move in one UPDATE (was two), the key's stored answer. 27 before.
-PLAIN_MAX = 25
+# the payment's details and move in one UPDATE (was two), the key's stored answer; the request's
+# audit row (it had a write transaction of its own after this one). 27 before.
+PLAIN_MAX = 26
 # With an IP and a device: their novelty read, four more counter buckets each (orders and amount per IP
 # and device), the distinct players per IP and device (minute and hour), the device mark. 41 before.
-WITH_NETWORK_MAX = 39
+WITH_NETWORK_MAX = 40
 
 
 @pytest.mark.parametrize(("facts", "statements_max"), [
@@ -47,6 +49,7 @@ def test_an_order_runs_at_most_its_statements(merchant, facts, statements_max):
     assert replay.status_code == 201 and replay.json() == order
     [statements] = runs[ORDER_TRANSACTION]
     assert len(statements) <= statements_max, "\n".join(statements)
+    assert AUDIT_TRANSACTION not in runs, "the audit row is written with the order: one write transaction"
     assert order["status"] == "pending" and order["payment"]["status"] == "requires_action"
     provider_ref = order["payment"]["next_action"]["url"].rsplit("/", 1)[1]
     with sqlite3.connect(merchant.server.db_path) as conn:
@@ -56,7 +59,12 @@ def test_an_order_runs_at_most_its_statements(merchant, facts, statements_max):
                             (order["payment"]["id"],)).fetchall()
         stock = conn.execute("SELECT stock, reserved FROM products WHERE id = ?", (product["id"],)).fetchone()
         key = conn.execute("SELECT state, response_status FROM idempotency_keys WHERE key = 'counted-order'").fetchone()
+        audited = conn.execute("SELECT actor, merchant_id, action, status_code, key_ref FROM audit_log"
+                               " WHERE object_id = ? ORDER BY id", (order["id"],)).fetchall()
     assert payment[0] == "requires_action" and payment[1] == provider_ref and provider_ref in payment[2]
     assert refs == [(provider_ref,)]
     assert stock == (3, 2)
     assert key == ("done", 201)
+    # one row for the order, one for its replay (the middleware's, as for any answer)
+    assert [row[:4] for row in audited] == [("merchant", merchant.id, "order.create", 201)] * 2
+    assert audited[0][4] == audited[1][4] and audited[0][4].startswith("sk_test_")

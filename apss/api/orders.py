@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
+from apss.api import audit
 from apss.api.common import (
     Cursor,
     Limit,
@@ -34,7 +35,8 @@ class OrderController(Controller):
         # An erased player's id is stored (and hashed) as the pseudonym its records carry.
         data = msgspec.structs.replace(data, player_id=svc.privacy.resolve(merchant.id, data.player_id))
         idem = idempotency_request(request, data)
-        return outcome_response(await svc.checkout.create(merchant=merchant, command=data, idem=idem))
+        return outcome_response(await svc.checkout.create(merchant=merchant, command=data, idem=idem,
+                                                          audit_tx=audit.in_transaction(request.scope)))
 
     @get("/", summary="List orders, newest first")
     async def list_orders(

@@ -136,9 +136,13 @@ class Checkout:
 
     # -- create ------------------------------------------------------------------------------
     async def create(self, *, merchant: Merchant, command: OrderCreate, idem: IdempotencyRequest | None,
-                     on_reserved: OnReserved | None = None) -> Outcome:
+                     on_reserved: OnReserved | None = None,
+                     audit_tx: Callable[[Tx, Outcome], None] | None = None) -> Outcome:
         """`on_reserved(tx, order)` runs in the reserve transaction once the order is written
-        (a subscription records its first order there)."""
+        (a subscription records its first order there). `audit_tx(tx, outcome)` runs in the
+        transaction that gave the final answer, when one did (the channel created its payment in
+        that transaction, or the order was refused there), and not for a replay: the request's
+        audit row is then committed with the order (api/audit.py)."""
         self._check_shape(command)
         if not is_iso_currency(command.currency):  # a virtual currency: paid from the wallet, now
             if command.channel not in (None, WALLET_CHANNEL):
@@ -153,9 +157,14 @@ class Checkout:
 
         # Subscription orders (on_reserved) are not assessed by the risk rules yet.
         facts = await self._risk_facts(merchant, command) if on_reserved is None else None
-        reserved = await self._db.write(lambda tx: self._begin_order(tx, merchant=merchant, command=command, idem=idem,
-                                                                     channel=candidates[0].name, facts=facts,
-                                                                     on_reserved=on_reserved))
+        def begin(tx: Tx) -> Outcome | _Reserved:
+            reserved = self._begin_order(tx, merchant=merchant, command=command, idem=idem, channel=candidates[0].name,
+                                         facts=facts, on_reserved=on_reserved)
+            if audit_tx is not None and isinstance(reserved, Outcome) and not reserved.replayed:
+                audit_tx(tx, reserved)
+            return reserved
+
+        reserved = await self._db.write(begin)
         # A channel that creates payments in this process (the sandbox) did it in that same
         # transaction; a provider is called between two (services/payments/gateway.py).
         if isinstance(reserved, Outcome):
