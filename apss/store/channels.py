@@ -82,7 +82,7 @@ _OPEN_DUE = (
     " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
 )
 # Claimable: not held by another instance's unexpired claim (ours may be taken again).
-UNCLAIMED = "(p.claimed_until_ms IS NULL OR p.claimed_until_ms <= ? OR p.claimed_by = ?)"
+_UNCLAIMED = "(p.claimed_until_ms IS NULL OR p.claimed_until_ms <= ? OR p.claimed_by = ?)"
 
 
 def claim_open_payments_due(tx: Tx, *, now_ms: int, first_check_ms: int, oldest_ms: int, limit: int, owner: str,
@@ -90,7 +90,7 @@ def claim_open_payments_due(tx: Tx, *, now_ms: int, first_check_ms: int, oldest_
     """PostgreSQL (several instances): `open_payments_due`, without the payments another janitor
     holds, each claimed for `owner` until `claimed_until_ms` (rows a concurrent claim has locked are
     skipped, not waited for)."""
-    rows = tx.all(f"{_OPEN_DUE} AND {UNCLAIMED} ORDER BY p.created_at_ms LIMIT ? FOR UPDATE OF p SKIP LOCKED",
+    rows = tx.all(f"{_OPEN_DUE} AND {_UNCLAIMED} ORDER BY p.created_at_ms LIMIT ? FOR UPDATE OF p SKIP LOCKED",
                   (oldest_ms, first_check_ms, now_ms, now_ms, owner, limit))
     claim_payments(tx, payment_ids=[row["id"] for row in rows], owner=owner, claimed_until_ms=claimed_until_ms)
     return rows
