@@ -80,7 +80,6 @@ from apss.config import Config
 from apss.crypto import Keyring, PersonalData, keyring_from_file
 from apss.errors import ConfigInvalid, LiveMerchantsInTestMode
 from apss.jobs.catalogue import schedule_jobs
-from apss.jobs.leases import JobLeases
 from apss.jobs.scheduler import Scheduler
 from apss.services.backups.backups import Backups, key_file, personal_key_file
 from apss.services.catalog.products import Catalog
@@ -102,6 +101,7 @@ from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
+from apss.services.ops.job_leases import JobLeases
 from apss.services.ops.metrics import Metrics
 from apss.services.orders import lifecycle
 from apss.services.orders.browser import BrowserCheckout
@@ -227,7 +227,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     events = WebhookEvents(clock=clock, wake=lambda: scheduler.poke("webhooks"))
     outbox = Outbox(events=events, public_url=config.public_url)
     db = _database(config, event_sink=outbox.sink)
-    # Each job runs on the one instance holding its lease (jobs/leases.py: on SQLite, always this one).
+    # Each job runs on the one instance holding its lease (services/ops/job_leases.py; on SQLite: this one).
     instance = instance_id(config)  # also names this instance's claims of webhook deliveries and janitor rows
     leases = JobLeases(db=db, owner=instance, lease_s=config.scheduler.lease_s)
     scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms, leases=leases)

@@ -3,8 +3,8 @@ its interval on the (possibly moved) clock; `poke` runs one at once (after a com
 work). A test-clock advance runs the expiry and sandbox jobs at the due times their data gives, and
 leaves deliveries to merchants' servers to their own loops (scheduler.py).
 
-Every job here is leased (jobs/leases.py): with several instances on one database each runs on the
-instance holding its lease. A poke runs a job only there, except the webhook sender's: its passes
+Every job here is leased (services/ops/job_leases.py): with several instances on one database
+each runs on the instance holding its lease. A poke runs a job only there, except the webhook sender's: its passes
 claim their deliveries (FOR UPDATE SKIP LOCKED on PostgreSQL), so it is safe on two instances at
 once and sends an event from the instance whose commit made it, without waiting for the owner's
 next second. The other poked jobs are not safe so: the sandbox's callback sender and the refund

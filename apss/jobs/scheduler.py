@@ -16,9 +16,9 @@ Meanwhile the jobs' own loops leave the stepped jobs to the advance (pokes still
 Jobs added with `stepped=False` (deliveries to merchants' servers) are queued, not awaited: their
 own loops send them once the clock has moved.
 
-Several instances on one database (jobs/leases.py): given `leases`, a job added with `leased=True`
-(every job of the catalogue) runs from its loop only on the instance that holds its lease; the
-others' loops wait, and take it over when its owner stops renewing. A poke runs a leased job only
+Several instances on one database (services/ops/job_leases.py): given `leases`, a job added
+with `leased=True` (every job of the catalogue) runs from its loop only on the instance that
+holds its lease; the others' loops wait, and take it over when its owner stops renewing. A poke runs a leased job only
 where its lease is held, except a job added with `local_pokes=True`, safe to run on two instances
 at once (the webhook sender, whose passes claim their rows): it runs on the instance whose commit
 gave it work, at once. `run_now` and a test-clock advance are explicit requests to this instance
@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from apss.clock import Clock
-from apss.jobs.leases import JobLeases
+from apss.services.ops.job_leases import JobLeases
 
 __all__ = ["JobStats", "Scheduler"]
 

@@ -1,8 +1,9 @@
 -- Work done once across instances (several APSS processes on one PostgreSQL database).
 --
--- job_leases: which instance runs each scheduler job now (apss/jobs/leases.py). An instance takes
--- or renews a lease with one conditional upsert (store/leases.py): it wins when the row is its own
--- or has expired; it renews every lease third, so a dead owner's jobs move within one lease time.
+-- job_leases: which instance runs each scheduler job now (apss/services/ops/job_leases.py). An
+-- instance takes or renews a lease with one conditional upsert (store/leases.py): it wins when the
+-- row is its own or has expired; it renews every lease third, so a dead owner's jobs move within
+-- one lease time.
 -- Times are on the instances' wall clocks, never the test clock.
 CREATE TABLE job_leases (
     job TEXT PRIMARY KEY,

@@ -1,4 +1,4 @@
-"""Leases on scheduler jobs (jobs/leases.py): which instance runs each job now.
+"""Leases on scheduler jobs (services/ops/job_leases.py): which instance runs each job now.
 
 One row per job: its owner (an instance id), when the lease ends, and when that owner took it.
 `take_leases` takes or renews every lease an instance asks for in one write transaction, each with

@@ -1,5 +1,5 @@
-"""Work done once across instances (jobs/leases.py, the claims of store/webhooks.py and the
-janitor's): a scheduler job runs on the one instance holding its lease and moves to another when
+"""Work done once across instances (services/ops/job_leases.py, the claims of store/webhooks.py
+and the janitor's): a scheduler job runs on the one instance holding its lease and moves to another when
 that one dies; two instances' webhook passes deliver each attempt once; two janitors' claims are
 disjoint. Every outcome is read back raw (sqlite3 / psycopg) or counted at a receiving HTTP server.
 Leases are short here (well under a second, or 1.5 s for processes) so a takeover is quick; no
@@ -21,10 +21,10 @@ import uvicorn
 
 from apss.clock import SystemClock, TestClock
 from apss.crypto import Keyring
-from apss.jobs.leases import JobLeases
 from apss.jobs.scheduler import Scheduler
 from apss.services.idempotency import Idempotency
 from apss.services.notify.merchant_webhooks import WebhookEndpointCreate, Webhooks
+from apss.services.ops.job_leases import JobLeases
 from apss.services.outbound import TargetClients
 from apss.store import channels, orders, refunds
 from apss.store import webhooks as webhook_store

@@ -17,8 +17,8 @@ provider (`close_state = pending`); the closer sends the void/close through the 
 retries at the next run while the outcome is unknown, up to `len(janitor_schedule_s)` attempts.
 
 Several instances on one PostgreSQL database: the janitor job runs on its lease's owner
-(jobs/leases.py), and each of its three passes also claims its rows first (one write per pass:
-`SELECT ... FOR UPDATE SKIP LOCKED`, then `claimed_by`/`claimed_until_ms` set on the payments or
+(services/ops/job_leases.py), and each of its three passes also claims its rows first (one write
+per pass: `SELECT ... FOR UPDATE SKIP LOCKED`, then `claimed_by`/`claimed_until_ms` set on the payments or
 refunds), so two janitors (a lease moving while its old owner still finishes a pass, a `run_now`)
 never ask a provider about the same payment at once. Each row's record ends its claim; the claims
 of an instance that died mid-pass expire after the longest pass (a provider timeout per row of a
