@@ -8,7 +8,8 @@ lease time (a conditional upsert per job: taken when free, expired or already ou
 lease this instance does not hold waits in its loop; when the owner stops renewing (killed, hung,
 cut off from the database) its leases expire and the next instance to renew takes them, so a job
 resumes elsewhere within one lease time (plus a third, the renewal period). A clean stop gives the
-leases up at once.
+leases up at once. A renewal that fails (the database unreachable, a full disk) keeps what was held
+until it expires; the jobs then wait until a renewal succeeds again (a warning is logged each time).
 
 Leases live on the wall clock (milliseconds since the epoch), never on the test clock: whether an
 instance is alive is a matter of real time, and a test-clock advance of a month must not look like
