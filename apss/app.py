@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,7 @@ from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
+from apss.services.ops.job_leases import JobLeases
 from apss.services.ops.metrics import Metrics
 from apss.services.orders import lifecycle
 from apss.services.orders.browser import BrowserCheckout
@@ -207,14 +209,28 @@ def _database(config: Config, *, event_sink: EventSink) -> Database:
                     event_sink=event_sink)
 
 
+def instance_id(config: Config) -> str:
+    """This instance's name in the job leases: `scheduler.instance_id`, else "sqlite" on SQLite (one
+    process serves the file) and "<hostname>:<port>" on PostgreSQL (the same after a restart; the
+    process id on an ephemeral port)."""
+    if config.scheduler.instance_id:
+        return config.scheduler.instance_id
+    if not config.database.postgresql:
+        return "sqlite"
+    return f"{socket.gethostname()}:{config.server.port or f'pid{os.getpid()}'}"
+
+
 def _build_services(config: Config, wall_clock: Clock) -> Services:
     test_clock = _test_clock(config, wall_clock)
     clock: Clock = test_clock if test_clock is not None else wall_clock
-    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms)
     # The writer's event sink writes merchant webhook events in the transaction of each change.
     events = WebhookEvents(clock=clock, wake=lambda: scheduler.poke("webhooks"))
     outbox = Outbox(events=events, public_url=config.public_url)
     db = _database(config, event_sink=outbox.sink)
+    # Each job runs on the one instance holding its lease (services/ops/job_leases.py; on SQLite: this one).
+    instance = instance_id(config)  # also names this instance's claims of webhook deliveries and janitor rows
+    leases = JobLeases(db=db, owner=instance, lease_s=config.scheduler.lease_s)
+    scheduler = Scheduler(clock=clock, tick_ms=config.scheduler.tick_ms, leases=leases)
     keyring = load_keyring(config)
     personal, personal_keys_path = load_personal_data(config)
     throttle = AdminThrottle(failures_max=config.admin.auth_failures_max, window_ms=config.admin.auth_window_s * 1000,
@@ -251,7 +267,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     webhooks = Webhooks(db=db, clock=clock, keyring=keyring, idempotency=idempotency, http=TargetClients(),
                         wake=lambda: scheduler.poke("webhooks"), events=events,
                         allow_private_targets=config.webhooks.allow_private_targets,
-                        attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s)
+                        attempt_timeout_s=config.webhooks.attempt_timeout_s, retry_window_s=config.webhooks.retry_window_s,
+                        claimer=instance)
     deliveries = Deliveries(db=db, clock=clock, webhooks=webhooks, idempotency=idempotency,
                             alert_after_s=config.webhooks.unacknowledged_alert_s,
                             on_ack=lambda tx, order_id: lifecycle.deliver_acknowledged(tx, order_id, now_ms=clock.now_ms()))
@@ -282,7 +299,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
                                      ledger=ledger, refunds=refunds, game_delivery=deliveries.create_delivery,
                                      public_url=config.public_url)
     janitor = PaymentJanitor(db=db, clock=clock, config=config.channels, gateway=gateway, merchants=merchants,
-                             payment_events=payment_events, refunds=refunds)
+                             payment_events=payment_events, refunds=refunds, claimer=instance)
     settlements = Settlements(db=db, clock=clock, ledger=ledger, idempotency=idempotency, outbox=outbox,
                               chunk_rows_max=config.database.chunk_rows_max)
     completer = Completer(db=db, clock=clock, merchants=merchants, checkout=checkout, refunds=refunds,

@@ -234,6 +234,14 @@ class SchedulerConfig(_Section):
     expiry_interval_s: Annotated[float, Meta(gt=0)] = 1.0
     expiry_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500
     idempotency_prune_interval_s: Annotated[float, Meta(gt=0)] = 3600.0
+    # Several instances on one PostgreSQL database: each job runs on the instance holding its lease,
+    # renewed every third of lease_s; when that instance dies its jobs move to another within
+    # lease_s (apss/services/ops/job_leases.py). instance_id names this instance in the leases;
+    # empty: "sqlite" on SQLite (one process serves the file), "<hostname>:<server.port>" on
+    # PostgreSQL (the same after a restart, so a restarted instance takes its leases back at once).
+    # Never give two running instances one id.
+    lease_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    instance_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:@-]{0,128}$")] = ""
 
 
 class SubscriptionsConfig(_Section):

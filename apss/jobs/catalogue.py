@@ -1,7 +1,17 @@
 """The job catalogue: which job runs which service method, how often. The scheduler runs each at
 its interval on the (possibly moved) clock; `poke` runs one at once (after a commit that gave it
 work). A test-clock advance runs the expiry and sandbox jobs at the due times their data gives, and
-leaves deliveries to merchants' servers to their own loops (scheduler.py)."""
+leaves deliveries to merchants' servers to their own loops (scheduler.py).
+
+Every job here is leased (services/ops/job_leases.py): with several instances on one database
+each runs on the instance holding its lease. A poke runs a job only there, except the webhook sender's: its passes
+claim their deliveries (FOR UPDATE SKIP LOCKED on PostgreSQL), so it is safe on two instances at
+once and sends an event from the instance whose commit made it, without waiting for the owner's
+next second. The other poked jobs are not safe so: the sandbox's callback sender and the refund
+sender read due rows and record each send after it (two instances would send the same callback or
+refund twice), and the privacy rotation re-seals batches it read. Their pokes on an instance that
+does not hold the lease are dropped, and the owner finds the work at its next interval (1 s, 5 s,
+the rotation's)."""
 
 from __future__ import annotations
 
@@ -42,8 +52,10 @@ def schedule_jobs(scheduler: Scheduler, svc: Services) -> None:
     due = {"expiry": svc.checkout.next_expiry_ms, "sandbox_callbacks": svc.sandbox.next_callback_ms,
            "refund_sender": svc.refunds.next_send_ms}
     queued = {"webhooks", "game_deliveries"}  # merchants' servers: queued by an advance, never awaited
+    local_pokes = {"webhooks"}  # safe on two instances at once (module docstring)
     for name, interval_s, fn in jobs:
-        scheduler.add(name, interval_s=interval_s, fn=fn, due_ms=due.get(name), stepped=name not in queued)
+        scheduler.add(name, interval_s=interval_s, fn=fn, due_ms=due.get(name), stepped=name not in queued,
+                      local_pokes=name in local_pokes)
 
     async def prune_idempotency_keys() -> int:
         return await svc.idempotency.prune(svc.db, ttl_s=config.orders.idempotency_ttl_s, limit=_IDEMPOTENCY_PRUNE_MAX)

@@ -15,6 +15,15 @@ A test-clock advance (`step_until`) steps through the jobs' due times up to its 
 Meanwhile the jobs' own loops leave the stepped jobs to the advance (pokes still run them).
 Jobs added with `stepped=False` (deliveries to merchants' servers) are queued, not awaited: their
 own loops send them once the clock has moved.
+
+Several instances on one database (services/ops/job_leases.py): given `leases`, a job added
+with `leased=True` (every job of the catalogue) runs from its loop only on the instance that
+holds its lease; the others' loops wait, and take it over when its owner stops renewing. A poke runs a leased job only
+where its lease is held, except a job added with `local_pokes=True`, safe to run on two instances
+at once (the webhook sender, whose passes claim their rows): it runs on the instance whose commit
+gave it work, at once. `run_now` and a test-clock advance are explicit requests to this instance
+and run the job here whoever holds the lease (a job stays correct run twice at once, since every
+write is a transaction of the database; the lease saves duplicated work and duplicated calls out).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from apss.clock import Clock
+from apss.services.ops.job_leases import JobLeases
 
 __all__ = ["JobStats", "Scheduler"]
 
@@ -47,17 +57,21 @@ class JobStats(msgspec.Struct, frozen=True, kw_only=True):
     failures: int  # runs that raised
     lag_s: float  # how long after it was due the last run started (0: on time, or poked early)
     duration_s: float  # how long the last run took (wall time)
+    lease_held: bool  # this instance runs it (it holds the job's lease, or the job needs none)
+    lease_owner: str | None  # the instance holding its lease at the last renewal (None: no lease)
 
 
 class _Job:
     def __init__(self, name: str, interval_ms: int, fn: Callable[[], Awaitable[object]], *,
-                 due_ms: DueMs | None, stepped: bool) -> None:
+                 due_ms: DueMs | None, stepped: bool, leased: bool, local_pokes: bool) -> None:
         assert interval_ms > 0
         self.name = name
         self.interval_ms = interval_ms
         self.fn = fn
         self.due_ms = due_ms  # when its data next gives it work (None: nothing waiting)
         self.stepped = stepped
+        self.leased = leased  # runs from its loop only where its lease is held (given leases)
+        self.local_pokes = local_pokes  # a poke runs it here, lease or not
         self.next_due_ms = 0
         self.started_ms = -1  # clock time at the start of the last run
         self.poked = asyncio.Event()
@@ -70,21 +84,25 @@ class _Job:
 
 
 class Scheduler:
-    def __init__(self, *, clock: Clock, tick_ms: int) -> None:
+    def __init__(self, *, clock: Clock, tick_ms: int, leases: JobLeases | None = None) -> None:
         assert tick_ms >= 1
         self._clock = clock
         self._tick_s = tick_ms / 1000
+        self._leases = leases  # None: every job runs here (one instance)
+        self._leases_known = asyncio.Event()  # set after the first renewal, won or not
         self._jobs: dict[str, _Job] = {}
         self._tasks: list[asyncio.Task] = []
         self._advancing = False  # a test-clock advance runs the stepped jobs itself
 
     def add(self, name: str, *, interval_s: float, fn: Callable[[], Awaitable[object]], due_ms: DueMs | None = None,
-            stepped: bool = True) -> None:
+            stepped: bool = True, leased: bool = True, local_pokes: bool = False) -> None:
         """`due_ms` tells when the job's data next gives it work; `stepped=False` leaves the job out
-        of test-clock advances (module docstring)."""
+        of test-clock advances; `leased` runs it only where its lease is held, `local_pokes` on a
+        poke here too (module docstring)."""
         assert name not in self._jobs, f"job {name!r} added twice"
         assert not self._tasks, "add jobs before start"
-        self._jobs[name] = _Job(name, int(interval_s * 1000), fn, due_ms=due_ms, stepped=stepped)
+        self._jobs[name] = _Job(name, int(interval_s * 1000), fn, due_ms=due_ms, stepped=stepped, leased=leased,
+                                local_pokes=local_pokes)
 
     def poke(self, name: str) -> None:
         """Run the job now (from the event loop thread, e.g. an after-commit hook)."""
@@ -96,7 +114,14 @@ class Scheduler:
     def stats(self) -> list[JobStats]:
         """Every job's counters (read at /metrics scrape time; cheap: no locks, no I/O)."""
         return [JobStats(name=job.name, runs=job.runs, failures=job.failures, lag_s=job.lag_ms / 1000,
-                         duration_s=job.duration_s) for job in self._jobs.values()]
+                         duration_s=job.duration_s, lease_held=self._lease_held(job),
+                         lease_owner=self._leases.owner_of(job.name) if self._leases and job.leased else None)
+                for job in self._jobs.values()]
+
+    @property
+    def instance_id(self) -> str | None:
+        """This instance's id in the job leases (None: no leases)."""
+        return self._leases.owner if self._leases is not None else None
 
     def completed_as_of_ms(self, name: str) -> int:
         """The clock time a completed run of the job started at: a run that saw `t` is done."""
@@ -109,20 +134,46 @@ class Scheduler:
     def start(self) -> None:
         assert not self._tasks, "started twice"
         self._tasks = [asyncio.create_task(self._loop(job), name=f"job:{job.name}") for job in self._jobs.values()]
+        leased = [job.name for job in self._jobs.values() if job.leased]
+        if self._leases is not None and leased:
+            self._tasks.append(asyncio.create_task(self._keep_leases(leased), name="job-leases"))
+        else:
+            self._leases_known.set()
 
-    async def stop(self) -> None:
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop every loop; `release` gives this instance's leases up (a clean stop: another takes
+        them at once). Without it they expire by themselves, as a killed instance's do."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if release and self._leases is not None and self._leases_known.is_set():
+            await self._leases.release()
+
+    async def _keep_leases(self, names: list[str]) -> None:
+        assert self._leases is not None
+        while True:
+            try:
+                await self._leases.renew(names)
+            except Exception as exc:
+                log.warning("job leases not renewed (%s); held ones last until they expire", type(exc).__name__)
+            self._leases_known.set()
+            await asyncio.sleep(self._leases.renew_every_s)
+
+    def _lease_held(self, job: _Job) -> bool:
+        return self._leases is None or not job.leased or self._leases.held(job.name)
 
     async def _loop(self, job: _Job) -> None:
+        await self._leases_known.wait()
         while True:
             # During an advance the stepped jobs run at its steps, not a second time from here.
             due = self._clock.now_ms() >= job.next_due_ms and not (job.stepped and self._advancing)
-            if job.poked.is_set() or due:
+            poked = job.poked.is_set()
+            if poked or due:
                 job.poked.clear()
-                await self._run(job)
+                # Not ours: the owner runs it (a due job waits here, and runs once the lease is ours).
+                if self._lease_held(job) or (poked and job.local_pokes):
+                    await self._run(job)
             try:
                 await asyncio.wait_for(job.poked.wait(), timeout=self._tick_s)
             except TimeoutError:

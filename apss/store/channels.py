@@ -9,11 +9,14 @@ from apss.store.db import Database, Tx
 __all__ = [
     "all_routing",
     "all_settings",
+    "claim_open_payments_due",
+    "claim_payments",
     "insert_attempt",
     "list_attempts",
     "list_refs",
     "open_payments_due",
     "record_check",
+    "release_payment",
     "set_routing",
     "upsert_settings",
 ]
@@ -68,15 +71,42 @@ async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, o
     `oldest_ms` only bounds the payments never checked that are not `unknown`: a payment whose
     outcome is unknown, or whose next check is pending, is queried however late the janitor runs
     (after days down), so its schedule ends in an answer or the `payment_unresolved` alert."""
-    return await db.fetch_all(
-        "SELECT p.*, coalesce(c.checks_done, 0) AS checks_done FROM payments p"
-        " LEFT JOIN payment_checks c ON c.payment_id = p.id"
-        " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled')"
-        " AND (p.created_at_ms >= ? OR p.status = 'unknown' OR c.next_check_at_ms IS NOT NULL)"
-        " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
-        " ORDER BY p.created_at_ms LIMIT ?",
-        (oldest_ms, first_check_ms, now_ms, limit),
-    )
+    return await db.fetch_all(f"{_OPEN_DUE} ORDER BY p.created_at_ms LIMIT ?", (oldest_ms, first_check_ms, now_ms, limit))
+
+
+_OPEN_DUE = (
+    "SELECT p.*, coalesce(c.checks_done, 0) AS checks_done FROM payments p"
+    " LEFT JOIN payment_checks c ON c.payment_id = p.id"
+    " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled')"
+    " AND (p.created_at_ms >= ? OR p.status = 'unknown' OR c.next_check_at_ms IS NOT NULL)"
+    " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
+)
+# Claimable: not held by another instance's unexpired claim (ours may be taken again).
+_UNCLAIMED = "(p.claimed_until_ms IS NULL OR p.claimed_until_ms <= ? OR p.claimed_by = ?)"
+
+
+def claim_open_payments_due(tx: Tx, *, now_ms: int, first_check_ms: int, oldest_ms: int, limit: int, owner: str,
+                            claimed_until_ms: int) -> list[sqlite3.Row]:
+    """PostgreSQL (several instances): `open_payments_due`, without the payments another janitor
+    holds, each claimed for `owner` until `claimed_until_ms` (rows a concurrent claim has locked are
+    skipped, not waited for)."""
+    rows = tx.all(f"{_OPEN_DUE} AND {_UNCLAIMED} ORDER BY p.created_at_ms LIMIT ? FOR UPDATE OF p SKIP LOCKED",
+                  (oldest_ms, first_check_ms, now_ms, now_ms, owner, limit))
+    claim_payments(tx, payment_ids=[row["id"] for row in rows], owner=owner, claimed_until_ms=claimed_until_ms)
+    return rows
+
+
+def claim_payments(tx: Tx, *, payment_ids: list[str], owner: str, claimed_until_ms: int) -> None:
+    assert tx.dialect == "postgresql", "SQLite's one writer needs no claims"
+    if payment_ids:
+        tx.executemany("UPDATE payments SET claimed_by = ?, claimed_until_ms = ? WHERE id = ?",
+                       [(owner, claimed_until_ms, payment_id) for payment_id in payment_ids])
+
+
+def release_payment(tx: Tx, *, payment_id: str) -> None:
+    """End a claim (its work recorded): another instance may take the payment at once."""
+    tx.execute("UPDATE payments SET claimed_by = NULL, claimed_until_ms = NULL WHERE id = ? AND claimed_by IS NOT NULL",
+               (payment_id,))
 
 
 def record_check(tx: Tx, *, payment_id: str, checks_done: int, next_check_at_ms: int | None, last_status: str, now_ms: int) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "claim_payments_to_close",
     "count_created",
     "count_status",
     "created_per_day",
@@ -229,6 +230,19 @@ def request_close(tx: Tx, *, payment_id: str, now_ms: int) -> None:
 async def payments_to_close(db: Database, *, limit: int) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT * FROM payments WHERE close_state = 'pending' ORDER BY updated_at_ms LIMIT ?",
                               (limit,))
+
+
+def claim_payments_to_close(tx: Tx, *, now_ms: int, limit: int, owner: str, claimed_until_ms: int) -> list[sqlite3.Row]:
+    """PostgreSQL (several instances): `payments_to_close` without those another janitor holds,
+    claimed for `owner` (store/channels.py claims; locked rows are skipped, not waited for)."""
+    assert tx.dialect == "postgresql", "SQLite's one writer needs no claims"
+    rows = tx.all("SELECT * FROM payments p WHERE close_state = 'pending'"
+                  " AND (p.claimed_until_ms IS NULL OR p.claimed_until_ms <= ? OR p.claimed_by = ?)"
+                  " ORDER BY updated_at_ms LIMIT ? FOR UPDATE SKIP LOCKED", (now_ms, owner, limit))
+    if rows:
+        tx.executemany("UPDATE payments SET claimed_by = ?, claimed_until_ms = ? WHERE id = ?",
+                       [(owner, claimed_until_ms, row["id"]) for row in rows])
+    return rows
 
 
 def set_close_state(tx: Tx, *, payment_id: str, state: str, now_ms: int) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "refunded_total",
     "set_provider_ref",
     "pending_due",
+    "claim_pending_due",
     "record_check",
     "queued",
     "dequeue",
@@ -73,20 +74,36 @@ def finish_refund(tx: Tx, *, refund_id: str, from_status: str, status: str, fail
     return cursor.rowcount == 1
 
 
+_PENDING_DUE = (
+    "SELECT r.*, p.channel, p.provider_ref FROM refunds r JOIN payments p ON p.id = r.payment_id"
+    " WHERE r.status = 'pending' AND r.queued = 0 AND coalesce(r.next_check_at_ms, r.created_at_ms + ?) <= ?"
+    " AND r.checks_done >= 0"
+)
+
+
 async def pending_due(db: Database, *, now_ms: int, first_check_ms: int, limit: int) -> list[sqlite3.Row]:
     """Pending refunds sent to their provider whose next status query is due (the janitor)."""
-    return await db.fetch_all(
-        "SELECT r.*, p.channel, p.provider_ref FROM refunds r JOIN payments p ON p.id = r.payment_id"
-        " WHERE r.status = 'pending' AND r.queued = 0 AND coalesce(r.next_check_at_ms, r.created_at_ms + ?) <= ?"
-        " AND r.checks_done >= 0 ORDER BY r.created_at_ms LIMIT ?",
-        (first_check_ms, now_ms, limit),
-    )
+    return await db.fetch_all(f"{_PENDING_DUE} ORDER BY r.created_at_ms LIMIT ?", (first_check_ms, now_ms, limit))
+
+
+def claim_pending_due(tx: Tx, *, now_ms: int, first_check_ms: int, limit: int, owner: str,
+                      claimed_until_ms: int) -> list[sqlite3.Row]:
+    """PostgreSQL (several instances): `pending_due` without the refunds another janitor holds,
+    claimed for `owner` (locked rows are skipped, not waited for); `record_check` ends the claim."""
+    assert tx.dialect == "postgresql", "SQLite's one writer needs no claims"
+    rows = tx.all(f"{_PENDING_DUE} AND (r.claimed_until_ms IS NULL OR r.claimed_until_ms <= ? OR r.claimed_by = ?)"
+                  " ORDER BY r.created_at_ms LIMIT ? FOR UPDATE OF r SKIP LOCKED",
+                  (first_check_ms, now_ms, now_ms, owner, limit))
+    if rows:
+        tx.executemany("UPDATE refunds SET claimed_by = ?, claimed_until_ms = ? WHERE id = ?",
+                       [(owner, claimed_until_ms, row["id"]) for row in rows])
+    return rows
 
 
 def record_check(tx: Tx, *, refund_id: str, checks_done: int, next_check_at_ms: int | None) -> None:
     """`checks_done = -1` marks a refund the janitor gave up on (an alert was raised)."""
-    tx.execute("UPDATE refunds SET checks_done = ?, next_check_at_ms = ? WHERE id = ?",
-               (checks_done, next_check_at_ms, refund_id))
+    tx.execute("UPDATE refunds SET checks_done = ?, next_check_at_ms = ?, claimed_by = NULL, claimed_until_ms = NULL"
+               " WHERE id = ?", (checks_done, next_check_at_ms, refund_id))
 
 
 async def queued(db: Database, *, now_ms: int, limit: int) -> list[sqlite3.Row]:

@@ -8,6 +8,7 @@ from apss.store.db import Database, Tx
 
 __all__ = [
     "ack_delivery",
+    "claim_due_deliveries",
     "count_endpoints_tx",
     "delivery_by_order",
     "disable_endpoint",
@@ -128,18 +129,34 @@ def make_due(tx: Tx, *, delivery_id: str, now_ms: int) -> None:
                (now_ms, delivery_id))
 
 
-_DUE_SQL = (
+_DUE_FROM = (
     "SELECT d.id, d.event_id, d.endpoint_id, d.merchant_id, d.attempts, d.created_at_ms, e.type, e.payload,"
     " w.url, w.status AS endpoint_status, w.secret_sealed, w.previous_secret_sealed, w.previous_secret_expires_at_ms,"
     " m.mode AS merchant_mode"  # the SSRF rules of the merchant as it is now, not when the URL was saved
     " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id JOIN webhook_endpoints w ON w.id = d.endpoint_id"
     " JOIN merchants m ON m.id = d.merchant_id"
-    " WHERE d.status = 'pending' AND d.next_attempt_at_ms <= ? ORDER BY d.next_attempt_at_ms LIMIT ?"
+    " WHERE d.status = 'pending' AND d.next_attempt_at_ms <= ?"
 )
+_DUE_SQL = f"{_DUE_FROM} ORDER BY d.next_attempt_at_ms LIMIT ?"
+# PostgreSQL: unclaimed (or expired, or our own) due rows, locked so a concurrent pass skips them.
+_CLAIM_SQL = (f"{_DUE_FROM} AND (d.claimed_until_ms IS NULL OR d.claimed_until_ms <= ? OR d.claimed_by = ?)"
+              " ORDER BY d.next_attempt_at_ms LIMIT ? FOR UPDATE OF d SKIP LOCKED")
 
 
 async def due_deliveries(db: Database, *, now_ms: int, limit: int) -> list[sqlite3.Row]:
     return await db.fetch_all(_DUE_SQL, (now_ms, limit))
+
+
+def claim_due_deliveries(tx: Tx, *, now_ms: int, limit: int, owner: str, claimed_until_ms: int) -> list[sqlite3.Row]:
+    """PostgreSQL (several instances): the due deliveries no other instance holds, claimed for
+    `owner` until `claimed_until_ms` (a short lease: a dead instance's claims come back then). Rows
+    another pass has locked are skipped, not waited for; recording an answer ends the claim."""
+    assert tx.dialect == "postgresql", "SQLite's one writer needs no claims"
+    rows = tx.all(_CLAIM_SQL, (now_ms, now_ms, owner, limit))
+    if rows:
+        tx.executemany("UPDATE webhook_deliveries SET claimed_by = ?, claimed_until_ms = ? WHERE id = ?",
+                       [(owner, claimed_until_ms, row["id"]) for row in rows])
+    return rows
 
 
 _DELIVERY_SQL = (
@@ -171,6 +188,7 @@ async def list_deliveries(db: Database, *, merchant_id: str, endpoint_id: str | 
 def record_success(tx: Tx, *, delivery_id: str, endpoint_id: str, status_code: int, now_ms: int) -> bool:
     cursor = tx.execute(
         "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at_ms = NULL,"
+        " claimed_by = NULL, claimed_until_ms = NULL,"
         " last_status_code = ?, last_error = NULL, delivered_at_ms = ? WHERE id = ? AND status = 'pending'",
         (status_code, now_ms, delivery_id))
     tx.execute("UPDATE webhook_endpoints SET last_succeeded_at_ms = max(coalesce(last_succeeded_at_ms, 0), ?) WHERE id = ?",
@@ -181,6 +199,7 @@ def record_success(tx: Tx, *, delivery_id: str, endpoint_id: str, status_code: i
 def record_retry(tx: Tx, *, delivery_id: str, status_code: int | None, error: str, next_attempt_at_ms: int) -> bool:
     cursor = tx.execute(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at_ms = ?, last_status_code = ?,"
+        " claimed_by = NULL, claimed_until_ms = NULL,"
         " last_error = ? WHERE id = ? AND status = 'pending'", (next_attempt_at_ms, status_code, error, delivery_id))
     return cursor.rowcount == 1
 
@@ -188,6 +207,7 @@ def record_retry(tx: Tx, *, delivery_id: str, status_code: int | None, error: st
 def record_failure(tx: Tx, *, delivery_id: str, status_code: int | None, error: str, counts_attempt: bool) -> bool:
     cursor = tx.execute(
         "UPDATE webhook_deliveries SET status = 'failed', attempts = attempts + ?, next_attempt_at_ms = NULL,"
+        " claimed_by = NULL, claimed_until_ms = NULL,"
         " last_status_code = coalesce(?, last_status_code), last_error = ? WHERE id = ? AND status = 'pending'",
         (int(counts_attempt), status_code, error, delivery_id))
     return cursor.rowcount == 1

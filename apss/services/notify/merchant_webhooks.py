@@ -9,6 +9,13 @@ permanent (the delivery stops and an alert is raised); anything else (5xx, 408, 
 connection error) is retried with exponential backoff and full jitter for up to 3 days, after
 which an endpoint that has not succeeded since is disabled and an alert raised.
 
+Several instances on one PostgreSQL database: a pass claims its deliveries first (one write:
+`SELECT ... FOR UPDATE SKIP LOCKED`, then `claimed_by`/`claimed_until_ms` set), so two instances'
+passes take disjoint rows and never send one attempt twice at once; the answer's record ends the
+claim, and the claims of an instance that died mid-pass expire after its longest possible pass
+(attempt timeout x batches of the send concurrency, plus a minute). Passes may thus run on every
+instance at once: the job runs where a commit poked it, besides its lease owner (jobs/scheduler.py).
+
 Targets obey the SSRF rules of services/outbound.py: live merchants' URLs are https to public
 addresses, checked when saved and again after DNS when connecting; a refused target fails the
 delivery for good as `target_not_allowed`, before any connection.
@@ -286,6 +293,7 @@ class Webhooks:
         endpoints_max: int = 16,
         replay_events_max: int = 10_000,
         jitter: Callable[[float], float] = _full_jitter,
+        claimer: str = "local",  # this instance's id in the claims of a pass (PostgreSQL)
     ) -> None:
         assert 0 < retry_base_s <= retry_cap_s <= retry_window_s and retry_factor >= 1
         assert 1 <= send_concurrency_max <= batch_max and endpoints_max >= 1 and replay_events_max >= 1
@@ -309,6 +317,9 @@ class Webhooks:
         self._replay_events_max = replay_events_max
         self._jitter = jitter
         self._pass_lock = asyncio.Lock()  # one delivery pass at a time (the job and run_now)
+        self._claimer = claimer
+        # A pass's claim lasts as long as its slowest possible pass, and a minute more.
+        self._claim_ms = int((attempt_timeout_s * -(-batch_max // send_concurrency_max) + 60) * 1000)
         self.wake = wake
         self._events = events or WebhookEvents(clock=clock, wake=wake)
 
@@ -498,7 +509,7 @@ class Webhooks:
         the answers in one write transaction. Returns how many succeeded."""
         assert self.http is not None, "webhook HTTP client not wired"
         async with self._pass_lock:
-            due = await store.due_deliveries(self._db, now_ms=self._clock.now_ms(), limit=self._batch_max)
+            due = await self._take_due()
             if not due:
                 return 0
             signing = {row["endpoint_id"]: self._signing_secrets(row) for row in due}
@@ -508,6 +519,16 @@ class Webhooks:
         if len(due) == self._batch_max:
             self.wake()  # more may be due: run again soon rather than at the next interval
         return succeeded
+
+    async def _take_due(self) -> list[Row]:
+        """The pass's deliveries. SQLite: read (one process sends). PostgreSQL: claimed in a write
+        transaction (FOR UPDATE SKIP LOCKED), so passes on two instances never send one attempt
+        twice at once; recording the answer ends the claim, and a dead instance's claims expire."""
+        now_ms = self._clock.now_ms()
+        if self._db.dialect != "postgresql":
+            return await store.due_deliveries(self._db, now_ms=now_ms, limit=self._batch_max)
+        return await self._db.write(lambda tx: store.claim_due_deliveries(
+            tx, now_ms=now_ms, limit=self._batch_max, owner=self._claimer, claimed_until_ms=now_ms + self._claim_ms))
 
     def _signing_secrets(self, row: Row) -> list[str]:
         """The current secret, then the previous one while its rotation overlap lasts."""

@@ -53,6 +53,8 @@ class JobStatsLike(Protocol):
     failures: int
     lag_s: float
     duration_s: float
+    lease_held: bool
+    lease_owner: str | None
 
 
 class _Snapshot:
@@ -147,12 +149,19 @@ class _Live(Collector):
                                 "(on the server's clock).", labels=["job"])
         duration = GaugeMetricFamily("apss_job_last_duration_seconds", "How long the job's last run took.",
                                      labels=["job"])
+        held = GaugeMetricFamily("apss_job_lease_held", "1 where this instance runs the job (it holds the job's "
+                                 "lease, or the job needs none), else 0 (another instance holds it).", labels=["job"])
+        owner = GaugeMetricFamily("apss_job_lease_owner", "1 for the instance holding the job's lease at this "
+                                  "instance's last renewal (several instances on one database).", labels=["job", "owner"])
         for job in self._metrics._job_stats():
             runs.add_metric([job.name], job.runs)
             failures.add_metric([job.name], job.failures)
             lag.add_metric([job.name], job.lag_s)
             duration.add_metric([job.name], job.duration_s)
-        yield from (runs, failures, lag, duration)
+            held.add_metric([job.name], 1 if job.lease_held else 0)
+            if job.lease_owner is not None:
+                owner.add_metric([job.name, job.lease_owner], 1)
+        yield from (runs, failures, lag, duration, held, owner)
 
     @staticmethod
     def _business(snapshot: _Snapshot) -> Iterator[Metric]:

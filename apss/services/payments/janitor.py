@@ -15,6 +15,14 @@ after `failed` too, with an alert). Refunds queued to be sent again are the refu
 Closing: an order that ended unpaid (expired, canceled) asks for its payment to be closed at the
 provider (`close_state = pending`); the closer sends the void/close through the gateway and
 retries at the next run while the outcome is unknown, up to `len(janitor_schedule_s)` attempts.
+
+Several instances on one PostgreSQL database: the janitor job runs on its lease's owner
+(services/ops/job_leases.py), and each of its three passes also claims its rows first (one write
+per pass: `SELECT ... FOR UPDATE SKIP LOCKED`, then `claimed_by`/`claimed_until_ms` set on the payments or
+refunds), so two janitors (a lease moving while its old owner still finishes a pass, a `run_now`)
+never ask a provider about the same payment at once. Each row's record ends its claim; the claims
+of an instance that died mid-pass expire after the longest pass (a provider timeout per row of a
+batch, plus a minute). SQLite's single process reads the rows as they are, without claims.
 """
 
 from __future__ import annotations
@@ -47,8 +55,11 @@ _APPLIED = ("applied", "stale")  # a stale answer: the payment already moved pas
 
 class PaymentJanitor:
     def __init__(self, *, db: Database, clock: Clock, config: ChannelsConfig, gateway: PaymentGateway,
-                 merchants: Merchants, payment_events: PaymentEvents, refunds: Refunds) -> None:
+                 merchants: Merchants, payment_events: PaymentEvents, refunds: Refunds, claimer: str = "local") -> None:
         self._db = db
+        self._claimer = claimer  # this instance's id in the claims (PostgreSQL)
+        self._claim_ms = int((config.janitor_batch_max * config.provider_timeout_s + 60) * 1000)
+        self._claims = db.dialect == "postgresql"
         self._clock = clock
         self._config = config
         self._gateway = gateway
@@ -68,8 +79,14 @@ class PaymentJanitor:
     async def _check_payments(self) -> int:
         now_ms = self._clock.now_ms()
         schedule_ms = [s * 1000 for s in self._config.janitor_schedule_s]
-        due = await store.open_payments_due(self._db, now_ms=now_ms, first_check_ms=schedule_ms[0],
-                                            oldest_ms=now_ms - schedule_ms[-1] - _DAY_MS, limit=self._config.janitor_batch_max)
+        first_ms, oldest_ms, limit = schedule_ms[0], now_ms - schedule_ms[-1] - _DAY_MS, self._config.janitor_batch_max
+        if self._claims:
+            due = await self._db.write(lambda tx: store.claim_open_payments_due(
+                tx, now_ms=now_ms, first_check_ms=first_ms, oldest_ms=oldest_ms, limit=limit, owner=self._claimer,
+                claimed_until_ms=now_ms + self._claim_ms))
+        else:
+            due = await store.open_payments_due(self._db, now_ms=now_ms, first_check_ms=first_ms, oldest_ms=oldest_ms,
+                                                limit=limit)
         resolved = 0
         for payment in due:
             attempt = await self._gateway.query_payment(self._merchants.by_id(payment["merchant_id"]), payment["channel"],
@@ -96,6 +113,8 @@ class PaymentJanitor:
         next_at = None if event is not None or done >= len(schedule_ms) else payment["created_at_ms"] + schedule_ms[done]
         store.record_check(tx, payment_id=payment["id"], checks_done=done, next_check_at_ms=next_at,
                            last_status=attempt.value.status.value if attempt.succeeded else "query_failed", now_ms=now_ms)
+        if self._claims:
+            store.release_payment(tx, payment_id=payment["id"])
         if next_at is None and event is None and payment["status"] == "unknown":
             lifecycle.raise_alert(tx, merchant_id=payment["merchant_id"], kind="payment_unresolved", severity="critical",
                                   object_id=payment["id"], now_ms=now_ms,
@@ -106,8 +125,13 @@ class PaymentJanitor:
     async def _check_refunds(self) -> int:
         now_ms = self._clock.now_ms()
         schedule_ms = [s * 1000 for s in self._config.janitor_schedule_s]
-        due = await refund_store.pending_due(self._db, now_ms=now_ms, first_check_ms=schedule_ms[0],
-                                             limit=self._config.janitor_batch_max)
+        if self._claims:
+            due = await self._db.write(lambda tx: refund_store.claim_pending_due(
+                tx, now_ms=now_ms, first_check_ms=schedule_ms[0], limit=self._config.janitor_batch_max,
+                owner=self._claimer, claimed_until_ms=now_ms + self._claim_ms))
+        else:
+            due = await refund_store.pending_due(self._db, now_ms=now_ms, first_check_ms=schedule_ms[0],
+                                                 limit=self._config.janitor_batch_max)
         resolved = 0
         for refund in due:
             query = RefundQuery(refund_id=refund["id"], payment_id=refund["payment_id"], provider_ref=refund["provider_ref"] or "",
@@ -143,7 +167,14 @@ class PaymentJanitor:
     async def close_due(self) -> int:
         """Close at their providers the payments of orders that ended unpaid."""
         closed = 0
-        for payment in await orders.payments_to_close(self._db, limit=self._config.janitor_batch_max):
+        if self._claims:
+            now_ms = self._clock.now_ms()
+            to_close = await self._db.write(lambda tx: orders.claim_payments_to_close(
+                tx, now_ms=now_ms, limit=self._config.janitor_batch_max, owner=self._claimer,
+                claimed_until_ms=now_ms + self._claim_ms))
+        else:
+            to_close = await orders.payments_to_close(self._db, limit=self._config.janitor_batch_max)
+        for payment in to_close:
             attempt = await self._gateway.cancel_payment(self._merchants.by_id(payment["merchant_id"]), payment["channel"],
                                                          PaymentQuery(payment_id=payment["id"], provider_ref=payment["provider_ref"],
                                                                       amount=payment["amount"], currency=payment["currency"]))
@@ -163,3 +194,5 @@ class PaymentJanitor:
             if attempt.error_code != "provider_flow_not_supported":  # a channel that cannot close: nothing to say
                 log.warning("could not close payment %s at %s: %s", payment["id"], payment["channel"], attempt.error_code)
         orders.set_close_state(tx, payment_id=payment["id"], state=state, now_ms=now_ms)
+        if self._claims:
+            store.release_payment(tx, payment_id=payment["id"])
