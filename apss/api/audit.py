@@ -25,7 +25,6 @@ from apss.api.common import authenticated_merchant
 from apss.errors import ApssError
 from apss.services.idempotency import Outcome
 from apss.services.players.privacy import key_ref
-from apss.store.db import Tx
 
 __all__ = ["ACTIONS", "NOT_AUDITED", "AuditMiddleware", "in_transaction"]
 
@@ -207,7 +206,7 @@ class AuditMiddleware:
             log.exception("audit row for %s could not be written", action)
 
 
-def in_transaction(scope: Scope) -> Callable[[Tx, Outcome], None] | None:
+def in_transaction(scope: Scope) -> Callable[[Any, Outcome], None] | None:
     """For a merchant's request to an audited route: a function that writes its audit row in the
     transaction that produced the answer `outcome` (the caller runs it there for a final answer
     only, never for a replay, which the middleware records as it records any answer). None when
@@ -221,7 +220,7 @@ def in_transaction(scope: Scope) -> Callable[[Tx, Outcome], None] | None:
     client = scope.get("client")
     ref = key_ref(token, actor="merchant")
 
-    def write(tx: Tx, outcome: Outcome) -> None:
+    def write(tx: Any, outcome: Outcome) -> None:  # the service's transaction handle
         try:
             made = _made_decoder.decode(outcome.body) if outcome.body else None
         except (msgspec.DecodeError, msgspec.ValidationError):
