@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from apss.store.db import Database, Tx
 
-__all__ = ["CHANNEL", "changed", "generation_tx", "generations", "parse_notice"]
+__all__ = ["CHANNEL", "changed", "generation_tx", "generations"]
 
 CHANNEL = "apss_cache"  # the LISTEN/NOTIFY channel
 
@@ -36,15 +36,6 @@ def changed(tx: Tx, cache: str, key: str) -> int:
     assert row is not None
     tx.one("SELECT pg_notify(?, ?)", (CHANNEL, f"{cache}:{key}:{row['generation']}"))
     return row["generation"]
-
-
-def parse_notice(payload: str) -> tuple[str, str, int] | None:
-    """(cache, key, generation) of a notice's payload, or None for one this version cannot read."""
-    cache, _, rest = payload.partition(":")
-    key, _, generation = rest.rpartition(":")
-    if not cache or not key or not generation.isdigit():
-        return None
-    return cache, key, int(generation)
 
 
 async def generations(db: Database) -> dict[str, int]:

@@ -38,12 +38,22 @@ from collections.abc import Awaitable, Callable
 from apss.store import caches as store
 from apss.store.db import Database
 
-__all__ = ["CacheSync", "Reload"]
+__all__ = ["CacheSync", "Reload", "parse_notice"]
 
 log = logging.getLogger("apss.caches")
 
 # reload(key, generation): key is the entry (a merchant id), or None for the whole cache.
 Reload = Callable[[str | None, int], Awaitable[None]]
+
+
+def parse_notice(payload: str) -> tuple[str, str, int] | None:
+    """(cache, key, generation) of a notice's payload (store/caches.py `changed`), or None for
+    one this version cannot read."""
+    cache, _, rest = payload.partition(":")
+    key, _, generation = rest.rpartition(":")
+    if not cache or not key or not generation.isdigit():
+        return None
+    return cache, key, int(generation)
 
 
 class CacheSync:
@@ -108,7 +118,7 @@ class CacheSync:
         self._connected.set()
 
     async def _on_notice(self, payload: str) -> None:
-        notice = store.parse_notice(payload)
+        notice = parse_notice(payload)
         if notice is None or notice[0] not in self._caches:
             log.warning("a cache notice this version does not know: %r", payload[:80])
             return
