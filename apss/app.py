@@ -102,6 +102,7 @@ from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
 from apss.services.ops.job_leases import JobLeases
+from apss.services.ops.cache_sync import CacheSync
 from apss.services.ops.metrics import Metrics
 from apss.services.orders import lifecycle
 from apss.services.orders.browser import BrowserCheckout
@@ -220,6 +221,18 @@ def instance_id(config: Config) -> str:
     return f"{socket.gethostname()}:{config.server.port or f'pid{os.getpid()}'}"
 
 
+def _cache_sync(db: Database, config: Config, *, merchants: Merchants, channels: ChannelAccess,
+                risk_engine: RiskEngine, prechecks: Prechecks, privacy: Privacy) -> CacheSync:
+    """The caches other instances' changes invalidate on PostgreSQL (services/ops/cache_sync.py)."""
+    sync = CacheSync(db=db, max_stale_s=config.database.cache_max_stale_s)
+    sync.register("merchants", merchants.reload)
+    sync.register("channels", channels.reload)
+    sync.register("risk_rules", risk_engine.reload)
+    sync.register("prechecks", prechecks.reload)
+    sync.register("privacy", privacy.reload)
+    return sync
+
+
 def _build_services(config: Config, wall_clock: Clock) -> Services:
     test_clock = _test_clock(config, wall_clock)
     clock: Clock = test_clock if test_clock is not None else wall_clock
@@ -314,6 +327,10 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
     outbox.register("subscription", lambda tx, sid: subscription_view_tx(tx, sid, public_url=config.public_url))
 
     order_queries = OrderQueries(db=db, public_url=config.public_url)
+    privacy = Privacy(db=db, clock=clock, personal=personal, config=config.privacy, idempotency=idempotency,
+                      journal=ErasureJournal(Path(f"{config.database.path}.erasures")),
+                      keys_path=personal_keys_path, chunk_rows_max=config.database.chunk_rows_max,
+                      wake_rotation=lambda: scheduler.poke("privacy_rotation"))
 
     services = Services(
         config=config, clock=clock, db=db, merchants=merchants, admin_sessions=AdminSessions(db=db, clock=clock),
@@ -327,10 +344,7 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         reconciliation=reconciliation, reports=reports, settlements=settlements, subscriptions=subscriptions,
         provider_http=provider_http, alerts=Alerts(db=db, clock=clock),
         players=players, sandbox=sandbox, scheduler=scheduler,
-        privacy=Privacy(db=db, clock=clock, personal=personal, config=config.privacy, idempotency=idempotency,
-                        journal=ErasureJournal(Path(f"{config.database.path}.erasures")),
-                        keys_path=personal_keys_path, chunk_rows_max=config.database.chunk_rows_max,
-                        wake_rotation=lambda: scheduler.poke("privacy_rotation")),
+        privacy=privacy,
         audit=AuditLog(db=db, clock=clock, personal=personal),
         clock_control=ClockControl(db=db, clock=clock, test_clock=test_clock, config=config.clock, jobs=scheduler),
         promotions=promotions, quotes=Quotes(db=db, checkout=checkout),
@@ -338,6 +352,8 @@ def _build_services(config: Config, wall_clock: Clock) -> Services:
         risk=risk, aml=aml, kyc=kyc,
         rate_limiter=merchants.rate_limiter,
         metrics=Metrics(db=db, clock=clock, job_stats=scheduler.stats),
+        cache_sync=_cache_sync(db, config, merchants=merchants, channels=channels, risk_engine=risk_engine,
+                               prechecks=prechecks, privacy=privacy),
         backups=Backups(config=config, clock=clock),
     )
     schedule_jobs(scheduler, services)
@@ -380,6 +396,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
         await svc.merchants.load()
         await svc.channels.load()
         await svc.risk_engine.start()
+        await svc.cache_sync.start()  # PostgreSQL: other instances' changes reach these caches
         if config.admin.token and len(config.admin.token) < _ADMIN_TOKEN_ADVISED_LEN:
             log.warning("admin.token is %d characters: use at least %d random ones (e.g. `python3 -c "
                         "'import secrets; print(secrets.token_urlsafe(32))'`)", len(config.admin.token),
@@ -412,6 +429,7 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
 
     async def stop(app: Litestar) -> None:
         await svc.scheduler.stop()
+        await svc.cache_sync.stop()
         for name in svc.channels.registry.names():  # clients a channel keeps of its own (PIX's mutual TLS)
             close = getattr(svc.channels.registry.get(name), "aclose", None)
             if close is not None:

@@ -73,6 +73,10 @@ class DatabaseConfig(_Section):
     # A cap on the file's size in pages (page size 4096): beyond it writes answer 503 not_ready as
     # on a full disk, reads go on. 0: no cap but the disk's.
     page_count_max: Annotated[int, Meta(ge=0)] = 0
+    # PostgreSQL, several instances: the bound on how stale an instance's caches (keys, merchants,
+    # channel settings, risk rules) may be when a change's notice was lost; every this many seconds
+    # each instance reads the caches' generations and reloads a cache that moved. Unused on SQLite.
+    cache_max_stale_s: Annotated[float, Meta(ge=0.05, le=3600)] = 5.0
 
     @property
     def postgresql(self) -> bool:

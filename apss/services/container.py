@@ -29,6 +29,7 @@ from apss.services.money.reports import Reports
 from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import Webhooks
+from apss.services.ops.cache_sync import CacheSync
 from apss.services.ops.metrics import Metrics
 from apss.services.orders.browser import BrowserCheckout
 from apss.services.orders.checkout import Checkout
@@ -110,6 +111,7 @@ class Services:
     clock_control: ClockControl
     rate_limiter: RateLimiter
     metrics: Metrics
+    cache_sync: CacheSync
     backups: Backups
     provider_http: httpx.AsyncClient
 

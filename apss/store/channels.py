@@ -11,6 +11,8 @@ __all__ = [
     "all_settings",
     "claim_open_payments_due",
     "claim_payments",
+    "routing_of",
+    "settings_of",
     "insert_attempt",
     "list_attempts",
     "list_refs",
@@ -35,6 +37,11 @@ async def all_settings(db: Database) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT * FROM channel_settings ORDER BY merchant_id, updated_at_ms")
 
 
+async def settings_of(db: Database, merchant_id: str) -> list[sqlite3.Row]:
+    return await db.fetch_all("SELECT * FROM channel_settings WHERE merchant_id = ? ORDER BY updated_at_ms",
+                              (merchant_id,))
+
+
 def set_routing(tx: Tx, *, merchant_id: str, routing: str, now_ms: int) -> None:
     tx.execute(
         "INSERT INTO channel_routing (merchant_id, routing, updated_at_ms) VALUES (?, ?, ?)"
@@ -45,6 +52,11 @@ def set_routing(tx: Tx, *, merchant_id: str, routing: str, now_ms: int) -> None:
 
 async def all_routing(db: Database) -> list[sqlite3.Row]:
     return await db.fetch_all("SELECT merchant_id, routing FROM channel_routing")
+
+
+async def routing_of(db: Database, merchant_id: str) -> str | None:
+    row = await db.fetch_one("SELECT routing FROM channel_routing WHERE merchant_id = ?", (merchant_id,))
+    return None if row is None else row["routing"]
 
 
 def insert_attempt(tx: Tx, *, payment_id: str, channel: str, operation: str, outcome: str, error_code: str | None,

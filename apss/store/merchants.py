@@ -7,7 +7,9 @@ import sqlite3
 from apss.store.db import Database, Tx
 
 __all__ = [
+    "active_key_hashes_of",
     "active_keys",
+    "active_publishable_key_of",
     "active_publishable_keys",
     "all_merchants",
     "fetch_merchant",
@@ -93,6 +95,18 @@ async def active_keys(db: Database) -> list[sqlite3.Row]:
         "SELECT k.key_hash, m.id AS merchant_id, m.name, m.mode, m.sandbox_webhook_secret_sealed"
         " FROM api_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.revoked_at_ms IS NULL"
     )
+
+
+async def active_key_hashes_of(db: Database, merchant_id: str) -> list[str]:
+    rows = await db.fetch_all("SELECT key_hash FROM api_keys WHERE merchant_id = ? AND revoked_at_ms IS NULL",
+                              (merchant_id,))
+    return [row["key_hash"] for row in rows]
+
+
+async def active_publishable_key_of(db: Database, merchant_id: str) -> str | None:
+    row = await db.fetch_one("SELECT key FROM publishable_keys WHERE merchant_id = ? AND revoked_at_ms IS NULL",
+                             (merchant_id,))
+    return None if row is None else row["key"]
 
 
 async def list_merchants(db: Database, *, after_id: str | None, limit: int) -> list[sqlite3.Row]:

@@ -15,6 +15,13 @@ a connection that fails (server gone, failover) is StoreUnavailable (503 not_rea
 Reads. `fetch_all`/`fetch_one` run on a psycopg-pool pool of async connections in autocommit and
 read-only mode: each statement sees the last committed state, like SQLite's WAL readers.
 
+Notices. `listen(channel, on_connect, on_notice)` keeps one dedicated async connection in
+autocommit that LISTENs on `channel` (store/caches.py: the caches' invalidations), reconnecting
+with a backoff when it is lost. `on_connect` runs after every LISTEN took effect, the first
+included (what was sent while no LISTEN was in place is lost: the caller reloads), then
+`on_notice(payload)` for each notice, one at a time, in commit order. The connection is probed
+every `probe_s` and sends TCP keepalives, so a dead peer is noticed, not waited on forever.
+
 SQL. The store's statements are written once, in the subset both engines read; `to_postgresql`
 rewrites what differs mechanically: placeholders (`?` and `:name` become `%s` and `%(name)s`, a
 literal `%` is doubled), `INSERT OR IGNORE` (ON CONFLICT DO NOTHING), the scalar `max(a, b)` and
@@ -33,7 +40,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -282,6 +289,8 @@ class PgDatabase:
         self.batch_size_counts = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
         self.retries = 0  # transactions run again after a serialization failure or deadlock
         self.event_sink = event_sink
+        self._listener: asyncio.Task | None = None
+        self.listen_connects = 0  # LISTENs that took effect (the first, then one per reconnect)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -316,6 +325,10 @@ class PgDatabase:
     async def close(self, *, deadline_s: float = 10.0) -> None:
         """Refuse new writes, let the running ones finish within `deadline_s`, close the pools."""
         self._stopping = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         if self._executor is not None:
             end = time.monotonic() + deadline_s
             while self._in_flight and time.monotonic() < end:
@@ -341,6 +354,43 @@ class PgDatabase:
         rows = await self.fetch_all(sql, params)
         assert len(rows) <= 1, "fetch_one on a query that returned several rows"
         return rows[0] if rows else None
+
+    # -- notices ---------------------------------------------------------------------------
+    def listen(self, channel: str, *, on_connect: Callable[[], Awaitable[None]],
+               on_notice: Callable[[str], Awaitable[None]], probe_s: float = 5.0) -> None:
+        """LISTEN on `channel` on a connection of its own until close() (see the module's docstring)."""
+        assert self._listener is None, "one listener per database"
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", channel), channel  # an identifier, not a parameter
+        self._listener = asyncio.create_task(self._listen(channel, on_connect, on_notice, probe_s),
+                                             name=f"apss-listen-{channel}")
+
+    async def _listen(self, channel: str, on_connect: Callable[[], Awaitable[None]],
+                      on_notice: Callable[[str], Awaitable[None]], probe_s: float) -> None:
+        pause_s = 0.1
+        while not self._stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=f"apss-listen-{channel}",
+                    keepalives=1, keepalives_idle=max(1, int(probe_s)), keepalives_interval=1, keepalives_count=3,
+                    connect_timeout=10)
+                async with conn:
+                    await conn.execute(f"LISTEN {channel}")
+                    self.listen_connects += 1
+                    await on_connect()
+                    pause_s = 0.1
+                    while not self._stopping:
+                        async for notice in conn.notifies(timeout=probe_s):
+                            await on_notice(notice.payload)
+                        await conn.execute("SELECT 1")  # a lost connection raises here at the latest
+            except (psycopg.OperationalError, OSError) as exc:
+                if self._stopping:
+                    return
+                log.warning("the LISTEN connection on %s was lost (%s); reconnecting in %.1f s",
+                            channel, type(exc).__name__, pause_s)
+            except Exception:  # a bug in a callback: logged, and the connection made again
+                log.exception("the listener on %s failed; reconnecting in %.1f s", channel, pause_s)
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 5.0)
 
     # -- writes ----------------------------------------------------------------------------
     async def ping(self, *, timeout_s: float = 5.0) -> None:

@@ -42,8 +42,11 @@ def instances(pg_url, tmp_path):
         for name in ("a", "b"):  # one after the other: the first creates the key files
             port = free_port()
             started.append(Instance(start_run_py(port=port, log=tmp_path / f"{name}.log", env=env), port))
-            if name == "a":
-                key = _merchant(started[0])
+        # Made on one once both run: the other hears of it (LISTEN/NOTIFY) before the merchant's
+        # first request there (tests/postgres/test_caches.py tests the notices themselves).
+        key = _merchant(started[0])
+        wait_for(lambda: httpx.get(f"{started[1].base_url}/v1/account", timeout=10,
+                                   headers={"Authorization": f"Bearer {key}"}).status_code == 200, timeout_s=30)
         for instance in started:
             instance.key = key
         yield started

@@ -5,7 +5,13 @@ that the writer updates after each commit, so it costs no database round trip. P
 (`pk_...`) are public (they only open and start checkouts from a browser), so they are stored as
 they are and shown in `GET /v1/account`; they are looked up the same way, in a map of their own,
 so a publishable key can never pass for a secret one. The origins a merchant embeds the
-checkout in are cached beside them (the checkout page's CSP and CORS read them per request).
+checkout in are cached beside them (the checkout page's CSP and CORS read them per request),
+and so is each merchant's own rate limit (its bucket is per process).
+
+On PostgreSQL, where several instances share the database, every change of these marks the cache
+"merchants" changed in its transaction (store/caches.py); the other instances reload that
+merchant (`reload`) when the notice reaches them, or all merchants when one may have been lost
+(services/ops/cache_sync.py).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from apss.services.views import (
     RateLimitView,
     SecretKeyView,
 )
+from apss.store import caches
 from apss.store import merchants as store
 from apss.store.db import Database, Tx
 
@@ -71,6 +78,7 @@ class Merchants:
         self._clock = clock
         self._keyring = keyring
         self._by_key_hash: dict[str, Merchant] = {}
+        self._key_hashes_of: dict[str, set[str]] = {}  # merchant id -> its active secret key hashes
         self._by_id: dict[str, Merchant] = {}
         self._admin_hash: str | None = None
         self._by_publishable: dict[str, Merchant] = {}
@@ -82,17 +90,61 @@ class Merchants:
 
     # -- cache -------------------------------------------------------------------------------
     async def load(self) -> None:
-        for row in await store.all_merchants(self._db):
-            self._by_id[row["id"]] = self._merchant(row)
-            self._origins_of[row["id"]] = tuple(msgspec.json.decode(row["allowed_origins"], type=list[str]))
-            if row["rate_limit_per_s"] is not None:
-                self.rate_limiter.set_limit(row["id"], (row["rate_limit_per_s"], row["rate_limit_burst"]))
+        """Every merchant, key and origin from the database, swapped in at once (at start; on
+        PostgreSQL also when a notice may have been lost): a key revoked meanwhile is gone."""
+        rows = await store.all_merchants(self._db)
+        key_rows = await store.active_keys(self._db)
+        publishable_rows = await store.active_publishable_keys(self._db)
+        by_id = {row["id"]: self._merchant(row) for row in rows}
+        by_key_hash: dict[str, Merchant] = {}
+        key_hashes_of: dict[str, set[str]] = {}
+        for row in key_rows:
+            if row["merchant_id"] in by_id:  # (a merchant made between the two reads: its notice follows)
+                by_key_hash[row["key_hash"]] = by_id[row["merchant_id"]]
+                key_hashes_of.setdefault(row["merchant_id"], set()).add(row["key_hash"])
+        by_publishable = {row["key"]: by_id[row["merchant_id"]] for row in publishable_rows if row["merchant_id"] in by_id}
+        self._by_id, self._by_key_hash, self._key_hashes_of = by_id, by_key_hash, key_hashes_of
+        self._by_publishable = by_publishable
+        self._publishable_of = {merchant.id: key for key, merchant in by_publishable.items()}
+        self._origins_of = {row["id"]: tuple(msgspec.json.decode(row["allowed_origins"], type=list[str])) for row in rows}
         self._origins_anywhere = frozenset(o for origins in self._origins_of.values() for o in origins)
-        for row in await store.active_keys(self._db):
-            self._by_key_hash[row["key_hash"]] = self._by_id[row["merchant_id"]]
-        for row in await store.active_publishable_keys(self._db):
-            self._by_publishable[row["key"]] = self._by_id[row["merchant_id"]]
-            self._publishable_of[row["merchant_id"]] = row["key"]
+        for row in rows:
+            self._set_limit(row)
+
+    async def reload(self, merchant_id: str | None, generation: int = 0) -> None:
+        """The cache "merchants" changed on another instance (services/ops/cache_sync.py): reload
+        that merchant's row, keys and origins (None: everything)."""
+        if merchant_id is None:
+            await self.load()
+            return
+        row = await store.fetch_merchant(self._db, merchant_id)
+        key_hashes = await store.active_key_hashes_of(self._db, merchant_id)
+        publishable = await store.active_publishable_key_of(self._db, merchant_id)
+        for old in self._key_hashes_of.pop(merchant_id, set()):
+            self._by_key_hash.pop(old, None)
+        old_publishable = self._publishable_of.pop(merchant_id, None)
+        if old_publishable is not None:
+            self._by_publishable.pop(old_publishable, None)
+        if row is None:  # (merchants are never deleted; nothing of it may authenticate)
+            self._by_id.pop(merchant_id, None)
+            self._publish_origins(merchant_id, ())
+            return
+        merchant = self._by_id[merchant_id] = self._merchant(row)
+        self._key_hashes_of[merchant_id] = set(key_hashes)
+        for key_hash in key_hashes:
+            self._by_key_hash[key_hash] = merchant
+        if publishable is not None:
+            self._by_publishable[publishable] = merchant
+            self._publishable_of[merchant_id] = publishable
+        self._publish_origins(merchant_id, msgspec.json.decode(row["allowed_origins"], type=list[str]))
+        self._set_limit(row)
+
+    def _set_limit(self, row) -> None:
+        """The merchant's configured rate limit from its row; its bucket is kept unless it changed."""
+        limit = None if row["rate_limit_per_s"] is None else (row["rate_limit_per_s"], row["rate_limit_burst"])
+        current = self.rate_limiter.limit_of(row["id"]) if self.rate_limiter.has_own(row["id"]) else None
+        if limit != current:
+            self.rate_limiter.set_limit(row["id"], limit)
 
     def _merchant(self, row) -> Merchant:
         sealed = row["sandbox_webhook_secret_sealed"]
@@ -190,10 +242,12 @@ class Merchants:
                                   kyc_status="verified" if mode == "test" else "unverified")
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
             store.insert_publishable_key(tx, merchant_id=merchant_id, key=publishable_key, now_ms=now_ms)
+            caches.changed(tx, "merchants", merchant_id)
 
             def publish() -> None:
                 self._by_id[merchant_id] = merchant
                 self._by_key_hash[key_hash] = merchant
+                self._key_hashes_of[merchant_id] = {key_hash}
                 self._by_publishable[publishable_key] = merchant
                 self._publishable_of[merchant_id] = publishable_key
                 self._publish_origins(merchant_id, ())
@@ -216,11 +270,13 @@ class Merchants:
         def transaction(tx: Tx) -> None:
             revoked = store.revoke_keys(tx, merchant_id=merchant_id, now_ms=now_ms)
             store.insert_api_key(tx, merchant_id=merchant_id, key_hash=key_hash, now_ms=now_ms)
+            caches.changed(tx, "merchants", merchant_id)
 
             def publish() -> None:
                 for old in revoked:
                     self._by_key_hash.pop(old, None)
                 self._by_key_hash[key_hash] = merchant
+                self._key_hashes_of[merchant_id] = {key_hash}
 
             tx.after_commit(publish)
 
@@ -238,6 +294,7 @@ class Merchants:
             revoked = store.revoke_publishable_keys(tx, merchant_id=merchant_id, now_ms=now_ms)
             assert len(revoked) <= 1, "a unique index keeps one active publishable key per merchant"
             store.insert_publishable_key(tx, merchant_id=merchant_id, key=key, now_ms=now_ms)
+            caches.changed(tx, "merchants", merchant_id)
 
             def publish() -> None:
                 for old in revoked:
@@ -259,10 +316,13 @@ class Merchants:
 
         def transaction(tx: Tx) -> None:
             store.set_allowed_origins(tx, merchant_id=merchant_id, origins_json=msgspec.json.encode(normalised).decode())
+            caches.changed(tx, "merchants", merchant_id)
             tx.after_commit(lambda: self._publish_origins(merchant_id, normalised))
 
         await self._db.write(transaction)
-        assert self._origins_of[merchant_id] == tuple(normalised), "after_commit ran before the write returned"
+        # (On PostgreSQL a reload for another instance's notice may have run since.)
+        assert self._db.dialect != "sqlite" or self._origins_of[merchant_id] == tuple(normalised), \
+            "after_commit ran before the write returned"
         return tuple(normalised)
 
     async def set_rate_limit(self, merchant_id: str, limit: tuple[int, int] | None) -> None:
@@ -272,6 +332,7 @@ class Merchants:
             per_s, burst = limit if limit is not None else (None, None)
             if not store.set_rate_limit(tx, merchant_id=merchant_id, per_s=per_s, burst=burst):
                 raise NotFound(f"No such merchant: '{merchant_id}'", param="id")
+            caches.changed(tx, "merchants", merchant_id)
             tx.after_commit(lambda: self.rate_limiter.set_limit(merchant_id, limit))
 
         await self._db.write(transaction)

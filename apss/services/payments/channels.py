@@ -7,6 +7,10 @@
   the merchant's configured channels (test merchants: the sandbox).
 - Circuit breaker: `breaker_failures_max` failures in a row open a merchant's channel for
   `breaker_cooldown_s`; payments skip it meanwhile, then one attempt may close it again.
+
+Settings and routing are cached in memory. On PostgreSQL a change marks the cache "channels"
+changed in its transaction (store/caches.py) and the other instances reload the merchant's
+settings and routing (`reload`; services/ops/cache_sync.py). Breakers stay per process.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from apss.domain.money import is_iso_currency
 from apss.errors import ChannelNotAvailable, InvalidRequest, NotFound
 from apss.services.merchants.keys import Merchant
 from apss.services.outbound import check_api_base
+from apss.store import caches
 from apss.store import channels as store
 from apss.store.db import Database, Tx
 
@@ -93,13 +98,34 @@ class ChannelAccess:
         self._breakers: dict[tuple[str, str], _Breaker] = {}
 
     async def load(self) -> None:
-        for row in await store.all_settings(self._db):
-            secrets = msgspec.json.decode(self._keyring.open(row["secrets_sealed"], context=f"{row['merchant_id']}:{row['channel']}"),
-                                          type=dict[str, str])
-            public = msgspec.json.decode(row["public_settings"], type=dict[str, str])
-            self._settings[(row["merchant_id"], row["channel"])] = (public, secrets)
-        for row in await store.all_routing(self._db):
-            self._routing[row["merchant_id"]] = msgspec.json.decode(row["routing"], type=RoutingIn)
+        """Every merchant's settings and routing, swapped in at once."""
+        settings = {(row["merchant_id"], row["channel"]): self._opened(row) for row in await store.all_settings(self._db)}
+        routing = {row["merchant_id"]: msgspec.json.decode(row["routing"], type=RoutingIn)
+                   for row in await store.all_routing(self._db)}
+        self._settings, self._routing = settings, routing
+
+    async def reload(self, merchant_id: str | None, generation: int = 0) -> None:
+        """The cache "channels" changed on another instance: reload the merchant's settings and
+        routing (None: every merchant's)."""
+        if merchant_id is None:
+            await self.load()
+            return
+        rows = await store.settings_of(self._db, merchant_id)
+        routing = await store.routing_of(self._db, merchant_id)
+        settings = {row["channel"]: self._opened(row) for row in rows}
+        for key in [k for k in self._settings if k[0] == merchant_id and k[1] not in settings]:
+            del self._settings[key]
+        for channel, value in settings.items():
+            self._settings[(merchant_id, channel)] = value
+        if routing is None:
+            self._routing.pop(merchant_id, None)
+        else:
+            self._routing[merchant_id] = msgspec.json.decode(routing, type=RoutingIn)
+
+    def _opened(self, row) -> tuple[dict[str, str], dict[str, str]]:
+        secrets = msgspec.json.decode(self._keyring.open(row["secrets_sealed"], context=f"{row['merchant_id']}:{row['channel']}"),
+                                      type=dict[str, str])
+        return msgspec.json.decode(row["public_settings"], type=dict[str, str]), secrets
 
     # -- settings ----------------------------------------------------------------------------
     def _channel(self, name: str) -> Channel:
@@ -119,6 +145,7 @@ class ChannelAccess:
         def transaction(tx: Tx) -> None:
             store.upsert_settings(tx, merchant_id=merchant.id, channel=channel.name, secrets_sealed=sealed,
                                   public_settings=msgspec.json.encode(public).decode(), now_ms=self._clock.now_ms())
+            caches.changed(tx, "channels", merchant.id)
             tx.after_commit(lambda: self._settings.__setitem__((merchant.id, channel.name), (public, secrets)))
 
         await self._db.write(transaction)
@@ -139,6 +166,7 @@ class ChannelAccess:
 
         def transaction(tx: Tx) -> None:
             store.set_routing(tx, merchant_id=merchant.id, routing=msgspec.json.encode(routing).decode(), now_ms=self._clock.now_ms())
+            caches.changed(tx, "channels", merchant.id)
             tx.after_commit(lambda: self._routing.__setitem__(merchant.id, routing))
 
         await self._db.write(transaction)

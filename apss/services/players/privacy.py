@@ -14,6 +14,13 @@ with `secure_delete` on no freed page keeps the erased bytes. Amounts and the le
 touched. At start (`start`) every recorded erasure the database does not hold as done (a restored
 backup, a crash mid-way) is applied again: the player ids found in the registered tables are
 hashed and those matching a record are erased.
+
+The erased ids are kept in memory (lookups by an erased id answer from the pseudonym's records).
+On PostgreSQL an erasure marks the cache "privacy" changed in the transaction that records it
+(store/caches.py), and the other instances add it to their set (`reload`; services/ops/
+cache_sync.py): an order or lookup there by the erased id is then recorded under the pseudonym.
+(The `<database>.erasures` journal is per instance: another instance completes its own from the
+`erasures` table at its next start.)
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from apss.services.idempotency import (
     request_hash,
 )
 from apss.services.paging import page_of
+from apss.store import caches
 from apss.store import privacy as store
 from apss.store.db import Database, Tx
 
@@ -152,6 +160,11 @@ class Privacy:
             log.info("applied %d recorded erasure(s) again at start", applied)
         return applied
 
+    async def reload(self, merchant_id: str | None, generation: int = 0) -> None:
+        """The cache "privacy" changed on another instance (an erasure recorded there): add the
+        recorded erasures to the set of erased ids (erasures are never undone)."""
+        self._erased |= {(r["merchant_id"], r["pseudonym"]) for r in await store.erasures(self._db)}
+
     def _finish_record(self, tx: Tx, merchant_id: str, pseudonym: str) -> None:
         now_ms = self._clock.now_ms()
         store.record_erasure_tx(tx, merchant_id=merchant_id, pseudonym=pseudonym, now_ms=now_ms)
@@ -185,8 +198,12 @@ class Privacy:
             self._journal.append(merchant_id, pseudonym)
             self._journaled.add((merchant_id, pseudonym))
         now_ms = self._clock.now_ms()
-        await self._db.write(lambda tx: store.record_erasure_tx(tx, merchant_id=merchant_id, pseudonym=pseudonym,
-                                                                now_ms=now_ms))
+
+        def record(tx: Tx) -> None:
+            store.record_erasure_tx(tx, merchant_id=merchant_id, pseudonym=pseudonym, now_ms=now_ms)
+            caches.changed(tx, "privacy", merchant_id)
+
+        await self._db.write(record)
         self._erased.add((merchant_id, pseudonym))
         if pseudonym != player_id:
             await self._erase_rows(merchant_id, player_id, pseudonym)

@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Container, Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ from apss.domain.risk.rules import (
 from apss.errors import InvalidRequest
 from apss.services.money.fx import quote_tx as fx_quote_tx
 from apss.services.risk.score_provider import SCORE_ATTRIBUTES, risk_score
+from apss.store import caches
 from apss.store import privacy as privacy_store
 from apss.store import risk as store
 from apss.store.db import Database, Row, Tx
@@ -170,6 +172,11 @@ class RiskEngine:
         self._fx_age_max_ms = fx_rate_age_max_s * 1000
         self._hash_key: bytes | None = None
         self._rules: dict[str, list[CompiledRule]] = {}  # merchant -> compiled enabled rules (writer's cache)
+        # On PostgreSQL (several writer threads, several instances) a rule set read in a snapshot
+        # older than the newest change this instance knows of (its cache generation) is used but
+        # not kept: see _rules_tx.
+        self._rules_generation = 0
+        self._rules_lock = threading.Lock()
         self._builtin = _parse_builtin({**_BASE, **_INTERNAL})
 
     async def start(self) -> None:
@@ -254,20 +261,38 @@ class RiskEngine:
                          rules: list[tuple[str, str, bool]]) -> None:
         self.compile_rules(rules, merchant_currency=merchant_currency)  # checks before writing
         store.replace_rules(tx, merchant_id=merchant_id, rules=rules, now_ms=self._clock.now_ms())
+        generation = caches.changed(tx, "risk_rules", merchant_id)  # other instances: reload (PostgreSQL)
         # Dropped here on the writer (the next transaction reloads what this one wrote) and again
         # after commit.
         self._rules.pop(merchant_id, None)
-        tx.after_commit(lambda: self._rules.pop(merchant_id, None))
+        tx.after_commit(lambda: self._forget_rules(merchant_id, generation))
+
+    async def reload(self, merchant_id: str | None, generation: int = 0) -> None:
+        """The cache "risk_rules" changed on another instance (services/ops/cache_sync.py): the
+        merchant's rule set (None: every one) is read again by its next order."""
+        self._forget_rules(merchant_id, generation)
+
+    def _forget_rules(self, merchant_id: str | None, generation: int) -> None:
+        with self._rules_lock:
+            if merchant_id is None:
+                self._rules_generation = generation
+                self._rules.clear()
+            else:
+                self._rules_generation = max(self._rules_generation, generation)
+                self._rules.pop(merchant_id, None)
 
     def _rules_tx(self, tx: Tx, *, merchant_id: str, merchant_currency: str) -> list[CompiledRule]:
         cached = self._rules.get(merchant_id)
         if cached is not None:
             return cached
+        generation = caches.generation_tx(tx, "risk_rules")  # 0 on SQLite: its one writer has no older snapshot
         rows = store.rules_tx(tx, merchant_id=merchant_id)
         stored = [(n, r, True) for n, r in DEFAULT_RULES] if rows is None else \
             [(row["name"], row["rule"], bool(row["enabled"])) for row in rows]
         compiled = self.compile_rules(stored, merchant_currency=merchant_currency)
-        self._rules[merchant_id] = compiled
+        with self._rules_lock:
+            if generation >= self._rules_generation:  # this snapshot holds every change known here
+                self._rules[merchant_id] = compiled
         return compiled
 
     # -- assessing -------------------------------------------------------------------------

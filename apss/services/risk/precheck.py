@@ -11,6 +11,10 @@ bounded by `timeout_ms`; a timeout, a non-2xx or an unreadable answer follows th
 attributes (`precheck`, `precheck_answer`, `precheck_latency_ms`), stored with its decision; a
 `block` blocks the order like a rule (the rule fired is named `precheck`). Outbound requests obey
 the SSRF rules of webhook URLs (services/outbound.py).
+
+Each merchant's check is read once and cached; a change drops it after commit, and on PostgreSQL
+marks the cache "prechecks" changed (store/caches.py) so that other instances drop theirs too
+(`reload`; services/ops/cache_sync.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from apss.crypto import Keyring, random_token, sign_timestamped
 from apss.errors import NotFound, TargetNotAllowed
 from apss.services.merchants.keys import Merchant
 from apss.services.outbound import TargetClients, check_webhook_url
+from apss.store import caches
 from apss.store import risk as store
 from apss.store.db import Database, Tx
 
@@ -77,6 +82,7 @@ class Prechecks:
         self.http = http
         self._allow_private_targets = allow_private_targets
         self._configs: dict[str, _Config | None] = {}  # merchant -> its check (None: none set), read once
+        self._dropped = 0  # drops so far: a read that began before a drop is not cached
 
     def _private_allowed(self, merchant: Merchant) -> bool:
         return merchant.mode == "test" or self._allow_private_targets
@@ -90,7 +96,8 @@ class Prechecks:
             store.upsert_precheck(tx, {"merchant_id": merchant.id, "url": command.url, "timeout_ms": command.timeout_ms,
                                        "secret_sealed": self._keyring.seal(secret, context=f"precheck:{merchant.id}"),
                                        "on_timeout": command.on_timeout, "updated_at_ms": self._clock.now_ms()})
-            tx.after_commit(lambda: self._configs.pop(merchant.id, None))
+            caches.changed(tx, "prechecks", merchant.id)
+            tx.after_commit(lambda: self._drop(merchant.id))
 
         await self._db.write(transaction)
         return PrecheckView(url=command.url, timeout_ms=command.timeout_ms, on_timeout=command.on_timeout, secret=secret)
@@ -104,20 +111,35 @@ class Prechecks:
     async def delete(self, *, merchant: Merchant) -> None:
         def transaction(tx: Tx) -> bool:
             removed = store.delete_precheck(tx, merchant_id=merchant.id)
-            tx.after_commit(lambda: self._configs.pop(merchant.id, None))
+            caches.changed(tx, "prechecks", merchant.id)
+            tx.after_commit(lambda: self._drop(merchant.id))
             return removed
 
         if not await self._db.write(transaction):
             raise NotFound("No pre-payment check is set.", param="precheck")
 
+    async def reload(self, merchant_id: str | None, generation: int = 0) -> None:
+        """The cache "prechecks" changed on another instance: the merchant's check (None: every
+        one) is read again when next needed."""
+        self._drop(merchant_id)
+
+    def _drop(self, merchant_id: str | None) -> None:
+        self._dropped += 1
+        if merchant_id is None:
+            self._configs.clear()
+        else:
+            self._configs.pop(merchant_id, None)
+
     async def _config(self, merchant_id: str) -> _Config | None:
         if merchant_id in self._configs:
             return self._configs[merchant_id]
+        dropped = self._dropped
         row = await store.fetch_precheck(self._db, merchant_id=merchant_id)
         config = None if row is None else _Config(
             url=row["url"], secret=self._keyring.open(row["secret_sealed"], context=f"precheck:{merchant_id}"),
             timeout_ms=row["timeout_ms"], on_timeout=row["on_timeout"])
-        self._configs[merchant_id] = config
+        if dropped == self._dropped:  # else the row may predate the change that dropped it
+            self._configs[merchant_id] = config
         return config
 
     async def run(self, *, merchant: Merchant, body: dict) -> PrecheckResult | None:
