@@ -38,7 +38,6 @@ __all__ = ["GOOGLE_CERTS_URL", "ISSUERS", "PushKeys", "verify_push_token"]
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = ("accounts.google.com", "https://accounts.google.com")
-CODE = "store_push_unauthenticated"
 _LEEWAY_S = 60
 _TOKEN_CHARS_MAX = 8192
 _CACHE_DEFAULT_S = 3600
@@ -51,7 +50,7 @@ _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
 def _refuse(message: str) -> AuthenticationFailed:
-    return AuthenticationFailed(f"The Pub/Sub push is not authenticated: {message}.", code=CODE)
+    return AuthenticationFailed(f"The Pub/Sub push is not authenticated: {message}.", code="store_push_unauthenticated")
 
 
 def _b64url(part: str) -> bytes:

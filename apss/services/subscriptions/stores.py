@@ -29,7 +29,7 @@ import msgspec
 
 from apss.channels.base import StoreNotification, StorePurchase
 from apss.domain.subscriptions import INTERVAL_COUNT_MAX, LIVE, Billing, Interval, SubscriptionEvent, SubscriptionStatus
-from apss.errors import InvalidRequest
+from apss.errors import CallbackRejected
 from apss.ids import new_id
 from apss.services.subscriptions import periods
 from apss.services.views import encode
@@ -58,7 +58,7 @@ def period_tx(tx: Tx, *, merchant_id: str, store_name: str, purchase: StorePurch
         return None
     end = purchase.expires_at_ms
     if end is None:
-        raise InvalidRequest("The store's subscription transaction has no expiry.", code="store_payload_invalid",
+        raise CallbackRejected("The store's subscription transaction has no expiry.", code="store_payload_invalid",
                              param=param)
     current = store.store_subscription_tx(tx, merchant_id=merchant_id, store=store_name,
                                           original_transaction_id=purchase.original_transaction_id)
@@ -68,7 +68,7 @@ def period_tx(tx: Tx, *, merchant_id: str, store_name: str, purchase: StorePurch
         start = current["current_period_end_ms"] if live and current["current_period_end_ms"] < end \
             else purchase.purchased_at_ms
     if not start < end:
-        raise InvalidRequest("The store's subscription period ends before it starts.", code="store_payload_invalid",
+        raise CallbackRejected("The store's subscription period ends before it starts.", code="store_payload_invalid",
                              param=param)
     if not live:
         return StorePeriod(subscription_id=None, index=0, start_ms=start, end_ms=end)
