@@ -23,6 +23,13 @@ once; the stores' server notifications refund, revoke and renew through the same
   booked), `revoke` (Family Sharing ended) takes the goods back, `deliver` (a renewal) delivers the
   purchase to the player of its original transaction, `refund_reversed` raises an alert (the money
   came back: a person decides whether to grant again), and everything else is recorded.
+- Auto-renewable subscriptions (services/subscriptions/stores.py): a store transaction that renews
+  is also a period of an APSS subscription, linked before its order is paid (so delivered to the
+  period's end, on the store's dates); the subscription actions (`billing_retry`, `grace_period`,
+  `expire`, `auto_renew_off`, `auto_renew_on`) move that subscription, and a refund or revoke of
+  its current period ends it.
+- A push whose own authentication fails (Google's OIDC token, AuthenticationFailed) is 401 in
+  APSS's error shape rather than the store's refusal: nothing of it was read.
 """
 
 from __future__ import annotations
