@@ -408,10 +408,23 @@ class StorePurchase(_Neutral):
     state: Literal["purchased", "pending", "inactive"] = "purchased"
     acknowledged: bool = True  # False: the store wants it acknowledged after delivery (Google, 3 days)
     order_ref: str | None = None  # the store's order id when it is not the transaction id (Google's orderId)
+    # An auto-renewable subscription (Apple's Auto-Renewable Subscription, Google's subscriptionsv2):
+    # its transactions are the periods of one APSS subscription, from the period's start (Apple's
+    # purchaseDate of the transaction; None for Google, whose periods follow one another) to
+    # `expires_at_ms`, exactly as the store dates them.
+    renews: bool = False
+    period_start_ms: int | None = None
+    grace_until_ms: int | None = None  # a failed renewal keeps the entitlement to here (billing grace period)
 
 
 # What a store notification asks of APSS (each store's mapping names its own types' actions).
-StoreAction = Literal["deliver", "refund", "revoke", "refund_reversed", "record"]
+# The subscription ones apply to the APSS subscription of the purchase's chain: `billing_retry`
+# (the store failed to charge a renewal and is retrying: past_due, no entitlement), `grace_period`
+# (past_due, entitled to the purchase's `grace_until_ms`), `expire` (over: canceled, the
+# entitlement ends), `auto_renew_off` / `auto_renew_on` (cancel_at_period_end set / cleared).
+StoreAction = Literal["deliver", "refund", "revoke", "refund_reversed", "record", "billing_retry", "grace_period",
+                      "expire", "auto_renew_off", "auto_renew_on"]
+
 
 
 class StoreNotification(_Neutral):

@@ -14,6 +14,7 @@ __all__ = [
     "insert_event",
     "insert_subscription",
     "insert_subscription_order",
+    "last_period_index_tx",
     "list_events",
     "list_subscriptions",
     "move_subscription",
@@ -21,6 +22,7 @@ __all__ = [
     "report_figures",
     "set_order_payment",
     "set_order_subscription",
+    "store_subscription_tx",
     "subscription_order_of_tx",
     "subscription_order_tx",
     "update_subscription",
@@ -30,18 +32,35 @@ _FIELDS = {
     "product_id", "next_product_id", "channel", "amount", "period_index", "current_period_start_ms", "current_period_end_ms",
     "cancel_at_period_end", "canceled_at_ms", "activated_at_ms", "method_payment_id", "latest_order_id",
     "first_failure_ms", "retries", "charge_attempts", "next_charge_at_ms", "uncounted_failure_code",
+    "store_signed_at_ms",
 }
 
 
 def insert_subscription(tx: Tx, row: dict) -> None:
+    """A web subscription, or (with `store`, `store_original_transaction_id`, `store_environment`)
+    an app store's (migration 0034)."""
     tx.execute(
         "INSERT INTO subscriptions (id, merchant_id, player_id, product_id, currency, amount, channel, fallback_channel,"
         " metadata, status, billing, anchor_ms, period_index, current_period_start_ms, current_period_end_ms,"
-        " cancel_at_period_end, latest_order_id, created_at_ms, updated_at_ms) VALUES (:id, :merchant_id, :player_id,"
+        " cancel_at_period_end, latest_order_id, created_at_ms, updated_at_ms, store, store_original_transaction_id,"
+        " store_environment) VALUES (:id, :merchant_id, :player_id,"
         " :product_id, :currency, :amount, :channel, :fallback_channel, :metadata, :status, :billing, :anchor_ms, 0,"
-        " :current_period_start_ms, :current_period_end_ms, 0, :latest_order_id, :created_at_ms, :created_at_ms)",
-        row,
+        " :current_period_start_ms, :current_period_end_ms, 0, :latest_order_id, :created_at_ms, :created_at_ms,"
+        " :store, :store_original_transaction_id, :store_environment)",
+        {"store": None, "store_original_transaction_id": None, "store_environment": None, **row},
     )
+
+
+def store_subscription_tx(tx: Tx, *, merchant_id: str, store: str, original_transaction_id: str) -> sqlite3.Row | None:
+    """The newest subscription of a store chain (a chain resubscribed after it ended has a new one)."""
+    return tx.one("SELECT * FROM subscriptions WHERE merchant_id = ? AND store = ? AND store_original_transaction_id = ?"
+                  " ORDER BY created_at_ms DESC, id DESC LIMIT 1", (merchant_id, store, original_transaction_id))
+
+
+def last_period_index_tx(tx: Tx, *, subscription_id: str) -> int:
+    """The highest period index of the subscription's orders (a store's late renewal takes the next)."""
+    row = tx.one("SELECT max(period_index) AS n FROM subscription_orders WHERE subscription_id = ?", (subscription_id,))
+    return row["n"] if row is not None and row["n"] is not None else 0
 
 
 def get_subscription_tx(tx: Tx, *, subscription_id: str, merchant_id: str | None = None) -> sqlite3.Row | None:
@@ -143,7 +162,7 @@ async def list_events(db: Database, *, subscription_id: str) -> list[sqlite3.Row
 async def due_subscriptions(db: Database, *, now_ms: int, limit: int) -> list[str]:
     rows = await db.fetch_all(
         "SELECT id FROM subscriptions WHERE next_charge_at_ms IS NOT NULL AND next_charge_at_ms <= ?"
-        " AND status IN ('active', 'past_due') ORDER BY next_charge_at_ms LIMIT ?", (now_ms, limit))
+        " AND status IN ('active', 'past_due') AND store IS NULL ORDER BY next_charge_at_ms LIMIT ?", (now_ms, limit))
     return [row["id"] for row in rows]
 
 

@@ -16,13 +16,19 @@ each request as Google does, written from Google's documentation and not from th
 - purchases.products.get / :acknowledge, purchases.subscriptionsv2.get,
   purchases.subscriptions.acknowledge, purchases.voidedpurchases.list (startTime, type,
   maxResults, token paging).
-A test makes purchases (`buy`, `subscribe`, `renew`, `void`) and Pub/Sub pushes (`push`).
+- Google's OIDC signing certificates for Pub/Sub push authentication: `GET /oauth2/v1/certs`
+  (`{kid: PEM certificate}`) and `GET /oauth2/v3/certs` (a JWKS), with `Cache-Control: max-age`;
+  `push_token` signs an ID token as Pub/Sub does, with google-auth's own signer
+  (`google.auth.crypt.RSASigner`, `google.auth.jwt.encode`), not APSS's code.
+A test makes purchases (`buy`, `subscribe`, `renew`, `set_state`, `void`) and Pub/Sub pushes (`push`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import calendar
+import datetime
 import json
 import re
 import secrets
@@ -97,6 +103,10 @@ class GooglePlayStandIn:
     assertions: list[dict[str, Any]] = field(default_factory=list)  # the verified JWTs: header, claims
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, route name)
     fail_next: dict[str, int] = field(default_factory=dict)  # route name -> how many 503s to answer first
+    oidc_key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(public_exponent=65537,
+                                                                                          key_size=2048))
+    oidc_kid: str = field(default_factory=lambda: secrets.token_hex(20))
+    push_email: str = "play-rtdn-push@game-project.iam.gserviceaccount.com"
 
     # ---- the key Google hands the developer ----
 
@@ -128,26 +138,83 @@ class GooglePlayStandIn:
         self.products[(package or self.package_name, token)] = purchase
         return token
 
-    def subscribe(self, product_id: str, *, state: str = "SUBSCRIPTION_STATE_ACTIVE") -> str:
+    def subscribe(self, product_id: str, *, state: str = "SUBSCRIPTION_STATE_ACTIVE", start_ms: int | None = None,
+                  expiry_ms: int | None = None) -> str:
         token = _purchase_token()
-        now_ms = int(time.time() * 1000)
+        now_ms = start_ms if start_ms is not None else int(time.time() * 1000)
         order = _order_id()
         self.subscriptions[(self.package_name, token)] = {
             "kind": "androidpublisher#subscriptionPurchaseV2", "regionCode": "US", "startTime": _rfc3339(now_ms),
             "subscriptionState": state, "latestOrderId": order, "acknowledgementState": "ACKNOWLEDGEMENT_STATE_PENDING",
-            "lineItems": [{"productId": product_id, "expiryTime": _rfc3339(now_ms + 30 * 86_400_000),
+            "lineItems": [{"productId": product_id,
+                           "expiryTime": _rfc3339(expiry_ms if expiry_ms is not None else now_ms + 30 * 86_400_000),
                            "autoRenewingPlan": {"autoRenewEnabled": True}, "offerDetails": {"basePlanId": "monthly"}}],
             "_order": order, "_renewals": 0,
         }
         return token
 
-    def renew(self, token: str) -> str:
-        """The next period is charged: a new latestOrderId (`<first>..n`), a later expiry."""
+    def renew(self, token: str, *, expiry_ms: int | None = None) -> str:
+        """The next period is charged: a new latestOrderId (`<first>..n`), a later expiry; active again."""
         sub = self.subscriptions[(self.package_name, token)]
         sub["_renewals"] += 1
         sub["latestOrderId"] = f"{sub['_order']}..{sub['_renewals'] - 1}"
-        sub["lineItems"][0]["expiryTime"] = _rfc3339(int(time.time() * 1000) + (1 + sub["_renewals"]) * 30 * 86_400_000)
+        sub["subscriptionState"] = "SUBSCRIPTION_STATE_ACTIVE"
+        sub["lineItems"][0]["autoRenewingPlan"] = {"autoRenewEnabled": True}
+        sub["lineItems"][0]["expiryTime"] = _rfc3339(
+            expiry_ms if expiry_ms is not None else int(time.time() * 1000) + (1 + sub["_renewals"]) * 30 * 86_400_000)
         return sub["latestOrderId"]
+
+    def set_state(self, token: str, state: str, *, expiry_ms: int | None = None) -> None:
+        """The subscription moves at Google (grace period, on hold, canceled, expired...): no new order."""
+        sub = self.subscriptions[(self.package_name, token)]
+        sub["subscriptionState"] = state
+        sub["lineItems"][0]["autoRenewingPlan"] = {"autoRenewEnabled": state not in (
+            "SUBSCRIPTION_STATE_CANCELED", "SUBSCRIPTION_STATE_EXPIRED")}
+        if expiry_ms is not None:
+            sub["lineItems"][0]["expiryTime"] = _rfc3339(expiry_ms)
+
+    def expiry_ms(self, token: str) -> int:
+        text = self.subscriptions[(self.package_name, token)]["lineItems"][0]["expiryTime"]
+        seconds, _, millis = text.rstrip("Z").partition(".")
+        return calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S")) * 1000 + int(millis or 0)
+
+    # ---- Pub/Sub push authentication ----
+
+    def push_token(self, *, audience: str, email: str | None = None, key: rsa.RSAPrivateKey | None = None,
+                   kid: str | None = None, **claims: Any) -> str:
+        """An ID token as Pub/Sub signs it for a push subscription's service account (claims override)."""
+        from google.auth import crypt
+        from google.auth import jwt as google_jwt
+
+        pem = (key or self.oidc_key).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption())
+        signer = crypt.RSASigner.from_string(pem, key_id=kid or self.oidc_kid)
+        now = int(time.time())
+        payload = {"aud": audience, "azp": "104836912345678901234", "email": email or self.push_email,
+                   "email_verified": True, "exp": now + 3600, "iat": now, "iss": "https://accounts.google.com",
+                   "sub": "104836912345678901234", **claims}
+        return google_jwt.encode(signer, payload).decode()
+
+    def oidc_certificate_pem(self) -> str:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.oidc_kid)])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                       .public_key(self.oidc_key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now - datetime.timedelta(days=1))
+                       .not_valid_after(now + datetime.timedelta(days=14)).sign(self.oidc_key, hashes.SHA256()))
+        return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def _jwks(self) -> dict[str, Any]:
+        numbers = self.oidc_key.public_key().public_numbers()
+
+        def b64(value: int) -> str:
+            return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+        return {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.oidc_kid, "n": b64(numbers.n),
+                          "e": b64(numbers.e)}]}
 
     def void(self, token: str, *, quantity: int | None = None) -> dict[str, Any]:
         """Google refunds a purchase (a chargeback, the player's request, a missed acknowledgement)."""
@@ -188,13 +255,20 @@ class GooglePlayStandIn:
         body = await read_body(scope, receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-        try:
-            status, answer = self._handle(scope["method"], scope["path"], headers, query, body)
-        except _Fail as failed:
-            status, answer = failed.status, failed.body
+        extra: list[tuple[bytes, bytes]] = []
+        if scope["method"] == "GET" and scope["path"] in ("/oauth2/v1/certs", "/oauth2/v3/certs"):
+            self.calls.append(("GET", "certs"))
+            status = 200
+            answer = {self.oidc_kid: self.oidc_certificate_pem()} if "v1" in scope["path"] else self._jwks()
+            extra = [(b"cache-control", b"public, max-age=19800, must-revalidate, no-transform")]
+        else:
+            try:
+                status, answer = self._handle(scope["method"], scope["path"], headers, query, body)
+            except _Fail as failed:
+                status, answer = failed.status, failed.body
         payload = json.dumps(answer).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json; charset=UTF-8")]})
+                    "headers": [(b"content-type", b"application/json; charset=UTF-8"), *extra]})
         await send({"type": "http.response.body", "body": payload})
 
     def _handle(self, method: str, path: str, headers: dict[str, str], query: dict[str, str],

@@ -273,15 +273,18 @@ def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
         client.put("/v1/channels/apple", json={"bundle_id": BUNDLE_ID, "environment": "Sandbox",
                                                "root_certificates": SIGNER.root_pem, "fee_tier": "reduced"})
         plan = merchant.product(client, sku=unique_sku("com.example.pass"), category="membership", prices={"USD": 999})
-        first = SIGNER.transaction(productId=plan["sku"], type="Auto-Renewable Subscription", price=9990)
+        month_ms = 30 * 86_400_000
+        first = SIGNER.transaction(productId=plan["sku"], type="Auto-Renewable Subscription", price=9990,
+                                   expiresDate=int(time.time() * 1000) + month_ms)
         order = _buy(client, SIGNER.sign(first), player_id="bob").json()
         assert order["status"] == "fulfilled"
         renewal = SIGNER.transaction(productId=plan["sku"], type="Auto-Renewable Subscription", price=9990,
-                                     originalTransactionId=first["transactionId"], transactionReason="RENEWAL")
+                                     originalTransactionId=first["transactionId"], transactionReason="RENEWAL",
+                                     purchaseDate=first["expiresDate"], expiresDate=first["expiresDate"] + month_ms)
         body = SIGNER.notification("DID_RENEW", renewal)
         assert _notify(merchant, client, body).status_code == 200
         assert _notify(merchant, client, body).status_code == 200
-        for kind in ("DID_FAIL_TO_RENEW", "EXPIRED", "CONSUMPTION_REQUEST"):
+        for kind in ("CONSUMPTION_REQUEST", "RENEWAL_EXTENDED"):  # the subscription's states: test_store_subscriptions.py
             assert _notify(merchant, client, SIGNER.notification(kind, renewal)).status_code == 200
         orders = client.get("/v1/orders", params={"player_id": "bob"}).json()["data"]
         assert sorted(o["status"] for o in orders) == ["fulfilled", "fulfilled"]
@@ -293,8 +296,7 @@ def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
             results = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?",
                                    (merchant.id,)).fetchall()
             assert sorted((r["kind"], r["result"]) for r in results) == [
-                ("CONSUMPTION_REQUEST", "recorded"), ("DID_FAIL_TO_RENEW", "recorded"), ("DID_RENEW", "applied"),
-                ("EXPIRED", "recorded")]
+                ("CONSUMPTION_REQUEST", "recorded"), ("DID_RENEW", "applied"), ("RENEWAL_EXTENDED", "recorded")]
             fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
                                 "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
                                 (merchant.id, f"fees_expense:apple:{merchant.id}")).fetchall()

@@ -13,7 +13,8 @@ holding three certificates: the leaf that signed, Apple's intermediate, and the 
   issues other certificates under it);
 - the ES256 signature (raw r||s) over `header.payload` with the leaf's P-256 key;
 - then the payload: `bundleId` and `environment` are the merchant's (and for notifications in
-  Production, `appAppleId`).
+  Production, `appAppleId`). A notification's `signedTransactionInfo` and `signedRenewalInfo`
+  (the subscription's renewal state: its billing grace period) are verified the same way.
 No online check (OCSP) is made: purchases are verified without reaching Apple.
 
 Refusals raise CallbackRejected with a code naming the broken rule (`store_signature_invalid`,
@@ -30,6 +31,7 @@ import json
 from importlib import resources
 from typing import Any
 
+import msgspec
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -233,6 +235,10 @@ class AppleChannel:
         if isinstance(signed_transaction, str):
             purchase = mapping.purchase(verify_jws(signed_transaction, roots, now_s=request.now_s))
             mapping.check_app(purchase.app_id, purchase.environment, bundle_id=bundle_id, expected_environment=environment)
+            signed_renewal = app.get("signedRenewalInfo")
+            if isinstance(signed_renewal, str) and purchase.renews:  # signed like the rest: verified the same way
+                grace = mapping.grace_until(verify_jws(signed_renewal, roots, now_s=request.now_s), purchase)
+                purchase = msgspec.structs.replace(purchase, grace_until_ms=grace)
         return mapping.notification(payload, purchase)
 
     def parse_statement(self, data: bytes) -> list[StatementLine]:

@@ -16,17 +16,31 @@ from apss.channels.base import (
 from apss.domain.money import CURRENCY_EXPONENTS, report_decimal_to_minor
 from apss.errors import CallbackRejected
 
-__all__ = ["ACTIONS", "FINANCIAL_COLUMNS", "IN_APP_TYPES", "PRODUCT_TYPES", "SALES_COLUMNS", "check_app",
-           "milliunits_to_minor", "notification", "notification_app", "purchase", "statement_lines"]
+__all__ = ["ACTIONS", "AUTO_RENEWABLE", "FINANCIAL_COLUMNS", "IN_APP_TYPES", "PRODUCT_TYPES", "SALES_COLUMNS",
+           "SUBTYPE_ACTIONS", "action_of", "check_app", "grace_until", "milliunits_to_minor", "notification",
+           "notification_app", "purchase", "statement_lines"]
 
 # Apple's `type` of a transaction, every variant (anything else is refused as unknown).
-PRODUCT_TYPES = ("Auto-Renewable Subscription", "Non-Consumable", "Consumable", "Non-Renewing Subscription")
+AUTO_RENEWABLE = "Auto-Renewable Subscription"
+PRODUCT_TYPES = (AUTO_RENEWABLE, "Non-Consumable", "Consumable", "Non-Renewing Subscription")
 # What each notification type asks of APSS; every other type is acknowledged and recorded
-# (DID_FAIL_TO_RENEW, EXPIRED, GRACE_PERIOD_EXPIRED, REFUND_DECLINED, CONSUMPTION_REQUEST, TEST...).
+# (REFUND_DECLINED, CONSUMPTION_REQUEST, PRICE_INCREASE, RENEWAL_EXTENDED, TEST...).
 ACTIONS: dict[str, StoreAction] = {
     "REFUND": "refund", "REVOKE": "revoke", "REFUND_REVERSED": "refund_reversed",
     # A purchase to deliver, to the player of its original transaction.
     "DID_RENEW": "deliver", "SUBSCRIBED": "deliver", "ONE_TIME_CHARGE": "deliver", "OFFER_REDEEMED": "deliver",
+    # The subscription's state (services/iap applies them to the APSS subscription of the chain):
+    # the renewal failed and Apple retries billing (no entitlement; with the GRACE_PERIOD subtype,
+    # entitled to the renewal info's gracePeriodExpiresDate); the grace period ended while Apple
+    # still retries; the subscription ended (VOLUNTARY, BILLING_RETRY, PRICE_INCREASE,
+    # PRODUCT_NOT_FOR_SALE).
+    "DID_FAIL_TO_RENEW": "billing_retry", "GRACE_PERIOD_EXPIRED": "billing_retry", "EXPIRED": "expire",
+}
+# Types whose action depends on the subtype; a subtype not listed is recorded.
+SUBTYPE_ACTIONS: dict[tuple[str, str], StoreAction] = {
+    ("DID_FAIL_TO_RENEW", "GRACE_PERIOD"): "grace_period",
+    ("DID_CHANGE_RENEWAL_STATUS", "AUTO_RENEW_DISABLED"): "auto_renew_off",
+    ("DID_CHANGE_RENEWAL_STATUS", "AUTO_RENEW_ENABLED"): "auto_renew_on",
 }
 _QUANTITY_MAX = 1_000
 _ID_CHARS_MAX = 128
@@ -85,6 +99,7 @@ def purchase(payload: dict[str, Any]) -> StorePurchase:
         raise _invalid("quantity is out of range")
     amount, currency = _amount(payload)
     reason = payload.get("revocationReason")
+    renews = kind == AUTO_RENEWABLE
     return StorePurchase(
         transaction_id=_text(payload, "transactionId"),
         original_transaction_id=_text(payload, "originalTransactionId"),
@@ -92,11 +107,28 @@ def purchase(payload: dict[str, Any]) -> StorePurchase:
         environment=_text(payload, "environment"), type=kind, quantity=quantity, amount=amount, currency=currency,
         purchased_at_ms=_ms(payload, "purchaseDate"), signed_at_ms=_ms(payload, "signedDate"),
         reason=_text(payload, "transactionReason", required=False),
-        expires_at_ms=_ms(payload, "expiresDate", required=False),
+        expires_at_ms=_ms(payload, "expiresDate", required=renews),
         revoked_at_ms=_ms(payload, "revocationDate", required=False),
         revocation_reason=reason if isinstance(reason, int) and not isinstance(reason, bool) else None,
         ownership=_text(payload, "inAppOwnershipType", required=False),
+        renews=renews, period_start_ms=_ms(payload, "purchaseDate") if renews else None,
     )
+
+
+def grace_until(renewal_info: dict[str, Any], transaction: StorePurchase) -> int | None:
+    """A decoded (verified) JWSRenewalInfoDecodedPayload of the transaction's chain: its
+    gracePeriodExpiresDate (None outside a billing grace period)."""
+    if renewal_info.get("originalTransactionId") != transaction.original_transaction_id:
+        raise _invalid("the renewal info is of another subscription than the transaction")
+    return _ms(renewal_info, "gracePeriodExpiresDate", required=False)
+
+
+def action_of(kind: str, subtype: str | None) -> StoreAction:
+    if subtype is not None and (kind, subtype) in SUBTYPE_ACTIONS:
+        return SUBTYPE_ACTIONS[(kind, subtype)]
+    if kind == "DID_CHANGE_RENEWAL_STATUS":
+        return "record"
+    return ACTIONS.get(kind, "record")
 
 
 def check_app(app_id: Any, environment: Any, *, bundle_id: str, expected_environment: str) -> None:
@@ -119,9 +151,9 @@ def notification_app(payload: dict[str, Any]) -> dict[str, Any]:
 
 def notification(payload: dict[str, Any], transaction: StorePurchase | None) -> StoreNotification:
     kind = _text(payload, "notificationType")
-    return StoreNotification(notification_id=_text(payload, "notificationUUID"), type=kind,
-                             subtype=_text(payload, "subtype", required=False),
-                             signed_at_ms=_ms(payload, "signedDate"), action=ACTIONS.get(kind, "record"),
+    subtype = _text(payload, "subtype", required=False)
+    return StoreNotification(notification_id=_text(payload, "notificationUUID"), type=kind, subtype=subtype,
+                             signed_at_ms=_ms(payload, "signedDate"), action=action_of(kind, subtype),
                              purchase=transaction)
 
 

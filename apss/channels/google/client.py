@@ -15,8 +15,11 @@ libraries call it.
   a purchase already acknowledged is a success.
 - Real-time developer notifications (a Pub/Sub push of a base64 DeveloperNotification) are never
   trusted: the package must be the merchant's, and what they name is read from the API (the
-  purchase, or for a voided purchase the Voided Purchases API's list) before anything is applied.
-  The push's OIDC token is not checked: a forged push can only make APSS ask Google.
+  purchase, or for a voided purchase the Voided Purchases API's list) before anything is applied;
+  a subscription notification is applied only if the API's subscriptionState agrees with it.
+  With `push_audience` and `push_service_account_email` set, the push's OIDC token is verified
+  first, offline (push.py): a push without Google's token for them is refused (401
+  `store_push_unauthenticated`) before APSS reads it or asks Google anything.
 
 Errors: not reached -> ChannelUnreachable; no answer in time -> ChannelTimeout; 401/403 ->
 `store_access_denied`, 404/410 -> `store_purchase_not_found`, 400 -> `store_purchase_invalid`
@@ -49,7 +52,7 @@ from apss.channels.base import (
     StorePurchase,
     StoreReceipt,
 )
-from apss.channels.google import mapping
+from apss.channels.google import mapping, push
 from apss.channels.tokens import AccessTokens
 from apss.clock import Clock
 from apss.domain.money import is_iso_currency
@@ -117,7 +120,8 @@ def service_account_jwt(account: mapping.ServiceAccount, key: rsa.RSAPrivateKey,
 class _Settings:
     """One merchant's Google Play settings. Its repr shows no secret."""
 
-    __slots__ = ("account", "key", "package_name", "api_base", "currency")
+    __slots__ = ("account", "key", "package_name", "api_base", "currency", "push_audience", "push_email",
+                 "push_certs_url")
 
     def __init__(self, credentials: Credentials) -> None:
         package_name = credentials.get("package_name", "")
@@ -134,6 +138,14 @@ class _Settings:
         self.currency = credentials.get("currency", "USD")
         if not is_iso_currency(self.currency):
             raise CallbackRejected("the google channel's currency is not a supported currency",
+                                   code="store_settings_invalid")
+        # Pub/Sub push authentication (push.py): both or neither, since a token Google signed for
+        # another service account or another audience must never pass.
+        self.push_audience = credentials.get("push_audience")
+        self.push_email = credentials.get("push_service_account_email")
+        self.push_certs_url = credentials.get("push_certs_url") or push.GOOGLE_CERTS_URL
+        if (self.push_audience is None) != (self.push_email is None):
+            raise CallbackRejected("the google channel's push_audience and push_service_account_email go together",
                                    code="store_settings_invalid")
 
     def __repr__(self) -> str:
@@ -156,11 +168,17 @@ class GoogleChannel:
         # The currency orders are booked in: Google's purchases carry no price (README "In-app purchases").
         "currency": Setting(secret=False, required=False),
         "fee_tier": Setting(secret=False, required=False),  # standard (30%) | reduced (15%), config [finance]
+        # Pub/Sub push authentication (push.py): the push subscription's audience and service
+        # account; when set, every notification must carry Google's OIDC token for them.
+        "push_audience": Setting(secret=False, required=False),
+        "push_service_account_email": Setting(secret=False, required=False),
+        "push_certs_url": Setting(secret=False, required=False),  # default Google's; vetted like api_base
     }
 
     def __init__(self, *, http: httpx.AsyncClient, clock: Clock) -> None:
         self._http = http
         self._clock = clock
+        self._push_keys = push.PushKeys(http=http)
         self._tokens = AccessTokens(now_s=lambda: self._clock.now_ms() // 1000, margin_s=_TOKEN_MARGIN_S,
                                     entries_max=_CACHE_MAX)  # by account digest
 
@@ -180,16 +198,20 @@ class GoogleChannel:
         now_ms = self._clock.now_ms()
         quoted = quote(token, safe="")
         if subscription:
-            resource = await self._call(settings, "GET", settings.path(f"subscriptionsv2/tokens/{quoted}"),
-                                        mapping.SubscriptionPurchaseV2)
-            return mapping.subscription_purchase(resource, token=token, product_id=product_id,
-                                                 package=settings.package_name, currency=settings.currency,
-                                                 now_ms=now_ms)
+            return (await self._subscription(settings, token=token, product_id=product_id))[1]
         assert product_id is not None
         resource = await self._call(settings, "GET", settings.path(f"products/{quote(product_id, safe='')}/tokens/{quoted}"),
                                     mapping.ProductPurchase)
         return mapping.product_purchase(resource, token=token, product_id=product_id, package=settings.package_name,
                                         currency=settings.currency, now_ms=now_ms)
+
+    async def _subscription(self, settings: _Settings, *, token: str, product_id: str | None
+                            ) -> tuple[mapping.SubscriptionPurchaseV2, StorePurchase]:
+        resource = await self._call(settings, "GET", settings.path(f"subscriptionsv2/tokens/{quote(token, safe='')}"),
+                                    mapping.SubscriptionPurchaseV2)
+        return resource, mapping.subscription_purchase(resource, token=token, product_id=product_id,
+                                                       package=settings.package_name, currency=settings.currency,
+                                                       now_ms=self._clock.now_ms())
 
     async def acknowledge_purchase(self, receipt: StoreReceipt, credentials: Credentials) -> None:
         settings = _Settings(credentials)
@@ -211,6 +233,10 @@ class GoogleChannel:
 
     async def verify_notification(self, request: CallbackRequest, credentials: Credentials) -> StoreNotification:
         settings = _Settings(credentials)
+        if settings.push_audience is not None:  # authenticated before anything of the push is read
+            await push.verify_push_token(request.headers.get("authorization"), keys=self._push_keys,
+                                         certs_url=settings.push_certs_url, audience=settings.push_audience,
+                                         email=settings.push_email, now_s=request.now_s)
         if len(request.body) > _NOTIFICATION_BYTES_MAX:
             raise CallbackRejected("the notification body is too large", code="store_payload_invalid")
         message_id, notification = mapping.decode_notification(request.body)
@@ -233,9 +259,9 @@ class GoogleChannel:
         if (part := notification.subscriptionNotification) is not None:
             number = mapping.part_field(part, "notificationType", int)
             kind = mapping.SUBSCRIPTION_TYPES.get(number, f"SUBSCRIPTION_{number}")
-            purchase = await self._purchase(settings, token=mapping.part_field(part, "purchaseToken", str),
-                                            product_id=None, subscription=True)
-            return made(kind, purchase=purchase, action=mapping.subscription_action(kind))
+            resource, purchase = await self._subscription(settings, token=mapping.part_field(part, "purchaseToken", str),
+                                                          product_id=None)
+            return made(kind, purchase=purchase, action=mapping.subscription_action(kind, resource.subscriptionState))
         if (part := notification.voidedPurchaseNotification) is not None:
             return await self._voided(settings, part, event_ms=event_ms, made=made)
         return made("UNKNOWN")

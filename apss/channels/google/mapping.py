@@ -44,11 +44,29 @@ SUBSCRIPTION_TYPES = {
     11: "SUBSCRIPTION_PAUSE_SCHEDULE_CHANGED", 12: "SUBSCRIPTION_REVOKED", 13: "SUBSCRIPTION_EXPIRED",
     19: "SUBSCRIPTION_PRICE_CHANGE_UPDATED", 20: "SUBSCRIPTION_PENDING_PURCHASE_CANCELED",
 }
-# A subscription notification that may carry a new paid period (a new latestOrderId): delivered to
-# the player of the purchase token if APSS has not delivered that order (RESTARTED and the rest
-# change no order). REVOKED is recorded: Google refunds with a voided-purchase notification.
-_SUBSCRIPTION_DELIVERING = frozenset({"SUBSCRIPTION_RECOVERED", "SUBSCRIPTION_RENEWED", "SUBSCRIPTION_PURCHASED",
-                                      "SUBSCRIPTION_RESTARTED"})
+# What a subscription notification asks, if the API's subscriptionState (read for every
+# notification: the push is a hint) agrees: a notification whose state the API does not show (a
+# forged push, or one overtaken by a later change) is recorded. A new paid period (a new
+# latestOrderId: RENEWED, RECOVERED from account hold, PURCHASED) is delivered to the player of
+# the purchase token if APSS has not delivered that order; the rest move the APSS subscription of
+# the token (services/iap): in grace period (entitled to the API's expiryTime, which Google moves
+# to the end of the grace period), on hold (no entitlement), canceled (auto-renew off, entitled to
+# expiryTime: cancel_at_period_end), restarted (auto-renew on again), expired or revoked (over).
+# Refunds come as voided-purchase notifications. PAUSED and the rest are recorded: a paused
+# subscription's entitlement simply runs out at its expiryTime.
+_ACTIVE, _GRACE, _HOLD = "SUBSCRIPTION_STATE_ACTIVE", "SUBSCRIPTION_STATE_IN_GRACE_PERIOD", "SUBSCRIPTION_STATE_ON_HOLD"
+_CANCELED_STATE, _EXPIRED_STATE = "SUBSCRIPTION_STATE_CANCELED", "SUBSCRIPTION_STATE_EXPIRED"
+_SUBSCRIPTION_ACTIONS: dict[str, tuple[frozenset[str], StoreAction]] = {
+    "SUBSCRIPTION_RENEWED": (_ENTITLED, "deliver"),
+    "SUBSCRIPTION_RECOVERED": (_ENTITLED, "deliver"),
+    "SUBSCRIPTION_PURCHASED": (_ENTITLED, "deliver"),
+    "SUBSCRIPTION_IN_GRACE_PERIOD": (frozenset({_GRACE}), "grace_period"),
+    "SUBSCRIPTION_ON_HOLD": (frozenset({_HOLD}), "billing_retry"),
+    "SUBSCRIPTION_CANCELED": (frozenset({_CANCELED_STATE}), "auto_renew_off"),
+    "SUBSCRIPTION_RESTARTED": (frozenset({_ACTIVE}), "auto_renew_on"),
+    "SUBSCRIPTION_EXPIRED": (frozenset({_EXPIRED_STATE}), "expire"),
+    "SUBSCRIPTION_REVOKED": (frozenset({_EXPIRED_STATE}), "expire"),
+}
 
 
 def _invalid(message: str) -> CallbackRejected:
@@ -199,14 +217,16 @@ def subscription_purchase(resource: SubscriptionPurchaseV2, *, token: str, produ
     item = items[0]
     state = resource.subscriptionState
     test = resource.testPurchase is not None
+    expires_at_ms = _time(item.expiryTime, "lineItems.expiryTime")
     return StorePurchase(
         transaction_id=resource.latestOrderId or token, original_transaction_id=token, product_id=item.productId,
         app_id=package, environment="Test" if test else "Production", type="subscription", quantity=1,
         amount=0 if test else None, currency=currency,
         purchased_at_ms=_time(resource.startTime, "startTime") or now_ms, signed_at_ms=now_ms,
-        expires_at_ms=_time(item.expiryTime, "lineItems.expiryTime"),
+        expires_at_ms=expires_at_ms,
         state="purchased" if state in _ENTITLED else "pending" if state == _SUBSCRIPTION_PENDING else "inactive",
         acknowledged=resource.acknowledgementState == ACK_ACKNOWLEDGED, order_ref=resource.latestOrderId,
+        renews=True, grace_until_ms=expires_at_ms if state == _GRACE else None,
     )
 
 
@@ -270,8 +290,10 @@ def part_field(part: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def subscription_action(kind: str) -> StoreAction:
-    return "deliver" if kind in _SUBSCRIPTION_DELIVERING else "record"
+def subscription_action(kind: str, state: str) -> StoreAction:
+    """What a subscription notification of `kind` asks, given the API's subscriptionState now."""
+    states, action = _SUBSCRIPTION_ACTIONS.get(kind, (frozenset(), "record"))
+    return action if state in states else "record"
 
 
 # --- statements: the Play Console's earnings report (CSV) ------------------------------------

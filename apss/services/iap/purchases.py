@@ -23,6 +23,13 @@ once; the stores' server notifications refund, revoke and renew through the same
   booked), `revoke` (Family Sharing ended) takes the goods back, `deliver` (a renewal) delivers the
   purchase to the player of its original transaction, `refund_reversed` raises an alert (the money
   came back: a person decides whether to grant again), and everything else is recorded.
+- Auto-renewable subscriptions (services/subscriptions/stores.py): a store transaction that renews
+  is also a period of an APSS subscription, linked before its order is paid (so delivered to the
+  period's end, on the store's dates); the subscription actions (`billing_retry`, `grace_period`,
+  `expire`, `auto_renew_off`, `auto_renew_on`) move that subscription, and a refund or revoke of
+  its current period ends it.
+- A push whose own authentication fails (Google's OIDC token, AuthenticationFailed) is 401 in
+  APSS's error shape rather than the store's refusal: nothing of it was read.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from apss.channels.base import (
 )
 from apss.clock import Clock
 from apss.domain.payments import PaymentStatus
-from apss.errors import ApssError, InvalidRequest, NotFound, OutOfStock
+from apss.errors import ApssError, AuthenticationFailed, InvalidRequest, NotFound, OutOfStock
 from apss.ids import new_id, new_token
 from apss.services.merchants.keys import Merchant, Merchants
 from apss.services.money.ledger import Ledger
@@ -54,6 +61,7 @@ from apss.services.orders import lifecycle
 from apss.services.payments.channels import ChannelAccess
 from apss.services.players.wallets import PLAYER_ID_PATTERN
 from apss.services.refunds.refunds import Refunds
+from apss.services.subscriptions import stores as store_subscriptions
 from apss.services.views import OrderView, encode, order_view
 from apss.store import alerts, catalog, iap, orders
 from apss.store.db import Database, Row, Tx
@@ -64,6 +72,7 @@ log = logging.getLogger("apss.iap")
 _ACK_BATCH_MAX = 100
 _ACK_BACKOFF_S = (60, 300, 900, 3600)  # after the 1st, 2nd, 3rd failure, then hourly
 _ACK_ALERT_AFTER_MS = 2 * 86_400_000  # Google refunds a purchase not acknowledged within 3 days
+_SUBSCRIPTION_ACTIONS = frozenset({"billing_retry", "grace_period", "expire", "auto_renew_off", "auto_renew_on"})
 
 
 class StorePurchaseIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -163,6 +172,8 @@ class StorePurchases:
             raise _unknown_product(purchase.product_id, param=param)
         quantity = purchase.quantity
         amount = _amount(purchase, product, param=param)
+        period = store_subscriptions.period_tx(tx, merchant_id=merchant_id, store_name=channel, purchase=purchase,
+                                               param=param)
         if not catalog.reserve(tx, product_id=product["id"], quantity=quantity):  # the first write: nothing before it
             raise OutOfStock(f"Only {product['stock']} units of '{product['sku']}' are available.", param=param)
         now_ms = self._clock.now_ms()
@@ -196,6 +207,9 @@ class StorePurchases:
             "purchased_at_ms": purchase.purchased_at_ms, "expires_at_ms": purchase.expires_at_ms, "created_at_ms": now_ms,
             "store_product_id": purchase.product_id, "kind": purchase.type,
             "ack_due_at_ms": None if purchase.acknowledged or not self._acknowledges(channel) else now_ms})
+        if period is not None:  # a subscription's period: linked before it is paid, so delivered to its end
+            store_subscriptions.attach_tx(tx, order, period=period, purchase=purchase, product=product,
+                                          store_name=channel, now_ms=now_ms)
         payment = orders.get_payment_tx(tx, payment_id=payment_id)
         share = self._ledger.post_capture(tx, payment=payment, fee=self._ledger.store_fee(tier=tier, amount=amount))
         row, items = orders.get_order_tx(tx, order_id=order_id), orders.order_items_tx(tx, order_id)
@@ -215,6 +229,9 @@ class StorePurchases:
         request = CallbackRequest(headers=headers, body=body, now_s=self._wall_clock.now_ms() // 1000)
         try:
             notification = await store.verify_notification(request, credentials)
+        except AuthenticationFailed as refused:  # the push's own authentication (Google's OIDC token): 401
+            log.warning("notification %s/%s refused: %s", store.name, merchant.id, refused.code)
+            raise
         except ApssError as rejected:
             log.warning("notification %s/%s rejected: %s", store.name, merchant.id, rejected.code)
             return store.callback_reply(accepted=False)
@@ -243,8 +260,11 @@ class StorePurchases:
         purchase, action, cause = notification.purchase, notification.action, f"callback:{notification.notification_id}"
         if purchase is None:
             return "recorded"
+        if action in _SUBSCRIPTION_ACTIONS:
+            return store_subscriptions.apply_tx(tx, merchant_id=merchant_id, store_name=channel,
+                                                notification=notification, now_ms=self._clock.now_ms())
         if action == "deliver" and seen is None:
-            return self._deliver_tx(tx, merchant_id=merchant_id, channel=channel, purchase=purchase, tier=tier)
+            return self._deliver_tx(tx, merchant_id=merchant_id, channel=channel, notification=notification, tier=tier)
         if seen is None:
             return "unmatched"
         revoked_at_ms = purchase.revoked_at_ms or self._clock.now_ms()
@@ -259,12 +279,17 @@ class StorePurchases:
                 iap.set_revoked(tx, merchant_id=merchant_id, store=channel, transaction_id=purchase.transaction_id,
                                 revoked_at_ms=revoked_at_ms)
             refunded = self._refunds.record_store_refund(tx, payment=payment, cause=cause, amount=amount)
+            if refunded and amount is None:  # the whole current period refunded: its subscription is over
+                store_subscriptions.order_withdrawn_tx(tx, order_id=seen["order_id"], cause=f"{channel}:{notification.type}",
+                                                       now_ms=self._clock.now_ms())
             return "applied" if refunded else "stale"
         if action == "revoke":
             if not iap.set_revoked(tx, merchant_id=merchant_id, store=channel, transaction_id=purchase.transaction_id,
                                    revoked_at_ms=revoked_at_ms):
                 return "stale"
             self._refunds.revoke_goods(tx, order=orders.get_order_tx(tx, order_id=seen["order_id"]))
+            store_subscriptions.order_withdrawn_tx(tx, order_id=seen["order_id"], cause=f"{channel}:{notification.type}",
+                                                   now_ms=self._clock.now_ms())
             return "applied"
         if action == "refund_reversed":
             lifecycle.raise_alert(tx, merchant_id=merchant_id, kind="store_refund_reversed", severity="warning",
@@ -273,22 +298,30 @@ class StorePurchases:
                                           "back; grant the goods again if the player should have them")
         return "recorded"
 
-    def _deliver_tx(self, tx: Tx, *, merchant_id: str, channel: str, purchase: StorePurchase, tier: str | None) -> str:
+    def _deliver_tx(self, tx: Tx, *, merchant_id: str, channel: str, notification: StoreNotification,
+                    tier: str | None) -> str:
         """A purchase the store told of first (a renewal): delivered to the player of its original
-        transaction, if APSS delivered that one; else recorded (the app posts it to /v1/iap)."""
+        transaction, if APSS delivered that one; else recorded (the app posts it to /v1/iap). A
+        subscription's renewal is a period of the chain's subscription (services/subscriptions/stores.py)."""
+        purchase = notification.purchase
+        assert purchase is not None
         first = iap.first_of_original_tx(tx, merchant_id=merchant_id, store=channel,
                                          original_transaction_id=purchase.original_transaction_id)
         if first is None or purchase.revoked_at_ms is not None or purchase.state != "purchased":
             return "unmatched"
         try:
-            self._book_tx(tx, merchant_id=merchant_id, channel=channel, purchase=purchase, player_id=first["player_id"],
-                          tier=tier)
+            order_id = self._book_tx(tx, merchant_id=merchant_id, channel=channel, purchase=purchase,
+                                     player_id=first["player_id"], tier=tier)
         except ApssError as refused:  # checked before any write: nothing was written
             lifecycle.raise_alert(tx, merchant_id=merchant_id, kind="store_purchase_not_delivered", severity="critical",
                                   object_id=purchase.transaction_id, now_ms=self._clock.now_ms(),
                                   message=f"{channel} renewal {purchase.transaction_id} of order {first['order_id']} "
                                           f"was not delivered: {refused.code}")
             return "anomaly"
+        subscription_id = orders.get_order_tx(tx, order_id=order_id)["subscription_id"]
+        if subscription_id is not None:
+            store_subscriptions.note_signed_tx(tx, subscription_id=subscription_id, signed_at_ms=notification.signed_at_ms,
+                                               now_ms=self._clock.now_ms())
         return "applied"
 
     # -- acknowledgements (Google Play) ----------------------------------------------------------

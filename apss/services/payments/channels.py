@@ -46,7 +46,7 @@ ChannelOrder = Annotated[list[ChannelName], Meta(max_length=10)]
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _SETTING_VALUE_MAX = 16_384
 # Settings that are URLs APSS sends the merchant's provider credentials to (PIX's OAuth token_url).
-_URL_SETTINGS = frozenset({"api_base", "token_url"})
+_URL_SETTINGS = frozenset({"api_base", "token_url", "push_certs_url"})  # push_certs_url: the keys Google signs with
 
 
 class RoutingIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -112,11 +112,15 @@ def on_order_paid(tx: Tx, order: Mapping, link: Row | None, *, now_ms: int) -> N
         return
     row, subscription, status = found
     cause = f"order:{order['id']}"
+    by_store = subscription["store"] is not None
     if row["kind"] == "first" and status is SubscriptionStatus.INCOMPLETE:
         move(tx, subscription, SubscriptionEvent.FIRST_PAID, cause=cause, now_ms=now_ms, webhook="activated", fields={
             "activated_at_ms": now_ms, "method_payment_id": order["payment_id"], "latest_order_id": order["id"],
             "channel": order["channel"],
-            "next_charge_at_ms": subscription["current_period_end_ms"]})
+            # The store charges its subscriptions: the renewal job has nothing to do, ever.
+            "next_charge_at_ms": None if by_store else subscription["current_period_end_ms"]})
+    elif row["kind"] == "renewal" and by_store and status in LIVE:
+        _store_renewed(tx, order, row, subscription, cause=cause, now_ms=now_ms)
     elif row["kind"] == "renewal" and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
         start, end = period_bounds_ms(subscription["anchor_ms"], billing_of(subscription), row["period_index"])
         assert (start, end) == (row["period_start_ms"], row["period_end_ms"])
@@ -132,6 +136,22 @@ def on_order_paid(tx: Tx, order: Mapping, link: Row | None, *, now_ms: int) -> N
             "product_id": row["product_id"], "amount": amount, "latest_order_id": order["id"], "next_product_id": None})
     # Anything else (a late payment for a canceled subscription) leaves the subscription alone:
     # the order's own late-payment handling applies.
+
+
+def _store_renewed(tx: Tx, order: Mapping, row: Row, subscription: Row, *, cause: str, now_ms: int) -> None:
+    """A store's renewal: the period is the store's own (the link's dates, not the anchor's
+    arithmetic), and it becomes the current one if it ends later (a renewal APSS learns of late,
+    after a later one, pays an older period: delivered, the subscription left where it is). A
+    renewal means auto-renew was on: any cancel at the period end is off."""
+    if row["period_end_ms"] <= subscription["current_period_end_ms"]:
+        store.update_subscription(tx, subscription_id=subscription["id"], now_ms=now_ms,
+                                  fields={"period_index": max(row["period_index"], subscription["period_index"])})
+        return
+    move(tx, subscription, SubscriptionEvent.RENEWED, cause=cause, now_ms=now_ms, webhook="renewed", fields={
+        "period_index": max(row["period_index"], subscription["period_index"]),
+        "current_period_start_ms": row["period_start_ms"], "current_period_end_ms": row["period_end_ms"],
+        "latest_order_id": order["id"], "amount": order["amount"], "cancel_at_period_end": 0})
+    set_memberships(tx, subscription, expires_at_ms=row["period_end_ms"], now_ms=now_ms)
 
 
 def renewal_charge_failed(tx: Tx, order: Mapping, *, payment_id: str, code: str, now_ms: int) -> bool:

@@ -56,7 +56,7 @@ from apss.store import subscriptions as store
 from apss.store.db import Database, Row, Tx
 
 __all__ = ["SubscriptionChange", "SubscriptionCreate", "SubscriptionCancel", "SubscriptionEventView",
-           "SubscriptionReport", "SubscriptionView", "Subscriptions", "subscription_view_tx"]
+           "SubscriptionReport", "SubscriptionStore", "SubscriptionView", "Subscriptions", "subscription_view_tx"]
 
 log = logging.getLogger("apss.subscriptions")
 
@@ -85,6 +85,15 @@ class SubscriptionChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     product_id: Annotated[str, Meta(min_length=1, max_length=64)]
 
 
+class SubscriptionStore(msgspec.Struct, frozen=True, kw_only=True):
+    """The app store that bills a store subscription, and the store's id of its chain (Apple's
+    originalTransactionId, Google's purchase token): every renewal of the chain is a period of it."""
+
+    name: str
+    original_transaction_id: str
+    environment: str
+
+
 class SubscriptionView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     status: SubscriptionStatus
@@ -100,6 +109,7 @@ class SubscriptionView(msgspec.Struct, frozen=True, kw_only=True):
     canceled_at: str | None
     latest_order: OrderView | None
     created_at: str
+    store: SubscriptionStore | None = None  # None: a web subscription, charged by APSS
 
 
 class SubscriptionEventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +148,9 @@ def _view_of(tx_or_row_order: OrderView | None, row: Mapping) -> SubscriptionVie
         cancel_at_period_end=bool(row["cancel_at_period_end"]),
         canceled_at=format_rfc3339(row["canceled_at_ms"]) if row["canceled_at_ms"] is not None else None,
         latest_order=tx_or_row_order, created_at=format_rfc3339(row["created_at_ms"]),
+        store=None if row["store"] is None else SubscriptionStore(
+            name=row["store"], original_transaction_id=row["store_original_transaction_id"],
+            environment=row["store_environment"]),
     )
 
 
@@ -266,6 +279,9 @@ class Subscriptions:
         row = store.get_subscription_tx(tx, subscription_id=subscription_id, merchant_id=merchant.id)
         if row is None:
             raise NotFound(f"No such subscription: '{subscription_id}'", param="id")
+        if row["store"] is not None:  # the store bills it: the player cancels, resumes and changes there
+            raise InvalidTransition(f"This subscription is billed by {row['store']}: the player cancels, resumes or "
+                                    "changes it in the store.", code="subscription_store_managed")
         return row
 
     async def cancel(self, *, merchant: Merchant, subscription_id: str, command: SubscriptionCancel,
@@ -336,6 +352,8 @@ class Subscriptions:
         due = row["next_charge_at_ms"]
         if SubscriptionStatus(row["status"]) not in LIVE or due is None or due > now_ms:
             return None  # moved since it was read
+        if row["store"] is not None:  # an app store charges its own subscriptions: never APSS
+            return None
         if row["uncounted_failure_code"] is not None:  # a charge the janitor or a callback found failed
             store.update_subscription(tx, subscription_id=row["id"], fields={"uncounted_failure_code": None}, now_ms=now_ms)
             order = orders.get_order_tx(tx, order_id=row["latest_order_id"])
