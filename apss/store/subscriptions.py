@@ -38,7 +38,7 @@ _FIELDS = {
 
 def insert_subscription(tx: Tx, row: dict) -> None:
     """A web subscription, or (with `store`, `store_original_transaction_id`, `store_environment`)
-    an app store's (migration 0034)."""
+    an app store's (migration 0035)."""
     tx.execute(
         "INSERT INTO subscriptions (id, merchant_id, player_id, product_id, currency, amount, channel, fallback_channel,"
         " metadata, status, billing, anchor_ms, period_index, current_period_start_ms, current_period_end_ms,"
