@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -260,6 +261,23 @@ def apss_server(directory: Path, *, synchronous: str = "FULL", rate_limit: bool 
         yield Server(base=base, admin=admin, db_path=db_path, pid=process.pid)
     finally:
         stop(process)
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of the test suite's (tests/postgres/server.py: Debian's postgresql
+    package, a temporary data directory, fsync off), stopped and removed at the end."""
+    from tests.postgres.server import PostgresServer, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        raise SystemExit("bench: no PostgreSQL server installed (apt-get install postgresql); or name a database URL")
+    server = PostgresServer(binaries)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from bench._harness import (  # noqa: E402
     create_product,
     line,
     run_wrk,
+    throwaway_postgres,
     write_script,
 )
 
@@ -111,17 +112,8 @@ def postgresql_database(args: argparse.Namespace):
     if args.database_url:
         yield args.database_url
         return
-    from tests.postgres.server import PostgresServer, server_binaries
-
-    binaries = server_binaries()
-    if binaries is None:
-        raise SystemExit("bench: no PostgreSQL server installed (apt-get install postgresql), or pass --database-url")
-    server = PostgresServer(binaries)
-    server.start()
-    try:
+    with throwaway_postgres() as server:
         yield server.create_database()
-    finally:
-        server.stop()
 
 
 def profile_server(args: argparse.Namespace, pid: int, url: str, script: Path, directory: Path) -> str:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,6 +35,7 @@ from apss.config import FinanceConfig  # noqa: E402
 from apss.services.money.ledger import Ledger  # noqa: E402
 from apss.store import pg_move  # noqa: E402
 from apss.store.migrate import apply_migrations  # noqa: E402
+from bench._harness import throwaway_postgres  # noqa: E402
 
 
 def build_source(path: str, rows: int) -> None:
@@ -79,16 +81,8 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=pg_move.BATCH_ROWS)
     parser.add_argument("--url", help="a PostgreSQL server's maintenance database (databases are created on it)")
     args = parser.parse_args()
-    server = None
-    if args.url is None:
-        from tests.postgres.server import PostgresServer, server_binaries
-
-        binaries = server_binaries()
-        if binaries is None:
-            raise SystemExit("no PostgreSQL server installed here: give --url")
-        server = PostgresServer(binaries)
-        server.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        server = None if args.url else stack.enter_context(throwaway_postgres())
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder) / "source.sqlite")
             build_source(path, args.rows)
@@ -103,9 +97,6 @@ def main() -> None:
                 print(f"{'executemany' if method == 'insert' else 'COPY':>11}: {moved.rows} rows in "
                       f"{moved.seconds:.2f} s = {moved.rows / moved.seconds:,.0f} rows/s ({moved.verified})")
             print(f"COPY takes {figures['copy'] / figures['insert']:.2f} x executemany's time")
-    finally:
-        if server is not None:
-            server.stop()
 
 
 if __name__ == "__main__":
