@@ -170,6 +170,7 @@ class StandIn:
     fail_next: tuple[int, str] | None = None  # (status, code) answered once by the next request
     break_signature: bool = False  # sign answers with a wrong signature
     bills: dict[str, bytes] = field(default_factory=dict)
+    bound_appids: frozenset[str] = frozenset()  # more apps bound to the mchid (a mobile app, a mini-program)
 
     # provider-side actions
 
@@ -181,7 +182,8 @@ class StandIn:
 
     def callback_for(self, out_trade_no: str, *, event_id: str, timestamp_s: int) -> tuple[dict[str, str], bytes]:
         payment = self.payments[out_trade_no]
-        plaintext = transaction_plaintext(mchid=self.mchid, appid=self.appid, out_trade_no=out_trade_no,
+        plaintext = transaction_plaintext(mchid=self.mchid, appid=payment.get("appid", self.appid),
+                                          out_trade_no=out_trade_no,
                                           trade_state=payment["trade_state"], total=payment["total"],
                                           transaction_id=payment.get("transaction_id"),
                                           trade_type=payment.get("trade_type", "NATIVE"))
@@ -285,7 +287,7 @@ class StandIn:
     def _order(self, flow: str, payload: dict[str, Any]) -> tuple[int, bytes, str]:
         amount = payload.get("amount") or {}
         otn = payload.get("out_trade_no", "")
-        if payload.get("appid") != self.appid or payload.get("mchid") != self.mchid:
+        if payload.get("appid") not in {self.appid, *self.bound_appids} or payload.get("mchid") != self.mchid:
             return _error(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配")
         total = amount.get("total")
         if not isinstance(total, int) or isinstance(total, bool) or total < 1:
@@ -317,6 +319,7 @@ class StandIn:
                                    "&package=2150917749"}}.get(flow, {"prepay_id": prepay_id})
         self.payments[otn] = {"total": total, "description": description, "notify_url": notify_url,
                               "trade_state": "NOTPAY", "time_expire": time_expire, "prepay_id": prepay_id,
+                              "appid": payload["appid"],
                               "trade_type": _TRADE_TYPES[f"/v3/pay/transactions/{flow}"], "answer": answer,
                               "payer": payload.get("payer"), "scene_info": payload.get("scene_info"),
                               "code_url": answer.get("code_url")}
@@ -338,7 +341,8 @@ class StandIn:
             assert params["package"] == "Sign=WXPay" and params["partnerid"] == self.mchid
             appid, prepay_id, signature = params["appid"], params["prepayid"], params["sign"]
             lines = (params["appid"], params["timestamp"], params["noncestr"], params["prepayid"])
-        assert appid == self.appid, "signed for another app"
+        placed = next((p for p in self.payments.values() if p.get("prepay_id") == prepay_id), {})
+        assert appid == placed.get("appid", self.appid), "signed for another app than the order's"
         message = "".join(f"{line}\n" for line in lines).encode()
         self.merchant_public_key.verify(base64.b64decode(signature), message, padding.PKCS1v15(), SHA256())
         return self._pay_prepay(prepay_id, trade_type=flow.upper())
@@ -362,7 +366,7 @@ class StandIn:
         payment = self.payments.get(otn)
         if payment is None:
             return _error(404, "ORDER_NOT_EXIST", "订单不存在")
-        return _ok(transaction_plaintext(mchid=self.mchid, appid=self.appid, out_trade_no=otn,
+        return _ok(transaction_plaintext(mchid=self.mchid, appid=payment.get("appid", self.appid), out_trade_no=otn,
                                          trade_state=payment["trade_state"], total=payment["total"],
                                          transaction_id=payment.get("transaction_id"),
                                          trade_type=payment["trade_type"]))

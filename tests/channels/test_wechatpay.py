@@ -198,6 +198,40 @@ async def test_mobile_flow_requests_are_byte_identical_to_sdk_pay(frozen: hw.Har
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("flow", "setting", "sdk_type", "extra"), [
+    ("app", "app_appid", WeChatPayType.APP, {}),
+    ("jsapi", "jsapi_appid", WeChatPayType.JSAPI, {"payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}}),
+])
+async def test_the_app_and_jsapi_flows_pay_with_their_own_appids(frozen: hw.Harness, sdk_recorder: _SdkRecorder,
+                                                                 flow: str, setting: str, sdk_type: WeChatPayType,
+                                                                 extra: dict[str, Any]) -> None:
+    """A studio's mobile app (Open Platform) and its mini-program have appids of their own, bound to
+    the one mchid: each flow places its order with its own, and the client SDK's parameters name it."""
+    own_appid = "wx" + ("a1" if flow == "app" else "b2") * 8
+    frozen.standin.bound_appids = frozenset({own_appid})
+    credentials = {**frozen.credentials, setting: own_appid}
+    request = msgspec.structs.replace(_payment(), flow=flow,
+                                      openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" if flow == "jsapi" else None)
+    created = await frozen.channel.create_payment(request, credentials)
+    _sdk().pay(description=request.description, out_trade_no=PAYMENT_ID, amount={"total": 1999, "currency": "CNY"},
+               notify_url=request.callback_url, pay_type=sdk_type, appid=own_appid, **extra)
+    _assert_same_request(sdk_recorder.calls[-1], frozen.standin.requests[-1])
+    assert json.loads(frozen.standin.requests[-1].body)["appid"] == own_appid
+    params = created.next_action.params or {}
+    assert params["appId" if flow == "jsapi" else "appid"] == own_appid
+    frozen.standin.pay_with_client_params(flow, params)  # WeChat's client checks the signature and the appid
+    assert frozen.standin.payments[PAYMENT_ID]["trade_state"] == "SUCCESS"
+    # The Native QR flow still uses `appid`; an appid not bound to the mchid is refused by WeChat.
+    native = await frozen.channel.create_payment(msgspec.structs.replace(_payment(), payment_id="pay_native_1"),
+                                                 credentials)
+    assert native.next_action.type == "qr_code"
+    assert json.loads(frozen.standin.requests[-1].body)["appid"] == hw.APPID
+    frozen.standin.bound_appids = frozenset()
+    with pytest.raises(ProviderDeclined, match="APPID_MCHID_NOT_MATCH"):
+        await frozen.channel.create_payment(msgspec.structs.replace(request, payment_id="pay_unbound_1"), credentials)
+
+
+@pytest.mark.anyio
 async def test_a_flow_the_channel_lacks_is_refused_before_any_call(harness: hw.Harness) -> None:
     with pytest.raises(ProviderFlowNotSupported):
         await harness.channel.create_payment(msgspec.structs.replace(_payment(), flow="wap"), harness.credentials)

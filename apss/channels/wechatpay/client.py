@@ -199,8 +199,8 @@ def _public_key(pem: str) -> rsa.RSAPublicKey:
 class _Settings:
     """One merchant's WeChat Pay settings, keys loaded. Its repr shows no secret."""
 
-    __slots__ = ("mchid", "appid", "serial_no", "private_key", "apiv3_key", "public_key",
-                 "public_key_id", "api_base")
+    __slots__ = ("mchid", "appid", "app_appid", "jsapi_appid", "serial_no", "private_key", "apiv3_key",
+                 "public_key", "public_key_id", "api_base")
 
     def __init__(self, credentials: Credentials, *, outgoing: bool) -> None:
         def need(name: str) -> str:
@@ -224,6 +224,14 @@ class _Settings:
             self.appid = need("appid")
             self.serial_no = need("merchant_serial_no")
             self.private_key = self._load(_private_key, need("merchant_private_key"), "merchant_private_key")
+        # The APP flow pays with the mobile app's appid (WeChat Open Platform), JSAPI with the
+        # official account's or mini-program's; each falls back to `appid`.
+        self.app_appid = credentials.get("app_appid") or self.appid
+        self.jsapi_appid = credentials.get("jsapi_appid") or self.appid
+
+    def appid_for(self, flow: str) -> str:
+        """The appid an order of `flow` is placed with (and the client SDK's parameters name)."""
+        return {"app": self.app_appid, "jsapi": self.jsapi_appid}.get(flow, self.appid)
 
     @staticmethod
     def _load(loader: Any, pem: str, name: str) -> Any:
@@ -246,6 +254,7 @@ class WechatPayChannel:
     flows = mapping.FLOWS
     settings = {
         "mchid": Setting(secret=False), "appid": Setting(secret=False),
+        "app_appid": Setting(secret=False, required=False), "jsapi_appid": Setting(secret=False, required=False),
         "merchant_private_key": Setting(secret=True), "merchant_serial_no": Setting(secret=False),
         "apiv3_key": Setting(secret=True), "platform_public_key": Setting(secret=False),
         "platform_public_key_id": Setting(secret=False), "api_base": Setting(secret=False, required=False),
@@ -270,7 +279,7 @@ class WechatPayChannel:
         if flow not in self.flows:  # checkout refuses such an order first
             raise flow_not_supported(self.name, f"the {flow} flow")
         settings = _Settings(credentials, outgoing=True)
-        body = mapping.pay_body(request, appid=settings.appid, mchid=settings.mchid, flow=flow)
+        body = mapping.pay_body(request, appid=settings.appid_for(flow), mchid=settings.mchid, flow=flow)
         return PaymentCreated(provider_ref=request.payment_id, status=PaymentStatus.REQUIRES_ACTION,
                               next_action=await self._place(settings, flow, body, return_url=request.return_url))
 
@@ -294,7 +303,7 @@ class WechatPayChannel:
             raise ChannelUnavailable("wechatpay answered no prepay_id")
         assert settings.private_key is not None
         params, signature_name, lines = mapping.client_params(
-            flow, appid=settings.appid, mchid=settings.mchid, prepay_id=prepay.prepay_id,
+            flow, appid=settings.appid_for(flow), mchid=settings.mchid, prepay_id=prepay.prepay_id,
             timestamp_s=self._clock.now_ms() // 1000, nonce=_new_nonce())
         params[signature_name] = sign_lines(settings.private_key, *lines)
         return NextAction(type="sdk_params", params=params)
