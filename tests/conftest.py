@@ -4,18 +4,23 @@ need their own; every test makes its own merchant, so they cannot see each other
 
 Both backends: a test marked `both_backends` runs twice, as `[sqlite]` and as `[postgresql]`
 (the `backend` fixture; `server` and `merchant` follow it; a test that starts its own server
-gives it `database_env(backend)`). TEST_ALL_BACKENDS=1 runs every test that uses the shared
+gives it `database_env(backend)`); `sqlite_only` keeps one test of a marked file on SQLite alone
+(one too slow for the PostgreSQL pass, say why beside it). Their checks read the database
+straight with `server.raw(sql, params)` (sqlite3 on the file, psycopg on the URL: the same SQL,
+never APSS's API). TEST_ALL_BACKENDS=1 runs every test that uses the shared
 server on both (a survey of what does not run on PostgreSQL yet). The PostgreSQL pass runs on one throwaway server for the
 session (tests/postgres/server.py); without a PostgreSQL server installed locally its tests skip
 with one line, and with REQUIRE_POSTGRESQL=1 (CI) a missing server fails."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -153,6 +158,22 @@ class RunningServer:
         now_ms = self.clock.now_ms()
         wait_for(lambda: self.services.scheduler.completed_as_of_ms(name) >= now_ms)
 
+    def raw(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+        """Rows read straight from the server's database, not through APSS: an independent source for
+        a test's checks, on either backend. `sql` is written for SQLite (`?` placeholders, in the subset
+        both engines read, as the store's is); on PostgreSQL it goes through the store's placeholder
+        translation (apss.store.pg_db.to_postgresql) to psycopg on a connection of its own. SQLite's
+        file is opened read-only; PostgreSQL's read is in autocommit (the last committed state)."""
+        if self.config.database.postgresql:
+            import psycopg
+
+            from apss.store.pg_db import to_postgresql
+
+            with psycopg.connect(self.config.database.url, autocommit=True) as conn:
+                return [tuple(row) for row in conn.execute(to_postgresql(sql), params).fetchall()]
+        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
+            return conn.execute(sql, params).fetchall()
+
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
 
@@ -256,7 +277,9 @@ NO_POSTGRESQL = "no PostgreSQL server installed locally (apt-get install postgre
 
 
 def pytest_generate_tests(metafunc) -> None:
-    marked = metafunc.definition.get_closest_marker("both_backends") or os.environ.get("TEST_ALL_BACKENDS") == "1"
+    definition = metafunc.definition
+    marked = (definition.get_closest_marker("both_backends") and not definition.get_closest_marker("sqlite_only")) \
+        or os.environ.get("TEST_ALL_BACKENDS") == "1"
     if marked and "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", BACKENDS, indirect=True, scope="session")
 
