@@ -111,6 +111,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class RawRow(tuple):
+    """A row of `RunningServer.raw`: a tuple (it compares equal to one) whose columns can also be
+    read by name, `row["kind"]` (plain columns and aliases: both engines name those alike)."""
+
+    def __new__(cls, values, columns: tuple[str, ...]) -> RawRow:
+        row = super().__new__(cls, values)
+        row.columns = columns
+        return row
+
+    @classmethod
+    def all(cls, cursor) -> list[RawRow]:
+        columns = tuple(column[0] for column in cursor.description or ())
+        return [cls(row, columns) for row in cursor.fetchall()]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return super().__getitem__(self.columns.index(key))
+        return super().__getitem__(key)
+
+
 class RunningServer:
     def __init__(self, *, db_path: Path, clock: TestClock, env: dict[str, str] | None = None,
                  announce_secrets: bool = True) -> None:
@@ -158,7 +178,7 @@ class RunningServer:
         now_ms = self.clock.now_ms()
         wait_for(lambda: self.services.scheduler.completed_as_of_ms(name) >= now_ms)
 
-    def raw(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    def raw(self, sql: str, params: tuple | dict = ()) -> list[RawRow]:
         """Rows read straight from the server's database, not through APSS: an independent source for
         a test's checks, on either backend. `sql` is written for SQLite (`?` placeholders, in the subset
         both engines read, as the store's is); on PostgreSQL it goes through the store's placeholder
@@ -170,9 +190,10 @@ class RunningServer:
             from apss.store.pg_db import to_postgresql
 
             with psycopg.connect(self.config.database.url, autocommit=True) as conn:
-                return [tuple(row) for row in conn.execute(to_postgresql(sql), params).fetchall()]
+                cursor = conn.execute(to_postgresql(sql), params)
+                return RawRow.all(cursor)
         with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
-            return conn.execute(sql, params).fetchall()
+            return RawRow.all(conn.execute(sql, params))
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
