@@ -5,12 +5,13 @@ need their own; every test makes its own merchant, so they cannot see each other
 Both backends: a test marked `both_backends` runs twice, as `[sqlite]` and as `[postgresql]`
 (the `backend` fixture; `server` and `merchant` follow it; a test that starts its own server
 gives it `database_env(backend)`); `sqlite_only` keeps one test of a marked file on SQLite alone
-(one too slow for the PostgreSQL pass, say why beside it). Their checks read the database
-straight with `server.raw(sql, params)` (sqlite3 on the file, psycopg on the URL: the same SQL,
-never APSS's API). TEST_ALL_BACKENDS=1 runs every test that uses the shared
-server on both (a survey of what does not run on PostgreSQL yet). The PostgreSQL pass runs on one throwaway server for the
-session (tests/postgres/server.py); without a PostgreSQL server installed locally its tests skip
-with one line, and with REQUIRE_POSTGRESQL=1 (CI) a missing server fails."""
+(its PostgreSQL half too slow or saying nothing new: the reason beside the mark). The tests' own
+checks read the database straight with `server.raw(sql, params)` (or `raw_read(path or URL, ...)`
+for a database of their own): sqlite3 on the file, psycopg on the URL, the same SQL, never APSS's
+API. TEST_ALL_BACKENDS=1 runs every test that uses the shared server on both, marked or not (a
+survey of what does not run on PostgreSQL yet). The PostgreSQL pass runs on one throwaway server
+for the session (tests/postgres/server.py); without a PostgreSQL server installed locally its
+tests skip with one line, and with REQUIRE_POSTGRESQL=1 (CI) a missing server fails."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def free_port() -> int:
 
 
 class RawRow(tuple):
-    """A row of `RunningServer.raw`: a tuple (it compares equal to one) whose columns can also be
+    """A row of `raw_read`: a tuple (it compares equal to one) whose columns can also be
     read by name, `row["kind"]` (plain columns and aliases: both engines name those alike)."""
 
     def __new__(cls, values, columns: tuple[str, ...]) -> RawRow:
@@ -129,6 +130,24 @@ class RawRow(tuple):
         if isinstance(key, str):
             return super().__getitem__(self.columns.index(key))
         return super().__getitem__(key)
+
+
+def raw_read(database: str | Path, sql: str, params: tuple | dict = ()) -> list[RawRow]:
+    """Rows read straight from a database, not through APSS: an independent source for a test's
+    checks, on either backend. `database` is a SQLite file's path or a PostgreSQL URL. `sql` is
+    written for SQLite (`?` placeholders, in the subset both engines read, as the store's is); on
+    PostgreSQL it goes through the store's translation (apss.store.pg_db.to_postgresql) to psycopg on
+    a connection of its own, in autocommit (the last committed state). SQLite's file is opened
+    read-only."""
+    if str(database).startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        from apss.store.pg_db import to_postgresql
+
+        with psycopg.connect(str(database), autocommit=True) as conn:
+            return RawRow.all(conn.execute(to_postgresql(sql), params))
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        return RawRow.all(conn.execute(sql, params))
 
 
 class RunningServer:
@@ -179,21 +198,9 @@ class RunningServer:
         wait_for(lambda: self.services.scheduler.completed_as_of_ms(name) >= now_ms)
 
     def raw(self, sql: str, params: tuple | dict = ()) -> list[RawRow]:
-        """Rows read straight from the server's database, not through APSS: an independent source for
-        a test's checks, on either backend. `sql` is written for SQLite (`?` placeholders, in the subset
-        both engines read, as the store's is); on PostgreSQL it goes through the store's placeholder
-        translation (apss.store.pg_db.to_postgresql) to psycopg on a connection of its own. SQLite's
-        file is opened read-only; PostgreSQL's read is in autocommit (the last committed state)."""
-        if self.config.database.postgresql:
-            import psycopg
-
-            from apss.store.pg_db import to_postgresql
-
-            with psycopg.connect(self.config.database.url, autocommit=True) as conn:
-                cursor = conn.execute(to_postgresql(sql), params)
-                return RawRow.all(cursor)
-        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
-            return RawRow.all(conn.execute(sql, params))
+        """Rows read straight from this server's database (`raw_read`)."""
+        database = self.config.database
+        return raw_read(database.url if database.postgresql else self.db_path, sql, params)
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
