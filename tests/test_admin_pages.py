@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_TOKEN
+
+pytestmark = pytest.mark.both_backends
 
 
 def _login(server) -> httpx.Client:
@@ -41,6 +44,7 @@ def test_every_dashboard_page_answers_for_the_admin_only(server):
         admin.close()
 
 
+@pytest.mark.sqlite_only  # the document does not depend on the database
 def test_openapi_document_lists_the_contract(server):
     document = httpx.get(f"{server.base_url}/schema/openapi.json").json()
     paths = document["paths"]
@@ -57,6 +61,7 @@ def test_openapi_document_lists_the_contract(server):
     assert "202" in paths["/v1/sandbox/payments/{payment_id}/succeed"]["post"]["responses"]
 
 
+@pytest.mark.sqlite_only  # static assets
 def test_schema_ui_loads_only_local_assets(server):
     page = httpx.get(f"{server.base_url}/schema/swagger")
     assert page.status_code == 200

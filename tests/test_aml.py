@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 
 import httpx
+import pytest
 
-from tests.conftest import assert_error, assert_ledger_ok, wait_for
+from tests.conftest import RawRow, assert_error, assert_ledger_ok, wait_for
 
-
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
+pytestmark = pytest.mark.both_backends
 
 
 def _settings(client: httpx.Client, **values) -> dict:
@@ -33,10 +29,9 @@ def _paid(merchant, client: httpx.Client, product_id: str, player_id: str, statu
     return wait_for(lambda: (o := client.get(f"/v1/orders/{order['id']}").json())["status"] == status and o)
 
 
-def _cases(merchant, player_id: str) -> list[sqlite3.Row]:
-    with _db(merchant) as db:
-        return db.execute("SELECT * FROM aml_cases WHERE merchant_id = ? AND player_id = ? ORDER BY id",
-                          (merchant.id, player_id)).fetchall()
+def _cases(merchant, player_id: str) -> list[RawRow]:
+    return merchant.server.raw("SELECT * FROM aml_cases WHERE merchant_id = ? AND player_id = ? ORDER BY id",
+                               (merchant.id, player_id))
 
 
 def test_structuring_just_under_the_threshold_opens_one_case_and_one_alert(merchant):
@@ -59,14 +54,12 @@ def test_structuring_just_under_the_threshold_opens_one_case_and_one_alert(merch
         assert [(c["kind"], c["status"], c["hits"], c["amount_total"]) for c in cases] == [("structuring", "open", 2, 19_000)]
         case_id = cases[0]["id"]
         assert case_id.startswith("amc_")
-        with _db(merchant) as db:
-            hits = db.execute("SELECT order_id, amount, observed, threshold FROM aml_case_hits WHERE case_id = ? ORDER BY seq",
-                              (case_id,)).fetchall()
-            assert [tuple(h) for h in hits] == [(third["id"], 9_500, 3, 3), (fourth["id"], 9_500, 4, 3)]
-            alerts = db.execute("SELECT kind, severity FROM alerts WHERE merchant_id = ? AND object_id = ?",
-                                (merchant.id, case_id)).fetchall()
-            assert [tuple(a) for a in alerts] == [("aml_structuring", "warning")], "one alert per case, not per hit"
-            assert all(o["id"] not in {h["order_id"] for h in hits} for o in first)
+        raw = merchant.server.raw
+        hits = raw("SELECT order_id, amount, observed, threshold FROM aml_case_hits WHERE case_id = ? ORDER BY seq", (case_id,))
+        assert hits == [(third["id"], 9_500, 3, 3), (fourth["id"], 9_500, 4, 3)]
+        alerts = raw("SELECT kind, severity FROM alerts WHERE merchant_id = ? AND object_id = ?", (merchant.id, case_id))
+        assert alerts == [("aml_structuring", "warning")], "one alert per case, not per hit"
+        assert all(o["id"] not in {h["order_id"] for h in hits} for o in first)
         # the alert is on the merchant's alert list (the dashboard's source)
         listed = client.get("/v1/alerts", params={"kind": "aml_structuring"}).json()["data"]
         assert [a["object_id"] for a in listed] == [case_id]
@@ -96,12 +89,11 @@ def test_the_daily_and_30_day_totals_over_their_thresholds_open_cases(merchant):
         cases = {c["kind"]: c for c in _cases(merchant, "whale")}
         assert set(cases) == {"daily_threshold", "rolling_30d_threshold"}
         assert cases["daily_threshold"]["hits"] == 1, "40,000 in the last 24 hours is under the daily threshold"
-        with _db(merchant) as db:
-            hit = db.execute("SELECT order_id, observed, threshold FROM aml_case_hits WHERE case_id = ?",
-                             (cases["rolling_30d_threshold"]["id"],)).fetchone()
-            assert tuple(hit) == (fourth["id"], 160_000, 150_000)
-            first_hit = db.execute("SELECT order_id, observed FROM aml_case_hits WHERE case_id = ?", (daily["id"],)).fetchone()
-            assert tuple(first_hit) == (third["id"], 120_000)
+        [hit] = server.raw("SELECT order_id, observed, threshold FROM aml_case_hits WHERE case_id = ?",
+                           (cases["rolling_30d_threshold"]["id"],))
+        assert hit == (fourth["id"], 160_000, 150_000)
+        [first_hit] = server.raw("SELECT order_id, observed FROM aml_case_hits WHERE case_id = ?", (daily["id"],))
+        assert first_hit == (third["id"], 120_000)
         # filters
         listed = client.get("/v1/risk/aml/cases", params={"player_id": "whale", "limit": 1}).json()
         assert listed["has_more"] is True and len(listed["data"]) == 1

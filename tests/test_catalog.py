@@ -12,6 +12,8 @@ import pytest
 from apss.clock import format_rfc3339
 from tests.conftest import assert_error, unique_sku
 
+pytestmark = pytest.mark.both_backends
+
 PRODUCT_FIELDS = {"id", "sku", "name", "category", "prices", "stock", "reserved", "sold", "purchase_limit", "grants",
                   "active", "browser_sellable", "created_at"}
 

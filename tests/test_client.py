@@ -24,11 +24,12 @@ from apss.crypto import sign_timestamped
 from tests.conftest import free_port, wait_for
 from tests.test_webhooks import Receiver, _serve
 
+pytestmark = pytest.mark.both_backends
 
-def _orders_in_db(db_path, merchant_id: str, player_id: str) -> int:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT count(*) FROM orders WHERE merchant_id = ? AND player_id = ?",
-                            (merchant_id, player_id)).fetchone()[0]
+
+def _orders_in_db(merchant, player_id: str) -> int:
+    return merchant.server.raw("SELECT count(*) FROM orders WHERE merchant_id = ? AND player_id = ?",
+                               (merchant.id, player_id))[0][0]
 
 
 class _LoseAnswers(httpx.BaseTransport):
@@ -99,7 +100,7 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_makes_one_order(merchant
                                               items=[OrderLine(product_id=product["id"])]))
     keys = [request.headers["Idempotency-Key"] for request in transport.sent]
     assert len(keys) == 3 and len(set(keys)) == 1
-    assert _orders_in_db(merchant.server.db_path, merchant.id, "cli-retry") == 1
+    assert _orders_in_db(merchant, "cli-retry") == 1
     with merchant.client() as raw:
         assert raw.get(f"/v1/products/{product['id']}").json()["reserved"] == 1
         assert raw.get(f"/v1/orders/{order.id}").json()["id"] == order.id
@@ -153,7 +154,7 @@ def test_async_client_concurrent_creates_with_one_key_make_one_order(merchant):
 
     ids = anyio.run(main)
     assert len(ids) == 5 and len(set(ids)) == 1  # in-use answers (409) were waited out, then replayed
-    assert _orders_in_db(merchant.server.db_path, merchant.id, "cli-async") == 1
+    assert _orders_in_db(merchant, "cli-async") == 1
 
 
 def test_verify_webhook_accepts_a_real_delivery_and_refuses_tampering(merchant):

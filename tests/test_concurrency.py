@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 async def test_200_buyers_for_50_units_get_exactly_50_orders(merchant):

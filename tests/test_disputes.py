@@ -5,8 +5,6 @@ own records of what it was sent, and the webhook outbox."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import httpx
 import pytest
 
@@ -14,6 +12,7 @@ from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import assert_error, assert_ledger_ok, wait_for
 from tests.test_channels_e2e import _Served
 
+pytestmark = pytest.mark.both_backends
 SECRET_KEY, WEBHOOK_SECRET = "sk_test_standin_disputes_01", "whsec_standin_disputes_01"
 
 
@@ -31,9 +30,8 @@ def _merchant_payable(client) -> int:
 
 
 def _ledger_kinds(server, reference: str) -> list[str]:
-    with sqlite3.connect(server.db_path) as db:
-        return [r[0] for r in db.execute("SELECT kind FROM ledger_transactions WHERE reference = ? ORDER BY created_at_ms",
-                                         (reference,))]
+    return [r[0] for r in server.raw("SELECT kind FROM ledger_transactions WHERE reference = ? ORDER BY created_at_ms, id",
+                                     (reference,))]
 
 
 def _paid(merchant, client, *, player_id, grants, price=500):
@@ -88,9 +86,7 @@ def test_a_sandbox_dispute_books_revokes_bundles_and_a_won_one_reverses(merchant
         submitted = client.post(f"/v1/disputes/{dispute['id']}/submit", json={"text": "The gems were spent in game."})
         assert submitted.status_code == 200, submitted.text
         assert submitted.json()["status"] == "under_review" and submitted.json()["evidence_submitted_at"]
-        with sqlite3.connect(server.db_path) as db:
-            evidence = db.execute("SELECT evidence, status FROM sandbox_disputes WHERE id = ?",
-                                  (dispute["provider_dispute_id"],)).fetchone()
+        [evidence] = server.raw("SELECT evidence, status FROM sandbox_disputes WHERE id = ?", (dispute["provider_dispute_id"],))
         assert evidence[1] == "under_review" and "The gems were spent in game." in evidence[0]
         assert_error(client.post(f"/v1/disputes/{dispute['id']}/submit", json={}), 409, "conflict_error",
                      "dispute_evidence_already_submitted")
@@ -106,9 +102,8 @@ def test_a_sandbox_dispute_books_revokes_bundles_and_a_won_one_reverses(merchant
                      "conflict_error", "invalid_state")
         events = [e["type"] for e in client.get(f"/v1/disputes/{dispute['id']}/events").json()["data"]]
         assert events == ["dispute.created", "evidence_submitted", "dispute.updated", "dispute.closed"]
-    with sqlite3.connect(server.db_path) as db:
-        types = [r[0] for r in db.execute("SELECT type FROM webhook_events WHERE merchant_id = ? AND type LIKE 'dispute.%'"
-                                          " ORDER BY rowid", (merchant.id,))]
+    types = [r[0] for r in server.raw("SELECT type FROM webhook_events WHERE merchant_id = ? AND type LIKE 'dispute.%'"
+                                      " ORDER BY id", (merchant.id,))]  # ids sort in the order they were made
     assert types == ["dispute.created", "dispute.updated", "dispute.closed"]
 
 
@@ -166,16 +161,14 @@ def test_the_sandbox_refuses_to_refund_a_disputed_payment_until_the_dispute_is_w
         assert refused.status_code in (200, 201, 202), refused.text
         refund = wait_for(lambda: (r := client.get(f"/v1/refunds/{refused.json()['id']}").json())["status"] != "pending" and r)
         assert (refund["status"], refund["failure_code"]) == ("failed", "charge_disputed")
-        with sqlite3.connect(server.db_path) as db:
-            book = db.execute("SELECT status, failure_code FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)).fetchall()
+        book = server.raw("SELECT status, failure_code FROM sandbox_refunds WHERE payment_id = ?", (payment_id,))
         assert book == [("failed", "charge_disputed")], "the sandbox kept the refund refused"
 
         assert client.post(f"/v1/sandbox/disputes/{dispute['id']}/close", json={"outcome": "won"}).status_code == 202
         _one_dispute(client, order["id"], status="won")
         allowed = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 100})
         assert wait_for(lambda: client.get(f"/v1/refunds/{allowed.json()['id']}").json()["status"] == "succeeded")
-        with sqlite3.connect(server.db_path) as db:
-            book = sorted(db.execute("SELECT status FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)).fetchall())
+        book = sorted(server.raw("SELECT status FROM sandbox_refunds WHERE payment_id = ?", (payment_id,)))
         assert book == [("failed",), ("succeeded",)]
         assert_ledger_ok(server)
 

@@ -11,11 +11,14 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 from litestar.routes import HTTPRoute
 
 from apss.api.browser import BROWSER_PATH
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import assert_error
+
+pytestmark = pytest.mark.both_backends
 
 SHOP = "https://shop.example"
 OTHER_SHOP = "https://other-shop.example"
@@ -38,12 +41,6 @@ def _browser(server, pk: str, origin: str | None = SHOP) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, headers=headers, timeout=30)
 
 
-def _db(server) -> sqlite3.Connection:
-    conn = sqlite3.connect(server.db_path)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def test_publishable_key_is_shown_to_its_merchant_and_rolled_by_the_admin(server, merchant):
     pk = _pk(merchant)
     assert re.fullmatch(r"pk_test_[A-Za-z0-9_\-]{32}", pk), pk
@@ -58,10 +55,9 @@ def test_publishable_key_is_shown_to_its_merchant_and_rolled_by_the_admin(server
     with _browser(server, pk, origin=None) as old, _browser(server, new_pk, origin=None) as new:
         assert_error(old.get(f"{BROWSER_PATH}/ord_nope"), 401, "authentication_error", "invalid_api_key")
         assert_error(new.get(f"{BROWSER_PATH}/ord_nope"), 404, "invalid_request_error", "not_found")
-    with _db(server) as conn:  # the database agrees: one active key, the new one
-        rows = conn.execute("SELECT key FROM publishable_keys WHERE merchant_id = ? AND revoked_at_ms IS NULL",
-                            (merchant.id,)).fetchall()
-    assert [row["key"] for row in rows] == [new_pk]
+    rows = server.raw("SELECT key FROM publishable_keys WHERE merchant_id = ? AND revoked_at_ms IS NULL",
+                      (merchant.id,))
+    assert rows == [(new_pk,)], "the database agrees: one active key, the new one"
 
 
 def _fill(path: str) -> str:
@@ -203,11 +199,10 @@ def test_a_page_starts_an_order_through_the_normal_checkout(server, merchant):
                                    json={"player_id": "dave", "currency": "USD",
                                          "items": [{"product_id": bought_with_gems["id"], "quantity": 1}]})
         assert server_order.status_code == 201 and "idempotent-replayed" not in server_order.headers
-    with _db(server) as conn:  # stock reserved for exactly the two orders made, by the checkout
-        row = conn.execute("SELECT stock, reserved FROM products WHERE id = ?", (sellable["id"],)).fetchone()
-        orders = conn.execute("SELECT count(*) FROM orders WHERE merchant_id = ? AND metadata LIKE '%publishable_key%'",
-                              (merchant.id,)).fetchone()[0]
-    assert (row["stock"], row["reserved"], orders) == (0, 2, 2)
+    # stock reserved for exactly the two orders made, by the checkout
+    assert server.raw("SELECT stock, reserved FROM products WHERE id = ?", (sellable["id"],)) == [(0, 2)]
+    assert server.raw("SELECT count(*) FROM orders WHERE merchant_id = ? AND metadata LIKE '%publishable_key%'",
+                      (merchant.id,)) == [(2,)]
 
 
 def test_the_checkout_page_may_be_framed_by_the_listed_origins_only(server, merchant):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from apss.channels.sandbox import SIGNATURE_HEADER, build_event, sign_callback
 from apss.domain.payments import CallbackKind
 from apss.ids import new_id
 from tests.conftest import wait_for
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_moved_clock_expires_pending_orders_and_releases_stock(merchant):

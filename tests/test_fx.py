@@ -1,6 +1,6 @@
 """The FX rate table: exact conversion with explicit half-even rounding (pure), and the admin API
-(set, list, history, CSV import all-or-nothing, auth) on a real SQLite file through a small app
-of its own, plus the in-transaction quote (inverse pair, age limit, future-dated rates)."""
+(set, list, history, CSV import all-or-nothing, auth) on a real database (a SQLite file, and a
+PostgreSQL one: `both_backends`) through a small app of its own, plus the in-transaction quote (inverse pair, age limit, future-dated rates)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from apss.errors import AuthenticationFailed, InvalidRequest
 from apss.services.money.fx import CSV_ROWS_MAX, FxRates, quote_tx
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
+from apss.store.pg_db import PgDatabase
 from tests.conftest import some_services as Services
 
+pytestmark = pytest.mark.both_backends  # the admin API's tests; the pure ones take no backend
 PROPERTY = settings(max_examples=200, deadline=None)
 ADMIN = "adm_fx_test_token_0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -133,10 +135,9 @@ class _Harness:
 
 
 @asynccontextmanager
-async def _harness(tmp_path) -> AsyncIterator[_Harness]:
-    path = str(tmp_path / "fx.sqlite")
-    apply_migrations(path)
-    db = Database(path)
+async def _harness(target: str) -> AsyncIterator[_Harness]:
+    apply_migrations(target)
+    db = PgDatabase(target) if target.startswith("postgresql") else Database(target)
     await db.start()
     clock = TestClock(NOW_MS)
     svc = Services(fx=FxRates(db=db, clock=clock), merchants=_Admin())
@@ -149,14 +150,20 @@ async def _harness(tmp_path) -> AsyncIterator[_Harness]:
         await db.close()
 
 
+@pytest.fixture
+def fx_database(tmp_path, backend, database_env) -> str:
+    """The harness's database on the test's backend: a SQLite file, or a new PostgreSQL database's URL."""
+    return database_env(backend).get("APSS_DATABASE_URL", str(tmp_path / "fx.sqlite"))
+
+
 def _error(response, status: int) -> dict:
     assert response.status_code == status, response.text
     return response.json()["error"]
 
 
 @pytest.mark.anyio
-async def test_set_list_and_history(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_set_list_and_history(fx_database):
+    async with _harness(fx_database) as h:
         put = await h.client.put("/v1/admin/fx_rates", headers=AUTH, json={"rates": [
             {"base": "USD", "quote": "EUR", "rate": "0.9215"},
             {"base": "USD", "quote": "JPY", "rate": "151.370", "as_of": "2026-11-25T14:00:00Z"},
@@ -183,8 +190,8 @@ async def test_set_list_and_history(tmp_path):
 
 
 @pytest.mark.anyio
-async def test_set_rates_refuses_bad_input_and_stores_nothing(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_set_rates_refuses_bad_input_and_stores_nothing(fx_database):
+    async with _harness(fx_database) as h:
         async def refused(rates: list[dict]) -> dict:
             return _error(await h.client.put("/v1/admin/fx_rates", headers=AUTH, json={"rates": rates}), 400)
 
@@ -213,8 +220,8 @@ async def test_set_rates_refuses_bad_input_and_stores_nothing(tmp_path):
 
 
 @pytest.mark.anyio
-async def test_admin_token_is_required(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_admin_token_is_required(fx_database):
+    async with _harness(fx_database) as h:
         body = {"rates": [{"base": "USD", "quote": "EUR", "rate": "0.9"}]}
         attempts = [
             await h.client.get("/v1/admin/fx_rates"),
@@ -230,14 +237,14 @@ async def test_admin_token_is_required(tmp_path):
 
 
 @pytest.mark.anyio
-async def test_csv_import_good_file(tmp_path):
+async def test_csv_import_good_file(fx_database):
     data = ("\ufeffbase,quote,rate,as_of\r\n"
             "USD,EUR,0.9215,2026-11-25T15:04:05Z\r\n"
             "USD,EUR,0.9200,2026-11-24T15:04:05Z\r\n"
             "\r\n"
             " USD , JPY , 151.37 , 2026-11-25T12:00:00+00:00 \r\n"
             "EUR,KWD,0.3301,2026-11-25T15:00:00.250Z\r\n").encode()
-    async with _harness(tmp_path) as h:
+    async with _harness(fx_database) as h:
         response = await h.client.post("/v1/admin/fx_rates/import", content=data, headers=CSV)
         assert response.status_code == 200, response.text
         assert response.json() == {"rows": 4, "created": 4, "replaced": 0, "pairs": 3}
@@ -265,9 +272,9 @@ async def test_csv_import_good_file(tmp_path):
     ("USD,JPY,151.37", "fx_csv_invalid"),
     ("USD,EUR,0.95,2026-11-25T15:04:05Z", "fx_rate_duplicate"),
 ])
-async def test_csv_import_bad_row_names_its_line_and_stores_nothing(tmp_path, third_line, code):
+async def test_csv_import_bad_row_names_its_line_and_stores_nothing(fx_database, third_line, code):
     data = f"base,quote,rate,as_of\nUSD,EUR,0.9215,2026-11-25T15:04:05Z\n{third_line}\nUSD,GBP,0.79,2026-11-25T15:04:05Z\n"
-    async with _harness(tmp_path) as h:
+    async with _harness(fx_database) as h:
         error = _error(await h.client.post("/v1/admin/fx_rates/import", content=data.encode(), headers=CSV), 400)
         assert (error["code"], error["param"]) == (code, "line 3")
         assert "line 3" in error["message"]
@@ -275,8 +282,8 @@ async def test_csv_import_bad_row_names_its_line_and_stores_nothing(tmp_path, th
 
 
 @pytest.mark.anyio
-async def test_csv_import_refuses_bad_files(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_csv_import_refuses_bad_files(fx_database):
+    async with _harness(fx_database) as h:
         async def refused(data: bytes) -> dict:
             return _error(await h.client.post("/v1/admin/fx_rates/import", content=data, headers=CSV), 400)
 
@@ -299,8 +306,8 @@ async def test_csv_import_refuses_bad_files(tmp_path):
 
 
 @pytest.mark.anyio
-async def test_quote_uses_the_inverse_pair_when_the_pair_is_missing(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_quote_uses_the_inverse_pair_when_the_pair_is_missing(fx_database):
+    async with _harness(fx_database) as h:
         await h.client.put("/v1/admin/fx_rates", headers=AUTH, json={"rates": [
             {"base": "USD", "quote": "JPY", "rate": "151.37", "as_of": "2026-11-25T15:00:00Z"}]})
         direct = await h.quote("USD", "JPY")
@@ -319,8 +326,8 @@ async def test_quote_uses_the_inverse_pair_when_the_pair_is_missing(tmp_path):
 
 
 @pytest.mark.anyio
-async def test_quote_age_limit_and_future_dated_rates(tmp_path):
-    async with _harness(tmp_path) as h:
+async def test_quote_age_limit_and_future_dated_rates(fx_database):
+    async with _harness(fx_database) as h:
         await h.client.put("/v1/admin/fx_rates", headers=AUTH, json={"rates": [
             {"base": "USD", "quote": "EUR", "rate": "0.90", "as_of": "2026-11-25T13:04:05Z"},  # 2 h old
             {"base": "USD", "quote": "EUR", "rate": "0.95", "as_of": "2026-11-25T15:08:05Z"},  # 4 min ahead

@@ -16,15 +16,12 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
-
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
+pytestmark = pytest.mark.both_backends
 
 
 def _kyc(client: httpx.Client, player_id: str, **body) -> dict:
@@ -42,15 +39,13 @@ def _status(client: httpx.Client, order_id: str, wanted: str) -> dict:
 
 
 def _stock(merchant, product_id: str) -> tuple[int, int, int]:
-    with _db(merchant) as db:
-        row = db.execute("SELECT stock, reserved, sold FROM products WHERE id = ?", (product_id,)).fetchone()
-    return row["stock"], row["reserved"], row["sold"]
+    [row] = merchant.server.raw("SELECT stock, reserved, sold FROM products WHERE id = ?", (product_id,))
+    return tuple(row)
 
 
 def _orders_of(merchant, player_id: str) -> int:
-    with _db(merchant) as db:
-        return db.execute("SELECT count(*) FROM orders WHERE merchant_id = ? AND player_id = ?",
-                          (merchant.id, player_id)).fetchone()[0]
+    return merchant.server.raw("SELECT count(*) FROM orders WHERE merchant_id = ? AND player_id = ?",
+                               (merchant.id, player_id))[0][0]
 
 
 def test_a_15_year_old_under_cn_pays_50_cny_is_refused_51_and_a_fifth_50_in_the_month(merchant):
@@ -102,9 +97,8 @@ def test_a_7_year_old_is_refused_any_payment_and_a_birth_date_gives_the_age(merc
         future = (now + dt.timedelta(days=3)).date().isoformat()
         bad = client.put("/v1/players/child3/kyc", json={"status": "verified", "birth_date": future})
         assert_error(bad, 400, "invalid_request_error", "birth_date_invalid", "birth_date")
-        with _db(merchant) as db:  # personal data: sealed at rest
-            sealed = db.execute("SELECT birth_date_sealed FROM player_kyc WHERE merchant_id = ? AND player_id = 'child2'",
-                                (merchant.id,)).fetchone()[0]
+        [(sealed,)] = merchant.server.raw(  # personal data: sealed at rest
+            "SELECT birth_date_sealed FROM player_kyc WHERE merchant_id = ? AND player_id = 'child2'", (merchant.id,))
         assert sealed and born.isoformat() not in sealed
         assert client.get("/v1/players/child2/kyc").json()["birth_date"] == born.isoformat()
 
@@ -120,9 +114,8 @@ def test_a_usd_order_is_converted_at_the_rate_in_force(merchant):
         assert_error(merchant.order(client, over["id"], player_id="teen-usd"), 409, "conflict_error", "minor_spending_limit")
         allowed = merchant.order(client, under["id"], player_id="teen-usd")
         assert allowed.status_code == 201, allowed.text
-        with _db(merchant) as db:
-            spend = db.execute("SELECT currency, amount, month FROM minor_spend WHERE order_id = ?",
-                               (allowed.json()["id"],)).fetchone()
+        [spend] = merchant.server.raw("SELECT currency, amount, month FROM minor_spend WHERE order_id = ?",
+                                      (allowed.json()["id"],))
         assert (spend["currency"], spend["amount"]) == ("CNY", 4_998)
         assert _stock(merchant, over["id"]) == (5, 0, 0)
 
@@ -201,11 +194,10 @@ def test_a_large_payment_waits_for_kyc_and_is_delivered_when_verified_or_refunde
         _status(client, two["id"], "in_review")
         _kyc(client, "minnow", status="rejected")
         _status(client, two["id"], "refunded")
-        with _db(merchant) as db:
-            refunds = db.execute("SELECT amount, status FROM refunds WHERE order_id = ?", (two["id"],)).fetchall()
-            assert [(r["amount"], r["status"]) for r in refunds] == [(40_000, "succeeded")]
-            holds = dict(db.execute("SELECT order_id, status FROM kyc_holds WHERE merchant_id = ?", (merchant.id,)).fetchall())
-            assert holds == {held["id"]: "released", two["id"]: "rejected"}
+        raw = merchant.server.raw
+        assert raw("SELECT amount, status FROM refunds WHERE order_id = ?", (two["id"],)) == [(40_000, "succeeded")]
+        holds = dict(raw("SELECT order_id, status FROM kyc_holds WHERE merchant_id = ?", (merchant.id,)))
+        assert holds == {held["id"]: "released", two["id"]: "rejected"}
         assert _stock(merchant, small["id"]) == (3, 0, 2), "the rejected order's unit is back in stock"
     assert_ledger_ok(merchant.server)
 
@@ -231,10 +223,9 @@ def test_payouts_wait_for_a_verified_merchant_kyc(server):
         assert (batch["status"], batch["payout_state"]) == ("pending", "awaiting_merchant_kyc")
         refused = admin.post(f"/v1/admin/settlements/{batch['id']}/paid", json={"payout_reference": "wire-1"})
         assert_error(refused, 409, "conflict_error", "merchant_kyc_required")
-        with _db(merchant) as db:
-            payouts = db.execute("SELECT count(*) FROM ledger_transactions WHERE kind = 'settlement_payout' AND reference = ?",
-                                 (batch["id"],)).fetchone()[0]
-            assert payouts == 0, "nothing posted while the payout waits"
+        payouts = server.raw("SELECT count(*) FROM ledger_transactions WHERE kind = 'settlement_payout' AND reference = ?",
+                             (batch["id"],))
+        assert payouts == [(0,)], "nothing posted while the payout waits"
         assert admin.put(f"/v1/merchants/{merchant.id}/kyc", json={"status": "verified"}).status_code == 200
         assert client.get(f"/v1/settlements/{batch['id']}").json()["payout_state"] == "payable"
         paid = admin.post(f"/v1/admin/settlements/{batch['id']}/paid", json={"payout_reference": "wire-1"})

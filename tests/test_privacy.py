@@ -50,15 +50,6 @@ def byte_scan(db_path: Path, secrets: list[str]) -> list[str]:
     return found
 
 
-def raw(db_path: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 def ledger_check(db_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "apss", "ledger", "check"], cwd=WORKTREE, capture_output=True,
                           text=True, env={**os.environ, "APSS_DATABASE_PATH": str(db_path), "APSS_SEED_DEMO": "false"},
@@ -117,16 +108,16 @@ def test_erasure_leaves_no_byte_of_the_player_and_is_applied_again_after_a_resto
             body = export.json()
             db = server.db_path
             assert sorted(o["id"] for o in body["orders"]) == sorted(
-                r["id"] for r in raw(db, "SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?", (merchant.id, player)))
+                r["id"] for r in server.raw("SELECT id FROM orders WHERE merchant_id = ? AND player_id = ?", (merchant.id, player)))
             assert sorted(p["id"] for p in body["payments"]) == sorted(
-                r["id"] for r in raw(db, "SELECT p.id FROM payments p JOIN orders o ON o.id = p.order_id"
-                                         " WHERE o.player_id = ?", (player,)))
+                r["id"] for r in server.raw("SELECT p.id FROM payments p JOIN orders o ON o.id = p.order_id"
+                                            " WHERE o.player_id = ?", (player,)))
             assert [r["id"] for r in body["refunds"]] == [refund.json()["id"]]
             assert {(w["currency"], w["balance"]) for w in body["wallet_balances"]} == {
-                (r["currency"], r["balance"]) for r in raw(db, "SELECT * FROM wallet_balances WHERE player_id = ?", (player,))}
+                (r["currency"], r["balance"]) for r in server.raw("SELECT * FROM wallet_balances WHERE player_id = ?", (player,))}
             assert {(i["sku"], i["quantity"]) for i in body["inventory_items"]} == {(item["sku"], 1)}
-            raw_events = {r["id"] for r in raw(db, "SELECT id, payload FROM webhook_events WHERE merchant_id = ?",
-                                                (merchant.id,)) if f'"{player}"'.encode() in bytes(r["payload"])}
+            raw_events = {r["id"] for r in server.raw("SELECT id, payload FROM webhook_events WHERE merchant_id = ?",
+                                                       (merchant.id,)) if f'"{player}"'.encode() in bytes(r["payload"])}
             assert raw_events and {e["id"] for e in body["webhook_events"]} == raw_events
             assert all(o["metadata"] for o in body["orders"])
 
@@ -227,7 +218,7 @@ def test_audit_log_records_who_did_what_when_and_from_where(own_server):
         only = admin.get("/v1/admin/audit", params={"action": "order.cancel", "merchant_id": merchant.id}).json()["data"]
         assert [e["object_id"] for e in only] == [order["id"]]
     # The IP is sealed at rest, never in clear.
-    rows = raw(server.db_path, "SELECT ip_sealed FROM audit_log WHERE merchant_id = ?", (merchant.id,))
+    rows = server.raw("SELECT ip_sealed FROM audit_log WHERE merchant_id = ?", (merchant.id,))
     assert rows and all(r["ip_sealed"].startswith("p1:") and "127.0.0.1" not in r["ip_sealed"] for r in rows)
 
 
@@ -244,20 +235,19 @@ def test_key_rotation_reseals_in_the_background_and_retention_erases_old_ips(own
         assert rotated.json() == {"primary_key_id": "p2", "key_ids": ["p1", "p2"]}
 
     def sealed_kids() -> set[str]:
-        return {r["ip_sealed"].split(":")[0] for r in raw(server.db_path, "SELECT ip_sealed FROM audit_log"
-                                                           " WHERE ip_sealed IS NOT NULL")}
+        return {r["ip_sealed"].split(":")[0] for r in server.raw("SELECT ip_sealed FROM audit_log WHERE ip_sealed IS NOT NULL")}
 
     wait_for(lambda: sealed_kids() == {"p2"})
     with server.admin() as admin:  # still readable after re-sealing
         assert {e["ip"] for e in admin.get("/v1/admin/audit").json()["data"]} == {"127.0.0.1"}
     server.clock.advance(seconds=91 * 86_400)
     server.wait_job("privacy_retention")
-    old = raw(server.db_path, "SELECT count(*) AS n FROM audit_log WHERE ip_sealed IS NOT NULL AND created_at_ms < ?",
-              (server.clock.now_ms() - 90 * 86_400_000,))
+    old = server.raw("SELECT count(*) AS n FROM audit_log WHERE ip_sealed IS NOT NULL AND created_at_ms < ?",
+                     (server.clock.now_ms() - 90 * 86_400_000,))
     assert old[0]["n"] == 0
-    assert raw(server.db_path, "SELECT count(*) AS n FROM audit_log")[0]["n"] >= 4, "the entries stay, without IPs"
-    facts = raw(server.db_path, "SELECT ip, device_id FROM risk_order_facts WHERE order_id = ?", (order["id"],))
-    assert [tuple(f) for f in facts] == [(None, None)], "the risk check's IP and device are erased too"
+    assert server.raw("SELECT count(*) AS n FROM audit_log")[0]["n"] >= 4, "the entries stay, without IPs"
+    facts = server.raw("SELECT ip, device_id FROM risk_order_facts WHERE order_id = ?", (order["id"],))
+    assert facts == [(None, None)], "the risk check's IP and device are erased too"
 
 
 def test_every_changing_route_is_audited_or_listed_as_not_audited(server):

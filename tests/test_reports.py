@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 
 import pytest
 
 from apss.clock import TestClock, parse_rfc3339
 from tests.conftest import RunningServer, wait_for
 
+pytestmark = pytest.mark.both_backends
 TUESDAY_10H = "2030-01-08T10:00:00Z"  # 2030-01-07 is a Monday
 
 
 @pytest.fixture(scope="module")
-def report_server(tmp_path_factory):
+def report_server(tmp_path_factory, backend, database_env):
+    """A server of the module's own on the test's backend, its clock on a Tuesday of 2030."""
     clock = TestClock(parse_rfc3339(TUESDAY_10H))
-    running = RunningServer(db_path=tmp_path_factory.mktemp("reports") / "apss.sqlite", clock=clock).start()
+    running = RunningServer(db_path=tmp_path_factory.mktemp("reports") / "apss.sqlite", clock=clock,
+                            env=database_env(backend)).start()
     yield running
     running.stop()
 
@@ -107,8 +109,7 @@ def test_daily_and_weekly_reports_from_the_scheduler(report_server):
         server.clock.advance(seconds=301)
         server.wait_job("reports")
         assert [r["id"] for r in _reports(client, "daily")] == [daily["id"]]
-        with sqlite3.connect(server.db_path) as db:
-            assert db.execute("SELECT count(*) FROM reports WHERE merchant_id = ?", (merchant.id,)).fetchone()[0] == 1
+        assert server.raw("SELECT count(*) FROM reports WHERE merchant_id = ?", (merchant.id,)) == [(1,)]
 
         # The week of Monday 2030-01-07 ends on the 14th: one weekly report, and the daily ones missed meanwhile.
         _move_to(server, "2030-01-14T00:10:00Z")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import threading
 from collections.abc import Iterator
 
@@ -14,6 +13,8 @@ import pytest
 
 from apss.clock import TestClock
 from tests.conftest import Merchant, RunningServer, wait_for
+
+pytestmark = pytest.mark.both_backends
 
 
 def _order(merchant, client, *, player_id, metadata=None, stock=3):
@@ -78,9 +79,8 @@ def test_magic_duplicate_callback_is_delivered_twice_and_applied_once(merchant):
         events = client.get(f"/v1/orders/{order['id']}/events").json()["data"]
         assert [e["to_status"] for e in events] == ["pending", "paid", "fulfilled"]
     def sent() -> list[tuple]:
-        with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as db:
-            return db.execute("SELECT event_id, delivered_at_ms FROM sandbox_callbacks WHERE merchant_id = ?",
-                              (merchant.id,)).fetchall()
+        return merchant.server.raw("SELECT event_id, delivered_at_ms FROM sandbox_callbacks WHERE merchant_id = ?",
+                                   (merchant.id,))
 
     # The order is fulfilled by the first delivery; the duplicate may still be on its way.
     wait_for(lambda: len(sent()) == 2 and all(at is not None for _, at in sent()))
@@ -126,9 +126,8 @@ def test_the_sandbox_keeps_the_refunds_it_executed(merchant):
         wait_for(lambda: _status(client, order["id"])["status"] == "fulfilled")
         refund = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 200})
         assert refund.status_code == 201 and refund.json()["status"] == "succeeded", refund.text
-    with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT refund_id, payment_id, amount, currency, status, provider_refund_ref"
-                            " FROM sandbox_refunds WHERE payment_id = ?", (order["payment"]["id"],)).fetchall()
+    rows = merchant.server.raw("SELECT refund_id, payment_id, amount, currency, status, provider_refund_ref"
+                               " FROM sandbox_refunds WHERE payment_id = ?", (order["payment"]["id"],))
     assert [row[:5] for row in rows] == [(refund.json()["id"], order["payment"]["id"], 200, "USD", "succeeded")]
     assert rows[0][5].startswith("sbxre_")
 
@@ -168,10 +167,11 @@ class _Receiver(httpx.AsyncBaseTransport):
 
 
 @pytest.fixture
-def receiver(tmp_path) -> Iterator[tuple[Merchant, _Receiver]]:
-    """Its own server (the sender's client is replaced), with callbacks given up after 3 attempts."""
+def receiver(tmp_path, backend, database_env) -> Iterator[tuple[Merchant, _Receiver]]:
+    """Its own server on the test's backend (the sender's client is replaced), with callbacks given
+    up after 3 attempts."""
     server = RunningServer(db_path=tmp_path / "apss.sqlite", clock=TestClock(),
-                           env={"APSS_SANDBOX_CALLBACK_ATTEMPTS_MAX": "3"}).start()
+                           env={"APSS_SANDBOX_CALLBACK_ATTEMPTS_MAX": "3", **database_env(backend)}).start()
     transport = _Receiver()
     server.services.sandbox.client = httpx.AsyncClient(transport=transport, timeout=30)
     try:
@@ -182,10 +182,9 @@ def receiver(tmp_path) -> Iterator[tuple[Merchant, _Receiver]]:
 
 
 def _callbacks(merchant) -> dict[str, tuple]:
-    """payment id -> (attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error), from the raw file."""
-    with sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT body, attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error"
-                          " FROM sandbox_callbacks WHERE merchant_id = ?", (merchant.id,)).fetchall()
+    """payment id -> (attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error), read raw."""
+    rows = merchant.server.raw("SELECT body, attempts, deliver_at_ms, delivered_at_ms, gave_up_at_ms, last_error"
+                               " FROM sandbox_callbacks WHERE merchant_id = ?", (merchant.id,))
     return {msgspec.json.decode(row[0])["data"]["payment_id"]: tuple(row[1:]) for row in rows}
 
 

@@ -33,6 +33,8 @@ from tests.channels.standin_stripe import StripeStandIn, signed_callback_request
 from tests.conftest import RunningServer, assert_error, assert_ledger_ok, wait_for
 from tests.test_channels_e2e import _Served
 
+pytestmark = pytest.mark.both_backends
+
 SECRET_KEY, WEBHOOK_SECRET = "sk_test_standin_seams_0123", "whsec_standin_seams_0123"
 
 
@@ -289,6 +291,7 @@ def test_a_callback_between_the_two_order_transactions_is_not_overwritten(server
         assert client.get("/v1/alerts", params={"kind": "late_payment_out_of_stock"}).json()["data"] == []
 
 
+@pytest.mark.sqlite_only  # writes the SQLite file; tests/postgres/test_schema.py compares PostgreSQL's CHECKs
 def test_statuses_are_checked_by_the_database(server):
     merchant = server.new_merchant()
     with merchant.client() as client:

@@ -5,17 +5,13 @@ with the deferred revenue recognised when spent and deferred again by a refund."
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 
 import pytest
 
 from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
-
-def _scan(server, sql: str, params: tuple = ()) -> list[tuple]:
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
-        return db.execute(sql, params).fetchall()
+pytestmark = pytest.mark.both_backends
 
 
 def _vc_balances(client) -> dict[str, int]:
@@ -69,10 +65,10 @@ async def test_50_concurrent_gem_orders_on_a_wallet_for_10_fulfil_exactly_10(mer
     made = [r.json() for r in responses if r.status_code == 201]
     assert {(o["status"], o["channel"], o["payment"]["channel"], o["payment"]["status"], o["amount"]) for o in made} == {
         ("fulfilled", "wallet", "wallet", "succeeded", 30)}
-    assert _scan(server, "SELECT balance FROM wallet_balances WHERE merchant_id = ? AND player_id = 'whale'"
-                         " AND currency = 'GEMS'", (merchant.id,)) == [(0,)]
-    assert _scan(server, "SELECT count(*) FROM orders WHERE merchant_id = ? AND currency = 'GEMS'", (merchant.id,)) == [(10,)]
-    assert _scan(server, "SELECT reserved, sold FROM products WHERE id = ?", (sword["id"],)) == [(0, 10)], "nothing held"
+    assert server.raw("SELECT balance FROM wallet_balances WHERE merchant_id = ? AND player_id = 'whale'"
+                      " AND currency = 'GEMS'", (merchant.id,)) == [(0,)]
+    assert server.raw("SELECT count(*) FROM orders WHERE merchant_id = ? AND currency = 'GEMS'", (merchant.id,)) == [(10,)]
+    assert server.raw("SELECT reserved, sold FROM products WHERE id = ?", (sword["id"],)) == [(0, 10)], "nothing held"
     with merchant.client() as client:
         assert client.get("/v1/players/whale/inventory").json()["items"] == [{"sku": "gem_sword", "quantity": 10}]
         vc = _vc_balances(client)

@@ -2,18 +2,17 @@
 game, against a real receiver over HTTP.
 
 app.py does not wire these services yet, so this module serves its own Litestar app (the real
-controllers, error handlers, Database on a SQLite file, Scheduler with a TestClock) with uvicorn,
-and a receiver (a small ASGI app with a script of answers per path) with uvicorn too."""
+controllers, error handlers, the database on a SQLite file or, `both_backends`, on a PostgreSQL
+one, Scheduler with a TestClock) with uvicorn, and a receiver (a small ASGI app with a script of
+answers per path) with uvicorn too."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -39,10 +38,12 @@ from apss.services.outbound import TargetClients
 from apss.services.players.game_deliveries import Deliveries
 from apss.store.db import Database
 from apss.store.migrate import apply_migrations
+from apss.store.pg_db import PgDatabase
 from tests.asgi import read_body
-from tests.conftest import free_port, wait_for
+from tests.conftest import RawRow, free_port, raw_read, wait_for
 from tests.conftest import some_services as Services
 
+pytestmark = pytest.mark.both_backends
 _HOUR_S = 3600
 _DAY_S = 86_400
 
@@ -103,12 +104,13 @@ def _serve(app, port: int, *, lifespan: str) -> tuple[uvicorn.Server, threading.
 
 # -- the APSS side -------------------------------------------------------------------------------------
 class Harness:
-    def __init__(self, tmp: Path, receiver: Receiver) -> None:
+    def __init__(self, database: str, receiver: Receiver) -> None:
+        """`database`: a SQLite file's path or a PostgreSQL URL."""
         self.receiver = receiver
         self.clock = TestClock()
-        self.db_path = str(tmp / "apss.sqlite")
-        apply_migrations(self.db_path)
-        self.db = Database(self.db_path)
+        self.database = database
+        apply_migrations(database)
+        self.db = PgDatabase(database) if database.startswith("postgresql") else Database(database)
         idempotency = Idempotency(render_error=render_error, clock_now_ms=self.clock.now_ms)
         # Jitter at its ceiling: backoff times are exact (the default draws from [0, ceiling]).
         self.scheduler = Scheduler(clock=self.clock, tick_ms=20)
@@ -169,10 +171,9 @@ class Harness:
         return self.write(lambda tx: [self.webhooks.emit(tx, merchant_id=merchant_id, type=kind, data=obj)
                                       for kind, obj in events])
 
-    def rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as conn:
-            conn.row_factory = sqlite3.Row
-            return conn.execute(sql, params).fetchall()
+    def rows(self, sql: str, params: tuple = ()) -> list[RawRow]:
+        """Read straight from the database (tests/conftest.py raw_read), not through the services."""
+        return raw_read(self.database, sql, params)
 
     def endpoint(self, client: httpx.Client, url: str, events: list[str]) -> dict:
         response = client.post("/v1/webhook_endpoints", json={"url": url, "events": events})
@@ -181,12 +182,13 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory) -> Iterator[Harness]:
+def harness(tmp_path_factory, backend, database_env) -> Iterator[Harness]:
     receiver = Receiver()
     receiver_port = free_port()
     receiver.base_url = f"http://127.0.0.1:{receiver_port}"
     receiver_server, receiver_thread = _serve(receiver, receiver_port, lifespan="off")
-    running = Harness(tmp_path_factory.mktemp("webhooks"), receiver)
+    running = Harness(database_env(backend).get("APSS_DATABASE_URL", str(tmp_path_factory.mktemp("webhooks") / "apss.sqlite")),
+                      receiver)
     server, thread = _serve(running.app, running.port, lifespan="on")
     yield running
     for stopping, joined in ((server, thread), (receiver_server, receiver_thread)):
@@ -394,7 +396,7 @@ def test_during_a_secret_rotation_both_secrets_sign(harness):
 
 
 # -- deliveries to the game ------------------------------------------------------------------------------------
-def _paid_order(harness: Harness, merchant_id: str, *, player_id: str) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+def _paid_order(harness: Harness, merchant_id: str, *, player_id: str) -> tuple:
     product_id, order_id, now_ms = new_id("prd"), new_id("ord"), harness.clock.now_ms()
     grants = '[{"type": "item", "sku": "sword", "quantity": 1}]'
 

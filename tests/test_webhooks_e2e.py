@@ -4,10 +4,13 @@ then receives exactly the order's events, once each, signed with the endpoint's 
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from apss.crypto import verify_timestamped
 from tests.conftest import free_port, wait_for
 from tests.test_webhooks import Receiver, _serve
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_receiver_down_at_first_gets_every_event_signed(merchant):
