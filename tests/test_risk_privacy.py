@@ -18,7 +18,8 @@ import pytest
 from apss.clock import TestClock
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import RunningServer, assert_error, assert_ledger_ok, plant, wait_for
-from tests.test_privacy import byte_scan, raw
+from tests.conftest import raw_read as raw
+from tests.test_privacy import byte_scan
 
 US_IP, DE_IP, JP_IP = "3.14.15.92", "53.58.97.93", "126.23.84.62"  # ip_country US, DE, JP (shipped table)
 
