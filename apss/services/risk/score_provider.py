@@ -53,7 +53,7 @@ def _before_this_order(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_s: int, now_ms: int) -> int | None:
-    if amount_usd is None or (not attrs.get("ip") and not attrs.get("device_id")):
+    if amount_usd is None:
         return None
     features = _before_this_order(attrs)
     features["amount_usd"] = amount_usd
@@ -65,7 +65,7 @@ def risk_score(attrs: Mapping[str, Any], *, amount_usd: int | None, account_age_
             None if spent is None or amount_usd is None or not merchant_amount else spent * amount_usd // merchant_amount)
     ip_country, billing = attrs.get("ip_country"), attrs.get("billing_country")
     features["ip_country_mismatch"] = None if not ip_country or not billing else ip_country != billing
-    for name in ("new_device", "new_ip_country", "device_age_s"):
+    for name in ("new_device", "new_ip_country", "device_age_s", "ip_age_s", "player_devices_seen", "player_ips_seen"):
         features[name] = attrs.get(name)
     features["hour_of_day"] = (now_ms // 3_600_000) % 24
     result = score(features)

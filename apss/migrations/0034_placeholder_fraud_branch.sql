@@ -1,0 +1,2 @@
+-- Placeholder so that this branch's 0035 is contiguous (migrations must be numbered 1..n): other
+-- branches own 0032-0034. Delete this file when merging.
