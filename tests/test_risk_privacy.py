@@ -372,8 +372,8 @@ def test_ip_age_and_the_devices_and_ips_seen_count_per_player(own_server):
         assert risk["stage"] == "callback" and values(risk) == (1234, 1, 1) and risk["action"] == "review"
         _, risk = seen(ip=home)
         assert values(risk) == (5234, 2, 2) and risk["action"] == "allow"
-        _, bare = seen()  # neither IP nor device: no IP age, the counts still, and a score
-        assert values(bare) == (None, 2, 2) and "risk_score" in bare["attributes"]
+        _, bare = seen()  # neither IP nor device: no IP age, the counts still (no score)
+        assert values(bare) == (None, 2, 2) and "risk_score" not in bare["attributes"]
     assert_ledger_ok(own_server)
 
 

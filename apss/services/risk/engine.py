@@ -328,12 +328,10 @@ class RiskEngine:
         extra = {"product_ids": lambda: sorted({i["product_id"] for i in items}),
                  "skus": lambda: sorted({i["sku"] for i in items}),
                  "product_categories": lambda: store.categories_tx(tx, product_ids=[i["product_id"] for i in items])}
-        return self._assess(tx, merchant_id=order["merchant_id"], merchant_currency=merchant_currency, base=base, extra=extra,
-                            order_created_ms=order["created_at_ms"])
+        return self._assess(tx, merchant_id=order["merchant_id"], merchant_currency=merchant_currency, base=base, extra=extra)
 
     def _assess(self, tx: Tx, *, merchant_id: str, merchant_currency: str, base: dict[str, Any],
-                extra: dict[str, Any], order_created_ms: int | None = None) -> Assessment:
-        """`order_created_ms`: at the callback stage, the order's creation (what came before it)."""
+                extra: dict[str, Any]) -> Assessment:
         rules = self._rules_tx(tx, merchant_id=merchant_id, merchant_currency=merchant_currency)
         wanted = set().union(SCORE_ATTRIBUTES, *(r.attributes for r in rules))  # every decision is scored
         now_ms = self._clock.now_ms()
@@ -351,8 +349,7 @@ class RiskEngine:
         self._velocity(tx, merchant_id=merchant_id, attrs=attrs, wanted=wanted, now_s=now_ms // 1000)
         amount_usd = attrs["amount_merchant"] if merchant_currency == "USD" else self._in_merchant_currency(
             tx, amount=base["amount"], currency=base["currency"], merchant_currency="USD", now_ms=now_ms)
-        attrs["risk_score"] = risk_score(attrs, amount_usd=amount_usd, account_age_s=age_ms // 1000, now_ms=now_ms,
-                                         player_seen=first is not None and (order_created_ms is None or first < order_created_ms))
+        attrs["risk_score"] = risk_score(attrs, amount_usd=amount_usd, account_age_s=age_ms // 1000, now_ms=now_ms)
         lists = self._lists_tx(tx, merchant_id=merchant_id, rules=rules, now_ms=now_ms)
         decision = evaluate(self._builtin, attrs, lists)
         if decision.action != "block":
