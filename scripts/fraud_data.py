@@ -357,6 +357,7 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
     members: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     first_seen: dict[str, int] = {}
     devices_seen: dict[str, dict[str, int]] = defaultdict(dict)  # player -> device -> its first order
+    ips_seen: dict[str, dict[str, int]] = defaultdict(dict)  # player -> IP -> its first order
     countries_seen: dict[str, set] = defaultdict(set)
     out = []
     for o in orders:
@@ -372,11 +373,17 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
                 if dim == "player":
                     f[f"amount_usd_per_player_{label}"] = amount
         if o.ip is not None:
+            f["players_per_ip_1h"] = _distinct(members[("ip", o.ip)], o.ts - HOUR_S)
             f["players_per_ip_1d"] = _distinct(members[("ip", o.ip)], o.ts - DAY_S)
+            f["ip_age_s"] = o.ts - ips_seen[o.player].get(o.ip, o.ts)
+        f["player_ips_seen"] = len(ips_seen[o.player])
+        f["player_devices_seen"] = len(devices_seen[o.player])
         if o.device is not None:
+            f["players_per_device_1h"] = _distinct(members[("device", o.device)], o.ts - HOUR_S)
             f["players_per_device_1d"] = _distinct(members[("device", o.device)], o.ts - DAY_S)
             f["new_device"] = o.device not in devices_seen[o.player]
             f["device_age_s"] = o.ts - devices_seen[o.player].get(o.device, o.ts)
+        f["cards_per_player_1d"] = _distinct(members[("cards", o.player)], o.ts - DAY_S)
         f["cards_per_player_7d"] = _distinct(members[("cards", o.player)], o.ts - WEEK_S)
         if o.ip_country is not None and o.billing_country is not None:
             f["ip_country_mismatch"] = o.ip_country != o.billing_country
@@ -390,6 +397,7 @@ def features_of(orders: list[Order], *, labelled_from: int) -> list[tuple[dict, 
                 windows[(dim, key)].add(o.ts, o.amount_usd, o.declined)
         if o.ip is not None:
             members[("ip", o.ip)][o.player] = o.ts
+            ips_seen[o.player].setdefault(o.ip, o.ts)
         if o.device is not None:
             members[("device", o.device)][o.player] = o.ts
             devices_seen[o.player].setdefault(o.device, o.ts)

@@ -65,7 +65,9 @@ def test_the_evaluator_reaches_xgboosts_leaves_and_margins():
     for case in CASES:
         row = fraud_score.model_row(case["features"])
         assert model.leaves_of_row(row) == case["leaves"], case["features"]
-        assert model.margin(case["features"]) == pytest.approx(case["margin"], abs=1e-6), case["features"]
+        # within 1e-6, relative beyond |margin| 1: XGBoost groups its float32 additions otherwise
+        # (scripts/train_fraud_model.py MARGIN_TOLERANCE); the leaves are the same, always
+        assert model.margin(case["features"]) == pytest.approx(case["margin"], abs=1e-6, rel=1e-6), case["features"]
 
 
 def test_the_margin_is_the_float32_sum_of_the_leaves_reached():
@@ -75,7 +77,9 @@ def test_the_margin_is_the_float32_sum_of_the_leaves_reached():
         for nodes, leaf in zip(model.trees, case["leaves"]):
             assert nodes[leaf][0] == -1
             total = _f32(total + nodes[leaf][1])
-        assert total == case["margin"]
+        assert total == model.margin(case["features"])
+        # XGBoost groups the same float32 additions otherwise: a step or two apart at most
+        assert total == pytest.approx(case["margin"], abs=1e-6, rel=1e-6)
 
 
 def test_the_score_is_the_scaled_sigmoid_of_the_margin():

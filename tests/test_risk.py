@@ -6,6 +6,7 @@ Outcomes are checked against the database itself (raw reads), the sandbox's book
 from __future__ import annotations
 
 import sqlite3
+import uuid
 
 import httpx
 import pytest
@@ -437,3 +438,23 @@ def test_window_counts_of_several_keys_in_one_statement_match_a_brute_force_sum(
         assert distinct[(dimension, key)] == expected_distinct, (dimension, key)
     assert sums[("orders:ip", "never-seen")] == (0, 0, 0) and any(v != (0, 0, 0) for v in sums.values())
     conn.execute("ROLLBACK")
+
+
+@pytest.mark.both_backends
+def test_the_players_ip_and_device_marks_count_on_both_backends(merchant):
+    """ip_age_s, player_devices_seen and player_ips_seen come from one statement over the
+    player's marks (store/risk.py marks_seen_tx), on SQLite and on PostgreSQL alike."""
+    player = f"marks-{uuid.uuid4().hex[:8]}"
+    with merchant.client() as client:
+        product = merchant.product(client, prices={"USD": 100})
+
+        def values(**fields) -> tuple:
+            order = merchant.order(client, product["id"], player_id=player, **fields).json()
+            attributes = client.get(f"/v1/orders/{order['id']}/risk").json()["attributes"]
+            return tuple(attributes.get(k) for k in ("ip_age_s", "new_device", "player_devices_seen", "player_ips_seen"))
+
+        assert values(ip="81.2.69.170", device_id="marks-phone") == (0, True, 0, 0)
+        age, *rest = values(ip="81.2.69.170", device_id="marks-tablet")
+        assert age >= 0 and rest == [True, 1, 1]
+        assert values(ip="81.2.69.171", device_id="marks-phone") == (0, False, 2, 1)
+        assert values() == (None, None, 2, 2)

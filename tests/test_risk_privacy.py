@@ -204,7 +204,8 @@ def test_retention_erases_ips_devices_and_marks_everywhere_after_the_period(tmp_
             legacy = merchant.order(client, product["id"], player_id="ret-legacy", ip=DE_IP, device_id=old_device).json()
     finally:
         server.stop()
-    assert len(raw(db, "SELECT * FROM risk_player_marks WHERE merchant_id = ?", (merchant.id,))) == 4
+    marks = raw(db, "SELECT kind FROM risk_player_marks WHERE merchant_id = ?", (merchant.id,))
+    assert sorted(m["kind"] for m in marks) == ["device", "device", "ip", "ip", "ip_country", "ip_country"]
     _write_back_in_clear(db, legacy["id"], ip=DE_IP, device=old_device)
     restarted = RunningServer(db_path=db, clock=TestClock(server.clock.now_ms())).start()
     try:
@@ -272,7 +273,8 @@ def test_new_device_and_new_ip_country_at_creation_and_callback(merchant, server
 
         marks = raw(server.db_path, "SELECT kind, mark FROM risk_player_marks WHERE merchant_id = ? AND player_id = ?",
                     (merchant.id, player))
-        assert sorted(k for k, _ in marks) == ["device", "device", "ip_country", "ip_country", "ip_country"]
+        assert sorted(k for k, _ in marks if k != "ip") == ["device", "device", "ip_country", "ip_country", "ip_country"]
+        assert len([k for k, _ in marks if k == "ip"]) == 4  # US_IP, DE_IP, 45.1.2.3, JP_IP
         assert not {home, other, "US", "DE", "JP"} & {m for _, m in marks}, "keyed hashes only"
         assert byte_scan(server.db_path, [home, other]) == []
 
@@ -325,6 +327,73 @@ def test_device_age_counts_from_the_players_first_order_on_the_device(own_server
         _, bare = seen()  # neither IP nor device: no device age
         assert "device_age_s" not in bare["attributes"] and "new_device" not in bare["attributes"]
     assert_ledger_ok(own_server)
+
+
+def test_ip_age_and_the_devices_and_ips_seen_count_per_player(own_server):
+    """ip_age_s: seconds since the player's first order from the order's IP (0 on a new one, per
+    player, missing without an IP); player_devices_seen / player_ips_seen: the distinct devices and
+    IPs the player was seen with before this order. In rules, as of the order's creation at the
+    callback, from marks holding keyed hashes, never the address (raw reads)."""
+    merchant = own_server.new_merchant()
+    player, home, phone, travel = f"ip-age-{uuid.uuid4().hex[:8]}", _unique_ip(), f"dev-ipa-{uuid.uuid4().hex[:6]}", _unique_ip()
+    plant(home)
+    with merchant.client() as client:
+        product = merchant.product(client, stock=20)
+        _rules(client, ("second_device_young_ip", "review if ip_age_s >= 600 and ip_age_s < 3600 and player_devices_seen >= 1"))
+
+        def seen(**fields) -> tuple[dict, dict]:
+            order = merchant.order(client, product["id"], player_id=fields.pop("player", player), **fields).json()
+            return order, _risk(client, order["id"])
+
+        def values(risk: dict) -> tuple:
+            return tuple(risk["attributes"].get(k) for k in ("ip_age_s", "player_devices_seen", "player_ips_seen"))
+
+        _, risk = seen(ip=home, device_id=phone)
+        assert values(risk) == (0, 0, 0) and risk["action"] == "allow"
+        first_ms = own_server.clock.now_ms()
+        own_server.clock.advance(seconds=1234)
+        held, risk = seen(ip=home, device_id=f"{phone}-new")
+        assert values(risk) == (1234, 1, 1)
+        assert risk["action"] == "review" and [r["name"] for r in risk["rules_fired"]] == ["second_device_young_ip"]
+        _, other = seen(ip=home, device_id=phone, player=f"{player}-sibling")  # another player: all new to them
+        assert values(other) == (0, 0, 0) and other["action"] == "allow"
+        _, abroad = seen(ip=travel)  # no device: no device age, the IP new
+        assert values(abroad) == (0, 2, 1) and "device_age_s" not in abroad["attributes"]
+        marks = raw(own_server.db_path, "SELECT mark, first_seen_ms FROM risk_player_marks WHERE merchant_id = ?"
+                    " AND player_id = ? AND kind = 'ip' ORDER BY first_seen_ms", (merchant.id, player))
+        assert [m["first_seen_ms"] for m in marks] == [first_ms, first_ms + 1_234_000]
+        assert not any(home in m["mark"] or travel in m["mark"] for m in marks)  # keyed hashes
+        facts = _facts(own_server, held["id"])
+        assert (facts["ip_age_s"], facts["player_devices_seen"], facts["player_ips_seen"]) == (1234, 1, 1)
+
+        own_server.clock.advance(seconds=4000)  # the callback later: the values at the order's creation
+        assert client.post(f"/v1/sandbox/payments/{held['payment']['id']}/succeed").status_code == 202
+        _status(client, held["id"], "in_review")
+        risk = _risk(client, held["id"])
+        assert risk["stage"] == "callback" and values(risk) == (1234, 1, 1) and risk["action"] == "review"
+        _, risk = seen(ip=home)
+        assert values(risk) == (5234, 2, 2) and risk["action"] == "allow"
+        _, bare = seen()  # neither IP nor device: no IP age, the counts still (no score)
+        assert values(bare) == (None, 2, 2) and "risk_score" not in bare["attributes"]
+    assert_ledger_ok(own_server)
+
+
+def test_the_ip_marks_migration_keeps_the_marks_and_takes_the_new_kind(tmp_path):
+    db = _database_at(tmp_path, 34)
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms, first_seen_ms)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", [("mch_x", "p1", "device", "m1", 90_000, 1000),
+                                                        ("mch_x", "p1", "ip_country", "c1", 80_000, 2000)])
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO risk_player_marks VALUES ('mch_x', 'p1', 'ip', 'i1', 1, 1)")
+    assert apply_migrations(str(db))[0] == 34
+    rows = raw(db, "SELECT player_id, kind, mark, last_seen_ms, first_seen_ms FROM risk_player_marks ORDER BY kind")
+    assert [tuple(r) for r in rows] == [("p1", "device", "m1", 90_000, 1000), ("p1", "ip_country", "c1", 80_000, 2000)]
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO risk_player_marks VALUES ('mch_x', 'p1', 'ip', 'i1', 1, 1)")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO risk_player_marks VALUES ('mch_x', 'p1', 'address', 'a1', 1, 1)")
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'risk_player_marks_seen'").fetchone()[0] == 1
 
 
 def test_marks_from_before_device_age_count_from_the_players_first_order(tmp_path):

@@ -168,3 +168,33 @@ def test_ip_country_table_is_consistent_and_answers_both_versions():
         assert country_of(str(network.broadcast_address)) == country
     assert country_of("8.8.8.8") == "US" and country_of("133.1.2.3") == "JP" and country_of("240e:1::1") == "CN"
     assert country_of("10.0.0.1") is None and country_of("2001:db8::1") is None and country_of("nonsense") is None
+
+
+def test_every_rule_attribute_is_documented_with_its_type():
+    """docs/risk.md's attribute table names every attribute the rules may read (brace patterns
+    such as `orders_per_{player,ip,device}_{1h,1d,7d}` expanded), each with the engine's type."""
+    import itertools
+    import re
+    from pathlib import Path
+
+    from apss.services.risk.engine import attribute_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "risk.md").read_text()
+    table = text[text.index("## Attributes"):]
+    table = table[: table.index("\n\n", table.index("| attribute |"))]
+    documented: dict[str, str] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            parts = [p.split(",") for p in re.split(r"\{([^}]*)\}", name)[1::2]]
+            fixed = re.split(r"\{[^}]*\}", name)
+            for choice in itertools.product(*parts):
+                documented["".join(f + c for f, c in zip(fixed, (*choice, "")))] = cells[1]
+    table_types = {name: t.value if hasattr(t, "value") else str(t) for name, t in attribute_table("USD").items()}
+    documented["amount_usd"] = documented.pop("amount_<ccy>")
+    missing = sorted(set(table_types) - set(documented))
+    assert not missing, missing
+    wrong = {n: (documented[n], table_types[n]) for n in table_types if documented[n] != table_types[n]}
+    assert not wrong, wrong

@@ -226,23 +226,34 @@ def first_seen_tx(tx: Tx, *, merchant_id: str, player_id: str) -> int | None:
 _DAY_MS = 86_400_000
 
 
-def marks_seen_tx(tx: Tx, *, merchant_id: str, player_id: str, device: str | None,
+MARKS_COUNTED_MAX = 100  # player_devices_seen / player_ips_seen stop counting here (a bounded index range)
+
+
+def marks_seen_tx(tx: Tx, *, merchant_id: str, player_id: str, device: str | None, ip: str | None,
                   country: str | None) -> sqlite3.Row:
-    """(device_first_seen_ms, country_seen, any_country): when the player was first seen with
-    this device's mark (NULL: never), whether with this IP country's mark and with any IP country
-    (1 or NULL; three primary-key seeks)."""
+    """(device_first_seen_ms, ip_first_seen_ms, country_seen, any_country, devices_seen, ips_seen):
+    when the player was first seen with this device's and this IP's mark (NULL: never), whether
+    with this IP country's mark and with any IP country (1 or NULL), and how many devices and IPs
+    the player was seen with (each capped at MARKS_COUNTED_MAX): primary-key seeks and two bounded
+    range scans of the player's own marks."""
     return tx.one(
         "SELECT (SELECT first_seen_ms FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2 AND kind = 'device'"
-        " AND mark = ?3) AS device_first_seen_ms, (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
+        " AND mark = ?3) AS device_first_seen_ms, (SELECT first_seen_ms FROM risk_player_marks WHERE merchant_id = ?1"
+        " AND player_id = ?2 AND kind = 'ip' AND mark = ?5) AS ip_first_seen_ms, (SELECT 1 FROM risk_player_marks"
+        " WHERE merchant_id = ?1 AND player_id = ?2"
         " AND kind = 'ip_country' AND mark = ?4) AS country_seen, (SELECT 1 FROM risk_player_marks WHERE"
-        " merchant_id = ?1 AND player_id = ?2 AND kind = 'ip_country' LIMIT 1) AS any_country",
-        (merchant_id, player_id, device, country))
+        " merchant_id = ?1 AND player_id = ?2 AND kind = 'ip_country' LIMIT 1) AS any_country,"
+        " (SELECT count(*) FROM (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
+        f" AND kind = 'device' LIMIT {MARKS_COUNTED_MAX}) AS d) AS devices_seen,"
+        " (SELECT count(*) FROM (SELECT 1 FROM risk_player_marks WHERE merchant_id = ?1 AND player_id = ?2"
+        f" AND kind = 'ip' LIMIT {MARKS_COUNTED_MAX}) AS i) AS ips_seen",
+        (merchant_id, player_id, device, country, ip))
 
 
 def see_marks(tx: Tx, *, merchant_id: str, player_id: str, marks: list[tuple[str, str]], now_ms: int) -> None:
     """The player seen with each (kind, mark) now (first_seen_ms set once); last_seen_ms moves at
     most once a day (an index entry moved per mark and day, not per order)."""
-    assert all(kind in ("device", "ip_country") for kind, _ in marks)
+    assert all(kind in ("device", "ip", "ip_country") for kind, _ in marks)
     tx.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, first_seen_ms, last_seen_ms)"
                    " VALUES (?, ?, ?, ?, ?, ?)"
                    " ON CONFLICT (merchant_id, player_id, kind, mark) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
@@ -253,9 +264,10 @@ def see_marks(tx: Tx, *, merchant_id: str, player_id: str, marks: list[tuple[str
 # -- an order's facts and decisions ----------------------------------------------------------------
 def insert_facts(tx: Tx, row: dict) -> None:
     tx.execute("INSERT INTO risk_order_facts (order_id, merchant_id, ip_sealed, device_id_sealed, email_hash, email_domain,"
-               " billing_country, three_ds, hold, new_device, new_ip_country, device_age_s) VALUES (:order_id, :merchant_id,"
-               " :ip_sealed, :device_id_sealed, :email_hash, :email_domain, :billing_country, :three_ds, :hold, :new_device,"
-               " :new_ip_country, :device_age_s)", row)
+               " billing_country, three_ds, hold, new_device, new_ip_country, device_age_s, ip_age_s, player_devices_seen,"
+               " player_ips_seen) VALUES (:order_id, :merchant_id, :ip_sealed, :device_id_sealed, :email_hash, :email_domain,"
+               " :billing_country, :three_ds, :hold, :new_device, :new_ip_country, :device_age_s, :ip_age_s,"
+               " :player_devices_seen, :player_ips_seen)", row)
 
 
 def get_facts_tx(tx: Tx, *, order_id: str) -> sqlite3.Row | None:

@@ -13,8 +13,10 @@ values (XGBoost's default direction), so an order without a device id or an IP s
 XGBoost stores thresholds and feature values as float32 and sends a value left when
 `float32(x) < threshold`. Loading turns each float32 threshold into the float64 cut that sends
 exactly the same values left, so walking a tree is one float comparison per node and the leaves
-reached are the training library's own; the margin is summed in float32 as XGBoost sums it, so it
-equals XGBoost's (tests/test_fraud_score.py checks both against a fixture the training run writes).
+reached are the training library's own; the margin is summed in float32, tree after tree, so it
+equals XGBoost's within 1e-6, relative beyond |margin| 1 (XGBoost groups the same float32
+additions otherwise: a step or two apart; tests/test_fraud_score.py checks the leaves, exactly,
+and the margins against a fixture the training run writes).
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature(name="new_ip_country", type="bool", meaning="this IP country was never seen for this player before"),
     Feature(name="device_age_s", type="int",
             meaning="seconds since this player's first order on this device (0 on a new device; missing without one)"),
+    Feature(name="ip_age_s", type="int",
+            meaning="seconds since this player's first order from this IP (0 on an IP new to the player; missing without one)"),
+    Feature(name="player_devices_seen", type="int", meaning="distinct devices seen for this player before this order"),
+    Feature(name="player_ips_seen", type="int", meaning="distinct IP addresses seen for this player before this order"),
     Feature(name="hour_of_day", type="int", meaning="the hour of the order, 0-23, UTC"),
 )
 # Ratios a tree cannot form from its inputs, computed here so training and scoring agree.
@@ -145,6 +151,8 @@ def _cut_of(threshold: float) -> float:
         return threshold
     below = _float32_below(threshold)
     assert below < threshold, (below, threshold)
+    if math.isinf(below):  # threshold -FLT_MAX: left is what rounds to -inf, from the halfway point on (a tie rounds to it)
+        return math.nextafter(-(2.0**128 - 2.0**103), math.inf)
     midpoint = (below + threshold) / 2  # exact: a float32 pair's midpoint needs 25 bits
     return math.nextafter(midpoint, math.inf) if _float32(midpoint) == below else midpoint
 
