@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -38,6 +39,7 @@ from apss.app import create_app
 from apss.clock import TestClock
 from apss.config import load_config
 from apss.services.container import Services
+from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
 from tests.postgres.server import PostgresServer, server_binaries
 
 ADMIN_TOKEN = "adm_test_token_0123456789abcdef_0123456789"  # 32+ characters: no warning
@@ -110,6 +112,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def database_at(directory: Path, version: int) -> Path:
+    """A SQLite file in `directory` migrated up to `version` only (the later migrations not applied
+    yet): the starting point of a test of an upgrade."""
+    before = directory / f"migrations-{version}"
+    before.mkdir()
+    for path in MIGRATIONS_DIR.glob("00*.sql"):
+        if int(path.name[:4]) <= version:
+            shutil.copy(path, before / path.name)
+    db = directory / f"at-{version}.sqlite"
+    assert apply_migrations(str(db), before)[1] == version
+    return db
 
 
 class RawRow(tuple):

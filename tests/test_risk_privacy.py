@@ -9,7 +9,6 @@ erased with the player."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import uuid
 
@@ -17,7 +16,7 @@ import pytest
 
 from apss.clock import TestClock
 from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import RunningServer, assert_error, assert_ledger_ok, plant, wait_for
+from tests.conftest import RunningServer, assert_error, assert_ledger_ok, database_at, plant, wait_for
 from tests.conftest import raw_read as raw
 from tests.test_privacy import byte_scan
 
@@ -160,20 +159,8 @@ def test_rows_written_before_the_seal_are_sealed_by_the_rotation_job(tmp_path):
         restarted.stop()
 
 
-def _database_at(tmp_path, version: int):
-    """A database file migrated up to `version` only (the migrations after it not applied yet)."""
-    before = tmp_path / "migrations"
-    before.mkdir()
-    for path in MIGRATIONS_DIR.glob("00*.sql"):
-        if int(path.name[:4]) <= version:
-            shutil.copy(path, before / path.name)
-    db = tmp_path / "old.sqlite"
-    assert apply_migrations(str(db), before)[1] == version
-    return db
-
-
 def test_the_migration_strips_the_ips_and_devices_earlier_decisions_copied(tmp_path):
-    db = _database_at(tmp_path, 27)
+    db = database_at(tmp_path, 27)
     ip, device = _unique_ip(), f"dev-decision-{uuid.uuid4().hex[:8]}"
     with sqlite3.connect(db) as conn:  # foreign keys are off on this plain connection: no order needed
         for seq, attributes in enumerate([f'{{"ip": "{ip}", "device_id": "{device}", "amount": 500}}',
@@ -379,14 +366,14 @@ def test_ip_age_and_the_devices_and_ips_seen_count_per_player(own_server):
 
 
 def test_the_ip_marks_migration_keeps_the_marks_and_takes_the_new_kind(tmp_path):
-    db = _database_at(tmp_path, 34)
+    db = database_at(tmp_path, 35)
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms, first_seen_ms)"
                          " VALUES (?, ?, ?, ?, ?, ?)", [("mch_x", "p1", "device", "m1", 90_000, 1000),
                                                         ("mch_x", "p1", "ip_country", "c1", 80_000, 2000)])
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute("INSERT INTO risk_player_marks VALUES ('mch_x', 'p1', 'ip', 'i1', 1, 1)")
-    assert apply_migrations(str(db))[0] == 34
+    assert apply_migrations(str(db))[0] == 35
     rows = raw(db, "SELECT player_id, kind, mark, last_seen_ms, first_seen_ms FROM risk_player_marks ORDER BY kind")
     assert [tuple(r) for r in rows] == [("p1", "device", "m1", 90_000, 1000), ("p1", "ip_country", "c1", 80_000, 2000)]
     with sqlite3.connect(db) as conn:
@@ -397,7 +384,7 @@ def test_the_ip_marks_migration_keeps_the_marks_and_takes_the_new_kind(tmp_path)
 
 
 def test_marks_from_before_device_age_count_from_the_players_first_order(tmp_path):
-    db = _database_at(tmp_path, 29)
+    db = database_at(tmp_path, 29)
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO risk_players (merchant_id, player_id, first_seen_ms) VALUES ('mch_x', 'p1', 1000)")
         conn.executemany("INSERT INTO risk_player_marks (merchant_id, player_id, kind, mark, last_seen_ms) VALUES (?, ?, ?, ?, ?)",

@@ -6,14 +6,13 @@ The PostgreSQL schema keeps its IN lists (tests/postgres/test_schema.py compares
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
 
 import pytest
 
 from apss.clock import TestClock
-from apss.store.migrate import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import RunningServer, assert_ledger_ok, wait_for
+from apss.store.migrate import apply_migrations
+from tests.conftest import RunningServer, assert_ledger_ok, database_at, wait_for
 
 HOT = ("orders", "payments", "payment_attempts", "risk_decisions")
 ALLOWED = {
@@ -98,13 +97,7 @@ def test_the_upgrade_keeps_every_row_of_a_real_server(tmp_path):
     finally:
         server.stop()
 
-    before = tmp_path / "migrations"
-    before.mkdir()
-    for path in MIGRATIONS_DIR.glob("00*.sql"):
-        if int(path.name[:4]) <= 31:
-            shutil.copy(path, before / path.name)
-    old = tmp_path / "old.sqlite"
-    assert apply_migrations(str(old), before) == (0, 31)
+    old = database_at(tmp_path, 31)
     copied = {}
     with sqlite3.connect(old) as conn:
         conn.execute("ATTACH DATABASE ? AS src", (str(source),))
