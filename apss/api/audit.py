@@ -171,10 +171,8 @@ class AuditMiddleware:
         if status == 401:
             return  # not authenticated: nobody to name
         svc = scope["app"].state.services
-        headers = dict(scope.get("headers") or [])
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer(scope)
+        if token is None:
             if scope["path"].startswith("/admin/") and status < 400:  # the dashboard: a valid session acted
                 await self._write(svc, scope, actor="admin", merchant_id=None, ref="adm_session", action=action,
                                   object_id=_object_id(scope, held, svc, None), status=status)
@@ -221,12 +219,8 @@ def in_transaction(scope: Scope) -> Callable[[Any, Outcome], None] | None:
     ref = key_ref(token, actor="merchant")
 
     def write(tx: Any, outcome: Outcome) -> None:  # the service's transaction handle
-        try:
-            made = _made_decoder.decode(outcome.body) if outcome.body else None
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            made = None
         svc.audit.record_tx(tx, actor="merchant", merchant_id=merchant.id, key_ref=ref, action=action,
-                            object_id=made.id if made is not None else None, status_code=outcome.status,
+                            object_id=_made_id(outcome.body), status_code=outcome.status,
                             ip=client[0] if client else None)
         tx.after_commit(lambda: scope.__setitem__(_AUDITED, True))
 
@@ -234,6 +228,7 @@ def in_transaction(scope: Scope) -> Callable[[Any, Outcome], None] | None:
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The request's bearer token: its first Authorization header, as the guard reads it."""
     for name, value in scope.get("headers") or ():
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
@@ -249,14 +244,17 @@ def _object_id(scope: Scope, held: list[Message], svc: Any, merchant_id: str | N
     for name in reversed(list(params)):
         if name.endswith("_id") and name != "merchant_id":
             return str(params[name])
-    body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
-    try:  # only the top-level "id": the rest of the answer is skipped, not built
+    made = _made_id(b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body"))
+    return made if made is not None else params.get("merchant_id") or params.get("channel")
+
+
+def _made_id(body: bytes) -> str | None:
+    """The answer's top-level "id" (the rest of the answer is skipped, not built)."""
+    try:
         made = _made_decoder.decode(body) if body else None
     except (msgspec.DecodeError, msgspec.ValidationError):
-        made = None
-    if made is not None and made.id is not None:
-        return made.id
-    return params.get("merchant_id") or params.get("channel")
+        return None
+    return made.id if made is not None else None
 
 
 class _Made(msgspec.Struct):
