@@ -12,14 +12,15 @@ every answer is checked against the database itself (a raw psycopg read), not ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import httpx
-import psycopg
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, free_port, start_run_py, wait_for
+from tests.conftest import ADMIN_TOKEN, free_port, raw_read, start_run_py, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -71,45 +72,39 @@ def _product(instance: Instance, key: str, **fields) -> dict:
     return made.json()
 
 
-def _clients(instances: list[Instance], key: str, connections: int) -> list[httpx.AsyncClient]:
-    return [httpx.AsyncClient(base_url=i.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                              limits=httpx.Limits(max_connections=connections)) for i in instances]
+@contextlib.asynccontextmanager
+async def _clients(instances: list[Instance], key: str, connections: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client per instance, with the merchant's key; closed at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=i.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
+            limits=httpx.Limits(max_connections=connections))) for i in instances]
 
 
 def _order(product_id: str, player_id: str) -> dict:
     return {"player_id": player_id, "currency": "USD", "items": [{"product_id": product_id, "quantity": 1}]}
 
 
-def _raw(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 async def test_200_buyers_split_across_two_instances_get_exactly_50_units(instances, pg_url):
     key = instances[0].key
     sword = _product(instances[1], key, stock=50)
-    clients = _clients(instances, key, connections=25)
-    try:
+    async with _clients(instances, key, connections=25) as clients:
         responses = await asyncio.gather(*(clients[n % 2].post("/v1/orders", json=_order(sword["id"], f"fan-{n}"))
                                            for n in range(200)))
-    finally:
-        for client in clients:
-            await client.aclose()
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {201: 50, 409: 150}, (statuses, [r.text for r in responses if r.status_code not in (201, 409)][:3])
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"out_of_stock"}
     by_instance = Counter(n % 2 for n, r in enumerate(responses) if r.status_code == 201)
     assert set(by_instance) == {0, 1}, f"both instances sold: {by_instance}"
     answered = {r.json()["id"] for r in responses if r.status_code == 201}
-    assert {row[0] for row in _raw(pg_url, "SELECT id FROM orders")} == answered
-    assert _raw(pg_url, "SELECT stock, reserved FROM products WHERE id = %s", (sword["id"],)) == [(0, 50)]
+    assert {row[0] for row in raw_read(pg_url, "SELECT id FROM orders")} == answered
+    assert raw_read(pg_url, "SELECT stock, reserved FROM products WHERE id = ?", (sword["id"],)) == [(0, 50)]
 
 
 async def test_one_idempotency_key_sent_to_both_instances_at_once_makes_one_order(instances, pg_url):
     key = instances[0].key
     sword = _product(instances[0], key)
-    clients = _clients(instances, key, connections=20)
-    try:
+    async with _clients(instances, key, connections=20) as clients:
         pairs = []
         for n in range(20):  # 20 keys, each sent to both instances at the same moment
             headers = {"Idempotency-Key": f"buy-{n}"}
@@ -123,20 +118,16 @@ async def test_one_idempotency_key_sent_to_both_instances_at_once_makes_one_orde
                     response = await clients[i].post("/v1/orders", json=_order(sword["id"], f"player-{n}"),
                                                       headers={"Idempotency-Key": f"buy-{n}"})
                 pair[i] = response
-    finally:
-        for client in clients:
-            await client.aclose()
     for pair in answers:
         assert [r.status_code for r in pair] == [201, 201], [r.text for r in pair]
         assert pair[0].json()["id"] == pair[1].json()["id"], "both instances answer with the one order"
-    assert _raw(pg_url, "SELECT count(*), count(DISTINCT player_id) FROM orders") == [(20, 20)]
+    assert raw_read(pg_url, "SELECT count(*), count(DISTINCT player_id) FROM orders") == [(20, 20)]
 
 
 async def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(instances, pg_url):
     key = instances[0].key
     sword = _product(instances[0], key)
     victim, survivor = instances
-    clients = _clients(instances, key, connections=10)
     acknowledged: list[str] = []
 
     async def buyer(n: int) -> None:
@@ -154,20 +145,17 @@ async def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(instan
             await asyncio.sleep(0.005)
         victim.process.send_signal(signal.SIGKILL)
 
-    try:
+    async with _clients(instances, key, connections=10) as clients:
         await asyncio.gather(kill_after(40), *(buyer(n) for n in range(300)))
         assert victim.process.wait(timeout=30) == -signal.SIGKILL
         # The survivor serves on: a buyer whose answer was lost retries there with the same key.
         after = await clients[1].post("/v1/orders", json=_order(sword["id"], "after"), headers={"Idempotency-Key": "after"})
         assert after.status_code == 201, after.text
         acknowledged.append(after.json()["id"])
-    finally:
-        for client in clients:
-            await client.aclose()
-    stored = {row[0] for row in _raw(pg_url, "SELECT id FROM orders")}
+    stored = {row[0] for row in raw_read(pg_url, "SELECT id FROM orders")}
     assert set(acknowledged) <= stored, "every order an instance acknowledged is in the database"
     assert len(acknowledged) >= 41
-    stock = _raw(pg_url, "SELECT count(*) FROM orders o JOIN payments p ON p.order_id = o.id")
+    stock = raw_read(pg_url, "SELECT count(*) FROM orders o JOIN payments p ON p.order_id = o.id")
     assert stock == [(len(stored),)], "every stored order has its payment: none half-written"
     assert survivor.process.poll() is None
 
@@ -175,17 +163,13 @@ async def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(instan
 async def test_a_purchase_limit_holds_for_one_player_buying_on_both_instances_at_once(instances, pg_url):
     key = instances[0].key
     potion = _product(instances[0], key, purchase_limit=1)
-    clients = _clients(instances, key, connections=10)
-    try:
+    async with _clients(instances, key, connections=10) as clients:
         responses = await asyncio.gather(*(clients[n % 2].post("/v1/orders", json=_order(potion["id"], "greedy"))
                                            for n in range(20)))
-    finally:
-        for client in clients:
-            await client.aclose()
     assert Counter(r.status_code for r in responses) == {201: 1, 409: 19}, [r.text for r in responses][:3]
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"purchase_limit_exceeded"}
-    assert _raw(pg_url, "SELECT count(*) FROM orders o JOIN order_items i ON i.order_id = o.id"
-                        " WHERE i.product_id = %s", (potion["id"],)) == [(1,)]
+    assert raw_read(pg_url, "SELECT count(*) FROM orders o JOIN order_items i ON i.order_id = o.id"
+                        " WHERE i.product_id = ?", (potion["id"],)) == [(1,)]
 
 
 async def test_refunds_sent_to_both_instances_at_once_never_exceed_the_payment(instances, pg_url):
@@ -197,18 +181,14 @@ async def test_refunds_sent_to_both_instances_at_once_never_exceed_the_payment(i
     paid = httpx.post(f"{instances[1].base_url}/v1/sandbox/payments/{order['payment']['id']}/succeed", headers=headers,
                       timeout=30)
     assert paid.status_code == 202, paid.text
-    wait_for(lambda: _raw(pg_url, "SELECT status FROM orders WHERE id = %s", (order["id"],)) == [("fulfilled",)],
+    wait_for(lambda: raw_read(pg_url, "SELECT status FROM orders WHERE id = ?", (order["id"],)) == [("fulfilled",)],
              timeout_s=60, interval_s=0.1)
-    clients = _clients(instances, key, connections=10)
-    try:
+    async with _clients(instances, key, connections=10) as clients:
         responses = await asyncio.gather(*(clients[n % 2].post(f"/v1/orders/{order['id']}/refunds", json={"amount": 600})
                                            for n in range(10)))
-    finally:
-        for client in clients:
-            await client.aclose()
     assert Counter(r.status_code for r in responses) == {201: 1, 400: 9}, [r.text for r in responses][:3]
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 400} == {"refund_amount_too_large"}
-    assert _raw(pg_url, "SELECT count(*), sum(amount) FROM refunds WHERE order_id = %s", (order["id"],)) == [(1, 600)]
+    assert raw_read(pg_url, "SELECT count(*), sum(amount) FROM refunds WHERE order_id = ?", (order["id"],)) == [(1, 600)]
     check = httpx.get(f"{instances[1].base_url}/v1/admin/ledger/check", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                       timeout=30).json()
     assert check["ok"] is True, check
