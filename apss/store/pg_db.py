@@ -452,25 +452,25 @@ class PgDatabase:
         outcome = self._attempt(fn, None)
         if outcome is not None:
             return outcome
-        with self._writers.connection() as conn:
-            try:
+        try:
+            with self._writers.connection() as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (_CONTENDED_LOCK,))
                 conn.commit()
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                log.error("a PostgreSQL write failed: %s", type(exc).__name__)
-                return StoreUnavailable(f"the database could not take the write: {type(exc).__name__}"), []
-            try:
-                for attempt in range(2, self._attempts_max + 1):
-                    outcome = self._attempt(fn, conn)
-                    if outcome is not None:
-                        return outcome
-                    time.sleep(random.uniform(0, min(0.01, 0.0005 * 2 ** min(attempt, 5))))
-            finally:
                 try:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_CONTENDED_LOCK,))
-                    conn.commit()
-                except psycopg.Error:  # the connection broke: the server released the lock with it
-                    pass
+                    for attempt in range(2, self._attempts_max + 1):
+                        outcome = self._attempt(fn, conn)
+                        if outcome is not None:
+                            return outcome
+                        time.sleep(random.uniform(0, min(0.01, 0.0005 * 2 ** min(attempt, 5))))
+                finally:
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (_CONTENDED_LOCK,))
+                        conn.commit()
+                    except psycopg.Error:  # the connection broke: the server released the lock with it
+                        pass
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:  # no connection, or the lock not taken
+            log.error("a PostgreSQL write failed: %s", type(exc).__name__)
+            return StoreUnavailable(f"the database could not take the write: {type(exc).__name__}"), []
         return StoreUnavailable(f"the write met {self._attempts_max} serialization failures in a row; retry shortly"), []
 
     def _attempt(self, fn: Callable[[Tx], Any],
