@@ -42,7 +42,7 @@ from apss.api.merchants import MerchantController
 from apss.api.money import AdminMoneyController, MoneyController
 from apss.api.observability import RequestContext, metrics
 from apss.api.openapi import RefinedJsonPlugin, RefinedSwaggerPlugin
-from apss.api.orders import OrderController
+from apss.api.orders import OrderController, OrderFastPath
 from apss.api.payments import PaymentController
 from apss.api.players import PlayerController
 from apss.api.privacy import (
@@ -101,8 +101,8 @@ from apss.services.money.settlement import Settlements
 from apss.services.notify.alerts import Alerts
 from apss.services.notify.merchant_webhooks import WebhookEvents, Webhooks
 from apss.services.notify.outbox import Outbox
-from apss.services.ops.job_leases import JobLeases
 from apss.services.ops.cache_sync import CacheSync
+from apss.services.ops.job_leases import JobLeases
 from apss.services.ops.metrics import Metrics
 from apss.services.orders import lifecycle
 from apss.services.orders.browser import BrowserCheckout
@@ -486,6 +486,8 @@ def create_app(config: Config, *, clock: Clock | None = None, announce: Callable
     app.state.services = svc
     # Around Litestar's whole handler (routing included): every answer, a 404 too, has its
     # Request-Id and is counted (api/observability.py).
-    app.asgi_handler = RequestContext(app.asgi_handler, observe=svc.metrics.observe_request)
+    # In front of the router: well-formed order creations skip the framework (api/orders.py).
+    hot = OrderFastPath(app.asgi_handler, svc=svc, body_bytes_max=config.server.request_body_bytes_max)
+    app.asgi_handler = RequestContext(hot, observe=svc.metrics.observe_request)
     return app
 

@@ -102,9 +102,10 @@ def test_lists_are_documented_in_their_list_shape(document):
 
 
 def _honours_idempotency_key(handler) -> bool:
-    """The handler's own code calls idempotency_request (or a wrapper of it named *_idempotency):
-    the route honours Idempotency-Key."""
-    return re.search(r"idempotency(_request)?\(request", inspect.getsource(handler.fn)) is not None
+    """The handler's own code calls idempotency_request (or a wrapper of it named *_idempotency),
+    or hands the header on (`idempotency_key=request.headers...`): the route honours Idempotency-Key."""
+    source = inspect.getsource(handler.fn)
+    return re.search(r"idempotency(_request)?\(request|idempotency_key=request\.headers", source) is not None
 
 
 def test_idempotent_routes_are_exactly_the_documented_ones(server, document):

@@ -26,14 +26,18 @@ __all__ = [
     "Services",
     "admin_guard",
     "authenticate_first",
+    "NOT_JSON",
     "authenticated_merchant",
     "bearer_token",
     "current_merchant",
+    "decode_strict",
     "strict_json_body",
+    "idempotency_of",
     "idempotency_request",
     "list_response",
     "outcome_response",
     "refuse_publishable_key",
+    "remember_merchant",
     "request_guard",
 ]
 
@@ -77,7 +81,7 @@ def _authenticate_merchant(connection: ASGIConnection, svc: Services) -> Merchan
     if merchant is None:
         merchant = svc.merchants.authenticate(bearer_token(connection))
         svc.rate_limiter.take(merchant.id)
-        connection.scope["state"][_MERCHANT_STATE] = merchant
+        remember_merchant(connection.scope, merchant)
     return merchant
 
 
@@ -85,6 +89,12 @@ def _authenticate_admin(connection: ASGIConnection, svc: Services) -> None:
     if not connection.scope["state"].get(_ADMIN_STATE):
         svc.merchants.check_admin(bearer_token(connection), address=_client_address(connection))
         connection.scope["state"][_ADMIN_STATE] = True
+
+
+def remember_merchant(scope: Any, merchant: Merchant) -> None:
+    """Marks the request as authenticated for `merchant` (what the guard does once it has checked
+    the key and taken the rate limit's token): the audit hook and the dependencies read it."""
+    scope.setdefault("state", {})[_MERCHANT_STATE] = merchant
 
 
 def authenticated_merchant(scope: Any) -> Merchant | None:
@@ -117,14 +127,18 @@ def authenticate_first(connection: ASGIConnection, route_handler: BaseRouteHandl
 
 
 def idempotency_request(request: Request, body: Any) -> IdempotencyRequest | None:
-    key = request.headers.get("idempotency-key")
+    return idempotency_of(request.headers.get("idempotency-key"), method=request.method, path=request.url.path, body=body)
+
+
+def idempotency_of(key: str | None, *, method: str, path: str, body: Any) -> IdempotencyRequest | None:
+    """The request's Idempotency-Key with the hash of what it asks (method, path, decoded body)."""
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not all(" " <= ch <= "~" for ch in key):
         raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters.",
                              code="invalid_idempotency_key", param="Idempotency-Key")
     builtins = msgspec.to_builtins(body) if body is not None else None
-    return IdempotencyRequest(key=key, request_hash=request_hash(method=request.method, path=request.url.path, body=builtins))
+    return IdempotencyRequest(key=key, request_hash=request_hash(method=method, path=path, body=builtins))
 
 
 def outcome_response(outcome: Outcome) -> Response:
@@ -168,15 +182,24 @@ async def strict_json_body(connection: ASGIConnection, route_handler: BaseRouteH
     if body_type is _NO_STRICT_CHECK or not isinstance(connection, Request):
         return
     body = await connection.body()
-    if not body.strip():
-        return
+    if body.strip():
+        decode_strict(body, body_type)
+
+
+NOT_JSON = object()  # decode_strict's answer for a body that is not JSON
+
+
+def decode_strict(body: bytes, body_type: Any) -> Any:
+    """`body` decoded strictly as `body_type`; a JSON body that does not fit is InvalidRequest
+    (parameter_invalid or parameter_missing, naming the field). A body that is not JSON at all
+    gives `NOT_JSON`: Litestar's parser words that answer (400 body_malformed)."""
     try:
-        msgspec.json.decode(body, type=body_type, strict=True)
+        return msgspec.json.decode(body, type=body_type, strict=True)
     except msgspec.ValidationError as exc:
         try:  # a type error found before the end of a body that is not JSON at all (trailing junk)
             msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            return
+        except (msgspec.DecodeError, RecursionError):
+            return NOT_JSON
         message, _, where = str(exc).partition(" - at `")
         path = where.rstrip("`").removeprefix("$").removeprefix(".").replace("[...]", "")  # [...]: a dict's key
         found = message.split("`")[1] if "field" in message and "`" in message else None
@@ -184,8 +207,8 @@ async def strict_json_body(connection: ASGIConnection, route_handler: BaseRouteH
             path = f"{path}.{found}" if path else found
         code = "parameter_missing" if "missing required" in message else "parameter_invalid"
         raise InvalidRequest(message, code=code, param=path or None) from None
-    except msgspec.DecodeError:
-        return  # not JSON: Litestar's parser answers body_malformed
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return NOT_JSON
 
 
 async def request_guard(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:

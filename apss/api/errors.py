@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from apss import errors as e
 
-__all__ = ["ErrorBody", "exception_handlers", "render_error", "status_for"]
+__all__ = ["ErrorBody", "bug_answer", "error_answer", "exception_handlers", "render_error", "status_for"]
 
 log = logging.getLogger("apss.api")
 
@@ -68,11 +68,16 @@ def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _apss_error(request: Request, exc: e.ApssError) -> Response:
+def error_answer(exc: e.ApssError) -> tuple[int, bytes, dict[str, str] | None]:
+    """Status, body and extra headers of a typed error's answer (Retry-After where a retry helps)."""
     status, body = render_error(exc)
     retry_after_s = getattr(exc, "retry_after_s", 1)
     headers = {"Retry-After": str(retry_after_s)} if status in (409, 429, 503) and not isinstance(exc, e.Conflict) else None
-    return _response(status, body, headers)
+    return status, body, headers
+
+
+def _apss_error(request: Request, exc: e.ApssError) -> Response:
+    return _response(*error_answer(exc))
 
 
 _FIELD_RE = re.compile(r"`([^`]+)`")
@@ -114,11 +119,16 @@ def _undecodable(request: Request, exc: Exception) -> Response:
     return _apss_error(request, e.InvalidRequest("The request body is not valid JSON.", code="body_malformed"))
 
 
-def _bug(request: Request, exc: Exception) -> Response:
+def bug_answer(method: str, path_template: str | None) -> tuple[int, bytes]:
+    """Logs the exception being handled and gives the 500 answer that says only that it was."""
     # The route template, not the path: a path holds player ids and link tokens, never logged.
-    log.exception("unhandled error on %s %s", request.method, request.scope.get("path_template") or "(no route)")
+    log.exception("unhandled error on %s %s", method, path_template or "(no route)")
     detail = ErrorDetail(type="api_error", code="internal_error", message="An internal error occurred; it has been logged.")
-    return _response(500, _encoder.encode(ErrorBody(error=detail)))
+    return 500, _encoder.encode(ErrorBody(error=detail))
+
+
+def _bug(request: Request, exc: Exception) -> Response:
+    return _response(*bug_answer(request.method, request.scope.get("path_template")))
 
 
 exception_handlers = {

@@ -57,6 +57,7 @@ log = logging.getLogger("apss.risk")
 
 BUILTIN_LISTS = ("blocked_players", "blocked_ips", "blocked_devices", "blocked_emails", "blocked_cards")
 WINDOWS = ("1h", "1d", "7d")
+_NEEDS_KEPT = 1024  # rule sets whose needs are remembered (merchants x rule changes); then forgotten at once
 # attribute prefix -> (counter dimension, what it is keyed by)
 _COUNTERS = {
     "orders_per_player": ("orders:player", "player"), "orders_per_ip": ("orders:ip", "ip"),
@@ -152,6 +153,14 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True):
     attributes: dict[str, Any]
 
 
+class _Needs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a rule set reads: its attributes (with the score's), the velocity counters by table
+    (the table's read, then attribute prefix -> (dimension, keyed by)), and the lists."""
+    attributes: frozenset[str]
+    counters: tuple[tuple[Any, dict[str, tuple[str, str]]], ...]
+    lists: frozenset[str]
+
+
 class _IpSet:
     """Addresses and CIDR ranges (v4 and v6): `ip in ipset`."""
 
@@ -186,6 +195,7 @@ class RiskEngine:
         self._rules_generation = 0
         self._rules_lock = threading.Lock()
         self._builtin = _parse_builtin({**_BASE, **_INTERNAL})
+        self._needs: dict[int, tuple[list[CompiledRule], _Needs]] = {}  # id(rule set) -> what it reads
 
     async def start(self) -> None:
         """The keyed-hash key (emails in lists, counter keys): made once, sealed in settings."""
@@ -358,7 +368,8 @@ class RiskEngine:
     def _assess(self, tx: Tx, *, merchant_id: str, merchant_currency: str, base: dict[str, Any],
                 extra: dict[str, Any]) -> Assessment:
         rules = self._rules_tx(tx, merchant_id=merchant_id, merchant_currency=merchant_currency)
-        wanted = set().union(SCORE_ATTRIBUTES, *(r.attributes for r in rules))  # every decision is scored
+        needs = self._needs_of(rules)
+        wanted = needs.attributes
         now_ms = self._clock.now_ms()
         attrs = dict(base)
         attrs["amount_merchant"] = self._in_merchant_currency(tx, amount=base["amount"], currency=base["currency"],
@@ -371,11 +382,11 @@ class RiskEngine:
         first = store.first_seen_tx(tx, merchant_id=merchant_id, player_id=base["player_id"])
         age_ms = 0 if first is None else max(0, now_ms - first)
         attrs["player_account_age_days"] = age_ms // 86_400_000
-        self._velocity(tx, merchant_id=merchant_id, attrs=attrs, wanted=wanted, now_s=now_ms // 1000)
+        self._velocity(tx, merchant_id=merchant_id, attrs=attrs, needs=needs, now_s=now_ms // 1000)
         amount_usd = attrs["amount_merchant"] if merchant_currency == "USD" else self._in_merchant_currency(
             tx, amount=base["amount"], currency=base["currency"], merchant_currency="USD", now_ms=now_ms)
         attrs["risk_score"] = risk_score(attrs, amount_usd=amount_usd, account_age_s=age_ms // 1000, now_ms=now_ms)
-        lists = self._lists_tx(tx, merchant_id=merchant_id, rules=rules, now_ms=now_ms)
+        lists = self._lists_tx(tx, merchant_id=merchant_id, names=needs.lists, now_ms=now_ms)
         decision = evaluate(self._builtin, attrs, lists)
         if decision.action != "block":
             decision = evaluate(rules, attrs, lists)
@@ -395,10 +406,26 @@ class RiskEngine:
                 "ip": self.keyed_hash(f"i:{attrs['ip']}") if attrs.get("ip") else None,
                 "device": self.keyed_hash(f"d:{attrs['device_id']}") if attrs.get("device_id") else None}
 
-    def _velocity(self, tx: Tx, *, merchant_id: str, attrs: dict[str, Any], wanted: set[str], now_s: int) -> None:
+    def _needs_of(self, rules: list[CompiledRule]) -> _Needs:
+        """What a rule set reads, worked out once per compiled set (the cache keeps a set until
+        its rules change, and a new set is a new list)."""
+        known = self._needs.get(id(rules))
+        if known is not None and known[0] is rules:
+            return known[1]
+        wanted = frozenset().union(SCORE_ATTRIBUTES, *(r.attributes for r in rules))  # every decision is scored
+        tables = tuple((read, {prefix: spec for prefix, spec in table.items()
+                               if any(f"{prefix}_{w}" in wanted for w in WINDOWS)})
+                       for table, read in ((_COUNTERS, store.counter_sums_tx), (_DISTINCT, store.distinct_counts_tx)))
+        needs = _Needs(attributes=wanted, counters=tables,
+                       lists=frozenset({*BUILTIN_LISTS, *(name for r in rules for name in r.lists)}))
+        if len(self._needs) >= _NEEDS_KEPT:
+            self._needs.clear()
+        self._needs[id(rules)] = (rules, needs)
+        return needs
+
+    def _velocity(self, tx: Tx, *, merchant_id: str, attrs: dict[str, Any], needs: _Needs, now_s: int) -> None:
         keys = self._keys(attrs)
-        for table, read in ((_COUNTERS, store.counter_sums_tx), (_DISTINCT, store.distinct_counts_tx)):
-            needed = {prefix: spec for prefix, spec in table.items() if any(f"{prefix}_{w}" in wanted for w in WINDOWS)}
+        for read, needed in needs.counters:
             asks = [(dimension, keys[by]) for dimension, by in needed.values() if keys[by] is not None]
             sums = read(tx, merchant_id=merchant_id, keys=asks, now_s=now_s) if asks else {}
             for prefix, (dimension, by) in needed.items():
@@ -406,8 +433,7 @@ class RiskEngine:
                 for w, value in zip(WINDOWS, values or (None, None, None), strict=True):
                     attrs[f"{prefix}_{w}"] = value
 
-    def _lists_tx(self, tx: Tx, *, merchant_id: str, rules: list[CompiledRule], now_ms: int) -> dict[str, Container]:
-        names = {*BUILTIN_LISTS, *(name for r in rules for name in r.lists)}
+    def _lists_tx(self, tx: Tx, *, merchant_id: str, names: frozenset[str], now_ms: int) -> dict[str, Container]:
         values: dict[str, list[str]] = {name: [] for name in names}
         for row in store.list_values_tx(tx, merchant_id=merchant_id, list_names=names, now_ms=now_ms):
             values[row["list"]].append(row["value"])
