@@ -7,7 +7,8 @@ stack (bench/echo_app.py: Litestar + uvicorn, uvloop, httptools, one worker, no 
 Starts `python run.py` (fresh temp database, rate limit off, no demo seed), creates a merchant
 and an unlimited product over the API, drives `POST /v1/orders` with wrk (a unique player_id
 and Idempotency-Key per request), then starts the echo server and drives `POST /echo` with the
-same wrk settings, headers and body. Prints req/s, p50 and p99 for both, and their ratio.
+same wrk settings, headers and body. Prints req/s, p50 and p99 for both, and their ratio, and the
+server's CPU during the measured order run (the event loop's thread and the writer's, from /proc).
 Prints figures only; asserts nothing about speed. Needs wrk (Debian package `wrk`).
 
 `--postgresql` also runs the order creation on PostgreSQL, with one APSS instance and then two on
@@ -37,6 +38,7 @@ import shutil  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from bench._harness import (  # noqa: E402
@@ -61,14 +63,39 @@ def bench_orders(args: argparse.Namespace, directory: Path) -> tuple[dict, int, 
 
         url = f"{server.base}/v1/orders"
         warm = run_wrk(args, url, script(), args.warmup)["requests"] if args.warmup else 0
+        before = thread_cpu(server.pid)
+        began = time.monotonic()
         result = run_wrk(args, url, script(), args.duration)
-        info = {"product": product, "answered": warm + result["requests"]}
+        info = {"product": product, "answered": warm + result["requests"],
+                "threads": cpu_shares(before, thread_cpu(server.pid), time.monotonic() - began, main=server.pid)}
         if args.profile:
             info["profile"] = profile_server(args, server.pid, url, script(), directory)
             info["answered"] = None  # the profiled run adds orders of its own
     with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as conn:
         orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
     return result, orders, info
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) each thread of process `pid` has used, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        used[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
+def cpu_shares(before: dict[int, float], after: dict[int, float], wall_s: float, *, main: int) -> str:
+    """The server's CPU over the run: the process's, the main thread's (the event loop), the busiest
+    other thread's (the database writer), as shares of one core."""
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    others = sorted((v for tid, v in spent.items() if tid != main), reverse=True)
+    return (f"server CPU during the run: {sum(spent.values()) / wall_s:.0%} of one core; event loop (main thread) "
+            f"{spent.get(main, 0.0) / wall_s:.0%}, busiest other thread (the writer) {(others or [0.0])[0] / wall_s:.0%}")
 
 
 def bench_postgresql(args: argparse.Namespace, directory: Path, url: str, instances: int) -> tuple[dict, int]:
@@ -158,6 +185,7 @@ def main() -> None:
         for n, result, _ in on_pg:
             print(line(f"pg x{n}", result), flush=True)
         print(line("echo", echo), flush=True)
+        print(info["threads"], flush=True)
         print(f"orders/echo = {orders['rps'] / echo['rps']:.0%} of the echo baseline's req/s; "
               f"orders in the database: {stored:,} (201s answered incl. warm-up: {info['answered'] or '-'})", flush=True)
         for n, result, pg_stored in on_pg:
