@@ -164,7 +164,7 @@ class OrderFastPath:
         try:
             merchant = self._svc.merchants.authenticate(token)
             data = decode_strict(body, OrderCreate)
-        except ApssError:
+        except Exception:  # refused, or a body the decoder chokes on: the router answers it its way
             return None
         return None if data is NOT_JSON else (merchant, data, idempotency_key)
 

@@ -43,7 +43,9 @@ __all__ = [
     "Line",
     "Schedule",
     "activity_end_ms",
+    "ACTIVITY_FAMILIES",
     "activity_line",
+    "activity_line_of_sums",
     "allocate",
     "batch_status",
     "build_batch",
@@ -203,27 +205,41 @@ def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
 
 def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
                   entries: list[tuple[str, int, int]]) -> Line:
-    """A line from one ledger transaction's entries (account, debit, credit) in one currency.
-    amount = what moved at the provider (clearing + fees); commission, partner shares and the
-    merchant's net are the credits (net of debits) of their accounts."""
-    assert ledger_kind in _ACTIVITY_KINDS and entries, (ledger_kind, entries)
-    totals = {"provider_clearing": 0, "fees_expense": 0, "platform_revenue": 0, "partner_payable": 0,
-              "merchant_payable": 0}
-    channel = None
+    """A line from one ledger transaction's entries (account, debit, credit) in one currency."""
+    assert entries, (ledger_kind, entries)
+    totals = dict.fromkeys(ACTIVITY_FAMILIES, 0)
+    channel_account = None
     for account, debit, credit in entries:
         family = account.split(":", 1)[0]
         if family in ("provider_clearing", "fees_expense"):
-            channel = account.split(":")[1]
+            channel_account = account
         if family in totals:
             totals[family] += debit - credit
+    return activity_line_of_sums(ledger_kind=ledger_kind, reference=reference, order_id=order_id,
+                                 occurred_at_ms=occurred_at_ms, sums=totals, channel_account=channel_account)
+
+
+# The account families a settlement line is made of; sums of (debit - credit) per family.
+ACTIVITY_FAMILIES = ("provider_clearing", "fees_expense", "platform_revenue", "partner_payable", "merchant_payable")
+
+
+def activity_line_of_sums(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
+                          sums: dict[str, int], channel_account: str | None) -> Line:
+    """A line from one ledger transaction in one currency, given the sums of (debit - credit) of its
+    entries per account family (the store adds them up) and one of its provider_clearing or
+    fees_expense accounts (which names the channel). amount = what moved at the provider
+    (clearing + fees); commission, partner shares and the merchant's net are the credits (net of
+    debits) of their accounts."""
+    assert ledger_kind in _ACTIVITY_KINDS, ledger_kind
+    channel = channel_account.split(":")[1] if channel_account is not None else None
     if ledger_kind == "chargeback_reversed":
         # a won dispute: a chargeback line of the opposite sign, under a reference of its own (a
         # line kind and reference are settled once, and the chargeback holds the refund's id)
         reference = f"{reference}:reversed"
     line = Line(kind=_ACTIVITY_KINDS[ledger_kind], reference=reference, order_id=order_id, channel=channel,
-                amount=totals["provider_clearing"] + totals["fees_expense"], fee=totals["fees_expense"],
-                commission=-totals["platform_revenue"], partner_shares=-totals["partner_payable"],
-                net=-totals["merchant_payable"], occurred_at_ms=occurred_at_ms)
+                amount=sums["provider_clearing"] + sums["fees_expense"], fee=sums["fees_expense"],
+                commission=-sums["platform_revenue"], partner_shares=-sums["partner_payable"],
+                net=-sums["merchant_payable"], occurred_at_ms=occurred_at_ms)
     if line.kind != "adjustment":
         # a capture or a reversal: what moved at the provider is shared out entirely
         assert line.amount == line.commission + line.partner_shares + line.net, line

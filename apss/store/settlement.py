@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from apss.domain.settlement import ACTIVITY_FAMILIES
 from apss.store.db import Database, Tx
 
 __all__ = [
@@ -93,10 +94,20 @@ def advance_markers(tx: Tx, *, merchant_id: str, last_cutoff_at_ms: int, settled
 
 
 # -- the ledger activity of a period, in chunks ------------------------------------------------
+def _family_sum(family: str) -> str:
+    return f"sum(CASE WHEN substr(e.account, 1, {len(family) + 1}) = '{family}:' THEN e.debit - e.credit ELSE 0 END) AS {family}"
+
+
+_CHANNEL_ACCOUNT = ("min(CASE WHEN substr(e.account, 1, 18) = 'provider_clearing:' OR substr(e.account, 1, 13) = 'fees_expense:'"
+                    " THEN e.account END) AS channel_account")
+
+
 def activity_chunk(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int, after_ms: int, after_id: str,
                    limit: int) -> list[sqlite3.Row]:
-    """Entries of the merchant's next `limit` payment, refund, chargeback and adjustment
-    transactions in [from, to) after (after_ms, after_id), in posting order, with their orders."""
+    """The merchant's next `limit` payment, refund, chargeback and adjustment transactions in
+    [from, to) after (after_ms, after_id), in posting order, with their orders: one row per
+    transaction and currency, holding the sum of (debit - credit) of its entries per account family
+    (ACTIVITY_FAMILIES) and one account that names its channel."""
     assert limit >= 1
     # The index range starts at the cursor, not at the period's start: `(created_at_ms, id) > (?, ?)`
     # alone only filters, and every chunk would walk the period's transactions before it again.
@@ -107,11 +118,13 @@ def activity_chunk(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int, after_
         " AND created_at_ms >= ? AND created_at_ms < ? AND (created_at_ms, id) > (?, ?)"
         " ORDER BY created_at_ms, id LIMIT ?)"
         " SELECT t.id AS transaction_id, t.kind, t.reference, t.created_at_ms,"
-        " coalesce(p.order_id, r.order_id) AS order_id, e.account, e.currency, e.debit, e.credit"
+        " coalesce(p.order_id, r.order_id) AS order_id, e.currency,"
+        f" {', '.join(_family_sum(f) for f in ACTIVITY_FAMILIES)}, {_CHANNEL_ACCOUNT}, min(e.seq) AS first_seq"
         " FROM chosen t JOIN ledger_entries e ON e.transaction_id = t.id"
         " LEFT JOIN payments p ON t.kind = 'payment_captured' AND p.id = t.reference"
         " LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback', 'chargeback_reversed') AND r.id = t.reference"
-        " ORDER BY t.created_at_ms, t.id, e.seq",
+        " GROUP BY t.id, t.kind, t.reference, t.created_at_ms, p.order_id, r.order_id, e.currency"
+        " ORDER BY t.created_at_ms, t.id, first_seq",
         (merchant_id, *_ACTIVITY_KINDS, seek_ms, to_ms, after_ms, after_id, limit),
     )
 

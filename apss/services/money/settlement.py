@@ -41,10 +41,11 @@ from msgspec import Meta
 from apss.clock import Clock, format_rfc3339
 from apss.domain.money import is_iso_currency
 from apss.domain.settlement import (
+    ACTIVITY_FAMILIES,
     Line,
     Schedule,
     activity_end_ms,
-    activity_line,
+    activity_line_of_sums,
     batch_status,
     cutoffs_between,
     is_time_zone,
@@ -531,21 +532,18 @@ class Settlements:
         return made
 
     @staticmethod
-    def _activity(entries: list[Row], *, start_ms: int, end_ms: int) -> tuple[dict[str, list[Line]], list[tuple[int, str]]]:
+    def _activity(rows: list[Row], *, start_ms: int, end_ms: int) -> tuple[dict[str, list[Line]], list[tuple[int, str]]]:
         """One line per ledger transaction (and currency) of a chunk, by currency, in posting order;
         and the (created_at_ms, id) of each transaction taken, in order."""
-        grouped: dict[tuple[str, str], list[Row]] = {}
         taken: dict[str, tuple[int, str]] = {}
-        for entry in entries:
-            grouped.setdefault((entry["transaction_id"], entry["currency"]), []).append(entry)
-            taken.setdefault(entry["transaction_id"], (entry["created_at_ms"], entry["transaction_id"]))
         lines: dict[str, list[Line]] = {}
-        for (_, currency), group in grouped.items():
-            first = group[0]
-            assert start_ms <= first["created_at_ms"] < end_ms
-            lines.setdefault(currency, []).append(activity_line(
-                ledger_kind=first["kind"], reference=first["reference"], order_id=first["order_id"],
-                occurred_at_ms=first["created_at_ms"], entries=[(e["account"], e["debit"], e["credit"]) for e in group]))
+        for row in rows:
+            assert start_ms <= row["created_at_ms"] < end_ms
+            taken.setdefault(row["transaction_id"], (row["created_at_ms"], row["transaction_id"]))
+            lines.setdefault(row["currency"], []).append(activity_line_of_sums(
+                ledger_kind=row["kind"], reference=row["reference"], order_id=row["order_id"],
+                occurred_at_ms=row["created_at_ms"], sums={family: row[family] for family in ACTIVITY_FAMILIES},
+                channel_account=row["channel_account"]))
         return lines, list(taken.values())
 
     # -- payout ------------------------------------------------------------------------------------
