@@ -1,4 +1,4 @@
-"""The hot tables' CHECKs (migration 0032): spelled with OR rather than IN on SQLite, where an IN
+"""The hot tables' CHECKs (migrations 0032 and 0037): spelled with OR rather than IN on SQLite, where an IN
 list of three or more values builds a temporary index on every row written. The rules are the
 same: every allowed value is taken and anything else refused, and an upgrade keeps every row.
 The PostgreSQL schema keeps its IN lists (tests/postgres/test_schema.py compares the two)."""
@@ -24,6 +24,8 @@ ALLOWED = {
                                         "cancel_payment", "charge_saved_method"],
     ("payment_attempts", "outcome"): ["succeeded", "failed", "unknown"],
     ("risk_decisions", "action"): ["allow", "review", "block", "require_3ds"],
+    ("settlement_lines", "kind"): ["payment", "refund", "chargeback", "reserve_hold", "reserve_release", "adjustment",
+                                   "carried"],
 }
 _IN_LIST_RE = re.compile(r"\bIN\s*\(([^()]*)\)", re.IGNORECASE)
 
@@ -36,10 +38,13 @@ def _latest(tmp_path) -> sqlite3.Connection:
 
 def test_no_check_of_a_hot_table_uses_an_in_list_of_three_or_more(tmp_path):
     conn = _latest(tmp_path)
-    for table in HOT:
-        sql = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
-        long_lists = [m.group(0) for m in _IN_LIST_RE.finditer(sql) if m.group(1).count(",") >= 2]
-        assert long_lists == [], f"{table}: {long_lists}"
+    # Tables, and settlement lines' partial unique index (written with every line of a run).
+    for table in (*HOT, "settlement_lines"):
+        kinds = "'table', 'index'" if table == "settlement_lines" else "'table'"
+        for (sql,) in conn.execute(f"SELECT sql FROM sqlite_schema WHERE tbl_name = ? AND type IN ({kinds})"
+                                   " AND sql IS NOT NULL", (table,)):
+            long_lists = [m.group(0) for m in _IN_LIST_RE.finditer(sql) if m.group(1).count(",") >= 2]
+            assert long_lists == [], f"{table}: {long_lists}"
 
 
 @pytest.mark.parametrize(("table", "column"), list(ALLOWED))
@@ -54,18 +59,23 @@ def test_each_check_takes_every_allowed_value_and_refuses_any_other(tmp_path, ta
            "payment_attempts": {"payment_id": "y", "channel": "sandbox", "operation": "refund", "outcome": "failed",
                                 "created_at_ms": 0},
            "risk_decisions": {"order_id": "o", "merchant_id": "m", "stage": "order", "score": 1, "action": "allow",
-                              "rules_fired": "[]", "attributes": "{}", "created_at_ms": 0}}[table]
+                              "rules_fired": "[]", "attributes": "{}", "created_at_ms": 0},
+           "settlement_lines": {"settlement_id": "s", "line": 1, "kind": "payment", "reference": "r", "amount": 1,
+                                "fee": 0, "commission": 0, "partner_shares": 0, "net": 1, "occurred_at_ms": 0}}[table]
     for n, value in enumerate(ALLOWED[(table, column)]):
         fields = {**row, column: value}
         if "id" in fields:
             fields["id"] = f"{fields['id']}{n}"
         if "checkout_token" in fields:
             fields["checkout_token"] = f"t{n}"
+        if "line" in fields:
+            fields["line"], fields["reference"] = n + 1, f"r{n}"
         conn.execute(f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
                      tuple(fields.values()))
     for wrong in ("bogus", "Paid", "", "pending "):
         fields = {**row, column: wrong, **({"id": "x"} if "id" in row else {}),
-                  **({"checkout_token": "tx"} if "checkout_token" in row else {})}
+                  **({"checkout_token": "tx"} if "checkout_token" in row else {}),
+                  **({"line": 99, "reference": "rx"} if "line" in row else {})}
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             conn.execute(f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
                          tuple(fields.values()))
@@ -123,3 +133,30 @@ def test_the_upgrade_keeps_every_row_of_a_real_server(tmp_path):
         latest = {r[0] for r in _latest(tmp_path).execute("SELECT name FROM sqlite_schema WHERE type = 'index'"
                                                           " AND sql IS NOT NULL")}
         assert names == latest, "every index is back"
+
+
+def test_settlement_lines_settle_a_transaction_once_and_keep_their_rows_through_0037(tmp_path):
+    """The partial unique index: a payment, refund, chargeback or adjustment is settled once; the
+    lines a batch makes of other batches (reserve holds and releases, carried nets) may repeat a
+    reference. Rows written at migration 36 come through the rebuild unchanged."""
+    old = database_at(tmp_path, 36)
+    lines = [("stl_a", n, kind, reference, None, "sandbox", 100 * n, 3, 10, 0, 87, n)
+             for n, (kind, reference) in enumerate([("payment", "pay_1"), ("refund", "rfd_1"),
+                                                    ("reserve_hold", "stl_a"), ("carried", "stl_0")], start=1)]
+    insert = ("INSERT INTO settlement_lines (settlement_id, line, kind, reference, order_id, channel, amount, fee,"
+              " commission, partner_shares, net, occurred_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    with sqlite3.connect(old) as conn:
+        conn.executemany(insert, lines)
+    assert apply_migrations(str(old))[0] == 36
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("SELECT * FROM settlement_lines ORDER BY line").fetchall() == lines
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE tbl_name = 'settlement_lines'"
+                                              " AND type = 'index' AND sql IS NOT NULL")}
+        assert indexes == {"settlement_lines_once", "settlement_lines_reference"}
+        for kind, reference in (("payment", "pay_1"), ("refund", "rfd_1")):
+            with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+                conn.execute(insert, ("stl_b", 1, kind, reference, None, "sandbox", 1, 0, 0, 0, 1, 0))
+        conn.execute(insert, ("stl_b", 1, "reserve_release", "stl_a", None, "sandbox", 0, 0, 0, 0, 5, 0))
+        conn.execute(insert, ("stl_b", 2, "chargeback", "rfd_1", None, "sandbox", -1, 0, 0, 0, -1, 0))  # another kind
+        assert conn.execute("SELECT count(*) FROM settlement_lines").fetchone()[0] == 6

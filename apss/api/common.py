@@ -22,16 +22,15 @@ from apss.services.views import encode
 __all__ = [
     "Cursor",
     "Limit",
+    "NOT_JSON",
     "PUBLISHABLE_KEY_OPT",
     "Services",
     "admin_guard",
     "authenticate_first",
-    "NOT_JSON",
     "authenticated_merchant",
     "bearer_token",
     "current_merchant",
     "decode_strict",
-    "strict_json_body",
     "idempotency_of",
     "idempotency_request",
     "list_response",
@@ -39,6 +38,7 @@ __all__ = [
     "refuse_publishable_key",
     "remember_merchant",
     "request_guard",
+    "strict_json_body",
 ]
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100).")]

@@ -129,4 +129,8 @@ _OVERRIDES: dict[int, list[tuple[str, str, tuple[str, ...]]]] = {
         # same rules, which PostgreSQL keeps as they are.
         ("CREATE TABLE orders_new (", "CREATE INDEX risk_decisions_order ON risk_decisions", ()),
     ],
+    37: [
+        # The same for settlement lines (one table rebuilt): PostgreSQL keeps its CHECK and index.
+        ("CREATE TABLE settlement_lines_new (", "CREATE INDEX settlement_lines_reference ON settlement_lines", ()),
+    ],
 }
