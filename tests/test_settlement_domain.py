@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from apss.clock import format_rfc3339, parse_rfc3339
 from apss.domain.ledger import Split, capture_entries, check_balanced, reversal_entries
 from apss.domain.settlement import (
+    ACTIVITY_FAMILIES,
     Line,
     Schedule,
     activity_end_ms,
@@ -161,10 +162,19 @@ def _lines_of_a_payment_and_refund() -> list[Line]:
                               splits=splits)
     refund = reversal_entries(merchant_id="m", channel="sandbox", gross=1999, refunded_before=0, amount=500,
                               currency="USD", commission_bps=2000, splits=splits)
-    as_rows = lambda entries: [(e.account, e.debit, e.credit) for e in entries]
-    return [activity_line(ledger_kind="payment_captured", reference="pay_1", order_id="ord_1", occurred_at_ms=1,
-                          entries=as_rows(capture)),
-            activity_line(ledger_kind="refund", reference="rfd_1", order_id="ord_1", occurred_at_ms=2, entries=as_rows(refund))]
+
+    def line(ledger_kind: str, reference: str, occurred_at_ms: int, entries) -> Line:
+        # what the store's activity query adds up: (debit - credit) per account family
+        sums = dict.fromkeys(ACTIVITY_FAMILIES, 0)
+        for entry in entries:
+            family = entry.account.split(":", 1)[0]
+            if family in sums:
+                sums[family] += entry.debit - entry.credit
+        channel_account = next(e.account for e in entries if e.account.startswith("provider_clearing:"))
+        return activity_line(ledger_kind=ledger_kind, reference=reference, order_id="ord_1",
+                             occurred_at_ms=occurred_at_ms, sums=sums, channel_account=channel_account)
+
+    return [line("payment_captured", "pay_1", 1, capture), line("refund", "rfd_1", 2, refund)]
 
 
 def test_lines_come_from_the_ledger_entries():

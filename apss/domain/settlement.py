@@ -45,7 +45,6 @@ __all__ = [
     "activity_end_ms",
     "ACTIVITY_FAMILIES",
     "activity_line",
-    "activity_line_of_sums",
     "allocate",
     "batch_status",
     "build_batch",
@@ -203,27 +202,11 @@ def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
     return parts
 
 
-def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
-                  entries: list[tuple[str, int, int]]) -> Line:
-    """A line from one ledger transaction's entries (account, debit, credit) in one currency."""
-    assert entries, (ledger_kind, entries)
-    totals = dict.fromkeys(ACTIVITY_FAMILIES, 0)
-    channel_account = None
-    for account, debit, credit in entries:
-        family = account.split(":", 1)[0]
-        if family in ("provider_clearing", "fees_expense"):
-            channel_account = account
-        if family in totals:
-            totals[family] += debit - credit
-    return activity_line_of_sums(ledger_kind=ledger_kind, reference=reference, order_id=order_id,
-                                 occurred_at_ms=occurred_at_ms, sums=totals, channel_account=channel_account)
-
-
 # The account families a settlement line is made of; sums of (debit - credit) per family.
 ACTIVITY_FAMILIES = ("provider_clearing", "fees_expense", "platform_revenue", "partner_payable", "merchant_payable")
 
 
-def activity_line_of_sums(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
+def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
                           sums: dict[str, int], channel_account: str | None) -> Line:
     """A line from one ledger transaction in one currency, given the sums of (debit - credit) of its
     entries per account family (the store adds them up) and one of its provider_clearing or

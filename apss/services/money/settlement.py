@@ -45,7 +45,7 @@ from apss.domain.settlement import (
     Line,
     Schedule,
     activity_end_ms,
-    activity_line_of_sums,
+    activity_line,
     batch_status,
     cutoffs_between,
     is_time_zone,
@@ -540,7 +540,7 @@ class Settlements:
         for row in rows:
             assert start_ms <= row["created_at_ms"] < end_ms
             taken.setdefault(row["transaction_id"], (row["created_at_ms"], row["transaction_id"]))
-            lines.setdefault(row["currency"], []).append(activity_line_of_sums(
+            lines.setdefault(row["currency"], []).append(activity_line(
                 ledger_kind=row["kind"], reference=row["reference"], order_id=row["order_id"],
                 occurred_at_ms=row["created_at_ms"], sums={family: row[family] for family in ACTIVITY_FAMILIES},
                 channel_account=row["channel_account"]))
