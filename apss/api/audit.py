@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from apss.api.common import authenticated_merchant
+from apss.api.common import authenticated_merchant, bearer_of
 from apss.errors import ApssError
 from apss.services.idempotency import Outcome
 from apss.services.players.privacy import key_ref
@@ -171,7 +171,7 @@ class AuditMiddleware:
         if status == 401:
             return  # not authenticated: nobody to name
         svc = scope["app"].state.services
-        token = _bearer(scope)
+        token = bearer_of(scope.get("headers"))
         if token is None:
             if scope["path"].startswith("/admin/") and status < 400:  # the dashboard: a valid session acted
                 await self._write(svc, scope, actor="admin", merchant_id=None, ref="adm_session", action=action,
@@ -211,7 +211,7 @@ def in_transaction(scope: Scope) -> Callable[[Any, Outcome], None] | None:
     the request is not a merchant's with a secret key (the middleware then does what it does)."""
     action = ACTIONS.get(route_key(scope["method"], scope.get("path_template", "")))
     merchant = authenticated_merchant(scope)
-    token = _bearer(scope)
+    token = bearer_of(scope.get("headers"))
     if action is None or merchant is None or token is None:
         return None
     svc = scope["app"].state.services
@@ -225,16 +225,6 @@ def in_transaction(scope: Scope) -> Callable[[Any, Outcome], None] | None:
         tx.after_commit(lambda: scope.__setitem__(_AUDITED, True))
 
     return write
-
-
-def _bearer(scope: Scope) -> str | None:
-    """The request's bearer token: its first Authorization header, as the guard reads it."""
-    for name, value in scope.get("headers") or ():
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
-    return None
 
 
 def _object_id(scope: Scope, held: list[Message], svc: Any, merchant_id: str | None) -> str | None:

@@ -25,6 +25,7 @@ from apss.api.common import (
     Cursor,
     Limit,
     Services,
+    bearer_of,
     decode_strict,
     idempotency_of,
     idempotency_request,
@@ -80,6 +81,7 @@ class OrderController(Controller):
 
 
 _PATH = "/v1/orders"
+_ACCEPTED = "apss_order_accepted"  # scope state: (merchant, order, Idempotency-Key) of an accepted request
 
 
 async def create_order(svc: Services, scope: Scope, merchant: Merchant, data: OrderCreate, *,
@@ -98,6 +100,7 @@ class OrderFastPath:
         self._app = app
         self._svc = svc
         self._body_bytes_max = body_bytes_max
+        self._audited = audit.AuditMiddleware(self._answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != _PATH:
@@ -108,25 +111,27 @@ class OrderFastPath:
         if accepted is None:
             await self._app(scope, _replay(received, receive), send)
             return
-        merchant, data, idempotency_key = accepted
+        merchant, _, _ = accepted
         scope["path_template"] = _PATH  # as Litestar names the route: metrics, audit, logs
         remember_merchant(scope, merchant)
+        scope["state"][_ACCEPTED] = accepted
+        await self._audited(scope, receive, send)
 
-        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            headers: dict[str, str] | None = None
-            try:
-                self._svc.rate_limiter.take(merchant.id)
-                outcome = await create_order(self._svc, scope, merchant, data, idempotency_key=idempotency_key)
-                status, content = outcome.status, outcome.body
-                if outcome.replayed:
-                    headers = {"Idempotent-Replayed": "true"}
-            except ApssError as exc:
-                status, content, headers = error_answer(exc)
-            except Exception:
-                status, content = bug_answer("POST", _PATH)
-            await _send_json(send, status, content, headers)
-
-        await audit.AuditMiddleware(answer)(scope, receive, send)
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's answer to an accepted request (behind the audit hook, as the router's is)."""
+        merchant, data, idempotency_key = scope["state"].pop(_ACCEPTED)
+        headers: dict[str, str] | None = None
+        try:
+            self._svc.rate_limiter.take(merchant.id)
+            outcome = await create_order(self._svc, scope, merchant, data, idempotency_key=idempotency_key)
+            status, content = outcome.status, outcome.body
+            if outcome.replayed:
+                headers = {"Idempotent-Replayed": "true"}
+        except ApssError as exc:
+            status, content, headers = error_answer(exc)
+        except Exception:
+            status, content = bug_answer("POST", _PATH)
+        await _send_json(send, status, content, headers)
 
     async def _read(self, receive: Receive) -> tuple[list[Message], bytes | None]:
         """The messages received and the whole body; None for the body when it is over the size
@@ -149,18 +154,10 @@ class OrderFastPath:
     def _accept(self, scope: Scope, body: bytes) -> tuple[Merchant, OrderCreate, str | None] | None:
         """(merchant, order, Idempotency-Key) when the key is a valid secret key and the body an
         order; None for everything Litestar should answer."""
-        authorization = idempotency_key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization" and authorization is None:
-                authorization = value.decode("latin-1")
-            elif name == b"idempotency-key" and idempotency_key is None:
-                idempotency_key = value.decode("latin-1")
-        if authorization is None or not body.strip():
+        token = bearer_of(scope["headers"])
+        if token is None or token.startswith(PUBLISHABLE_PREFIX) or not body.strip():
             return None
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or token.startswith(PUBLISHABLE_PREFIX):
-            return None
+        idempotency_key = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"idempotency-key"), None)
         try:
             merchant = self._svc.merchants.authenticate(token)
             data = decode_strict(body, OrderCreate)
