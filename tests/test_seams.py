@@ -25,6 +25,7 @@ from apss.channels.sandbox import (
     build_event,
     sign_callback,
 )
+from apss.channels.sandbox.mapping import SandboxDisputeData
 from apss.clock import TestClock
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id
@@ -117,12 +118,13 @@ def _session_of(standin, payment_id):
     return next(s for s, v in standin.sessions.items() if v["metadata"].get("apss_payment_id") == payment_id)
 
 
-def _sandbox_callback(server, merchant, *, event_id, kind, payment_id, amount, provider_ref="sbx_x", channel="sandbox"):
+def _sandbox_callback(server, merchant, *, event_id, kind, payment_id, amount, provider_ref="sbx_x", channel="sandbox",
+                      refund_id=None, dispute=None):
     with merchant.client() as client:
         secret = client.get("/v1/account").json()["sandbox_webhook_secret"]
     now_s = server.clock.now_ms() // 1000
     body = build_event(event_id=event_id, kind=kind, created_s=now_s, payment_id=payment_id, amount=amount,
-                       currency="USD", provider_ref=provider_ref)
+                       currency="USD", provider_ref=provider_ref, refund_id=refund_id, dispute=dispute)
     return httpx.post(f"{server.base_url}/v1/channels/{channel}/webhook/{merchant.id}", content=body,
                       headers={SIGNATURE_HEADER: sign_callback(secret=secret, body=body, now_s=now_s),
                                "Content-Type": "application/json"})
@@ -396,6 +398,49 @@ def test_a_chargeback_is_not_reduced_by_pending_refunds(seams_server):
         alerts = client.get("/v1/alerts", params={"kind": "over_refund"}).json()["data"]
         assert alerts and alerts[0]["object_id"] == payment_id
     assert_ledger_ok(server)
+
+
+def test_a_refund_that_lands_after_a_won_dispute_is_covered_by_the_capture_again(seams_server):
+    """A refund under way when a full chargeback came, the dispute then won (the chargeback
+    reversed: the money is back), then the refund succeeds at the provider. The capture covers it
+    again: a plain refund, shared out as any refund is, not an over-refund the merchant bears
+    alone. Witness: the ledger's accounts against what the provider moved (the capture, the
+    refund; the chargeback and its reversal cancel out)."""
+    server = seams_server
+    merchant = server.new_merchant()
+    with merchant.client() as client:
+        product = merchant.product(client, prices={"USD": 1000})
+        order = merchant.order(client, product["id"], player_id="cb-won-refund", channel="slowrefund").json()
+        payment_id = order["payment"]["id"]
+        assert _sandbox_callback(server, merchant, event_id=new_id("evt"), kind=CallbackKind.PAYMENT_SUCCEEDED,
+                                 payment_id=payment_id, amount=1000, channel="slowrefund").status_code == 200
+        paid = _balances(client)
+        refund = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 200}).json()
+        assert refund["status"] == "pending"
+        for kind, status in ((CallbackKind.DISPUTE_CREATED, "needs_response"), (CallbackKind.DISPUTE_CLOSED, "won")):
+            dispute = SandboxDisputeData(id="sbxdp_won_refund", status=status, reason="fraudulent")
+            assert _sandbox_callback(server, merchant, event_id=new_id("evt"), kind=kind, payment_id=payment_id,
+                                     amount=1000, channel="slowrefund", dispute=dispute).status_code == 200
+        [won] = client.get("/v1/disputes", params={"status": "won"}).json()["data"]
+        assert won["order_id"] == order["id"]
+        assert _balances(client) == paid, "won: the chargeback is reversed, every account as after the capture"
+        landed = _sandbox_callback(server, merchant, event_id=new_id("evt"), kind=CallbackKind.REFUND_SUCCEEDED,
+                                   payment_id=payment_id, amount=200, channel="slowrefund", refund_id=refund["id"])
+        assert landed.status_code == 200
+        assert client.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
+        after = _balances(client)
+        moved = {account: after.get(account, 0) - paid.get(account, 0) for account in after.keys() | paid.keys()}
+        assert moved[f"provider_clearing:slowrefund:{merchant.id}"] == -200, "the provider paid back 200"
+        # 30% commission: the platform gives back 60 of it and the merchant 140, as for any refund of 200
+        assert (moved[f"platform_revenue:{merchant.id}"], moved[f"merchant_payable:{merchant.id}"]) == (-60, -140)
+        assert server.raw("SELECT kind FROM ledger_transactions WHERE reference = ?", (f"{refund['id']}:over",)) == []
+        [alert] = client.get("/v1/alerts", params={"kind": "over_refund"}).json()["data"]
+        assert alert["object_id"] == payment_id, "one alert: when the chargeback came on top of the pending refund"
+    assert_ledger_ok(server)
+
+
+def _balances(client) -> dict[str, int]:
+    return {b["account"]: b["balance"] for b in client.get("/v1/ledger/balances").json()["data"] if b["currency"] == "USD"}
 
 
 # -- 7. a late payment the order cannot take is refunded ----------------------------------------------

@@ -52,8 +52,13 @@ async def list_for_order(db: Database, *, merchant_id: str, order_id: str) -> li
 
 
 def refunded_total(tx: Tx, *, payment_id: str, statuses: tuple[str, ...]) -> int:
+    """What the payment's refunds in `statuses` took back from its capture. A chargeback whose
+    dispute was won is not counted: its reversal gave the money back, so the capture covers
+    other refunds again."""
     marks = ", ".join("?" * len(statuses))
-    row = tx.one(f"SELECT coalesce(sum(amount), 0) AS total FROM refunds WHERE payment_id = ? AND status IN ({marks})",
+    row = tx.one("SELECT coalesce(sum(r.amount), 0) AS total FROM refunds r"
+                 f" WHERE r.payment_id = ? AND r.status IN ({marks}) AND NOT (r.reason = 'chargeback' AND EXISTS ("
+                 "SELECT 1 FROM disputes d WHERE d.order_id = r.order_id AND d.refund_id = r.id AND d.status = 'won'))",
                  (payment_id, *statuses))
     return row["total"]
 

@@ -176,10 +176,10 @@ def renewal_decline(metadata: dict[str, str]) -> str | None:
 
 
 def build_event(*, event_id: str, kind: CallbackKind, created_s: int, payment_id: str, amount: int,
-                currency: str, provider_ref: str, failure_code: str | None = None,
+                currency: str, provider_ref: str, failure_code: str | None = None, refund_id: str | None = None,
                 card: dict[str, str] | None = None, dispute: SandboxDisputeData | None = None) -> bytes:
-    data = SandboxEventData(payment_id=payment_id, amount=amount, currency=currency,
-                            provider_ref=provider_ref, failure_code=failure_code, dispute=dispute, **(card or {}))
+    data = SandboxEventData(payment_id=payment_id, amount=amount, currency=currency, provider_ref=provider_ref,
+                            failure_code=failure_code, refund_id=refund_id, dispute=dispute, **(card or {}))
     return _encoder.encode(SandboxEvent(id=event_id, type=kind.value, created=created_s, data=data))
 
 
