@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 
 from apss.clock import TestClock
+from apss.store import channels
 from apss.store.migrate import apply_migrations
 from tests.conftest import RunningServer, assert_ledger_ok, database_at, wait_for
 
@@ -38,13 +39,28 @@ def _latest(tmp_path) -> sqlite3.Connection:
 
 def test_no_check_of_a_hot_table_uses_an_in_list_of_three_or_more(tmp_path):
     conn = _latest(tmp_path)
-    # Tables, and settlement lines' partial unique index (written with every line of a run).
+    # Tables and their partial indexes (a partial index's WHERE is evaluated for every row written:
+    # payments_open, migration 0038; settlement lines' unique index, written with every line of a run).
     for table in (*HOT, "settlement_lines"):
-        kinds = "'table', 'index'" if table == "settlement_lines" else "'table'"
-        for (sql,) in conn.execute(f"SELECT sql FROM sqlite_schema WHERE tbl_name = ? AND type IN ({kinds})"
+        for (sql,) in conn.execute("SELECT sql FROM sqlite_schema WHERE tbl_name = ? AND type IN ('table', 'index')"
                                    " AND sql IS NOT NULL", (table,)):
             long_lists = [m.group(0) for m in _IN_LIST_RE.finditer(sql) if m.group(1).count(",") >= 2]
             assert long_lists == [], f"{table}: {long_lists}"
+
+
+def test_the_janitors_queue_is_read_through_the_open_payments_index(tmp_path):
+    """A partial index serves a query only when the query's WHERE has the index's own terms: the
+    janitor's query (store/channels.py) is spelled as payments_open's predicate is."""
+    conn = _latest(tmp_path)
+    due = f"{channels._OPEN_DUE} ORDER BY p.created_at_ms LIMIT ?"
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {due}", (0, 0, 0, 10))]
+    assert any("USING INDEX payments_open" in step for step in plan), plan
+    # and it finds exactly the payments whose outcome is not final (the index holds no other)
+    for n, status in enumerate(ALLOWED[("payments", "status")]):
+        conn.execute("INSERT INTO payments (id, order_id, merchant_id, channel, status, amount, currency, created_at_ms,"
+                     " updated_at_ms) VALUES (?, 'o', 'm', 'sandbox', ?, 1, 'USD', ?, 0)", (f"pay_{status}", status, n))
+    found = {row[0] for row in conn.execute(due, (0, 0, 10**6, 10))}
+    assert found == {"pay_unknown", "pay_requires_action", "pay_processing", "pay_canceled"}
 
 
 @pytest.mark.parametrize(("table", "column"), list(ALLOWED))

@@ -89,7 +89,8 @@ async def open_payments_due(db: Database, *, now_ms: int, first_check_ms: int, o
 _OPEN_DUE = (
     "SELECT p.*, coalesce(c.checks_done, 0) AS checks_done FROM payments p"
     " LEFT JOIN payment_checks c ON c.payment_id = p.id"
-    " WHERE p.status IN ('unknown', 'requires_action', 'processing', 'canceled')"
+    # the partial index payments_open's own predicate (migration 0038): spelled as it is, so it is used
+    " WHERE (p.status = 'unknown' OR p.status = 'requires_action' OR p.status = 'processing' OR p.status = 'canceled')"
     " AND (p.created_at_ms >= ? OR p.status = 'unknown' OR c.next_check_at_ms IS NOT NULL)"
     " AND c.gave_up_at_ms IS NULL AND coalesce(c.next_check_at_ms, p.created_at_ms + ?) <= ?"
 )
