@@ -11,6 +11,8 @@ import pytest
 from apss.clock import TestClock
 from tests.conftest import ADMIN_TOKEN, RunningServer, assert_ledger_ok, assert_shape
 
+pytestmark = pytest.mark.both_backends  # the tests on the shared server; the others start their own
+
 FAST, ROUTER = "/v1/orders", "/v1/orders/"
 # Headers whose values differ between two answers by nature (ids, lengths, time).
 _VARYING = {"request-id", "content-length", "date"}
