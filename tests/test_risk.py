@@ -13,17 +13,13 @@ import pytest
 
 from tests.conftest import assert_error, assert_ledger_ok, wait_for
 
+pytestmark = pytest.mark.both_backends
+
 
 def _rules(client: httpx.Client, *rules: tuple[str, str]) -> None:
     response = client.put("/v1/risk/rules", json={"rules": [{"name": n, "rule": r} for n, r in rules]})
     assert response.status_code == 200, response.text
     assert [r["rule"] for r in response.json()["rules"]] == [r for _, r in rules]
-
-
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def _pay(client: httpx.Client, order: dict, *, succeed: bool = True) -> None:
@@ -72,16 +68,17 @@ def test_a_rule_changed_through_the_api_applies_to_the_very_next_order(merchant)
         assert body["status"] == "failed" and body["payment"]["status"] == "failed"
         assert body["payment"]["failure_code"] == "risk_blocked"
         assert _fired(client, body["id"]) == ["small"]
-        with _db(merchant) as db:  # nothing reserved, no provider reference, failed in the creation transaction
-            product_row = db.execute("SELECT stock, reserved FROM products WHERE id = ?", (product["id"],)).fetchone()
-            assert (product_row["stock"], product_row["reserved"]) == (9, 1)  # only the first order holds a unit
-            payment = db.execute("SELECT * FROM payments WHERE order_id = ?", (body["id"],)).fetchone()
-            assert payment["provider_ref"] is None and payment["status"] == "failed"
-            events = [r["to_status"] for r in db.execute("SELECT to_status FROM order_events WHERE order_id = ? ORDER BY id",
-                                                          (body["id"],))]
-            assert events == ["pending", "failed"]
-            attempts = db.execute("SELECT count(*) FROM payment_attempts WHERE payment_id = ?", (payment["id"],)).fetchone()[0]
-            assert attempts == 0, "no provider was called"
+        # nothing reserved, no provider reference, failed in the creation transaction
+        raw = merchant.server.raw
+        [product_row] = raw("SELECT stock, reserved FROM products WHERE id = ?", (product["id"],))
+        assert (product_row["stock"], product_row["reserved"]) == (9, 1)  # only the first order holds a unit
+        [payment] = raw("SELECT * FROM payments WHERE order_id = ?", (body["id"],))
+        assert payment["provider_ref"] is None and payment["status"] == "failed"
+        events = [r["to_status"] for r in raw("SELECT to_status FROM order_events WHERE order_id = ? ORDER BY id",
+                                              (body["id"],))]
+        assert events == ["pending", "failed"]
+        attempts = raw("SELECT count(*) FROM payment_attempts WHERE payment_id = ?", (payment["id"],))[0][0]
+        assert attempts == 0, "no provider was called"
         # the blocked attempt counts: a rule on the player's orders sees both
         _rules(client, ("velocity", "block if orders_per_player_1h >= 2"))
         third = merchant.order(client, product["id"], player_id="p1").json()
@@ -134,11 +131,11 @@ def test_velocity_from_one_ip_across_many_players_goes_to_review_then_approve_de
         assert reviews["data"][0]["rules_fired"][0]["name"] == "ip_velocity"
         risk = client.get(f"/v1/orders/{held['id']}/risk").json()
         assert risk["stage"] == "callback" and len(risk["history"]) == 1 and risk["history"][0]["stage"] == "order"
-        with _db(merchant) as db:
-            assert db.execute("SELECT count(*) FROM alerts WHERE object_id = ? AND kind = 'paid_not_delivered'",
-                              (held["id"],)).fetchone()[0] == 0
-            types = {r["type"] for r in db.execute("SELECT type FROM webhook_events WHERE merchant_id = ?", (merchant.id,))}
-            assert "order.in_review" in types, types
+        raw = merchant.server.raw
+        assert raw("SELECT count(*) FROM alerts WHERE object_id = ? AND kind = 'paid_not_delivered'",
+                   (held["id"],))[0][0] == 0
+        types = {r["type"] for r in raw("SELECT type FROM webhook_events WHERE merchant_id = ?", (merchant.id,))}
+        assert "order.in_review" in types, types
         approved = client.post(f"/v1/risk/reviews/{held['id']}/approve")
         assert approved.status_code == 200 and approved.json()["status"] == "fulfilled", approved.text
         assert client.get("/v1/players/farm-3/inventory").json()["items"] == [{"sku": product["sku"], "quantity": 1}]
@@ -172,9 +169,8 @@ def test_a_blacklisted_device_is_blocked_and_reject_refunds_a_held_order(merchan
         back = client.get(f"/v1/products/{product['id']}").json()
         assert (back["stock"], back["sold"]) == (5, 0), "rejecting releases the units"
         assert client.get("/v1/players/thief/inventory").json()["items"] == []
-        with _db(merchant) as db:
-            refunds = db.execute("SELECT amount, status FROM refunds WHERE order_id = ?", (held["id"],)).fetchall()
-            assert [(r["amount"], r["status"]) for r in refunds] == [(held["amount"], "succeeded")]
+        refunds = merchant.server.raw("SELECT amount, status FROM refunds WHERE order_id = ?", (held["id"],))
+        assert [(r["amount"], r["status"]) for r in refunds] == [(held["amount"], "succeeded")]
     assert_ledger_ok(merchant.server)
 
 
@@ -196,9 +192,8 @@ def test_lists_mask_emails_expire_and_merchant_lists_work_in_rules(merchant):
         product = merchant.product(client)
         added = client.post("/v1/risk/lists/blocked_emails/items", json={"value": "Fraudster@Example.com"}).json()
         assert added["value"] == "f***@example.com"
-        with _db(merchant) as db:
-            raw = db.execute("SELECT value FROM risk_list_items WHERE id = ?", (added["id"],)).fetchone()["value"]
-            assert "fraudster" not in raw.lower() and len(raw) == 32
+        raw = merchant.server.raw("SELECT value FROM risk_list_items WHERE id = ?", (added["id"],))[0]["value"]
+        assert "fraudster" not in raw.lower() and len(raw) == 32
         assert merchant.order(client, product["id"], email="fraudster@example.com").json()["status"] == "failed"
         assert merchant.order(client, product["id"], email="honest@example.com").json()["status"] == "pending"
         bad = client.post("/v1/risk/lists/blocked_ips/items", json={"value": "not-an-ip"})
@@ -358,10 +353,10 @@ def test_cards_refunds_and_disputes_per_player_count_in_the_write_path(merchant)
         _status(client, paid[0]["id"], "refunded")
         fourth = merchant.order(client, product["id"], player_id="carder").json()
         assert fourth["status"] == "failed" and _fired(client, fourth["id"]) == ["refunds"]
-        with _db(merchant) as db:  # counted by bucket rows, not a scan: the table holds them
-            dims = {r["dimension"] for r in db.execute("SELECT DISTINCT dimension FROM risk_counters WHERE merchant_id = ?",
-                                                       (merchant.id,))}
-            assert {"orders:player", "amount:player", "refunds:player"} <= dims, dims
+        # counted by bucket rows, not a scan: the table holds them
+        dims = {r["dimension"] for r in merchant.server.raw(
+            "SELECT DISTINCT dimension FROM risk_counters WHERE merchant_id = ?", (merchant.id,))}
+        assert {"orders:player", "amount:player", "refunds:player"} <= dims, dims
     assert_ledger_ok(merchant.server)
 
 
@@ -440,7 +435,6 @@ def test_window_counts_of_several_keys_in_one_statement_match_a_brute_force_sum(
     conn.execute("ROLLBACK")
 
 
-@pytest.mark.both_backends
 def test_the_players_ip_and_device_marks_count_on_both_backends(merchant):
     """ip_age_s, player_devices_seen and player_ips_seen come from one statement over the
     player's marks (store/risk.py marks_seen_tx), on SQLite and on PostgreSQL alike."""

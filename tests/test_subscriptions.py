@@ -20,6 +20,8 @@ from apss.domain.subscriptions import (
 )
 from tests.conftest import RunningServer, wait_for
 
+pytestmark = pytest.mark.both_backends  # the tests through the server (`srv`)
+
 DAY_S = 86_400
 START = "2027-01-31T10:00:00Z"
 
@@ -62,10 +64,11 @@ def test_retries_count_from_the_first_failure():
 
 # -- through the server -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, backend, database_env):
+    """A server of the module's own on the test's backend (the tests above it need none)."""
     clock = TestClock(parse_rfc3339(START))
     running = RunningServer(db_path=tmp_path_factory.mktemp("subs") / "apss.sqlite", clock=clock,
-                            env={"APSS_SUBSCRIPTIONS_GRACE_S": "3600"}).start()
+                            env={"APSS_SUBSCRIPTIONS_GRACE_S": "3600", **database_env(backend)}).start()
     yield running
     running.stop()
 
@@ -104,10 +107,10 @@ def membership(client, player: str) -> list[dict]:
 
 
 def orders_of(server: RunningServer, subscription_id: str) -> list[tuple]:
-    with sqlite3.connect(server.db_path) as conn:
-        return conn.execute("SELECT so.kind, so.period_index, o.status, (SELECT count(*) FROM payments p WHERE p.order_id = o.id)"
-                            " FROM subscription_orders so JOIN orders o ON o.id = so.order_id WHERE so.subscription_id = ?"
-                            " ORDER BY so.period_index, so.kind", (subscription_id,)).fetchall()
+    rows = server.raw("SELECT so.kind, so.period_index, o.status, (SELECT count(*) FROM payments p WHERE p.order_id = o.id)"
+                      " FROM subscription_orders so JOIN orders o ON o.id = so.order_id WHERE so.subscription_id = ?"
+                      " ORDER BY so.period_index, so.kind", (subscription_id,))
+    return [tuple(row) for row in rows]
 
 
 def ledger_ok(server: RunningServer) -> None:
@@ -295,16 +298,17 @@ def test_renewal_job_run_twice_for_a_period_makes_one_order(srv):
         assert len(done) == 3 and sum(f.result() for f in done) <= 1
         srv.wait_job("subscriptions")
         wait_for(lambda: client.get(f"/v1/subscriptions/{sub['id']}").json()["current_period_start"] == sub["current_period_end"])
-        with sqlite3.connect(srv.db_path) as conn:
-            count = conn.execute("SELECT count(*) FROM orders WHERE subscription_id = ?", (sub["id"],)).fetchone()
-            periods = conn.execute("SELECT period_index, count(*) FROM subscription_orders WHERE subscription_id = ?"
-                                   " GROUP BY period_index", (sub["id"],)).fetchall()
-            assert count == (2,) and periods == [(0, 1), (1, 1)]
-            row = conn.execute("SELECT * FROM subscription_orders WHERE subscription_id = ? AND period_index = 1",
-                               (sub["id"],)).fetchone()
-            with pytest.raises(sqlite3.IntegrityError):  # the database refuses a second order for the period
-                conn.execute("INSERT INTO subscription_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (row[0] + "x", *row[1:]))
+        count = srv.raw("SELECT count(*) FROM orders WHERE subscription_id = ?", (sub["id"],))[0][0]
+        periods = srv.raw("SELECT period_index, count(*) FROM subscription_orders WHERE subscription_id = ?"
+                          " GROUP BY period_index ORDER BY period_index", (sub["id"],))
+        assert count == 2 and [tuple(p) for p in periods] == [(0, 1), (1, 1)]
+        if not srv.config.database.postgresql:  # the same UNIQUE on both (tests/postgres/test_schema.py)
+            with sqlite3.connect(srv.db_path) as conn:
+                row = conn.execute("SELECT * FROM subscription_orders WHERE subscription_id = ? AND period_index = 1",
+                                   (sub["id"],)).fetchone()
+                with pytest.raises(sqlite3.IntegrityError):  # the database refuses a second order for the period
+                    conn.execute("INSERT INTO subscription_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (row[0] + "x", *row[1:]))
 
 
 def test_a_retry_falls_back_to_the_fallback_channel(srv):

@@ -37,9 +37,11 @@ from apss.clock import format_rfc3339
 from apss.errors import AuthenticationFailed, CallbackRejected
 from tests.channels.apple_chain import APP_APPLE_ID, BUNDLE_ID, AppleSigner
 from tests.channels.standin_google import GooglePlayStandIn
-from tests.channels.test_apple import SIGNER, _db
+from tests.channels.test_apple import SIGNER
 from tests.conftest import assert_error, assert_ledger_ok, plant, unique_sku, wait_for
 from tests.test_channels_e2e import _Served
+
+pytestmark = pytest.mark.both_backends
 
 DAY_MS = 86_400_000
 AUTO = "Auto-Renewable Subscription"
@@ -94,20 +96,18 @@ def _events(client, subscription_id: str) -> list[str]:
 
 
 def _membership_ms(merchant, player_id: str) -> int | None:
-    with _db(merchant) as conn:
-        row = conn.execute("SELECT expires_at_ms FROM memberships WHERE merchant_id = ? AND player_id = ?",
-                           (merchant.id, player_id)).fetchone()
-    return None if row is None else row["expires_at_ms"]
+    rows = merchant.server.raw("SELECT expires_at_ms FROM memberships WHERE merchant_id = ? AND player_id = ?",
+                               (merchant.id, player_id))
+    return rows[0]["expires_at_ms"] if rows else None
 
 
 def _row(merchant, subscription_id: str):
-    with _db(merchant) as conn:
-        return conn.execute("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+    rows = merchant.server.raw("SELECT * FROM subscriptions WHERE id = ?", (subscription_id,))
+    return rows[0] if rows else None
 
 
 def _results(merchant) -> list[tuple[str, str]]:
-    with _db(merchant) as conn:
-        rows = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?", (merchant.id,)).fetchall()
+    rows = merchant.server.raw("SELECT kind, result FROM provider_events WHERE merchant_id = ?", (merchant.id,))
     return sorted((r["kind"], r["result"]) for r in rows)
 
 
@@ -230,9 +230,8 @@ def test_an_app_store_subscription_follows_the_stores_dates_and_states(merchant,
         assert [event["type"] for event in delivered] == expected
         assert delivered[-1]["data"]["object"]["store"]["name"] == "apple"
         assert delivered[-1]["data"]["object"]["status"] == "canceled"
-        with _db(merchant) as conn:
-            orders = conn.execute("SELECT so.kind, so.period_index, so.period_end_ms FROM subscription_orders so"
-                                  " WHERE so.subscription_id = ? ORDER BY period_index", (sub_id,)).fetchall()
+        orders = merchant.server.raw("SELECT so.kind, so.period_index, so.period_end_ms FROM subscription_orders so"
+                                     " WHERE so.subscription_id = ? ORDER BY period_index", (sub_id,))
         assert [tuple(r) for r in orders] == [("first", 0, end1), ("renewal", 1, end2), ("renewal", 2, end3)]
         assert _results(merchant) == sorted([
             ("DID_RENEW", "applied"), ("DID_CHANGE_RENEWAL_STATUS", "applied"), ("DID_CHANGE_RENEWAL_STATUS", "applied"),
@@ -253,10 +252,9 @@ def test_the_renewal_job_never_charges_a_store_subscription_a_refund_ends_it_and
         sub_id = order["subscription_id"]
         merchant.server.clock.advance(seconds=300)  # the period has ended; the store has said nothing yet
         merchant.server.wait_job("subscriptions")
-        with _db(merchant) as conn:
-            payments = conn.execute("SELECT count(*) FROM payments WHERE merchant_id = ?", (merchant.id,)).fetchone()[0]
-            attempts = conn.execute("SELECT count(*) FROM payment_attempts a JOIN payments p ON p.id = a.payment_id"
-                                    " WHERE p.merchant_id = ?", (merchant.id,)).fetchone()[0]
+        payments = merchant.server.raw("SELECT count(*) FROM payments WHERE merchant_id = ?", (merchant.id,))[0][0]
+        attempts = merchant.server.raw("SELECT count(*) FROM payment_attempts a JOIN payments p ON p.id = a.payment_id"
+                                       " WHERE p.merchant_id = ?", (merchant.id,))[0][0]
         assert (payments, attempts) == (1, 0)  # the store's own payment only: APSS never charged
         assert _row(merchant, sub_id)["next_charge_at_ms"] is None and _sub(client, sub_id)["status"] == "active"
 
@@ -361,9 +359,8 @@ def test_a_google_play_subscription_follows_the_apis_state(merchant, play) -> No
             ("SUBSCRIPTION_IN_GRACE_PERIOD", "applied"), ("SUBSCRIPTION_ON_HOLD", "applied"),
             ("SUBSCRIPTION_RECOVERED", "applied"), ("SUBSCRIPTION_CANCELED", "applied"),
             ("SUBSCRIPTION_RESTARTED", "applied"), ("SUBSCRIPTION_EXPIRED", "applied")])
-        with _db(merchant) as conn:
-            kinds = conn.execute("SELECT kind FROM subscription_orders WHERE subscription_id = ? ORDER BY period_index",
-                                 (sub_id,)).fetchall()
+        kinds = merchant.server.raw("SELECT kind FROM subscription_orders WHERE subscription_id = ? ORDER BY period_index",
+                                    (sub_id,))
         assert [k["kind"] for k in kinds] == ["first", "renewal", "renewal"]
     assert_ledger_ok(merchant.server)
 
@@ -484,17 +481,22 @@ def test_an_unauthenticated_push_is_refused_before_anything_is_read(merchant, pl
         body = play.push({"voidedPurchaseNotification": {"purchaseToken": token, "orderId": voided["orderId"],
                                                          "productType": 2, "refundType": 1}})
         calls = len(play.calls)
-        head, payload, sig = play.push_token(audience=audience).split(".")
+        # Pub/Sub stamps its tokens with the time the server reads as real (its clock here: an earlier
+        # test may have moved the shared server's clock past the stand-in's own time)
+        now = merchant.server.clock.now_ms() // 1000
+        stamped = {"iat": now, "exp": now + 3600}
+        head, payload, sig = play.push_token(audience=audience, **stamped).split(".")
+        stranger = play.push_token(audience=audience, email="x@y.iam.gserviceaccount.com", **stamped)
         refused = [{}, {"Authorization": "Bearer " + ".".join((head, payload, sig[:-6] + "AAAAAA"))},
-                   {"Authorization": f"Bearer {play.push_token(audience=audience + 'x')}"},
-                   {"Authorization": f"Bearer {play.push_token(audience=audience, exp=int(time.time()) - 600)}"},
-                   {"Authorization": f"Bearer {play.push_token(audience=audience, email='x@y.iam.gserviceaccount.com')}"}]
+                   {"Authorization": f"Bearer {play.push_token(audience=audience + 'x', **stamped)}"},
+                   {"Authorization": f"Bearer {play.push_token(audience=audience, iat=now - 4200, exp=now - 600)}"},
+                   {"Authorization": f"Bearer {stranger}"}]
         for headers in refused:
             assert_error(_post(merchant, client, "google", body, headers), 401, "authentication_error",
                          "store_push_unauthenticated")
         assert [c for c in play.calls[calls:] if c != ("GET", "certs")] == []  # Google's API was never asked
         assert _results(merchant) == [] and client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
-        good = {"Authorization": f"Bearer {play.push_token(audience=audience)}"}
+        good = {"Authorization": f"Bearer {play.push_token(audience=audience, **stamped)}"}
         assert _post(merchant, client, "google", body, good).status_code == 200
         assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
         assert _results(merchant) == [("VOIDED_PURCHASE", "applied")]
