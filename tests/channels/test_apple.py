@@ -17,7 +17,6 @@ import asyncio
 import base64
 import datetime
 import json
-import sqlite3
 import time
 import uuid
 
@@ -36,6 +35,8 @@ from apss.clock import SystemClock
 from apss.errors import CallbackRejected
 from tests.channels.apple_chain import APP_APPLE_ID, BUNDLE_ID, AppleSigner
 from tests.conftest import assert_error, assert_ledger_ok, unique_sku
+
+pytestmark = pytest.mark.both_backends  # the tests through the real server; the others need none
 
 SIGNER = AppleSigner()
 
@@ -156,10 +157,35 @@ def test_milliunits_to_minor_units(price: int, currency: str, minor: int) -> Non
 # -- through the real server -------------------------------------------------------------------
 
 
-def _db(merchant) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{merchant.server.db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
+class _db:  # noqa: N801 (used as `with _db(merchant) as conn`, as a connection would be)
+    """Raw reads of the merchant's server database on either backend (conftest.raw_read, never
+    APSS's API), in the shape of a DB-API connection: `conn.execute(sql, params).fetchall()`."""
+
+    def __init__(self, merchant) -> None:
+        self._server = merchant.server
+
+    def __enter__(self) -> _db:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def execute(self, sql: str, params: tuple = ()) -> _Rows:
+        return _Rows(self._server.raw(sql, params))
+
+
+class _Rows:
+    def __init__(self, rows: list) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list:
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self):
+        return iter(self._rows)
 
 
 @pytest.fixture

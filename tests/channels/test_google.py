@@ -33,6 +33,8 @@ from tests.channels.test_apple import _db
 from tests.conftest import assert_error, assert_ledger_ok, plant, unique_sku
 from tests.test_channels_e2e import _Served
 
+pytestmark = pytest.mark.both_backends  # the tests through the real server; the others need none
+
 PACKAGE = "com.example.game"
 
 
