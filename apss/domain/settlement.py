@@ -207,7 +207,7 @@ ACTIVITY_FAMILIES = ("provider_clearing", "fees_expense", "platform_revenue", "p
 
 
 def activity_line(*, ledger_kind: str, reference: str, order_id: str | None, occurred_at_ms: int,
-                          sums: dict[str, int], channel_account: str | None) -> Line:
+                  sums: dict[str, int], channel_account: str | None) -> Line:
     """A line from one ledger transaction in one currency, given the sums of (debit - credit) of its
     entries per account family (the store adds them up) and one of its provider_clearing or
     fees_expense accounts (which names the channel). amount = what moved at the provider
