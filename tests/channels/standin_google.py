@@ -34,6 +34,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -93,6 +94,9 @@ class GooglePlayStandIn:
     url: str = "http://google.standin.test"  # set to where it is served (the token endpoint's aud)
     token_expires_in: int = 3599
     jwt_skew_s: int = 86_400  # the server's test clock may stand still for a while
+    # The time the token endpoint checks assertions against: Google's real time is the server's
+    # wall clock, which in the tests is its TestClock (follow()); an earlier test may have moved it.
+    now_s: Callable[[], float] = time.time
     key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048))
     client_email: str = "apss-verifier@game-project.iam.gserviceaccount.com"
     private_key_id: str = field(default_factory=lambda: secrets.token_hex(20))
@@ -110,6 +114,10 @@ class GooglePlayStandIn:
 
     # ---- the key Google hands the developer ----
 
+
+    def follow(self, server) -> None:
+        """Check the assertions APSS signs against `server`'s clock (a tests.conftest.RunningServer)."""
+        self.now_s = lambda: server.clock.now_ms() / 1000
     def service_account(self) -> str:
         pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()).decode()
@@ -322,7 +330,7 @@ class GooglePlayStandIn:
         iat, exp = claims.get("iat"), claims.get("exp")
         if not (isinstance(iat, int) and isinstance(exp, int) and iat < exp <= iat + 3600):
             return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
-        now = time.time()
+        now = self.now_s()
         if exp < now - self.jwt_skew_s or iat > now + self.jwt_skew_s:
             return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
         self.assertions.append({"header": header, "claims": claims})

@@ -216,6 +216,7 @@ def play():
 @pytest.fixture
 def shop(merchant, play):
     with merchant.client() as client:
+        play.follow(merchant.server)
         response = client.put("/v1/channels/google", json={"package_name": PACKAGE, "api_base": play.url,
                                                            "service_account": play.service_account()})
         assert response.status_code == 200, response.text
@@ -352,6 +353,7 @@ def test_voided_purchase_refunds_once_and_a_forged_one_changes_nothing(shop, pla
 
 def test_subscription_is_acknowledged_and_renewals_deliver_to_the_player(merchant, play) -> None:
     with merchant.client() as client:
+        play.follow(merchant.server)
         client.put("/v1/channels/google", json={"package_name": PACKAGE, "api_base": play.url, "fee_tier": "reduced",
                                                 "service_account": play.service_account()})
         plan = merchant.product(client, sku=unique_sku("pass"), category="membership", prices={"USD": 999})

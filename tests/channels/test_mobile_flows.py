@@ -12,7 +12,6 @@ callback, and the order must be paid and delivered exactly once, with the ledger
 from __future__ import annotations
 
 import asyncio
-
 import json
 import secrets
 from urllib.parse import parse_qs, parse_qsl, urlsplit

@@ -215,6 +215,7 @@ def test_a_sale_missing_from_the_report_and_a_malformed_report(apple_shop) -> No
 @pytest.fixture
 def google_shop(merchant, play):  # noqa: F811
     with merchant.client() as client:
+        play.follow(merchant.server)
         response = client.put("/v1/channels/google", json={"package_name": play.package_name, "api_base": play.url,
                                                            "service_account": play.service_account()})
         assert response.status_code == 200, response.text

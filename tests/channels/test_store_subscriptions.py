@@ -301,6 +301,7 @@ def _rtdn(play, kind: int, token: str, sku: str) -> bytes:
 
 def test_a_google_play_subscription_follows_the_apis_state(merchant, play) -> None:
     with merchant.client() as client:
+        play.follow(merchant.server)
         assert client.put("/v1/channels/google", json=_google_settings(play)).status_code == 200
         sku = merchant.product(client, sku=unique_sku("pass"), category="membership", prices={"USD": 999})["sku"]
         now = merchant.server.clock.now_ms()
@@ -467,6 +468,7 @@ def test_an_unauthenticated_push_is_refused_before_anything_is_read(merchant, pl
     with merchant.client() as client:
         settings = _google_settings(play, push_audience=audience, push_service_account_email=play.push_email,
                                     push_certs_url=f"{play.url}/oauth2/v3/certs")
+        play.follow(merchant.server)
         assert_error(client.put("/v1/channels/google", json={**settings, "push_certs_url": "file:///etc/passwd"}),
                      400, "invalid_request_error", "setting_invalid", "push_certs_url")  # vetted like api_base
         response = client.put("/v1/channels/google", json=settings)

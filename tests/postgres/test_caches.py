@@ -124,7 +124,8 @@ def test_a_change_missed_while_the_listener_was_cut_is_loaded_on_reconnect(pair,
     assert b.get("/v1/account", key).status_code == 200
     with psycopg.connect(database, autocommit=True) as conn:
         cut = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                           " WHERE application_name = 'apss-listen-apss_cache'").fetchall()
+                           " WHERE application_name = 'apss-listen-apss_cache' AND datname = current_database()"
+                           ).fetchall()  # this pair's: the PostgreSQL server also holds other tests' databases
     assert len(cut) == 2, cut  # A's and B's listeners
     wait_for(lambda: b.get("/v1/account", key).status_code == 401, timeout_s=_BOUND_S)
     # And the listener is back: a notice reaches B again.
