@@ -112,12 +112,12 @@ class GooglePlayStandIn:
     oidc_kid: str = field(default_factory=lambda: secrets.token_hex(20))
     push_email: str = "play-rtdn-push@game-project.iam.gserviceaccount.com"
 
-    # ---- the key Google hands the developer ----
-
-
     def follow(self, server) -> None:
         """Check the assertions APSS signs against `server`'s clock (a tests.conftest.RunningServer)."""
         self.now_s = lambda: server.clock.now_ms() / 1000
+
+    # ---- the key Google hands the developer ----
+
     def service_account(self) -> str:
         pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()).decode()
