@@ -12,8 +12,7 @@ time it joined (up to 400 days before), so that APSS's account age is the player
 callbacks in process), creates a test merchant that keeps the DEFAULT rule set, and for each
 order in time order: moves the test clock to the order's time, creates it with `player_id`,
 `ip`, `device_id`, `email`, `billing_country` (the simulation's ids mapped to addresses in
-`fraud_data.ADDRESS_BLOCKS`: the IP-country table's blocks for the countries it covers, an
-unlisted block for the others) and the sandbox magic values (the card's
+`fraud_data.ADDRESS_BLOCKS`, a registry block of each country) and the sandbox magic values (the card's
 fingerprint; `declined` where the simulation declines; a fraudster fails 3-D Secure,
 `three_ds_fails`, a player passes it, `three_ds_frictionless`), then pays it as the player's
 stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it.
@@ -103,9 +102,9 @@ class Addresses:
         self._by_id: dict[str, str] = {}
         self._next: dict[str, int] = collections.Counter()
 
-    def of(self, ip_id: str, country: str | None) -> str:
+    def of(self, ip_id: str, country: str) -> str:
         if ip_id not in self._by_id:
-            block = ipaddress.ip_network(fraud_data.ADDRESS_BLOCKS.get(country or "", fraud_data.UNLISTED_BLOCK))
+            block = ipaddress.ip_network(fraud_data.ADDRESS_BLOCKS[country])
             self._next[block.exploded] += 1
             self._by_id[ip_id] = str(block.network_address + 256 + self._next[block.exploded])
         return self._by_id[ip_id]

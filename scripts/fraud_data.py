@@ -15,8 +15,8 @@ payments just under a reporting threshold).
 
 `Params` holds every rate, size and timing; `TRAIN` and `HELD_OUT` differ in all of them;
 `jittered(TRAIN, seed=...)` makes more training worlds around TRAIN's. An order's `ip_country` is
-what the rules engine's shipped table would find for its address (`ADDRESS_BLOCKS`): none for the
-countries the table does not cover.
+what the rules engine's IP-country table finds for its address (`ADDRESS_BLOCKS`): the registry's
+country for every country's block, none only when the order has no IP.
 Pure Python and seeded (random.Random): the same seed gives the same stream.
 """
 
@@ -27,21 +27,19 @@ import dataclasses
 import random
 from collections import defaultdict
 
-__all__ = ["ADDRESS_BLOCKS", "HELD_OUT", "TRAIN", "UNLISTED_BLOCK", "Order", "Params", "generate", "jittered"]
+__all__ = ["ADDRESS_BLOCKS", "HELD_OUT", "TRAIN", "Order", "Params", "generate", "jittered"]
 
 HOUR_S = 3600
 DAY_S = 86400
 WEEK_S = 7 * DAY_S
 # country: UTC offset in hours (local time decides when players play)
 COUNTRIES = {"US": -6, "BR": -3, "GB": 0, "DE": 1, "TR": 3, "IN": 5, "CN": 8, "JP": 9, "KR": 9, "AU": 10}
-# Where a country's addresses lie: a block of the shipped IP-country table
-# (apss/domain/risk/ip_country.py) for the countries it covers; BR, TR, IN and AU addresses come
-# from an unlisted block, as most real addresses do. The rules engine finds an ip_country only for
-# an address in the table, so an order from an uncovered country has none (tests/test_fraud_score.py
-# checks these blocks against the table).
-ADDRESS_BLOCKS = {"US": "3.0.0.0/8", "GB": "25.0.0.0/8", "DE": "53.0.0.0/8", "JP": "126.0.0.0/8",
-                  "CN": "61.128.0.0/10", "KR": "211.32.0.0/11"}
-UNLISTED_BLOCK = "45.0.0.0/8"
+# Where a country's addresses lie: a /16 the registries allocated to that country, whole, in the
+# rules engine's IP-country table (apss/domain/risk/ip_country.py; tests/test_fraud_score.py checks
+# every /24 of them against it).
+ADDRESS_BLOCKS = {"US": "3.0.0.0/16", "BR": "177.32.0.0/16", "GB": "25.0.0.0/16", "DE": "53.0.0.0/16",
+                  "TR": "85.96.0.0/16", "IN": "49.36.0.0/16", "CN": "61.128.0.0/16", "JP": "126.0.0.0/16",
+                  "KR": "211.32.0.0/16", "AU": "1.120.0.0/16"}
 PRICE_POINTS_USD_CENTS = (99, 199, 299, 499, 999, 1499, 1999, 2999, 4999, 9999, 19999)
 # relative weight of each local hour for ordinary play: low at night, peak in the evening
 LOCAL_HOUR_WEIGHTS = (2, 1, 1, 1, 1, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 8, 10, 12, 12, 11, 8, 4)
@@ -195,9 +193,15 @@ class _World:
         return max(1, round(cents * self.rng.uniform(0.9, 1.12)))  # local price lists converted to USD
 
     def _fields(self, ip: str | None, ip_country: str | None, billing: str | None, device: str | None):
-        """What the merchant's integration actually sends: optional fields go missing at its rates."""
+        """What the merchant's integration actually sends: optional fields go missing at its rates.
+        The engine finds the country of every address sent (ip_country is missing with the IP only);
+        the draw that once dropped it for addresses the old, partial table missed is still made, so
+        that the streams of a seed stay the orders they were."""
         p, r = self.p, self.rng
-        return (None if r.random() < p.missing_ip_p else ip, None if ip is None or r.random() < p.missing_ip_p else ip_country,
+        sent_ip = None if r.random() < p.missing_ip_p else ip
+        if ip is not None:
+            r.random()
+        return (sent_ip, None if sent_ip is None else ip_country,
                 None if r.random() < p.missing_billing_p else billing, None if r.random() < p.missing_device_p else device)
 
     def _history(self, joined: int) -> int | None:
@@ -206,7 +210,6 @@ class _World:
 
     def add(self, **kw) -> None:
         ip, ip_country, billing, device = self._fields(kw.pop("ip"), kw.pop("ip_country"), kw.pop("billing"), kw.pop("device"))
-        ip_country = ip_country if ip_country in ADDRESS_BLOCKS else None  # what the engine's table finds
         self.orders.append(Order(ip=ip, ip_country=ip_country, billing_country=billing, device=device, **kw))
 
     # -- ordinary players ------------------------------------------------------------------

@@ -155,8 +155,9 @@ def test_the_cut_sends_left_exactly_what_float32_sends_left(threshold, x, near):
 
 
 def test_the_training_worlds_addresses_are_where_the_shipped_table_says():
-    """scripts/fraud_data.py gives an order an ip_country only for the countries whose address
-    block the engine's table covers: each block resolves to its country, the unlisted one to none."""
+    """scripts/fraud_data.py gives every country's addresses a block the registries allocated to
+    that country, whole: each of its /24s resolves to the country in the engine's table, and an
+    order has an ip_country exactly when it has an IP, as the engine would find."""
     import ipaddress
 
     from apss.domain.risk.ip_country import country_of
@@ -166,11 +167,11 @@ def test_the_training_worlds_addresses_are_where_the_shipped_table_says():
         import fraud_data
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    assert set(fraud_data.ADDRESS_BLOCKS) == set(fraud_data.COUNTRIES)
     for country, block in fraud_data.ADDRESS_BLOCKS.items():
         network = ipaddress.ip_network(block)
-        assert {country_of(str(network.network_address + 257)), country_of(str(network.broadcast_address))} == {country}
-    assert country_of(str(ipaddress.ip_network(fraud_data.UNLISTED_BLOCK).network_address + 257)) is None
-    assert set(fraud_data.ADDRESS_BLOCKS) < set(fraud_data.COUNTRIES)
+        seen = {country_of(str(network.network_address + offset)) for offset in range(0, network.num_addresses, 256)}
+        assert seen | {country_of(str(network.broadcast_address))} == {country}, block
     orders = fraud_data.generate(dataclasses.replace(fraud_data.TRAIN, days=2, players=200))
-    assert {o.ip_country for _, o in orders} <= {None, *fraud_data.ADDRESS_BLOCKS}
-    assert any(o.ip is not None and o.ip_country is None for _, o in orders)
+    assert all((o.ip is None) == (o.ip_country is None) for _, o in orders)
+    assert {o.ip_country for _, o in orders} == {None, *fraud_data.COUNTRIES}
