@@ -236,14 +236,13 @@ class RiskEngine:
         return self.network_of(await store.fetch_facts(self._db, order_id=order_id))
 
     def _novelty_tx(self, tx: Tx, *, merchant_id: str, player_id: str, device_id: str | None,
-                    ip: str | None) -> dict[str, Any]:
+                    ip: str | None, country: str | None) -> dict[str, Any]:
         """new_device: the order's device never seen for the player (true on the first); device_age_s
         and ip_age_s: seconds since the player's first order on its device / from its IP (0 when
         new); new_ip_country: its IP country not among the player's earlier ones (false when there
         are none); each missing without a device / an IP / an IP country. player_devices_seen and
         player_ips_seen: the devices and IPs the player was seen with before (0 on the first). From
         the player's marks, kept by record_order_tx: one statement of index seeks."""
-        country = country_of(ip) if ip else None
         seen = store.marks_seen_tx(tx, merchant_id=merchant_id, player_id=player_id, device=self._device_mark(device_id),
                                    ip=self._ip_mark(ip), country=self._country_mark(country))
         now_ms = self._clock.now_ms()
@@ -326,15 +325,17 @@ class RiskEngine:
     def assess_order_tx(self, tx: Tx, *, merchant_id: str, merchant_currency: str, player_id: str, amount: int,
                         currency: str, channel: str, lines: list[Mapping], facts: RiskFacts) -> Assessment:
         """The decision at order creation (no writes)."""
+        country = country_of(facts.ip) if facts.ip else None
         base = {
             "stage": "order", "amount": amount, "currency": currency, "channel": channel, "player_id": player_id,
-            "ip": facts.ip, "device_id": facts.device_id, "billing_country": facts.billing_country,
+            "ip": facts.ip, "ip_country": country, "device_id": facts.device_id, "billing_country": facts.billing_country,
             "email_domain": facts.email.rsplit("@", 1)[-1].lower() if facts.email else None,
             "email_hash": self.keyed_hash(facts.email.strip().lower()) if facts.email else None,
             "card_fingerprint": None, "card_bin": None, "card_country": None,
             "precheck": facts.precheck, "precheck_answer": facts.precheck_answer,
             "precheck_latency_ms": facts.precheck_latency_ms,
-            **self._novelty_tx(tx, merchant_id=merchant_id, player_id=player_id, device_id=facts.device_id, ip=facts.ip),
+            **self._novelty_tx(tx, merchant_id=merchant_id, player_id=player_id, device_id=facts.device_id, ip=facts.ip,
+                               country=country),
         }
         extra = {"product_ids": lambda: sorted({ln["product_id"] for ln in lines}),
                  "skus": lambda: sorted({ln["sku"] for ln in lines}),
@@ -352,6 +353,7 @@ class RiskEngine:
         base = {
             "stage": "callback", "amount": order["amount"], "currency": order["currency"], "channel": order["channel"],
             "player_id": order["player_id"], "ip": network.ip, "device_id": network.device_id,
+            "ip_country": country_of(network.ip) if network.ip else None,
             # as of the order's creation: its own device and country were marked seen then
             "new_device": _flag_of(facts, "new_device"), "new_ip_country": _flag_of(facts, "new_ip_country"),
             **{name: facts[name] if facts else None for name in _FACTS_AS_OF_CREATION},
@@ -375,7 +377,6 @@ class RiskEngine:
         attrs["amount_merchant"] = self._in_merchant_currency(tx, amount=base["amount"], currency=base["currency"],
                                                               merchant_currency=merchant_currency, now_ms=now_ms)
         attrs[f"amount_{merchant_currency.lower()}"] = attrs["amount_merchant"]
-        attrs["ip_country"] = country_of(base["ip"]) if base["ip"] else None
         for name, make in extra.items():
             if name in wanted:
                 attrs[name] = make()
