@@ -157,37 +157,6 @@ def test_milliunits_to_minor_units(price: int, currency: str, minor: int) -> Non
 # -- through the real server -------------------------------------------------------------------
 
 
-class _db:  # noqa: N801 (used as `with _db(merchant) as conn`, as a connection would be)
-    """Raw reads of the merchant's server database on either backend (conftest.raw_read, never
-    APSS's API), in the shape of a DB-API connection: `conn.execute(sql, params).fetchall()`."""
-
-    def __init__(self, merchant) -> None:
-        self._server = merchant.server
-
-    def __enter__(self) -> _db:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def execute(self, sql: str, params: tuple = ()) -> _Rows:
-        return _Rows(self._server.raw(sql, params))
-
-
-class _Rows:
-    def __init__(self, rows: list) -> None:
-        self._rows = rows
-
-    def fetchall(self) -> list:
-        return self._rows
-
-    def fetchone(self):
-        return self._rows[0] if self._rows else None
-
-    def __iter__(self):
-        return iter(self._rows)
-
-
 @pytest.fixture
 def shop(merchant):
     with merchant.client() as client:
@@ -226,17 +195,17 @@ def test_purchase_is_delivered_once(shop) -> None:
     assert again.status_code == 200, again.text
     assert again.json()["seen_before"] is True and again.json()["id"] == order["id"]
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 500}
-    with _db(merchant) as conn:
-        rows = conn.execute("SELECT * FROM store_transactions WHERE merchant_id = ?", (merchant.id,)).fetchall()
-        assert [(r["transaction_id"], r["order_id"], r["player_id"]) for r in rows] == [
-            (transaction["transactionId"], order["id"], "alice")]
-        assert conn.execute("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,)).fetchone()[0] == 1
-        credits = conn.execute("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
-                               (merchant.id, order["id"])).fetchall()
-        assert [r["amount"] for r in credits] == [500]
-        fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id"
-                            " WHERE t.merchant_id = ? AND e.account = ?", (merchant.id, f"fees_expense:apple:{merchant.id}"))
-        assert [r["debit"] for r in fees] == [150]  # 30% of 499, half-even (the standard tier)
+    rows = merchant.server.raw("SELECT * FROM store_transactions WHERE merchant_id = ?", (merchant.id,))
+    assert [(r["transaction_id"], r["order_id"], r["player_id"]) for r in rows] == [
+        (transaction["transactionId"], order["id"], "alice")]
+    assert merchant.server.raw("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,))[0][0] == 1
+    credits = merchant.server.raw("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
+                                  (merchant.id, order["id"]))
+    assert [r["amount"] for r in credits] == [500]
+    fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t"
+                               " ON t.id = e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
+                               (merchant.id, f"fees_expense:apple:{merchant.id}"))
+    assert [r["debit"] for r in fees] == [150]  # 30% of 499, half-even (the standard tier)
     assert_ledger_ok(merchant.server)
 
 
@@ -250,8 +219,7 @@ def test_other_app_environment_and_product_are_refused(shop) -> None:
     assert_error(_buy(client, _tamper(SIGNER.sign(SIGNER.transaction(productId=gems["sku"])))), 400,
                  "invalid_request_error", "store_signature_invalid", "signed_transaction")
     assert_error(_buy(client, "not.a.jws"), 400, "invalid_request_error", "store_signature_invalid", "signed_transaction")
-    with _db(merchant) as conn:
-        assert conn.execute("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,)).fetchone()[0] == 0
+    assert merchant.server.raw("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,))[0][0] == 0
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {}
 
 
@@ -279,14 +247,14 @@ def test_refund_notification_books_the_refund_once(shop) -> None:
     refunds = client.get(f"/v1/orders/{order['id']}/refunds").json()["data"]
     assert [(r["amount"], r["status"], r["reason"]) for r in refunds] == [(499, "succeeded", "store_refund")]
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 0}
-    with _db(merchant) as conn:
-        events = conn.execute("SELECT event_id, result FROM provider_events WHERE merchant_id = ? AND channel = 'apple'"
-                              " ORDER BY received_at_ms, event_id", (merchant.id,)).fetchall()
-        assert sorted(r["result"] for r in events) == ["applied", "stale"]
-        assert notification_uuid in {r["event_id"] for r in events}
-        assert conn.execute("SELECT count(*) FROM refunds WHERE order_id = ?", (order["id"],)).fetchone()[0] == 1
-        assert conn.execute("SELECT revoked_at_ms FROM store_transactions WHERE order_id = ?",
-                            (order["id"],)).fetchone()[0] is not None
+    events = merchant.server.raw("SELECT event_id, result FROM provider_events"
+                                 " WHERE merchant_id = ? AND channel = 'apple'"
+                                 " ORDER BY received_at_ms, event_id", (merchant.id,))
+    assert sorted(r["result"] for r in events) == ["applied", "stale"]
+    assert notification_uuid in {r["event_id"] for r in events}
+    assert merchant.server.raw("SELECT count(*) FROM refunds WHERE order_id = ?", (order["id"],))[0][0] == 1
+    assert merchant.server.raw("SELECT revoked_at_ms FROM store_transactions WHERE order_id = ?",
+                               (order["id"],))[0][0] is not None
     # A refunded transaction handed over again answers the order of the first time, delivering nothing.
     replay = _buy(client, SIGNER.sign(refunded))
     assert replay.status_code == 200 and replay.json()["seen_before"] is True
@@ -318,15 +286,14 @@ def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
         assert renewed.status_code == 200 and renewed.json()["seen_before"] is True
         memberships = client.get("/v1/players/bob/inventory").json()["memberships"]
         assert [m["sku"] for m in memberships] == [plan["sku"]]
-        with _db(merchant) as conn:
-            results = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?",
-                                   (merchant.id,)).fetchall()
-            assert sorted((r["kind"], r["result"]) for r in results) == [
-                ("CONSUMPTION_REQUEST", "recorded"), ("DID_RENEW", "applied"), ("RENEWAL_EXTENDED", "recorded")]
-            fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
-                                "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                                (merchant.id, f"fees_expense:apple:{merchant.id}")).fetchall()
-            assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
+        results = merchant.server.raw("SELECT kind, result FROM provider_events WHERE merchant_id = ?",
+                                      (merchant.id,))
+        assert sorted((r["kind"], r["result"]) for r in results) == [
+            ("CONSUMPTION_REQUEST", "recorded"), ("DID_RENEW", "applied"), ("RENEWAL_EXTENDED", "recorded")]
+        fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
+                                   "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
+                                   (merchant.id, f"fees_expense:apple:{merchant.id}"))
+        assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
     assert_ledger_ok(merchant.server)
 
 
@@ -338,9 +305,8 @@ def test_bad_notifications_are_refused_and_unknown_ones_recorded(shop) -> None:
     assert _notify(merchant, client, SIGNER.notification("TEST", None)).status_code == 200
     unknown = SIGNER.notification("SOMETHING_NEW", SIGNER.transaction(productId=gems["sku"]))
     assert _notify(merchant, client, unknown).status_code == 200
-    with _db(merchant) as conn:
-        rows = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?", (merchant.id,)).fetchall()
-        assert sorted((r["kind"], r["result"]) for r in rows) == [("SOMETHING_NEW", "unmatched"), ("TEST", "recorded")]
+    rows = merchant.server.raw("SELECT kind, result FROM provider_events WHERE merchant_id = ?", (merchant.id,))
+    assert sorted((r["kind"], r["result"]) for r in rows) == [("SOMETHING_NEW", "unmatched"), ("TEST", "recorded")]
 
 
 def test_family_shared_copy_moves_no_money_and_revoke_takes_the_goods_back(shop) -> None:
@@ -355,10 +321,10 @@ def test_family_shared_copy_moves_no_money_and_revoke_takes_the_goods_back(shop)
     assert _notify(merchant, client, SIGNER.notification("REVOKE", revoked)).status_code == 200  # another UUID: stale
     assert client.get("/v1/players/carol/wallet").json()["balances"] == {"GEMS": 0}
     assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "fulfilled"
-    with _db(merchant) as conn:
-        rows = conn.execute("SELECT result FROM provider_events WHERE merchant_id = ? AND kind = 'REVOKE'",
-                            (merchant.id,)).fetchall()
-        assert sorted(r["result"] for r in rows) == ["applied", "stale"]
-        assert conn.execute("SELECT count(*) FROM ledger_transactions WHERE merchant_id = ? AND kind = 'payment_captured'",
-                            (merchant.id,)).fetchone()[0] == 0
+    rows = merchant.server.raw("SELECT result FROM provider_events WHERE merchant_id = ? AND kind = 'REVOKE'",
+                               (merchant.id,))
+    assert sorted(r["result"] for r in rows) == ["applied", "stale"]
+    assert merchant.server.raw("SELECT count(*) FROM ledger_transactions"
+                               " WHERE merchant_id = ? AND kind = 'payment_captured'",
+                               (merchant.id,))[0][0] == 0
     assert_ledger_ok(merchant.server)

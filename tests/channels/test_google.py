@@ -29,7 +29,6 @@ from apss.channels.google.mapping import service_account
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected, ChannelUnavailable
 from tests.channels.standin_google import GooglePlayStandIn
-from tests.channels.test_apple import _db
 from tests.conftest import assert_error, assert_ledger_ok, plant, unique_sku
 from tests.test_channels_e2e import _Served
 
@@ -237,8 +236,8 @@ def _notify(merchant, client, body: bytes):
                        headers={"Content-Type": "application/json"})
 
 
-def _orders(conn, merchant) -> int:
-    return conn.execute("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,)).fetchone()[0]
+def _orders(merchant) -> int:
+    return merchant.server.raw("SELECT count(*) FROM orders WHERE merchant_id = ?", (merchant.id,))[0][0]
 
 
 def test_purchase_is_delivered_once_and_acknowledged(shop, play) -> None:
@@ -257,18 +256,18 @@ def test_purchase_is_delivered_once_and_acknowledged(shop, play) -> None:
     assert again.status_code == 200, again.text
     assert again.json()["seen_before"] is True and again.json()["id"] == order["id"]
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 1000}
-    with _db(merchant) as conn:
-        rows = conn.execute("SELECT * FROM store_transactions WHERE merchant_id = ?", (merchant.id,)).fetchall()
-        assert [(r["store"], r["transaction_id"], r["order_id"], r["kind"], r["ack_due_at_ms"]) for r in rows] == [
-            ("google", token, order["id"], "product", None)]
-        assert rows[0]["acknowledged_at_ms"] is not None
-        assert _orders(conn, merchant) == 1
-        credits = conn.execute("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
-                               (merchant.id, order["id"])).fetchall()
-        assert [r["amount"] for r in credits] == [1000]
-        fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id"
-                            " WHERE t.merchant_id = ? AND e.account = ?", (merchant.id, f"fees_expense:google:{merchant.id}"))
-        assert [r["debit"] for r in fees] == [299]  # 30% of 998, half-even (the standard tier)
+    rows = merchant.server.raw("SELECT * FROM store_transactions WHERE merchant_id = ?", (merchant.id,))
+    assert [(r["store"], r["transaction_id"], r["order_id"], r["kind"], r["ack_due_at_ms"]) for r in rows] == [
+        ("google", token, order["id"], "product", None)]
+    assert rows[0]["acknowledged_at_ms"] is not None
+    assert _orders(merchant) == 1
+    credits = merchant.server.raw("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
+                                  (merchant.id, order["id"]))
+    assert [r["amount"] for r in credits] == [1000]
+    fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t"
+                               " ON t.id = e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
+                               (merchant.id, f"fees_expense:google:{merchant.id}"))
+    assert [r["debit"] for r in fees] == [299]  # 30% of 998, half-even (the standard tier)
     assert_ledger_ok(merchant.server)
 
 
@@ -289,8 +288,7 @@ def test_foreign_unknown_pending_and_canceled_purchases_are_refused(shop, play) 
                  "store_purchase_invalid", "purchase_token")
     assert_error(_buy(client, gems["sku"], "bad token!"), 400, "invalid_request_error", "parameter_invalid",
                  "purchase_token")
-    with _db(merchant) as conn:
-        assert _orders(conn, merchant) == 0
+    assert _orders(merchant) == 0
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {}
 
 
@@ -301,17 +299,16 @@ def test_a_failed_acknowledgement_is_retried_by_the_job(shop, play) -> None:
     order = _buy(client, gems["sku"], token)
     assert order.status_code == 201 and order.json()["status"] == "fulfilled"
     assert play.products[(PACKAGE, token)]["acknowledgementState"] == 0
-    with _db(merchant) as conn:
-        row = conn.execute("SELECT ack_due_at_ms, ack_attempts FROM store_transactions WHERE transaction_id = ?",
-                           (token,)).fetchone()
-        assert row["ack_due_at_ms"] is not None and row["ack_attempts"] == 1
+    row = merchant.server.raw("SELECT ack_due_at_ms, ack_attempts FROM store_transactions WHERE transaction_id = ?",
+                              (token,))[0]
+    assert row["ack_due_at_ms"] is not None and row["ack_attempts"] == 1
     merchant.server.clock.advance(seconds=61)
     merchant.server.wait_job("store_acknowledgements")
     assert play.products[(PACKAGE, token)]["acknowledgementState"] == 1
-    with _db(merchant) as conn:
-        row = conn.execute("SELECT ack_due_at_ms, acknowledged_at_ms FROM store_transactions WHERE transaction_id = ?",
-                           (token,)).fetchone()
-        assert row["ack_due_at_ms"] is None and row["acknowledged_at_ms"] is not None
+    row = merchant.server.raw("SELECT ack_due_at_ms, acknowledged_at_ms FROM store_transactions"
+                              " WHERE transaction_id = ?",
+                              (token,))[0]
+    assert row["ack_due_at_ms"] is None and row["acknowledged_at_ms"] is not None
 
 
 def _voided_push(play, token: str, order_id: str | None, *, message_id: str | None = None, product_type: int = 2):
@@ -337,12 +334,11 @@ def test_voided_purchase_refunds_once_and_a_forged_one_changes_nothing(shop, pla
     refunds = client.get(f"/v1/orders/{order['id']}/refunds").json()["data"]
     assert [(r["amount"], r["status"], r["reason"]) for r in refunds] == [(499, "succeeded", "store_refund")]
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 0}
-    with _db(merchant) as conn:
-        events = conn.execute("SELECT event_id, kind, result FROM provider_events WHERE merchant_id = ?"
-                              " AND channel = 'google'", (merchant.id,)).fetchall()
-        assert sorted(r["result"] for r in events) == ["applied", "stale"]
-        assert "9000000000000001" in {r["event_id"] for r in events}
-        assert conn.execute("SELECT count(*) FROM refunds WHERE order_id = ?", (order["id"],)).fetchone()[0] == 1
+    events = merchant.server.raw("SELECT event_id, kind, result FROM provider_events WHERE merchant_id = ?"
+                                 " AND channel = 'google'", (merchant.id,))
+    assert sorted(r["result"] for r in events) == ["applied", "stale"]
+    assert "9000000000000001" in {r["event_id"] for r in events}
+    assert merchant.server.raw("SELECT count(*) FROM refunds WHERE order_id = ?", (order["id"],))[0][0] == 1
     replay = _buy(client, gems["sku"], token)  # the voided token handed over again: the first order, nothing more
     assert replay.status_code == 200 and replay.json()["seen_before"] is True
     assert client.get("/v1/players/alice/wallet").json()["balances"] == {"GEMS": 0}
@@ -379,15 +375,14 @@ def test_subscription_is_acknowledged_and_renewals_deliver_to_the_player(merchan
         assert again.status_code == 200 and again.json()["seen_before"] is True
         memberships = client.get("/v1/players/bob/inventory").json()["memberships"]
         assert [m["sku"] for m in memberships] == [plan["sku"]]
-        with _db(merchant) as conn:
-            results = conn.execute("SELECT kind, result FROM provider_events WHERE merchant_id = ?",
-                                   (merchant.id,)).fetchall()
-            assert sorted((r["kind"], r["result"]) for r in results) == [
-                ("SUBSCRIPTION_CANCELED", "recorded"), ("SUBSCRIPTION_RENEWED", "applied"), ("TEST", "recorded")]
-            fees = conn.execute("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
-                                "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                                (merchant.id, f"fees_expense:google:{merchant.id}")).fetchall()
-            assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
+        results = merchant.server.raw("SELECT kind, result FROM provider_events WHERE merchant_id = ?",
+                                      (merchant.id,))
+        assert sorted((r["kind"], r["result"]) for r in results) == [
+            ("SUBSCRIPTION_CANCELED", "recorded"), ("SUBSCRIPTION_RENEWED", "applied"), ("TEST", "recorded")]
+        fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
+                                   "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
+                                   (merchant.id, f"fees_expense:google:{merchant.id}"))
+        assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
     assert_ledger_ok(merchant.server)
 
 
