@@ -1,7 +1,7 @@
 """Benchmark: the default risk rules against a scripted mix of attacks and legitimate traffic,
 replayed through the real server over HTTP on a test clock.
 
-    python bench/fraud.py [--orders 1500] [--seed 4242] [--step-s 3600] [--world held_out|train]
+    python bench/fraud.py [--orders 1500] [--seed 4242 [4243 ...]] [--step-s 3600] [--world held_out|train]
 
 The traffic comes from `scripts/fraud_data.py`'s simulation with a parameter set of its own,
 held out from training: HELD_OUT's rates, sizes and timing with another seed, scaled so that
@@ -25,7 +25,10 @@ Prints, read back from the database file (risk_decisions, orders, payments): the
 fraudulent orders stopped before delivery (a decision of `block`, `review` or `require_3ds` at
 creation, `block` or `review` at the callback), per attack kind, and checks that none of the stopped ones was
 delivered; the share of legitimate orders touched (any such decision), per profile; orders
-replayed and wall time. Figures on synthetic data; asserts nothing about them.
+replayed and wall time. With several `--seed`s, each world is replayed on a server of its own
+and reported, then all of them pooled (the labelled orders added up): one world's few hundred
+fraudulent orders move its share by a point or so. Figures on synthetic data; asserts nothing
+about them.
 """
 
 from __future__ import annotations
@@ -258,19 +261,12 @@ def report(labelled: dict[str, fraud_data.Order], seen: dict[str, dict]) -> None
         print(f"warning: {unassessed} labelled orders have no risk decision")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--orders", type=int, default=1500, help="about this many labelled orders (plus a week of warm-up)")
-    parser.add_argument("--seed", type=int, default=4242)
-    parser.add_argument("--world", choices=("held_out", "train"), default="held_out",
-                        help="the held-out world the figures are reported on, or TRAIN's, to try rules on")
-    parser.add_argument("--step-s", type=int, default=3600, help="clock.step_s")
-    parser.add_argument("--labels", type=Path, help="write each labelled order's id, kind and actions to this CSV")
-    parser.add_argument("--keep", type=Path, help="copy the database file here at the end (for a look at the decisions)")
-    args = parser.parse_args()
-    orders, labelled_from = simulate(bench_params(args.orders, args.seed, args.world))
+def replay_world(args: argparse.Namespace, seed: int) -> tuple[dict[str, fraud_data.Order], dict[str, dict]]:
+    """One world (`seed`) replayed through a server of its own: its labelled orders and their outcomes."""
+    orders, labelled_from = simulate(bench_params(args.orders, seed, args.world))
     kinds = collections.Counter(o.kind for o in orders if o.ts >= labelled_from)
-    print(f"world: {len(orders)} orders ({len(orders) - sum(kinds.values())} warm-up, {sum(kinds.values())} labelled: "
+    print(f"world (seed {seed}): {len(orders)} orders ({len(orders) - sum(kinds.values())} warm-up, "
+          f"{sum(kinds.values())} labelled: "
           + ", ".join(f"{k} {kinds[k]}" for k in (*FRAUD_KINDS, *LEGIT_KINDS)) + ")", flush=True)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,7 +288,32 @@ def main() -> None:
     print(f"replayed {len(orders)} orders over {(orders[-1].ts - orders[0].ts) / 86400:.1f} simulated days, after "
           f"{history} first orders of the older players over the year before, in {elapsed:.1f} s "
           f"({(len(orders) + history) / elapsed:.0f} orders/s); at creation: {statuses}")
-    report(labelled, seen)
+    return labelled, seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=1500, help="about this many labelled orders (plus a week of warm-up)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[4242],
+                        help="one world per seed, each on a server of its own; with several, also their pooled shares")
+    parser.add_argument("--world", choices=("held_out", "train"), default="held_out",
+                        help="the held-out world the figures are reported on, or TRAIN's, to try rules on")
+    parser.add_argument("--step-s", type=int, default=3600, help="clock.step_s")
+    parser.add_argument("--labels", type=Path, help="write each labelled order's id, kind and actions to this CSV")
+    parser.add_argument("--keep", type=Path, help="copy the database file here at the end (one seed; for a look at the decisions)")
+    args = parser.parse_args()
+    if args.keep and len(args.seed) > 1:
+        parser.error("--keep takes one seed")
+    labelled: dict[str, fraud_data.Order] = {}
+    seen: dict[str, dict] = {}
+    for seed in args.seed:
+        world_labelled, world_seen = replay_world(args, seed)
+        report(world_labelled, world_seen)
+        labelled.update(world_labelled)  # order ids are unique across servers
+        seen.update(world_seen)
+    if len(args.seed) > 1:
+        print(f"pooled over the {len(args.seed)} worlds (seeds {', '.join(map(str, args.seed))}):")
+        report(labelled, seen)
     if args.labels:
         with args.labels.open("w") as out:
             out.write("order_id,kind,fraud,declined,actions,status\n")

@@ -302,6 +302,15 @@ def assert_ledger_ok(server) -> None:
     assert check["ok"] is True, check
 
 
+def fee_debits(merchant, channel: str) -> list[int]:
+    """The channel fees booked for `merchant` (debits of its `fees_expense:<channel>` account), in
+    the order they were booked: a raw read of the ledger, not APSS's API."""
+    rows = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id"
+                               " WHERE t.merchant_id = ? AND e.account = ? ORDER BY t.created_at_ms, t.id",
+                               (merchant.id, f"fees_expense:{channel}:{merchant.id}"))
+    return [r["debit"] for r in rows]
+
+
 def wait_for(predicate, *, timeout_s: float = 10.0, interval_s: float = 0.02):
     """Poll until `predicate()` returns something truthy (real time; never a timed assertion of speed)."""
     deadline = time.monotonic() + timeout_s

@@ -34,7 +34,7 @@ from apss.channels.base import CallbackRequest, StoreReceipt
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected
 from tests.channels.apple_chain import APP_APPLE_ID, BUNDLE_ID, AppleSigner
-from tests.conftest import assert_error, assert_ledger_ok, unique_sku
+from tests.conftest import assert_error, assert_ledger_ok, fee_debits, unique_sku
 
 pytestmark = pytest.mark.both_backends  # the tests through the real server; the others need none
 
@@ -202,10 +202,7 @@ def test_purchase_is_delivered_once(shop) -> None:
     credits = merchant.server.raw("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
                                   (merchant.id, order["id"]))
     assert [r["amount"] for r in credits] == [500]
-    fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t"
-                               " ON t.id = e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                               (merchant.id, f"fees_expense:apple:{merchant.id}"))
-    assert [r["debit"] for r in fees] == [150]  # 30% of 499, half-even (the standard tier)
+    assert fee_debits(merchant, "apple") == [150]  # 30% of 499, half-even (the standard tier)
     assert_ledger_ok(merchant.server)
 
 
@@ -290,10 +287,7 @@ def test_renewal_notification_delivers_to_the_original_player(merchant) -> None:
                                       (merchant.id,))
         assert sorted((r["kind"], r["result"]) for r in results) == [
             ("CONSUMPTION_REQUEST", "recorded"), ("DID_RENEW", "applied"), ("RENEWAL_EXTENDED", "recorded")]
-        fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
-                                   "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                                   (merchant.id, f"fees_expense:apple:{merchant.id}"))
-        assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
+        assert fee_debits(merchant, "apple") == [150, 150]  # 15% of 999, the reduced tier
     assert_ledger_ok(merchant.server)
 
 

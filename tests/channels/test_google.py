@@ -29,7 +29,7 @@ from apss.channels.google.mapping import service_account
 from apss.clock import SystemClock
 from apss.errors import CallbackRejected, ChannelUnavailable
 from tests.channels.standin_google import GooglePlayStandIn
-from tests.conftest import assert_error, assert_ledger_ok, plant, unique_sku
+from tests.conftest import assert_error, assert_ledger_ok, fee_debits, plant, unique_sku
 from tests.test_channels_e2e import _Served
 
 pytestmark = pytest.mark.both_backends  # the tests through the real server; the others need none
@@ -264,10 +264,7 @@ def test_purchase_is_delivered_once_and_acknowledged(shop, play) -> None:
     credits = merchant.server.raw("SELECT amount FROM wallet_transactions WHERE merchant_id = ? AND order_id = ?",
                                   (merchant.id, order["id"]))
     assert [r["amount"] for r in credits] == [1000]
-    fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t"
-                               " ON t.id = e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                               (merchant.id, f"fees_expense:google:{merchant.id}"))
-    assert [r["debit"] for r in fees] == [299]  # 30% of 998, half-even (the standard tier)
+    assert fee_debits(merchant, "google") == [299]  # 30% of 998, half-even (the standard tier)
     assert_ledger_ok(merchant.server)
 
 
@@ -379,10 +376,7 @@ def test_subscription_is_acknowledged_and_renewals_deliver_to_the_player(merchan
                                       (merchant.id,))
         assert sorted((r["kind"], r["result"]) for r in results) == [
             ("SUBSCRIPTION_CANCELED", "recorded"), ("SUBSCRIPTION_RENEWED", "applied"), ("TEST", "recorded")]
-        fees = merchant.server.raw("SELECT e.debit FROM ledger_entries e JOIN ledger_transactions t ON t.id = "
-                                   "e.transaction_id WHERE t.merchant_id = ? AND e.account = ?",
-                                   (merchant.id, f"fees_expense:google:{merchant.id}"))
-        assert [r["debit"] for r in fees] == [150, 150]  # 15% of 999, the reduced tier
+        assert fee_debits(merchant, "google") == [150, 150]  # 15% of 999, the reduced tier
     assert_ledger_ok(merchant.server)
 
 
