@@ -12,6 +12,8 @@ from apss.domain.ledger import (
     Split,
     capture_entries,
     check_balanced,
+    over_refund_cover_entries,
+    over_refund_entries,
     reversal_entries,
     share,
 )
@@ -47,6 +49,33 @@ def test_any_sequence_of_refunds_balances_and_reverses_exactly(gross, commission
         for account, credit in credits.items():
             assert totals.get(account, 0) == credit, account
         assert totals["provider_clearing:c:m"] == -gross
+
+
+@settings(max_examples=200, deadline=None)
+@given(gross=st.integers(min_value=1, max_value=10**9), commission_bps=st.integers(min_value=0, max_value=BPS - 8000),
+       splits=splits_strategy, before=st.integers(min_value=0, max_value=10**9),
+       amount=st.integers(min_value=1, max_value=10**9))
+def test_a_covered_over_refund_ends_as_the_plain_refund(gross, commission_bps, splits, before, amount):
+    """An over-refund, then its cover once the capture reaches it again: together, account by
+    account, exactly the reversal a plain refund of that amount books (clearing moved once)."""
+    before = min(before, gross - 1)
+    amount = min(amount, gross - before)
+    over = over_refund_entries(merchant_id="m", channel="c", amount=amount, currency="USD")
+    cover = over_refund_cover_entries(merchant_id="m", channel="c", gross=gross, refunded_before=before, amount=amount,
+                                      currency="USD", commission_bps=commission_bps, splits=splits)
+    plain = reversal_entries(merchant_id="m", channel="c", gross=gross, refunded_before=before, amount=amount,
+                             currency="USD", commission_bps=commission_bps, splits=splits)
+    if cover:
+        check_balanced(cover)
+    assert all(not e.account.startswith("provider_clearing:") for e in cover), "the money left clearing once"
+
+    def net(entries):
+        totals = {}
+        for entry in entries:
+            totals[entry.account] = totals.get(entry.account, 0) + entry.debit - entry.credit
+        return {account: value for account, value in totals.items() if value}
+
+    assert net([*over, *cover]) == net(plain)
 
 
 @settings(max_examples=200, deadline=None)

@@ -26,7 +26,7 @@ from apss.channels.sandbox import (
     sign_callback,
 )
 from apss.channels.sandbox.mapping import SandboxDisputeData
-from apss.clock import TestClock
+from apss.clock import TestClock, format_rfc3339
 from apss.domain.payments import CallbackKind, PaymentStatus
 from apss.ids import new_id
 from tests.channels.harness_sandbox import MemoryBook
@@ -436,6 +436,63 @@ def test_a_refund_that_lands_after_a_won_dispute_is_covered_by_the_capture_again
         assert server.raw("SELECT kind FROM ledger_transactions WHERE reference = ?", (f"{refund['id']}:over",)) == []
         [alert] = client.get("/v1/alerts", params={"kind": "over_refund"}).json()["data"]
         assert alert["object_id"] == payment_id, "one alert: when the chargeback came on top of the pending refund"
+    assert_ledger_ok(server)
+
+
+def test_a_refund_that_lands_before_a_won_dispute_is_a_plain_refund_after_the_win(seams_server):
+    """The same, with the refund landing while the dispute is open: the provider has then paid back
+    the chargeback and the refund, more than the capture, and it is booked so (its part beyond
+    the capture an over-refund against the merchant's payable, alerted). The win gives the
+    chargeback back: the capture covers the refund again, and the books end as for a plain refund
+    (commission and merchant share it), not with the merchant bearing it alone. Witness: the
+    accounts against what the provider moved in the end (the capture, the refund)."""
+    server = seams_server
+    merchant = server.new_merchant()
+    with merchant.client() as client:
+        assert client.put("/v1/account/settlement_schedule", json={"cycle": "manual"}).status_code == 200
+        product = merchant.product(client, prices={"USD": 1000})
+        order = merchant.order(client, product["id"], player_id="cb-refund-won", channel="slowrefund").json()
+        payment_id = order["payment"]["id"]
+
+        def provider(kind: CallbackKind, amount: int = 1000, **extra):
+            answer = _sandbox_callback(server, merchant, event_id=new_id("evt"), kind=kind, payment_id=payment_id,
+                                       amount=amount, channel="slowrefund", **extra)
+            assert answer.status_code == 200, answer.text
+
+        def dispute(status: str) -> SandboxDisputeData:
+            return SandboxDisputeData(id="sbxdp_refund_won", status=status, reason="fraudulent")
+
+        provider(CallbackKind.PAYMENT_SUCCEEDED)
+        paid = _balances(client)
+        refund = client.post(f"/v1/orders/{order['id']}/refunds", json={"amount": 200}).json()
+        assert refund["status"] == "pending"
+        provider(CallbackKind.DISPUTE_CREATED, dispute=dispute("needs_response"))
+        provider(CallbackKind.REFUND_SUCCEEDED, amount=200, refund_id=refund["id"])
+        assert client.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
+        clearing = f"provider_clearing:slowrefund:{merchant.id}"
+        over = _balances(client)  # 1,200 returned on a capture of 1,000: the 200 beyond it is the merchant's
+        assert over[clearing] - paid[clearing] == -1200
+        assert len(server.raw("SELECT 1 FROM ledger_transactions WHERE reference = ?", (f"{refund['id']}:over",))) == 1
+        provider(CallbackKind.DISPUTE_CLOSED, dispute=dispute("won"))
+        assert client.get("/v1/disputes", params={"status": "won"}).json()["data"][0]["order_id"] == order["id"]
+        after = _balances(client)
+        moved = {account: after.get(account, 0) - paid.get(account, 0) for account in after.keys() | paid.keys()}
+        assert moved[clearing] == -200, "in the end the provider paid back 200"
+        # 30% commission: the platform gives back 60 of it and the merchant 140, as for any refund of 200
+        assert (moved[f"platform_revenue:{merchant.id}"], moved[f"merchant_payable:{merchant.id}"]) == (-60, -140)
+        now_ms = server.clock.now_ms()
+        window = {"from": format_rfc3339(now_ms - 86_400_000), "to": format_rfc3339(now_ms + 1000)}
+        [usd] = [s for s in client.get("/v1/reports/summary", params=window).json()["data"] if s["currency"] == "USD"]
+        assert (usd["gross"], usd["refunds"], usd["chargebacks"], usd["refund_count"]) == (1000, 200, 0, 1)
+        assert (usd["commission"], usd["net"]) == (240, 560), "as after a plain refund of 200"
+        provider(CallbackKind.DISPUTE_CLOSED, dispute=dispute("won"))  # the close again, under another event id
+        assert _balances(client) == after, "a repeated close moves nothing"
+        server.clock.advance(seconds=1)
+        made = client.post("/v1/settlements/run")
+        assert made.status_code == 200, made.text
+        [batch] = made.json()["data"]
+        settled = tuple(batch[k] for k in ("gross", "refunds", "chargebacks", "commission", "net_payable"))
+        assert settled == (1000, 200, 0, 240, 560), "settled as a capture and a plain refund of 200"
     assert_ledger_ok(server)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "account_type",
     "adjustment_entries",
     "allocate",
+    "over_refund_cover_entries",
     "over_refund_entries",
     "deferral_entries",
     "recognition_entries",
@@ -176,6 +177,23 @@ def over_refund_entries(*, merchant_id: str, channel: str, amount: int, currency
     assert amount > 0
     return _entries(currency, [(f"provider_clearing:{channel}:{merchant_id}", -amount),
                                (f"merchant_payable:{merchant_id}", amount)])
+
+
+def over_refund_cover_entries(*, merchant_id: str, channel: str, gross: int, refunded_before: int, amount: int,
+                              currency: str, commission_bps: int, splits: list[Split]) -> list[Entry]:
+    """`amount` of an over-refund that the capture covers again (a won dispute gave its chargeback
+    back): its over-refund entries undone and the reversal of a plain refund booked instead, netted.
+    Clearing does not move (the money left it once, with the over-refund); commission and partner
+    shares give back their parts, which the merchant's payable had borne alone. No entries when
+    nothing is shared out (no commission, no split): the merchant's part was the whole of it."""
+    movements: dict[str, int] = {}
+    for entry in reversal_entries(merchant_id=merchant_id, channel=channel, gross=gross,
+                                  refunded_before=refunded_before, amount=amount, currency=currency,
+                                  commission_bps=commission_bps, splits=splits):
+        movements[entry.account] = movements.get(entry.account, 0) + entry.debit - entry.credit
+    for entry in over_refund_entries(merchant_id=merchant_id, channel=channel, amount=amount, currency=currency):
+        movements[entry.account] = movements.get(entry.account, 0) - entry.debit + entry.credit
+    return _entries(currency, list(movements.items()))
 
 
 def allocate(total: int, weights: list[int]) -> list[int]:

@@ -12,6 +12,7 @@ __all__ = [
     "get_refund_tx",
     "insert_refund",
     "list_for_order",
+    "over_refunds_tx",
     "refund_by_provider_ref",
     "refunded_total",
     "set_provider_ref",
@@ -61,6 +62,20 @@ def refunded_total(tx: Tx, *, payment_id: str, statuses: tuple[str, ...]) -> int
                  "SELECT 1 FROM disputes d WHERE d.order_id = r.order_id AND d.refund_id = r.id AND d.status = 'won'))",
                  (payment_id, *statuses))
     return row["total"]
+
+
+def over_refunds_tx(tx: Tx, *, payment_id: str) -> list[sqlite3.Row]:
+    """The payment's succeeded refunds (chargebacks aside) with a part booked beyond its capture
+    (their `<id>:over` ledger transaction), oldest first: the refund's id, that part (`over_amount`, what
+    it took from clearing) and whether it was covered again since (`covered`: its
+    `<id>:over:covered` transaction, services/refunds `cover_over_refunds`)."""
+    return tx.all(
+        "SELECT r.id, sum(e.credit) - sum(e.debit) AS over_amount, EXISTS (SELECT 1 FROM ledger_transactions c"
+        "  WHERE c.kind = 'refund' AND c.reference = r.id || ':over:covered') AS covered"
+        " FROM refunds r JOIN ledger_transactions t ON t.kind = 'refund' AND t.reference = r.id || ':over'"
+        " JOIN ledger_entries e ON e.transaction_id = t.id AND substr(e.account, 1, 18) = 'provider_clearing:'"
+        " WHERE r.payment_id = ? AND r.status = 'succeeded' AND coalesce(r.reason, '') <> 'chargeback'"
+        " GROUP BY r.id, r.created_at_ms ORDER BY r.created_at_ms, r.id", (payment_id,))
 
 
 def set_provider_ref(tx: Tx, *, refund_id: str, provider_ref: str) -> None:

@@ -12,8 +12,9 @@ transaction, after the event was de-duplicated per merchant):
   policy); `block_player` (default false) puts the player on the `blocked_players` risk list
   (`request_player_block`, the one place that acts on it);
 - a status move is guarded by the table of apss/domain/disputes.py: a report for a closed dispute
-  is stale; `won` posts the chargeback's entries swapped (kind `chargeback_reversed`), `lost`
-  keeps them;
+  is stale; `won` posts the chargeback's entries swapped (kind `chargeback_reversed`) and
+  re-books as plain refunds the over-refunds the capture covers again (services/refunds
+  `cover_over_refunds`), `lost` keeps them;
 - webhooks `dispute.created`, `dispute.updated`, `dispute.closed`, with the dispute as object.
 """
 
@@ -235,7 +236,9 @@ class DisputeRecords:
         posted = self._ledger.post(tx, merchant_id=row["merchant_id"], kind="chargeback_reversed", reference=refund_id,
                                    entries=won_entries(entries), memo=f"dispute {row['id']} won")
         assert posted, "a dispute is won once (guarded move)"
-        return f"chargeback {refund_id} reversed"
+        covered = self._refunds.cover_over_refunds(tx, payment_id=row["payment_id"])
+        again = f"; {covered} of refunds covered by the capture again" if covered else ""
+        return f"chargeback {refund_id} reversed{again}"
 
     @staticmethod
     def view_tx(tx: Tx, dispute_id: str) -> DisputeView:

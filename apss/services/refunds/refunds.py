@@ -40,7 +40,7 @@ from apss.domain.catalog import (
     ItemGrant,
     MembershipGrant,
 )
-from apss.domain.ledger import over_refund_entries, reversal_entries
+from apss.domain.ledger import over_refund_cover_entries, over_refund_entries, reversal_entries
 from apss.domain.orders import REFUNDABLE, OrderEvent, OrderStatus
 from apss.domain.payments import WALLET_CHANNEL, PaymentStatus
 from apss.domain.refunds import REFUND_TRANSITIONS, RefundStatus, resend_delay_s
@@ -399,6 +399,36 @@ class Refunds:
                               object_id=payment["id"], now_ms=self._clock.now_ms(),
                               message=f"refunds and chargebacks of payment {payment['id']} come to {total} "
                                       f"{payment['currency']}, more than the {payment['amount']} captured")
+
+    def cover_over_refunds(self, tx: Tx, *, payment_id: str) -> int:
+        """A won dispute gave its chargeback back, and with it the capture's room: the refunds that
+        landed while the chargeback counted, booked in part as over-refunds against the merchant's
+        payable, are covered again as far as the capture now reaches (oldest first) and re-booked as
+        plain refunds, shared out as any refund is (kind `refund`, reference `<refund id>:over:covered`,
+        once per refund). Returns the amount covered."""
+        over = [row for row in store.over_refunds_tx(tx, payment_id=payment_id) if not row["covered"]]
+        if not over:
+            return 0
+        payment = orders.get_payment_tx(tx, payment_id=payment_id)
+        finance = self._ledger.finance(tx, payment["merchant_id"])
+        counted = store.refunded_total(tx, payment_id=payment_id, statuses=("succeeded",))  # the won chargeback aside
+        within = counted - sum(row["over_amount"] for row in over)  # what the capture covers already
+        covered = 0
+        for row in over:
+            amount = min(row["over_amount"], payment["amount"] - within)
+            if amount <= 0:
+                break
+            entries = over_refund_cover_entries(
+                merchant_id=payment["merchant_id"], channel=payment["channel"], gross=payment["amount"],
+                refunded_before=within, amount=amount, currency=payment["currency"],
+                commission_bps=finance.commission_bps, splits=finance.splits)
+            if entries:
+                self._ledger.post(tx, merchant_id=payment["merchant_id"], kind="refund",
+                                  reference=f"{row['id']}:over:covered", entries=entries,
+                                  memo=f"{amount} of refund {row['id']} covered by the capture again")
+            within += amount
+            covered += amount
+        return covered
 
     def apply_failed(self, tx: Tx, *, refund_id: str, failure_code: str) -> str:
         refund = store.get_refund_tx(tx, refund_id=refund_id)
