@@ -15,7 +15,10 @@ order in time order: moves the test clock to the order's time, creates it with `
 `fraud_data.ADDRESS_BLOCKS`, a registry block of each country) and the sandbox magic values (the card's
 fingerprint; `declined` where the simulation declines; a fraudster fails 3-D Secure,
 `three_ds_fails`, a player passes it, `three_ds_frictionless`), then pays it as the player's
-stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it.
+stand-in (`/v1/sandbox/payments/{id}/succeed`) unless the rules blocked it, and waits until its
+callback is applied before the next order (the simulation's orders are seconds or minutes apart,
+when a real callback has landed; `--callbacks race` lets them race, as this bench did before
+2026-12-06, so that a quick next order could miss the last one's decline in its counters).
 
 `--world train` replays TRAIN's world instead (the model's training parameters, another seed):
 the world to try rule changes on, so that the default rules are not fitted to the held-out one
@@ -157,8 +160,26 @@ def check(response: httpx.Response, status: int) -> dict:
     return response.json()
 
 
-def replay(base: str, orders: list[fraud_data.Order], labelled_from: int) -> tuple[dict[str, fraud_data.Order], dict]:
-    """Each order through HTTP at its time; the labelled ones by order id, and what the run saw."""
+# A payment's statuses once its callback was applied.
+FINAL_PAYMENT_STATUSES = ("succeeded", "failed", "canceled")
+
+
+def settled(client: httpx.Client, payment_id: str, *, wait_s: float = 10.0) -> bool:
+    """Wait until the sandbox's callback for the payment was applied (its status is final): the
+    simulation's next order comes seconds or minutes later, when a real callback has landed, and
+    its counters (declines, cards per player) must see this one. False if it did not in `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while check(client.get(f"/v1/payments/{payment_id}"), 200)["status"] not in FINAL_PAYMENT_STATUSES:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def replay(base: str, orders: list[fraud_data.Order], labelled_from: int, *,
+           wait_callbacks: bool = True) -> tuple[dict[str, fraud_data.Order], dict]:
+    """Each order through HTTP at its time; the labelled ones by order id, and what the run saw.
+    `wait_callbacks`: each payment's callback is applied before the next order (else they race)."""
     admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=600)
     made = check(admin.post("/v1/merchants", json={"name": "Fraud bench", "mode": "test"}), 201)
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {made['secret_key']}"}, timeout=600)
@@ -207,6 +228,8 @@ def replay(base: str, orders: list[fraud_data.Order], labelled_from: int) -> tup
         seen[order["status"]] += 1
         if order["status"] == "pending":
             check(client.post(f"/v1/sandbox/payments/{order['payment']['id']}/succeed"), 202)
+            if wait_callbacks and not settled(client, order["payment"]["id"]):
+                seen["callback not applied in 10 s"] += 1
         if o.ts >= labelled_from:
             labelled[order["id"]] = o
     check(admin.post("/v1/admin/clock/advance", json={"seconds": 3600}), 200)  # the last callbacks land
@@ -273,7 +296,8 @@ def replay_world(args: argparse.Namespace, seed: int) -> tuple[dict[str, fraud_d
         server = start_server(Path(tmp), port=port, step_s=args.step_s)
         try:
             started = time.perf_counter()
-            labelled, statuses = replay(f"http://127.0.0.1:{port}", orders, labelled_from)
+            labelled, statuses = replay(f"http://127.0.0.1:{port}", orders, labelled_from,
+                                        wait_callbacks=args.callbacks == "wait")
             elapsed = time.perf_counter() - started
             seen = outcomes(Path(tmp) / "apss.sqlite", labelled)
             if args.keep:
@@ -299,6 +323,8 @@ def main() -> None:
     parser.add_argument("--world", choices=("held_out", "train"), default="held_out",
                         help="the held-out world the figures are reported on, or TRAIN's, to try rules on")
     parser.add_argument("--step-s", type=int, default=3600, help="clock.step_s")
+    parser.add_argument("--callbacks", choices=("wait", "race"), default="wait",
+                        help="wait for each payment's callback before the next order, or let them race (before 2026-12-06)")
     parser.add_argument("--labels", type=Path, help="write each labelled order's id, kind and actions to this CSV")
     parser.add_argument("--keep", type=Path, help="copy the database file here at the end (one seed; for a look at the decisions)")
     args = parser.parse_args()
