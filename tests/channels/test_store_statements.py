@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.channels.apple_chain import BUNDLE_ID, AppleSigner
-from tests.channels.test_apple import _db
 from tests.channels.test_google import _buy as google_buy
 from tests.channels.test_google import _notify as google_notify
 from tests.channels.test_google import _voided_push, play  # noqa: F401  (the stand-in fixture)
@@ -45,16 +44,13 @@ EARNINGS_HEADER = ("Description", "Transaction Date", "Transaction Time", "Tax T
 
 
 def _balance(merchant, account: str) -> int:
-    with _db(merchant) as conn:
-        row = conn.execute("SELECT coalesce(sum(debit - credit), 0) FROM ledger_entries WHERE account = ?",
-                           (account,)).fetchone()
-    return row[0]
+    return merchant.server.raw("SELECT coalesce(sum(debit - credit), 0) FROM ledger_entries WHERE account = ?",
+                               (account,))[0][0]
 
 
 def _posted_ms(merchant, kind: str, reference: str) -> int:
-    with _db(merchant) as conn:
-        return conn.execute("SELECT created_at_ms FROM ledger_transactions WHERE kind = ? AND reference = ?",
-                            (kind, reference)).fetchone()[0]
+    return merchant.server.raw("SELECT created_at_ms FROM ledger_transactions WHERE kind = ? AND reference = ?",
+                               (kind, reference))[0][0]
 
 
 def _import(client, channel: str, data: bytes):
@@ -105,11 +101,11 @@ def test_a_store_refund_gives_the_commission_back_and_clearing_nets_to_zero(appl
     _apple_refund(merchant, client, transaction)
     assert client.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
     assert (_balance(merchant, clearing), _balance(merchant, fees)) == (0, 0)
-    with _db(merchant) as conn:  # the refund's own ledger transaction carries the fee given back
-        refund_id = conn.execute("SELECT id FROM refunds WHERE order_id = ?", (order["id"],)).fetchone()[0]
-        entries = conn.execute("SELECT e.account, e.debit, e.credit FROM ledger_entries e JOIN ledger_transactions t"
-                               " ON t.id = e.transaction_id WHERE t.kind = 'refund' AND t.reference = ?",
-                               (refund_id,)).fetchall()
+    # the refund's own ledger transaction carries the fee given back
+    refund_id = merchant.server.raw("SELECT id FROM refunds WHERE order_id = ?", (order["id"],))[0][0]
+    entries = merchant.server.raw("SELECT e.account, e.debit, e.credit FROM ledger_entries e JOIN ledger_transactions t"
+                                  " ON t.id = e.transaction_id WHERE t.kind = 'refund' AND t.reference = ?",
+                                  (refund_id,))
     by_account = {r["account"]: (r["debit"], r["credit"]) for r in entries}
     assert by_account[clearing] == (0, 349) and by_account[fees] == (0, 150)
     assert_ledger_ok(merchant.server)
@@ -154,8 +150,7 @@ def test_app_store_reports_match_per_product_and_period(apple_shop, layout) -> N
     merchant, client, gems, coins = apple_shop
     bought = [_apple_buy(client, gems["sku"], 4990) for _ in range(2)] + [_apple_buy(client, coins["sku"], 1990)]
     _apple_refund(merchant, client, bought[0][0])
-    with _db(merchant) as conn:
-        refund_id = conn.execute("SELECT id FROM refunds WHERE order_id = ?", (bought[0][1]["id"],)).fetchone()[0]
+    refund_id = merchant.server.raw("SELECT id FROM refunds WHERE order_id = ?", (bought[0][1]["id"],))[0][0]
     times = [_posted_ms(merchant, "payment_captured", order["payment"]["id"]) for _, order in bought]
     times.append(_posted_ms(merchant, "refund", refund_id))
     # A period around every posting (Pacific days, as Apple counts them), so midnight cannot split it.
@@ -247,10 +242,9 @@ def test_google_earnings_report_matches_each_order_by_its_order_id(google_shop, 
     assert client.get(f"/v1/orders/{orders[1]['id']}").json()["status"] == "refunded"
     clearing, fees = f"provider_clearing:google:{merchant.id}", f"fees_expense:google:{merchant.id}"
     assert (_balance(merchant, clearing), _balance(merchant, fees)) == (2 * (499 - 150), 2 * 150)
-    with _db(merchant) as conn:
-        payments = {row["id"]: row["provider_ref"] for row in conn.execute(
-            "SELECT id, provider_ref FROM payments WHERE merchant_id = ?", (merchant.id,))}
-        refund_id = conn.execute("SELECT id FROM refunds WHERE order_id = ?", (orders[1]["id"],)).fetchone()[0]
+    payments = {row["id"]: row["provider_ref"] for row in merchant.server.raw(
+        "SELECT id, provider_ref FROM payments WHERE merchant_id = ?", (merchant.id,))}
+    refund_id = merchant.server.raw("SELECT id FROM refunds WHERE order_id = ?", (orders[1]["id"],))[0][0]
     assert all(payments[o["payment"]["id"]] == t for o, t in zip(orders, tokens, strict=True)), \
         "the payments' reference is the token: the report's order id must be found another way"
     paid = [_posted_ms(merchant, "payment_captured", o["payment"]["id"]) for o in orders]
