@@ -493,6 +493,10 @@ def test_a_refund_that_lands_before_a_won_dispute_is_a_plain_refund_after_the_wi
         [batch] = made.json()["data"]
         settled = tuple(batch[k] for k in ("gross", "refunds", "chargebacks", "commission", "net_payable"))
         assert settled == (1000, 200, 0, 240, 560), "settled as a capture and a plain refund of 200"
+        lines = client.get(f"/v1/settlements/{batch['id']}").json()["lines"]
+        refund_lines = {line["reference"]: line for line in lines if line["kind"] == "refund"}
+        assert sorted(refund_lines) == [f"{refund['id']}:over", f"{refund['id']}:over:covered"]
+        assert {line["order_id"] for line in lines} == {order["id"]}, "every line names its order"
     assert_ledger_ok(server)
 
 

@@ -98,6 +98,10 @@ def _family_sum(family: str) -> str:
     return f"sum(CASE WHEN substr(e.account, 1, {len(family) + 1}) = '{family}:' THEN e.debit - e.credit ELSE 0 END) AS {family}"
 
 
+# The refund a refund-like transaction is about: its reference, or the part before the first ':'
+# (`<refund id>:over`, the part beyond the capture; `<refund id>:over:covered`, its cover).
+_REFUND_OF_REFERENCE = ("(CASE WHEN instr(t.reference, ':') > 0 THEN substr(t.reference, 1, instr(t.reference, ':') - 1)"
+                        " ELSE t.reference END)")
 _CHANNEL_ACCOUNT = ("min(CASE WHEN substr(e.account, 1, 18) = 'provider_clearing:' OR substr(e.account, 1, 13) = 'fees_expense:'"
                     " THEN e.account END) AS channel_account")
 
@@ -122,7 +126,7 @@ def activity_chunk(tx: Tx, *, merchant_id: str, from_ms: int, to_ms: int, after_
         f" {', '.join(_family_sum(f) for f in ACTIVITY_FAMILIES)}, {_CHANNEL_ACCOUNT}, min(e.seq) AS first_seq"
         " FROM chosen t JOIN ledger_entries e ON e.transaction_id = t.id"
         " LEFT JOIN payments p ON t.kind = 'payment_captured' AND p.id = t.reference"
-        " LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback', 'chargeback_reversed') AND r.id = t.reference"
+        f" LEFT JOIN refunds r ON t.kind IN ('refund', 'chargeback', 'chargeback_reversed') AND r.id = {_REFUND_OF_REFERENCE}"
         " GROUP BY t.id, t.kind, t.reference, t.created_at_ms, p.order_id, r.order_id, e.currency"
         " ORDER BY t.created_at_ms, t.id, first_seq",
         (merchant_id, *_ACTIVITY_KINDS, seek_ms, to_ms, after_ms, after_id, limit),
