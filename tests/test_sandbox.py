@@ -208,6 +208,9 @@ def test_a_slow_callback_holds_up_only_its_own_slot(receiver):
         assert _status(client, first["id"])["status"] == "pending", "its callback is still held"
         transport.release.set()
         wait_for(lambda: _status(client, first["id"])["status"] == "fulfilled")
+    # an order is fulfilled when our server applies its callback, before the sender hears the
+    # answer and records the delivery: wait for every record
+    wait_for(lambda: all(row[2] is not None for row in _callbacks(merchant).values()))
     sent = _callbacks(merchant)
     assert len(sent) == 4
     assert all(attempts == 1 and delivered is not None and gave_up is None
@@ -233,7 +236,7 @@ def test_a_refused_callback_is_retried_with_backoff_and_given_up_at_the_attempts
         wait_for(lambda: _callbacks(merchant)[never["payment"]["id"]][0] == 2)
         assert _callbacks(merchant)[never["payment"]["id"]] == (2, now_ms + 2_000 + 4_000, None, None, "HTTP 503")
         # the order is fulfilled when our server applies the callback, before the sender hears the
-        # answer and records the delivery: wait for that record too
+        # answer and records the delivery: wait for that record too (as in the test above)
         wait_for(lambda: _callbacks(merchant)[once["payment"]["id"]][2] is not None)
         assert _callbacks(merchant)[once["payment"]["id"]][:2] == (2, now_ms + 2_000)
 
